@@ -1,0 +1,44 @@
+# feedrank: the two commands a newcomer needs.
+#   make demo   sets up .venv, builds a synthetic world, trains, serves a feed on :8000
+#   make test   sets up .venv if missing, runs the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test smoke setup clean help
+
+help:
+	@echo "make demo   - set up, build a synthetic world, train, serve on http://127.0.0.1:8000"
+	@echo "make test   - set up (if needed) and run the whole test suite"
+	@echo "make smoke  - the CI smoke demo: small world, own server, checks answers, exits"
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, from the CPU wheel (pip's find-links holds it); then everything else under
+# constraints.txt so nothing can pull another torch.
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	@echo "==> installing torch (CPU) and feedrank into $(VENV)"
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==2.13.0 -c constraints.txt
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	@$(PY) -c "import torch, sys; v=torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'torch moved: '+v)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/feedrank demo
+
+smoke: $(STAMP)
+	$(VENV)/bin/feedrank demo --smoke
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+clean:
+	rm -rf $(VENV) var build src/*.egg-info

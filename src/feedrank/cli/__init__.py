@@ -1,0 +1,1 @@
+"""`feedrank ...` commands, one module per command group; thin wrappers over the library."""

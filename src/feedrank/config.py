@@ -1,0 +1,258 @@
+"""Frozen config dataclasses per stage; YAML files plus dotted CLI overrides.
+
+    cfg = load_config("configs/demo.yaml", overrides=["ranking.epochs=3"])
+
+Unknown keys, wrong types and out-of-range values are all rejected together: the
+``ConfigError`` lists every problem, each with its dotted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from feedrank.errors import ConfigError
+
+
+def _rng(lo: float | None = None, hi: float | None = None) -> dict[str, float | None]:
+    return {"min": lo, "max": hi}
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Time split: events at or after the boundary form the test set."""
+
+    test_fraction: float = field(default=0.2, metadata=_rng(0.01, 0.9))
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    embed_dim: int = field(default=32, metadata=_rng(4, 1024))
+    out_dim: int = field(default=32, metadata=_rng(4, 1024))
+    history_len: int = field(default=30, metadata=_rng(1, 1000))
+    id_buckets: int = field(default=262_144, metadata=_rng(16, None))
+    text_buckets: int = field(default=32_768, metadata=_rng(16, None))
+    epochs: int = field(default=3, metadata=_rng(1, 1000))
+    batch_size: int = field(default=512, metadata=_rng(2, None))
+    lr: float = field(default=3e-3, metadata=_rng(0.0, 10.0))
+    temperature: float = field(default=0.07, metadata=_rng(1e-4, 10.0))
+    max_train_examples: int = field(default=400_000, metadata=_rng(1, None))
+    index: Literal["auto", "flat", "hnsw", "ivfpq"] = "auto"
+    # Items older than this are not retrieved: -1 = learn it from the data (the age by
+    # which 99% of training clicks happened), 0 = no limit.
+    max_item_age_hours: float = field(default=-1.0, metadata=_rng(-1.0, None))
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    hidden: tuple[int, ...] = (64, 32)
+    epochs: int = field(default=2, metadata=_rng(1, 1000))
+    batch_size: int = field(default=1024, metadata=_rng(2, None))
+    lr: float = field(default=2e-3, metadata=_rng(0.0, 10.0))
+    weight_decay: float = field(default=1e-5, metadata=_rng(0.0, 1.0))
+    ctr_prior: float = field(default=20.0, metadata=_rng(0.0, None))
+    max_train_examples: int = field(default=600_000, metadata=_rng(1, None))
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    max_per_category: int = field(default=3, metadata=_rng(1, None))
+    drop_seen: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    deadline_ms: float = field(default=150.0, metadata=_rng(1.0, None))
+    ann_k: int = field(default=300, metadata=_rng(1, None))
+    fresh_k: int = field(default=50, metadata=_rng(0, None))
+    popular_k: int = field(default=100, metadata=_rng(0, None))
+    fresh_hours: float = field(default=24.0, metadata=_rng(0.0, None))
+    rank_max_candidates: int = field(default=500, metadata=_rng(1, None))
+    seen_memory: int = field(default=500, metadata=_rng(0, None))
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    host: str = "127.0.0.1"
+    port: int = field(default=8000, metadata=_rng(0, 65535))
+    max_k: int = field(default=200, metadata=_rng(1, None))
+    events_dir: str = ""
+    max_events_per_request: int = field(default=1000, metadata=_rng(1, None))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    seed: int = 0
+    threads: int = field(default=2, metadata=_rng(1, 256))
+
+
+@dataclass(frozen=True)
+class FeedrankConfig:
+    split: SplitConfig = field(default_factory=SplitConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+# ---------------------------------------------------------------- conversion and checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """Check ``value`` against the annotation ``tp``; return the converted value."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {type(value).__name__}")
+            return None
+        return _build(tp, value, path, problems)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            problems.append(f"{path}: must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], path, problems)
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{path}: expected a list, got {type(value).__name__}")
+            return None
+        elem = args[0]
+        return tuple(_convert(v, elem, f"{path}[{i}]", problems) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: expected bool, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            problems.append(f"{path}: expected int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{path}: expected float, got {value!r}")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{path}: expected str, got {value!r}")
+        return value
+    problems.append(f"{path}: unsupported config type {_type_name(tp)}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            where = f"{prefix}.{key}" if prefix else key
+            problems.append(f"{where}: unknown key (allowed: {', '.join(sorted(fields))})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        where = f"{prefix}.{name}" if prefix else name
+        before = len(problems)
+        value = _convert(data[name], hints[name], where, problems)
+        if len(problems) == before and isinstance(value, (int, float)) and not isinstance(value, bool):
+            lo, hi = f.metadata.get("min"), f.metadata.get("max")
+            if lo is not None and value < lo:
+                problems.append(f"{where}: must be >= {lo}, got {value!r}")
+            if hi is not None and value > hi:
+                problems.append(f"{where}: must be <= {hi}, got {value!r}")
+        kwargs[name] = value
+    if problems:
+        return None
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any] | None, cls: type = FeedrankConfig) -> Any:
+    """Build and validate a config; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    cfg = _build(cls, dict(data or {}), "", problems)
+    if problems:
+        raise ConfigError(f"invalid config ({len(problems)} problem(s))", problems)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict (tuples as lists) suitable for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML scalars/lists)."""
+    problems: list[str] = []
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for ov in overrides:
+        if "=" not in ov:
+            problems.append(f"override {ov!r}: expected KEY=VALUE, e.g. ranking.epochs=3")
+            continue
+        key, raw = ov.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            problems.append(f"override {ov!r}: empty key")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            problems.append(f"override {ov!r}: cannot parse value: {exc}")
+            continue
+        node = out
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if not isinstance(nxt, dict):
+                nxt = {}
+            else:
+                nxt = dict(nxt)
+            node[p] = nxt
+            node = nxt
+        node[parts[-1]] = value
+    if problems:
+        raise ConfigError("invalid overrides", problems)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> FeedrankConfig:
+    """Load a YAML config file (or the defaults when ``path`` is None) plus overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    data = apply_overrides(data, list(overrides))
+    return config_from_dict(data)

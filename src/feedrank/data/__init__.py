@@ -1,0 +1,1 @@
+"""Data layer: the canonical dataset format, importers, the synthetic world, time splits."""

@@ -1,0 +1,518 @@
+"""The durable, append-only event log (embedded backend).
+
+    log = EventLog(Path("run/events"))
+    res = log.append(events)            # durable (fsync'd) when this returns
+    for rec in log.read(from_offset=LogOffset(1, 0)):
+        rec.offset, rec.event
+
+Layout: ``root/seg-000001.jsonl``, ``seg-000002.jsonl``, ... Each line is one JSON
+object ``{"crc":"<8 hex>","e":{...event...}}`` where ``crc`` is the CRC32 of the exact
+bytes of the ``e`` value, so a torn or corrupted line is detected without re-encoding.
+
+Guarantees:
+
+* ``append`` writes every new event of the batch, then fsyncs once, then returns. An
+  event in ``AppendResult.accepted`` survives a crash (``kill -9``) of the process.
+* Idempotent by ``event_id``: an id already in the log (from this process or an earlier
+  one; the id set is rebuilt by scanning segments on open) or repeated within the batch
+  is reported in ``duplicates`` and not written again.
+* On open, a torn tail of the last segment (a crash mid-write) is truncated and logged;
+  a bad line followed by good lines (corruption, not a crash) raises ``CorruptFile``
+  naming the segment and line.
+* One writer per directory (an ``flock`` on ``root/LOCK``); any number of
+  ``EventLog(root, readonly=True)`` readers, which never repair anything.
+* Thread-safe: one lock around appends; readers see only fully committed batches.
+
+``ImpressionWriter`` batches server-generated impressions onto a log from a background
+thread (bounded buffer, ``submit`` never blocks; flushed on ``close``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import threading
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import orjson
+
+from feedrank.data.events import event_from_dict, event_to_dict
+from feedrank.errors import CorruptFile, FeedrankError
+from feedrank.types import Event
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+_SEG_RE = re.compile(r"^seg-(\d{6,})\.jsonl$")
+_PREFIX = b'{"crc":"'
+_MID = b'","e":'
+_HEAD = len(_PREFIX) + 8 + len(_MID)  # 22 bytes before the event JSON
+_READ_CHUNK = 1 << 20
+
+
+class LogOffset(NamedTuple):
+    """Position of one record: segment number (1-based, as in the file name) and the
+    0-based line index inside it. Ordered; ``next()`` is where a consumer resumes."""
+
+    segment: int
+    line: int
+
+    def next(self) -> "LogOffset":
+        return LogOffset(self.segment, self.line + 1)
+
+
+class LogRecord(NamedTuple):
+    offset: LogOffset
+    event: Event
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    accepted: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Segment:
+    number: int
+    path: Path
+    size: int  # committed bytes (ends on a line boundary)
+    lines: int  # committed lines
+
+
+def segment_name(number: int) -> str:
+    return f"seg-{number:06d}.jsonl"
+
+
+def encode_line(event: Event) -> bytes:
+    """One log line (with trailing newline) for ``event``."""
+    body = orjson.dumps(event_to_dict(event))
+    crc = zlib.crc32(body) & 0xFFFFFFFF
+    return b"".join((_PREFIX, b"%08x" % crc, _MID, body, b"}\n"))
+
+
+def decode_line(line: bytes) -> dict | None:
+    """The event dict of one line (without its newline), or None if it is torn/corrupt."""
+    if len(line) < _HEAD + 2 or not line.startswith(_PREFIX) or line[_HEAD - len(_MID) : _HEAD] != _MID:
+        return None
+    if not line.endswith(b"}"):
+        return None
+    body = line[_HEAD:-1]
+    try:
+        crc = int(line[len(_PREFIX) : len(_PREFIX) + 8], 16)
+    except ValueError:
+        return None
+    if zlib.crc32(body) & 0xFFFFFFFF != crc:
+        return None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _iter_raw_lines(path: Path, limit: int | None) -> Iterator[tuple[bytes, bool, int]]:
+    """(line without newline, terminated, end byte position) for each line of ``path``
+    up to ``limit`` bytes; a final chunk without newline comes with terminated=False."""
+    with open(path, "rb") as f:
+        pending = b""
+        pos = 0  # bytes consumed into complete lines
+        remaining = limit
+        while True:
+            n = _READ_CHUNK if remaining is None else min(_READ_CHUNK, remaining)
+            if n <= 0:
+                break
+            chunk = f.read(n)
+            if not chunk:
+                break
+            if remaining is not None:
+                remaining -= len(chunk)
+            buf = pending + chunk
+            start = 0
+            while True:
+                nl = buf.find(b"\n", start)
+                if nl < 0:
+                    break
+                pos += nl + 1 - start
+                yield buf[start:nl], True, pos
+                start = nl + 1
+            pending = buf[start:]
+        if pending:
+            yield pending, False, pos + len(pending)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EventLog:
+    """Append-only, fsync'd, idempotent event log in ``root`` (see module docstring)."""
+
+    def __init__(self, root: str | Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES, *, readonly: bool = False) -> None:
+        if segment_bytes < 1:
+            raise ValueError("segment_bytes must be >= 1")
+        self.root = Path(root)
+        self.segment_bytes = int(segment_bytes)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._ids: set[str] = set()
+        self._segments: list[_Segment] = []
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._closed = False
+        self.repaired_bytes = 0  # torn-tail bytes removed on open
+        if readonly:
+            if not self.root.is_dir():
+                raise FileNotFoundError(f"event log not found: {self.root}")
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._acquire_dir_lock()
+        try:
+            self._scan()
+            if not readonly:
+                self._open_tail()
+        except BaseException:
+            self._release()
+            raise
+
+    # ------------------------------------------------------------------ open / close
+
+    def _acquire_dir_lock(self) -> None:
+        fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FeedrankError(
+                f"event log {self.root} is open for writing by another EventLog "
+                "(one writer per directory; use readonly=True to read)"
+            ) from None
+        self._lock_fd = fd
+
+    def _segment_files(self) -> list[tuple[int, Path]]:
+        out = []
+        for p in self.root.iterdir():
+            m = _SEG_RE.match(p.name)
+            if m:
+                out.append((int(m.group(1)), p))
+        return sorted(out)
+
+    def _scan(self) -> None:
+        files = self._segment_files()
+        for i, (number, path) in enumerate(files):
+            last = i == len(files) - 1
+            good_end = 0
+            lines = 0
+            bad: tuple[int, int] | None = None  # (1-based line, byte position)
+            for raw, terminated, end in _iter_raw_lines(path, None):
+                obj = decode_line(raw) if terminated else None
+                eid = obj.get("event_id") if obj is not None else None
+                if obj is None or not isinstance(eid, str):
+                    if bad is None:
+                        bad = (lines + 1, good_end)
+                    continue
+                if bad is not None:
+                    raise CorruptFile(
+                        f"event log {path}: line {bad[0]} is corrupt (CRC or JSON check failed) "
+                        f"but later lines are intact; this is not a torn write: restore the "
+                        f"segment from a backup or move it aside"
+                    )
+                self._ids.add(eid)
+                lines += 1
+                good_end = end
+            size = path.stat().st_size
+            if bad is not None or good_end != size:
+                if not last:
+                    raise CorruptFile(
+                        f"event log {path}: line {bad[0] if bad else lines + 1} is torn or corrupt "
+                        f"and this is not the last segment"
+                    )
+                if self.readonly:
+                    pass  # a writer may be mid-append; read only the committed part
+                else:
+                    with open(path, "r+b") as f:
+                        f.truncate(good_end)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    self.repaired_bytes = size - good_end
+                    log.warning(
+                        "event log %s: truncated a torn tail of %d bytes at line %d (crash mid-write)",
+                        path,
+                        size - good_end,
+                        lines + 1,
+                    )
+            self._segments.append(_Segment(number, path, good_end, lines))
+
+    def _open_tail(self) -> None:
+        if not self._segments:
+            self._new_segment(1)
+        else:
+            tail = self._segments[-1]
+            self._fd = os.open(tail.path, os.O_WRONLY | os.O_APPEND)
+
+    def _new_segment(self, number: int) -> None:
+        path = self.root / segment_name(number)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+        _fsync_dir(self.root)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
+        self._segments.append(_Segment(number, path, 0, 0))
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._release()
+
+    def __enter__(self) -> "EventLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, events: Iterable[Event]) -> AppendResult:
+        """Write every event whose id is new, fsync once, return which ids were written.
+
+        Raises:
+            FeedrankError: the log is closed or read-only.
+            OSError: the write or fsync failed; nothing of the batch is then kept.
+        """
+        events = list(events)
+        with self._lock:
+            if self._closed or self.readonly or self._fd is None:
+                raise FeedrankError(f"event log {self.root} is {'read-only' if self.readonly else 'closed'}")
+            accepted: list[str] = []
+            duplicates: list[str] = []
+            seen: set[str] = set()
+            parts: list[bytes] = []
+            for ev in events:
+                eid = ev.event_id
+                if eid in self._ids or eid in seen:
+                    duplicates.append(eid)
+                    continue
+                seen.add(eid)
+                accepted.append(eid)
+                parts.append(encode_line(ev))
+            if not parts:
+                return AppendResult(accepted, duplicates)
+            tail = self._segments[-1]
+            if tail.size >= self.segment_bytes:
+                self._new_segment(tail.number + 1)
+                tail = self._segments[-1]
+            data = b"".join(parts)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
+                os.fsync(self._fd)
+            except BaseException:
+                # Drop the partial batch so the file still ends on a committed line.
+                try:
+                    os.ftruncate(self._fd, tail.size)
+                except OSError:
+                    log.exception("event log %s: could not roll back a failed append", tail.path)
+                raise
+            tail.size += len(data)
+            tail.lines += len(parts)
+            self._ids.update(accepted)
+            return AppendResult(accepted, duplicates)
+
+    # ------------------------------------------------------------------ reading
+
+    def _refresh_readonly(self) -> None:
+        """Readers of a live log: pick up new segments/lines the writer committed."""
+        self._ids.clear()
+        self._segments.clear()
+        self._scan()
+
+    def read(self, from_offset: LogOffset | tuple[int, int] | None = None) -> Iterator[LogRecord]:
+        """Records at or after ``from_offset`` (default: the beginning), in log order.
+
+        Only batches committed before the call are read. To resume after a record
+        ``rec``, pass ``rec.offset.next()``.
+        """
+        with self._lock:
+            if self.readonly:
+                self._refresh_readonly()
+            snapshot = [(s.number, s.path, s.size) for s in self._segments]
+        start = LogOffset(*from_offset) if from_offset is not None else LogOffset(0, 0)
+        for number, path, size in snapshot:
+            if number < start.segment or size == 0:
+                continue
+            skip = start.line if number == start.segment else 0
+            line_no = -1
+            for raw, terminated, _end in _iter_raw_lines(path, size):
+                line_no += 1
+                if line_no < skip:
+                    continue
+                obj = decode_line(raw) if terminated else None
+                if obj is None:
+                    raise CorruptFile(f"event log {path}: line {line_no + 1} is corrupt (changed after it was written)")
+                yield LogRecord(LogOffset(number, line_no), event_from_dict(obj))
+
+    def iter_events(self, from_offset: LogOffset | tuple[int, int] | None = None) -> Iterator[LogRecord]:
+        """Same as ``read``: ``for offset, event in log.iter_events(): ...``."""
+        return self.read(from_offset)
+
+    # ------------------------------------------------------------------ state
+
+    def __contains__(self, event_id: object) -> bool:
+        with self._lock:
+            return event_id in self._ids
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(s.lines for s in self._segments)
+
+    def end_offset(self) -> LogOffset:
+        """The offset the next appended record will get (if no segment roll happens)."""
+        with self._lock:
+            if not self._segments:
+                return LogOffset(1, 0)
+            tail = self._segments[-1]
+            return LogOffset(tail.number, tail.lines)
+
+    def segments(self) -> list[Path]:
+        with self._lock:
+            return [s.path for s in self._segments]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def writable(self) -> bool:
+        """Open for writing, and the directory and tail segment still exist and are writable."""
+        with self._lock:
+            if self._closed or self.readonly or self._fd is None or not self._segments:
+                return False
+            tail = self._segments[-1].path
+            return tail.exists() and os.access(self.root, os.W_OK) and os.access(tail, os.W_OK)
+
+
+# ---------------------------------------------------------------------- background writer
+
+
+class ImpressionWriter:
+    """Appends server-generated events (impressions) to an ``EventLog`` from one
+    background thread, many requests per fsync.
+
+    ``submit`` never blocks: when more than ``max_pending`` events wait, the new ones are
+    dropped and counted (``stats()["dropped"]``). ``flush`` waits until everything
+    submitted so far is durable; ``close`` flushes and stops the thread.
+    """
+
+    def __init__(self, log: EventLog, *, max_pending: int = 100_000, max_batch: int = 4096, name: str = "impression-writer") -> None:
+        self.log = log
+        self.max_pending = max_pending
+        self.max_batch = max_batch
+        self._buf: deque[Event] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._submitted = 0
+        self._done = 0  # events taken and processed (written, duplicate or failed)
+        self._written = 0
+        self._duplicates = 0
+        self._dropped = 0
+        self._failed = 0
+        self._batches = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, events: Sequence[Event]) -> bool:
+        """Queue events for appending; False (and counted as dropped) if full or closed."""
+        n = len(events)
+        if n == 0:
+            return True
+        with self._cond:
+            if self._closing or len(self._buf) + n > self.max_pending:
+                self._dropped += n
+                return False
+            self._buf.extend(events)
+            self._submitted += n
+            self._cond.notify_all()
+            return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._buf and not self._closing:
+                    self._cond.wait()
+                if not self._buf and self._closing:
+                    return
+                n = min(len(self._buf), self.max_batch)
+                batch = [self._buf.popleft() for _ in range(n)]
+            written = dups = failed = 0
+            try:
+                res = self.log.append(batch)
+                written, dups = len(res.accepted), len(res.duplicates)
+            except Exception:
+                failed = len(batch)
+                log.exception("impression writer: could not append %d events to %s", len(batch), self.log.root)
+            with self._cond:
+                self._written += written
+                self._duplicates += dups
+                self._failed += failed
+                self._batches += 1
+                self._done += len(batch)
+                self._cond.notify_all()
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until every event submitted before this call is processed; True if so."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._submitted
+            while self._done < target:
+                if not self._thread.is_alive():
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Flush, then stop the thread. Later submits are dropped. True if all flushed."""
+        ok = self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        return ok and not self._thread.is_alive()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closing
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            return {
+                "submitted": self._submitted,
+                "written": self._written,
+                "duplicates": self._duplicates,
+                "dropped": self._dropped,
+                "failed": self._failed,
+                "batches": self._batches,
+                "pending": len(self._buf),
+            }

@@ -1,0 +1,182 @@
+"""Offline evaluation of a model on the test side of a time split.
+
+    metrics = evaluate_model("var/world", "var/model")           # dict, JSON-ready
+
+retrieval: for users with clicks in the test period, the two-tower (history as of the
+boundary) retrieves from the whole catalogue, minus items they clicked before it;
+relevant = their test clicks. ranking: every test impression, scored with point-in-time
+features (events strictly before it), grouped by request. Both also report a popularity
+baseline; synthetic worlds can add the oracle (true attractiveness) with ``oracle=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from feedrank.evaluation.metrics import (
+    auc,
+    coverage,
+    expected_calibration_error,
+    impression_metrics,
+    ndcg_at_k_lists,
+    recall_at_k,
+)
+from feedrank.features.history import counts_before
+from feedrank.pipeline.artifacts import ModelArtifacts, load_artifacts
+from feedrank.pipeline.examples import ranking_examples
+from feedrank.ranking.model import score as ranker_score
+from feedrank.retrieval.encode import encode_users
+
+MAX_EVAL_USERS = 5000
+MAX_EVAL_IMPRESSIONS = 400_000
+
+
+def live_items(published_at: np.ndarray, start: float, end: float, max_age_s: float | None) -> np.ndarray | None:
+    """Items retrievable at some time in [start, end]: published by ``end`` and, with an
+    age limit, not expired before ``start``. None = every item (no limit, all published)."""
+    pub = np.nan_to_num(published_at, nan=-np.inf)
+    ok = pub <= end
+    if max_age_s is not None:
+        ok &= pub + max_age_s >= start
+    return None if ok.all() else np.flatnonzero(ok).astype(np.int64)
+
+
+def _ranking_block(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    m = impression_metrics(labels, scores, groups)
+    return {
+        "auc": float(auc(labels, scores)),
+        "gauc": float(m["gauc"]),
+        "mrr": float(m["mrr"]),
+        "ndcg@5": float(m["ndcg@5"]),
+        "ndcg@10": float(m["ndcg@10"]),
+        "impression_auc": float(m["auc"]),
+        "n_impressions": int(len(labels)),
+        "n_groups": int(m.get("n_groups", 0)),
+    }
+
+
+def evaluate_prepared(art: ModelArtifacts, prep, oracle: bool = False, seed: int = 0,
+                      say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Metrics for ``art`` on ``prep`` (a ``pipeline.build.Prepared``)."""
+    ev, split, catalog = prep.events, prep.split, prep.catalog
+    cfg = art.cfg
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {"retrieval": None, "ranking": None, "baselines": {}, "split": None}
+    from feedrank.data.split import split_to_dict
+
+    out["split"] = split_to_dict(split)
+    is_test = np.zeros(len(ev), dtype=bool)
+    is_test[split.test_idx] = True
+    is_train = np.zeros(len(ev), dtype=bool)
+    is_train[split.train_idx] = True
+    clk = ev.mask("click")
+
+    # ---------------------------------------------------------------- retrieval
+    test_clicks = is_test & clk
+    users = np.unique(ev.user_codes[test_clicks])
+    if len(users):
+        if len(users) > MAX_EVAL_USERS:
+            users = np.sort(rng.choice(users, size=MAX_EVAL_USERS, replace=False))
+        train_log = ev.click_log(np.flatnonzero(is_train))
+        hist = train_log.final_histories(cfg.retrieval.history_len)[users]
+        uvec = encode_users(art.two_tower, catalog, hist, np.full(len(users), split.boundary))
+        extra = int((train_log.ends - train_log.starts)[users].max(initial=0))
+        allowed = live_items(catalog.published_at, split.boundary, float(split.test.ts_max or split.boundary),
+                             art.info.get("max_item_age_s"))
+        _, ids = art.index.search(uvec, 100 + extra, allowed=allowed)
+        relevant, retrieved = [], []
+        tc_users, tc_items = ev.user_codes[test_clicks], ev.item_idx[test_clicks]
+        order = np.argsort(tc_users, kind="stable")
+        tc_users, tc_items = tc_users[order], tc_items[order]
+        lo = np.searchsorted(tc_users, users, side="left")
+        hi = np.searchsorted(tc_users, users, side="right")
+        for j, u in enumerate(users):
+            past = set(train_log.items[train_log.starts[u]:train_log.ends[u]].tolist())
+            row = [i for i in ids[j].tolist() if i >= 0 and i not in past][:100]
+            retrieved.append(row)
+            relevant.append(set(tc_items[lo[j]:hi[j]].tolist()))
+        out["retrieval"] = {
+            "recall@10": float(recall_at_k(retrieved, relevant, 10)),
+            "recall@100": float(recall_at_k(retrieved, relevant, 100)),
+            "ndcg@10": float(ndcg_at_k_lists(retrieved, relevant, 10)),
+            "coverage@100": float(coverage(retrieved, len(catalog), k=100)),
+            "n_users": int(len(users)),
+        }
+        # popularity baseline: most clicked in train, minus the user's past clicks
+        pop_counts = np.bincount(train_log.items, minlength=len(catalog)).astype(np.float64)
+        if allowed is not None:
+            mask = np.zeros(len(catalog), dtype=bool)
+            mask[allowed] = True
+            pop_counts[~mask] = -1.0
+        pop = np.argsort(-pop_counts, kind="stable")[: 100 + extra].tolist()
+        pop_lists = []
+        for j, u in enumerate(users):
+            past = set(train_log.items[train_log.starts[u]:train_log.ends[u]].tolist())
+            pop_lists.append([i for i in pop if i not in past][:100])
+        out["baselines"]["retrieval_popular"] = {
+            "recall@10": float(recall_at_k(pop_lists, relevant, 10)),
+            "recall@100": float(recall_at_k(pop_lists, relevant, 100)),
+            "ndcg@10": float(ndcg_at_k_lists(pop_lists, relevant, 10)),
+        }
+        say(f"eval retrieval: {len(users):,} users, recall@100 {out['retrieval']['recall@100']:.3f} (popular {out['baselines']['retrieval_popular']['recall@100']:.3f})")
+
+    # ---------------------------------------------------------------- ranking
+    rows = np.flatnonzero(is_test & ev.mask("impression") & (ev.request_codes >= 0))
+    if len(rows) and art.ranker is not None:
+        if len(rows) > MAX_EVAL_IMPRESSIONS:
+            keep_groups = np.unique(ev.request_codes[rows])
+            keep_groups = rng.choice(keep_groups, size=max(1, int(len(keep_groups) * MAX_EVAL_IMPRESSIONS / len(rows))), replace=False)
+            rows = rows[np.isin(ev.request_codes[rows], keep_groups)]
+        n_cat = len(art.vocabs["category"])
+        ex = ranking_examples(ev, rows, catalog, art.two_tower, art.item_vectors, n_cat, cfg.retrieval.history_len,
+                              float(art.info.get("prior_ctr", 0.05)), cfg.ranking.ctr_prior)
+        scores = ranker_score(art.ranker, ex.dense, ex.category)
+        block = _ranking_block(ex.labels, scores, ex.groups)
+        block["ece"] = float(expected_calibration_error(ex.labels, scores))
+        out["ranking"] = block
+        imp = ev.mask("impression")
+        pop_scores = counts_before(ev.item_idx[clk], ev.ts[clk], ex.items, ex.ts, len(catalog)).astype(np.float64)
+        pop_scores += 1e-6 * counts_before(ev.item_idx[imp], ev.ts[imp], ex.items, ex.ts, len(catalog))
+        out["baselines"]["ranking_popular"] = _ranking_block(ex.labels, pop_scores, ex.groups)
+        out["baselines"]["ranking_tower_similarity"] = _ranking_block(ex.labels, ex.dense[:, 0], ex.groups)
+        if oracle:
+            out["oracle"] = _oracle(prep, ev, ex)
+        say(f"eval ranking: {len(rows):,} test impressions, AUC {block['auc']:.4f} (popular {out['baselines']['ranking_popular']['auc']:.4f})")
+    return out
+
+
+def _oracle(prep, ev, ex) -> dict[str, Any] | None:
+    """Ranking metrics of the true attractiveness (synthetic worlds only)."""
+    truth_dir = Path(prep.dataset.root) / "truth"
+    if not truth_dir.exists():
+        return None
+    from feedrank.data.synth.truth import WorldTruth
+
+    truth = WorldTruth.load(prep.dataset.root)
+    user_ids = ev.user_ids[ex.users].astype(str)
+    item_ids = prep.catalog.item_ids[ex.items].astype(str)
+    a = truth.attractiveness(user_ids, item_ids, ex.ts)
+    return {"ranking": _ranking_block(ex.labels, a, ex.groups)}
+
+
+def evaluate_model(data_dir: str | Path, model_dir: str | Path, oracle: bool = False,
+                   say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Load a bundle and evaluate it on ``data_dir`` split as at training time."""
+    from feedrank.pipeline.build import prepare
+
+    art = load_artifacts(model_dir)
+    prep = prepare(data_dir, art.cfg, vocabs=art.vocabs, say=say)
+    if len(prep.catalog) != len(art.catalog) or not np.array_equal(prep.catalog.item_ids, art.catalog.item_ids):
+        # evaluating on other data: re-encode its catalogue with the trained towers
+        from feedrank.retrieval.encode import encode_items
+        from feedrank.retrieval.index import build_index
+
+        art.catalog = prep.catalog
+        art.item_vectors = encode_items(art.two_tower, prep.catalog)
+        art.index = build_index(art.item_vectors, art.cfg.retrieval.index)
+    out = evaluate_prepared(art, prep, oracle=oracle, say=say)
+    out["model_version"] = art.version
+    return out

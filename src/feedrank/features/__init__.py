@@ -1,0 +1,1 @@
+"""Features: id hashing and vocabularies, item catalogue arrays, user context, counters."""

@@ -1,0 +1,97 @@
+"""Point-in-time user histories built from click events (no future leaks).
+
+A "history" is the user's last ``L`` clicked item indices strictly before a time ``t``,
+most recent last, left-padded with -1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class ClickLog:
+    """Clicks sorted by (user, ts): ``user_codes``, ``ts``, ``items`` are (C,);
+    ``starts[u]``/``ends[u]`` delimit user ``u``'s block."""
+
+    user_codes: np.ndarray
+    ts: np.ndarray
+    items: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+    @classmethod
+    def build(cls, user_codes: np.ndarray, ts: np.ndarray, items: np.ndarray, n_users: int) -> ClickLog:
+        order = np.lexsort((ts, user_codes))
+        uc = user_codes[order].astype(np.int64)
+        starts = np.searchsorted(uc, np.arange(n_users), side="left")
+        ends = np.searchsorted(uc, np.arange(n_users), side="right")
+        return cls(uc, ts[order].astype(np.float64), items[order].astype(np.int64), starts, ends)
+
+    def positions_before(self, user_codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """For each query, the index into the sorted log of the first click at or after
+        ``ts`` in that user's block (= one past the last click strictly before ``ts``)."""
+        user_codes = np.asarray(user_codes, dtype=np.int64)
+        ts = np.asarray(ts, dtype=np.float64)
+        # Sort queries the same way and merge: one searchsorted per user block would loop;
+        # instead encode (user, rank of ts) in a single sortable float key per user.
+        out = np.empty(len(ts), dtype=np.int64)
+        if len(self.ts) == 0:
+            out[:] = 0
+            return out
+        span = float(max(self.ts.max(), ts.max()) - min(self.ts.min(), ts.min())) + 2.0
+        base = min(self.ts.min(), ts.min()) - 1.0
+        log_key = self.user_codes.astype(np.float64) * span + (self.ts - base)
+        q_key = user_codes.astype(np.float64) * span + (ts - base)
+        if user_codes.max(initial=0) * span > 2**52:
+            # key would lose precision: fall back to per-user search
+            for i, (u, t) in enumerate(zip(user_codes, ts)):
+                s, e = self.starts[u], self.ends[u]
+                out[i] = s + np.searchsorted(self.ts[s:e], t, side="left")
+            return out
+        return np.searchsorted(log_key, q_key, side="left").astype(np.int64)
+
+    def histories(self, user_codes: np.ndarray, ts: np.ndarray, length: int) -> np.ndarray:
+        """(Q, length) int64 item indices clicked strictly before ``ts``; -1 padded left."""
+        user_codes = np.asarray(user_codes, dtype=np.int64)
+        ends = self.positions_before(user_codes, ts)
+        return self.windows(user_codes, ends, length)
+
+    def windows(self, user_codes: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
+        starts = self.starts[user_codes] if len(user_codes) else np.zeros(0, dtype=np.int64)
+        idx = ends[:, None] - length + np.arange(length)[None, :]
+        valid = idx >= starts[:, None]
+        idx = np.where(valid, idx, 0)
+        if len(self.items) == 0:
+            return np.full((len(user_codes), length), -1, dtype=np.int64)
+        return np.where(valid, self.items[idx], -1)
+
+    def final_histories(self, length: int) -> np.ndarray:
+        """(U, length): every user's last ``length`` clicks (state at the end of the log)."""
+        users = np.arange(len(self.starts), dtype=np.int64)
+        return self.windows(users, self.ends.astype(np.int64), length)
+
+
+def category_affinity(histories: np.ndarray, item_cat: np.ndarray, n_cats: int, smoothing: float = 1.0) -> np.ndarray:
+    """(Q, n_cats) float32: smoothed share of each category in each history."""
+    q = histories.shape[0]
+    valid = histories >= 0
+    cats = np.where(valid, item_cat[np.where(valid, histories, 0)], 0)
+    counts = np.zeros((q, n_cats), dtype=np.float32)
+    rows = np.repeat(np.arange(q), histories.shape[1])
+    np.add.at(counts, (rows[valid.ravel()], cats.ravel()[valid.ravel()]), 1.0)
+    total = counts.sum(axis=1, keepdims=True)
+    return (counts + smoothing / n_cats) / (total + smoothing)
+
+
+def counts_before(groups: np.ndarray, ts: np.ndarray, query_groups: np.ndarray, query_ts: np.ndarray, n_groups: int) -> np.ndarray:
+    """(Q,) int64: number of (group, ts) events with the query's group and ts < query ts.
+
+    Point-in-time counters: an impression never sees events from its own future."""
+    log = ClickLog.build(np.asarray(groups, dtype=np.int64), np.asarray(ts, dtype=np.float64),
+                         np.zeros(len(groups), dtype=np.int64), n_groups)
+    qg = np.asarray(query_groups, dtype=np.int64)
+    pos = log.positions_before(qg, np.asarray(query_ts, dtype=np.float64))
+    return pos - log.starts[qg]

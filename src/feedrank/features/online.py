@@ -1,0 +1,91 @@
+"""In-process online state: per-user recent clicks and seen items, per-item counters.
+
+Bounded: each user keeps at most ``history_len`` clicks and ``seen_memory`` seen items;
+the number of users kept is capped (least recently updated evicted). Thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class UserContext:
+    """What the pipeline reads about one user at request time."""
+
+    history: np.ndarray          # (L,) int64 item indices, -1 padded left, most recent last
+    seen: frozenset[str]
+    n_clicks: int
+    known: bool
+
+
+@dataclass
+class _UserRecord:
+    clicks: deque = field(default_factory=deque)
+    seen: OrderedDict = field(default_factory=OrderedDict)
+    n_clicks: int = 0
+
+
+class OnlineState:
+    def __init__(self, n_items: int, history_len: int, seen_memory: int, max_users: int = 1_000_000) -> None:
+        self.history_len = history_len
+        self.seen_memory = seen_memory
+        self.max_users = max_users
+        self.item_impressions = np.zeros(n_items, dtype=np.float64)
+        self.item_clicks = np.zeros(n_items, dtype=np.float64)
+        self._users: OrderedDict[str, _UserRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def _record(self, user_id: str) -> _UserRecord:
+        rec = self._users.get(user_id)
+        if rec is None:
+            rec = _UserRecord(clicks=deque(maxlen=self.history_len))
+            self._users[user_id] = rec
+            if len(self._users) > self.max_users:
+                self._users.popitem(last=False)
+        else:
+            self._users.move_to_end(user_id)
+        return rec
+
+    def load_user(self, user_id: str, history: np.ndarray, n_clicks: int, seen: list[str] | None = None) -> None:
+        """Bulk-load one user's state (from a model bundle)."""
+        with self._lock:
+            rec = self._record(user_id)
+            rec.clicks.extend(int(i) for i in history if i >= 0)
+            rec.n_clicks = int(n_clicks)
+            for s in seen or []:
+                rec.seen[s] = None
+
+    def record_click(self, user_id: str, item_idx: int) -> None:
+        with self._lock:
+            rec = self._record(user_id)
+            rec.clicks.append(int(item_idx))
+            rec.n_clicks += 1
+            self.item_clicks[item_idx] += 1
+
+    def record_impression(self, user_id: str, item_id: str, item_idx: int) -> None:
+        with self._lock:
+            rec = self._record(user_id)
+            rec.seen[item_id] = None
+            rec.seen.move_to_end(item_id)
+            while len(rec.seen) > self.seen_memory:
+                rec.seen.popitem(last=False)
+            self.item_impressions[item_idx] += 1
+
+    def context(self, user_id: str) -> UserContext:
+        with self._lock:
+            rec = self._users.get(user_id)
+            hist = np.full(self.history_len, -1, dtype=np.int64)
+            if rec is None:
+                return UserContext(hist, frozenset(), 0, False)
+            clicks = list(rec.clicks)
+            if clicks:
+                hist[-len(clicks):] = clicks
+            return UserContext(hist, frozenset(rec.seen), rec.n_clicks, True)

@@ -1,0 +1,1 @@
+"""The Recommender: composes retrieval, ranking and re-ranking under a deadline."""

@@ -1,0 +1,130 @@
+"""Everything a trained model consists of, and how it goes in and out of a bundle.
+
+Files in a bundle:
+    config.json        the FeedrankConfig used for training
+    vocabs.json        category / subcategory vocabularies
+    items.parquet      the catalogue the vectors are aligned with
+    two_tower.pt       state_dict (loaded with weights_only=True)
+    ranker.pt          state_dict, absent when the data had no impressions
+    item_vectors.npy   (N, D) float32
+    index.faiss        FAISS index over item_vectors (ids = catalogue rows)
+    state.npz          online state at the end of the data: user ids, histories (U, L),
+                       clicks per user, item impression and click counters
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from feedrank.config import FeedrankConfig, config_from_dict, config_to_dict
+from feedrank.data.dataset import seconds_to_ts, ts_to_seconds
+from feedrank.errors import ModelLoadError
+from feedrank.features.catalog import ItemCatalog
+from feedrank.features.vocab import Vocab, load_vocabs, save_vocabs
+from feedrank.ranking.model import Ranker
+from feedrank.registry.bundle import BundleManifest, begin_bundle, finalize_bundle, open_bundle
+from feedrank.retrieval.index import FaissIndex
+from feedrank.retrieval.two_tower import TwoTower, TwoTowerDims
+
+
+@dataclass
+class OnlineSnapshot:
+    user_ids: np.ndarray          # (U,) str
+    histories: np.ndarray         # (U, L) int64, -1 padded
+    user_clicks: np.ndarray       # (U,) int64
+    item_impressions: np.ndarray  # (N,) float64
+    item_clicks: np.ndarray       # (N,) float64
+
+
+@dataclass
+class ModelArtifacts:
+    cfg: FeedrankConfig
+    vocabs: dict[str, Vocab]
+    items: pd.DataFrame
+    catalog: ItemCatalog
+    two_tower: TwoTower
+    item_vectors: np.ndarray
+    index: FaissIndex
+    ranker: Ranker | None
+    snapshot: OnlineSnapshot
+    info: dict[str, Any] = field(default_factory=dict)   # prior_ctr, split, metrics, reports
+    manifest: BundleManifest | None = None
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version if self.manifest else "unsaved"
+
+
+def save_artifacts(art: ModelArtifacts, out: Path) -> BundleManifest:
+    staging = begin_bundle(Path(out))
+    (staging / "config.json").write_text(json.dumps(config_to_dict(art.cfg), indent=2))
+    save_vocabs(staging / "vocabs.json", art.vocabs)
+    items = art.items[["item_id", "title", "category", "subcategory", "creator"]].copy()
+    tbl = pa.Table.from_pandas(items, preserve_index=False).append_column("published_at", seconds_to_ts(art.items["published_at"].to_numpy(dtype=np.float64)))
+    pq.write_table(tbl, staging / "items.parquet")
+    torch.save(art.two_tower.state_dict(), staging / "two_tower.pt")
+    if art.ranker is not None:
+        torch.save(art.ranker.state_dict(), staging / "ranker.pt")
+    np.save(staging / "item_vectors.npy", art.item_vectors.astype(np.float32), allow_pickle=False)
+    art.index.save(staging / "index.faiss")
+    s = art.snapshot
+    np.savez(staging / "state.npz", user_ids=s.user_ids.astype(str), histories=s.histories, user_clicks=s.user_clicks,
+             item_impressions=s.item_impressions, item_clicks=s.item_clicks)
+    body = {
+        "dims": art.two_tower.dims.__dict__,
+        "index_kind": art.index.kind,
+        "ranker": None if art.ranker is None else {"hidden": list(art.ranker.hidden), "n_categories": art.ranker.n_categories},
+        **art.info,
+    }
+    manifest = finalize_bundle(staging, Path(out), body)
+    art.manifest = manifest
+    return manifest
+
+
+def load_artifacts(model_dir: str | Path, verify: bool = True) -> ModelArtifacts:
+    """Load and check a bundle; any inconsistency raises ModelLoadError."""
+    manifest = open_bundle(model_dir, verify=verify)
+    try:
+        cfg = config_from_dict(json.loads(manifest.path("config.json").read_text()))
+        vocabs = load_vocabs(manifest.path("vocabs.json"))
+        tbl = pq.read_table(manifest.path("items.parquet"))
+        items = tbl.drop(["published_at"]).to_pandas()
+        items["published_at"] = ts_to_seconds(tbl.column("published_at"))
+        catalog = ItemCatalog.build(items, vocabs, cfg.retrieval.id_buckets, cfg.retrieval.text_buckets)
+        dims = TwoTowerDims(**manifest.body["dims"])
+        tt = TwoTower(dims)
+        tt.load_state_dict(torch.load(manifest.path("two_tower.pt"), weights_only=True))
+        tt.eval()
+        ranker = None
+        rinfo = manifest.body.get("ranker")
+        if rinfo:
+            ranker = Ranker(n_categories=int(rinfo["n_categories"]), hidden=tuple(rinfo["hidden"]))
+            ranker.load_state_dict(torch.load(manifest.path("ranker.pt"), weights_only=True))
+            ranker.eval()
+        vectors = np.load(manifest.path("item_vectors.npy"), allow_pickle=False)
+        index = FaissIndex.load(manifest.path("index.faiss"), manifest.body.get("index_kind", "flat"))
+        with np.load(manifest.path("state.npz"), allow_pickle=False) as z:
+            snap = OnlineSnapshot(z["user_ids"], z["histories"], z["user_clicks"], z["item_impressions"], z["item_clicks"])
+    except (KeyError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"bundle {manifest.root} could not be loaded: {exc}") from exc
+    n = len(catalog)
+    problems = []
+    if vectors.shape != (n, dims.out_dim):
+        problems.append(f"item_vectors.npy shape {vectors.shape} != ({n}, {dims.out_dim})")
+    if len(index) != n:
+        problems.append(f"index.faiss holds {len(index)} vectors, catalogue has {n}")
+    if len(snap.item_clicks) != n:
+        problems.append(f"state.npz counters cover {len(snap.item_clicks)} items, catalogue has {n}")
+    if problems:
+        raise ModelLoadError(f"bundle {manifest.root} is inconsistent: " + "; ".join(problems))
+    info = {k: v for k, v in manifest.body.items() if k not in ("dims", "index_kind", "ranker", "content_hash")}
+    return ModelArtifacts(cfg, vocabs, items, catalog, tt, vectors, index, ranker, snap, info, manifest)

@@ -1,0 +1,163 @@
+"""Train every stage from a dataset folder and write one model bundle.
+
+    art = train_model("var/world", "var/model", cfg)
+
+Steps (each prints progress): load + validate -> time split -> vocabularies and catalogue
+-> two-tower on train clicks -> item vectors + ANN index -> ranker on train impressions
+(point-in-time features) -> offline evaluation on the test side -> online state snapshot
+over all events -> bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from feedrank.config import FeedrankConfig, config_to_dict
+from feedrank.data.dataset import Dataset, load_dataset
+from feedrank.data.split import TimeSplit, check_no_overlap, split_to_dict, time_split
+from feedrank.errors import SchemaError
+from feedrank.features.catalog import ItemCatalog
+from feedrank.features.vocab import Vocab
+from feedrank.pipeline.artifacts import ModelArtifacts, OnlineSnapshot, save_artifacts
+from feedrank.pipeline.examples import EventArrays, ranking_examples
+from feedrank.ranking.train import train_ranker
+from feedrank.retrieval.encode import encode_items
+from feedrank.retrieval.index import build_index, recall_against_exact
+from feedrank.retrieval.train import train_two_tower
+from feedrank.training.common import seed_everything, setup_threads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A dataset made ready for training or evaluation."""
+
+    dataset: Dataset
+    events: EventArrays
+    split: TimeSplit
+    vocabs: dict[str, Vocab]
+    catalog: ItemCatalog
+    items: Any  # pandas DataFrame
+
+
+def prepare(data_dir: str | Path, cfg: FeedrankConfig, vocabs: dict[str, Vocab] | None = None,
+            say: Callable[[str], None] = print) -> Prepared:
+    """Load, validate and split a dataset; build (or reuse) vocabularies and the catalogue."""
+    t = time.perf_counter()
+    ds = load_dataset(data_dir)
+    events = ds.events_frame()
+    items = ds.items_frame()
+    say(f"loaded {data_dir}: {len(items):,} items, {len(events):,} events, source={ds.meta.source} ({time.perf_counter() - t:.1f}s)")
+    events = events.sort_values("ts", kind="stable").reset_index(drop=True)
+    split = time_split(events, cfg.split.test_fraction)
+    check_no_overlap(split, events)
+    if vocabs is None:
+        vocabs = {"category": Vocab.build("category", items["category"]), "subcategory": Vocab.build("subcategory", items["subcategory"], max_size=5000)}
+    catalog = ItemCatalog.build(items, vocabs, cfg.retrieval.id_buckets, cfg.retrieval.text_buckets)
+    ev = EventArrays.build(events, catalog)
+    say(f"split at {split_to_dict(split)['boundary_iso']}: train {split.train.n_events:,} events, test {split.test.n_events:,} events")
+    return Prepared(ds, ev, split, vocabs, catalog, items)
+
+
+def snapshot(ev: EventArrays, n_items: int, history_len: int) -> OnlineSnapshot:
+    """The online state at the end of the events: every user's last clicks and counters."""
+    clicks = ev.click_log()
+    hist = clicks.final_histories(history_len)
+    n_clicks = (clicks.ends - clicks.starts).astype(np.int64)
+    active = n_clicks > 0
+    imp = ev.mask("impression")
+    return OnlineSnapshot(
+        user_ids=ev.user_ids[active].astype(str),
+        histories=hist[active],
+        user_clicks=n_clicks[active],
+        item_impressions=np.bincount(ev.item_idx[imp], minlength=n_items).astype(np.float64),
+        item_clicks=np.bincount(ev.item_idx[ev.mask("click")], minlength=n_items).astype(np.float64),
+    )
+
+
+def learn_max_item_age(hours: float, clicks, catalog: ItemCatalog) -> float | None:
+    """The retrieval age limit in seconds (None = no limit).
+
+    ``hours`` > 0 is taken as given; -1 learns it: the age by which 99% of training clicks
+    happened, times 1.5 for headroom (news: days; a film catalogue: effectively none)."""
+    if hours == 0:
+        return None
+    if hours > 0:
+        return hours * 3600.0
+    age = clicks.ts - catalog.published_at[clicks.items]
+    age = age[np.isfinite(age)]
+    if len(age) < 20:
+        return None
+    limit = float(np.quantile(np.maximum(age, 0.0), 0.99)) * 1.5
+    span = float(clicks.ts.max() - clicks.ts.min())
+    return None if limit >= span else max(limit, 3600.0)
+
+
+def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show_progress: bool = True,
+                evaluate: bool = True, say: Callable[[str], None] = print) -> ModelArtifacts:
+    t_all = time.perf_counter()
+    setup_threads(cfg.training.threads)
+    rng = seed_everything(cfg.training.seed)
+    prep = prepare(data_dir, cfg, say=say)
+    ev, split, catalog = prep.events, prep.split, prep.catalog
+    n_cat, n_sub = len(prep.vocabs["category"]), len(prep.vocabs["subcategory"])
+
+    train_rows = np.zeros(len(ev), dtype=bool)
+    train_rows[split.train_idx] = True
+    clicks = ev.click_log(np.flatnonzero(train_rows))
+    if len(clicks.items) < 2:
+        raise SchemaError(f"{data_dir}: the train split has {len(clicks.items)} clicks; training needs clicks")
+    say(f"two-tower: {len(clicks.items):,} train clicks")
+    tt, tt_report = train_two_tower(cfg.retrieval, catalog, clicks, n_cat, n_sub, rng, show_progress)
+    say(f"two-tower trained: loss {tt_report.final_loss:.3f} in {tt_report.seconds:.1f}s")
+
+    max_age_s = learn_max_item_age(cfg.retrieval.max_item_age_hours, clicks, catalog)
+    say("retrieval age limit: " + ("none" if max_age_s is None else f"{max_age_s / 3600:.1f} h (items older are not retrieved)"))
+    vectors = encode_items(tt, catalog)
+    index = build_index(vectors, cfg.retrieval.index, seed=cfg.training.seed)
+    sample = vectors[rng.choice(len(vectors), size=min(200, len(vectors)), replace=False)]
+    index_recall = recall_against_exact(index, vectors, sample, k=100)
+    say(f"index: {index.kind} over {len(index):,} items, recall@100 vs exact {index_recall:.3f}")
+
+    imp_rows = np.flatnonzero(train_rows & ev.mask("impression"))
+    n_imp_train = int(train_rows[ev.mask("impression")].sum())
+    prior_ctr = float(train_rows[ev.mask("click")].sum() / max(n_imp_train, 1)) if n_imp_train else 0.05
+    prior_ctr = float(np.clip(prior_ctr, 1e-4, 0.9))
+    ranker, rk_report = None, None
+    if len(imp_rows):
+        if len(imp_rows) > cfg.ranking.max_train_examples:
+            imp_rows = imp_rows[-cfg.ranking.max_train_examples :]
+        ex = ranking_examples(ev, imp_rows, catalog, tt, vectors, n_cat, cfg.retrieval.history_len, prior_ctr, cfg.ranking.ctr_prior)
+        say(f"ranker: {len(imp_rows):,} train impressions, {int(ex.labels.sum()):,} clicks")
+        ranker, rk_report = train_ranker(cfg.ranking, ex.dense, ex.category, ex.position, ex.labels, n_cat, rng, show_progress)
+        say(f"ranker trained: loss {rk_report.final_loss:.4f} in {rk_report.seconds:.1f}s")
+    else:
+        say("ranker: no impressions in this data; feeds will be ordered by retrieval (tier 'reduced')")
+
+    art = ModelArtifacts(
+        cfg=cfg, vocabs=prep.vocabs, items=prep.items, catalog=catalog, two_tower=tt, item_vectors=vectors, index=index,
+        ranker=ranker, snapshot=snapshot(ev, len(catalog), cfg.retrieval.history_len),
+        info={
+            "prior_ctr": prior_ctr,
+            "max_item_age_s": max_age_s,
+            "dataset": {"path": str(data_dir), "source": prep.dataset.meta.source, "n_items": len(catalog), "n_events": len(ev)},
+            "split": split_to_dict(split),
+            "index_recall_at_100": index_recall,
+            "train_reports": {"two_tower": tt_report.__dict__, "ranker": None if rk_report is None else rk_report.__dict__},
+            "config": config_to_dict(cfg),
+        },
+    )
+    if evaluate:
+        from feedrank.evaluation.offline import evaluate_prepared
+
+        art.info["metrics"] = evaluate_prepared(art, prep, say=say)
+    manifest = save_artifacts(art, Path(out))
+    say(f"model {manifest.version} written to {out} ({time.perf_counter() - t_all:.1f}s in all)")
+    return art

@@ -1,0 +1,222 @@
+"""The Recommender: context -> retrieve -> enrich -> rank -> rerank, under a deadline.
+
+Tiers (the response says which one answered):
+    full       two-tower + sources, ranked by the neural ranker, re-ranked
+    reduced    ranker skipped (deadline nearly spent, or the model has no ranker):
+               candidates keep their retrieval order, then re-ranked
+    fallback   retrieval failed: the cached popular list, re-ranked
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from feedrank.config import FeedrankConfig
+from feedrank.features.history import category_affinity
+from feedrank.features.online import OnlineState, UserContext
+from feedrank.pipeline.artifacts import ModelArtifacts
+from feedrank.ranking.features import ranking_features
+from feedrank.ranking.model import score as ranker_score
+from feedrank.rerank.policies import RerankPolicy, apply_policy
+from feedrank.retrieval.encode import user_inputs
+from feedrank.retrieval.sources import SourceResult, fresh_items, merge_sources, popular_items
+from feedrank.types import Event, EventKind, FeedRequest, FeedResponse, Item, ScoredItem
+
+log = logging.getLogger(__name__)
+
+STAGES = ("context", "retrieve", "enrich", "rank", "rerank")
+POPULAR_REFRESH_S = 30.0
+
+
+class Recommender:
+    """Implements ``pipeline.protocol.FeedService`` over loaded ``ModelArtifacts``."""
+
+    def __init__(self, art: ModelArtifacts, cfg: FeedrankConfig | None = None, clock=time.time) -> None:
+        self.art = art
+        self.cfg = cfg or art.cfg
+        self.clock = clock
+        self.catalog = art.catalog
+        self.n_categories = len(art.vocabs["category"])
+        self.prior_ctr = float(art.info.get("prior_ctr", 0.05))
+        self.policy = RerankPolicy(max_per_category=self.cfg.rerank.max_per_category, drop_seen=self.cfg.rerank.drop_seen)
+        self.state = OnlineState(len(self.catalog), self.cfg.retrieval.history_len, self.cfg.pipeline.seen_memory)
+        snap = art.snapshot
+        self.state.item_impressions[:] = snap.item_impressions
+        self.state.item_clicks[:] = snap.item_clicks
+        for uid, hist, n in zip(snap.user_ids.tolist(), snap.histories, snap.user_clicks.tolist()):
+            self.state.load_user(uid, hist, n)
+        self._popular: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._popular_at = -np.inf
+        self._popular_lock = threading.Lock()
+        self.max_item_age_s = art.info.get("max_item_age_s")
+        self._live: np.ndarray | None = None
+        self._live_at = -np.inf
+        self._item_ids_list = self.catalog.item_ids.tolist()
+        self._categories_list = self.catalog.categories.tolist()
+        torch.set_grad_enabled(False)
+        self.warm_up()
+
+    # ------------------------------------------------------------------ FeedService
+    @property
+    def model_version(self) -> str:
+        return self.art.version
+
+    def stage_names(self) -> tuple[str, ...]:
+        return STAGES
+
+    def has_item(self, item_id: str) -> bool:
+        return item_id in self.catalog.index
+
+    def get_item(self, item_id: str) -> Item | None:
+        idx = self.catalog.index.get(item_id)
+        return None if idx is None else self.catalog.item(idx)
+
+    def observe(self, events: Sequence[Event]) -> None:
+        for ev in events:
+            idx = self.catalog.index.get(ev.item_id)
+            if idx is None:
+                continue
+            if ev.kind == EventKind.CLICK:
+                self.state.record_click(ev.user_id, idx)
+            elif ev.kind == EventKind.IMPRESSION:
+                self.state.record_impression(ev.user_id, ev.item_id, idx)
+
+    def warm_up(self) -> None:
+        """Run one request through every stage so the first real one is not slow."""
+        self.recommend(FeedRequest(user_id="__warmup__", k=10, deadline_ms=10_000.0))
+
+    # ------------------------------------------------------------------ the pipeline
+    def recommend(self, request: FeedRequest) -> FeedResponse:
+        t_start = time.perf_counter()
+        now = float(request.now) if request.now is not None else float(self.clock())
+        deadline_ms = float(request.deadline_ms or self.cfg.pipeline.deadline_ms)
+        request_id = request.request_id or uuid.uuid4().hex
+        timings: dict[str, float] = {}
+        k = int(request.k)
+
+        def lap(stage: str, t0: float) -> float:
+            t1 = time.perf_counter()
+            timings[stage] = round((t1 - t0) * 1000.0, 3)
+            return t1
+
+        t = time.perf_counter()
+        ctx = self.state.context(request.user_id)
+        t = lap("context", t)
+
+        tier = "full"
+        try:
+            cand, sources, retr_scores, user_vec, aff = self._retrieve(ctx, now)
+        except Exception:  # a broken retrieval must not fail the request: popular fallback
+            log.exception("retrieval failed; serving the popular fallback (request_id=%s)", request_id)
+            tier = "fallback"
+            cand = self._popular_list(now)[: self.cfg.pipeline.rank_max_candidates]
+            sources = ["popular"] * len(cand)
+            retr_scores = np.zeros(len(cand), dtype=np.float32)
+            user_vec, aff = None, None
+        t = lap("retrieve", t)
+
+        scores = retr_scores.astype(np.float64)
+        elapsed_ms = (time.perf_counter() - t_start) * 1000.0
+        if tier == "full" and (self.art.ranker is None or elapsed_ms > 0.6 * deadline_ms):
+            tier = "reduced"
+        if tier == "full" and len(cand):
+            dense = self._enrich(cand, ctx, now, user_vec, aff)
+            t = lap("enrich", t)
+            scores = ranker_score(self.art.ranker, dense, self.catalog.cat_idx[cand]).astype(np.float64)
+            t = lap("rank", t)
+            order = np.argsort(-scores, kind="stable").tolist()
+        else:
+            # retrieval order is already best-first per source; keep it
+            order = list(range(len(cand)))
+            if tier != "fallback":
+                scores = np.linspace(1.0, 0.0, num=max(len(cand), 1))[: len(cand)]
+
+        cand_ids = [self._item_ids_list[i] for i in cand.tolist()]
+        cand_cats = [self._categories_list[i] for i in cand.tolist()]
+        kept = apply_policy(order, cand_ids, cand_cats, ctx.seen, k, self.policy)
+        if len(kept) < k:  # the user has seen nearly everything: top up from popular
+            have = set(cand_ids[j] for j in kept)
+            extra = [int(i) for i in self._popular_list(now)
+                     if self._item_ids_list[i] not in have and self._item_ids_list[i] not in ctx.seen][: k - len(kept)]
+            base = len(cand)
+            cand = np.concatenate([cand, np.asarray(extra, dtype=np.int64)])
+            sources = list(sources) + ["popular"] * len(extra)
+            scores = np.concatenate([scores, np.zeros(len(extra))])
+            kept = kept + list(range(base, base + len(extra)))
+        lap("rerank", t)
+
+        items = []
+        for rank, j in enumerate(kept, start=1):
+            idx = int(cand[j])
+            items.append(ScoredItem(item_id=self._item_ids_list[idx], score=round(float(scores[j]), 6), rank=rank,
+                                    source=sources[j], title=str(self.catalog.titles[idx]),
+                                    category=self._categories_list[idx], creator=str(self.catalog.creators[idx])))
+        timings["total"] = round((time.perf_counter() - t_start) * 1000.0, 3)
+        return FeedResponse(request_id=request_id, user_id=request.user_id, items=tuple(items),
+                            model_version=self.model_version, tier=tier, timings_ms=timings)
+
+    # ------------------------------------------------------------------ stages
+    def _retrieve(self, ctx: UserContext, now: float):
+        p = self.cfg.pipeline
+        hist = ctx.history[None, :]
+        inputs = user_inputs(self.catalog, hist, np.array([now]), self.n_categories)
+        user_vec = self.art.two_tower.user(*inputs).numpy()[0]
+        aff = inputs[2].numpy()[0]
+        scores, ids = self.art.index.search(user_vec[None, :], p.ann_k, allowed=self._live_items(now))
+        ok = ids[0] >= 0
+        results = [SourceResult("ann", ids[0][ok].astype(np.int64), scores[0][ok])]
+        if p.fresh_k:
+            top_cats = np.argsort(-aff)[:3] if ctx.history.max() >= 0 else None
+            wanted = None
+            if top_cats is not None:
+                wanted = np.array([self.art.vocabs["category"].values[c - 1] for c in top_cats if c > 0], dtype=object)
+            fresh = fresh_items(self.catalog.published_at, now, p.fresh_hours * 3600.0, self.catalog.categories, wanted, p.fresh_k)
+            results.append(SourceResult("fresh", fresh, np.zeros(len(fresh), dtype=np.float32)))
+        popular = self._popular_list(now)[: p.popular_k]
+        results.append(SourceResult("popular", popular, np.zeros(len(popular), dtype=np.float32)))
+        exclude = {self.catalog.index[s] for s in ctx.seen if s in self.catalog.index} if self.policy.drop_seen else None
+        quotas = {"ann": p.ann_k, "fresh": p.fresh_k, "popular": p.popular_k}
+        cand, sources, retr = merge_sources(results, quotas, p.rank_max_candidates, fallback="popular", exclude=exclude)
+        return cand, sources, retr, user_vec, aff
+
+    def _enrich(self, cand: np.ndarray, ctx: UserContext, now: float, user_vec: np.ndarray, aff: np.ndarray) -> np.ndarray:
+        n = len(cand)
+        sim = self.art.item_vectors[cand] @ user_vec
+        return ranking_features(
+            tower_sim=sim,
+            category_affinity=aff[self.catalog.cat_idx[cand]],
+            item_impressions=self.state.item_impressions[cand],
+            item_clicks=self.state.item_clicks[cand],
+            age_s=self.catalog.age_seconds(cand, now),
+            user_clicks=np.full(n, ctx.n_clicks, dtype=np.float64),
+            ts=np.full(n, now),
+            prior_ctr=self.prior_ctr,
+            prior_weight=self.cfg.ranking.ctr_prior,
+        )
+
+    def _live_items(self, now: float) -> np.ndarray | None:
+        """Items young enough to retrieve (None = all); refreshed every 30 s."""
+        if self.max_item_age_s is None:
+            return None
+        with self._popular_lock:
+            if time.monotonic() - self._live_at > POPULAR_REFRESH_S or self._live is None:
+                age = now - np.nan_to_num(self.catalog.published_at, nan=-np.inf)
+                self._live = np.flatnonzero((age >= 0) & (age <= self.max_item_age_s)).astype(np.int64)
+                self._live_at = time.monotonic()
+            return self._live
+
+    def _popular_list(self, now: float) -> np.ndarray:
+        with self._popular_lock:
+            if time.monotonic() - self._popular_at > POPULAR_REFRESH_S or not len(self._popular):
+                age = self.catalog.age_seconds(np.arange(len(self.catalog)), now)
+                n = max(self.cfg.pipeline.popular_k, self.cfg.pipeline.rank_max_candidates)
+                self._popular = popular_items(self.state.item_clicks, age, n)
+                self._popular_at = time.monotonic()
+            return self._popular

@@ -1,0 +1,1 @@
+"""Ranking: the ranker model, its features, training recipe (calibration/compression later)."""

@@ -1,0 +1,1 @@
+"""What every training recipe shares: seeding, threads, progress."""
