@@ -172,7 +172,9 @@ def validate_events_chunk(
         problems.append(f"{fname}: row {r}, field 'kind': {kind[r - offset].as_py()!r} is not one of {list(EVENT_KINDS)}")
 
     ts = _ts_seconds(batch.column(idx("ts")))
-    lo, hi = (TS_MIN_S, TS_MAX_S) if ts_range is None else ts_range
+    lo, hi = TS_MIN_S, TS_MAX_S
+    if ts_range is not None:  # the range dataset.json declares, within the plausible one
+        lo, hi = max(lo, ts_range[0]), min(hi, ts_range[1])
     bad_ts = ~np.isnan(ts) & ((ts < lo) | (ts > hi))
     for r in _rows(bad_ts, offset):
         problems.append(f"{fname}: row {r}, field 'ts': timestamp {ts[r - offset]:.3f}s out of range [{lo:.0f}, {hi:.0f}]")

@@ -75,7 +75,11 @@ def evaluate_prepared(art: ModelArtifacts, prep, oracle: bool = False, seed: int
     clk = ev.mask("click")
 
     # ---------------------------------------------------------------- retrieval
+    # Targets are test clicks. Where the test side has clicks on logged impressions (MIND),
+    # only those count: clicks without a request (imported histories) are context.
     test_clicks = is_test & clk
+    if (test_clicks & (ev.request_codes >= 0)).any():
+        test_clicks &= ev.request_codes >= 0
     users = np.unique(ev.user_codes[test_clicks])
     if len(users):
         if len(users) > MAX_EVAL_USERS:

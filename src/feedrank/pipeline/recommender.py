@@ -60,7 +60,6 @@ class Recommender:
         self._live_at = -np.inf
         self._item_ids_list = self.catalog.item_ids.tolist()
         self._categories_list = self.catalog.categories.tolist()
-        torch.set_grad_enabled(False)
         self.warm_up()
 
     # ------------------------------------------------------------------ FeedService
@@ -94,6 +93,10 @@ class Recommender:
 
     # ------------------------------------------------------------------ the pipeline
     def recommend(self, request: FeedRequest) -> FeedResponse:
+        with torch.inference_mode():  # per call: grad mode is thread-local and servers use pools
+            return self._recommend(request)
+
+    def _recommend(self, request: FeedRequest) -> FeedResponse:
         t_start = time.perf_counter()
         now = float(request.now) if request.now is not None else float(self.clock())
         deadline_ms = float(request.deadline_ms or self.cfg.pipeline.deadline_ms)

@@ -11,11 +11,12 @@ from pathlib import Path
 import click
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
 from feedrank.data.dataset import load_dataset, validate_dataset
-from feedrank.data.importers import import_mind, import_movielens
+from feedrank.data.importers import import_mind, import_movielens, split_tokens
 from feedrank.errors import NotFound, SchemaError
 
 pytestmark = pytest.mark.timeout(120)
@@ -102,6 +103,27 @@ def test_mind_tiny_maps_everything(tmp_path: Path) -> None:
     assert items.loc["NX", "published_at"] == hist.ts.min()
     assert sorted(ds.users.column("user_id").to_pylist()) == ["UA", "UB"]
     assert ds.meta.extra["published_at"] == "first_seen"
+
+
+def test_split_tokens_ignores_extra_whitespace() -> None:
+    tokens, parent, index = split_tokens(pa.array(["a  b ", "", " c", "d e f"]))
+    assert tokens.to_pylist() == ["a", "b", "c", "d", "e", "f"]
+    assert parent.tolist() == [0, 0, 2, 3, 3, 3] and index.tolist() == [0, 1, 0, 0, 1, 2]
+
+
+def test_mind_history_union_and_spacing(tmp_path: Path) -> None:
+    src = _tiny_mind(tmp_path / "src")
+    _write(src / "behaviors.tsv", [
+        "7\tUC\t11/12/2019 10:00:00 AM\tNA  NB\t N1-0  N2-1 ",
+        "8\tUC\t11/12/2019 9:00:00 AM\tNB NC\tN3-0",
+    ])
+    import_mind(src, tmp_path / "out", progress=False)
+    ev = load_dataset(tmp_path / "out").events_frame()
+    hist = ev[ev.request_id.isna()].sort_values("ts")
+    assert hist.item_id.tolist() == ["NA", "NB", "NC"]  # union in file order
+    assert hist.ts.max() == pd.Timestamp("2019-11-12 08:59:59", tz="UTC").timestamp()
+    imp = ev[(ev.kind == "impression") & (ev.request_id == "mind-7")].sort_values("position")
+    assert imp.item_id.tolist() == ["N1", "N2"] and imp.position.tolist() == [0, 1]
 
 
 def test_mind_malformed_lines_list_every_problem(tmp_path: Path) -> None:

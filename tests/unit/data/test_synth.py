@@ -106,14 +106,14 @@ def test_propensities_in_unit_interval(logs) -> None:
 
 def test_logged_propensities_are_exact_conditional_slot_probabilities() -> None:
     """IPS identity: for slot k, E[1 / propensity] = number of live items not in slots < k."""
-    world = World.build(WorldConfig(n_users=5, n_items=60, n_days=1, seed=3, feed_len=6))
+    world = World.build(WorldConfig(n_users=5, n_items=80, n_days=1, seed=3, feed_len=6))
     policy = LoggingPolicy(world)
     rng = np.random.default_rng(0)
     # make popularity and user history non-uniform first
-    clicked = rng.integers(0, 60, 300)
+    clicked = rng.integers(0, 80, 300)
     policy.observe_clicks(np.zeros(300, dtype=np.int64), clicked)
     policy.end_day()
-    t = world.config.start + 3600.0
+    t = world.config.start + 20 * 3600.0
     t_ms = np.full(30_000, int(t * 1000), dtype=np.int64)
     feeds = policy.sample(rng, np.zeros(len(t_ms), dtype=np.int64), t_ms)
     n_live = int(((world.item_pub <= t) & (world.item_pub > t - world.config.max_age_s)).sum())
@@ -147,7 +147,7 @@ def test_clicks_match_truth_click_probability_per_position(logs) -> None:
 def test_users_focused_on_one_topic_click_mostly_that_topic(logs) -> None:
     imp, _, truth = logs
     pref = truth.user_preferences(imp.user_id.values, imp.ts.values)
-    focused = pref.max(axis=1) > 0.9
+    focused = pref.max(axis=1) > 0.7  # at the time of the impression (prefs drift)
     top = pref.argmax(axis=1)
     on_top = imp.cat.values == top
     sel = focused & imp.clicked.values

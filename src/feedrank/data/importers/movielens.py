@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from feedrank.data.dataset import DatasetWriter
 from feedrank.data.importers import (

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from feedrank.retrieval.index import build_index, choose_kind, recall_against_exact
+from feedrank.retrieval.sources import SourceResult, fresh_items, merge_sources, popular_items
+
+
+def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_index_kinds_find_near_neighbours(kind):
+    v = _unit(5000, 32)
+    idx = build_index(v, kind)
+    assert len(idx) == 5000 and idx.kind == kind
+    r = recall_against_exact(idx, v, v[:50], k=10)
+    assert r > (0.99 if kind != "ivfpq" else 0.3)
+    _, ids = idx.search(v[:5], 1)
+    if kind != "ivfpq":
+        assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_index_allowed_filter_and_incremental_add(tmp_path):
+    v = _unit(1000, 16)
+    idx = build_index(v[:900], "flat")
+    allowed = np.arange(100, 200)
+    _, ids = idx.search(v[:3], 10, allowed=allowed)
+    assert np.isin(ids, allowed).all()
+    idx.add(v[900:], np.arange(900, 1000))
+    _, ids = idx.search(v[950:951], 1)
+    assert ids[0, 0] == 950
+    idx.save(tmp_path / "i.faiss")
+    from feedrank.retrieval.index import FaissIndex
+
+    again = FaissIndex.load(tmp_path / "i.faiss", "flat")
+    assert len(again) == 1000
+
+
+def test_choose_kind_thresholds():
+    assert choose_kind(10) == "flat"
+    assert choose_kind(1_000_000) == "hnsw"
+    assert choose_kind(50_000_000) == "ivfpq"
+    assert choose_kind(10, "hnsw") == "hnsw"
+
+
+def test_popular_and_fresh_sources():
+    clicks = np.array([5, 50, 0, 20], dtype=float)
+    age = np.array([0.0, 30 * 86400.0, 0.0, 3600.0])
+    assert popular_items(clicks, age, 2).tolist() == [3, 0]
+    pub = np.array([100.0, 190.0, 200.0, np.nan, 150.0])
+    cats = np.array(["a", "b", "a", "a", "a"], dtype=object)
+    assert fresh_items(pub, now=200.0, max_age_s=60.0, categories=cats, wanted_categories=None, k=5).tolist() == [2, 1, 4]
+    assert fresh_items(pub, 200.0, 60.0, cats, np.array(["a"], dtype=object), 5).tolist() == [2, 4]
+
+
+def test_merge_quotas_dedupe_and_fallback():
+    ann = SourceResult("ann", np.array([1, 2, 3, 4]), np.array([0.9, 0.8, 0.7, 0.6], dtype=np.float32))
+    fresh = SourceResult("fresh", np.array([2, 7]), np.zeros(2, dtype=np.float32))
+    pop = SourceResult("popular", np.array([1, 8, 9, 10]), np.zeros(4, dtype=np.float32))
+    items, src, _ = merge_sources([ann, fresh, pop], {"ann": 3, "fresh": 2, "popular": 1}, total=7, fallback="popular", exclude={3})
+    assert items.tolist() == [1, 2, 4, 7, 8, 9, 10]
+    assert src == ["ann", "ann", "ann", "fresh", "popular", "popular", "popular"]
+    assert len(set(items.tolist())) == len(items)
