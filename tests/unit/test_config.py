@@ -47,3 +47,8 @@ def test_bad_override_syntax_and_missing_file(tmp_path: Path):
 def test_bool_is_not_an_int():
     with pytest.raises(ConfigError, match="expected int"):
         config_from_dict({"ranking": {"epochs": True}})
+
+
+def test_shipped_default_yaml_equals_builtin_defaults():
+    repo = Path(__file__).resolve().parents[2]
+    assert load_config(repo / "configs" / "default.yaml") == FeedrankConfig()

@@ -28,6 +28,8 @@ class DemoSize:
 
 FULL = DemoSize(users=20_000, items=5_000, days=14)
 SMOKE = DemoSize(users=3_000, items=1_000, days=5)
+# sessions per user per day: dense enough that a 2-week world teaches the models something
+DEMO_ACTIVITY = 1.0
 
 
 def _free_port() -> int:
@@ -158,6 +160,7 @@ def demo(smoke: bool, workdir: str, host: str, port: int, seed: int, no_progress
     from feedrank.config import load_config
     from feedrank.data.synth.simulate import generate_world
     from feedrank.data.synth.world import WorldConfig
+    from feedrank.evaluation.offline import evaluate_prepared
     from feedrank.pipeline.build import train_model
 
     size = SMOKE if smoke else FULL
@@ -167,13 +170,14 @@ def demo(smoke: bool, workdir: str, host: str, port: int, seed: int, no_progress
     # the world ends now, so the live server's clock continues where the data stops
     start = float(int(time.time() // 3600 * 3600) - size.days * 86400)
     say(f"step 1/4: synthetic world ({size.users:,} users x {size.items:,} items x {size.days} days) -> {world_dir}")
-    summary = generate_world(world_dir, WorldConfig(n_users=size.users, n_items=size.items, n_days=size.days, seed=seed, start=start),
+    summary = generate_world(world_dir, WorldConfig(n_users=size.users, n_items=size.items, n_days=size.days, seed=seed, start=start,
+                                                    activity_mean=DEMO_ACTIVITY),
                              progress=not no_progress)
     say(f"          {summary.meta.n_events:,} events ({summary.meta.events_by_kind}) in {summary.seconds:.1f}s")
     say(f"step 2/4: training -> {model_dir}")
     overrides = ["retrieval.epochs=2", "ranking.epochs=1"] if smoke else []
     cfg = load_config(None, overrides)
-    art = train_model(world_dir, model_dir, cfg, show_progress=not no_progress, say=say)
+    art = train_model(world_dir, model_dir, cfg, show_progress=not no_progress, evaluator=evaluate_prepared, say=say)
     m = art.info.get("metrics", {})
     say(f"          retrieval {m.get('retrieval')}")
     say(f"          ranking   {m.get('ranking')}")

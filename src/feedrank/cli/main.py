@@ -33,13 +33,14 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from feedrank.cli import data, demo, evaluate, serve, train
+    from feedrank.cli import config_cmd, data, demo, evaluate, serve, train
 
     cli.add_command(data.data)
     cli.add_command(train.train)
     cli.add_command(evaluate.eval_cmd)
     cli.add_command(serve.serve)
     cli.add_command(demo.demo)
+    cli.add_command(config_cmd.config_group)
 
 
 _register()

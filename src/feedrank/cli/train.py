@@ -27,10 +27,12 @@ def train(data_dir: str, out_dir: str, no_eval: bool, no_progress: bool, config_
       feedrank train --data var/mind --out var/mind-model ranking.epochs=3 retrieval.index=hnsw
       feedrank train --data var/world --out var/model --config configs/default.yaml
     """
+    from feedrank.evaluation.offline import evaluate_prepared
     from feedrank.pipeline.build import train_model
 
     cfg = resolve_config(config_path, overrides)
-    art = train_model(data_dir, out_dir, cfg, show_progress=not no_progress, evaluate=not no_eval, say=say)
+    art = train_model(data_dir, out_dir, cfg, show_progress=not no_progress,
+                      evaluator=None if no_eval else evaluate_prepared, say=say)
     summary = {"model": out_dir, "version": art.version, "metrics": art.info.get("metrics")}
     if summary["metrics"]:
         summary["metrics"] = {k: summary["metrics"].get(k) for k in ("retrieval", "ranking")}

@@ -320,7 +320,8 @@ class DatasetWriter:
         vc = pc.value_counts(tbl.column("kind"))
         for entry in vc.to_pylist():
             self._kinds[entry["values"]] = self._kinds.get(entry["values"], 0) + int(entry["counts"])
-        users = tbl.column("user_id").to_numpy(zero_copy_only=False).astype(object)
+        # distinct users: hash only this chunk's distinct ids (Arrow does the dedupe)
+        users = pc.unique(tbl.column("user_id")).to_numpy(zero_copy_only=False).astype(object)
         self._user_hashes.append(np.unique(pd.util.hash_array(users)))
         if len(self._user_hashes) > 16:
             self._user_hashes = [np.unique(np.concatenate(self._user_hashes))]

@@ -100,8 +100,16 @@ def learn_max_item_age(hours: float, clicks, catalog: ItemCatalog) -> float | No
     return None if limit >= span else max(limit, 3600.0)
 
 
+Evaluator = Callable[..., dict]  # (ModelArtifacts, Prepared, say=...) -> metrics dict
+
+
 def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show_progress: bool = True,
-                evaluate: bool = True, say: Callable[[str], None] = print) -> ModelArtifacts:
+                evaluator: Evaluator | None = None, say: Callable[[str], None] = print) -> ModelArtifacts:
+    """Train every stage on ``data_dir`` and write the bundle to ``out``.
+
+    ``evaluator`` (e.g. ``evaluation.offline.evaluate_prepared``) scores the model on the
+    test side before it is saved; its result goes into the manifest as ``metrics``. It is
+    passed in so that pipeline never imports evaluation (which builds on pipeline)."""
     t_all = time.perf_counter()
     setup_threads(cfg.training.threads)
     rng = seed_everything(cfg.training.seed)
@@ -154,10 +162,8 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
             "config": config_to_dict(cfg),
         },
     )
-    if evaluate:
-        from feedrank.evaluation.offline import evaluate_prepared
-
-        art.info["metrics"] = evaluate_prepared(art, prep, say=say)
+    if evaluator is not None:
+        art.info["metrics"] = evaluator(art, prep, say=say)
     manifest = save_artifacts(art, Path(out))
     say(f"model {manifest.version} written to {out} ({time.perf_counter() - t_all:.1f}s in all)")
     return art
