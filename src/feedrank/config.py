@@ -47,6 +47,23 @@ class RetrievalConfig:
     # Items older than this are not retrieved: -1 = learn it from the data (the age by
     # which 99% of training clicks happened), 0 = no limit.
     max_item_age_hours: float = field(default=-1.0, metadata=_rng(-1.0, None))
+    # Title content vectors: auto = MiniLM when feedrank[content] is installed, else hashed.
+    content_encoder: Literal["auto", "minilm", "hashed", "none"] = "hashed"
+    content_cache_dir: str = ""  # empty: $FEEDRANK_CACHE/content or ~/.cache/feedrank/content
+    # Hard negatives: share of rows with one, and the share of those that are shown-not-clicked
+    # impressions (the rest are mined from the model's ranks [mined_rank_min, mined_rank_max)).
+    hard_negative_ratio: float = field(default=0.5, metadata=_rng(0.0, 1.0))
+    hard_negative_mix: float = field(default=0.5, metadata=_rng(0.0, 1.0))
+    mined_rank_min: int = field(default=100, metadata=_rng(0, None))
+    mined_rank_max: int = field(default=500, metadata=_rng(1, None))
+    # ANN: auto picks flat below flat_max_items, hnsw below hnsw_max_items, else ivfpq.
+    flat_max_items: int = field(default=100_000, metadata=_rng(0, None))
+    hnsw_max_items: int = field(default=5_000_000, metadata=_rng(0, None))
+    hnsw_m: int = field(default=32, metadata=_rng(4, 256))
+    hnsw_ef_search: int = field(default=128, metadata=_rng(1, None))
+    ivf_nprobe: int = field(default=32, metadata=_rng(1, None))
+    # An index whose recall@100 against exact search is below this is not published.
+    recall_floor: float = field(default=0.9, metadata=_rng(0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,21 @@ class RankingConfig:
     weight_decay: float = field(default=1e-5, metadata=_rng(0.0, 1.0))
     ctr_prior: float = field(default=20.0, metadata=_rng(0.0, None))
     max_train_examples: int = field(default=600_000, metadata=_rng(1, None))
+    # model: explicit interactions (docs/ranking.md has the measurement behind the default)
+    interaction: Literal["dcn", "dot", "mlp"] = "dcn"
+    cross_layers: int = field(default=2, metadata=_rng(0, 8))
+    engagement_features: bool = True   # user-category, debiased CTR, dwell, creator counters
+    loss: Literal["pointwise", "pairwise", "listwise"] = "pointwise"
+    dwell_loss_weight: float = field(default=0.2, metadata=_rng(0.0, None))
+    fairness_weight: float = field(default=0.0, metadata=_rng(0.0, None))
+    calibration: Literal["none", "platt", "isotonic"] = "isotonic"
+    calibration_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))
+    distill_hidden: tuple[int, ...] = (16,)   # () = no distilled ranker
+    distill_epochs: int = field(default=1, metadata=_rng(1, 1000))
+    # serving-time (no retrain): score = click_weight * p + dwell_weight * p * E[dwell]/mean dwell
+    click_weight: float = field(default=1.0, metadata=_rng(0.0, None))
+    dwell_weight: float = field(default=0.0, metadata=_rng(0.0, None))
+    freshness_tau_hours: float = field(default=0.0, metadata=_rng(0.0, None))  # 0 = off
 
 
 @dataclass(frozen=True)
@@ -74,6 +106,8 @@ class PipelineConfig:
     popular_k: int = field(default=100, metadata=_rng(0, None))
     fresh_hours: float = field(default=24.0, metadata=_rng(0.0, None))
     rank_max_candidates: int = field(default=500, metadata=_rng(1, None))
+    # ranking stage budget (0 = off): candidates ranked and ranker variant adapt to fit it
+    rank_budget_ms: float = field(default=0.0, metadata=_rng(0.0, None))
     seen_memory: int = field(default=500, metadata=_rng(0, None))
 
 
@@ -84,6 +118,9 @@ class ServingConfig:
     max_k: int = field(default=200, metadata=_rng(1, None))
     events_dir: str = ""
     max_events_per_request: int = field(default=1000, metadata=_rng(1, None))
+    # torch threads per request: requests run concurrently in the server's pool, so
+    # one thread each avoids oversubscribing the cores (p99 is lower, measured).
+    torch_threads: int = field(default=1, metadata=_rng(1, 256))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from feedrank.cli.main import cli
-from feedrank.cli.serve import build_service
+from feedrank.serving.factory import build_service
 from feedrank.errors import ModelLoadError
 from feedrank.pipeline.artifacts import load_artifacts
 

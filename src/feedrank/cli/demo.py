@@ -6,9 +6,7 @@ its own requests, checks the answers and exits 0 (or 1 listing what failed).
 
 from __future__ import annotations
 
-import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,36 +28,6 @@ FULL = DemoSize(users=20_000, items=5_000, days=14)
 SMOKE = DemoSize(users=3_000, items=1_000, days=5)
 # sessions per user per day: dense enough that a 2-week world teaches the models something
 DEMO_ACTIVITY = 1.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class BackgroundServer:
-    """uvicorn in a thread, for the demo and tests; ``stop()`` shuts it down cleanly."""
-
-    def __init__(self, app, host: str, port: int) -> None:
-        import uvicorn
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, name="feedrank-server", daemon=True)
-        self.url = f"http://{host}:{port}"
-
-    def start(self, timeout: float = 30.0) -> BackgroundServer:
-        self.thread.start()
-        t0 = time.time()
-        while not self.server.started:
-            if not self.thread.is_alive() or time.time() - t0 > timeout:
-                raise RuntimeError(f"server did not start on {self.url}")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 def _pick_users(model_dir: Path) -> list[str]:
@@ -156,7 +124,8 @@ def demo(smoke: bool, workdir: str, host: str, port: int, seed: int, no_progress
       feedrank demo --smoke         # 3k x 1k x 5 days, checks its own server, exits 0
       feedrank demo --workdir /tmp/fr --port 8080
     """
-    from feedrank.cli.serve import build_service
+    from feedrank.serving.factory import build_service
+    from feedrank.serving.server import BackgroundServer, free_port
     from feedrank.config import load_config
     from feedrank.data.synth.simulate import generate_world
     from feedrank.data.synth.world import WorldConfig
@@ -182,7 +151,7 @@ def demo(smoke: bool, workdir: str, host: str, port: int, seed: int, no_progress
     say(f"          retrieval {m.get('retrieval')}")
     say(f"          ranking   {m.get('ranking')}")
     say(f"step 3/4: starting the server (setup + training took {time.time() - t0:.0f}s)")
-    port = _free_port() if smoke else port
+    port = free_port() if smoke else port
     app, event_log, rec, _ = build_service(str(model_dir), str(events_dir))
     server = BackgroundServer(app, host, port).start()
     users = _pick_users(model_dir)

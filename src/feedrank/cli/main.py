@@ -33,7 +33,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from feedrank.cli import config_cmd, data, demo, evaluate, serve, train
+    from feedrank.cli import bench, config_cmd, data, demo, evaluate, serve, train
 
     cli.add_command(data.data)
     cli.add_command(train.train)
@@ -41,6 +41,7 @@ def _register() -> None:
     cli.add_command(serve.serve)
     cli.add_command(demo.demo)
     cli.add_command(config_cmd.config_group)
+    cli.add_command(bench.bench_group)
 
 
 _register()

@@ -6,32 +6,8 @@ from pathlib import Path
 
 import click
 
-from feedrank.cli.common import config_options, resolve_config, say
-
-
-def build_service(model_dir: str, events_dir: str | None, config_path: str | None = None, overrides: tuple[str, ...] = ()):
-    """Load the model and open the event log; returns (app, event_log, recommender)."""
-    from feedrank.config import apply_overrides, config_from_dict, config_to_dict
-    from feedrank.data.eventlog import EventLog
-    from feedrank.pipeline.artifacts import load_artifacts
-    from feedrank.pipeline.recommender import Recommender
-    from feedrank.serving.app import create_app
-
-    art = load_artifacts(model_dir)
-    cfg = art.cfg
-    if config_path or overrides:
-        # the bundle's config is the base; a file's runtime sections and the overrides go on top
-        base = config_to_dict(cfg)
-        if config_path:
-            file_cfg = config_to_dict(resolve_config(config_path, ()))
-            for section in ("pipeline", "rerank", "serving"):
-                base[section] = file_cfg[section]
-        cfg = config_from_dict(apply_overrides(base, list(overrides)))
-    recommender = Recommender(art, cfg)
-    log_dir = Path(events_dir or cfg.serving.events_dir or (Path(model_dir).parent / "events"))
-    event_log = EventLog(log_dir)
-    app = create_app(recommender, event_log, cfg.serving, cfg.pipeline)
-    return app, event_log, recommender, cfg
+from feedrank.cli.common import config_options, say
+from feedrank.serving.factory import build_service
 
 
 @click.command()

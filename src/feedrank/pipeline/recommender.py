@@ -32,7 +32,7 @@ from feedrank.types import Event, EventKind, FeedRequest, FeedResponse, Item, Sc
 log = logging.getLogger(__name__)
 
 STAGES = ("context", "retrieve", "enrich", "rank", "rerank")
-POPULAR_REFRESH_S = 30.0
+CACHE_S = 30.0  # request-clock seconds a cached live set / popular list stays valid
 
 
 class Recommender:
@@ -205,21 +205,27 @@ class Recommender:
         )
 
     def _live_items(self, now: float) -> np.ndarray | None:
-        """Items young enough to retrieve (None = all); refreshed every 30 s."""
+        """Items young enough to retrieve at ``now`` (None = all). Cached, and recomputed
+        when the request clock moves more than 30 s from the cached one (so replays and
+        requests with an explicit ``now`` get the right set)."""
         if self.max_item_age_s is None:
             return None
         with self._popular_lock:
-            if time.monotonic() - self._live_at > POPULAR_REFRESH_S or self._live is None:
+            if self._live is None or abs(now - self._live_at) > CACHE_S:
                 age = now - np.nan_to_num(self.catalog.published_at, nan=-np.inf)
                 self._live = np.flatnonzero((age >= 0) & (age <= self.max_item_age_s)).astype(np.int64)
-                self._live_at = time.monotonic()
+                self._live_at = now
             return self._live
 
     def _popular_list(self, now: float) -> np.ndarray:
+        """Recent popularity at ``now``; recomputed every 30 s of request clock (counters
+        move with observed events)."""
         with self._popular_lock:
-            if time.monotonic() - self._popular_at > POPULAR_REFRESH_S or not len(self._popular):
+            if not len(self._popular) or abs(now - self._popular_at) > CACHE_S:
                 age = self.catalog.age_seconds(np.arange(len(self.catalog)), now)
+                if self.max_item_age_s is not None:
+                    age = np.where(age > self.max_item_age_s, np.inf, age)  # expired: no popularity
                 n = max(self.cfg.pipeline.popular_k, self.cfg.pipeline.rank_max_candidates)
                 self._popular = popular_items(self.state.item_clicks, age, n)
-                self._popular_at = time.monotonic()
+                self._popular_at = now
             return self._popular

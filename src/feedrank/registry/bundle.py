@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def begin_bundle(out: Path) -> Path:
     out = Path(out)
-    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+    staging = out.with_name(f".{out.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
@@ -96,6 +97,11 @@ def open_bundle(root: str | Path, verify: bool = True) -> BundleManifest:
         raw = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{mpath}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{mpath}: top level must be a JSON object, got {type(raw).__name__}")
+    missing = [k for k in ("version", "created_at", "files") if k not in raw]
+    if missing:
+        raise ModelLoadError(f"{mpath}: missing field(s) {', '.join(missing)}")
     if raw.get("format") != BUNDLE_FORMAT:
         raise ModelLoadError(f"{mpath}: bundle format {raw.get('format')!r}, this feedrank reads {BUNDLE_FORMAT}")
     files = dict(raw.get("files", {}))

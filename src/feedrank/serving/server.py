@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 import uvicorn
 from fastapi import FastAPI
 
@@ -26,3 +30,33 @@ def serve_forever(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, lo
         access_log=True,
         timeout_graceful_shutdown=10,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BackgroundServer:
+    """uvicorn in a thread, for the demo and tests; ``stop()`` shuts it down cleanly."""
+
+    def __init__(self, app, host: str, port: int) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, name="feedrank-server", daemon=True)
+        self.url = f"http://{host}:{port}"
+
+    def start(self, timeout: float = 30.0) -> BackgroundServer:
+        self.thread.start()
+        t0 = time.time()
+        while not self.server.started:
+            if not self.thread.is_alive() or time.time() - t0 > timeout:
+                raise RuntimeError(f"server did not start on {self.url}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
@@ -209,5 +210,5 @@ def test_learn_max_item_age_no_limit_when_unneeded_or_unknowable():
     assert learn_max_item_age(-1, clicks, catalog) is None
     # unknown publish times are ignored
     clicks, catalog = _clicks_with_ages(np.full(100, 3.0))
-    catalog.published_at[:] = np.nan
+    catalog = dataclasses.replace(catalog, published_at=np.full(len(catalog), np.nan))
     assert learn_max_item_age(-1, clicks, catalog) is None
