@@ -1,0 +1,144 @@
+"""Hot swap: serve the registry's ``current`` version and switch without stopping.
+
+The manager is the FeedService the app sees. A poller thread reads the registry's
+``current`` pointer every ``poll_s`` seconds; on a change it loads the new bundle *beside*
+the old one, builds its Recommender (which warms up), runs a few real requests through it,
+and only then swaps one reference. A bundle that fails to load or to warm up is refused:
+the old model keeps serving, the failure is logged and counted in /metrics
+(``feedrank_model_swaps_total{result="failed"}``), and that version is not retried until
+``current`` changes again.
+
+Note: the online state (recent clicks, seen items) starts from the new bundle's snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from feedrank.errors import ModelLoadError
+from feedrank.pipeline.recommender import Recommender
+from feedrank.registry.store import ModelRegistry
+from feedrank.types import Event, FeedRequest, FeedResponse, Item
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    changed: bool
+    version: int | None
+    result: str          # "swapped" | "unchanged" | "failed" | "skipped"
+    detail: str = ""
+
+
+class ModelManager:
+    """A FeedService that delegates to the current Recommender and hot-swaps it."""
+
+    def __init__(self, registry: ModelRegistry, build: Callable[[Path], Recommender], poll_s: float = 5.0,
+                 metrics_registry: CollectorRegistry | None = None, warm_users: int = 8) -> None:
+        self.registry = registry
+        self.build = build
+        self.poll_s = poll_s
+        self.warm_users = warm_users
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed_version: int | None = None
+        self.registry_version: int | None = None
+        self.swaps = Counter("feedrank_model_swaps", "Model hot swaps by result", ["result"], registry=metrics_registry)
+        self.version_gauge = Gauge("feedrank_model_registry_version", "Registry version being served", registry=metrics_registry)
+        version = registry.current()
+        if version is None:
+            raise ModelLoadError(f"registry {registry.root} has no current version; run `feedrank models promote N`")
+        self._active: Recommender = self._load(version)  # the first load must succeed
+        self._set_version(version)
+
+    # ------------------------------------------------------------------ swapping
+    def _load(self, version: int) -> Recommender:
+        rec = self.build(self.registry.path(version))
+        snap_users = rec.art.snapshot.user_ids[: self.warm_users].tolist() + ["__warm_new_user__"]
+        for u in snap_users:  # real requests through every stage before any traffic
+            resp = rec.recommend(FeedRequest(user_id=str(u), k=10, deadline_ms=10_000.0))
+            if not resp.items:
+                raise ModelLoadError(f"version {version}: warm-up returned an empty feed for {u!r}")
+        return rec
+
+    def _set_version(self, version: int) -> None:
+        self.registry_version = version
+        self.version_gauge.set(version)
+
+    def check_now(self) -> SwapResult:
+        """Compare ``current`` with what is served; load and swap if it changed."""
+        try:
+            version = self.registry.current()
+        except Exception as exc:  # a torn or unreadable pointer: keep serving
+            log.exception("cannot read the registry's current pointer")
+            return SwapResult(False, None, "failed", str(exc))
+        if version is None or version == self.registry_version:
+            return SwapResult(False, version, "unchanged")
+        if version == self._failed_version:
+            return SwapResult(False, version, "skipped", "this version failed to load before")
+        t0 = time.perf_counter()
+        try:
+            new = self._load(version)
+        except Exception as exc:
+            self._failed_version = version
+            self.swaps.labels(result="failed").inc()
+            log.exception("model version %s refused; still serving %s", version, self.model_version)
+            return SwapResult(False, version, "failed", f"{type(exc).__name__}: {exc}")
+        with self._lock:
+            old, self._active = self._active, new
+            self._set_version(version)
+        self._failed_version = None
+        self.swaps.labels(result="ok").inc()
+        log.info("swapped model %s -> %s (registry version %s) in %.1fs", old.model_version, new.model_version, version,
+                 time.perf_counter() - t0)
+        return SwapResult(True, version, "swapped")
+
+    def start(self) -> ModelManager:
+        def loop() -> None:
+            while not self._stop.wait(self.poll_s):
+                self.check_now()
+
+        self._thread = threading.Thread(target=loop, name="model-manager", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.poll_s + 5)
+
+    # ------------------------------------------------------------------ FeedService
+    @property
+    def active(self) -> Recommender:
+        return self._active
+
+    @property
+    def model_version(self) -> str:
+        return self._active.model_version
+
+    def recommend(self, request: FeedRequest) -> FeedResponse:
+        return self._active.recommend(request)
+
+    def observe(self, events: Sequence[Event]) -> None:
+        self._active.observe(events)
+
+    def has_item(self, item_id: str) -> bool:
+        return self._active.has_item(item_id)
+
+    def get_item(self, item_id: str) -> Item | None:
+        return self._active.get_item(item_id)
+
+    def stage_names(self) -> tuple[str, ...]:
+        return self._active.stage_names()
+
+    def ready(self) -> bool:
+        return self._active is not None
