@@ -95,7 +95,15 @@ class RankingConfig:
 @dataclass(frozen=True)
 class RerankConfig:
     max_per_category: int = field(default=3, metadata=_rng(1, None))
+    max_per_creator: int = field(default=2, metadata=_rng(1, None))
     drop_seen: bool = True
+    seen_ttl_hours: float = field(default=72.0, metadata=_rng(0.0, None))  # 0 = remember until evicted
+    mmr_lambda: float = field(default=1.0, metadata=_rng(0.0, 1.0))        # 1 = MMR off
+    fairness_group: str = "new"
+    fairness_min_share: float = field(default=0.0, metadata=_rng(0.0, 1.0))  # 0 = off
+    explore_epsilon: float = field(default=0.05, metadata=_rng(0.0, 1.0))
+    explore_position: int = field(default=4, metadata=_rng(0, None))
+    blocklist_file: str = ""   # YAML {items: [...], creators: [...], categories: [...]}, reloaded on change
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,20 @@ class ServingConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """Online feature store and real-time counters (docs/feature-store.md)."""
+
+    store_url: str = "memory://"  # memory:// | sqlite:///path | redis://host:port/db
+    ttl_s: float = field(default=604_800.0, metadata=_rng(0.0, None))  # cold after this long unwritten
+    windows_s: tuple[int, ...] = (300, 3600, 86400)  # sliding windows of the item counters
+    max_items: int = field(default=200_000, metadata=_rng(1, None))  # real-time item slots (memory bound)
+    max_users: int = field(default=200_000, metadata=_rng(1, None))
+    stall_s: float = field(default=60.0, metadata=_rng(0.0, None))  # no consumer progress -> batch baselines
+    poll_s: float = field(default=0.1, metadata=_rng(0.001, None))  # consumer poll interval
+    commit_every_s: float = field(default=5.0, metadata=_rng(0.0, None))  # consumer checkpoint interval
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     seed: int = 0
     threads: int = field(default=2, metadata=_rng(1, 256))
@@ -138,6 +160,7 @@ class FeedrankConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
 
 # ---------------------------------------------------------------- conversion and checks

@@ -63,6 +63,7 @@ class ScoredItem:
     title: str = ""
     category: str = "unknown"
     creator: str = "unknown"
+    propensity: float = 1.0   # probability the serving policy put this item in this slot
 
 
 @dataclass(frozen=True, slots=True)

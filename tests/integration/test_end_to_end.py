@@ -72,7 +72,7 @@ def test_serve_feed_events_and_planted_topic(world: Path, model: Path, tmp_path:
             body = r.json()
             assert body["tier"] == "full" and len(body["items"]) == 10
             assert set(body["timings_ms"]) >= {"context", "retrieve", "enrich", "rank", "rerank", "total"}
-            assert all(it["title"] and it["source"] in ("ann", "fresh", "popular") for it in body["items"])
+            assert all(it["title"] and it["source"] in ("ann", "fresh", "popular", "explore") for it in body["items"])
             assert client.get("/v1/feed", params={"user_id": "nobody-yet", "k": 5}).status_code == 200
             assert client.get("/v1/feed", params={"user_id": known, "k": 0}).status_code == 422
 

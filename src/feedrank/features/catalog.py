@@ -25,6 +25,7 @@ class ItemCatalog:
     titles: np.ndarray            # object (N,)
     categories: np.ndarray        # object (N,) raw strings
     creators: np.ndarray          # object (N,) raw strings
+    creator_groups: np.ndarray    # object (N,) e.g. "new" / "established"; "unknown" if absent
     cat_idx: np.ndarray           # int64 (N,) vocab index
     sub_idx: np.ndarray           # int64 (N,)
     creator_hash: np.ndarray      # int64 (N,)
@@ -53,6 +54,8 @@ class ItemCatalog:
             titles=titles,
             categories=cats,
             creators=creators,
+            creator_groups=(items["creator_group"].fillna("unknown").astype(str) if "creator_group" in items.columns
+                            else pd.Series(["unknown"] * len(items))).to_numpy(dtype=object),
             cat_idx=vocabs["category"].lookup(cats),
             sub_idx=vocabs["subcategory"].lookup(subs),
             creator_hash=hash_ids(creators, id_buckets, salt="c:"),

@@ -1,11 +1,13 @@
 """In-process online state: per-user recent clicks and seen items, per-item counters.
 
-Bounded: each user keeps at most ``history_len`` clicks and ``seen_memory`` seen items;
+Bounded: each user keeps at most ``history_len`` clicks and ``seen_memory`` seen items
+(each seen item expires ``seen_ttl_s`` after its last impression);
 the number of users kept is capped (least recently updated evicted). Thread-safe.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -31,9 +33,11 @@ class _UserRecord:
 
 
 class OnlineState:
-    def __init__(self, n_items: int, history_len: int, seen_memory: int, max_users: int = 1_000_000) -> None:
+    def __init__(self, n_items: int, history_len: int, seen_memory: int, max_users: int = 1_000_000,
+                 seen_ttl_s: float | None = None) -> None:
         self.history_len = history_len
         self.seen_memory = seen_memory
+        self.seen_ttl_s = seen_ttl_s
         self.max_users = max_users
         self.item_impressions = np.zeros(n_items, dtype=np.float64)
         self.item_clicks = np.zeros(n_items, dtype=np.float64)
@@ -70,16 +74,18 @@ class OnlineState:
             rec.n_clicks += 1
             self.item_clicks[item_idx] += 1
 
-    def record_impression(self, user_id: str, item_id: str, item_idx: int) -> None:
+    def record_impression(self, user_id: str, item_id: str, item_idx: int, ts: float | None = None) -> None:
+        """``ts`` is when it was shown (None: never expires from the seen memory)."""
         with self._lock:
             rec = self._record(user_id)
-            rec.seen[item_id] = None
+            rec.seen[item_id] = math.inf if ts is None else float(ts)
             rec.seen.move_to_end(item_id)
             while len(rec.seen) > self.seen_memory:
                 rec.seen.popitem(last=False)
             self.item_impressions[item_idx] += 1
 
-    def context(self, user_id: str) -> UserContext:
+    def context(self, user_id: str, now: float | None = None) -> UserContext:
+        """The user's state at ``now``: seen items older than the TTL are dropped."""
         with self._lock:
             rec = self._users.get(user_id)
             hist = np.full(self.history_len, -1, dtype=np.int64)
@@ -88,4 +94,11 @@ class OnlineState:
             clicks = list(rec.clicks)
             if clicks:
                 hist[-len(clicks):] = clicks
-            return UserContext(hist, frozenset(rec.seen), rec.n_clicks, True)
+            if self.seen_ttl_s is not None and now is not None:
+                cutoff = now - self.seen_ttl_s
+                while rec.seen and next(iter(rec.seen.values())) < cutoff:
+                    rec.seen.popitem(last=False)
+                seen = frozenset(i for i, t in rec.seen.items() if t >= cutoff)
+            else:
+                seen = frozenset(rec.seen)
+            return UserContext(hist, seen, rec.n_clicks, True)

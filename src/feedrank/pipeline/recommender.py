@@ -13,7 +13,9 @@ import logging
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,8 +26,9 @@ from feedrank.features.online import OnlineState, UserContext
 from feedrank.pipeline.artifacts import ModelArtifacts
 from feedrank.ranking.features import ranking_features
 from feedrank.ranking.model import score as ranker_score
-from feedrank.rerank.policies import RerankPolicy, apply_policy
-from feedrank.retrieval.encode import user_inputs
+from feedrank.pipeline.policy_source import BlocklistSource
+from feedrank.rerank.policies import RerankPolicy, Slate, rerank
+from feedrank.retrieval.encode import user_vectors
 from feedrank.retrieval.sources import SourceResult, fresh_items, merge_sources, popular_items
 from feedrank.types import Event, EventKind, FeedRequest, FeedResponse, Item, ScoredItem
 
@@ -45,8 +48,14 @@ class Recommender:
         self.catalog = art.catalog
         self.n_categories = len(art.vocabs["category"])
         self.prior_ctr = float(art.info.get("prior_ctr", 0.05))
-        self.policy = RerankPolicy(max_per_category=self.cfg.rerank.max_per_category, drop_seen=self.cfg.rerank.drop_seen)
-        self.state = OnlineState(len(self.catalog), self.cfg.retrieval.history_len, self.cfg.pipeline.seen_memory)
+        rc = self.cfg.rerank
+        self.policy = RerankPolicy(max_per_category=rc.max_per_category, max_per_creator=rc.max_per_creator,
+                                   drop_seen=rc.drop_seen, mmr_lambda=rc.mmr_lambda, fairness_group=rc.fairness_group,
+                                   fairness_min_share=rc.fairness_min_share, explore_epsilon=rc.explore_epsilon,
+                                   explore_position=rc.explore_position)
+        self.blocklists = BlocklistSource(rc.blocklist_file or None)
+        ttl = self.cfg.rerank.seen_ttl_hours * 3600.0 or None
+        self.state = OnlineState(len(self.catalog), self.cfg.retrieval.history_len, self.cfg.pipeline.seen_memory, seen_ttl_s=ttl)
         snap = art.snapshot
         self.state.item_impressions[:] = snap.item_impressions
         self.state.item_clicks[:] = snap.item_clicks
@@ -59,6 +68,8 @@ class Recommender:
         self._live: np.ndarray | None = None
         self._live_at = -np.inf
         self._item_ids_list = self.catalog.item_ids.tolist()
+        self._creators_list = self.catalog.creators.astype(str).tolist()
+        self._groups_list = self.catalog.creator_groups.astype(str).tolist()
         self._categories_list = self.catalog.categories.tolist()
         self.warm_up()
 
@@ -85,7 +96,7 @@ class Recommender:
             if ev.kind == EventKind.CLICK:
                 self.state.record_click(ev.user_id, idx)
             elif ev.kind == EventKind.IMPRESSION:
-                self.state.record_impression(ev.user_id, ev.item_id, idx)
+                self.state.record_impression(ev.user_id, ev.item_id, idx, ev.ts)
 
     def warm_up(self) -> None:
         """Run one request through every stage so the first real one is not slow."""
@@ -110,7 +121,7 @@ class Recommender:
             return t1
 
         t = time.perf_counter()
-        ctx = self.state.context(request.user_id)
+        ctx = self.state.context(request.user_id, now)
         t = lap("context", t)
 
         tier = "full"
@@ -142,8 +153,7 @@ class Recommender:
                 scores = np.linspace(1.0, 0.0, num=max(len(cand), 1))[: len(cand)]
 
         cand_ids = [self._item_ids_list[i] for i in cand.tolist()]
-        cand_cats = [self._categories_list[i] for i in cand.tolist()]
-        kept = apply_policy(order, cand_ids, cand_cats, ctx.seen, k, self.policy)
+        kept, props = self._rerank(cand, cand_ids, scores, order, ctx, k, request_id, explore=tier == "full")
         if len(kept) < k:  # the user has seen nearly everything: top up from popular
             have = set(cand_ids[j] for j in kept)
             extra = [int(i) for i in self._popular_list(now)
@@ -153,25 +163,47 @@ class Recommender:
             sources = list(sources) + ["popular"] * len(extra)
             scores = np.concatenate([scores, np.zeros(len(extra))])
             kept = kept + list(range(base, base + len(extra)))
+            props = props + [1.0] * len(extra)
         lap("rerank", t)
 
         items = []
-        for rank, j in enumerate(kept, start=1):
+        for rank, (j, prop) in enumerate(zip(kept, props), start=1):
             idx = int(cand[j])
             items.append(ScoredItem(item_id=self._item_ids_list[idx], score=round(float(scores[j]), 6), rank=rank,
-                                    source=sources[j], title=str(self.catalog.titles[idx]),
-                                    category=self._categories_list[idx], creator=str(self.catalog.creators[idx])))
+                                    source="explore" if prop < 1.0 - self.policy.explore_epsilon - 1e-9 else sources[j],
+                                    title=str(self.catalog.titles[idx]), category=self._categories_list[idx],
+                                    creator=str(self.catalog.creators[idx]), propensity=round(float(prop), 6)))
         timings["total"] = round((time.perf_counter() - t_start) * 1000.0, 3)
         return FeedResponse(request_id=request_id, user_id=request.user_id, items=tuple(items),
                             model_version=self.model_version, tier=tier, timings_ms=timings)
 
     # ------------------------------------------------------------------ stages
+    def _rerank(self, cand: np.ndarray, cand_ids: list[str], scores: np.ndarray, order: list[int], ctx: UserContext,
+                k: int, request_id: str, explore: bool = True) -> tuple[list[int], list[float]]:
+        """Apply the re-ranking policies; exploration draws are seeded by the request id.
+        Degraded tiers do not explore: they serve the safest list."""
+        idx = cand.tolist()
+        slate = Slate(
+            item_ids=cand_ids,
+            categories=[self._categories_list[i] for i in idx],
+            creators=[self._creators_list[i] for i in idx],
+            groups=[self._groups_list[i] for i in idx],
+            scores=np.asarray(scores, dtype=np.float64),
+            vectors=self.art.item_vectors[cand] if self.policy.mmr_lambda < 1.0 else None,
+        )
+        policy = self.policy
+        blocklist = self.blocklists.current()
+        if blocklist or not explore:
+            policy = replace(policy, blocklist=blocklist, explore_epsilon=policy.explore_epsilon if explore else 0.0)
+        rng = np.random.default_rng(zlib.crc32(request_id.encode()))
+        return rerank(slate, order, ctx.seen, k, policy, u=float(rng.random()), pick=int(rng.integers(1 << 30)))
+
     def _retrieve(self, ctx: UserContext, now: float):
         p = self.cfg.pipeline
         hist = ctx.history[None, :]
-        inputs = user_inputs(self.catalog, hist, np.array([now]), self.n_categories)
-        user_vec = self.art.two_tower.user(*inputs).numpy()[0]
-        aff = inputs[2].numpy()[0]
+        u, aff_b = user_vectors(self.art.two_tower, self.catalog, hist, np.array([now]), self.art.item_vectors)
+        user_vec = u.numpy()[0]
+        aff = aff_b[0]
         scores, ids = self.art.index.search(user_vec[None, :], p.ann_k, allowed=self._live_items(now))
         ok = ids[0] >= 0
         results = [SourceResult("ann", ids[0][ok].astype(np.int64), scores[0][ok])]

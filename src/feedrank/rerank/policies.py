@@ -1,20 +1,49 @@
-"""Pure re-ranking policies. Each takes a ranked list and returns a sub-list (never new
-items, never duplicates), preserving the relative order of what it keeps.
+"""The re-ranking stage: pure policies composed in a fixed order.
 
-A ranked list is ``list[int]`` of candidate positions into aligned arrays (items,
-categories, ...), best first.
+    dedupe -> blocklist -> drop seen -> MMR diversity -> caps per category and per creator
+    (one pass) -> creator exposure floor (within the capped list) -> top k -> exploration slot
+
+Every policy takes a ranked list of candidate positions (``list[int]`` into the slate's
+aligned arrays, best first) and returns a list built only from its input: never a new
+item, never a duplicate. ``rerank`` also returns each kept entry's logging propensity.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from feedrank.rerank.diversity import cap_per_key, cap_split, mmr
+from feedrank.rerank.explore import exploration_slot
+from feedrank.rerank.fairness import exposure_floor
+from feedrank.rerank.filters import Blocklist, apply_blocklist
 
 
 @dataclass(frozen=True)
 class RerankPolicy:
     max_per_category: int = 3
+    max_per_creator: int = 2
     drop_seen: bool = True
+    mmr_lambda: float = 1.0            # 1 = no MMR; lower trades score for novelty vs picked items
+    fairness_group: str = "new"        # the creator group given an exposure floor
+    fairness_min_share: float = 0.0    # 0 = off
+    explore_epsilon: float = 0.0       # 0 = off
+    explore_position: int = 4          # 0-based slot that may be explored
+    blocklist: Blocklist = field(default_factory=Blocklist)
+
+
+@dataclass(frozen=True)
+class Slate:
+    """Aligned per-candidate arrays the policies read (length n)."""
+
+    item_ids: Sequence[str]
+    categories: Sequence[str]
+    creators: Sequence[str]
+    groups: Sequence[str]
+    scores: np.ndarray                 # (n,) ranking scores
+    vectors: np.ndarray | None = None  # (n, d) unit vectors, for MMR
 
 
 def drop_seen(order: Sequence[int], item_ids: Sequence[str], seen: Collection[str]) -> list[int]:
@@ -35,28 +64,25 @@ def dedupe(order: Sequence[int], item_ids: Sequence[str]) -> list[int]:
 
 
 def cap_per_category(order: Sequence[int], categories: Sequence[str], max_per_category: int, k: int) -> list[int]:
-    """Greedy: take items in order while their category has fewer than the cap; if fewer
-    than ``k`` result, top up with the best skipped items (so a narrow catalogue still
-    fills the feed). Returns at most ``k`` entries."""
-    counts: dict[str, int] = {}
-    kept: list[int] = []
-    skipped: list[int] = []
-    for i in order:
-        c = categories[i]
-        if counts.get(c, 0) < max_per_category:
-            counts[c] = counts.get(c, 0) + 1
-            kept.append(i)
-            if len(kept) >= k:
-                return kept
-        else:
-            skipped.append(i)
-    return kept + skipped[: k - len(kept)]
+    """``cap_per_key`` on categories (kept for readability at call sites)."""
+    return cap_per_key(order, categories, max_per_category, k)
 
 
-def apply_policy(order: Sequence[int], item_ids: Sequence[str], categories: Sequence[str],
-                 seen: Collection[str], k: int, policy: RerankPolicy) -> list[int]:
-    """dedupe -> drop seen -> per-category cap, truncated to ``k``."""
-    out = dedupe(order, item_ids)
+def rerank(slate: Slate, order: Sequence[int], seen: Collection[str], k: int, policy: RerankPolicy,
+           u: float = 1.0, pick: int = 0) -> tuple[list[int], list[float]]:
+    """Apply every policy; returns (at most ``k`` entries, propensity of each).
+
+    ``u``/``pick`` drive the exploration slot (see ``explore.exploration_slot``)."""
+    out = dedupe(order, slate.item_ids)
+    out = apply_blocklist(out, slate.item_ids, slate.creators, slate.categories, policy.blocklist)
     if policy.drop_seen:
-        out = drop_seen(out, item_ids, seen)
-    return cap_per_category(out, categories, policy.max_per_category, k)
+        out = drop_seen(out, slate.item_ids, seen)
+    if policy.mmr_lambda < 1.0 and slate.vectors is not None:
+        out = mmr(out, slate.scores, slate.vectors, k, policy.mmr_lambda)
+    # caps on category and creator in one pass; the floor only moves entries that satisfy
+    # the caps; capped-out entries fill in only when too few satisfy them
+    kept, skipped = cap_split(out, [(slate.categories, policy.max_per_category), (slate.creators, policy.max_per_creator)])
+    kept = exposure_floor(kept, slate.groups, policy.fairness_group, policy.fairness_min_share, k)
+    out = kept + skipped
+    top, pool = out[:k], out[k:]
+    return exploration_slot(top, pool, policy.explore_position, policy.explore_epsilon, u, pick)

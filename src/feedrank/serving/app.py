@@ -148,6 +148,7 @@ def _feed_body(resp: FeedResponse) -> dict[str, Any]:
                 "source": it.source,
                 "title": it.title,
                 "category": it.category,
+                "propensity": it.propensity,
             }
             for it in resp.items
         ],
@@ -221,7 +222,7 @@ def create_app(
                 kind=EventKind.IMPRESSION,
                 position=it.rank - 1,
                 request_id=rid,
-                propensity=None,
+                propensity=it.propensity,
             )
             for it in resp.items
         ]

@@ -19,33 +19,14 @@ from feedrank.pipeline.build import train_model
 from feedrank.pipeline.recommender import STAGES, Recommender
 from feedrank.types import Event, EventKind, FeedRequest, FeedResponse, Item
 
-NOW = float(int(time.time() // 3600 * 3600))
+import os
+
+# the shared tiny model and its clock live in tests/unit/pipeline/conftest.py
+NOW = float(os.environ["FEEDRANK_TEST_NOW"])
+MAX_AGE_H = float(os.environ["FEEDRANK_TEST_MAX_AGE_H"])
+
 K = 10
-MAX_AGE_H = 72.0
 SLOW_OK = 60_000.0  # a deadline no loaded CI box can spend: tier checks must not depend on speed
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("rec")
-    generate_world(root / "world", WorldConfig(n_users=800, n_items=300, n_days=3, activity_mean=1.0, seed=2,
-                                               start=NOW - 3 * 86400.0), progress=False)
-    cfg = load_config(None, ["retrieval.epochs=2", "ranking.epochs=1", "retrieval.id_buckets=4096",
-                             "retrieval.text_buckets=4096", f"retrieval.max_item_age_hours={MAX_AGE_H}",
-                             "pipeline.ann_k=100", "pipeline.rank_max_candidates=200"])
-    train_model(root / "world", root / "model", cfg, show_progress=False, say=lambda m: None)
-    return root / "model"
-
-
-@pytest.fixture(scope="module")
-def art(model_dir: Path) -> ModelArtifacts:
-    return load_artifacts(model_dir)
-
-
-@pytest.fixture()
-def rec(art: ModelArtifacts) -> Recommender:
-    """A fresh recommender (its own online state) on the shared, read-only artifacts."""
-    return Recommender(art, clock=lambda: NOW)
 
 
 def _valid(resp: FeedResponse, k: int, rec: Recommender) -> None:
@@ -55,7 +36,8 @@ def _valid(resp: FeedResponse, k: int, rec: Recommender) -> None:
     assert all(rec.has_item(i) for i in ids)
     assert [it.rank for it in resp.items] == list(range(1, k + 1))
     assert all(np.isfinite(it.score) for it in resp.items)
-    assert all(it.source in ("ann", "fresh", "popular") for it in resp.items)
+    assert all(it.source in ("ann", "fresh", "popular", "explore") for it in resp.items)
+    assert all(0 < it.propensity <= 1 for it in resp.items)
     assert resp.model_version == rec.model_version
 
 

@@ -1,42 +1,57 @@
-"""Property tests: the output is a duplicate-free subset of the input, seen items never
-return, category caps hold whenever the input allows, order of kept items is preserved."""
+"""Property tests for the pure re-ranking policies: outputs are duplicate-free subsets of
+the input, seen and blocked items never return, caps and exposure floors hold whenever
+the input allows, exploration propensities are what the policy really did."""
 
+import math
+
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feedrank.rerank.policies import RerankPolicy, apply_policy, cap_per_category
+from feedrank.rerank.diversity import cap_per_key, mmr
+from feedrank.rerank.explore import exploration_slot
+from feedrank.rerank.fairness import exposure_floor
+from feedrank.rerank.filters import Blocklist, apply_blocklist
+from feedrank.rerank.policies import RerankPolicy, Slate, cap_per_category, rerank
 
-lists = st.lists(st.tuples(st.integers(0, 30), st.sampled_from("abcd")), min_size=0, max_size=60)
+rows = st.lists(st.tuples(st.integers(0, 30), st.sampled_from("abcd"), st.sampled_from("xyz"), st.sampled_from(["new", "old"])),
+                min_size=0, max_size=60)
+
+
+def _slate(rs):
+    n = len(rs)
+    vec = np.random.default_rng(0).standard_normal((max(n, 1), 4)).astype(np.float32)[:n]
+    vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-9)
+    return Slate(item_ids=[f"i{r[0]}" for r in rs], categories=[r[1] for r in rs], creators=[r[2] for r in rs],
+                 groups=[r[3] for r in rs], scores=np.linspace(1, 0, n), vectors=vec)
 
 
 @settings(max_examples=200, deadline=None)
-@given(lists, st.sets(st.integers(0, 30)), st.integers(1, 20), st.integers(1, 5))
-def test_apply_policy_properties(rows, seen_ints, k, cap):
-    item_ids = [f"i{r[0]}" for r in rows]
-    cats = [r[1] for r in rows]
+@given(rows, st.sets(st.integers(0, 30)), st.sets(st.integers(0, 30)), st.integers(1, 20), st.integers(1, 5),
+       st.floats(0.0, 1.0), st.floats(0.0, 0.99), st.integers(0, 1000))
+def test_rerank_properties(rs, seen_ints, blocked_ints, k, cap, lam, u, pick):
+    slate = _slate(rs)
     seen = {f"i{s}" for s in seen_ints}
-    order = list(range(len(rows)))
-    out = apply_policy(order, item_ids, cats, seen, k, RerankPolicy(max_per_category=cap, drop_seen=True))
-    assert len(out) <= k
-    assert set(out) <= set(order)
-    assert len({item_ids[i] for i in out}) == len(out)          # no duplicate items
-    assert not any(item_ids[i] in seen for i in out)             # seen never returns
-    eligible = {item_ids[i]: i for i in reversed(order) if item_ids[i] not in seen}
-    assert len(out) == min(k, len(eligible))                     # fills when it can
-    over = [c for c in set(cats) if sum(cats[i] == c for i in out) > cap]
-    if over:  # caps only break when the other categories ran out
-        capped = sum(min(cap, sum(1 for i in eligible.values() if cats[i] == c)) for c in set(cats))
-        assert capped < len(out)
+    blocked = frozenset(f"i{b}" for b in blocked_ints)
+    policy = RerankPolicy(max_per_category=cap, max_per_creator=cap + 1, mmr_lambda=lam, explore_epsilon=0.3,
+                          explore_position=2, fairness_min_share=0.2, blocklist=Blocklist(items=blocked))
+    out, props = rerank(slate, list(range(len(rs))), seen, k, policy, u=u, pick=pick)
+    ids = [slate.item_ids[i] for i in out]
+    assert len(out) == len(props) <= k
+    assert set(out) <= set(range(len(rs)))
+    assert len(set(ids)) == len(ids)                       # no duplicate items
+    assert not (set(ids) & seen) and not (set(ids) & blocked)
+    eligible = {slate.item_ids[i] for i in range(len(rs))} - seen - blocked
+    assert len(out) == min(k, len(eligible))               # fills whenever it can
+    assert all(0 < p <= 1 for p in props)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.sampled_from("ab"), max_size=30), st.integers(1, 10))
-def test_cap_keeps_relative_order(cats, k):
-    out = cap_per_category(list(range(len(cats))), cats, 2, k)
-    assert len(out) == min(k, len(cats))
-    assert len(set(out)) == len(out)
-    # items within the cap come first, in input order; top-ups follow, in input order
-    head = [i for i in out if sum(cats[j] == cats[i] for j in out[: out.index(i) + 1]) <= 2]
+def test_caps_keep_relative_order(keys, k):
+    out = cap_per_key(list(range(len(keys))), keys, 2, k)
+    assert len(out) == min(k, len(keys)) and len(set(out)) == len(out)
+    head = [i for i in out if sum(keys[j] == keys[i] for j in out[: out.index(i) + 1]) <= 2]
     tail = out[len(head):]
     assert out[: len(head)] == head and head == sorted(head) and tail == sorted(tail)
 
@@ -45,3 +60,90 @@ def test_cap_example():
     cats = ["a", "a", "a", "b", "a"]
     assert cap_per_category([0, 1, 2, 3, 4], cats, 2, 3) == [0, 1, 3]
     assert cap_per_category([0, 1, 2, 3, 4], cats, 2, 5) == [0, 1, 3, 2, 4]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(["new", "old"]), min_size=1, max_size=40), st.integers(1, 15), st.floats(0.05, 1.0))
+def test_exposure_floor_holds_when_possible(groups, k, share):
+    order = list(range(len(groups)))
+    out = exposure_floor(order, groups, "new", share, k)
+    assert sorted(out) == order                            # a permutation of the input
+    top = out[:k]
+    want = math.ceil(share * min(k, len(order)))
+    assert sum(groups[i] == "new" for i in top) >= min(want, groups.count("new"))
+    # protected entries already in the top keep their places relative to each other
+    assert [i for i in top if groups[i] == "new"] == sorted(i for i in top if groups[i] == "new")
+
+
+def test_exposure_floor_example():
+    groups = ["old", "old", "old", "new", "new"]
+    assert exposure_floor([0, 1, 2, 3, 4], groups, "new", 0.5, 4) == [0, 1, 3, 4, 2]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 20), min_size=1, max_size=40, unique=True), st.integers(1, 10), st.floats(0.0, 1.0))
+def test_mmr_is_a_permutation_and_lambda_one_is_identity(ids, k, lam):
+    n = len(ids)
+    rng = np.random.default_rng(1)
+    vec = rng.standard_normal((n, 3)).astype(np.float32)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    scores = rng.random(n)
+    order = list(np.argsort(-scores))
+    out = mmr(order, scores, vec, k, lam)
+    assert sorted(out) == sorted(order)
+    assert mmr(order, scores, vec, n, 1.0) == order
+
+
+def test_mmr_prefers_novel_items():
+    # items 0 and 1 are near duplicates, 2 is different: with diversity on, 2 comes second
+    vec = np.array([[1, 0], [0.999, 0.045], [0, 1]], dtype=np.float32)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    scores = np.array([1.0, 0.95, 0.8])
+    assert mmr([0, 1, 2], scores, vec, 3, 1.0) == [0, 1, 2]
+    assert mmr([0, 1, 2], scores, vec, 3, 0.5) == [0, 2, 1]
+
+
+def test_exploration_propensities():
+    top, pool = [0, 1, 2, 3], [7, 8, 9, 10]
+    out, props = exploration_slot(top, pool, position=2, epsilon=0.2, u=0.1, pick=5)
+    assert out == [0, 1, 8, 3] and props == [1.0, 1.0, 0.2 / 4, 1.0]
+    out, props = exploration_slot(top, pool, position=2, epsilon=0.2, u=0.5, pick=5)
+    assert out == top and props == [1.0, 1.0, 0.8, 1.0]
+    assert exploration_slot(top, [], 2, 0.2, 0.0, 0) == (top, [1.0] * 4)
+
+
+def test_exploration_rate_matches_epsilon():
+    rng = np.random.default_rng(0)
+    hits = sum(exploration_slot([0, 1, 2], [5, 6], 1, 0.1, float(rng.random()), 0)[0][1] != 1 for _ in range(20000))
+    assert abs(hits / 20000 - 0.1) < 0.01
+
+
+def test_blocklist_filters_all_three_kinds():
+    ids, creators, cats = ["a", "b", "c", "d"], ["x", "y", "x", "z"], ["s", "s", "t", "u"]
+    bl = Blocklist(items=frozenset({"a"}), creators=frozenset({"y"}), categories=frozenset({"u"}))
+    assert apply_blocklist([0, 1, 2, 3], ids, creators, cats, bl) == [2]
+    assert apply_blocklist([0, 1], ids, creators, cats, Blocklist()) == [0, 1]
+    import pytest
+
+    from feedrank.errors import SchemaError
+
+    with pytest.raises(SchemaError) as exc:
+        Blocklist.from_dict({"items": "a", "nope": []})
+    assert len(exc.value.problems) == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows, st.integers(1, 12), st.integers(1, 4), st.integers(1, 4), st.floats(0.0, 1.0))
+def test_caps_hold_whenever_enough_items_satisfy_them(rs, k, cat_cap, cr_cap, share):
+    slate = _slate(rs)
+    policy = RerankPolicy(max_per_category=cat_cap, max_per_creator=cr_cap, fairness_min_share=share, explore_epsilon=0.0)
+    out, _ = rerank(slate, list(range(len(rs))), set(), k, policy)
+    from feedrank.rerank.diversity import cap_split
+
+    firsts = [i for i in range(len(rs)) if slate.item_ids.index(slate.item_ids[i]) == i]  # after dedupe
+    kept, _ = cap_split(firsts, [(slate.categories, cat_cap), (slate.creators, cr_cap)])
+    if len(kept) >= k:  # enough items satisfy both caps: the feed never breaks them
+        from collections import Counter
+
+        assert max(Counter(slate.categories[i] for i in out).values(), default=0) <= cat_cap
+        assert max(Counter(slate.creators[i] for i in out).values(), default=0) <= cr_cap
