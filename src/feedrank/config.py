@@ -129,6 +129,7 @@ class ServingConfig:
     # torch threads per request: requests run concurrently in the server's pool, so
     # one thread each avoids oversubscribing the cores (p99 is lower, measured).
     torch_threads: int = field(default=1, metadata=_rng(1, 256))
+    experiments_file: str = ""   # A/B experiments YAML (docs/experiments.md), reloaded on change
 
 
 @dataclass(frozen=True)

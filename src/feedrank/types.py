@@ -41,6 +41,7 @@ class Event:
     request_id: str | None = None
     propensity: float | None = None
     dwell_ms: float | None = None
+    arm: str | None = None          # "<experiment>/<arm>" that served the request, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +84,4 @@ class FeedResponse:
     model_version: str
     tier: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    arm: str | None = None          # "<experiment>/<arm>", when an experiment assigned one

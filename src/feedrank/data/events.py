@@ -26,7 +26,7 @@ MAX_ID_LEN = 256  # user_id, item_id, request_id
 MAX_FUTURE_S = 86_400.0  # events may be at most one day ahead of the server clock
 
 REQUIRED_FIELDS: tuple[str, ...] = ("event_id", "ts", "user_id", "item_id", "kind")
-OPTIONAL_FIELDS: tuple[str, ...] = ("position", "request_id", "propensity", "dwell_ms")
+OPTIONAL_FIELDS: tuple[str, ...] = ("position", "request_id", "propensity", "dwell_ms", "arm")
 ALL_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + OPTIONAL_FIELDS
 
 
@@ -112,7 +112,8 @@ def parse_event(obj: Any, now: float) -> Event:
     Fields: event_id (non-empty str, <= 128 chars), ts (epoch seconds or ISO-8601; finite;
     not before 1990, at most one day after ``now``), user_id and item_id (non-empty str),
     kind (impression|click|dwell|hide), position (int >= 0 or null), request_id (str or
-    null), propensity (0 < p <= 1 or null), dwell_ms (finite >= 0; required for dwell).
+    null), propensity (0 < p <= 1 or null), dwell_ms (finite >= 0; required for dwell), arm
+    (str or null: the experiment arm that served the request).
     Unknown fields are rejected.
 
     Raises:
@@ -149,6 +150,7 @@ def parse_event(obj: Any, now: float) -> Event:
             position = None
 
     request_id = _check_id(obj, "request_id", MAX_ID_LEN, problems, nullable=True)
+    arm = _check_id(obj, "arm", MAX_ID_LEN, problems, nullable=True)
     propensity = _parse_float(obj, "propensity", problems, lo=0.0, lo_open=True, hi=1.0)
     dwell_ms = _parse_float(obj, "dwell_ms", problems, lo=0.0, lo_open=False, hi=None)
     if kind is EventKind.DWELL and obj.get("dwell_ms") is None:
@@ -169,6 +171,7 @@ def parse_event(obj: Any, now: float) -> Event:
         request_id=request_id,
         propensity=propensity,
         dwell_ms=dwell_ms,
+        arm=arm,
     )
 
 
@@ -184,6 +187,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         "request_id": event.request_id,
         "propensity": event.propensity,
         "dwell_ms": event.dwell_ms,
+        "arm": event.arm,
     }
 
 
@@ -209,6 +213,7 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
             request_id=d.get("request_id"),
             propensity=None if prop is None else float(prop),
             dwell_ms=None if dwell is None else float(dwell),
+            arm=d.get("arm"),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise SchemaError("not a stored event", [f"{type(exc).__name__}: {exc}"]) from exc

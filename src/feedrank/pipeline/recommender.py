@@ -9,6 +9,7 @@ Tiers (the response says which one answered):
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -20,12 +21,12 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from feedrank.config import FeedrankConfig
+from feedrank.config import FeedrankConfig, config_from_dict, config_to_dict
 from feedrank.features.history import category_affinity
 from feedrank.features.online import OnlineState, UserContext
 from feedrank.pipeline.artifacts import ModelArtifacts
 from feedrank.ranking.features import ranking_features
-from feedrank.ranking.model import score as ranker_score
+from feedrank.ranking.runtime import RankerRuntime
 from feedrank.pipeline.policy_source import BlocklistSource
 from feedrank.rerank.policies import RerankPolicy, Slate, rerank
 from feedrank.retrieval.encode import user_vectors
@@ -36,6 +37,14 @@ log = logging.getLogger(__name__)
 
 STAGES = ("context", "retrieve", "enrich", "rank", "rerank")
 CACHE_S = 30.0  # request-clock seconds a cached live set / popular list stays valid
+
+
+def policy_from_config(rc) -> RerankPolicy:
+    """The pure re-ranking policy for a ``RerankConfig``."""
+    return RerankPolicy(max_per_category=rc.max_per_category, max_per_creator=rc.max_per_creator, drop_seen=rc.drop_seen,
+                        mmr_lambda=rc.mmr_lambda, fairness_group=rc.fairness_group,
+                        fairness_min_share=rc.fairness_min_share, explore_epsilon=rc.explore_epsilon,
+                        explore_position=rc.explore_position)
 
 
 class Recommender:
@@ -49,10 +58,7 @@ class Recommender:
         self.n_categories = len(art.vocabs["category"])
         self.prior_ctr = float(art.info.get("prior_ctr", 0.05))
         rc = self.cfg.rerank
-        self.policy = RerankPolicy(max_per_category=rc.max_per_category, max_per_creator=rc.max_per_creator,
-                                   drop_seen=rc.drop_seen, mmr_lambda=rc.mmr_lambda, fairness_group=rc.fairness_group,
-                                   fairness_min_share=rc.fairness_min_share, explore_epsilon=rc.explore_epsilon,
-                                   explore_position=rc.explore_position)
+        self.policy = policy_from_config(rc)
         self.blocklists = BlocklistSource(rc.blocklist_file or None)
         ttl = self.cfg.rerank.seen_ttl_hours * 3600.0 or None
         self.state = OnlineState(len(self.catalog), self.cfg.retrieval.history_len, self.cfg.pipeline.seen_memory, seen_ttl_s=ttl)
@@ -71,7 +77,28 @@ class Recommender:
         self._creators_list = self.catalog.creators.astype(str).tolist()
         self._groups_list = self.catalog.creator_groups.astype(str).tolist()
         self._categories_list = self.catalog.categories.tolist()
+        rk = art.info.get("ranking") or {}
+        self.dwell_prior = float((rk.get("spec") or {}).get("dwell_prior", 0.0))
+        self.ranker_rt = None if art.ranker is None else RankerRuntime(
+            art.ranker, art.ranker_small, art.calibrator, float(rk.get("mean_log_dwell", 0.0)))
+        if self.ranker_rt is not None and self.cfg.pipeline.rank_budget_ms > 0:
+            sample = art.ranker.mean.numpy()[None, :].repeat(8, axis=0)
+            self.ranker_rt.measure(sample, np.zeros(8, dtype=np.int64))
         self.warm_up()
+
+    def with_settings(self, settings: Sequence[tuple[str, object]]) -> Recommender:
+        """A view with runtime settings changed (``("rerank.mmr_lambda", 0.7)``, ...): the same
+        model, online state and blocklist; only request-time behaviour differs. Used for
+        A/B arms. Raises ConfigError if a setting is unknown or of the wrong type."""
+        raw = config_to_dict(self.cfg)
+        for key, value in settings:
+            section, name = key.split(".", 1)
+            raw.setdefault(section, {})[name] = value
+        view = copy.copy(self)
+        view.cfg = config_from_dict(raw)
+        view.policy = policy_from_config(view.cfg.rerank)
+        view._popular, view._popular_at, view._live, view._live_at = np.zeros(0, dtype=np.int64), -np.inf, None, -np.inf
+        return view
 
     # ------------------------------------------------------------------ FeedService
     @property
@@ -93,6 +120,8 @@ class Recommender:
             idx = self.catalog.index.get(ev.item_id)
             if idx is None:
                 continue
+            if self.art.engagement is not None:
+                self.art.engagement.observe(ev.user_id, idx, ev.kind.value, ev.position, float(ev.ts), ev.dwell_ms)
             if ev.kind == EventKind.CLICK:
                 self.state.record_click(ev.user_id, idx)
             elif ev.kind == EventKind.IMPRESSION:
@@ -141,9 +170,16 @@ class Recommender:
         if tier == "full" and (self.art.ranker is None or elapsed_ms > 0.6 * deadline_ms):
             tier = "reduced"
         if tier == "full" and len(cand):
-            dense = self._enrich(cand, ctx, now, user_vec, aff)
+            budget = self.cfg.pipeline.rank_budget_ms
+            if budget > 0:  # the stage budget, and never more than what the deadline has left
+                budget = min(budget, 0.5 * (deadline_ms - elapsed_ms))
+            variant, m = self.ranker_rt.plan(budget, len(cand))
+            if m < len(cand):  # rank the first m (retrieval order is best-first per source)
+                cand, sources, retr_scores = cand[:m], list(sources)[:m], retr_scores[:m]
+            dense = self._enrich(cand, ctx, now, user_vec, aff, request.user_id)
             t = lap("enrich", t)
-            scores = ranker_score(self.art.ranker, dense, self.catalog.cat_idx[cand]).astype(np.float64)
+            scores = self.ranker_rt.score(variant, dense, self.catalog.cat_idx[cand], self.catalog.age_seconds(cand, now),
+                                          self.cfg.ranking)
             t = lap("rank", t)
             order = np.argsort(-scores, kind="stable").tolist()
         else:
@@ -221,8 +257,11 @@ class Recommender:
         cand, sources, retr = merge_sources(results, quotas, p.rank_max_candidates, fallback="popular", exclude=exclude)
         return cand, sources, retr, user_vec, aff
 
-    def _enrich(self, cand: np.ndarray, ctx: UserContext, now: float, user_vec: np.ndarray, aff: np.ndarray) -> np.ndarray:
+    def _enrich(self, cand: np.ndarray, ctx: UserContext, now: float, user_vec: np.ndarray, aff: np.ndarray,
+                user_id: str = "") -> np.ndarray:
+        """(n, N_FEATURES) float32 ranker features of the candidates for this user at ``now``."""
         n = len(cand)
+        eng = None if self.art.engagement is None else self.art.engagement.engagement(user_id, cand, now)
         sim = self.art.item_vectors[cand] @ user_vec
         return ranking_features(
             tower_sim=sim,
@@ -234,6 +273,8 @@ class Recommender:
             ts=np.full(n, now),
             prior_ctr=self.prior_ctr,
             prior_weight=self.cfg.ranking.ctr_prior,
+            engagement=eng,
+            dwell_prior=self.dwell_prior,
         )
 
     def _live_items(self, now: float) -> np.ndarray | None:

@@ -139,6 +139,7 @@ def _feed_body(resp: FeedResponse) -> dict[str, Any]:
         "user_id": resp.user_id,
         "model_version": resp.model_version,
         "tier": resp.tier,
+        "arm": resp.arm,
         "timings_ms": dict(resp.timings_ms),
         "items": [
             {
@@ -223,6 +224,7 @@ def create_app(
                 position=it.rank - 1,
                 request_id=rid,
                 propensity=it.propensity,
+                arm=resp.arm,
             )
             for it in resp.items
         ]

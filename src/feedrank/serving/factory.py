@@ -37,13 +37,22 @@ def load_recommender(model_dir: str | Path, config_path: str | None = None, over
     return Recommender(art, cfg)
 
 
+def with_experiments(service, cfg: FeedrankConfig, load_version=None):
+    """Wrap ``service`` in an ExperimentRouter when ``serving.experiments_file`` is set."""
+    if not cfg.serving.experiments_file:
+        return service
+    from feedrank.serving.experiments import ExperimentRouter
+
+    return ExperimentRouter(service, cfg.serving.experiments_file, load_version)
+
+
 def build_service(model_dir: str, events_dir: str | None, config_path: str | None = None, overrides: tuple[str, ...] = ()):
     """Serve one fixed bundle. Returns (app, event_log, recommender, effective config);
     the caller closes the log."""
     recommender = load_recommender(model_dir, config_path, overrides)
     cfg = recommender.cfg
     event_log = EventLog(Path(events_dir or cfg.serving.events_dir or (Path(model_dir).parent / "events")))
-    app = create_app(recommender, event_log, cfg.serving, cfg.pipeline)
+    app = create_app(with_experiments(recommender, cfg), event_log, cfg.serving, cfg.pipeline)
     return app, event_log, recommender, cfg
 
 
@@ -64,5 +73,7 @@ def build_registry_service(registry_dir: str, events_dir: str | None, config_pat
                            poll_s=poll_s, metrics_registry=metrics_registry)
     cfg = manager.active.cfg
     event_log = EventLog(Path(events_dir or cfg.serving.events_dir or (Path(registry_dir) / "events")))
-    app = create_app(manager, event_log, cfg.serving, cfg.pipeline, registry=metrics_registry)
+    service = with_experiments(manager, cfg,
+                               load_version=lambda v: load_recommender(manager.registry.path(v), config_path, overrides))
+    app = create_app(service, event_log, cfg.serving, cfg.pipeline, registry=metrics_registry)
     return app, event_log, manager, cfg
