@@ -130,6 +130,9 @@ class ServingConfig:
     # one thread each avoids oversubscribing the cores (p99 is lower, measured).
     torch_threads: int = field(default=1, metadata=_rng(1, 256))
     experiments_file: str = ""   # A/B experiments YAML (docs/experiments.md), reloaded on change
+    # Write and admin endpoints need this key (X-API-Key or Authorization: Bearer); the
+    # FEEDRANK_API_KEY environment variable overrides it; empty = open (local development).
+    api_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -46,3 +46,44 @@ def feed(model_dir: str, requests: int, k: int, no_http: bool, as_json: bool) ->
     say(f"written {path}")
     if as_json:
         click.echo(json.dumps(result, indent=2))
+
+bench_group.add_command(__import__("feedrank.cli.bench_ingest", fromlist=["ingest"]).ingest)
+
+
+@bench_group.command("serve")
+@click.option("--users", default=1_000_000, show_default=True, type=click.IntRange(100))
+@click.option("--items", default=1_000_000, show_default=True, type=click.IntRange(100))
+@click.option("--days", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--activity", default=0.15, show_default=True, type=float, help="Sessions per user per day in the world.")
+@click.option("--rates", default="100,200,300,400", show_default=True, help="Offered request rates (rps), comma-separated.")
+@click.option("--seconds", default=15, show_default=True, type=click.IntRange(3, 300), help="Duration of each rate.")
+@click.option("--connections", default=32, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--k", default=20, show_default=True, type=click.IntRange(1, 200))
+@click.option("--workdir", default="var/bench/serve", show_default=True, type=click.Path(file_okay=False),
+              help="World and model are built here once per size and reused.")
+@click.option("--json", "as_json", is_flag=True)
+def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, seconds: int, connections: int, k: int,
+              workdir: str, as_json: bool) -> None:
+    """Load test the HTTP server with wrk at fixed offered rates (127.0.0.1 only, bounded in
+    time): achieved rps, p50/p75/p90/p99, non-2xx, tier mix, and a bare ASGI endpoint in the
+    same run for the cost of the HTTP layer. Writes benchmarks/results/serve.json.
+
+    \b
+    Examples:
+      feedrank bench serve --json
+      feedrank bench serve --users 20000 --items 5000 --rates 100,300 --seconds 10
+    """
+    import json
+    from pathlib import Path
+
+    from feedrank.bench import write_result
+    from feedrank.bench.serve import run_serve_bench
+    from feedrank.cli.common import say
+
+    rate_list = [float(r) for r in rates.split(",") if r.strip()]
+    size_dir = Path(workdir) / f"u{users}-i{items}-d{days}"
+    result = run_serve_bench(size_dir, users, items, days, activity, rate_list, seconds, connections, k, say)
+    path = write_result("serve", result)
+    say(f"written {path}")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))

@@ -4,6 +4,7 @@ Endpoints (OpenAPI at ``/docs``; details and examples in ``docs/api.md``):
 
     GET  /v1/feed?user_id=&k=    a ranked feed; impressions logged in the background
     POST /v1/events              client events, validated, fsync'd before the 202
+    POST /v1/items               create or update items: validated, fsync'd, retrievable at once
     GET  /v1/items/{item_id}     item metadata (404 when unknown)
     GET  /healthz                the process is alive
     GET  /readyz                 model loaded and event log writable (503 otherwise)
@@ -15,11 +16,15 @@ else -> 500 with the request id in the body and a structured log line.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import os
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import orjson
@@ -211,6 +216,22 @@ def create_app(
     async def _not_found(request: Request, exc: NotFound) -> Response:
         return _json({"detail": str(exc), "request_id": _rid(request)}, 404)
 
+    # ------------------------------------------------------------------ auth
+    api_key = os.environ.get("FEEDRANK_API_KEY") or cfg.api_key
+
+    def _require_key(request: Request) -> None:
+        """Write endpoints need the configured key (none configured: open)."""
+        if not api_key:
+            return
+        given = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if given is None and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if given is None:
+            raise HTTPException(401, "missing API key: send it as X-API-Key or Authorization: Bearer")
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPException(401, "wrong API key")
+
     # ------------------------------------------------------------------ feed
 
     def _log_impressions(resp: FeedResponse, user_id: str, rid: str, now: float) -> None:
@@ -352,6 +373,7 @@ def create_app(
         },
     )
     async def post_events(request: Request) -> Response:
+        _require_key(request)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             raise HTTPException(413, f"body too large: {declared} bytes, at most {max_body}")
@@ -384,6 +406,39 @@ def create_app(
         return _json(result, 202)
 
     # ------------------------------------------------------------------ items
+
+    item_log = ItemLog(event_log.root / "items.jsonl")
+    add_items = getattr(service, "add_items", None)
+    if callable(add_items):
+        replayed = item_log.read()
+        if replayed:
+            add_items(replayed)
+            log.info("replayed %d items from %s", len(replayed), item_log.path)
+
+    @app.post(
+        "/v1/items",
+        status_code=201,
+        summary="Create or update items (retrievable by the next feed request, no rebuild)",
+        openapi_extra={"requestBody": {"required": True, "content": {JSON: {"example": {"items": [
+            {"item_id": "n9001", "title": "Storm closes the harbour", "category": "weather", "subcategory": "storms",
+             "creator": "c12", "published_at": 1714000000.0, "expires_at": 1714600000.0}]}}}}},
+        responses={201: {"description": "Items are durable and indexed",
+                         "content": {JSON: {"example": {"created": 1, "updated": 0}}}},
+                   422: {"description": "Invalid body or items; nothing was added"}},
+    )
+    async def post_items(request: Request) -> Response:
+        _require_key(request)
+        if not callable(add_items):
+            raise HTTPException(501, "this service does not accept item adds")
+        body = await request.body()
+        if len(body) > max_body:
+            raise HTTPException(413, f"body too large: more than {max_body} bytes")
+        payload = _loads_lenient(body)
+        records = parse_items(payload, max_events)
+        await run_in_threadpool(item_log.append, records)   # durable before it is served
+        result = await run_in_threadpool(add_items, records)
+        metrics.events.labels(result="item_added").inc(len(records))
+        return _json(result, 201)
 
     @app.get("/v1/items/{item_id}", summary="Item metadata")
     def get_item(item_id: str) -> Response:
@@ -437,6 +492,80 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+_ITEM_STR_FIELDS = {"item_id": 256, "title": 1000, "category": 128, "subcategory": 128, "creator": 256}
+_ITEM_NUM_FIELDS = ("published_at", "expires_at")
+
+
+def parse_items(payload: Any, max_items: int) -> list[dict[str, Any]]:
+    """``{"items": [...]}`` -> validated item dicts; SchemaError listing every problem."""
+    import math
+
+    if not isinstance(payload, dict) or not isinstance(payload.get("items"), list) or set(payload) - {"items"}:
+        raise SchemaError('request body must be {"items": [...]}', ["body: expected an object with one key, items (a list)"])
+    items = payload["items"]
+    if not items or len(items) > max_items:
+        raise SchemaError("invalid items", [f"items: 1..{max_items} items per request, got {len(items)}"])
+    problems: list[str] = []
+    out: list[dict[str, Any]] = []
+    for i, obj in enumerate(items):
+        if not isinstance(obj, dict):
+            problems.append(f"items[{i}]: expected an object")
+            continue
+        rec: dict[str, Any] = {}
+        for key in obj:
+            if key not in _ITEM_STR_FIELDS and key not in _ITEM_NUM_FIELDS:
+                problems.append(f"items[{i}].{str(key)[:64]}: unknown field")
+        for key, limit in _ITEM_STR_FIELDS.items():
+            v = obj.get(key)
+            if v is None:
+                if key == "item_id":
+                    problems.append(f"items[{i}].item_id: required")
+                continue
+            if not isinstance(v, str) or not v.strip() or len(v) > limit or (key == "item_id" and not v.isprintable()):
+                problems.append(f"items[{i}].{key}: expected a non-empty string of at most {limit} characters")
+                continue
+            rec[key] = v
+        for key in _ITEM_NUM_FIELDS:
+            v = obj.get(key)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                problems.append(f"items[{i}].{key}: expected epoch seconds (a finite number >= 0)")
+                continue
+            rec[key] = float(v)
+        out.append(rec)
+    if problems:
+        raise SchemaError("invalid items; nothing was added", problems)
+    return out
+
+
+class ItemLog:
+    """Append-only JSON lines of accepted item adds, fsync'd; replayed on start-up."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+        with self._lock, open(self.path, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_bytes().splitlines():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                log.warning("skipping a torn line in %s", self.path)
+        return out
 
 
 def _package_version() -> str:

@@ -84,11 +84,12 @@ def test_feed_shape_and_request_fields(env) -> None:
     r = client.get("/v1/feed", params={"user_id": "u1", "k": 5}, headers={"X-Deadline-Ms": "40"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     body = r.json()
-    assert set(body) == {"request_id", "user_id", "model_version", "tier", "timings_ms", "items"}
+    assert set(body) == {"request_id", "user_id", "model_version", "tier", "arm", "timings_ms", "items"}
+    assert body["arm"] is None  # no experiment running
     assert body["user_id"] == "u1" and body["model_version"] == "fake-v1" and body["tier"] == "full"
     assert body["timings_ms"] == {s: 1.5 for s in STAGES}
     assert [it["rank"] for it in body["items"]] == [1, 2, 3, 4, 5]
-    assert set(body["items"][0]) == {"item_id", "score", "rank", "source", "title", "category"}
+    assert set(body["items"][0]) == {"item_id", "score", "rank", "source", "title", "category", "propensity"}
     assert len(body["request_id"]) == 32 and r.headers["x-request-id"] == body["request_id"]
     req = service.requests[-1]
     assert req.k == 5 and req.deadline_ms == 40 and req.request_id == body["request_id"] and req.now is not None
@@ -132,7 +133,7 @@ def test_impressions_logged_and_observed(env) -> None:
     imps = [r.event for r in log.read()]
     assert [e.event_id for e in imps] == [f"{rid}:{k}" for k in range(1, 5)]
     assert all(e.kind is EventKind.IMPRESSION and e.user_id == "u7" and e.request_id == rid for e in imps)
-    assert [e.position for e in imps] == [0, 1, 2, 3] and all(e.propensity is None for e in imps)
+    assert [e.position for e in imps] == [0, 1, 2, 3] and all(e.propensity == 1.0 for e in imps)  # the service's per-slot propensity
     assert [e.event_id for e in service.observed] == [e.event_id for e in imps]
 
 
@@ -257,3 +258,23 @@ def test_openapi_lists_endpoints(env) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/feed", "/v1/events", "/v1/items/{item_id}", "/healthz", "/readyz", "/metrics"} <= set(paths)
     assert client.get("/docs").status_code == 200
+
+
+def test_write_endpoints_need_the_api_key_when_configured(tmp_path):
+    import dataclasses
+
+    from feedrank.config import PipelineConfig, ServingConfig
+    from feedrank.data.eventlog import EventLog
+    from feedrank.serving.app import create_app
+
+    log = EventLog(tmp_path / "events")
+    app = create_app(FakeService(), log, dataclasses.replace(ServingConfig(), api_key="s3cret"), PipelineConfig())
+    ev = {"events": [{"event_id": "k1", "ts": time.time(), "user_id": "u1", "item_id": "i1", "kind": "click"}]}
+    with TestClient(app) as client:
+        assert client.post("/v1/events", json=ev).status_code == 401
+        assert "missing API key" in client.post("/v1/events", json=ev).json()["detail"]
+        assert client.post("/v1/events", json=ev, headers={"X-API-Key": "nope"}).status_code == 401
+        assert client.post("/v1/events", json=ev, headers={"X-API-Key": "s3cret"}).status_code == 202
+        assert client.post("/v1/events", json=ev, headers={"Authorization": "Bearer s3cret"}).status_code == 202
+        assert client.get("/v1/feed", params={"user_id": "u1", "k": 3}).status_code == 200  # reads stay open
+    log.close()

@@ -1,0 +1,183 @@
+"""Load benchmark: the feed server under wrk at fixed offered rates, against a bare ASGI
+endpoint in the same run.
+
+    feedrank bench serve --users 1000000 --items 1000000 --rates 100,200,300 --seconds 15
+
+1. Builds (or reuses) a synthetic world and a model of the given size under ``--workdir``.
+2. Starts ``feedrank serve`` in its own process on 127.0.0.1.
+3. For each rate, runs wrk from another process for ``--seconds``. Its Lua script asks for
+   a random user's feed on every request (10% never-seen users) and paces each
+   connection to ``rate / connections`` requests per second.
+4. Records achieved rps, latency percentiles, non-2xx responses and the tier mix (read from
+   the server's /metrics before and after).
+5. Does the same against a bare ASGI app that returns a feed-sized JSON body: the cost of
+   the HTTP layer alone.
+
+wrk is closed-loop: a connection waits for its response before the next request, so an
+overloaded server gets fewer requests than offered. The achieved rate is reported beside
+the offered one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+LUA = """
+math.randomseed(%(seed)d)
+local n_users = %(users)d
+local pace_ms = %(pace_ms).3f
+request = function()
+  local u
+  if math.random() < 0.1 then u = "bench-new-" .. math.random(1, 1000000000) else u = "u" .. math.random(0, n_users - 1) end
+  return wrk.format("GET", "/v1/feed?user_id=" .. u .. "&k=%(k)d")
+end
+delay = function() return pace_ms end
+"""
+
+BARE_APP = '''
+import orjson
+BODY = orjson.dumps({"items": [{"item_id": "i%%d" %% i, "score": 0.5, "rank": i, "source": "ann",
+                               "title": "a title of typical length for a news item", "category": "news"} for i in range(%(k)d)]})
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": BODY})
+'''
+
+
+def _wait_http(url: str, timeout: float = 600.0) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server at {url} did not come up in {timeout:.0f}s")
+
+
+def _parse_wrk(out: str) -> dict[str, Any]:
+    def ms(text: str) -> float:
+        m = re.match(r"([\d.]+)(us|ms|s)", text)
+        if not m:
+            return float("nan")
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000.0 if unit == "us" else v * 1000.0 if unit == "s" else v
+
+    res: dict[str, Any] = {}
+    for p in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{p}%\s+(\S+)", out, re.M)
+        res[f"p{p}_ms"] = ms(m.group(1)) if m else None
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["achieved_rps"] = float(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", out)
+    res["socket_errors"] = m.group(1).strip() if m else None
+    return res
+
+
+def _tiers(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics", timeout=10.0).text
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^feedrank_feed_requests_total\{tier="([^"]+)"\} ([\d.e+]+)', text, re.M)}
+
+
+def _run_wrk(url: str, rate: float, seconds: int, connections: int, users: int, k: int, seed: int) -> dict[str, Any]:
+    pace_ms = max(0.0, 1000.0 * connections / rate)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(LUA % {"seed": seed, "users": users, "pace_ms": pace_ms, "k": k})
+        script = f.name
+    try:
+        out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", script, url],
+                             capture_output=True, text=True, timeout=seconds + 60).stdout
+    finally:
+        os.unlink(script)
+    res = _parse_wrk(out)
+    res["offered_rps"] = rate
+    return res
+
+
+def ensure_model(workdir: Path, users: int, items: int, days: int, activity: float, say: Callable[[str], None]) -> Path:
+    """Synthesize and train once per size; later runs reuse the model."""
+    from feedrank.config import load_config
+    from feedrank.data.synth import WorldConfig, generate_world
+    from feedrank.pipeline.build import train_model
+
+    model = workdir / "model"
+    if (model / "manifest.json").exists():
+        say(f"reusing {model}")
+        return model
+    start = float(int(time.time() // 3600 * 3600) - days * 86400)
+    say(f"synthesising {users:,} users x {items:,} items x {days} days")
+    generate_world(workdir / "world", WorldConfig(n_users=users, n_items=items, n_days=days, start=start, activity_mean=activity),
+                   progress=True)
+    cfg = load_config(None, ["retrieval.epochs=1", "ranking.epochs=1"])
+    say("training (no offline eval)")
+    train_model(workdir / "world", model, cfg, show_progress=True, say=say)
+    return model
+
+
+def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: float, rates: list[float], seconds: int,
+                    connections: int, k: int, say: Callable[[str], None]) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk not found: apt-get install -y wrk")
+    from feedrank.serving.server import free_port
+
+    model = ensure_model(workdir, users, items, days, activity, say)
+    port, bare_port = free_port(), free_port()
+    exe = str(Path(sys.executable).parent / "feedrank")
+    server = subprocess.Popen([exe, "serve", "--model", str(model), "--port", str(port), "--log-level", "warning",
+                               "--events-dir", str(workdir / "events")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    bare_dir = Path(tempfile.mkdtemp())
+    (bare_dir / "bare_app.py").write_text(BARE_APP % {"k": k})
+    bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(bare_port), "--log-level", "warning",
+                             "--no-access-log"], cwd=bare_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
+    out: dict[str, Any] = {"users": users, "items": items, "k": k, "connections": connections, "seconds_per_rate": seconds,
+                           "server": "feedrank serve (1 uvicorn process)", "rates": []}
+    try:
+        say("waiting for the server (loading the model)")
+        _wait_http(url + "/readyz")
+        _wait_http(bare_url + "/")
+        # warm-up, then one measurement per rate
+        _run_wrk(url, 50, 3, 4, users, k, seed=1)
+        for i, rate in enumerate(rates):
+            before = _tiers(url)
+            res = _run_wrk(url, rate, seconds, connections, users, k, seed=10 + i)
+            after = _tiers(url)
+            delta = {t: after.get(t, 0) - before.get(t, 0) for t in after}
+            total = sum(delta.values()) or 1.0
+            res["tier_share"] = {t: round(v / total, 4) for t, v in delta.items()}
+            bare_res = _run_wrk(bare_url + "/", rate, max(3, seconds // 3), connections, users, k, seed=20 + i)
+            res["bare_asgi"] = {key: bare_res[key] for key in ("p50_ms", "p99_ms", "achieved_rps")}
+            if res["p50_ms"] and bare_res["p50_ms"]:
+                res["http_layer_share_p50"] = round(bare_res["p50_ms"] / res["p50_ms"], 4)
+            out["rates"].append(res)
+            say(f"offered {rate:.0f} rps: achieved {res['achieved_rps']}, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, "
+                f"tiers {res['tier_share']}, bare p50 {bare_res['p50_ms']} ms")
+    finally:
+        for p in (server, bare):
+            p.send_signal(signal.SIGINT)
+        for p in (server, bare):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(bare_dir, ignore_errors=True)
+    return out
