@@ -41,6 +41,7 @@ LAYERS: dict[str, float] = {
     "feedrank.pipeline": 3,
     "feedrank.evaluation": 3.5,  # evaluation.offline imports pipeline, never the reverse
     "feedrank.serving": 4,
+    "feedrank.planning": 3.5,  # reads benchmark results, encodes a typical event (data)
     "feedrank.bench": 4.25,  # scenarios measure serving (and training): above both, below cli
     "feedrank.cli": 4.5,  # thin commands over everything below
 }

@@ -33,7 +33,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from feedrank.cli import ab, bench, config_cmd, data, demo, evaluate, models, serve, train
+    from feedrank.cli import ab, bench, config_cmd, data, demo, evaluate, models, plan, serve, train
 
     cli.add_command(data.data)
     cli.add_command(train.train)
@@ -44,6 +44,7 @@ def _register() -> None:
     cli.add_command(bench.bench_group)
     cli.add_command(models.models_group)
     cli.add_command(ab.ab_group)
+    cli.add_command(plan.plan)
 
 
 _register()

@@ -1,0 +1,1 @@
+"""Capacity planning from measured benchmark results (`feedrank plan`)."""
