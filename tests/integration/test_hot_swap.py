@@ -74,3 +74,59 @@ def test_promote_swaps_corrupt_is_refused_rollback_returns(two_models, tmp_path:
     finally:
         manager.stop()
         event_log.close()
+
+
+def test_twenty_swaps_under_a_steady_request_stream(two_models, tmp_path: Path):
+    """No failed request and no 5xx while the model is swapped 20 times."""
+    import threading
+
+    m1, m2 = two_models
+    reg = ModelRegistry(tmp_path / "registry")
+    v1 = reg.publish(m1, promote=True)
+    v2 = reg.publish(m2)
+    app, event_log, manager, _ = build_registry_service(str(tmp_path / "registry"), str(tmp_path / "events"))
+    statuses: list[int] = []
+    versions: set[str] = set()
+    stop = threading.Event()
+    try:
+        with TestClient(app) as client:
+            def stream() -> None:
+                i = 0
+                while not stop.is_set():
+                    r = client.get("/v1/feed", params={"user_id": f"u{i % 50}", "k": 5})
+                    statuses.append(r.status_code)
+                    if r.status_code == 200:
+                        versions.add(r.json()["model_version"])
+                    i += 1
+
+            t = threading.Thread(target=stream)
+            t.start()
+            swapped = 0
+            for n in range(20):
+                reg.promote(v2 if n % 2 == 0 else v1)
+                swapped += manager.check_now().result == "swapped"
+            stop.set()
+            t.join(30)
+    finally:
+        manager.stop()
+        event_log.close()
+    assert swapped == 20
+    assert statuses and all(s == 200 for s in statuses), sorted(set(statuses))
+    assert len(versions) == 2
+
+
+def test_missing_index_file_is_refused(two_models, tmp_path: Path):
+    m1, m2 = two_models
+    reg = ModelRegistry(tmp_path / "registry")
+    reg.publish(m1, promote=True)
+    app, event_log, manager, _ = build_registry_service(str(tmp_path / "registry"), str(tmp_path / "events"))
+    try:
+        v = reg.publish(m2, promote=True)
+        (reg.path(v) / "index.faiss").unlink()
+        res = manager.check_now()
+        assert res.result == "failed" and "index.faiss" in res.detail
+        with TestClient(app) as client:
+            assert client.get("/v1/feed", params={"user_id": "u1", "k": 5}).status_code == 200
+    finally:
+        manager.stop()
+        event_log.close()
