@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test smoke setup clean help
+.PHONY: demo test smoke setup clean help redis-server
 
 help:
 	@echo "make demo   - set up, build a synthetic world, train, serve on http://127.0.0.1:8000"
@@ -19,9 +19,14 @@ $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
+# redis-server from Debian's packages: the redis:// feature-store backend's tests start their own
+# (tests/unit/features/test_store_contract.py). Installed only when missing (needs root/apt).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { echo "==> installing redis-server (Debian)"; apt-get install -y redis-server >/dev/null || { apt-get update -q >/dev/null && apt-get install -y redis-server >/dev/null; }; }
+
 # torch first, from the CPU wheel (pip's find-links holds it); then everything else under
 # constraints.txt so nothing can pull another torch.
-$(STAMP): $(PY) pyproject.toml constraints.txt
+$(STAMP): $(PY) pyproject.toml constraints.txt | redis-server
 	@echo "==> installing torch (CPU) and feedrank into $(VENV)"
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q torch==2.13.0 -c constraints.txt

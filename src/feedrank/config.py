@@ -76,11 +76,11 @@ class RankingConfig:
     ctr_prior: float = field(default=20.0, metadata=_rng(0.0, None))
     max_train_examples: int = field(default=600_000, metadata=_rng(1, None))
     # model: explicit interactions (docs/ranking.md has the measurement behind the default)
-    interaction: Literal["dcn", "dot", "mlp"] = "dcn"
+    interaction: Literal["dcn", "dot", "mlp"] = "mlp"
     cross_layers: int = field(default=2, metadata=_rng(0, 8))
     engagement_features: bool = True   # user-category, debiased CTR, dwell, creator counters
     loss: Literal["pointwise", "pairwise", "listwise"] = "pointwise"
-    dwell_loss_weight: float = field(default=0.2, metadata=_rng(0.0, None))
+    dwell_loss_weight: float = field(default=0.05, metadata=_rng(0.0, None))
     fairness_weight: float = field(default=0.0, metadata=_rng(0.0, None))
     calibration: Literal["none", "platt", "isotonic"] = "isotonic"
     calibration_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))

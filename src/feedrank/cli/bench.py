@@ -47,7 +47,6 @@ def feed(model_dir: str, requests: int, k: int, no_http: bool, as_json: bool) ->
     if as_json:
         click.echo(json.dumps(result, indent=2))
 
-bench_group.add_command(__import__("feedrank.cli.bench_ingest", fromlist=["ingest"]).ingest)
 
 
 @bench_group.command("serve")
@@ -87,3 +86,16 @@ def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, se
     say(f"written {path}")
     if as_json:
         click.echo(json.dumps(result, indent=2))
+
+
+def _register_scenarios() -> None:
+    """Scenario commands that live in their own modules (one per scenario)."""
+    from feedrank.cli.bench_ingest import ingest
+    from feedrank.cli.bench_ranking import ranking
+    from feedrank.cli.bench_retrieval import retrieval
+
+    for command in (ingest, ranking, retrieval):
+        bench_group.add_command(command)
+
+
+_register_scenarios()

@@ -13,6 +13,12 @@ Guarantees:
 
 * ``append`` writes every new event of the batch, then fsyncs once, then returns. An
   event in ``AppendResult.accepted`` survives a crash (``kill -9``) of the process.
+  Group commit: appends from concurrent threads that wait for an fsync at the same time
+  share one (the first becomes the leader and syncs everything written so far), so N
+  concurrent writers cost ~1 fsync per round, not N. A lone writer still does exactly
+  one fsync per batch. If an fsync fails, every batch not yet durable fails (OSError),
+  is truncated away and its ids are forgotten. An append whose events duplicate a batch
+  still awaiting its fsync returns only after that fsync (and fails with it).
 * Idempotent by ``event_id``: an id already in the log (from this process or an earlier
   one; the id set is rebuilt by scanning segments on open) or repeated within the batch
   is reported in ``duplicates`` and not written again.
@@ -85,6 +91,12 @@ class _Segment:
     path: Path
     size: int  # committed bytes (ends on a line boundary)
     lines: int  # committed lines
+    written: int = -1  # bytes written, durable or not yet (group commit); >= size
+    written_lines: int = -1
+
+    def __post_init__(self) -> None:
+        if self.written < 0:
+            self.written, self.written_lines = self.size, self.lines
 
 
 def segment_name(number: int) -> str:
@@ -172,6 +184,13 @@ class EventLog:
         self._lock_fd: int | None = None
         self._closed = False
         self.repaired_bytes = 0  # torn-tail bytes removed on open
+        # group commit: appends get a sequence number; an fsync makes all up to one durable
+        self._sync_cond = threading.Condition(threading.Lock())
+        self._write_seq = 0
+        self._durable_seq = 0
+        self._syncing = False
+        self._pending: list[tuple[int, list[str]]] = []  # (seq, ids) written, not yet durable
+        self._failures: deque[tuple[int, int, BaseException]] = deque(maxlen=64)
         if readonly:
             if not self.root.is_dir():
                 raise FileNotFoundError(f"event log not found: {self.root}")
@@ -281,6 +300,11 @@ class EventLog:
 
     def close(self) -> None:
         with self._lock:
+            if not self._closed and self._fd is not None and self._segments:
+                try:
+                    self._sync_pending_locked()
+                except OSError:
+                    log.exception("event log %s: final fsync on close failed", self.root)
             self._closed = True
             self._release()
 
@@ -315,30 +339,126 @@ class EventLog:
                 seen.add(eid)
                 accepted.append(eid)
                 parts.append(encode_line(ev))
+            # a duplicate of a batch still awaiting its fsync is only "in the log" once that
+            # fsync is done: wait for it too (and fail with it)
+            dup_wait = self._write_seq if duplicates and self._pending else 0
             if not parts:
-                return AppendResult(accepted, duplicates)
+                seq = dup_wait
+            else:
+                seq = self._write_batch(parts, accepted)
+        if seq:
+            self._wait_durable(seq)
+        return AppendResult(accepted, duplicates)
+
+    def _write_batch(self, parts: list[bytes], accepted: list[str]) -> int:
+        """Under ``_lock``: write the encoded lines to the tail; its append sequence number."""
+        tail = self._segments[-1]
+        if tail.written >= self.segment_bytes:
+            self._sync_pending_locked()  # the old segment is complete and durable first
+            self._new_segment(tail.number + 1)
             tail = self._segments[-1]
-            if tail.size >= self.segment_bytes:
-                self._new_segment(tail.number + 1)
-                tail = self._segments[-1]
-            data = b"".join(parts)
+        data = b"".join(parts)
+        start = tail.written
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except BaseException:
+            # Drop the partial batch so the file still ends on a whole line (other
+            # threads' written batches before ``start`` stay: they await their fsync).
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(self._fd, view)
-                    view = view[n:]
-                os.fsync(self._fd)
-            except BaseException:
-                # Drop the partial batch so the file still ends on a committed line.
+                os.ftruncate(self._fd, start)
+            except OSError:
+                log.exception("event log %s: could not roll back a failed append", tail.path)
+            raise
+        tail.written += len(data)
+        tail.written_lines += len(parts)
+        self._ids.update(accepted)
+        self._write_seq += 1
+        self._pending.append((self._write_seq, accepted))
+        return self._write_seq
+
+    # ------------------------------------------------------------------ group commit
+
+    def _wait_durable(self, seq: int) -> None:
+        """Return once append ``seq`` is fsync'd (leading an fsync if none is running)."""
+        while True:
+            with self._sync_cond:
+                while True:
+                    for lo, hi, exc in self._failures:
+                        if lo <= seq <= hi:
+                            raise OSError(f"event log {self.root}: fsync failed, batch not written: {exc}") from exc
+                    if self._durable_seq >= seq:
+                        return
+                    if not self._syncing:
+                        self._syncing = True
+                        break
+                    self._sync_cond.wait()
+            self._lead_sync()
+
+    def _lead_sync(self) -> None:
+        """fsync everything written so far (outside the append lock), then publish it."""
+        try:
+            with self._lock:
+                target = self._write_seq
+                seg = self._segments[-1] if self._segments else None
+                fd = os.dup(self._fd) if self._fd is not None and seg is not None else None
+                size, lines = (seg.written, seg.written_lines) if seg is not None else (0, 0)
+            if fd is not None:
                 try:
-                    os.ftruncate(self._fd, tail.size)
-                except OSError:
-                    log.exception("event log %s: could not roll back a failed append", tail.path)
-                raise
-            tail.size += len(data)
-            tail.lines += len(parts)
-            self._ids.update(accepted)
-            return AppendResult(accepted, duplicates)
+                    os.fsync(fd)  # a dup: safe even if a roll or close closes self._fd meanwhile
+                finally:
+                    os.close(fd)
+                with self._lock:
+                    self._publish_locked(seg, size, lines, target)  # type: ignore[arg-type]
+        except BaseException as exc:
+            with self._lock:
+                self._fail_pending_locked(exc)
+        finally:
+            with self._sync_cond:
+                self._syncing = False
+                self._sync_cond.notify_all()
+
+    def _publish_locked(self, seg: _Segment, size: int, lines: int, target: int) -> None:
+        """Appends up to ``target`` are durable: readers may see ``seg`` up to ``size``."""
+        if size > seg.size:
+            seg.size, seg.lines = size, lines
+        self._pending = [(s, ids) for s, ids in self._pending if s > target]
+        with self._sync_cond:
+            self._durable_seq = max(self._durable_seq, target)
+            self._sync_cond.notify_all()
+
+    def _sync_pending_locked(self) -> None:
+        """Under ``_lock``: fsync the tail now if it has written-but-not-durable bytes."""
+        tail = self._segments[-1]
+        if tail.written == tail.size and not self._pending:
+            return
+        try:
+            os.fsync(self._fd)  # type: ignore[arg-type]
+        except BaseException as exc:
+            self._fail_pending_locked(exc)
+            raise
+        self._publish_locked(tail, tail.written, tail.written_lines, self._write_seq)
+
+    def _fail_pending_locked(self, exc: BaseException) -> None:
+        """Under ``_lock``: an fsync failed; every not-yet-durable batch fails and is
+        truncated away, its ids forgotten (a retry may write them again)."""
+        tail = self._segments[-1] if self._segments else None
+        if tail is not None and self._fd is not None:
+            try:
+                os.ftruncate(self._fd, tail.size)
+            except OSError:
+                log.exception("event log %s: could not roll back failed appends", tail.path)
+            tail.written, tail.written_lines = tail.size, tail.lines
+        lo = self._pending[0][0] if self._pending else self._write_seq + 1
+        for _s, ids in self._pending:
+            self._ids.difference_update(ids)
+        self._pending = []
+        log.error("event log %s: fsync failed (%s); %d pending append(s) failed", self.root, exc, self._write_seq - lo + 1)
+        with self._sync_cond:
+            self._failures.append((lo, self._write_seq, exc))
+            self._sync_cond.notify_all()
 
     # ------------------------------------------------------------------ reading
 

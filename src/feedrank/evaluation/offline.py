@@ -26,8 +26,7 @@ from feedrank.evaluation.metrics import (
 )
 from feedrank.features.history import counts_before
 from feedrank.pipeline.artifacts import ModelArtifacts, load_artifacts
-from feedrank.pipeline.examples import ranking_examples
-from feedrank.ranking.model import score as ranker_score
+from feedrank.pipeline.examples import ranking_examples, spec_from_info
 from feedrank.retrieval.encode import encode_users
 
 MAX_EVAL_USERS = 5000
@@ -86,7 +85,7 @@ def evaluate_prepared(art: ModelArtifacts, prep, oracle: bool = False, seed: int
             users = np.sort(rng.choice(users, size=MAX_EVAL_USERS, replace=False))
         train_log = ev.click_log(np.flatnonzero(is_train))
         hist = train_log.final_histories(cfg.retrieval.history_len)[users]
-        uvec = encode_users(art.two_tower, catalog, hist, np.full(len(users), split.boundary))
+        uvec = encode_users(art.two_tower, catalog, hist, np.full(len(users), split.boundary), item_vecs=art.item_vectors)
         extra = int((train_log.ends - train_log.starts)[users].max(initial=0))
         allowed = live_items(catalog.published_at, split.boundary, float(split.test.ts_max or split.boundary),
                              art.info.get("max_item_age_s"))
@@ -135,12 +134,13 @@ def evaluate_prepared(art: ModelArtifacts, prep, oracle: bool = False, seed: int
             keep_groups = rng.choice(keep_groups, size=max(1, int(len(keep_groups) * MAX_EVAL_IMPRESSIONS / len(rows))), replace=False)
             rows = rows[np.isin(ev.request_codes[rows], keep_groups)]
         n_cat = len(art.vocabs["category"])
+        spec = spec_from_info(art.info.get("ranking"), prep.items, catalog)
         ex = ranking_examples(ev, rows, catalog, art.two_tower, art.item_vectors, n_cat, cfg.retrieval.history_len,
-                              float(art.info.get("prior_ctr", 0.05)), cfg.ranking.ctr_prior)
-        scores = ranker_score(art.ranker, ex.dense, ex.category)
-        block = _ranking_block(ex.labels, scores, ex.groups)
-        block["ece"] = float(expected_calibration_error(ex.labels, scores))
+                              float(art.info.get("prior_ctr", 0.05)), cfg.ranking.ctr_prior, spec)
+        block, variants = ranking_report(art, ex, None if spec is None else spec.creator_new[ex.items] > 0)
         out["ranking"] = block
+        out["ranking_variants"] = variants
+        out["baselines"]["ranking_recency"] = _ranking_block(ex.labels, -catalog.age_seconds(ex.items, ex.ts), ex.groups)
         imp = ev.mask("impression")
         pop_scores = counts_before(ev.item_idx[clk], ev.ts[clk], ex.items, ex.ts, len(catalog)).astype(np.float64)
         pop_scores += 1e-6 * counts_before(ev.item_idx[imp], ev.ts[imp], ex.items, ex.ts, len(catalog))
@@ -150,6 +150,31 @@ def evaluate_prepared(art: ModelArtifacts, prep, oracle: bool = False, seed: int
             out["oracle"] = _oracle(prep, ev, ex)
         say(f"eval ranking: {len(rows):,} test impressions, AUC {block['auc']:.4f} (popular {out['baselines']['ranking_popular']['auc']:.4f})")
     return out
+
+
+def ranking_report(art: ModelArtifacts, ex, protected: np.ndarray | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The served ranker's block (calibrated p(click); ECE before/after calibration; exposure
+    disparity between creator groups) and the same for its int8 and distilled variants."""
+    from feedrank.ranking.compress import quantize_int8
+    from feedrank.ranking.fairness import exposure_disparity
+    from feedrank.ranking.model import logits as ranker_logits
+
+    z = ranker_logits(art.ranker, ex.dense, ex.category)
+    probs = art.calibrator.apply(z)
+    block = _ranking_block(ex.labels, probs, ex.groups)
+    block["ece"] = float(expected_calibration_error(ex.labels, probs))
+    block["ece_uncalibrated"] = float(expected_calibration_error(ex.labels, 1.0 / (1.0 + np.exp(-z.astype(np.float64)))))
+    block["calibration"] = art.calibrator.kind
+    if protected is not None:
+        block["fairness"] = exposure_disparity(z, ex.groups, protected)
+    variants: dict[str, Any] = {}
+    models = {"int8": quantize_int8(art.ranker)}
+    if art.ranker_small is not None:
+        models["distilled"] = art.ranker_small
+    for name, m in models.items():
+        zv = ranker_logits(m, ex.dense, ex.category)
+        variants[name] = _ranking_block(ex.labels, zv, ex.groups)
+    return block, variants
 
 
 def _oracle(prep, ev, ex) -> dict[str, Any] | None:

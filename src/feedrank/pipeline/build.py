@@ -25,11 +25,11 @@ from feedrank.errors import SchemaError
 from feedrank.features.catalog import ItemCatalog
 from feedrank.features.vocab import Vocab
 from feedrank.pipeline.artifacts import ModelArtifacts, OnlineSnapshot, save_artifacts
-from feedrank.pipeline.examples import EventArrays, ranking_examples
-from feedrank.ranking.train import train_ranker
+from feedrank.pipeline.examples import EventArrays, train_ranking_stage
+from feedrank.ranking.calibration import Calibrator
 from feedrank.retrieval.encode import encode_items
-from feedrank.retrieval.index import build_index, recall_against_exact
-from feedrank.retrieval.train import train_two_tower
+from feedrank.retrieval.index import IndexParams, build_index, check_recall
+from feedrank.retrieval.train import ShownNotClicked, train_two_tower
 from feedrank.training.common import seed_everything, setup_threads
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,31 @@ def learn_max_item_age(hours: float, clicks, catalog: ItemCatalog) -> float | No
     return None if limit >= span else max(limit, 3600.0)
 
 
+def item_content(cfg: FeedrankConfig, catalog: ItemCatalog, say: Callable[[str], None] = print) -> tuple[np.ndarray | None, str]:
+    """(N, Dc) float32 title content vectors for the catalogue (None when disabled), and
+    the encoder used. Vectors are cached on disk by content hash."""
+    from feedrank.features.content import ContentCache, content_encoder, default_cache_dir, encode_titles
+
+    kind = cfg.retrieval.content_encoder
+    if kind == "none":
+        return None, "none"
+    t = time.perf_counter()
+    enc = content_encoder(kind)
+    cache = ContentCache(cfg.retrieval.content_cache_dir or default_cache_dir())
+    vecs = encode_titles(enc, list(catalog.titles), cache)
+    say(f"content vectors: {enc.name} {vecs.shape[1]}-d for {len(vecs):,} titles ({time.perf_counter() - t:.1f}s)")
+    return vecs, enc.name
+
+
+def shown_not_clicked(ev: EventArrays, rows_mask: np.ndarray) -> ShownNotClicked | None:
+    """The hard-negative pool: impressions in ``rows_mask`` without a click (None: no impressions)."""
+    rows = np.flatnonzero(rows_mask & ev.mask("impression") & (ev.request_codes >= 0))
+    if not len(rows):
+        return None
+    rows = rows[ev.impression_labels(rows) == 0]
+    return ShownNotClicked.build(ev.user_codes[rows], ev.ts[rows], ev.item_idx[rows], ev.n_users)
+
+
 Evaluator = Callable[..., dict]  # (ModelArtifacts, Prepared, say=...) -> metrics dict
 
 
@@ -123,42 +148,47 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
     if len(clicks.items) < 2:
         raise SchemaError(f"{data_dir}: the train split has {len(clicks.items)} clicks; training needs clicks")
     say(f"two-tower: {len(clicks.items):,} train clicks")
-    tt, tt_report = train_two_tower(cfg.retrieval, catalog, clicks, n_cat, n_sub, rng, show_progress)
-    say(f"two-tower trained: loss {tt_report.final_loss:.3f} in {tt_report.seconds:.1f}s")
+    content, content_kind = item_content(cfg, catalog, say)
+    shown = shown_not_clicked(ev, train_rows)
+    ckpt_dir = Path(out).parent / f"{Path(out).name}.checkpoints"
+    tt, tt_report = train_two_tower(cfg.retrieval, catalog, clicks, n_cat, n_sub, rng, show_progress, content=content,
+                                    shown=shown, checkpoint_dir=ckpt_dir)
+    say(f"two-tower trained: loss {tt_report.final_loss:.3f} in {tt_report.seconds:.1f}s (checkpoints in {ckpt_dir})")
 
     max_age_s = learn_max_item_age(cfg.retrieval.max_item_age_hours, clicks, catalog)
     say("retrieval age limit: " + ("none" if max_age_s is None else f"{max_age_s / 3600:.1f} h (items older are not retrieved)"))
     vectors = encode_items(tt, catalog)
-    index = build_index(vectors, cfg.retrieval.index, seed=cfg.training.seed)
-    sample = vectors[rng.choice(len(vectors), size=min(200, len(vectors)), replace=False)]
-    index_recall = recall_against_exact(index, vectors, sample, k=100)
-    say(f"index: {index.kind} over {len(index):,} items, recall@100 vs exact {index_recall:.3f}")
+    index = build_index(vectors, cfg.retrieval.index, seed=cfg.training.seed, params=IndexParams.from_config(cfg.retrieval))
+    index_recall = check_recall(index, vectors, cfg.retrieval.recall_floor, rng)  # raises IndexRejected below the floor
+    say(f"index: {index.kind} over {len(index):,} items, recall@100 vs exact {index_recall:.3f} (floor {cfg.retrieval.recall_floor})")
 
     imp_rows = np.flatnonzero(train_rows & ev.mask("impression"))
     n_imp_train = int(train_rows[ev.mask("impression")].sum())
     prior_ctr = float(train_rows[ev.mask("click")].sum() / max(n_imp_train, 1)) if n_imp_train else 0.05
     prior_ctr = float(np.clip(prior_ctr, 1e-4, 0.9))
-    ranker, rk_report = None, None
-    if len(imp_rows):
-        if len(imp_rows) > cfg.ranking.max_train_examples:
-            imp_rows = imp_rows[-cfg.ranking.max_train_examples :]
-        ex = ranking_examples(ev, imp_rows, catalog, tt, vectors, n_cat, cfg.retrieval.history_len, prior_ctr, cfg.ranking.ctr_prior)
-        say(f"ranker: {len(imp_rows):,} train impressions, {int(ex.labels.sum()):,} clicks")
-        ranker, rk_report = train_ranker(cfg.ranking, ex.dense, ex.category, ex.position, ex.labels, n_cat, rng, show_progress)
-        say(f"ranker trained: loss {rk_report.final_loss:.4f} in {rk_report.seconds:.1f}s")
-    else:
+    stage = train_ranking_stage(cfg.ranking, ev, train_rows, catalog, prep.items, tt, vectors, n_cat,
+                                cfg.retrieval.history_len, prior_ctr, rng, show_progress, say=say)
+    ranker = None if stage is None else stage.ranker
+    rk_report = None if stage is None else stage.info["train_report"]
+    if stage is None:
         say("ranker: no impressions in this data; feeds will be ordered by retrieval (tier 'reduced')")
 
     art = ModelArtifacts(
         cfg=cfg, vocabs=prep.vocabs, items=prep.items, catalog=catalog, two_tower=tt, item_vectors=vectors, index=index,
         ranker=ranker, snapshot=snapshot(ev, len(catalog), cfg.retrieval.history_len),
+        ranker_small=None if stage is None else stage.small,
+        calibrator=Calibrator() if stage is None else stage.calibrator,
+        engagement=None if stage is None else stage.state,
         info={
+            "ranking": None if stage is None else {k: v for k, v in stage.info.items() if k != "train_report"},
             "prior_ctr": prior_ctr,
             "max_item_age_s": max_age_s,
             "dataset": {"path": str(data_dir), "source": prep.dataset.meta.source, "n_items": len(catalog), "n_events": len(ev)},
             "split": split_to_dict(split),
             "index_recall_at_100": index_recall,
-            "train_reports": {"two_tower": tt_report.__dict__, "ranker": None if rk_report is None else rk_report.__dict__},
+            "recall_floor": cfg.retrieval.recall_floor,
+            "content_encoder": content_kind,
+            "train_reports": {"two_tower": tt_report.__dict__, "ranker": rk_report},
             "config": config_to_dict(cfg),
         },
     )

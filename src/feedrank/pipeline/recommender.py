@@ -74,6 +74,9 @@ class Recommender:
         self._live: np.ndarray | None = None
         self._live_at = -np.inf
         self._item_ids_list = self.catalog.item_ids.tolist()
+        self._add_lock = threading.Lock()
+        self._expires = np.full(len(self.catalog), np.inf)   # (N,) epoch seconds; inf = never
+        self._dead = np.zeros(len(self.catalog), dtype=bool)  # (N,) rows replaced by an update
         self._creators_list = self.catalog.creators.astype(str).tolist()
         self._groups_list = self.catalog.creator_groups.astype(str).tolist()
         self._categories_list = self.catalog.categories.tolist()
@@ -107,6 +110,50 @@ class Recommender:
 
     def stage_names(self) -> tuple[str, ...]:
         return STAGES
+
+    def add_items(self, records: list[dict], now: float | None = None) -> dict:
+        """Create or update items (validated dicts: item_id, title, category, subcategory,
+        creator, published_at, expires_at). Each gets content + item-tower vectors and goes
+        into the ANN index at once: retrievable by the next request, no rebuild. An update
+        moves the id to a new row; the old row is never retrieved again."""
+        from feedrank.features.content import ContentCache, content_encoder, default_cache_dir, encode_titles
+        from feedrank.retrieval.catalog_adds import append_items, items_frame
+        from feedrank.retrieval.encode import encode_items
+
+        if not records:
+            return {"created": 0, "updated": 0}
+        now = float(self.clock()) if now is None else float(now)
+        records = [dict(r, published_at=now if r.get("published_at") is None else r["published_at"]) for r in records]
+        rc = self.cfg.retrieval
+        tt = self.art.two_tower
+        with self._add_lock, torch.inference_mode():
+            catalog, rows, replaced = append_items(self.catalog, items_frame(records), self.art.vocabs, rc.id_buckets, rc.text_buckets)
+            if tt.dims.content_dim:
+                enc = content_encoder(self.art.info.get("content_encoder") or rc.content_encoder)
+                vec = encode_titles(enc, list(catalog.titles[rows]), ContentCache(rc.content_cache_dir or default_cache_dir()))
+                tt.set_content(np.concatenate([tt.content.numpy(), vec]))
+            vectors = encode_items(tt, catalog, rows)
+            expires = np.array([np.inf if r.get("expires_at") is None else float(r["expires_at"]) for r in records])
+            with self.state._lock:  # counters grow with the catalogue
+                pad = np.zeros(len(rows))
+                self.state.item_impressions = np.concatenate([self.state.item_impressions, pad])
+                self.state.item_clicks = np.concatenate([self.state.item_clicks, pad])
+            self.art.item_vectors = np.concatenate([self.art.item_vectors, vectors])
+            dead = np.concatenate([self._dead, np.zeros(len(rows), dtype=bool)])
+            dead[replaced] = True
+            self._dead = dead
+            self._expires = np.concatenate([self._expires, expires])
+            self._item_ids_list = catalog.item_ids.tolist()
+            self._categories_list = catalog.categories.tolist()
+            self._creators_list = catalog.creators.astype(str).tolist()
+            self._groups_list = catalog.creator_groups.astype(str).tolist()
+            self.catalog = catalog
+            self.art.catalog = catalog
+            self.art.index.add(vectors, rows)
+            with self._popular_lock:
+                self._live = None
+                self._popular = np.zeros(0, dtype=np.int64)
+        return {"created": int(len(rows) - len(replaced)), "updated": int(len(replaced))}
 
     def has_item(self, item_id: str) -> bool:
         return item_id in self.catalog.index
@@ -281,12 +328,15 @@ class Recommender:
         """Items young enough to retrieve at ``now`` (None = all). Cached, and recomputed
         when the request clock moves more than 30 s from the cached one (so replays and
         requests with an explicit ``now`` get the right set)."""
-        if self.max_item_age_s is None:
+        if self.max_item_age_s is None and not self._dead.any() and not np.isfinite(self._expires).any():
             return None
         with self._popular_lock:
             if self._live is None or abs(now - self._live_at) > CACHE_S:
-                age = now - np.nan_to_num(self.catalog.published_at, nan=-np.inf)
-                self._live = np.flatnonzero((age >= 0) & (age <= self.max_item_age_s)).astype(np.int64)
+                ok = (self._expires > now) & ~self._dead  # expired and replaced rows never come back
+                if self.max_item_age_s is not None:
+                    age = now - np.nan_to_num(self.catalog.published_at, nan=-np.inf)
+                    ok &= (age >= 0) & (age <= self.max_item_age_s)
+                self._live = np.flatnonzero(ok).astype(np.int64)
                 self._live_at = now
             return self._live
 

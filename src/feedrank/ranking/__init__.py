@@ -1,1 +1,3 @@
-"""Ranking: the ranker model, its features, training recipe (calibration/compression later)."""
+"""Ranking: the multi-task ranker (model, losses, training), its features and online
+engagement counters, calibration, compression (int8, distilled, latency budget), fairness
+measure and the serving-time runtime. See docs/ranking.md."""

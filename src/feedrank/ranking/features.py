@@ -1,13 +1,27 @@
 """The ranker's dense features, computed the same way in training and at serving (pure).
 
-All inputs are aligned (N,) arrays for N (user, item, time) rows.
+All inputs are aligned (N,) arrays for N (user, item, time) rows. Two groups:
+
+* base features (``BASE_FEATURE_NAMES``): tower similarity, the user's category share in
+  their click history, item counters, item age, user clicks, hour and weekday;
+* engagement features (``ENGAGEMENT_FEATURE_NAMES``), from raw counters in an
+  ``Engagement`` record: the user's impressions / clicks / hides in the item's category,
+  the user's activity, position-debiased item and creator CTRs (impressions weighted by
+  the examination probability of the slot they were shown at), time-decayed item
+  counters (windows of ~6 h and ~24 h), item hide rate, mean log dwell of the item and its
+  creator, and the creator's group.
+
+Training (``pipeline/examples.py``, point in time) and serving (``ranking/stats.py``,
+online counters) fill the same ``Engagement`` record, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-FEATURE_NAMES: tuple[str, ...] = (
+BASE_FEATURE_NAMES: tuple[str, ...] = (
     "tower_sim",
     "category_affinity",
     "log_item_impressions",
@@ -20,13 +34,102 @@ FEATURE_NAMES: tuple[str, ...] = (
     "weekday_sin",
     "weekday_cos",
 )
+ENGAGEMENT_FEATURE_NAMES: tuple[str, ...] = (
+    "user_cat_ctr",
+    "log_user_cat_impressions",
+    "log_user_cat_clicks",
+    "log_user_cat_hides",
+    "log_user_impressions",
+    "user_ctr",
+    "item_ctr_debiased",
+    "item_ctr_6h",
+    "item_ctr_24h",
+    "log_item_clicks_6h",
+    "item_hide_rate",
+    "item_log_dwell",
+    "creator_ctr_debiased",
+    "log_creator_clicks",
+    "creator_log_dwell",
+    "creator_is_new",
+    "age_days",
+)
+FEATURE_NAMES: tuple[str, ...] = BASE_FEATURE_NAMES + ENGAGEMENT_FEATURE_NAMES
+N_BASE_FEATURES = len(BASE_FEATURE_NAMES)
 N_FEATURES = len(FEATURE_NAMES)
 N_POSITIONS = 20
+# time constants of the decayed item counters (seconds)
+DECAY_TAUS_S: tuple[float, float] = (6 * 3600.0, 24 * 3600.0)
+DWELL_PRIOR_WEIGHT = 5.0
+
+
+@dataclass
+class Engagement:
+    """Raw counters behind the engagement features; every field is (N,) float64.
+
+    ``*_eimps`` are impressions weighted by the examination probability of their slot
+    (``exam[position]``), so ``clicks / eimps`` is a position-debiased CTR. ``item_*_6h`` /
+    ``item_*_24h`` are exponentially decayed counts (``sum exp(-(t - t_e) / tau)``).
+    ``*_dwell_sum`` sums ``log1p(dwell_ms / 1000)`` over ``*_dwell_n`` dwell events."""
+
+    user_cat_imps: np.ndarray
+    user_cat_clicks: np.ndarray
+    user_cat_hides: np.ndarray
+    user_imps: np.ndarray
+    user_clicks: np.ndarray
+    item_eimps: np.ndarray
+    item_clicks: np.ndarray
+    item_hides: np.ndarray
+    item_imps: np.ndarray
+    item_clicks_6h: np.ndarray
+    item_eimps_6h: np.ndarray
+    item_clicks_24h: np.ndarray
+    item_eimps_24h: np.ndarray
+    item_dwell_sum: np.ndarray
+    item_dwell_n: np.ndarray
+    creator_eimps: np.ndarray
+    creator_clicks: np.ndarray
+    creator_dwell_sum: np.ndarray
+    creator_dwell_n: np.ndarray
+    creator_is_new: np.ndarray
+
+    @classmethod
+    def zeros(cls, n: int) -> Engagement:
+        """No engagement known (a cold system): every feature falls back to its prior."""
+        return cls(**{f: np.zeros(n) for f in cls.__dataclass_fields__})
 
 
 def smoothed_ctr(clicks: np.ndarray, impressions: np.ndarray, prior_ctr: float, prior_weight: float) -> np.ndarray:
     """(clicks + w * prior) / (impressions + w): shrinks small counts to the global CTR."""
     return (clicks + prior_weight * prior_ctr) / (impressions + prior_weight)
+
+
+def engagement_features(eng: Engagement, age_s: np.ndarray, prior_ctr: float, prior_weight: float,
+                        dwell_prior: float) -> np.ndarray:
+    """Returns (N, len(ENGAGEMENT_FEATURE_NAMES)) float64 in that order.
+
+    ``dwell_prior`` is the global mean of ``log1p(dwell_ms / 1000)`` (train side)."""
+    w = prior_weight
+    user_ctr = smoothed_ctr(eng.user_clicks, eng.user_imps, prior_ctr, w)
+    cols = [
+        smoothed_ctr(eng.user_cat_clicks, eng.user_cat_imps, user_ctr, 5.0),
+        np.log1p(np.maximum(eng.user_cat_imps, 0)),
+        np.log1p(np.maximum(eng.user_cat_clicks, 0)),
+        np.log1p(np.maximum(eng.user_cat_hides, 0)),
+        np.log1p(np.maximum(eng.user_imps, 0)),
+        user_ctr,
+        smoothed_ctr(eng.item_clicks, eng.item_eimps, prior_ctr, w),
+        smoothed_ctr(eng.item_clicks_6h, eng.item_eimps_6h, prior_ctr, w),
+        smoothed_ctr(eng.item_clicks_24h, eng.item_eimps_24h, prior_ctr, w),
+        np.log1p(np.maximum(eng.item_clicks_6h, 0)),
+        smoothed_ctr(eng.item_hides, eng.item_imps, 0.0, w),
+        (eng.item_dwell_sum + DWELL_PRIOR_WEIGHT * dwell_prior) / (eng.item_dwell_n + DWELL_PRIOR_WEIGHT),
+        smoothed_ctr(eng.creator_clicks, eng.creator_eimps, prior_ctr, w),
+        np.log1p(np.maximum(eng.creator_clicks, 0)),
+        (eng.creator_dwell_sum + DWELL_PRIOR_WEIGHT * dwell_prior) / (eng.creator_dwell_n + DWELL_PRIOR_WEIGHT),
+        np.asarray(eng.creator_is_new, dtype=np.float64),
+        np.maximum(np.asarray(age_s, dtype=np.float64), 0) / 86400.0,
+    ]
+    return np.stack(cols, axis=1) if len(age_s) else np.zeros((0, len(ENGAGEMENT_FEATURE_NAMES)))
 
 
 def ranking_features(
@@ -39,8 +142,12 @@ def ranking_features(
     ts: np.ndarray,
     prior_ctr: float,
     prior_weight: float,
+    engagement: Engagement | None = None,
+    dwell_prior: float = 0.0,
 ) -> np.ndarray:
-    """Returns (N, N_FEATURES) float32 in FEATURE_NAMES order; NaN/inf replaced by 0."""
+    """Returns (N, N_FEATURES) float32 in FEATURE_NAMES order; NaN/inf replaced by 0.
+
+    Without ``engagement`` the engagement columns hold their priors (a cold start)."""
     ts = np.asarray(ts, dtype=np.float64)
     hours = np.remainder(ts / 3600.0, 24.0)
     days = np.remainder(ts / 86400.0 + 3.0, 7.0)
@@ -58,5 +165,9 @@ def ranking_features(
         np.broadcast_to(np.sin(2 * np.pi * days / 7), (n,)),
         np.broadcast_to(np.cos(2 * np.pi * days / 7), (n,)),
     ]
-    x = np.stack(cols, axis=1).astype(np.float32)
+    base = np.stack(cols, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        eng = engagement_features(engagement if engagement is not None else Engagement.zeros(n),
+                                  np.asarray(age_s, dtype=np.float64), prior_ctr, prior_weight, dwell_prior)
+    x = np.concatenate([base, eng], axis=1).astype(np.float32)
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)

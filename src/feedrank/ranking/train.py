@@ -1,4 +1,13 @@
-"""Training recipe for the ranker: pointwise BCE on logged impressions (click labels)."""
+"""Training recipes for the ranker and its distilled small version.
+
+``train_ranker``: batches of whole impressions (so pairwise / listwise losses and the
+fairness term see complete lists); loss = ranking loss on the click logit (with the
+position term) + ``dwell_loss_weight`` * MSE of the log-dwell head on clicked rows with a
+dwell + ``fairness_weight`` * exposure gap between creator groups.
+
+``train_distilled``: a small MLP ranker trained to reproduce the big one's click logits and
+dwell predictions at the serving position (MSE), on the same examples.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +15,18 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from feedrank.config import RankingConfig
-from feedrank.ranking.model import Ranker, build_ranker
+from feedrank.ranking.features import FEATURE_NAMES
+from feedrank.ranking.losses import exposure_gap, ranking_loss
+from feedrank.ranking.model import Ranker, build_ranker, predict_heads
 from feedrank.training.common import progress
+
+
+CALENDAR_FEATURES = ("hour_sin", "hour_cos", "weekday_sin", "weekday_cos")
 
 
 @dataclass(frozen=True)
@@ -21,6 +36,44 @@ class RankingTrainReport:
     epochs: int
     final_loss: float
     seconds: float
+    loss: str = "pointwise"
+    interaction: str = "mlp"
+
+
+def group_batches(groups: np.ndarray | None, n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Row indices split into batches of whole groups (shuffled groups, ~batch_size rows each).
+
+    ``groups`` (N,) any ids, or None (each row its own group). Returns a list of (b,) int64."""
+    if groups is None:
+        perm = rng.permutation(n)
+        return [perm[s : s + batch_size] for s in range(0, n, batch_size)]
+    codes, uniques = pd.factorize(pd.Series(groups), sort=False)
+    g_perm = rng.permutation(len(uniques))
+    rank = np.empty(len(uniques), dtype=np.int64)
+    rank[g_perm] = np.arange(len(uniques))
+    order = np.argsort(rank[codes], kind="stable")
+    sizes = np.bincount(rank[codes], minlength=len(uniques))
+    ends = np.cumsum(sizes)
+    cuts = np.unique(np.searchsorted(ends, np.arange(batch_size, n, batch_size), side="left"))
+    bounds = [0, *[int(ends[c]) for c in cuts if ends[c] < n], n]
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def feature_scaling(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F,) mean and std for normalising (N, F) features. Calendar features (hour and weekday
+    on the unit circle) get their known scale (mean 0, std 1/sqrt 2) instead of the sample's:
+    a train window of a day or two barely varies them, and a tiny sample std would blow up
+    every later request's input. Other stds are floored at 1e-3."""
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-3)
+    for name in CALENDAR_FEATURES:
+        j = FEATURE_NAMES.index(name)
+        if j < x.shape[1]:
+            mean[j], std[j] = 0.0, 0.5**0.5
+    return mean, std
+
+
+def _local_groups(g: torch.Tensor) -> torch.Tensor:
+    return torch.unique(g, return_inverse=True)[1]
 
 
 def train_ranker(
@@ -32,29 +85,58 @@ def train_ranker(
     n_categories: int,
     rng: np.random.Generator,
     show_progress: bool = True,
+    groups: np.ndarray | None = None,
+    log_dwell: np.ndarray | None = None,
+    protected: np.ndarray | None = None,
+    init_examination: np.ndarray | None = None,
 ) -> tuple[Ranker, RankingTrainReport]:
-    """dense (N, F) float32, category/position (N,) int64, labels (N,) {0,1}."""
+    """dense (N, F) float32, category/position (N,) int64, labels (N,) {0,1};
+    groups (N,) impression ids (needed by pairwise/listwise); log_dwell (N,) float
+    log1p(dwell s), NaN where unknown; protected (N,) bool creator group for fairness;
+    init_examination (N_POSITIONS,) CTR-by-slot ratios to start the position term from
+    (``log`` of them), so it only has to refine what the logs already show."""
     t0 = time.perf_counter()
     n = len(labels)
     if n == 0:
         raise ValueError("ranker training needs impressions, got none")
-    model = build_ranker(n_categories, cfg.hidden)
+    if cfg.loss != "pointwise" and groups is None:
+        raise ValueError(f"loss {cfg.loss!r} needs impression groups")
+    model = build_ranker(n_categories, cfg.hidden, cfg.interaction, cfg.cross_layers, n_features=dense.shape[1])
     x = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-    model.set_normalisation(x.mean(0), x.std(0))
+    model.set_normalisation(*feature_scaling(x))
+    if init_examination is not None:
+        with torch.no_grad():
+            model.position_bias.weight[:, 0] = torch.log(torch.as_tensor(init_examination, dtype=torch.float32).clamp_min(1e-3))
     cat = torch.from_numpy(category.astype(np.int64))
     pos = torch.from_numpy(position.astype(np.int64))
     y = torch.from_numpy(labels.astype(np.float32))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g_all = torch.from_numpy(pd.factorize(pd.Series(groups))[0].astype(np.int64)) if groups is not None else torch.arange(n)
+    dw = None if log_dwell is None else torch.from_numpy(np.asarray(log_dwell, dtype=np.float32))
+    prot = None if protected is None or cfg.fairness_weight <= 0 else torch.from_numpy(np.asarray(protected, dtype=bool))
+    # the position term is a handful of scalars that must travel far (log examination of a
+    # deep slot is about -2): it gets 10x the learning rate so a few epochs reach it
+    pos_params = list(model.position_bias.parameters())
+    rest = [p for p in model.parameters() if all(p is not q for q in pos_params)]
+    opt = torch.optim.Adam([{"params": rest}, {"params": pos_params, "lr": cfg.lr * 10, "weight_decay": 0.0}],
+                           lr=cfg.lr, weight_decay=cfg.weight_decay)
     bs = min(cfg.batch_size, n)
-    steps = max(1, n // bs)
     running = float("nan")
     for epoch in range(cfg.epochs):
         model.train()
-        perm = torch.from_numpy(rng.permutation(n))
-        bar = progress(range(steps), desc=f"ranker epoch {epoch + 1}/{cfg.epochs}", enabled=show_progress, unit="batch")
-        for step in bar:
-            b = perm[step * bs : (step + 1) * bs]
-            loss = F.binary_cross_entropy_with_logits(model(x[b], cat[b], pos[b]), y[b])
+        batches = group_batches(groups, n, bs, rng)
+        bar = progress(batches, desc=f"ranker epoch {epoch + 1}/{cfg.epochs}", enabled=show_progress, unit="batch")
+        for step, b_np in enumerate(bar):
+            b = torch.from_numpy(b_np)
+            g = _local_groups(g_all[b])
+            click_logit, dwell_pred = model.heads(x[b], cat[b], pos[b])
+            loss = ranking_loss(cfg.loss, click_logit, y[b], g)
+            if dw is not None and cfg.dwell_loss_weight > 0:
+                ok = torch.isfinite(dw[b])
+                if bool(ok.any()):
+                    loss = loss + cfg.dwell_loss_weight * F.mse_loss(dwell_pred[ok], dw[b][ok])
+            if prot is not None:
+                rel = click_logit - model._position_term(pos[b])  # exposure follows relevance, not the slot
+                loss = loss + cfg.fairness_weight * exposure_gap(rel, g, prot[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -62,4 +144,45 @@ def train_ranker(
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{running:.4f}")
     model.eval()
-    return model, RankingTrainReport(n, int(labels.sum()), cfg.epochs, float(running), time.perf_counter() - t0)
+    return model, RankingTrainReport(n, int(labels.sum()), cfg.epochs, float(running), time.perf_counter() - t0,
+                                     cfg.loss, cfg.interaction)
+
+
+def train_distilled(
+    cfg: RankingConfig,
+    teacher: Ranker,
+    dense: np.ndarray,
+    category: np.ndarray,
+    rng: np.random.Generator,
+    show_progress: bool = True,
+) -> tuple[Ranker, RankingTrainReport]:
+    """A small MLP ranker (``cfg.distill_hidden``) fit to the teacher's serving-position
+    click logits and dwell predictions (MSE). dense (N, F), category (N,)."""
+    t0 = time.perf_counter()
+    n = len(dense)
+    t_logit, t_dwell = predict_heads(teacher, dense, category)
+    student = build_ranker(teacher.n_categories, cfg.distill_hidden, "mlp", 0, n_features=dense.shape[1])
+    student.set_normalisation(teacher.mean.clone(), teacher.std.clone())
+    x = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+    cat = torch.from_numpy(category.astype(np.int64))
+    tl, td = torch.from_numpy(t_logit), torch.from_numpy(t_dwell)
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr * 2, weight_decay=0.0)
+    bs = min(cfg.batch_size * 2, n)
+    running = float("nan")
+    for epoch in range(cfg.distill_epochs):
+        student.train()
+        perm = torch.from_numpy(rng.permutation(n))
+        steps = max(1, n // bs)
+        bar = progress(range(steps), desc=f"distill epoch {epoch + 1}/{cfg.distill_epochs}", enabled=show_progress, unit="batch")
+        for step in bar:
+            b = perm[step * bs : (step + 1) * bs]
+            lo, dwp = student.heads(x[b], cat[b])
+            loss = F.mse_loss(lo, tl[b]) + 0.1 * F.mse_loss(dwp, td[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running = loss.item() if step == 0 and epoch == 0 else 0.98 * running + 0.02 * loss.item()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{running:.4f}")
+    student.eval()
+    return student, RankingTrainReport(n, 0, cfg.distill_epochs, float(running), time.perf_counter() - t0, "distill", "mlp")

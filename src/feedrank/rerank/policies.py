@@ -85,4 +85,18 @@ def rerank(slate: Slate, order: Sequence[int], seen: Collection[str], k: int, po
     kept = exposure_floor(kept, slate.groups, policy.fairness_group, policy.fairness_min_share, k)
     out = kept + skipped
     top, pool = out[:k], out[k:]
+    if policy.explore_epsilon > 0 and policy.explore_position < len(top):
+        pool = _cap_safe_pool(top, pool, policy.explore_position, slate, policy)
     return exploration_slot(top, pool, policy.explore_position, policy.explore_epsilon, u, pick)
+
+
+def _cap_safe_pool(top: list[int], pool: list[int], position: int, slate: Slate, policy: RerankPolicy) -> list[int]:
+    """Exploration candidates that keep both caps once they replace ``top[position]``."""
+    others = [i for j, i in enumerate(top) if j != position]
+    cats: dict[str, int] = {}
+    creators: dict[str, int] = {}
+    for i in others:
+        cats[slate.categories[i]] = cats.get(slate.categories[i], 0) + 1
+        creators[slate.creators[i]] = creators.get(slate.creators[i], 0) + 1
+    return [i for i in pool if cats.get(slate.categories[i], 0) < policy.max_per_category
+            and creators.get(slate.creators[i], 0) < policy.max_per_creator]

@@ -1,10 +1,15 @@
 """Approximate nearest-neighbour index over item vectors (FAISS, inner product).
 
-``build_index(vectors, kind="auto")`` picks by corpus size:
+``build_index(vectors, kind="auto", params=IndexParams(...))`` picks by corpus size
+(thresholds and parameters are ``retrieval.*`` config; measured in docs/retrieval.md):
 
-    N < 100_000          Flat   exact search; a few ms per query up to ~100k x 32
-    N < 5_000_000        HNSW   M=32, efSearch=128
-    otherwise            IVF-PQ nlist=4*sqrt(N), m=out_dim/4 sub-quantisers, nprobe=32
+    N < flat_max_items   (100k)  Flat   exact; ~1 ms per query at 100k x 32-d on one core
+    N < hnsw_max_items   (5M)    HNSW   M=32, efConstruction=80, efSearch=128
+    otherwise                    IVF-PQ nlist=4*sqrt(N), m=out_dim/4 sub-quantisers, nprobe=32
+
+``check_recall(index, vectors, floor)`` measures recall@100 against exact search on a
+sample of item vectors used as queries, and raises ``IndexRejected`` below the floor:
+such an index is never published in a bundle.
 
 Vectors are unit-norm, so inner product = cosine. Ids are catalogue indices (int64).
 Indexes are saved with ``faiss.write_index`` (a plain binary format, no pickle).
@@ -12,16 +17,36 @@ Indexes are saved with ``faiss.write_index`` (a plain binary format, no pickle).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import faiss
 import numpy as np
 
-from feedrank.errors import CorruptFile
+from feedrank.errors import CorruptFile, FeedrankError
 
 FLAT_MAX = 100_000
 HNSW_MAX = 5_000_000
+
+
+class IndexRejected(FeedrankError):
+    """The index's recall@100 against exact search is below the configured floor."""
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    flat_max_items: int = FLAT_MAX
+    hnsw_max_items: int = HNSW_MAX
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    ivf_nprobe: int = 32
+
+    @classmethod
+    def from_config(cls, cfg) -> IndexParams:
+        """From a ``RetrievalConfig``."""
+        return cls(cfg.flat_max_items, cfg.hnsw_max_items, cfg.hnsw_m, 80, cfg.hnsw_ef_search, cfg.ivf_nprobe)
 
 
 class AnnIndex(Protocol):
@@ -40,9 +65,10 @@ class AnnIndex(Protocol):
 class FaissIndex:
     """A FAISS index wrapped with its kind; ids are catalogue indices."""
 
-    def __init__(self, index: faiss.Index, kind: str) -> None:
+    def __init__(self, index: faiss.Index, kind: str, params: IndexParams | None = None) -> None:
         self.index = index
         self.kind = kind
+        self.params = params or IndexParams()
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -59,9 +85,9 @@ class FaissIndex:
             return np.zeros((len(q), k), dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64)
         selector = faiss.IDSelectorBatch(allowed)
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(128, k))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.params.hnsw_ef_search, k))
         elif self.kind == "ivfpq":
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=32)
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.params.ivf_nprobe)
         else:
             params = faiss.SearchParameters(sel=selector)
         return self.index.search(q, k, params=params)
@@ -73,16 +99,17 @@ class FaissIndex:
         faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: Path, kind: str) -> FaissIndex:
+    def load(cls, path: Path, kind: str, params: IndexParams | None = None) -> FaissIndex:
+        params = params or IndexParams()
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise CorruptFile(f"{path}: not a readable FAISS index: {exc}") from exc
         if kind == "hnsw":
-            _set_hnsw_ef(index, 128)
+            _set_hnsw_ef(index, params.hnsw_ef_search)
         elif kind == "ivfpq":
-            faiss.extract_index_ivf(index).nprobe = 32
-        return cls(index, kind)
+            faiss.extract_index_ivf(index).nprobe = params.ivf_nprobe
+        return cls(index, kind, params)
 
 
 def _set_hnsw_ef(index: faiss.Index, ef: int) -> None:
@@ -91,27 +118,31 @@ def _set_hnsw_ef(index: faiss.Index, ef: int) -> None:
         inner.hnsw.efSearch = ef
 
 
-def choose_kind(n: int, requested: str = "auto") -> str:
+def choose_kind(n: int, requested: str = "auto", params: IndexParams | None = None) -> str:
+    """The index kind for ``n`` items: ``requested`` unless it is "auto"."""
+    p = params or IndexParams()
     if requested != "auto":
         return requested
-    if n < FLAT_MAX:
+    if n < p.flat_max_items:
         return "flat"
-    if n < HNSW_MAX:
+    if n < p.hnsw_max_items:
         return "hnsw"
     return "ivfpq"
 
 
-def build_index(vectors: np.ndarray, kind: str = "auto", ids: np.ndarray | None = None, seed: int = 0) -> FaissIndex:
-    """Build an inner-product index over (N, D) float32 unit vectors."""
+def build_index(vectors: np.ndarray, kind: str = "auto", ids: np.ndarray | None = None, seed: int = 0,
+                params: IndexParams | None = None) -> FaissIndex:
+    """Build an inner-product index over (N, D) float32 unit vectors; ids default to 0..N-1."""
+    p = params or IndexParams()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
     ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-    kind = choose_kind(n, kind)
+    kind = choose_kind(n, kind, p)
     if kind == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
     elif kind == "hnsw":
-        hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = 80
+        hnsw = faiss.IndexHNSWFlat(d, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = p.hnsw_ef_construction
         index = faiss.IndexIDMap2(hnsw)
     elif kind == "ivfpq":
         nlist = int(max(16, min(65536, 4 * np.sqrt(max(n, 1)))))
@@ -124,13 +155,13 @@ def build_index(vectors: np.ndarray, kind: str = "auto", ids: np.ndarray | None 
         rng = np.random.default_rng(seed)
         sample = x[rng.choice(n, size=train_n, replace=False)] if train_n < n else x
         ivf.train(sample)
-        ivf.nprobe = 32
+        ivf.nprobe = p.ivf_nprobe
         index = ivf
     else:
         raise ValueError(f"unknown index kind {kind!r} (flat, hnsw, ivfpq, auto)")
-    out = FaissIndex(index, kind)
+    out = FaissIndex(index, kind, p)
     if kind == "hnsw":
-        _set_hnsw_ef(index, 128)
+        _set_hnsw_ef(index, p.hnsw_ef_search)
     if n:
         out.add(x, ids)
     return out
@@ -145,3 +176,17 @@ def recall_against_exact(index: FaissIndex, vectors: np.ndarray, queries: np.nda
     _, got = index.search(queries, k)
     hits = sum(len(set(t.tolist()) & set(g.tolist())) for t, g in zip(truth, got))
     return hits / float(truth.size)
+
+
+def check_recall(index: FaissIndex, vectors: np.ndarray, floor: float, rng: np.random.Generator,
+                 n_queries: int = 200, k: int = 100) -> float:
+    """recall@k of ``index`` vs exact search, queries = ``n_queries`` sampled item vectors
+    (N, D). Raises ``IndexRejected`` when it is below ``floor``; returns it otherwise."""
+    if len(vectors) == 0:
+        return 1.0
+    sample = vectors[rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)]
+    recall = recall_against_exact(index, vectors, sample, k=k)
+    if recall < floor:
+        raise IndexRejected(f"{index.kind} index recall@{k} vs exact is {recall:.3f}, below the floor {floor:.3f}; "
+                            "not published (raise retrieval.hnsw_ef_search / ivf_nprobe, or use retrieval.index=flat)")
+    return recall

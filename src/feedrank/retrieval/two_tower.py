@@ -1,19 +1,22 @@
 """The two-tower retrieval model.
 
 Item tower: hashed item id + category + subcategory + hashed creator + hashed title
-bag-of-words -> MLP -> L2-normalised vector. An item never seen in training still gets a
-useful vector from its content and metadata (the id row is then near its init).
+bag-of-words + a frozen content vector of the title (MiniLM or hashed, see
+``features/content.py``) -> MLP -> L2-normalised vector. An item never seen in training
+still gets a useful vector from its content and metadata (its id row stays near zero).
 
-User tower: the user's recent history (item id and category embeddings shared with the
-item tower, pooled with learned recency weights), category affinities and context (hour,
-weekday) -> MLP -> L2-normalised vector. There is no user-id table: a billion users cost
-nothing here, and a user with no history gets a vector from context alone.
+User tower: the item-tower vectors of the user's recent clicks, pooled with learned
+recency weights plus a content-based attention score, then a residual MLP over the pooled
+vector, pooled categories, category affinities and context (hour, weekday). There is no
+user-id table: a billion users cost nothing here, and a user with no history gets a vector
+from context alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +33,7 @@ class TwoTowerDims:
     embed_dim: int
     out_dim: int
     history_len: int
+    content_dim: int = 0  # 0: no content vector input
 
 
 class ItemTower(nn.Module):
@@ -40,7 +44,9 @@ class ItemTower(nn.Module):
         self.sub_emb = nn.Embedding(d.n_subcategories, d.embed_dim)
         self.creator_emb = nn.Embedding(d.id_buckets, d.embed_dim, padding_idx=0, sparse=True)
         self.text = nn.EmbeddingBag(d.text_buckets, d.embed_dim, mode="mean", padding_idx=0, sparse=True)
-        self.mlp = nn.Sequential(nn.Linear(5 * d.embed_dim, 2 * d.out_dim), nn.ReLU(), nn.Linear(2 * d.out_dim, d.out_dim))
+        self.content = nn.Linear(d.content_dim, d.embed_dim) if d.content_dim else None
+        n_in = 5 + (1 if d.content_dim else 0)
+        self.mlp = nn.Sequential(nn.Linear(n_in * d.embed_dim, 2 * d.out_dim), nn.ReLU(), nn.Linear(2 * d.out_dim, d.out_dim))
 
     def forward(
         self,
@@ -50,48 +56,49 @@ class ItemTower(nn.Module):
         creator: torch.Tensor,
         text_tokens: torch.Tensor,
         text_offsets: torch.Tensor,
+        content: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Inputs (B,) int64 (+ EmbeddingBag tokens/offsets). Returns (B, out_dim) float32, unit norm."""
-        x = torch.cat(
-            [
-                self.id_emb(id_hash),
-                self.cat_emb(cat),
-                self.sub_emb(sub),
-                self.creator_emb(creator),
-                self.text(text_tokens, text_offsets),
-            ],
-            dim=-1,
-        )
-        return F.normalize(self.mlp(x), dim=-1)
+        """Inputs (B,) int64, EmbeddingBag tokens (T,)/offsets (B,), content (B, Dc) float32.
+        Returns (B, out_dim) float32, unit norm."""
+        parts = [self.id_emb(id_hash), self.cat_emb(cat), self.sub_emb(sub), self.creator_emb(creator),
+                 self.text(text_tokens, text_offsets)]
+        if self.content is not None:
+            assert content is not None, "this item tower needs content vectors"
+            parts.append(self.content(content))
+        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
 
 class UserTower(nn.Module):
-    def __init__(self, d: TwoTowerDims, id_emb: nn.Embedding, cat_emb: nn.Embedding) -> None:
+    def __init__(self, d: TwoTowerDims, cat_emb: nn.Embedding) -> None:
         super().__init__()
-        self.id_emb = id_emb
         self.cat_emb = cat_emb
         self.recency = nn.Parameter(torch.zeros(d.history_len))
-        in_dim = 2 * d.embed_dim + d.n_categories + N_CONTEXT + 1
+        self.attn = nn.Linear(d.out_dim, 1)
+        in_dim = d.out_dim + d.embed_dim + d.n_categories + N_CONTEXT + 1
         self.mlp = nn.Sequential(nn.Linear(in_dim, 2 * d.out_dim), nn.ReLU(), nn.Linear(2 * d.out_dim, d.out_dim))
+        self.skip = nn.Parameter(torch.tensor(1.0))
 
-    def forward(self, hist_id: torch.Tensor, hist_cat: torch.Tensor, affinity: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """hist_id/hist_cat (B, L) int64 with 0 = padding (most recent last); affinity
-        (B, C) float32; context (B, 4) float32. Returns (B, out_dim) float32, unit norm."""
-        mask = (hist_id > 0).float()
-        w = torch.softmax(self.recency, dim=0)[None, :] * mask
-        denom = w.sum(dim=1, keepdim=True).clamp_min(1e-6)
-        pooled_id = (self.id_emb(hist_id) * w[..., None]).sum(1) / denom
-        pooled_cat = (self.cat_emb(hist_cat) * w[..., None]).sum(1) / denom
-        n_hist = torch.log1p(mask.sum(1, keepdim=True))
-        x = torch.cat([pooled_id, pooled_cat, affinity, context, n_hist], dim=-1)
-        return F.normalize(self.mlp(x), dim=-1)
+    def forward(self, hist_vec: torch.Tensor, hist_cat: torch.Tensor, affinity: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """hist_vec (B, L, D) item-tower vectors of the history (zeros = padding, most recent
+        last); hist_cat (B, L) int64 (0 = padding); affinity (B, C); context (B, 4).
+        Returns (B, out_dim) float32, unit norm."""
+        mask = hist_cat.new_zeros(hist_cat.shape, dtype=torch.bool) | (hist_vec.abs().sum(-1) > 0)
+        logits = self.recency[None, -hist_vec.shape[1]:] + self.attn(hist_vec).squeeze(-1)
+        w = torch.softmax(logits.masked_fill(~mask, -1e9), dim=1) * mask.float()
+        pooled = (hist_vec * w[..., None]).sum(1)
+        pooled_cat = (self.cat_emb(hist_cat) * w[..., None]).sum(1)
+        n_hist = torch.log1p(mask.float().sum(1, keepdim=True))
+        x = torch.cat([pooled, pooled_cat, affinity, context, n_hist], dim=-1)
+        return F.normalize(self.skip * pooled + self.mlp(x), dim=-1)
 
 
 class TwoTower(nn.Module):
-    """Both towers sharing the item-id and category tables.
+    """Both towers sharing the category table; the user tower reads item-tower vectors.
 
     The hashed tables (item id, creator, title words) have sparse gradients: a step
     touches only the rows in the batch, so training cost does not grow with table size.
+    ``content`` (N, Dc) float32 is the frozen content table by catalogue row; it is not
+    part of the state_dict (bundles store it as ``item_content.npy``).
     """
 
     def __init__(self, dims: TwoTowerDims) -> None:
@@ -99,12 +106,21 @@ class TwoTower(nn.Module):
         self.dims = dims
         id_emb = nn.Embedding(dims.id_buckets, dims.embed_dim, padding_idx=0, sparse=True)
         cat_emb = nn.Embedding(dims.n_categories, dims.embed_dim)
-        nn.init.normal_(id_emb.weight, std=0.05)
+        nn.init.normal_(id_emb.weight, std=0.01)
         with torch.no_grad():
             id_emb.weight[0].zero_()
         self.item = ItemTower(dims, id_emb, cat_emb)
-        self.user = UserTower(dims, id_emb, cat_emb)
+        self.user = UserTower(dims, cat_emb)
+        self.content: torch.Tensor = torch.zeros((0, max(dims.content_dim, 1)), dtype=torch.float32)
 
+    def set_content(self, content: np.ndarray | None) -> None:
+        """Attach the (N, Dc) content table (rows = catalogue indices)."""
+        if content is None or not self.dims.content_dim:
+            self.content = torch.zeros((0, max(self.dims.content_dim, 1)), dtype=torch.float32)
+            return
+        if content.shape[1] != self.dims.content_dim:
+            raise ValueError(f"content vectors are {content.shape[1]}-d, the model expects {self.dims.content_dim}")
+        self.content = torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32))
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [self.item.id_emb.weight, self.item.creator_emb.weight, self.item.text.weight]

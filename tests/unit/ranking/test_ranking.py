@@ -201,3 +201,202 @@ def test_train_ranker_learns_position_bias_separately_from_relevance():
         ref = torch.argsort(model(t, c), stable=True)
         for p in range(n_pos):
             assert torch.equal(torch.argsort(model(t, c, torch.full((200,), p, dtype=torch.int64)), stable=True), ref)
+
+
+# ----------------------------------------------------------------------------- interactions, heads
+@pytest.mark.parametrize("interaction", ["mlp", "dcn", "dot"])
+def test_every_interaction_has_both_heads_and_round_trips(interaction):
+    from feedrank.ranking.model import predict_heads, ranker_from_description
+
+    torch.manual_seed(0)
+    m = build_ranker(5, (16, 8), interaction).eval()
+    dense = torch.randn(7, N_FEATURES)
+    cat = torch.randint(0, 5, (7,))
+    with torch.no_grad():
+        click, dwell = m.heads(dense, cat)
+        assert click.shape == (7,) and dwell.shape == (7,)
+        torch.testing.assert_close(click, m(dense, cat))
+    m2 = ranker_from_description(m.describe())
+    m2.load_state_dict(m.state_dict())
+    lo, dw = predict_heads(m2, dense.numpy(), cat.numpy())
+    np.testing.assert_allclose(lo, click.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dw, dwell.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _planted(n: int, seed: int, group_size: int = 10):
+    """Impressions of ``group_size`` rows; click iff relevance noise beats a threshold."""
+    rng = np.random.default_rng(seed)
+    dense = rng.standard_normal((n, N_FEATURES)).astype(np.float32)
+    rel = 1.0 / (1.0 + np.exp(-(2.0 * dense[:, 0] - 2.5)))
+    labels = (rng.random(n) < rel).astype(np.int64)
+    return dense, labels, np.arange(n) // group_size, rng.integers(0, 3, n)
+
+
+# ----------------------------------------------------------------------------- losses
+def test_losses_on_hand_computed_values():
+    from feedrank.ranking.losses import listwise_loss, pairwise_loss, pointwise_loss
+
+    s = torch.tensor([2.0, 0.0, 1.0, 3.0])
+    y = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    g = torch.tensor([0, 0, 1, 1])
+    # pairwise: one pair (row 0 over row 1) -> softplus(-2)
+    assert float(pairwise_loss(s, y, g)) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-2.0))), rel=1e-5)
+    # listwise: group 0 only (group 1 has no click) -> -log softmax([2, 0])[0]
+    assert float(listwise_loss(s, y, g)) == pytest.approx(float(-torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0]), rel=1e-5)
+    assert float(pointwise_loss(s, y, g)) == pytest.approx(float(torch.nn.functional.binary_cross_entropy_with_logits(s, y)))
+    # no positives: zero, and still differentiable
+    z = pairwise_loss(s.requires_grad_(), torch.zeros(4), g)
+    assert float(z.detach()) == 0.0
+    z.backward()
+
+
+@pytest.mark.parametrize("loss", ["pointwise", "pairwise", "listwise"])
+def test_loss_choice_is_honoured_and_each_learns(loss, monkeypatch):
+    import feedrank.ranking.train as tr
+
+    called = []
+    real = tr.ranking_loss
+    monkeypatch.setattr(tr, "ranking_loss", lambda name, *a: called.append(name) or real(name, *a))
+    dense, labels, groups, cat = _planted(8000, 1)
+    torch.manual_seed(0)
+    model, report = train_ranker(_cfg(loss=loss, epochs=2, interaction="mlp"), dense[:6000], cat[:6000],
+                                 np.zeros(6000, np.int64), labels[:6000], 3, np.random.default_rng(0), show_progress=False,
+                                 groups=groups[:6000])
+    assert set(called) == {loss} and report.loss == loss
+    assert auc(labels[6000:], score(model, dense[6000:], cat[6000:])) > 0.8
+
+
+def test_group_batches_keep_impressions_whole():
+    from feedrank.ranking.train import group_batches
+
+    groups = np.repeat(np.arange(50), np.random.default_rng(0).integers(1, 12, 50))
+    batches = group_batches(groups, len(groups), 32, np.random.default_rng(1))
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(len(groups)))
+    owner = {}
+    for b, rows in enumerate(batches):
+        for g in np.unique(groups[rows]):
+            assert owner.setdefault(int(g), b) == b  # a group never spans two batches
+
+
+def test_pairwise_and_listwise_need_groups():
+    dense, labels, _, cat = _planted(100, 2)
+    with pytest.raises(ValueError, match="groups"):
+        train_ranker(_cfg(loss="pairwise"), dense, cat, np.zeros(100, np.int64), labels, 3, np.random.default_rng(0),
+                     show_progress=False)
+
+
+# ----------------------------------------------------------------------------- dwell head
+def test_dwell_head_learns_log_dwell_of_clicked_rows():
+    from feedrank.ranking.model import predict_heads
+
+    dense, labels, groups, cat = _planted(6000, 3)
+    log_dwell = np.where(labels > 0, 3.0 + 0.8 * dense[:, 1], np.nan)
+    torch.manual_seed(0)
+    model, _ = train_ranker(_cfg(epochs=4, dwell_loss_weight=1.0), dense, cat, np.zeros(6000, np.int64), labels, 3,
+                            np.random.default_rng(0), show_progress=False, groups=groups, log_dwell=log_dwell)
+    _, dw = predict_heads(model, dense, cat)
+    assert np.corrcoef(dw[labels > 0], log_dwell[labels > 0])[0, 1] > 0.8
+
+
+# ----------------------------------------------------------------------------- calibration
+@pytest.mark.parametrize("kind", ["platt", "isotonic"])
+def test_calibration_lowers_ece_and_round_trips(kind):
+    from feedrank.evaluation.metrics import expected_calibration_error
+    from feedrank.ranking.calibration import Calibrator, fit_calibrator
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal(20000) * 2 - 3
+    y = (rng.random(20000) < 1 / (1 + np.exp(-(0.5 * z - 1.0)))).astype(np.int64)  # logits twice too confident
+    raw = 1 / (1 + np.exp(-z))
+    cal = fit_calibrator(kind, z[:10000], y[:10000])
+    before = expected_calibration_error(y[10000:], raw[10000:])
+    after = expected_calibration_error(y[10000:], cal.apply(z[10000:]))
+    assert after < 0.5 * before, (before, after)
+    again = Calibrator.from_dict(cal.to_dict())
+    np.testing.assert_allclose(again.apply(z[:100]), cal.apply(z[:100]))
+    # monotone: calibration never reverses the order
+    s = np.sort(z)
+    assert (np.diff(cal.apply(s)) >= -1e-12).all()
+
+
+# ----------------------------------------------------------------------------- compression, budget
+def test_int8_and_distilled_stay_close_to_full():
+    from feedrank.ranking.compress import quantize_int8
+    from feedrank.ranking.model import logits
+    from feedrank.ranking.train import train_distilled
+
+    dense, labels, groups, cat = _planted(12000, 4)
+    torch.manual_seed(0)
+    cfg = _cfg(epochs=2, distill_hidden=(16,), distill_epochs=3)
+    full, _ = train_ranker(cfg, dense[:9000], cat[:9000], np.zeros(9000, np.int64), labels[:9000], 3,
+                           np.random.default_rng(0), show_progress=False, groups=groups[:9000])
+    small, _ = train_distilled(cfg, full, dense[:9000], cat[:9000], np.random.default_rng(1), show_progress=False)
+    q = quantize_int8(full)
+    y, d, c = labels[9000:], dense[9000:], cat[9000:]
+    a_full = auc(y, logits(full, d, c))
+    assert abs(auc(y, logits(q, d, c)) - a_full) < 0.01
+    assert abs(auc(y, logits(small, d, c)) - a_full) < 0.02
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in full.parameters()) / 2
+
+
+def test_budget_picks_variant_then_shrinks_candidates():
+    from feedrank.ranking.compress import CostModel, RankBudget
+
+    b = RankBudget({"full": CostModel(0.2, 0.004), "int8": CostModel(0.2, 0.003), "distilled": CostModel(0.1, 0.001)}, min_n=50)
+    assert b.choose(10.0, 2000) == ("full", 2000)        # 8.2 ms fits
+    assert b.choose(7.0, 2000) == ("int8", 2000)         # full 8.2 no, int8 6.2 yes
+    assert b.choose(2.5, 2000) == ("distilled", 2000)    # 2.1 ms
+    assert b.choose(1.1, 2000) == ("distilled", 1000)    # (1.1 - 0.1) / 0.001
+    assert b.choose(0.01, 2000) == ("distilled", 50)     # never below min_n
+    assert b.choose(0.0, 300) == ("full", 300)           # 0 = off
+
+
+def test_freshness_and_blend():
+    from feedrank.ranking.runtime import blend, freshness
+
+    s = np.array([1.0, 1.0, 1.0])
+    age = np.array([0.0, 3600.0 * 24, 3600.0 * 48])
+    np.testing.assert_allclose(freshness(s, age, 24.0), np.exp([0.0, -1.0, -2.0]))
+    np.testing.assert_array_equal(freshness(s, age, 0.0), s)
+    p = np.array([0.1, 0.2])
+    np.testing.assert_allclose(blend(p, np.array([1.0, 2.0]), 1.0, 1.0, 0.0), p)
+    np.testing.assert_allclose(blend(p, np.array([1.0, 2.0]), 1.0, 0.5, 1.0), 0.5 * p + p * np.exp([0.0, 1.0]))
+
+
+# ----------------------------------------------------------------------------- fairness
+def test_exposure_disparity_measure():
+    from feedrank.ranking.fairness import exposure_disparity, rank_in_group
+
+    groups = np.array([0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(rank_in_group(np.array([0.1, 0.9, 0.5, 0.0, 1.0]), groups), [2, 0, 1, 1, 0])
+    prot = np.array([True, False, False, True, False])
+    worst = exposure_disparity(np.array([0.0, 1.0, 0.5, 0.0, 1.0]), groups, prot)   # protected always last
+    best = exposure_disparity(np.array([1.0, 0.0, 0.5, 1.0, 0.0]), groups, prot)    # protected always first
+    assert worst["exposure_protected"] < worst["exposure_others"] and worst["disparity"] > 0.3
+    assert best["exposure_protected"] > best["exposure_others"]
+    assert np.isnan(exposure_disparity(np.ones(5), groups, np.zeros(5, bool))["disparity"])
+
+
+def test_fairness_weight_reduces_exposure_disparity():
+    from feedrank.ranking.fairness import exposure_disparity
+    from feedrank.ranking.model import logits
+
+    rng = np.random.default_rng(5)
+    n = 12000
+    dense = rng.standard_normal((n, N_FEATURES)).astype(np.float32)
+    protected = rng.random(n) < 0.3
+    dense[:, 1] = protected  # the model can see the group ...
+    rel = 1 / (1 + np.exp(-(1.5 * dense[:, 0] - 1.0 * protected - 2.0)))  # ... and the logs favour the others
+    labels = (rng.random(n) < rel).astype(np.int64)
+    groups, cat, pos = np.arange(n) // 10, np.zeros(n, np.int64), np.zeros(n, np.int64)
+    out = {}
+    for w in (0.0, 5.0):
+        torch.manual_seed(0)
+        m, _ = train_ranker(_cfg(epochs=3, fairness_weight=w, interaction="mlp"), dense[:9000], cat[:9000], pos[:9000],
+                            labels[:9000], 1, np.random.default_rng(0), show_progress=False, groups=groups[:9000],
+                            protected=protected[:9000])
+        z = logits(m, dense[9000:], cat[9000:])
+        out[w] = (exposure_disparity(z, groups[9000:], protected[9000:])["disparity"], auc(labels[9000:], z))
+    assert out[5.0][0] < 0.7 * out[0.0][0], out
+    assert out[5.0][1] > 0.6, out

@@ -147,3 +147,18 @@ def test_caps_hold_whenever_enough_items_satisfy_them(rs, k, cat_cap, cr_cap, sh
 
         assert max(Counter(slate.categories[i] for i in out).values(), default=0) <= cat_cap
         assert max(Counter(slate.creators[i] for i in out).values(), default=0) <= cr_cap
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows, st.integers(2, 12), st.integers(1, 3), st.floats(0.0, 0.99), st.integers(0, 1000))
+def test_exploration_never_breaks_a_cap_that_held(rs, k, cap, u, pick):
+    from collections import Counter
+
+    slate = _slate(rs)
+    base = RerankPolicy(max_per_category=cap, max_per_creator=cap, explore_epsilon=0.0)
+    explore = RerankPolicy(max_per_category=cap, max_per_creator=cap, explore_epsilon=0.9, explore_position=1)
+    plain, _ = rerank(slate, list(range(len(rs))), set(), k, base)
+    out, _ = rerank(slate, list(range(len(rs))), set(), k, explore, u=u, pick=pick)
+    for keys in (slate.categories, slate.creators):
+        if max(Counter(keys[i] for i in plain).values(), default=0) <= cap:
+            assert max(Counter(keys[i] for i in out).values(), default=0) <= cap

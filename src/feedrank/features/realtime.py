@@ -1,0 +1,358 @@
+"""Real-time features from the event stream: sliding-window item counters, smoothed CTR,
+trending scores, users' recent clicks and category affinities. Bounded memory.
+
+    rt = RealtimeFeatures(item_category={"n1": "sports", ...})
+    rt.apply(events)                              # from a LogConsumer (features/consumer.py)
+    f = rt.item_features(["n1", "n2"], now=time.time())
+    f.impressions, f.clicks, f.ctr                # (N, W) over windows (300, 3600, 86400) s
+    f.trending                                    # (N,) log1p(clicks 1h) - log1p(clicks 24h / 24)
+    f.source                                      # "stream", or "baseline" when the stream stalled
+    rt.user_features("u1", now)                   # recent clicks, n_clicks, category shares
+
+Item counters live in one ring of ``buckets`` time buckets per window, shared by all items
+(``(slots, buckets)`` float32 arrays per window and kind), so applying a batch is a few
+vectorised ``np.add.at`` calls. The ring is global: moving into a new bucket clears that
+column for every item. Counts therefore have one bucket of resolution (25 s for 5 min,
+5 min for 1 h, 2 h for 24 h). Events older than a window's ring are ignored for that
+window (counted in ``stats()["late"]``).
+
+Bounds: at most ``max_items`` item slots (the least recently active 10% are evicted when
+full), ``max_users`` users (least recently updated evicted), ``history_len`` clicks and
+``max_categories`` categories per user, ``dedupe_ids`` remembered event ids (an event id
+seen again is skipped: at-least-once sources may redeliver).
+
+When the stream stalls (no ``heartbeat``/``apply`` for ``stall_s`` seconds of wall time,
+or none yet), ``item_features`` serves the batch baselines loaded with ``load_baseline``
+(daily aggregates scaled to each window) and says so in ``source``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import orjson
+
+from feedrank.config import FeaturesConfig
+from feedrank.types import Event, EventKind
+
+DEFAULT_WINDOWS: tuple[int, ...] = (300, 3600, 86400)
+
+
+@dataclass(frozen=True)
+class ItemRealtime:
+    """Per-item real-time features; W = len(windows)."""
+
+    windows: tuple[int, ...]
+    impressions: np.ndarray  # (N, W) float64
+    clicks: np.ndarray       # (N, W) float64
+    ctr: np.ndarray          # (N, W) float64 smoothed: (clicks + prior*w) / (impressions + w)
+    trending: np.ndarray     # (N,) float64
+    source: str              # "stream" | "baseline"
+
+
+@dataclass(frozen=True)
+class UserRealtime:
+    recent_clicks: tuple[str, ...]        # oldest first, at most history_len
+    n_clicks: int
+    category_affinity: dict[str, float]   # shares (sum to 1), decayed by half-life
+    known: bool
+
+
+def build_realtime(cfg: FeaturesConfig, item_category: Mapping[str, str] | Callable[[str], str | None] | None = None,
+                   *, history_len: int = 30, prior_ctr: float = 0.05, prior_weight: float = 20.0) -> "RealtimeFeatures":
+    """``RealtimeFeatures`` from the ``features`` config section (windows, bounds, stall)."""
+    return RealtimeFeatures(cfg.windows_s, max_items=cfg.max_items, max_users=cfg.max_users, history_len=history_len,
+                            prior_ctr=prior_ctr, prior_weight=prior_weight, item_category=item_category,
+                            stall_s=cfg.stall_s)
+
+
+class _User:
+    __slots__ = ("clicks", "n_clicks", "aff", "aff_ts")
+
+    def __init__(self, history_len: int) -> None:
+        self.clicks: deque[str] = deque(maxlen=history_len)
+        self.n_clicks = 0
+        self.aff: dict[str, float] = {}
+        self.aff_ts = 0.0
+
+
+class RealtimeFeatures:
+    """Real-time item and user features (see the module docstring). Thread-safe."""
+
+    def __init__(
+        self,
+        windows: Sequence[int] = DEFAULT_WINDOWS,
+        *,
+        buckets: int = 12,
+        max_items: int = 200_000,
+        max_users: int = 200_000,
+        history_len: int = 30,
+        max_categories: int = 32,
+        affinity_half_life_s: float = 7 * 86400.0,
+        prior_ctr: float = 0.05,
+        prior_weight: float = 20.0,
+        item_category: Mapping[str, str] | Callable[[str], str | None] | None = None,
+        dedupe_ids: int = 200_000,
+        stall_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.windows = tuple(int(w) for w in windows)
+        if not self.windows or min(self.windows) <= 0 or buckets < 1:
+            raise ValueError("windows must be positive seconds and buckets >= 1")
+        self.buckets = int(buckets)
+        self.width = np.array([w / self.buckets for w in self.windows], dtype=np.float64)
+        self.max_items, self.max_users = int(max_items), int(max_users)
+        self.history_len, self.max_categories = int(history_len), int(max_categories)
+        self.half_life = float(affinity_half_life_s)
+        self.prior_ctr, self.prior_weight = float(prior_ctr), float(prior_weight)
+        if item_category is None:
+            self._category: Callable[[str], str | None] = lambda _i: None
+        elif callable(item_category):
+            self._category = item_category
+        else:
+            self._category = item_category.get
+        self.dedupe_ids, self.stall_s, self.clock = int(dedupe_ids), float(stall_s), clock
+        self._lock = threading.RLock()
+        self._reset(min(1024, self.max_items))
+        self._baseline: dict[str, tuple[float, float]] = {}
+
+    def _reset(self, cap: int) -> None:
+        w, b = len(self.windows), self.buckets
+        self._imp = np.zeros((w, cap, b), dtype=np.float32)
+        self._clk = np.zeros((w, cap, b), dtype=np.float32)
+        self._epoch = np.full((w, b), -(2**62), dtype=np.int64)  # bucket number held at each ring position
+        self._active = np.full(cap, -np.inf, dtype=np.float64)    # last event ts per slot
+        self._slots: dict[str, int] = {}
+        self._free: list[int] = list(range(cap - 1, -1, -1))
+        self._users: OrderedDict[str, _User] = OrderedDict()
+        self._seen_ids: set[str] = set()
+        self._seen_order: deque[str] = deque()
+        self._stats = {"applied": 0, "duplicates": 0, "late": 0, "evicted_items": 0, "evicted_users": 0}
+        self._heartbeat = -math.inf
+
+    # ------------------------------------------------------------------ slots
+    def _grow_or_evict(self) -> None:
+        cap = self._imp.shape[1]
+        if cap < self.max_items:
+            new = min(cap * 2, self.max_items)
+            pad = ((0, 0), (0, new - cap), (0, 0))
+            self._imp, self._clk = np.pad(self._imp, pad), np.pad(self._clk, pad)
+            self._active = np.concatenate([self._active, np.full(new - cap, -np.inf)])
+            self._free.extend(range(new - 1, cap - 1, -1))
+            return
+        n = max(1, cap // 10)
+        victims = np.argpartition(self._active, n - 1)[:n]
+        vset = set(victims.tolist())
+        for iid in [k for k, s in self._slots.items() if s in vset]:
+            del self._slots[iid]
+        self._imp[:, victims, :] = 0.0
+        self._clk[:, victims, :] = 0.0
+        self._active[victims] = -np.inf
+        self._free.extend(victims.tolist())
+        self._stats["evicted_items"] += n
+
+    def _slot(self, item_id: str, ts: float) -> int:
+        s = self._slots.get(item_id)
+        if s is None:
+            if not self._free:
+                self._grow_or_evict()
+            s = self._free.pop()
+            self._slots[item_id] = s
+        if ts > self._active[s]:  # at once: an eviction later in the same batch must spare it
+            self._active[s] = ts
+        return s
+
+    # ------------------------------------------------------------------ applying events
+    def apply(self, events: Iterable[Event]) -> int:
+        """Count ``events`` (impressions and clicks into item windows; clicks into the
+        user's history and affinities). Returns how many were new (not seen ids)."""
+        with self._lock:
+            slots: list[int] = []
+            tss: list[float] = []
+            is_click: list[bool] = []
+            n_new = 0
+            for ev in events:
+                eid = ev.event_id
+                if eid in self._seen_ids:
+                    self._stats["duplicates"] += 1
+                    continue
+                self._remember(eid)
+                n_new += 1
+                kind = ev.kind
+                if kind is EventKind.CLICK:
+                    self._user_click(ev)
+                elif kind is not EventKind.IMPRESSION:
+                    continue
+                if ev.item_id not in self._slots and not self._free and self._imp.shape[1] >= self.max_items:
+                    self._flush(slots, tss, is_click)  # an eviction may reuse slots still pending
+                slots.append(self._slot(ev.item_id, ev.ts))
+                tss.append(ev.ts)
+                is_click.append(kind is EventKind.CLICK)
+            self._flush(slots, tss, is_click)
+            self._stats["applied"] += n_new
+            self._heartbeat = self.clock()
+            return n_new
+
+    def _flush(self, slots: list[int], tss: list[float], is_click: list[bool]) -> None:
+        if slots:
+            self._add(np.asarray(slots, dtype=np.int64), np.asarray(tss, dtype=np.float64),
+                      np.asarray(is_click, dtype=bool))
+            slots.clear()
+            tss.clear()
+            is_click.clear()
+
+    def _remember(self, eid: str) -> None:
+        self._seen_ids.add(eid)
+        self._seen_order.append(eid)
+        if len(self._seen_order) > self.dedupe_ids:
+            self._seen_ids.discard(self._seen_order.popleft())
+
+    def _add(self, slots: np.ndarray, ts: np.ndarray, click: np.ndarray) -> None:
+        for w in range(len(self.windows)):
+            g = np.floor(ts / self.width[w]).astype(np.int64)
+            newest = max(int(self._epoch[w].max()), int(g.max()))
+            keep = g > newest - self.buckets  # older than the ring: late for this window
+            for gb in np.unique(g[keep]):  # ascending: a newer bucket on the same ring position wins
+                pos = int(gb % self.buckets)
+                held = self._epoch[w, pos]
+                if held < gb:
+                    self._imp[w, :, pos] = 0.0
+                    self._clk[w, :, pos] = 0.0
+                    self._epoch[w, pos] = gb
+                elif held > gb:
+                    keep &= g != gb
+            if not keep.all() and w == 0:  # counted once, for the shortest window
+                self._stats["late"] += int((~keep).sum())
+            pos = (g % self.buckets)[keep]
+            np.add.at(self._imp[w], (slots[keep], pos), 1.0)
+            c = keep & click
+            np.add.at(self._clk[w], (slots[c], (g % self.buckets)[c]), 1.0)
+
+    def _user_click(self, ev: Event) -> None:
+        u = self._users.get(ev.user_id)
+        if u is None:
+            u = self._users[ev.user_id] = _User(self.history_len)
+            if len(self._users) > self.max_users:
+                self._users.popitem(last=False)
+                self._stats["evicted_users"] += 1
+        else:
+            self._users.move_to_end(ev.user_id)
+        u.clicks.append(ev.item_id)
+        u.n_clicks += 1
+        cat = self._category(ev.item_id)
+        if cat is not None:
+            self._decay(u, ev.ts)
+            u.aff[cat] = u.aff.get(cat, 0.0) + 1.0
+            if len(u.aff) > self.max_categories:
+                del u.aff[min(u.aff, key=u.aff.__getitem__)]
+
+    def _decay(self, u: _User, ts: float) -> None:
+        if ts > u.aff_ts:
+            if u.aff and self.half_life > 0:
+                f = 0.5 ** ((ts - u.aff_ts) / self.half_life)
+                for k in u.aff:
+                    u.aff[k] *= f
+            u.aff_ts = ts
+
+    def heartbeat(self, now_wall: float | None = None) -> None:
+        """The consumer is alive and caught up (called after every successful poll)."""
+        with self._lock:
+            self._heartbeat = self.clock() if now_wall is None else now_wall
+
+    def stalled(self, now_wall: float | None = None) -> bool:
+        now_wall = self.clock() if now_wall is None else now_wall
+        return now_wall - self._heartbeat > self.stall_s
+
+    # ------------------------------------------------------------------ reading
+    def counts(self, item_ids: Sequence[str], now: float) -> tuple[np.ndarray, np.ndarray]:
+        """Streamed (impressions, clicks), each (N, W) float64, over ``(now - window, now]``."""
+        n, nw = len(item_ids), len(self.windows)
+        imps, clks = np.zeros((n, nw)), np.zeros((n, nw))
+        with self._lock:
+            idx = np.array([self._slots.get(str(i), -1) for i in item_ids], dtype=np.int64)
+            have = idx >= 0
+            for w in range(nw):
+                gnow = math.floor(now / self.width[w])
+                live = (self._epoch[w] > gnow - self.buckets) & (self._epoch[w] <= gnow)
+                imps[have, w] = self._imp[w][idx[have]][:, live].sum(axis=1)
+                clks[have, w] = self._clk[w][idx[have]][:, live].sum(axis=1)
+        return imps, clks
+
+    def item_features(self, item_ids: Sequence[str], now: float, now_wall: float | None = None) -> ItemRealtime:
+        """Counters, smoothed CTR and trending for ``item_ids``; batch baselines when stalled."""
+        if self.stalled(now_wall) and self._baseline:
+            per_day = np.array([self._baseline.get(str(i), (0.0, 0.0)) for i in item_ids], dtype=np.float64)
+            scale = np.asarray(self.windows, dtype=np.float64)[None, :] / 86400.0
+            imps = per_day[:, :1] * scale if len(item_ids) else np.zeros((0, len(self.windows)))
+            clks = per_day[:, 1:2] * scale if len(item_ids) else np.zeros((0, len(self.windows)))
+            source = "baseline"
+        else:
+            imps, clks = self.counts(item_ids, now)
+            source = "stream"
+        ctr = (clks + self.prior_ctr * self.prior_weight) / (imps + self.prior_weight)
+        return ItemRealtime(self.windows, imps, clks, ctr, self.trending(clks), source)
+
+    def trending(self, clicks: np.ndarray) -> np.ndarray:
+        """(N,) log1p(clicks in the middle window) - log1p(clicks in the longest window
+        scaled to the middle one): > 0 when an item is hotter now than over the long run."""
+        mid = 1 if len(self.windows) > 2 else 0
+        long = len(self.windows) - 1
+        ratio = self.windows[mid] / self.windows[long]
+        return np.log1p(clicks[:, mid]) - np.log1p(clicks[:, long] * ratio)
+
+    def user_features(self, user_id: str, now: float) -> UserRealtime:
+        with self._lock:
+            u = self._users.get(user_id)
+            if u is None:
+                return UserRealtime((), 0, {}, False)
+            f = 0.5 ** (max(0.0, now - u.aff_ts) / self.half_life) if self.half_life > 0 else 1.0
+            total = sum(u.aff.values()) * f
+            aff = {k: v * f / total for k, v in u.aff.items()} if total > 0 else {}
+            return UserRealtime(tuple(u.clicks), u.n_clicks, aff, True)
+
+    def load_baseline(self, item_ids: Sequence[str], impressions_per_day: Sequence[float],
+                      clicks_per_day: Sequence[float]) -> None:
+        """Batch baselines (daily aggregates, e.g. from ``offline.daily_item_aggregates``)."""
+        with self._lock:
+            self._baseline = {str(i): (float(a), float(b)) for i, a, b in zip(item_ids, impressions_per_day, clicks_per_day)}
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {**self._stats, "items": len(self._slots), "users": len(self._users), "item_capacity": self._imp.shape[1]}
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Everything needed to resume exactly (arrays; strings as JSON bytes)."""
+        with self._lock:
+            users = {k: [list(u.clicks), u.n_clicks, u.aff, u.aff_ts] for k, u in self._users.items()}
+            meta = {"windows": list(self.windows), "buckets": self.buckets, "slots": self._slots, "users": users,
+                    "seen": list(self._seen_order), "stats": self._stats}
+            return {"imp": self._imp.copy(), "clk": self._clk.copy(), "epoch": self._epoch.copy(),
+                    "active": self._active.copy(), "meta": np.frombuffer(orjson.dumps(meta), dtype=np.uint8)}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        meta = orjson.loads(bytes(np.asarray(state["meta"], dtype=np.uint8)))
+        if tuple(meta["windows"]) != self.windows or meta["buckets"] != self.buckets:
+            raise ValueError(f"checkpoint has windows {meta['windows']} x {meta['buckets']} buckets, "
+                             f"these features use {list(self.windows)} x {self.buckets}")
+        with self._lock:
+            self._imp, self._clk = np.array(state["imp"]), np.array(state["clk"])
+            self._epoch, self._active = np.array(state["epoch"]), np.array(state["active"])
+            self._slots = {str(k): int(v) for k, v in meta["slots"].items()}
+            used = set(self._slots.values())
+            self._free = [s for s in range(self._imp.shape[1] - 1, -1, -1) if s not in used]
+            self._users = OrderedDict()
+            for k, (clicks, n, aff, aff_ts) in meta["users"].items():
+                u = _User(self.history_len)
+                u.clicks.extend(clicks)
+                u.n_clicks, u.aff, u.aff_ts = int(n), {c: float(v) for c, v in aff.items()}, float(aff_ts)
+                self._users[k] = u
+            self._seen_order = deque(meta["seen"])
+            self._seen_ids = set(self._seen_order)
+            self._stats = {k: int(v) for k, v in meta["stats"].items()}

@@ -1,0 +1,188 @@
+"""``redis://host:port/db``: the online store on Redis (shared by every replica).
+
+Layout (``prefix`` defaults to ``fr:``; ``redis://host:port/db?prefix=x:`` changes it):
+
+    {prefix}u:{user_id}          hash: feature name -> value, plus field "\\x00ts"
+    {prefix}i:{item_id}          hash, same
+    {prefix}c:{window}:{key}     hash: bucket number -> summed amount (HINCRBYFLOAT)
+
+Every read and write of a batch is one pipelined round trip. Cold records are judged by
+their "\\x00ts" field against the caller's ``now`` (like the other backends); besides,
+each key gets a Redis ``EXPIRE`` (``ttl_s`` for records, two windows for counters) so that
+memory stays bounded even if nobody calls ``evict``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from feedrank.features.store.protocol import (
+    FeatureBatch,
+    Record,
+    amounts,
+    batch_from_records,
+    bucket_of,
+    check_features,
+    is_cold,
+    live_buckets,
+    read_snapshot,
+    write_snapshot,
+)
+
+TS_FIELD = "\x00ts"
+_TABLE_TAG = {"users": "u", "items": "i"}
+
+
+def _decode(h: Mapping[bytes, bytes]) -> tuple[float, Record] | None:
+    if not h:
+        return None
+    rec = {k.decode(): float(v) for k, v in h.items()}
+    ts = rec.pop(TS_FIELD, None)
+    return (ts if ts is not None else float("-inf")), rec
+
+
+class RedisStore:
+    """Implements ``OnlineStore`` on one Redis database (see the module docstring)."""
+
+    def __init__(self, url: str, ttl_s: float = 7 * 86400.0) -> None:
+        import redis
+
+        parsed = urlparse(url)
+        self.prefix = parse_qs(parsed.query).get("prefix", ["fr:"])[0]
+        self.url = url
+        self.ttl_s = float(ttl_s)
+        base = parsed._replace(query="").geturl()
+        self._r = redis.Redis.from_url(base, socket_timeout=5.0, socket_connect_timeout=5.0)
+        self._r.ping()
+
+    def _key(self, table: str, key: str) -> str:
+        return f"{self.prefix}{_TABLE_TAG[table]}:{key}"
+
+    def _ckey(self, window_s: int, key: str) -> str:
+        return f"{self.prefix}c:{int(window_s)}:{key}"
+
+    # ------------------------------------------------------------------ features
+    def _put_many(self, table: str, rows: Mapping[str, Record], ts: float) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        for key, rec in rows.items():
+            k = self._key(table, key)
+            pipe.hset(k, mapping={**{n: repr(v) for n, v in rec.items()}, TS_FIELD: repr(float(ts))})
+            if self.ttl_s > 0:
+                pipe.expire(k, max(1, int(self.ttl_s)))
+        pipe.execute()
+
+    def put_user(self, user_id: str, features: Mapping[str, float], ts: float) -> None:
+        self._put_many("users", {str(user_id): check_features(features)}, ts)
+
+    def get_user(self, user_id: str, now: float) -> Record | None:
+        rec = _decode(self._r.hgetall(self._key("users", str(user_id))))
+        if rec is None or is_cold(rec[0], now, self.ttl_s):
+            return None
+        return rec[1]
+
+    def put_items(self, rows: Mapping[str, Mapping[str, float]], ts: float) -> None:
+        checked = {str(k): check_features(v) for k, v in rows.items()}
+        if checked:
+            self._put_many("items", checked, ts)
+
+    def get_items(self, item_ids: Sequence[str], names: Sequence[str], now: float) -> FeatureBatch:
+        fields = [TS_FIELD, *names]
+        pipe = self._r.pipeline(transaction=False)
+        for i in item_ids:
+            pipe.hmget(self._key("items", str(i)), fields)
+        recs: list[tuple[float, Record] | None] = []
+        for vals in pipe.execute():
+            if vals[0] is None:
+                recs.append(None)
+                continue
+            rec = {n: float(v) for n, v in zip(names, vals[1:]) if v is not None}
+            recs.append((float(vals[0]), rec))
+        return batch_from_records(recs, names, now, self.ttl_s)
+
+    # ------------------------------------------------------------------ counters
+    def incr(self, keys: Sequence[str], window_s: int, ts: float, amount: float | Sequence[float] = 1.0) -> None:
+        b = str(bucket_of(ts, int(window_s)))
+        pipe = self._r.pipeline(transaction=False)
+        for key, a in zip(keys, amounts(keys, amount)):
+            ck = self._ckey(window_s, str(key))
+            pipe.hincrbyfloat(ck, b, a)
+            pipe.expire(ck, 2 * int(window_s))
+        pipe.execute()
+
+    def get_counts(self, keys: Sequence[str], window_s: int, now: float) -> np.ndarray:
+        first, last = live_buckets(int(window_s), now)
+        fields = [str(b) for b in range(first, last + 1)]
+        pipe = self._r.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(self._ckey(window_s, str(key)), fields)
+        return np.array([sum(float(v) for v in vals if v is not None) for vals in pipe.execute()], dtype=np.float64)
+
+    # ------------------------------------------------------------------ eviction, state
+    def _scan(self, pattern: str) -> list[bytes]:
+        return list(self._r.scan_iter(match=f"{self.prefix}{pattern}", count=1000))
+
+    def evict(self, now: float) -> int:
+        n = 0
+        for table, tag in _TABLE_TAG.items():
+            keys = self._scan(f"{tag}:*")
+            if not keys:
+                continue
+            pipe = self._r.pipeline(transaction=False)
+            for k in keys:
+                pipe.hget(k, TS_FIELD)
+            cold = [k for k, ts in zip(keys, pipe.execute()) if ts is None or is_cold(float(ts), now, self.ttl_s)]
+            if cold:
+                n += int(self._r.delete(*cold))
+        for ck in self._scan("c:*"):
+            window_s = int(ck.decode()[len(self.prefix) + 2 :].split(":", 1)[0])
+            first, _ = live_buckets(window_s, now)
+            old = [b for b in self._r.hkeys(ck) if int(b) < first]
+            if old:
+                self._r.hdel(ck, *old)
+        return n
+
+    def export_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"users": {}, "items": {}, "counters": {}}
+        for table, tag in _TABLE_TAG.items():
+            skip = len(self.prefix) + len(tag) + 1
+            for k in self._scan(f"{tag}:*"):
+                rec = _decode(self._r.hgetall(k))
+                if rec is not None:
+                    out[table][k.decode()[skip:]] = [rec[0], rec[1]]
+        for ck in self._scan("c:*"):
+            window_s, key = ck.decode()[len(self.prefix) + 2 :].split(":", 1)
+            buckets = {int(b): float(v) for b, v in self._r.hgetall(ck).items()}
+            out["counters"].setdefault(int(window_s), {})[key] = buckets
+        return out
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        old = self._scan("*")
+        pipe = self._r.pipeline(transaction=True)
+        if old:
+            pipe.delete(*old)
+        for table in ("users", "items"):
+            for key, (ts, rec) in state.get(table, {}).items():
+                k = self._key(table, str(key))
+                pipe.hset(k, mapping={**{n: repr(float(v)) for n, v in rec.items()}, TS_FIELD: repr(float(ts))})
+                if self.ttl_s > 0:
+                    pipe.expire(k, max(1, int(self.ttl_s)))
+        for window_s, keys in state.get("counters", {}).items():
+            for key, buckets in keys.items():
+                if buckets:
+                    ck = self._ckey(int(window_s), str(key))
+                    pipe.hset(ck, mapping={str(int(b)): repr(float(v)) for b, v in buckets.items()})
+                    pipe.expire(ck, 2 * int(window_s))
+        pipe.execute()
+
+    def snapshot(self, path: str | Path) -> Path:
+        return write_snapshot(self, path)
+
+    def restore(self, path: str | Path) -> None:
+        self.import_state(read_snapshot(path))
+
+    def close(self) -> None:
+        self._r.close()

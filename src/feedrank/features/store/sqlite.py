@@ -1,0 +1,177 @@
+"""``sqlite:///path``: the online store in one SQLite file (WAL), shared by processes.
+
+Tables: ``users``/``items`` (id PRIMARY KEY, ts, data JSON) and ``counters`` (win, key,
+bucket, value). Puts merge with ``json_patch``; batched reads use ``IN (...)`` in chunks.
+One connection per store object, guarded by a lock (usable from many threads).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import orjson
+
+from feedrank.features.store.protocol import (
+    FeatureBatch,
+    Record,
+    amounts,
+    batch_from_records,
+    bucket_of,
+    check_features,
+    is_cold,
+    live_buckets,
+    read_snapshot,
+    write_snapshot,
+)
+
+_CHUNK = 900  # bound parameters per statement (SQLite's default limit is 999 on old builds)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, ts REAL NOT NULL, data TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, ts REAL NOT NULL, data TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (win INTEGER NOT NULL, key TEXT NOT NULL, bucket INTEGER NOT NULL,
+    value REAL NOT NULL, PRIMARY KEY (win, key, bucket)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS users_ts ON users (ts);
+CREATE INDEX IF NOT EXISTS items_ts ON items (ts);
+"""
+
+
+def _chunks(seq: Sequence[str]) -> Iterator[Sequence[str]]:
+    for i in range(0, len(seq), _CHUNK):
+        yield seq[i : i + _CHUNK]
+
+
+class SQLiteStore:
+    """Implements ``OnlineStore`` on a SQLite file (see the module docstring)."""
+
+    def __init__(self, path: str | Path, ttl_s: float = 7 * 86400.0, url: str | None = None) -> None:
+        self.path = Path(path)
+        self.url = url or f"sqlite:///{self.path}"
+        self.ttl_s = float(ttl_s)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    # ------------------------------------------------------------------ features
+    def _put_many(self, table: str, rows: list[tuple[str, float, str]]) -> None:
+        sql = (f"INSERT INTO {table} (id, ts, data) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+               "ts = excluded.ts, data = json_patch(data, excluded.data)")
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def put_user(self, user_id: str, features: Mapping[str, float], ts: float) -> None:
+        self._put_many("users", [(str(user_id), float(ts), orjson.dumps(check_features(features)).decode())])
+
+    def get_user(self, user_id: str, now: float) -> Record | None:
+        with self._lock:
+            row = self._db.execute("SELECT ts, data FROM users WHERE id = ?", (str(user_id),)).fetchone()
+        if row is None or is_cold(row[0], now, self.ttl_s):
+            return None
+        return {k: float(v) for k, v in orjson.loads(row[1]).items()}
+
+    def put_items(self, rows: Mapping[str, Mapping[str, float]], ts: float) -> None:
+        data = [(str(k), float(ts), orjson.dumps(check_features(v)).decode()) for k, v in rows.items()]
+        if data:
+            self._put_many("items", data)
+
+    def get_items(self, item_ids: Sequence[str], names: Sequence[str], now: float) -> FeatureBatch:
+        ids = [str(i) for i in item_ids]
+        found: dict[str, tuple[float, Record]] = {}
+        uniq = list(dict.fromkeys(ids))
+        with self._lock:
+            for part in _chunks(uniq):
+                q = f"SELECT id, ts, data FROM items WHERE id IN ({','.join('?' * len(part))})"
+                for iid, ts, data in self._db.execute(q, list(part)):
+                    found[iid] = (ts, orjson.loads(data))
+        return batch_from_records([found.get(i) for i in ids], names, now, self.ttl_s)
+
+    # ------------------------------------------------------------------ counters
+    def incr(self, keys: Sequence[str], window_s: int, ts: float, amount: float | Sequence[float] = 1.0) -> None:
+        window_s = int(window_s)
+        b = bucket_of(ts, window_s)
+        rows = [(window_s, str(k), b, a) for k, a in zip(keys, amounts(keys, amount))]
+        sql = ("INSERT INTO counters (win, key, bucket, value) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT(win, key, bucket) DO UPDATE SET value = value + excluded.value")
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def get_counts(self, keys: Sequence[str], window_s: int, now: float) -> np.ndarray:
+        first, last = live_buckets(int(window_s), now)
+        keys = [str(k) for k in keys]
+        sums: dict[str, float] = {}
+        with self._lock:
+            for part in _chunks(list(dict.fromkeys(keys))):
+                q = (f"SELECT key, SUM(value) FROM counters WHERE win = ? AND bucket BETWEEN ? AND ? "
+                     f"AND key IN ({','.join('?' * len(part))}) GROUP BY key")
+                sums.update(self._db.execute(q, [int(window_s), first, last, *part]).fetchall())
+        return np.array([sums.get(k, 0.0) for k in keys], dtype=np.float64)
+
+    # ------------------------------------------------------------------ eviction, state
+    def evict(self, now: float) -> int:
+        n = 0
+        with self._lock:
+            self._db.execute("BEGIN")
+            if self.ttl_s > 0:
+                for table in ("users", "items"):
+                    n += self._db.execute(f"DELETE FROM {table} WHERE ts < ?", (now - self.ttl_s,)).rowcount
+            for (win,) in self._db.execute("SELECT DISTINCT win FROM counters").fetchall():
+                first, _ = live_buckets(int(win), now)
+                self._db.execute("DELETE FROM counters WHERE win = ? AND bucket < ?", (win, first))
+            self._db.execute("COMMIT")
+        return n
+
+    def export_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"users": {}, "items": {}, "counters": {}}
+        with self._lock:
+            for table in ("users", "items"):
+                for iid, ts, data in self._db.execute(f"SELECT id, ts, data FROM {table}"):
+                    out[table][iid] = [ts, orjson.loads(data)]
+            for win, key, bucket, value in self._db.execute("SELECT win, key, bucket, value FROM counters"):
+                out["counters"].setdefault(int(win), {}).setdefault(key, {})[int(bucket)] = value
+        return out
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for table in ("users", "items", "counters"):
+                    self._db.execute(f"DELETE FROM {table}")
+                for table in ("users", "items"):
+                    rows = [(str(k), float(ts), orjson.dumps(check_features(r)).decode())
+                            for k, (ts, r) in state.get(table, {}).items()]
+                    self._db.executemany(f"INSERT INTO {table} (id, ts, data) VALUES (?, ?, ?)", rows)
+                rows_c = [(int(w), str(k), int(b), float(v)) for w, keys in state.get("counters", {}).items()
+                          for k, bk in keys.items() for b, v in bk.items()]
+                self._db.executemany("INSERT INTO counters (win, key, bucket, value) VALUES (?, ?, ?, ?)", rows_c)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def snapshot(self, path: str | Path) -> Path:
+        return write_snapshot(self, path)
+
+    def restore(self, path: str | Path) -> None:
+        self.import_state(read_snapshot(path))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

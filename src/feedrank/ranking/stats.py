@@ -1,0 +1,145 @@
+"""Online engagement counters for the ranker's engagement features (serving side).
+
+Training computes the same counters point-in-time (``pipeline/examples.py``); this holds
+them for the live system: built from all events when a model is trained (saved in the
+bundle as ``ranker_state.npz``), then updated by ``observe`` as events arrive.
+
+    st = EngagementState.build(...)              # or EngagementState.load(path)
+    st.observe(user_id, item_idx, "click", position=2, ts=t)
+    eng = st.engagement(user_id, cand, now)      # an ``Engagement`` for (n,) candidates
+
+Memory: items x 14 + creators x 4 float64 and, per known user, 3 x n_categories + 2.
+Decayed counters keep (value, last update time) and decay lazily: exact, O(1) per event.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from feedrank.ranking.features import DECAY_TAUS_S, N_POSITIONS, Engagement
+
+ITEM_FIELDS = ("eimps", "clicks", "hides", "imps", "dwell_sum", "dwell_n")
+DECAY_FIELDS = ("clicks_6h", "eimps_6h", "clicks_24h", "eimps_24h")
+CREATOR_FIELDS = ("eimps", "clicks", "dwell_sum", "dwell_n")
+
+
+class EngagementState:
+    """Thread-safe counters. ``item`` (6, N), ``decay`` (4, N) values at ``decay_t`` (N,),
+    ``creator`` (4, K), per-user rows (3 * C + 2,): category impressions, clicks, hides,
+    then total impressions and clicks."""
+
+    def __init__(self, n_items: int, n_categories: int, item_cat: np.ndarray, creator_codes: np.ndarray,
+                 creator_new: np.ndarray, exam: np.ndarray) -> None:
+        self.n_categories = n_categories
+        self.item_cat = np.asarray(item_cat, dtype=np.int64)
+        self.creator_codes = np.asarray(creator_codes, dtype=np.int64)
+        self.creator_new = np.asarray(creator_new, dtype=np.float64)
+        self.exam = np.asarray(exam, dtype=np.float64)
+        self.item = np.zeros((len(ITEM_FIELDS), n_items))
+        self.decay = np.zeros((len(DECAY_FIELDS), n_items))
+        self.decay_t = np.zeros(n_items)
+        self.creator = np.zeros((len(CREATOR_FIELDS), int(self.creator_codes.max(initial=-1)) + 1))
+        self.users: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ bulk
+    def load_arrays(self, item: np.ndarray, decay: np.ndarray, decay_t: np.ndarray, creator: np.ndarray,
+                    user_ids: np.ndarray, user_rows: np.ndarray) -> EngagementState:
+        self.item[:] = item
+        self.decay[:] = decay
+        self.decay_t[:] = decay_t
+        self.creator[:] = creator
+        self.users = {str(u): row.astype(np.float64).copy() for u, row in zip(user_ids.tolist(), user_rows)}
+        return self
+
+    def save(self, path: Path) -> None:
+        ids = np.asarray(list(self.users), dtype=str)
+        rows = np.stack(list(self.users.values())) if self.users else np.zeros((0, 3 * self.n_categories + 2))
+        np.savez(path, item=self.item, decay=self.decay, decay_t=self.decay_t, creator=self.creator,
+                 user_ids=ids, user_rows=rows, exam=self.exam, creator_codes=self.creator_codes,
+                 creator_new=self.creator_new, item_cat=self.item_cat)
+
+    @classmethod
+    def load(cls, path: Path, n_categories: int) -> EngagementState:
+        with np.load(path, allow_pickle=False) as z:
+            st = cls(z["item"].shape[1], n_categories, z["item_cat"], z["creator_codes"], z["creator_new"], z["exam"])
+            return st.load_arrays(z["item"], z["decay"], z["decay_t"], z["creator"], z["user_ids"], z["user_rows"])
+
+    # ------------------------------------------------------------------ updates
+    def observe(self, user_id: str, item_idx: int, kind: str, position: int | None, ts: float,
+                dwell_ms: float | None = None) -> None:
+        """Fold one event in (kinds: impression, click, hide, dwell; others ignored)."""
+        if kind not in ("impression", "click", "hide", "dwell"):
+            return
+        i = int(item_idx)
+        c = int(self.item_cat[i])
+        k = int(self.creator_codes[i])
+        e = float(self.exam[min(max(position or 0, 0), N_POSITIONS - 1)])
+        with self._lock:
+            row = self.users.get(user_id)
+            if row is None:
+                row = self.users[user_id] = np.zeros(3 * self.n_categories + 2)
+            self._decay_to(i, ts)
+            if kind == "impression":
+                row[c] += 1
+                row[3 * self.n_categories] += 1
+                self.item[0, i] += e
+                self.item[3, i] += 1
+                self.decay[1, i] += e
+                self.decay[3, i] += e
+                self.creator[0, k] += e
+            elif kind == "click":
+                row[self.n_categories + c] += 1
+                row[3 * self.n_categories + 1] += 1
+                self.item[1, i] += 1
+                self.decay[0, i] += 1
+                self.decay[2, i] += 1
+                self.creator[1, k] += 1
+            elif kind == "hide":
+                row[2 * self.n_categories + c] += 1
+                self.item[2, i] += 1
+            elif dwell_ms is not None and np.isfinite(dwell_ms):
+                v = float(np.log1p(max(dwell_ms, 0.0) / 1000.0))
+                self.item[4, i] += v
+                self.item[5, i] += 1
+                self.creator[2, k] += v
+                self.creator[3, k] += 1
+
+    def _decay_to(self, i: int, ts: float) -> None:
+        dt = max(ts - self.decay_t[i], 0.0)
+        if dt > 0:
+            t6, t24 = DECAY_TAUS_S
+            self.decay[:, i] *= np.array([np.exp(-dt / t6), np.exp(-dt / t6), np.exp(-dt / t24), np.exp(-dt / t24)])
+            self.decay_t[i] = ts
+
+    # ------------------------------------------------------------------ reads
+    def engagement(self, user_id: str, items: np.ndarray, now: float) -> Engagement:
+        """The raw counters for (n,) candidate item indices of one user at ``now``."""
+        items = np.asarray(items, dtype=np.int64)
+        n = len(items)
+        C = self.n_categories
+        with self._lock:
+            row = self.users.get(user_id)
+            cats = self.item_cat[items]
+            dt = np.maximum(now - self.decay_t[items], 0.0)
+            d6, d24 = np.exp(-dt / DECAY_TAUS_S[0]), np.exp(-dt / DECAY_TAUS_S[1])
+            dec = self.decay[:, items]
+            it = self.item[:, items]
+            cr = self.creator[:, self.creator_codes[items]]
+            zero = np.zeros(n)
+            return Engagement(
+                user_cat_imps=zero if row is None else row[cats].copy(),
+                user_cat_clicks=zero if row is None else row[C + cats].copy(),
+                user_cat_hides=zero if row is None else row[2 * C + cats].copy(),
+                user_imps=np.full(n, 0.0 if row is None else row[3 * C]),
+                user_clicks=np.full(n, 0.0 if row is None else row[3 * C + 1]),
+                item_eimps=it[0], item_clicks=it[1], item_hides=it[2], item_imps=it[3],
+                item_clicks_6h=dec[0] * d6, item_eimps_6h=dec[1] * d6,
+                item_clicks_24h=dec[2] * d24, item_eimps_24h=dec[3] * d24,
+                item_dwell_sum=it[4], item_dwell_n=it[5],
+                creator_eimps=cr[0], creator_clicks=cr[1], creator_dwell_sum=cr[2], creator_dwell_n=cr[3],
+                creator_is_new=self.creator_new[items],
+            )
