@@ -42,7 +42,7 @@ demo: $(STAMP)
 smoke: $(STAMP)
 	$(VENV)/bin/feedrank demo --smoke
 
-test: $(STAMP)
+test: redis-server $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 clean:
