@@ -7,7 +7,9 @@ endpoint in the same run.
 2. Starts ``feedrank serve`` in its own process on 127.0.0.1.
 3. For each rate, runs wrk from another process for ``--seconds``. Its Lua script asks for
    a random user's feed on every request (10% never-seen users) and paces each
-   connection to ``rate / connections`` requests per second.
+   connection with exponential gaps (Poisson arrivals) averaging ``connections / rate``
+   seconds, so the connections together offer about ``rate`` requests per second and
+   never fire in lockstep.
 4. Records achieved rps, latency percentiles, non-2xx responses and the tier mix (read from
    the server's /metrics before and after).
 5. Does the same against a bare ASGI app that returns a feed-sized JSON body: the cost of
@@ -43,7 +45,8 @@ request = function()
   if math.random() < 0.1 then u = "bench-new-" .. math.random(1, 1000000000) else u = "u" .. math.random(0, n_users - 1) end
   return wrk.format("GET", "/v1/feed?user_id=" .. u .. "&k=%(k)d")
 end
-delay = function() return pace_ms end
+-- exponential gaps: Poisson arrivals per connection, so connections never fire in lockstep
+delay = function() return -math.log(1 - math.random()) * pace_ms end
 """
 
 BARE_APP = '''

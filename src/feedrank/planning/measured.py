@@ -23,6 +23,10 @@ def _machine(doc: dict[str, Any]) -> str:
     return f"{m.get('cores', '?')} cores, {m.get('cpu', 'unknown cpu')}, {m.get('memory_gib', '?')} GiB"
 
 
+def _count(n: Any) -> str:
+    return f"{n:,}" if isinstance(n, (int, float)) else "an unrecorded number of"
+
+
 def _load(results: Path, name: str) -> dict[str, Any] | None:
     p = results / f"{name}.json"
     if not p.exists():
@@ -55,7 +59,8 @@ class Measured:
         if feed:
             src = f"{results}/feed.json"
             for name, st in feed["in_process"]["stages_ms"].items():
-                stages[name] = Figure(float(st["p50"]), f"{src}: in_process.stages_ms.{name}.p50", _machine(feed))
+                stages[name] = Figure(float(st["p50"]), f"{src}: in_process.stages_ms.{name}.p50 "
+                                      f"({_count(feed.get('n_items'))} items)", _machine(feed))
             cand = Figure(float(feed["candidates"]), f"{src}: candidates", _machine(feed))
         else:
             missing.append("per-stage latency: run `feedrank bench feed --model MODEL`")
@@ -68,7 +73,8 @@ class Measured:
                 best = max(ok, key=lambda r: r["achieved_rps"])
                 i = serve["rates"].index(best)
                 node_rps = Figure(float(best["achieved_rps"]), f"{results}/serve.json: rates[{i}].achieved_rps "
-                                  f"(p99 {best['p99_ms']} ms <= SLO {slo_ms} ms, full tier >= 99%)", _machine(serve))
+                                  f"(p99 {best['p99_ms']} ms <= SLO {slo_ms} ms, full tier >= 99%; measured with "
+                                  f"{_count(serve.get('items'))} items, {_count(serve.get('users'))} users)", _machine(serve))
                 node_p99 = Figure(float(best["p99_ms"]), f"{results}/serve.json: rates[{i}].p99_ms", _machine(serve))
             else:
                 missing.append(f"no measured rate in serve.json held p99 <= {slo_ms} ms with >= 99% full tier")

@@ -1,6 +1,7 @@
 """The re-ranking stage: pure policies composed in a fixed order.
 
-    dedupe -> blocklist -> drop seen -> MMR diversity -> caps per category and per creator
+    dedupe -> blocklist -> drop seen (one pass, best ``max(8k, 80)`` eligible entries)
+    -> MMR diversity -> caps per category and per creator
     (one pass) -> creator exposure floor (within the capped list) -> top k -> exploration slot
 
 Every policy takes a ranked list of candidate positions (``list[int]`` into the slate's
@@ -18,7 +19,7 @@ import numpy as np
 from feedrank.rerank.diversity import cap_per_key, cap_split, mmr
 from feedrank.rerank.explore import exploration_slot
 from feedrank.rerank.fairness import exposure_floor
-from feedrank.rerank.filters import Blocklist, apply_blocklist
+from feedrank.rerank.filters import Blocklist
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,38 @@ def cap_per_category(order: Sequence[int], categories: Sequence[str], max_per_ca
     return cap_per_key(order, categories, max_per_category, k)
 
 
+WINDOW_PER_K = 8   # eligible entries considered per feed slot (fill, exploration pool, exposure floor)
+MIN_WINDOW = 80
+
+
+def eligible(order: Sequence[int], slate: Slate, seen: Collection[str], policy: RerankPolicy, limit: int) -> list[int]:
+    """dedupe + blocklist + drop seen in one pass, stopping after ``limit`` eligible entries:
+    the policies after it only look at the best of them, so the cost is O(limit), not O(n)."""
+    out: list[int] = []
+    taken: set[str] = set()
+    b = policy.blocklist
+    check_seen = policy.drop_seen and bool(seen)
+    for i in order:
+        iid = slate.item_ids[i]
+        if iid in taken:
+            continue
+        if b and (iid in b.items or slate.creators[i] in b.creators or slate.categories[i] in b.categories):
+            continue
+        if check_seen and iid in seen:
+            continue
+        taken.add(iid)
+        out.append(i)
+        if len(out) >= limit:
+            break
+    return out
+
+
 def rerank(slate: Slate, order: Sequence[int], seen: Collection[str], k: int, policy: RerankPolicy,
            u: float = 1.0, pick: int = 0) -> tuple[list[int], list[float]]:
     """Apply every policy; returns (at most ``k`` entries, propensity of each).
 
     ``u``/``pick`` drive the exploration slot (see ``explore.exploration_slot``)."""
-    out = dedupe(order, slate.item_ids)
-    out = apply_blocklist(out, slate.item_ids, slate.creators, slate.categories, policy.blocklist)
-    if policy.drop_seen:
-        out = drop_seen(out, slate.item_ids, seen)
+    out = eligible(order, slate, seen, policy, limit=max(WINDOW_PER_K * k, MIN_WINDOW))
     if policy.mmr_lambda < 1.0 and slate.vectors is not None:
         out = mmr(out, slate.scores, slate.vectors, k, policy.mmr_lambda)
     # caps on category and creator in one pass; the floor only moves entries that satisfy
