@@ -116,6 +116,11 @@ class PipelineConfig:
     rank_max_candidates: int = field(default=500, metadata=_rng(1, None))
     # ranking stage budget (0 = off): candidates ranked and ranker variant adapt to fit it
     rank_budget_ms: float = field(default=0.0, metadata=_rng(0.0, None))
+    # Degradation ladder (pipeline/degrade.py): when recent p99 exceeds slo_ms the service steps
+    # down full -> reduced (distilled ranker, reduced_candidates) -> fallback (popular, no model)
+    # and back up with hysteresis. 0 = off.
+    slo_ms: float = field(default=0.0, metadata=_rng(0.0, None))
+    reduced_candidates: int = field(default=100, metadata=_rng(1, None))
     seen_memory: int = field(default=500, metadata=_rng(0, None))
 
 

@@ -1,10 +1,15 @@
 """The Recommender: context -> retrieve -> enrich -> rank -> rerank, under a deadline.
 
 Tiers (the response says which one answered):
-    full       two-tower + sources, ranked by the neural ranker, re-ranked
-    reduced    ranker skipped (deadline nearly spent, or the model has no ranker):
-               candidates keep their retrieval order, then re-ranked
-    fallback   retrieval failed: the cached popular list, re-ranked
+    full       two-tower + sources, ranked by the full ranker, re-ranked
+    reduced    a smaller ranker variant and/or fewer candidates (the ladder, the ranking
+               budget), or the ranker skipped (deadline nearly spent, or no ranker in the
+               bundle: candidates keep their retrieval order), then re-ranked
+    fallback   retrieval failed or the ladder is shedding load: the cached popular list,
+               re-ranked
+
+The ladder (``pipeline.slo_ms`` > 0) is a ``degrade.TierController`` fed every request's
+total latency; it caps the tier at reduced or fallback while p99 is over the SLO.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from feedrank.features.online import OnlineState, UserContext
 from feedrank.pipeline.artifacts import ModelArtifacts
 from feedrank.ranking.features import ranking_features
 from feedrank.ranking.runtime import RankerRuntime
+from feedrank.pipeline.degrade import TierController
 from feedrank.pipeline.policy_source import BlocklistSource
 from feedrank.rerank.policies import RerankPolicy, Slate, rerank
 from feedrank.retrieval.encode import user_vectors
@@ -37,6 +43,10 @@ log = logging.getLogger(__name__)
 
 STAGES = ("context", "retrieve", "enrich", "rank", "rerank")
 CACHE_S = 30.0  # request-clock seconds a cached live set / popular list stays valid
+
+
+class _Shed(Exception):
+    """The ladder is at ``fallback``: skip the models for this request."""
 
 
 def policy_from_config(rc) -> RerankPolicy:
@@ -60,6 +70,8 @@ class Recommender:
         rc = self.cfg.rerank
         self.policy = policy_from_config(rc)
         self.blocklists = BlocklistSource(rc.blocklist_file or None)
+        slo = self.cfg.pipeline.slo_ms
+        self.controller = TierController(slo_ms=slo) if slo > 0 else None
         ttl = self.cfg.rerank.seen_ttl_hours * 3600.0 or None
         self.state = OnlineState(len(self.catalog), self.cfg.retrieval.history_len, self.cfg.pipeline.seen_memory, seen_ttl_s=ttl)
         snap = art.snapshot
@@ -200,11 +212,15 @@ class Recommender:
         ctx = self.state.context(request.user_id, now)
         t = lap("context", t)
 
+        allowed = self.controller.tier if self.controller is not None else "full"
         tier = "full"
         try:
+            if allowed == "fallback":
+                raise _Shed()
             cand, sources, retr_scores, user_vec, aff = self._retrieve(ctx, now)
-        except Exception:  # a broken retrieval must not fail the request: popular fallback
-            log.exception("retrieval failed; serving the popular fallback (request_id=%s)", request_id)
+        except Exception as exc:  # a broken or shed retrieval must not fail the request: popular fallback
+            if not isinstance(exc, _Shed):
+                log.exception("retrieval failed; serving the popular fallback (request_id=%s)", request_id)
             tier = "fallback"
             cand = self._popular_list(now)[: self.cfg.pipeline.rank_max_candidates]
             sources = ["popular"] * len(cand)
@@ -221,6 +237,11 @@ class Recommender:
             if budget > 0:  # the stage budget, and never more than what the deadline has left
                 budget = min(budget, 0.5 * (deadline_ms - elapsed_ms))
             variant, m = self.ranker_rt.plan(budget, len(cand))
+            if allowed == "reduced":  # the ladder: smaller ranker, fewer candidates
+                variant = "distilled" if "distilled" in self.ranker_rt.names else variant
+                m = min(m, self.cfg.pipeline.reduced_candidates)
+            if variant != "full" or m < len(cand):
+                tier = "reduced"
             if m < len(cand):  # rank the first m (retrieval order is best-first per source)
                 cand, sources, retr_scores = cand[:m], list(sources)[:m], retr_scores[:m]
             dense = self._enrich(cand, ctx, now, user_vec, aff, request.user_id)
@@ -257,6 +278,8 @@ class Recommender:
                                     title=str(self.catalog.titles[idx]), category=self._categories_list[idx],
                                     creator=str(self.catalog.creators[idx]), propensity=round(float(prop), 6)))
         timings["total"] = round((time.perf_counter() - t_start) * 1000.0, 3)
+        if self.controller is not None:
+            self.controller.record(timings["total"])
         return FeedResponse(request_id=request_id, user_id=request.user_id, items=tuple(items),
                             model_version=self.model_version, tier=tier, timings_ms=timings)
 

@@ -1,0 +1,62 @@
+"""The degradation ladder inside the Recommender: a ranker slowed by an injected delay
+makes the service step down (reduced, then fallback) without a failed request, and it
+steps back up once the delay is gone and the cooldown has passed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from feedrank.config import config_from_dict, config_to_dict
+from feedrank.pipeline.artifacts import ModelArtifacts
+from feedrank.pipeline.degrade import TierController
+from feedrank.pipeline.recommender import Recommender
+from feedrank.types import FeedRequest
+
+NOW = float(os.environ["FEEDRANK_TEST_NOW"])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_slow_ranker_steps_down_and_recovers(art: ModelArtifacts):
+    raw = config_to_dict(art.cfg)
+    raw["pipeline"]["slo_ms"] = 20.0
+    rec = Recommender(art, config_from_dict(raw), clock=lambda: NOW)
+    clock = Clock()
+    rec.controller = TierController(slo_ms=20.0, window=20, min_samples=10, cooldown_s=5.0, clock=clock)
+    real_score = rec.ranker_rt.score
+
+    def slow_score(*args, **kwargs):
+        time.sleep(0.04)  # an injected 40 ms stall in the ranking stage
+        return real_score(*args, **kwargs)
+
+    rec.ranker_rt.score = slow_score
+    tiers = []
+    for i in range(40):
+        resp = rec.recommend(FeedRequest(user_id=f"user-{i}", k=10, deadline_ms=60_000.0))
+        assert len(resp.items) == 10  # never a failed or short feed
+        tiers.append(resp.tier)
+    assert tiers[0] == "full"
+    assert "reduced" in tiers and tiers[-1] == "fallback"
+    assert tiers.index("reduced") < tiers.index("fallback")
+    fallback = rec.recommend(FeedRequest(user_id="someone", k=10))
+    assert {it.source for it in fallback.items} == {"popular"}
+
+    rec.ranker_rt.score = real_score  # the dependency recovers
+    for step in range(30):
+        clock.t += 1.0
+        rec.recommend(FeedRequest(user_id=f"calm-{step}", k=10, deadline_ms=60_000.0))
+    assert rec.controller.tier == "full"
+    assert [t[1:] for t in rec.controller.transitions][:2] == [("full", "reduced"), ("reduced", "fallback")]
+
+
+def test_ladder_off_by_default(art: ModelArtifacts):
+    rec = Recommender(art, clock=lambda: NOW)
+    assert rec.controller is None
+    assert rec.recommend(FeedRequest(user_id="u1", k=5, deadline_ms=60_000.0)).tier == "full"
