@@ -121,6 +121,8 @@ class PipelineConfig:
     # and back up with hysteresis. 0 = off.
     slo_ms: float = field(default=0.0, metadata=_rng(0.0, None))
     reduced_candidates: int = field(default=100, metadata=_rng(1, None))
+    # Coalesce concurrent ranker calls into one batch, waiting at most this long (0 = off).
+    rank_batch_wait_ms: float = field(default=0.0, metadata=_rng(0.0, 50.0))
     seen_memory: int = field(default=500, metadata=_rng(0, None))
 
 

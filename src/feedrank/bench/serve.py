@@ -137,7 +137,7 @@ def ensure_model(workdir: Path, users: int, items: int, days: int, activity: flo
 
 
 def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: float, rates: list[float], seconds: int,
-                    connections: int, k: int, say: Callable[[str], None]) -> dict[str, Any]:
+                    connections: int, k: int, say: Callable[[str], None], settings: tuple[str, ...] = ()) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found: apt-get install -y wrk")
     from feedrank.serving.server import free_port
@@ -146,14 +146,15 @@ def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: 
     port, bare_port = free_port(), free_port()
     exe = str(Path(sys.executable).parent / "feedrank")
     server = subprocess.Popen([exe, "serve", "--model", str(model), "--port", str(port), "--log-level", "warning",
-                               "--events-dir", str(workdir / "events")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               "--events-dir", str(workdir / "events"), *settings], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
     bare_dir = Path(tempfile.mkdtemp())
     (bare_dir / "bare_app.py").write_text(BARE_APP % {"k": k})
     bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(bare_port), "--log-level", "warning",
                              "--no-access-log"], cwd=bare_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
     out: dict[str, Any] = {"users": users, "items": items, "k": k, "connections": connections, "seconds_per_rate": seconds,
-                           "server": "feedrank serve (1 uvicorn process)", "rates": []}
+                           "server": "feedrank serve (1 uvicorn process)", "settings": list(settings), "rates": []}
     try:
         say("waiting for the server (loading the model)")
         _wait_http(url + "/readyz")

@@ -60,9 +60,11 @@ def feed(model_dir: str, requests: int, k: int, no_http: bool, as_json: bool) ->
 @click.option("--k", default=20, show_default=True, type=click.IntRange(1, 200))
 @click.option("--workdir", default="var/bench/serve", show_default=True, type=click.Path(file_okay=False),
               help="World and model are built here once per size and reused.")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Runtime setting for the server, e.g. --set pipeline.rank_batch_wait_ms=1.5 (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
 def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, seconds: int, connections: int, k: int,
-              workdir: str, as_json: bool) -> None:
+              workdir: str, settings: tuple[str, ...], as_json: bool) -> None:
     """Load test the HTTP server with wrk at fixed offered rates (127.0.0.1 only, bounded in
     time): achieved rps, p50/p75/p90/p99, non-2xx, tier mix, and a bare ASGI endpoint in the
     same run for the cost of the HTTP layer. Writes benchmarks/results/serve.json.
@@ -71,6 +73,7 @@ def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, se
     Examples:
       feedrank bench serve --json
       feedrank bench serve --users 20000 --items 5000 --rates 100,300 --seconds 10
+      feedrank bench serve --users 20000 --items 5000 --set pipeline.rank_batch_wait_ms=1.5
     """
     import json
     from pathlib import Path
@@ -81,7 +84,7 @@ def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, se
 
     rate_list = [float(r) for r in rates.split(",") if r.strip()]
     size_dir = Path(workdir) / f"u{users}-i{items}-d{days}"
-    result = run_serve_bench(size_dir, users, items, days, activity, rate_list, seconds, connections, k, say)
+    result = run_serve_bench(size_dir, users, items, days, activity, rate_list, seconds, connections, k, say, settings)
     path = write_result("serve", result)
     say(f"written {path}")
     if as_json:

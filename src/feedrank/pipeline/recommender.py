@@ -32,6 +32,7 @@ from feedrank.features.online import OnlineState, UserContext
 from feedrank.pipeline.artifacts import ModelArtifacts
 from feedrank.ranking.features import ranking_features
 from feedrank.ranking.runtime import RankerRuntime
+from feedrank.pipeline.batching import MicroBatcher
 from feedrank.pipeline.degrade import TierController
 from feedrank.pipeline.policy_source import BlocklistSource
 from feedrank.rerank.policies import RerankPolicy, Slate, rerank
@@ -70,6 +71,8 @@ class Recommender:
         rc = self.cfg.rerank
         self.policy = policy_from_config(rc)
         self.blocklists = BlocklistSource(rc.blocklist_file or None)
+        wait = self.cfg.pipeline.rank_batch_wait_ms
+        self.batcher = MicroBatcher(self._score_many, max_wait_ms=wait, max_batch=32) if wait > 0 else None
         slo = self.cfg.pipeline.slo_ms
         self.controller = TierController(slo_ms=slo) if slo > 0 else None
         ttl = self.cfg.rerank.seen_ttl_hours * 3600.0 or None
@@ -246,8 +249,7 @@ class Recommender:
                 cand, sources, retr_scores = cand[:m], list(sources)[:m], retr_scores[:m]
             dense = self._enrich(cand, ctx, now, user_vec, aff, request.user_id)
             t = lap("enrich", t)
-            scores = self.ranker_rt.score(variant, dense, self.catalog.cat_idx[cand], self.catalog.age_seconds(cand, now),
-                                          self.cfg.ranking)
+            scores = self._score(variant, dense, self.catalog.cat_idx[cand], self.catalog.age_seconds(cand, now))
             t = lap("rank", t)
             order = np.argsort(-scores, kind="stable").tolist()
         else:
@@ -284,6 +286,25 @@ class Recommender:
                             model_version=self.model_version, tier=tier, timings_ms=timings)
 
     # ------------------------------------------------------------------ stages
+    def _score(self, variant: str, dense: np.ndarray, category: np.ndarray, age_s: np.ndarray) -> np.ndarray:
+        """Ranker scores (N,), through the micro-batcher when it is on."""
+        if self.batcher is None:
+            return self.ranker_rt.score(variant, dense, category, age_s, self.cfg.ranking)
+        return self.batcher.submit((variant, dense, category, age_s))
+
+    def _score_many(self, calls: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """One ranker call per variant for a batch of requests; results split back per call."""
+        out: list[np.ndarray | None] = [None] * len(calls)
+        for variant in {c[0] for c in calls}:
+            idx = [i for i, c in enumerate(calls) if c[0] == variant]
+            sizes = [len(calls[i][1]) for i in idx]
+            scores = self.ranker_rt.score(variant, np.concatenate([calls[i][1] for i in idx]),
+                                          np.concatenate([calls[i][2] for i in idx]),
+                                          np.concatenate([calls[i][3] for i in idx]), self.cfg.ranking)
+            for i, part in zip(idx, np.split(scores, np.cumsum(sizes)[:-1])):
+                out[i] = part
+        return out  # type: ignore[return-value]
+
     def _rerank(self, cand: np.ndarray, cand_ids: list[str], scores: np.ndarray, order: list[int], ctx: UserContext,
                 k: int, request_id: str, explore: bool = True) -> tuple[list[int], list[float]]:
         """Apply the re-ranking policies; exploration draws are seeded by the request id.

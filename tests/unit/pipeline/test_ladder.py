@@ -60,3 +60,31 @@ def test_ladder_off_by_default(art: ModelArtifacts):
     rec = Recommender(art, clock=lambda: NOW)
     assert rec.controller is None
     assert rec.recommend(FeedRequest(user_id="u1", k=5, deadline_ms=60_000.0)).tier == "full"
+
+
+def test_micro_batched_ranking_gives_the_same_feeds(art: ModelArtifacts):
+    import threading
+
+    raw = config_to_dict(art.cfg)
+    raw["pipeline"]["rank_batch_wait_ms"] = 5.0
+    raw["rerank"]["explore_epsilon"] = 0.0
+    batched = Recommender(art, config_from_dict(raw), clock=lambda: NOW)
+    raw["pipeline"]["rank_batch_wait_ms"] = 0.0
+    plain = Recommender(art, config_from_dict(raw), clock=lambda: NOW)
+    users = [f"user-{i}" for i in range(12)]
+    expected = {u: [it.item_id for it in plain.recommend(FeedRequest(user_id=u, k=10, deadline_ms=60_000.0)).items]
+                for u in users}
+    got: dict[str, list[str]] = {}
+    barrier = threading.Barrier(len(users))
+
+    def call(u: str) -> None:
+        barrier.wait()
+        got[u] = [it.item_id for it in batched.recommend(FeedRequest(user_id=u, k=10, deadline_ms=60_000.0)).items]
+
+    threads = [threading.Thread(target=call, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert got == expected
+    assert batched.batcher.calls >= len(users) and batched.batcher.batches < batched.batcher.calls
