@@ -52,7 +52,7 @@ class RetrievalConfig:
     content_cache_dir: str = ""  # empty: $FEEDRANK_CACHE/content or ~/.cache/feedrank/content
     # Hard negatives: share of rows with one, and the share of those that are shown-not-clicked
     # impressions (the rest are mined from the model's ranks [mined_rank_min, mined_rank_max)).
-    hard_negative_ratio: float = field(default=0.5, metadata=_rng(0.0, 1.0))
+    hard_negative_ratio: float = field(default=0.0, metadata=_rng(0.0, 1.0))  # measured: 0 wins (docs/retrieval.md)
     hard_negative_mix: float = field(default=0.5, metadata=_rng(0.0, 1.0))
     mined_rank_min: int = field(default=100, metadata=_rng(0, None))
     mined_rank_max: int = field(default=500, metadata=_rng(1, None))
