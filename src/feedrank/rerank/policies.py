@@ -100,12 +100,18 @@ def rerank(slate: Slate, order: Sequence[int], seen: Collection[str], k: int, po
     """Apply every policy; returns (at most ``k`` entries, propensity of each).
 
     ``u``/``pick`` drive the exploration slot (see ``explore.exploration_slot``)."""
-    out = eligible(order, slate, seen, policy, limit=max(WINDOW_PER_K * k, MIN_WINDOW))
-    if policy.mmr_lambda < 1.0 and slate.vectors is not None:
-        out = mmr(out, slate.scores, slate.vectors, k, policy.mmr_lambda)
-    # caps on category and creator in one pass; the floor only moves entries that satisfy
-    # the caps; capped-out entries fill in only when too few satisfy them
-    kept, skipped = cap_split(out, [(slate.categories, policy.max_per_category), (slate.creators, policy.max_per_creator)])
+    window = max(WINDOW_PER_K * k, MIN_WINDOW)
+    while True:  # widen the window until enough entries pass the caps, or the candidates run out
+        out = eligible(order, slate, seen, policy, limit=window)
+        if policy.mmr_lambda < 1.0 and slate.vectors is not None:
+            out = mmr(out, slate.scores, slate.vectors, k, policy.mmr_lambda)
+        # caps on category and creator in one pass; capped-out entries fill in only when too
+        # few entries satisfy the caps
+        kept, skipped = cap_split(out, [(slate.categories, policy.max_per_category), (slate.creators, policy.max_per_creator)])
+        if len(kept) >= 2 * k or len(out) < window:
+            break
+        window *= 4
+    # the floor only moves entries that satisfy the caps
     kept = exposure_floor(kept, slate.groups, policy.fairness_group, policy.fairness_min_share, k)
     out = kept + skipped
     top, pool = out[:k], out[k:]

@@ -162,3 +162,15 @@ def test_exploration_never_breaks_a_cap_that_held(rs, k, cap, u, pick):
     for keys in (slate.categories, slate.creators):
         if max(Counter(keys[i] for i in plain).values(), default=0) <= cap:
             assert max(Counter(keys[i] for i in out).values(), default=0) <= cap
+
+
+def test_caps_hold_when_the_best_candidates_crowd_one_category():
+    # 300 candidates: the best 250 are all travel, the rest spread over other categories
+    n = 300
+    cats = ["travel"] * 250 + [f"c{i % 10}" for i in range(50)]
+    slate = Slate(item_ids=[f"i{i}" for i in range(n)], categories=cats, creators=[f"cr{i}" for i in range(n)],
+                  groups=["old"] * n, scores=np.linspace(1, 0, n))
+    out, _ = rerank(slate, list(range(n)), set(), 10, RerankPolicy(max_per_category=3, explore_epsilon=0.0))
+    from collections import Counter
+
+    assert len(out) == 10 and max(Counter(cats[i] for i in out).values()) == 3
