@@ -65,6 +65,7 @@ class ScoredItem:
     category: str = "unknown"
     creator: str = "unknown"
     propensity: float = 1.0   # probability the serving policy put this item in this slot
+    explanation: tuple[tuple[str, float], ...] = ()  # (feature, contribution to score), largest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class FeedRequest:
     now: float | None = None
     deadline_ms: float | None = None
     request_id: str | None = None
+    explain: bool = False     # add per-item feature contributions (costs one extra ranker call)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from feedrank.config import FeedrankConfig, config_from_dict, config_to_dict
 from feedrank.features.history import category_affinity
 from feedrank.features.online import OnlineState, UserContext
 from feedrank.pipeline.artifacts import ModelArtifacts
-from feedrank.ranking.features import ranking_features
+from feedrank.ranking.features import FEATURE_NAMES, ranking_features
 from feedrank.ranking.runtime import RankerRuntime
 from feedrank.pipeline.batching import MicroBatcher
 from feedrank.pipeline.degrade import TierController
@@ -232,6 +232,7 @@ class Recommender:
         t = lap("retrieve", t)
 
         scores = retr_scores.astype(np.float64)
+        dense, variant = None, "full"
         elapsed_ms = (time.perf_counter() - t_start) * 1000.0
         if tier == "full" and (self.art.ranker is None or elapsed_ms > 0.6 * deadline_ms):
             tier = "reduced"
@@ -272,13 +273,17 @@ class Recommender:
             props = props + [1.0] * len(extra)
         lap("rerank", t)
 
+        explanations: dict[int, tuple[tuple[str, float], ...]] = {}
+        if request.explain and dense is not None:
+            explanations = self._explain([j for j in kept if j < len(dense)], dense, cand, variant, now, scores)
         items = []
         for rank, (j, prop) in enumerate(zip(kept, props), start=1):
             idx = int(cand[j])
             items.append(ScoredItem(item_id=self._item_ids_list[idx], score=round(float(scores[j]), 6), rank=rank,
                                     source="explore" if prop < 1.0 - self.policy.explore_epsilon - 1e-9 else sources[j],
                                     title=str(self.catalog.titles[idx]), category=self._categories_list[idx],
-                                    creator=str(self.catalog.creators[idx]), propensity=round(float(prop), 6)))
+                                    creator=str(self.catalog.creators[idx]), propensity=round(float(prop), 6),
+                                    explanation=explanations.get(j, ())))
         timings["total"] = round((time.perf_counter() - t_start) * 1000.0, 3)
         if self.controller is not None:
             self.controller.record(timings["total"])
@@ -286,6 +291,29 @@ class Recommender:
                             model_version=self.model_version, tier=tier, timings_ms=timings)
 
     # ------------------------------------------------------------------ stages
+    def _explain(self, rows: list[int], dense: np.ndarray, cand: np.ndarray, variant: str, now: float,
+                 scores: np.ndarray, top: int = 4) -> dict[int, tuple[tuple[str, float], ...]]:
+        """Per kept candidate, the features that moved its score most: contribution of
+        feature f = score - score with f set to its training mean (one ablation each)."""
+        if not rows:
+            return {}
+        model = self.ranker_rt.variants["full"]
+        baseline = model.mean.detach().numpy() if hasattr(model, "mean") else dense.mean(axis=0)
+        x = dense[rows]
+        n, f = x.shape
+        ablated = np.repeat(x[None, :, :], f, axis=0)          # (F, n, F)
+        ablated[np.arange(f), :, np.arange(f)] = baseline[:f][:, None]
+        idx = cand[rows]
+        flat = self.ranker_rt.score(variant, ablated.reshape(f * n, f), np.tile(self.catalog.cat_idx[idx], f),
+                                    np.tile(self.catalog.age_seconds(idx, now), f), self.cfg.ranking).reshape(f, n)
+        contrib = scores[rows][None, :] - flat                  # (F, n)
+        names = FEATURE_NAMES[:f]
+        out = {}
+        for col, j in enumerate(rows):
+            order = np.argsort(-np.abs(contrib[:, col]))[:top]
+            out[j] = tuple((names[i], round(float(contrib[i, col]), 6)) for i in order)
+        return out
+
     def _score(self, variant: str, dense: np.ndarray, category: np.ndarray, age_s: np.ndarray) -> np.ndarray:
         """Ranker scores (N,), through the micro-batcher when it is on."""
         if self.batcher is None:

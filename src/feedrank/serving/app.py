@@ -155,6 +155,7 @@ def _feed_body(resp: FeedResponse) -> dict[str, Any]:
                 "title": it.title,
                 "category": it.category,
                 "propensity": it.propensity,
+                **({"explain": [{"feature": f, "contribution": c} for f, c in it.explanation]} if it.explanation else {}),
             }
             for it in resp.items
         ],
@@ -286,6 +287,7 @@ def create_app(
         request: Request,
         user_id: str = Query(..., min_length=1, max_length=256, description="Who the feed is for (unknown users get a cold-start feed)"),
         k: int = Query(default_k, ge=1, le=cfg.max_k, description=f"Number of items, 1..{cfg.max_k}"),
+        explain: bool = Query(False, description="Add each item's main feature contributions to its score"),
         x_deadline_ms: float | None = Header(
             None, gt=0, allow_inf_nan=False, description=f"Cap on the deadline in ms (never above {pipeline_cfg.deadline_ms})"
         ),
@@ -295,7 +297,8 @@ def create_app(
         rid = _rid(request)
         now = time.time()
         deadline = pipeline_cfg.deadline_ms if x_deadline_ms is None else min(x_deadline_ms, pipeline_cfg.deadline_ms)
-        resp = service.recommend(FeedRequest(user_id=user_id, k=k, now=now, deadline_ms=deadline, request_id=rid))
+        resp = service.recommend(FeedRequest(user_id=user_id, k=k, now=now, deadline_ms=deadline, request_id=rid,
+                                             explain=explain))
         metrics.observe_timings(resp.timings_ms)
         metrics.feed_requests.labels(tier=str(resp.tier)).inc()
         metrics.feed_items.observe(len(resp.items))

@@ -88,3 +88,30 @@ def test_micro_batched_ranking_gives_the_same_feeds(art: ModelArtifacts):
         t.join(30)
     assert got == expected
     assert batched.batcher.calls >= len(users) and batched.batcher.batches < batched.batcher.calls
+
+
+def test_explain_names_the_features_that_moved_each_score(art: ModelArtifacts, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from feedrank.ranking.features import FEATURE_NAMES
+    from feedrank.serving.app import create_app
+    from feedrank.data.eventlog import EventLog
+
+    rec = Recommender(art, clock=lambda: NOW)
+    user = str(art.snapshot.user_ids[0])
+    plain = rec.recommend(FeedRequest(user_id=user, k=5, deadline_ms=60_000.0, request_id="x"))
+    explained = rec.recommend(FeedRequest(user_id=user, k=5, deadline_ms=60_000.0, request_id="x", explain=True))
+    assert [it.item_id for it in plain.items] == [it.item_id for it in explained.items]  # explaining changes nothing
+    assert all(it.explanation == () for it in plain.items)
+    for it in explained.items:
+        assert 1 <= len(it.explanation) <= 4
+        assert all(name in FEATURE_NAMES for name, _ in it.explanation)
+        mags = [abs(c) for _, c in it.explanation]
+        assert mags == sorted(mags, reverse=True)
+    log = EventLog(tmp_path / "events")
+    app = create_app(rec, log, rec.cfg.serving, rec.cfg.pipeline)
+    with TestClient(app) as client:
+        body = client.get("/v1/feed", params={"user_id": user, "k": 3, "explain": "true"}).json()
+        assert all("explain" in it and it["explain"][0]["feature"] in FEATURE_NAMES for it in body["items"])
+        assert all("explain" not in it for it in client.get("/v1/feed", params={"user_id": user, "k": 3}).json()["items"])
+    log.close()
