@@ -35,7 +35,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feedrank.config import PipelineConfig, ServingConfig
-from feedrank.data.eventlog import EventLog, ImpressionWriter
+from feedrank.data.eventlog import EventLog
+from feedrank.data.impressions import ImpressionWriter
 from feedrank.data.events import MAX_EVENT_ID_LEN, parse_event
 from feedrank.errors import NotFound, SchemaError
 from feedrank.pipeline.protocol import FeedService

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from feedrank.data.eventlog import EventLog, ImpressionWriter, LogOffset, encode_line, segment_name
+from feedrank.data.eventlog import EventLog, LogOffset, encode_line, segment_name
+from feedrank.data.impressions import ImpressionWriter
 from feedrank.errors import CorruptFile, FeedrankError
 from feedrank.types import Event, EventKind
 
