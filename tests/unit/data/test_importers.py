@@ -50,18 +50,9 @@ def _tiny_mind(root: Path) -> Path:
 
 
 def _cli() -> click.Group:
-    """The real root command; before its sibling command modules exist, a root holding
-    only ``data`` (the group under test)."""
-    try:
-        from feedrank.cli.main import cli
-    except ImportError:
-        from feedrank.cli.data import data
+    """The real root command."""
+    from feedrank.cli.main import cli
 
-        @click.group()
-        def cli() -> None:
-            pass
-
-        cli.add_command(data)
     return cli
 
 
@@ -363,10 +354,8 @@ def test_cli_import_movielens_real(shared_data: Path, tmp_path: Path) -> None:
 def test_cli_errors_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     res = CliRunner().invoke(_cli(), ["data", "import", "movielens", str(tmp_path), "--out", str(tmp_path / "o")])
     assert isinstance(res.exception, SchemaError)
-    try:
-        from feedrank.cli.main import main
-    except ImportError:
-        pytest.skip("feedrank.cli.main does not import yet (sibling command modules missing)")
+    from feedrank.cli.main import main
+
     monkeypatch.setattr(sys, "argv", ["feedrank", "data", "import", "movielens", str(tmp_path), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit) as info:
         main()

@@ -223,14 +223,8 @@ def test_many_chunks_bounded_memory(tmp_path: Path) -> None:
 
 
 def _cli():
-    try:
-        from feedrank.cli.main import cli
-    except ImportError:  # other command groups not written yet: exercise `data` alone
-        import click
+    from feedrank.cli.main import cli
 
-        from feedrank.cli.data import data
-
-        cli = click.Group(commands={"data": data})
     return cli
 
 
