@@ -158,18 +158,29 @@ def test_has_item_and_get_item(rec: Recommender, art: ModelArtifacts):
     assert rec.get_item("nope") is None
 
 
+def _no_exploration(art: ModelArtifacts):
+    """The bundle's config with the exploration slot off (its random draw would label one
+    item 'explore' in some requests; these tests are about where candidates come from)."""
+    from feedrank.config import config_from_dict, config_to_dict
+
+    raw = config_to_dict(art.cfg)
+    raw["rerank"]["explore_epsilon"] = 0.0
+    return config_from_dict(raw)
+
+
 def test_far_future_now_is_filled_from_popular(art: ModelArtifacts):
     """A request a year ahead: every item is past the age limit, nothing is retrievable,
     and the feed is still full (from the popular list)."""
     assert art.info["max_item_age_s"] == MAX_AGE_H * 3600.0
     later = NOW + 365 * 86400.0
-    rec = Recommender(art, clock=lambda: later)  # the warm-up already sees the future
+    rec = Recommender(art, _no_exploration(art), clock=lambda: later)  # the warm-up already sees the future
     resp = rec.recommend(FeedRequest(user_id=_known_user(art), k=K))
     _valid(resp, K, rec)
     assert {it.source for it in resp.items} == {"popular"}
 
 
-def test_request_now_is_honoured_by_the_age_limit(rec: Recommender, art: ModelArtifacts):
+def test_request_now_is_honoured_by_the_age_limit(art: ModelArtifacts):
+    rec = Recommender(art, _no_exploration(art), clock=lambda: NOW)
     rec.recommend(FeedRequest(user_id=_known_user(art), k=K))          # now = NOW: fills the cache
     resp = rec.recommend(FeedRequest(user_id=_known_user(art), k=K, now=NOW + 365 * 86400.0))
     _valid(resp, K, rec)
