@@ -14,7 +14,7 @@ def test_batcher_returns_each_caller_its_own_result_and_coalesces():
         sizes.append(len(xs))
         return [x * 10 for x in xs]
 
-    b = MicroBatcher(fn, max_wait_ms=20.0, max_batch=64)
+    b = MicroBatcher(fn, max_wait_ms=300.0, max_batch=16)  # a wide wait: slow thread starts still coalesce
     results = {}
     barrier = threading.Barrier(16)
 

@@ -26,14 +26,15 @@ class Clock:
 
 def test_slow_ranker_steps_down_and_recovers(art: ModelArtifacts):
     raw = config_to_dict(art.cfg)
-    raw["pipeline"]["slo_ms"] = 20.0
+    raw["pipeline"]["slo_ms"] = 60.0
     rec = Recommender(art, config_from_dict(raw), clock=lambda: NOW)
     clock = Clock()
-    rec.controller = TierController(slo_ms=20.0, window=20, min_samples=10, cooldown_s=5.0, clock=clock)
+    # SLO 60 ms: recovery needs p99 < 30 ms, which even a loaded CI box meets without the stall
+    rec.controller = TierController(slo_ms=60.0, window=20, min_samples=10, cooldown_s=5.0, clock=clock)
     real_score = rec.ranker_rt.score
 
     def slow_score(*args, **kwargs):
-        time.sleep(0.04)  # an injected 40 ms stall in the ranking stage
+        time.sleep(0.1)  # an injected 100 ms stall in the ranking stage
         return real_score(*args, **kwargs)
 
     rec.ranker_rt.score = slow_score
@@ -66,7 +67,7 @@ def test_micro_batched_ranking_gives_the_same_feeds(art: ModelArtifacts):
     import threading
 
     raw = config_to_dict(art.cfg)
-    raw["pipeline"]["rank_batch_wait_ms"] = 5.0
+    raw["pipeline"]["rank_batch_wait_ms"] = 50.0  # wide, so the concurrent requests surely meet
     raw["rerank"]["explore_epsilon"] = 0.0
     batched = Recommender(art, config_from_dict(raw), clock=lambda: NOW)
     raw["pipeline"]["rank_batch_wait_ms"] = 0.0
