@@ -76,6 +76,15 @@ def _local_groups(g: torch.Tensor) -> torch.Tensor:
     return torch.unique(g, return_inverse=True)[1]
 
 
+
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, running: float, first: bool) -> float:
+    """One optimizer step; returns the smoothed running loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item() if first else 0.98 * running + 0.02 * loss.item()
+
+
 def train_ranker(
     cfg: RankingConfig,
     dense: np.ndarray,
@@ -137,10 +146,7 @@ def train_ranker(
             if prot is not None:
                 rel = click_logit - model._position_term(pos[b])  # exposure follows relevance, not the slot
                 loss = loss + cfg.fairness_weight * exposure_gap(rel, g, prot[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running = loss.item() if step == 0 and epoch == 0 else 0.98 * running + 0.02 * loss.item()
+            running = _step(opt, loss, running, first=step == 0 and epoch == 0)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{running:.4f}")
     model.eval()
@@ -178,10 +184,7 @@ def train_distilled(
             b = perm[step * bs : (step + 1) * bs]
             lo, dwp = student.heads(x[b], cat[b])
             loss = F.mse_loss(lo, tl[b]) + 0.1 * F.mse_loss(dwp, td[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running = loss.item() if step == 0 and epoch == 0 else 0.98 * running + 0.02 * loss.item()
+            running = _step(opt, loss, running, first=step == 0 and epoch == 0)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{running:.4f}")
     student.eval()

@@ -59,9 +59,8 @@ class SQLiteStore:
         self._db.executescript(_SCHEMA)
 
     # ------------------------------------------------------------------ features
-    def _put_many(self, table: str, rows: list[tuple[str, float, str]]) -> None:
-        sql = (f"INSERT INTO {table} (id, ts, data) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-               "ts = excluded.ts, data = json_patch(data, excluded.data)")
+    def _executemany_atomic(self, sql: str, rows: list[tuple]) -> None:
+        """All rows in one transaction: every row is written, or none."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
@@ -70,6 +69,11 @@ class SQLiteStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _put_many(self, table: str, rows: list[tuple[str, float, str]]) -> None:
+        sql = (f"INSERT INTO {table} (id, ts, data) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+               "ts = excluded.ts, data = json_patch(data, excluded.data)")
+        self._executemany_atomic(sql, rows)
 
     def put_user(self, user_id: str, features: Mapping[str, float], ts: float) -> None:
         self._put_many("users", [(str(user_id), float(ts), orjson.dumps(check_features(features)).decode())])
@@ -104,14 +108,7 @@ class SQLiteStore:
         rows = [(window_s, str(k), b, a) for k, a in zip(keys, amounts(keys, amount))]
         sql = ("INSERT INTO counters (win, key, bucket, value) VALUES (?, ?, ?, ?) "
                "ON CONFLICT(win, key, bucket) DO UPDATE SET value = value + excluded.value")
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(sql, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        self._executemany_atomic(sql, rows)
 
     def get_counts(self, keys: Sequence[str], window_s: int, now: float) -> np.ndarray:
         first, last = live_buckets(int(window_s), now)
