@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test smoke setup clean help redis-server
+.PHONY: demo test smoke setup clean help redis-server browser
 
 help:
 	@echo "make demo   - set up, build a synthetic world, train, serve on http://127.0.0.1:8000"
@@ -24,6 +24,11 @@ $(PY):
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { echo "==> installing redis-server (Debian)"; apt-get install -y redis-server >/dev/null || { apt-get update -q >/dev/null && apt-get install -y redis-server >/dev/null; }; }
 
+# Debian's chromium + chromium-driver: the dashboard's headless-browser test
+# (tests/integration/test_dashboard_browser.py, Selenium). Installed only when missing (needs root/apt).
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { echo "==> installing chromium + chromium-driver (Debian)"; apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null || { apt-get update -q >/dev/null && apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null; }; }
+
 # torch first, from the CPU wheel (pip's find-links holds it); then everything else under
 # constraints.txt so nothing can pull another torch.
 $(STAMP): $(PY) pyproject.toml constraints.txt | redis-server
@@ -31,6 +36,9 @@ $(STAMP): $(PY) pyproject.toml constraints.txt | redis-server
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q torch==2.13.0 -c constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	@# feedrank[scale] (TorchRec, tests/integration/test_torchrec.py): torchrec without its deps, which would move torch
+	$(PIP) install -q -c constraints.txt -e '.[scale]'
+	$(PIP) install -q -c constraints.txt --no-deps torchrec==1.8.0
 	@$(PY) -c "import torch, sys; v=torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'torch moved: '+v)"
 	touch $(STAMP)
 
@@ -42,7 +50,7 @@ demo: $(STAMP)
 smoke: $(STAMP)
 	$(VENV)/bin/feedrank demo --smoke
 
-test: redis-server $(STAMP)
+test: redis-server browser $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 clean:

@@ -64,6 +64,9 @@ class RetrievalConfig:
     ivf_nprobe: int = field(default=32, metadata=_rng(1, None))
     # An index whose recall@100 against exact search is below this is not published.
     recall_floor: float = field(default=0.9, metadata=_rng(0.0, 1.0))
+    # Freshness prior (retrieval/prior.py): fit w in u.v/T - w * age_days at build time and
+    # apply it at serving (ANN top ann_oversample * ann_k plus recent items, rescored).
+    age_prior: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,19 @@ class PipelineConfig:
     fresh_k: int = field(default=50, metadata=_rng(0, None))
     popular_k: int = field(default=100, metadata=_rng(0, None))
     fresh_hours: float = field(default=24.0, metadata=_rng(0.0, None))
+    # Candidate sources (retrieval/sources.py, docs/retrieval.md): trending = top decayed
+    # 6 h click counters; followed = recent items of the creators/subcategories clicked at
+    # least follow_min_clicks times in the user's recent history.
+    trending_k: int = field(default=50, metadata=_rng(0, None))
+    trending_min_clicks: float = field(default=1.0, metadata=_rng(0.0, None))
+    followed_k: int = field(default=50, metadata=_rng(0, None))
+    follow_min_clicks: int = field(default=2, metadata=_rng(1, None))
+    followed_hours: float = field(default=72.0, metadata=_rng(0.0, None))
+    # A source (fresh, followed, trending) that takes longer than this is dropped and its
+    # quota filled from the fallbacks (trending, then popular); 0 = no limit.
+    source_budget_ms: float = field(default=50.0, metadata=_rng(0.0, None))
+    source_workers: int = field(default=0, metadata=_rng(0, 64))  # >0: sources run in a thread pool
+    ann_oversample: int = field(default=2, metadata=_rng(1, 100))  # with the age prior: ANN fetches this x ann_k
     rank_max_candidates: int = field(default=500, metadata=_rng(1, None))
     # ranking stage budget (0 = off): candidates ranked and ranker variant adapt to fit it
     rank_budget_ms: float = field(default=0.0, metadata=_rng(0.0, None))
@@ -132,6 +148,7 @@ class ServingConfig:
     port: int = field(default=8000, metadata=_rng(0, 65535))
     max_k: int = field(default=200, metadata=_rng(1, None))
     events_dir: str = ""
+    events_url: str = ""  # "" or file://DIR: the embedded log in events_dir; redis://host:port/db?stream=events
     max_events_per_request: int = field(default=1000, metadata=_rng(1, None))
     # torch threads per request: requests run concurrently in the server's pool, so
     # one thread each avoids oversubscribing the cores (p99 is lower, measured).
@@ -140,6 +157,9 @@ class ServingConfig:
     # Write and admin endpoints need this key (X-API-Key or Authorization: Bearer); the
     # FEEDRANK_API_KEY environment variable overrides it; empty = open (local development).
     api_key: str = ""
+    # server processes on the port (`feedrank serve`), one per core: one process runs one
+    # pipeline at a time under the GIL (serving/workers.py; benchmarks/README.md)
+    workers: int = field(default=1, metadata=_rng(1, 64))
 
 
 @dataclass(frozen=True)
@@ -154,12 +174,17 @@ class FeaturesConfig:
     stall_s: float = field(default=60.0, metadata=_rng(0.0, None))  # no consumer progress -> batch baselines
     poll_s: float = field(default=0.1, metadata=_rng(0.001, None))  # consumer poll interval
     commit_every_s: float = field(default=5.0, metadata=_rng(0.0, None))  # consumer checkpoint interval
+    live: bool = True  # serving: consume the event log into the store; read it in the request path
+    read_timeout_ms: float = field(default=50.0, metadata=_rng(0.1, None))  # budget per store read; over -> defaults
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     seed: int = 0
     threads: int = field(default=2, metadata=_rng(1, 256))
+    # step checkpoints (model, optimizer, data position, RNG) every this many optimizer steps
+    # of a recipe, plus one at each epoch end; 0 = epoch ends only (docs/training-at-scale.md)
+    checkpoint_every_steps: int = field(default=500, metadata=_rng(0, None))
 
 
 @dataclass(frozen=True)

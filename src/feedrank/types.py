@@ -87,3 +87,5 @@ class FeedResponse:
     tier: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     arm: str | None = None          # "<experiment>/<arm>", when an experiment assigned one
+    features: str = "local"         # live | baseline | default (feature store degraded) | local (no store)
+    funnel: dict[str, int] = field(default_factory=dict)  # explain only: "source:<name>" candidates, ranked, shown

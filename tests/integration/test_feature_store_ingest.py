@@ -133,3 +133,68 @@ def test_duplicate_of_a_batch_awaiting_fsync_waits_for_it(tmp_path: Path, monkey
     assert results["a"].accepted == ["e1"] and results["b"].duplicates == ["e1"]  # type: ignore[attr-defined]
     monkeypatch.undo()
     log.close()
+
+
+def _tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained bundle, shared by the test modules of this session (same recipe as
+    tests/integration/test_store_faults.py; trained once, on first use)."""
+    import time
+
+    from feedrank.config import load_config
+    from feedrank.data.synth import WorldConfig, generate_world
+    from feedrank.pipeline.build import train_model
+
+    root = tmp_path_factory.getbasetemp() / "tiny-live-model"
+    if (root / "model" / "manifest.json").exists():
+        return root / "model"
+    now = float(int(time.time() // 3600 * 3600))
+    generate_world(root / "world", WorldConfig(n_users=400, n_items=150, n_days=2, seed=7, start=now - 2 * 86400,
+                                               activity_mean=1.0), progress=False)
+    cfg = load_config(None, ["retrieval.epochs=1", "ranking.epochs=1"])
+    train_model(root / "world", root / "model", cfg, show_progress=False, say=lambda m: None)
+    return root / "model"
+
+
+@pytest.mark.slow
+def test_server_sigkills_during_http_ingest_lose_no_acknowledged_event(tmp_path: Path, tmp_path_factory):
+    """The real server (`feedrank serve` subprocess) SIGKILLed during POST /v1/events: every
+    event that got a 202 is in the log exactly once (bench ingest --server-kills, bounded)."""
+    from feedrank.bench.ingest import bench_server_crash
+
+    model = _tiny_model(tmp_path_factory)
+    out = bench_server_crash(tmp_path, model, kills=3, seconds=240, batch=20, say=lambda _m: None)
+    assert out["kills"] >= 2 and out["acknowledged"] > 0, out
+    assert out["acknowledged_lost"] == 0 and out["duplicates"] == 0, out
+
+
+def test_resuming_reads_seek_instead_of_rescanning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A consumer tailing a segment resumes at a remembered byte position (a poll costs the
+    new records, not the whole segment) and still reads exactly the records after its offset."""
+    import feedrank.data.eventlog as el
+
+    log = EventLog(tmp_path / "log")
+    log.append([_ev(i) for i in range(50)])
+    first = list(log.read())
+    scanned = []
+    real = el._iter_raw_lines
+
+    def spy(path, limit, start=0):
+        for raw, term, end in real(path, limit, start):
+            scanned.append(end)
+            yield raw, term, end
+
+    monkeypatch.setattr(el, "_iter_raw_lines", spy)
+    log.append([_ev(i) for i in range(50, 55)])
+    got = list(log.read(first[-1].offset.next()))
+    assert [r.event.event_id for r in got] == [f"e{i}" for i in range(50, 55)]
+    assert len(scanned) == 5                      # only the new lines were read
+    # a resume point before the remembered one still works (reads from the segment start)
+    mid = list(log.read(first[10].offset))
+    assert [r.event.event_id for r in mid] == [f"e{i}" for i in range(10, 55)]
+    # stopping early remembers where it stopped
+    it = log.read(first[20].offset)
+    assert next(it).event.event_id == "e20"
+    it.close()
+    scanned.clear()
+    assert [r.event.event_id for r in log.read(first[21].offset)][:1] == ["e21"] and len(scanned) == 34
+    log.close()

@@ -10,27 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from feedrank.config import load_config
-from feedrank.data.synth import WorldConfig, generate_world
-from feedrank.pipeline.build import train_model
 from feedrank.registry.store import ModelRegistry
 from feedrank.serving.factory import build_registry_service
 
-NOW = float(int(time.time() // 3600 * 3600))
-
-
-@pytest.fixture(scope="module")
-def two_models(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("swap")
-    world = root / "world"
-    generate_world(world, WorldConfig(n_users=600, n_items=200, n_days=3, seed=5, start=NOW - 3 * 86400, activity_mean=1.0),
-                   progress=False)
-    out = []
-    for seed in (1, 2):
-        cfg = load_config(None, ["retrieval.epochs=1", "ranking.epochs=1", f"training.seed={seed}"])
-        train_model(world, root / f"m{seed}", cfg, show_progress=False, say=lambda m: None)
-        out.append(root / f"m{seed}")
-    return out[0], out[1]
+# the `two_models` fixture (two small trained bundles) is in tests/integration/conftest.py
 
 
 def test_promote_swaps_corrupt_is_refused_rollback_returns(two_models, tmp_path: Path):
@@ -77,7 +60,9 @@ def test_promote_swaps_corrupt_is_refused_rollback_returns(two_models, tmp_path:
 
 
 def test_twenty_swaps_under_a_steady_request_stream(two_models, tmp_path: Path):
-    """No failed request and no 5xx while the model is swapped 20 times."""
+    """No failed request and no 5xx while the model is swapped 20 times. Each swap waits
+    (bounded) until the stream has completed a request after it, so the stream really
+    overlaps every swap however the two loaded cores schedule the threads."""
     import threading
 
     m1, m2 = two_models
@@ -86,32 +71,45 @@ def test_twenty_swaps_under_a_steady_request_stream(two_models, tmp_path: Path):
     v2 = reg.publish(m2)
     app, event_log, manager, _ = build_registry_service(str(tmp_path / "registry"), str(tmp_path / "events"))
     statuses: list[int] = []
+    errors: list[BaseException] = []
     versions: set[str] = set()
+    done = threading.Semaphore(0)
     stop = threading.Event()
     try:
         with TestClient(app) as client:
             def stream() -> None:
                 i = 0
                 while not stop.is_set():
-                    r = client.get("/v1/feed", params={"user_id": f"u{i % 50}", "k": 5})
+                    try:
+                        r = client.get("/v1/feed", params={"user_id": f"u{i % 50}", "k": 5})
+                    except BaseException as exc:  # a failed request is a test failure, not a dead thread
+                        errors.append(exc)
+                        return
                     statuses.append(r.status_code)
                     if r.status_code == 200:
                         versions.add(r.json()["model_version"])
+                    done.release()
                     i += 1
 
-            t = threading.Thread(target=stream)
+            t = threading.Thread(target=stream, daemon=True)
             t.start()
             swapped = 0
             for n in range(20):
                 reg.promote(v2 if n % 2 == 0 else v1)
                 swapped += manager.check_now().result == "swapped"
+                while done.acquire(blocking=False):  # forget requests completed before this swap
+                    pass
+                assert done.acquire(timeout=60), "the request stream stalled"
             stop.set()
-            t.join(30)
+            t.join(60)
+            assert not t.is_alive()
     finally:
+        stop.set()
         manager.stop()
         event_log.close()
+    assert not errors, errors
     assert swapped == 20
-    assert statuses and all(s == 200 for s in statuses), sorted(set(statuses))
+    assert len(statuses) >= 20 and all(s == 200 for s in statuses), sorted(set(statuses))
     assert len(versions) == 2
 
 

@@ -16,6 +16,7 @@ from feedrank.pipeline.examples import (
     engagement_before,
     engagement_state,
     estimate_exam_and_dwell,
+    fit_engagement_spec,
     ranking_examples,
 )
 from feedrank.ranking.model import implied_examination
@@ -61,9 +62,9 @@ def test_serving_counters_equal_point_in_time_counters(world):
     _, prep, _ = world
     ev, catalog = prep.events, prep.catalog
     n_cat = len(prep.vocabs["category"])
-    exam, dwell_prior = estimate_exam_and_dwell(ev, np.arange(len(ev)))
-    spec = EngagementSpec.build(prep.items, catalog, exam, dwell_prior)
+    spec = fit_engagement_spec(ev, np.arange(len(ev)), prep.items, catalog, n_cat)
     assert spec.creator_new.sum() > 0  # the world's creator groups reach the ranker
+    assert (spec.category_ctr > 0).all() and abs(spec.category_share.sum() - 1) < 1e-9
     half = len(ev) // 2
     t_mid = float(ev.ts[half])
     first = np.flatnonzero(ev.ts < t_mid)
@@ -88,3 +89,6 @@ def test_serving_counters_equal_point_in_time_counters(world):
         online = st.engagement(str(ev.user_ids[u]), np.array([i]), t_q)
         for f in offline.__dataclass_fields__:
             np.testing.assert_allclose(getattr(online, f)[0], getattr(offline, f)[u_row], rtol=1e-6, atol=1e-9, err_msg=f)
+    # the comparison is not vacuous: the users above have (decayed) history in the item's category
+    assert (offline.user_cat_eimps_3d[:50] > 0).mean() > 0.3 and (offline.user_cat_eimps[:50] > offline.user_cat_eimps_3d[:50]).any()
+    assert offline.user_clicks_3d[:50].max() > 0

@@ -12,6 +12,12 @@ Parts (each bounded in count and time; load goes to 127.0.0.1 only):
   batches to ``/v1/events`` (the 202 means fsync'd); accepted events/s. Needs ``--model``.
 * ``counter_lag``: a producer appends at a fixed rate; a ``LogConsumer`` thread tails the
   log into ``RealtimeFeatures``; lag = visible in the counters - append submitted (s).
+* ``server_crash`` (with ``--model``): ``feedrank serve`` subprocesses are SIGKILLed
+  ``--server-kills`` times while client threads POST /v1/events; a request that failed
+  is re-sent (same event ids) to the next server; afterwards every event that got a 202
+  must be in the log exactly once.
+* ``feature_reads``: the request path's live-feature reads (500 candidates, validated,
+  under the time budget) per store backend; Redis on a private redis-server.
 * ``crash``: a writer subprocess appends batches and reports each acknowledged batch; it
   is killed with SIGKILL ``--kills`` times at random moments and restarted, re-sending
   from its last acknowledged event (so written-but-unacknowledged events come again). The
@@ -258,6 +264,204 @@ def bench_crash(work: Path, kills: int, seconds: float, batch: int = 20, seed: i
             "restarts_that_repaired_a_torn_tail": repaired, "batch": batch}
 
 
+def _start_server(model: Path, events_dir: Path, errlog: Path, port: int, overrides: tuple[str, ...] = ()) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "feedrank.cli.main", "serve", "--model", str(model), "--port", str(port),
+           "--events-dir", str(events_dir), "--log-level", "warning", *overrides]
+    with open(errlog, "ab") as err:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def _wait_ready(url: str, server: subprocess.Popen, errlog: Path, timeout_s: float = 180.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            tail = errlog.read_text(errors="replace")[-2000:] if errlog.exists() else ""
+            server.kill()
+            server.wait()
+            raise RuntimeError(f"server did not become ready (exit {server.poll()}):\n{tail}")
+        time.sleep(0.05)
+
+
+def _catalog_ids(model: Path, n: int = 1000) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(model) / "items.parquet", columns=["item_id"]).column(0).to_pylist()[:n]
+
+
+def bench_server_crash(work: Path, model: Path, kills: int, seconds: float, batch: int = 50, clients: int = 2,
+                       seed: int = 0, say: Say = print) -> dict[str, Any]:
+    """Kill a ``feedrank serve`` subprocess ``kills`` times (SIGKILL, at a random moment
+    0.05-1 s after it is ready) while ``clients`` threads POST batches to /v1/events.
+    A batch whose request failed is re-sent, same ids, to the next server. Afterwards,
+    every event of every batch that got a 202 must be in the log exactly once."""
+    import httpx
+
+    d = work / "server-crash"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    errlog = work / "server-crash.log"
+    errlog.unlink(missing_ok=True)
+    rng = np.random.default_rng(seed)
+    items = _catalog_ids(model)
+    state = {"url": None, "stop": False}
+    cond = threading.Condition()
+    acked: list[set[str]] = [set() for _ in range(clients)]
+    sent = [0] * clients
+    failures = [0]
+    t0 = time.time()
+
+    def client(c: int) -> None:
+        n = 0
+        pending: dict | None = None
+        while True:
+            with cond:
+                while state["url"] is None and not state["stop"]:
+                    cond.wait(0.5)
+                if state["stop"]:
+                    return
+                url = state["url"]
+            if pending is None:
+                ids = [f"k{c}-{n + j}" for j in range(batch)]
+                n += batch
+                pending = {"events": [{"event_id": e, "ts": t0, "user_id": f"u{hash(e) % 500}", "item_id": items[k % len(items)],
+                                       "kind": "impression", "position": k % 20, "request_id": f"r{c}-{n}"}
+                                      for k, e in enumerate(ids)]}
+            try:
+                resp = httpx.post(f"{url}/v1/events", json=pending, timeout=10)
+            except httpx.HTTPError:  # the server died mid-request: re-send to the next one
+                failures[0] += 1
+                with cond:
+                    if state["url"] == url:
+                        state["url"] = None
+                continue
+            if resp.status_code != 202:
+                raise RuntimeError(f"POST /v1/events: {resp.status_code} {resp.text[:300]}")
+            body = resp.json()
+            if body["errors"]:
+                raise RuntimeError(f"events rejected: {body['errors'][:3]}")
+            acked[c].update(ev["event_id"] for ev in pending["events"])  # accepted or duplicate: durable
+            sent[c] += 1
+            pending = None
+
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
+    for t in threads:
+        t.start()
+    done = 0
+    startup: list[float] = []
+    t_end = time.monotonic() + seconds
+    try:
+        while done < kills and time.monotonic() < t_end:
+            port = _free_port()
+            t_start = time.monotonic()
+            server = _start_server(model, d, errlog, port)
+            _wait_ready(f"http://127.0.0.1:{port}", server, errlog)
+            startup.append(time.monotonic() - t_start)
+            with cond:
+                state["url"] = f"http://127.0.0.1:{port}"
+                cond.notify_all()
+            time.sleep(float(rng.uniform(0.05, 1.0)))
+            server.send_signal(signal.SIGKILL)
+            server.wait()
+            with cond:
+                state["url"] = None
+            done += 1
+            if done % 10 == 0:
+                say(f"server crash test: {done} kills, {sum(len(a) for a in acked):,} events acknowledged")
+    finally:
+        with cond:
+            state["stop"] = True
+            cond.notify_all()
+        for t in threads:
+            t.join(30)
+    log = EventLog(d)  # as the next server would: a torn tail of the last kill is repaired
+    ids = [rec.event.event_id for rec in log.read()]
+    repaired = log.repaired_bytes
+    log.close()
+    counts: dict[str, int] = {}
+    for i in ids:
+        counts[i] = counts.get(i, 0) + 1
+    all_acked = set().union(*acked)
+    lost = sum(1 for i in all_acked if i not in counts)
+    dup = sum(1 for v in counts.values() if v > 1)
+    shutil.rmtree(d, ignore_errors=True)
+    errlog.unlink(missing_ok=True)
+    return {"kills": done, "acknowledged": len(all_acked), "acknowledged_requests": sum(sent), "in_log": len(ids),
+            "acknowledged_lost": lost, "duplicates": dup, "unacknowledged_but_kept": len(set(counts) - all_acked),
+            "failed_requests_resent": failures[0], "server_startup_s": _pcts(startup), "batch": batch, "clients": clients,
+            "repaired_bytes_last_open": repaired}
+
+
+# ---------------------------------------------------------------------- feature reads in a request
+
+
+def bench_feature_reads(work: Path, backends: tuple[str, ...] = ("memory", "sqlite", "redis"), candidates: int = 500,
+                        repeats: int = 200, say: Say = print) -> dict[str, Any]:
+    """What the request path pays for live features: ``LiveFeatures.read_items`` for
+    ``candidates`` items (one batched, validated store read under the time budget) and
+    ``read_user``, per backend, after publishing 20k events. Redis: a private
+    redis-server on a free port (skipped when it is not installed)."""
+    from feedrank.features.live import LiveFeatures
+    from feedrank.features.store.factory import open_store
+    from feedrank.features.store.redis_server import RedisServer
+
+    class _Snap:  # the fields LiveFeatures.bind reads from a model's training snapshot
+        user_ids = np.array(["u0"])
+        histories = np.full((1, 3), -1)
+        user_clicks = np.array([1])
+        item_impressions = np.full(5000, 100.0)
+        item_clicks = np.full(5000, 5.0)
+
+    ids = [f"i{i}" for i in range(5000)]
+    out: dict[str, Any] = {"candidates": candidates, "repeats": repeats}
+    srv = None
+    for backend in backends:
+        if backend == "redis":
+            try:
+                srv = RedisServer.start(work / "redis")
+            except FileNotFoundError as exc:
+                out[backend] = {"skipped": str(exc)}
+                continue
+            url = srv.url + "/0"
+        else:
+            url = "memory://" if backend == "memory" else f"sqlite:///{work / 'features.db'}"
+        store = open_store(url, ttl_s=1e7, socket_timeout=1.0, retries=0)
+        live = LiveFeatures(store, RealtimeFeatures(), read_timeout_s=1.0)
+        live.bind(_Snap(), ids, ["c"] * len(ids))
+        now = time.time()
+        live.publisher.apply(_events(20_000, "f", now, items=ids))
+        live.publisher.heartbeat()
+        cand = ids[:candidates]
+        fb = np.zeros(candidates)
+        for _ in range(5):
+            live.read_items(cand, now, fb, fb)
+        item_ms, user_ms = [], []
+        for r in range(repeats):
+            t = time.perf_counter()
+            got = live.read_items(cand, now, fb, fb)
+            item_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            live.read_user(f"u{r % 100}", now)
+            user_ms.append((time.perf_counter() - t) * 1000)
+        assert got.status == "live", got.status
+        out[backend] = {"read_items_ms": _pcts(item_ms), "read_user_ms": _pcts(user_ms)}
+        say(f"feature reads, {backend}: {candidates} items p50 {out[backend]['read_items_ms']['p50']:.2f} ms, "
+            f"p99 {out[backend]['read_items_ms']['p99']:.2f} ms; user p50 {out[backend]['read_user_ms']['p50']:.2f} ms")
+        live.stop()
+        store.close()
+        if srv is not None:
+            srv.stop()
+            srv = None
+    (work / "features.db").unlink(missing_ok=True)
+    return out
+
+
 # ---------------------------------------------------------------------- HTTP
 
 
@@ -349,6 +553,7 @@ def bench_http(work: Path, model: Path, batch: int, clients: int, max_requests: 
 def run_ingest_bench(work: Path, *, events: int = 200_000, batches: tuple[int, ...] = (100, 1000), writers: tuple[int, ...] = (1, 4),
                      repeats: int = 3, model: Path | None = None, http_requests: int = 2000, http_seconds: float = 20.0,
                      lag_rate: float = 5000.0, lag_seconds: float = 10.0, kills: int = 100, crash_seconds: float = 120.0,
+                     server_kills: int = 100, server_crash_seconds: float = 1800.0, feature_reads: bool = True,
                      say: Say = print) -> dict[str, Any]:
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -386,11 +591,21 @@ def run_ingest_bench(work: Path, *, events: int = 200_000, batches: tuple[int, .
         c = out["crash"]
         say(f"crash test: {c['kills']} SIGKILLs, {c['acknowledged']:,} acknowledged, {c['acknowledged_lost']} lost, "
             f"{c['duplicates']} duplicated")
+    if feature_reads:
+        out["feature_reads"] = bench_feature_reads(work, say=say)
+    if model is not None and server_kills > 0:
+        out["server_crash"] = bench_server_crash(work, Path(model), server_kills, server_crash_seconds, say=say)
+        c = out["server_crash"]
+        say(f"server crash test: {c['kills']} SIGKILLs of `feedrank serve`, {c['acknowledged']:,} events acknowledged "
+            f"(202), {c['acknowledged_lost']} lost, {c['duplicates']} duplicated")
     best = max((r["events_per_s"]["best"] for r in emb), default=0.0)
     out["targets"] = {
         "embedded_50k_events_per_s": best >= 50_000,
         "counter_lag_p99_le_5s": bool(out.get("counter_lag", {}).get("lag_s", {}).get("p99", float("inf")) <= 5.0),
         "zero_acknowledged_lost": bool(out.get("crash", {}).get("acknowledged_lost", 1) == 0
                                        and out.get("crash", {}).get("duplicates", 1) == 0),
+        "server_kills_zero_acknowledged_lost": bool(out.get("server_crash", {}).get("acknowledged_lost", 1) == 0
+                                                    and out.get("server_crash", {}).get("duplicates", 1) == 0
+                                                    and out.get("server_crash", {}).get("acknowledged", 0) > 0),
     }
     return out

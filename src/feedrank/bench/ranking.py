@@ -86,15 +86,14 @@ def matmul_gflops(n: int = 512, reps: int = 20) -> float:
 
 def _examples(art, prep, cfg: FeedrankConfig, max_train: int, max_test: int, seed: int):
     """(train, test, n_categories) point-in-time examples with the bundle's two-tower."""
-    from feedrank.pipeline.examples import EngagementSpec, estimate_exam_and_dwell, ranking_examples
+    from feedrank.pipeline.examples import fit_engagement_spec, ranking_examples
 
     ev, split, catalog = prep.events, prep.split, prep.catalog
     n_cat = len(prep.vocabs["category"])
     train = np.zeros(len(ev), dtype=bool)
     train[split.train_idx] = True
     imp = ev.mask("impression")
-    exam, dwell_prior = estimate_exam_and_dwell(ev, np.flatnonzero(train))
-    spec = EngagementSpec.build(prep.items, catalog, exam, dwell_prior)
+    spec = fit_engagement_spec(ev, np.flatnonzero(train), prep.items, catalog, n_cat)
     tr = np.flatnonzero(train & imp)[-max_train:]
     te = np.flatnonzero(~train & imp & (ev.request_codes >= 0))
     if len(te) > max_test:
@@ -146,32 +145,49 @@ def compare_variants(art, prep, cfg: FeedrankConfig, max_train: int, max_test: i
 
 
 def speed(art, cfg: FeedrankConfig, reps: int, say: Callable[[str], None]) -> dict[str, Any]:
-    """p50/p99 per variant and size, the FLOP floor, and the budget policy's choices."""
+    """p50/p99 per variant and size, the FLOP floor, and the budget policy's choices.
+
+    Each variant is timed in the form serving runs (``runtime.RankerRuntime``: the numpy
+    export where one exists, else torch), with torch and BLAS threads at
+    ``serving.torch_threads`` as in the server; ``ms`` is wall time, ``cpu_ms`` this
+    thread's CPU time (the code's own tail on a machine shared with other jobs)."""
+    from threadpoolctl import threadpool_limits
+
+    from feedrank.ranking.runtime import to_numpy
+
     torch.set_num_threads(cfg.serving.torch_threads)
-    models = {"full": art.ranker, "int8": quantize_int8(art.ranker)}
+    modules = {"full": art.ranker, "int8": quantize_int8(art.ranker)}
     if art.ranker_small is not None:
-        models["distilled"] = serving_form(art.ranker_small)
+        modules["distilled"] = serving_form(art.ranker_small)
+    models = {k: to_numpy(m) or m for k, m in modules.items()}
     rng = np.random.default_rng(0)
     nf = art.ranker.n_features
-    out: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "reps": reps, "ms": {}}
-    for n in (100, 500, 2000):
-        dense = (art.ranker.mean.numpy() + rng.standard_normal((n, nf)) * art.ranker.std.numpy()).astype(np.float32)
-        cat = rng.integers(0, art.ranker.n_categories, n)
-        for name, m in models.items():
-            ms = time_scoring(m, dense, cat, reps=reps)
-            out["ms"].setdefault(name, {})[str(n)] = {"p50": _r(np.percentile(ms, 50)), "p99": _r(np.percentile(ms, 99))}
+    out: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "reps": reps, "ms": {}, "cpu_ms": {},
+                           "form": {k: type(m).__name__ for k, m in models.items()}}
+    with threadpool_limits(cfg.serving.torch_threads, user_api="blas"):
+        for n in (100, 500, 2000):
+            dense = (art.ranker.mean.numpy() + rng.standard_normal((n, nf)) * art.ranker.std.numpy()).astype(np.float32)
+            cat = rng.integers(0, art.ranker.n_categories, n)
+            for name, m in models.items():
+                for key, clock in (("ms", "wall"), ("cpu_ms", "cpu")):
+                    ms = time_scoring(m, dense, cat, reps=reps, clock=clock)
+                    out[key].setdefault(name, {})[str(n)] = {"p50": _r(np.percentile(ms, 50)),
+                                                             "p99": _r(np.percentile(ms, 99))}
     flops = ranker_flops(art.ranker, nf)
     gf = matmul_gflops()
     out["flops_per_candidate"] = flops
     out["matmul_gflops"] = round(gf, 2)
     out["flop_floor_ms"] = {str(n): round(flops * n / (gf * 1e9) * 1e3, 5) for n in (100, 500, 2000)}
     sample = art.ranker.mean.numpy()[None, :].repeat(8, 0)
-    budget = RankBudget({k: measure_cost(m, sample, np.zeros(8, dtype=np.int64)) for k, m in models.items()})
+    with threadpool_limits(cfg.serving.torch_threads, user_api="blas"):
+        budget = RankBudget({k: measure_cost(m, sample, np.zeros(8, dtype=np.int64)) for k, m in models.items()})
     out["budget_cost_models"] = {k: {"a_ms": _r(c.a_ms), "b_ms_per_candidate": round(c.b_ms, 6)} for k, c in budget.costs.items()}
     out["budget_choices_for_2000"] = {str(b): list(budget.choose(b, 2000)) for b in (8.0, 2.0, 1.0, 0.5, 0.2)}
     f5 = out["ms"]["full"]["500"]
-    say(f"  speed @500: full p50 {f5['p50']} p99 {f5['p99']} ms; " + "; ".join(
-        f"{k} p50 {v['500']['p50']} p99 {v['500']['p99']}" for k, v in out["ms"].items() if k != "full")
+    c5 = out["cpu_ms"]["full"]["500"]
+    say(f"  speed @500 (wall; cpu): full p50 {f5['p50']} p99 {f5['p99']}; {c5['p50']} {c5['p99']} ms; " + "; ".join(
+        f"{k} p50 {v['500']['p50']} p99 {v['500']['p99']}; {out['cpu_ms'][k]['500']['p50']} {out['cpu_ms'][k]['500']['p99']}"
+        for k, v in out["ms"].items() if k != "full")
         + f"; FLOP floor {out['flop_floor_ms']['500']} ms ({flops} FLOPs/candidate, {gf:.1f} GFLOP/s)")
     return out
 

@@ -126,10 +126,13 @@ def ensure_model(workdir: Path, users: int, items: int, days: int, activity: flo
     if (model / "manifest.json").exists():
         say(f"reusing {model}")
         return model
-    start = float(int(time.time() // 3600 * 3600) - days * 86400)
-    say(f"synthesising {users:,} users x {items:,} items x {days} days")
-    generate_world(workdir / "world", WorldConfig(n_users=users, n_items=items, n_days=days, start=start, activity_mean=activity),
-                   progress=True)
+    if (workdir / "world" / "dataset.json").exists():
+        say(f"reusing {workdir / 'world'}")
+    else:
+        start = float(int(time.time() // 3600 * 3600) - days * 86400)
+        say(f"synthesising {users:,} users x {items:,} items x {days} days")
+        generate_world(workdir / "world", WorldConfig(n_users=users, n_items=items, n_days=days, start=start,
+                                                      activity_mean=activity), progress=True)
     cfg = load_config(None, ["retrieval.epochs=1", "ranking.epochs=1"])
     say("training (no offline eval)")
     train_model(workdir / "world", model, cfg, show_progress=True, say=say)

@@ -42,24 +42,35 @@ def assign_cmd(experiments_file: str, users: tuple[str, ...]) -> None:
 @click.option("--events", "events_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Event log folder.")
 @click.option("--experiment", default=None, help="Only this experiment's arms.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def report_cmd(events_dir: str, experiment: str | None, as_json: bool) -> None:
+@click.option("--items", "items_path", default=None, type=click.Path(exists=True),
+              help="items.parquet (or a dataset / model folder holding one): adds creator reach per arm.")
+def report_cmd(events_dir: str, experiment: str | None, as_json: bool, items_path: str | None) -> None:
     """Per arm: users, requests, impressions, clicks, CTR with a 95% interval (delta
     method over requests), dwell with an interval, and the difference to control with
-    its interval and a two-sided z-test p-value.
+    its interval and a two-sided z-test p-value. Then online metrics per arm: sessions
+    (30-min gap), feeds and minutes per session, dwell per session, return rate, creator
+    reach (with --items).
 
     \b
     Examples:
       feedrank ab report --events var/demo/full/events
       feedrank ab report --events var/events --experiment fresh-feed --json
+      feedrank ab report --events var/demo/full/events --items var/demo/full/model
     """
-    from feedrank.data.eventlog import EventLog
+    from feedrank.data.eventlog import read_partitions
     from feedrank.evaluation.abreport import ab_report
 
-    log = EventLog(events_dir, readonly=True)
-    try:
-        report = ab_report((rec.event for rec in log.read()), experiment)
-    finally:
-        log.close()
+    creator_of = None
+    if items_path:
+        from pathlib import Path
+
+        import pyarrow.parquet as pq
+
+        p = Path(items_path)
+        p = p / "items.parquet" if p.is_dir() else p
+        t = pq.read_table(p, columns=["item_id", "creator"])
+        creator_of = dict(zip(t.column("item_id").to_pylist(), t.column("creator").to_pylist()))
+    report = ab_report(read_partitions(events_dir), experiment, creator_of=creator_of)  # every worker's partition
     if as_json:
         click.echo(json.dumps(report, indent=2, default=float))
         return
@@ -71,3 +82,9 @@ def report_cmd(events_dir: str, experiment: str | None, as_json: bool) -> None:
         diff = f"{vs['diff']:+.4f}" if vs else ""
         p = f"{vs['p_value']:.3f}" if vs else ""
         click.echo(f"{a['arm']:<28} {a['users']:>7} {a['impressions']:>8} {a['clicks']:>7} {a['ctr']:>8.4f} {ci:>19} {diff:>8} {p:>7}")
+    click.echo(f"\n{'arm':<28} {'sessions':>8} {'feeds/s.':>8} {'min/s.':>7} {'dwell s/s.':>10} {'return':>7} {'creators':>8}")
+    for a in report["arms"]:
+        o = a.get("online") or {}
+        cr = o.get("creators_reached", "")
+        click.echo(f"{a['arm']:<28} {o.get('sessions', 0):>8} {o.get('requests_per_session', 0):>8.2f} "
+                   f"{o.get('session_minutes', 0):>7.2f} {o.get('dwell_s_per_session', 0):>10.1f} {o.get('return_rate', 0):>7.1%} {cr:>8}")

@@ -96,8 +96,9 @@ def _register_scenarios() -> None:
     from feedrank.cli.bench_ingest import ingest
     from feedrank.cli.bench_ranking import ranking
     from feedrank.cli.bench_retrieval import retrieval
+    from feedrank.cli.bench_scale import scale
 
-    for command in (ingest, ranking, retrieval):
+    for command in (ingest, ranking, retrieval, scale):
         bench_group.add_command(command)
 
 

@@ -20,12 +20,19 @@ import click
 @click.option("--lag-seconds", default=10.0, show_default=True, type=click.FloatRange(0.0, 600.0), help="0 skips it.")
 @click.option("--kills", default=100, show_default=True, type=click.IntRange(0, 10_000), help="SIGKILLs in the crash test; 0 skips it.")
 @click.option("--crash-seconds", default=120.0, show_default=True, type=click.FloatRange(1.0, 3600.0), help="Time bound of the crash test.")
+@click.option("--server-kills", default=100, show_default=True, type=click.IntRange(0, 10_000),
+              help="With --model: SIGKILLs of the `feedrank serve` subprocess during HTTP ingest; 0 skips it.")
+@click.option("--server-crash-seconds", default=1800.0, show_default=True, type=click.FloatRange(1.0, 7200.0),
+              help="Time bound of the server crash test (each restart loads the model).")
+@click.option("--feature-reads/--no-feature-reads", default=True, show_default=True,
+              help="Time the request path's live-feature reads per store backend (memory, sqlite, redis).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 def ingest(work_dir: str, events: int, batches: tuple[int, ...], writers: tuple[int, ...], repeats: int, model_dir: str | None,
            http_requests: int, http_seconds: float, lag_rate: float, lag_seconds: float, kills: int, crash_seconds: float,
-           as_json: bool) -> None:
-    """Durable ingest: events/s into the embedded log and over HTTP, counter lag p99, and a
-    SIGKILL crash test (acknowledged events lost must be 0).
+           server_kills: int, server_crash_seconds: float, feature_reads: bool, as_json: bool) -> None:
+    """Durable ingest: events/s into the embedded log and over HTTP, counter lag p99, and
+    SIGKILL crash tests (acknowledged events lost must be 0): --kills kills a writer
+    process; with --model, --server-kills kills the real server during HTTP ingest.
 
     Writes benchmarks/results/ingest.json (plus a timestamped copy).
 
@@ -35,6 +42,7 @@ def ingest(work_dir: str, events: int, batches: tuple[int, ...], writers: tuple[
       feedrank bench ingest --model var/demo/full/model --json
       feedrank bench ingest --batch 1000 --writers 1 --repeats 5 --kills 0 --lag-seconds 0
       feedrank bench ingest --kills 20 --crash-seconds 30 --lag-rate 20000
+      feedrank bench ingest --model var/model --server-kills 100 --kills 0 --lag-seconds 0 --repeats 1
     """
     import json
     from pathlib import Path
@@ -46,7 +54,8 @@ def ingest(work_dir: str, events: int, batches: tuple[int, ...], writers: tuple[
     result = run_ingest_bench(Path(work_dir), events=events, batches=batches or (100, 1000), writers=writers or (1, 4),
                               repeats=repeats, model=Path(model_dir) if model_dir else None, http_requests=http_requests,
                               http_seconds=http_seconds, lag_rate=lag_rate, lag_seconds=lag_seconds, kills=kills,
-                              crash_seconds=crash_seconds, say=say)
+                              crash_seconds=crash_seconds, server_kills=server_kills,
+                              server_crash_seconds=server_crash_seconds, feature_reads=feature_reads, say=say)
     path = write_result("ingest", result)
     say(f"written {path}")
     if as_json:

@@ -7,44 +7,75 @@ import click
 from feedrank.cli.common import config_options, resolve_config, say
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"expected positive integers, got {text!r}")
+    return values
+
+
 @click.command("retrieval")
 @click.option("--data", "datasets", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Dataset folder (repeatable): synthetic worlds add the oracle's numbers.")
+@click.option("--only", type=click.Choice(["all", "quality", "speed"]), default="all", show_default=True,
+              help="Run only one section. 'speed' writes benchmarks/results/retrieval_speed.json, "
+                   "'quality' retrieval_quality.json, 'all' retrieval.json.")
 @click.option("--max-users", default=3000, show_default=True, type=click.IntRange(10), help="Evaluated users per dataset.")
 @click.option("--speed-items", default=1_000_000, show_default=True, type=click.IntRange(0),
               help="Items in the synthetic speed corpus (0 skips the speed section).")
 @click.option("--speed-dim", default=64, show_default=True, type=click.IntRange(4, 1024))
+@click.option("--speed-queries", default=500, show_default=True, type=click.IntRange(10), help="Timed queries per setting.")
+@click.option("--speed-kinds", default="flat,hnsw,ivfpq", show_default=True, help="Index kinds to time (flat is the reference).")
+@click.option("--speed-ef", default="100,128,192,256", show_default=True,
+              help="HNSW efSearch values to sweep (the search uses max(efSearch, k=100)).")
+@click.option("--speed-nprobe", default="8,16,32,64,128", show_default=True, help="IVF-PQ nprobe values to sweep.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 @config_options
-def retrieval(datasets: tuple[str, ...], max_users: int, speed_items: int, speed_dim: int, no_progress: bool, as_json: bool,
+def retrieval(datasets: tuple[str, ...], only: str, max_users: int, speed_items: int, speed_dim: int, speed_queries: int,
+              speed_kinds: str, speed_ef: str, speed_nprobe: str, no_progress: bool, as_json: bool,
               config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Retrieval quality (two-tower vs popularity vs ALS, oracle on synthetic worlds;
     recall@10/50/100, nDCG@10, cold-start recall@100) and ANN speed (flat / HNSW / IVF-PQ:
-    build time, memory, p50/p99 per query at batch 1, recall@100 vs exact).
+    build time, memory, p50/p99 per query at batch 1 with one faiss thread, recall@100
+    vs exact, swept over HNSW efSearch and IVF nprobe, unfiltered and with a live-item filter).
 
-    Writes benchmarks/results/retrieval.json (plus a timestamped copy).
+    Writes benchmarks/results/retrieval.json (retrieval_speed.json / retrieval_quality.json
+    with --only) plus a timestamped copy.
 
     \b
     Examples:
       feedrank bench retrieval --data var/world --data var/ml100k --data var/mlsmall --json
-      feedrank bench retrieval --data var/ml100k --speed-items 0 retrieval.content_encoder=minilm
-      feedrank bench retrieval --speed-items 1000000 --speed-dim 64
+      feedrank bench retrieval --data var/ml100k --only quality retrieval.content_encoder=minilm
+      feedrank bench retrieval --only speed --speed-items 1000000 --speed-dim 64
+      feedrank bench retrieval --only speed --speed-items 200000 --speed-kinds flat,hnsw --speed-ef 100,192
     """
     import json
 
     from feedrank.bench import write_result
     from feedrank.bench.retrieval import run_quality, run_speed
 
+    kinds = tuple(k.strip() for k in speed_kinds.split(",") if k.strip())
+    bad = [k for k in kinds if k not in ("flat", "hnsw", "ivfpq")]
+    if bad or not kinds:
+        raise click.BadParameter(f"unknown index kind(s) {bad or speed_kinds!r}: use flat, hnsw, ivfpq", param_hint="--speed-kinds")
+    ef, nprobe = _ints(speed_ef), _ints(speed_nprobe)
+    if only == "quality" and not datasets:
+        raise click.UsageError("--only quality needs at least one --data folder")
     cfg = resolve_config(config_path, overrides)
     result: dict = {"config_overrides": list(overrides), "quality": [], "speed": None}
-    for d in datasets:
-        say(f"quality: {d}")
-        result["quality"].append(run_quality(d, cfg, max_users=max_users, show_progress=not no_progress, say=say))
-    if speed_items:
+    if only in ("all", "quality"):
+        for d in datasets:
+            say(f"quality: {d}")
+            result["quality"].append(run_quality(d, cfg, max_users=max_users, show_progress=not no_progress, say=say))
+    if only in ("all", "speed") and speed_items:
         say(f"speed: {speed_items:,} items x {speed_dim}-d")
-        result["speed"] = run_speed(speed_items, speed_dim, say=say)
-    path = write_result("retrieval", result)
+        result["speed"] = run_speed(speed_items, speed_dim, n_queries=speed_queries, kinds=kinds, ef_search=ef,
+                                    nprobe=nprobe, hnsw_m=cfg.retrieval.hnsw_m, seed=cfg.training.seed, say=say)
+    path = write_result({"all": "retrieval", "quality": "retrieval_quality", "speed": "retrieval_speed"}[only], result)
     say(f"written {path}")
     if as_json:
         click.echo(json.dumps(result, indent=2))

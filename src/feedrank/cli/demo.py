@@ -65,6 +65,24 @@ def _print_feed(client: httpx.Client, user: str, k: int = 10) -> dict:
     return body
 
 
+def _start_report(model_dir: Path, world_dir: Path, out: Path) -> None:
+    """Write the evaluation report (`feedrank report`) in a background thread; the dashboard
+    links it as soon as it exists."""
+    import threading
+
+    def run() -> None:
+        from feedrank.evaluation.report import build_report_data, write_report
+
+        try:
+            data = build_report_data(model_dir, None, world_dir, say=lambda m: None)
+            write_report(out, data)
+            say(f"report ready: {out}")
+        except Exception as exc:  # the demo keeps serving without it
+            say(f"report failed: {type(exc).__name__}: {exc}")
+
+    threading.Thread(target=run, name="feedrank-report", daemon=True).start()
+
+
 def _smoke_checks(client: httpx.Client, users: list[str]) -> list[str]:
     """Requests a real client would send; returns every failed check."""
     failures: list[str] = []
@@ -105,6 +123,7 @@ def _smoke_checks(client: httpx.Client, users: list[str]) -> list[str]:
     check(client.get("/readyz").status_code == 200, "/readyz not 200")
     metrics = client.get("/metrics").text
     check("feedrank_stage_latency_seconds" in metrics, "/metrics lacks per-stage latency histograms")
+    check(client.get("/dashboard").status_code == 200, "/dashboard not 200")
     return failures
 
 
@@ -162,6 +181,10 @@ def demo(smoke: bool, workdir: str, host: str, port: int, seed: int, no_progress
                 _print_feed(client, u)
             click.echo(f"\ntry it:  curl '{server.url}/v1/feed?user_id={users[0]}&k=10'")
             click.echo(f"         API docs {server.url}/docs   metrics {server.url}/metrics")
+            click.echo(f"         dashboard {server.url}/dashboard?user_id={users[0]}")
+            if not smoke:
+                _start_report(model_dir, world_dir, work / "report.html")
+                click.echo(f"         report    {server.url}/dashboard/report  ({work / 'report.html'}, written in the background)")
             if smoke:
                 failures = _smoke_checks(client, users)
                 if failures:

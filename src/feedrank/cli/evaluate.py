@@ -15,7 +15,11 @@ from feedrank.cli.common import say
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (progress goes to stderr).")
 @click.option("--oracle", is_flag=True, help="Synthetic worlds: also score the true attractiveness (what a perfect ranker gets).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to this file.")
-def eval_cmd(data_dir: str, model_dir: str, as_json: bool, oracle: bool, out_file: str | None) -> None:
+@click.option("--beyond", is_flag=True, help="Add `beyond`: per-segment and position-debiased metrics, calibration curve, "
+              "and what the model serves (coverage, diversity, novelty, freshness, creator exposure Gini and group disparity).")
+@click.option("--beyond-users", default=400, show_default=True, type=click.IntRange(2), help="Feeds served for --beyond.")
+def eval_cmd(data_dir: str, model_dir: str, as_json: bool, oracle: bool, out_file: str | None, beyond: bool,
+             beyond_users: int) -> None:
     """Evaluate a model on the test side of the dataset's time split.
 
     Prints `retrieval` (recall@10, recall@100, ndcg@10), `ranking` (auc, gauc, mrr,
@@ -27,12 +31,111 @@ def eval_cmd(data_dir: str, model_dir: str, as_json: bool, oracle: bool, out_fil
       feedrank eval --data var/world --model var/model --json
       feedrank eval --data var/world --model var/model --json --oracle
       feedrank eval --data var/ml100k --model var/ml100k-model --json --out ml100k.json
+      feedrank eval --data var/world --model var/model --json --beyond
     """
-    from feedrank.evaluation.offline import evaluate_model
+    if beyond:
+        from feedrank.evaluation.beyond import evaluate_beyond, load_and_prepare
+        from feedrank.evaluation.offline import evaluate_prepared
 
-    result = evaluate_model(data_dir, model_dir, oracle=oracle, say=say)
+        art, prep = load_and_prepare(model_dir, data_dir, say=say)
+        result = evaluate_prepared(art, prep, oracle=oracle, say=say)
+        result["model_version"] = art.version
+        result["beyond"], _ = evaluate_beyond(art, prep, n_users=beyond_users, say=say)
+        result["beyond"].get("served", {}).pop("lorenz_exposure", None)
+    else:
+        from feedrank.evaluation.offline import evaluate_model
+
+        result = evaluate_model(data_dir, model_dir, oracle=oracle, say=say)
     text = json.dumps(result, indent=None if as_json else 2, sort_keys=True, default=float)
     if out_file:
         with open(out_file, "w") as f:
             f.write(text + "\n")
     click.echo(text)
+
+
+@click.group("ope")
+def ope_group() -> None:
+    """Off-policy estimates (IPS, SNIPS, DR) of a new policy's click rate, validated on the
+    synthetic world (docs/evaluation.md).
+
+    \b
+    Examples:
+      feedrank ope estimate --data var/world --json
+      feedrank ope check --seeds 50 --out benchmarks/results/ope_coverage.json
+    """
+
+
+def _policy_options(f):
+    f = click.option("--beta", default=1.0, show_default=True, type=float,
+                     help="Target policy sharpness: pi(j) ∝ (a_j exp(noise eps_j)) ** beta.")(f)
+    f = click.option("--noise", default=0.5, show_default=True, type=float,
+                     help="Target ranker's log-normal score error per item.")(f)
+    f = click.option("--sample", default=0.5, show_default=True, type=float,
+                     help="Share of sessions the estimators see (the truth uses all).")(f)
+    f = click.option("--level", default=0.9, show_default=True, type=float, help="Two-sided interval level.")(f)
+    return f
+
+
+@ope_group.command("estimate")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A synthetic dataset folder (written by `feedrank data synth`, with truth/).")
+@_policy_options
+@click.option("--seed", default=0, show_default=True, type=int, help="Target noise and log sample seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def ope_estimate_cmd(data_dir: str, beta: float, noise: float, sample: float, level: float, seed: int, as_json: bool) -> None:
+    """Estimate a target ranker's top-slot CTR from a synthetic world's log; print the truth.
+
+    \b
+    Examples:
+      feedrank ope estimate --data var/demo/full/world
+      feedrank ope estimate --data var/world --beta 2 --noise 0.3 --json
+    """
+    from feedrank.evaluation.ope_synth import TargetPolicy, evaluate_log
+
+    r = evaluate_log(data_dir, TargetPolicy(beta=beta, noise=noise, seed=seed), sample=sample, level=level, seed=seed)
+    if as_json:
+        click.echo(json.dumps(r, sort_keys=True, default=float))
+        return
+    click.echo(f"truth {r['truth']:.4f} (logging policy {r['logging_truth']:.4f}); "
+               f"{r['n_logged']} of {r['n_sessions']} sessions logged")
+    for name, e in r["estimates"].items():
+        click.echo(f"{name:<6} {e['value']:.4f}  {int(level * 100)}% [{e['lo']:.4f}, {e['hi']:.4f}]  "
+                   f"{'covers' if e['covers'] else 'MISSES'}  ess {e['ess']:.0f}  max w {e['max_weight']:.1f}")
+
+
+@ope_group.command("check")
+@click.option("--seeds", default=50, show_default=True, type=click.IntRange(1), help="Number of seeded worlds (0..N-1).")
+@click.option("--users", default=20_000, show_default=True, type=click.IntRange(10))
+@click.option("--items", default=1_000, show_default=True, type=click.IntRange(10))
+@click.option("--days", default=14, show_default=True, type=click.IntRange(1))
+@click.option("--activity", default=0.15, show_default=True, type=float)
+@_policy_options
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the JSON result here.")
+@click.option("--no-progress", is_flag=True)
+def ope_check_cmd(seeds: int, users: int, items: int, days: int, activity: float, beta: float, noise: float,
+                  sample: float, level: float, out_file: str | None, no_progress: bool) -> None:
+    """Coverage check: in each of N seeded worlds, do IPS/SNIPS/DR intervals cover the simulated truth?
+
+    \b
+    Examples:
+      feedrank ope check --seeds 50 --out benchmarks/results/ope_coverage.json
+      feedrank ope check --seeds 10 --users 2000 --items 300 --days 4
+    """
+    import time
+
+    from feedrank.evaluation.ope_synth import TargetPolicy, coverage_check
+
+    t0 = time.perf_counter()
+    world = {"n_users": users, "n_items": items, "n_days": days, "activity_mean": activity}
+    r = coverage_check(list(range(seeds)), world, TargetPolicy(beta=beta, noise=noise), sample=sample, level=level,
+                       show_progress=not no_progress)
+    r["seconds"] = round(time.perf_counter() - t0, 1)
+    r["command"] = (f"feedrank ope check --seeds {seeds} --users {users} --items {items} --days {days} "
+                    f"--activity {activity} --beta {beta} --noise {noise} --sample {sample} --level {level}")
+    if out_file:
+        with open(out_file, "w") as f:
+            f.write(json.dumps(r, indent=1, sort_keys=True, default=float) + "\n")
+    click.echo(f"{r['n_runs']} worlds, {level:.0%} intervals, {r['seconds']} s")
+    for name, s in r["summary"].items():
+        click.echo(f"{name:<6} coverage {s['coverage']:.0%} ({s['covered']}/{s['runs']})  bias {s['mean_bias']:+.4f}  "
+                   f"rmse {s['rmse']:.4f}  mean width {s['mean_width']:.4f} ({s['mean_rel_width']:.0%} of truth)")

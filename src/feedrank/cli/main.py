@@ -34,10 +34,14 @@ def cli() -> None:
 
 def _register() -> None:
     from feedrank.cli import ab, bench, config_cmd, data, demo, evaluate, models, plan, serve, train
+    from feedrank.cli import retrain as retrain_cmd, simulate as simulate_cmd
+    from feedrank.cli import report as report_cmd
 
     cli.add_command(data.data)
     cli.add_command(train.train)
     cli.add_command(evaluate.eval_cmd)
+    cli.add_command(evaluate.ope_group)
+    cli.add_command(report_cmd.report)
     cli.add_command(serve.serve)
     cli.add_command(demo.demo)
     cli.add_command(config_cmd.config_group)
@@ -45,6 +49,11 @@ def _register() -> None:
     cli.add_command(models.models_group)
     cli.add_command(ab.ab_group)
     cli.add_command(plan.plan)
+    cli.add_command(retrain_cmd.retrain)
+    cli.add_command(simulate_cmd.simulate)
+    from feedrank.cli import features_cmd
+
+    cli.add_command(features_cmd.features_group)
 
 
 _register()

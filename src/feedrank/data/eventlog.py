@@ -130,13 +130,16 @@ def decode_line(line: bytes) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _iter_raw_lines(path: Path, limit: int | None) -> Iterator[tuple[bytes, bool, int]]:
+def _iter_raw_lines(path: Path, limit: int | None, start: int = 0) -> Iterator[tuple[bytes, bool, int]]:
     """(line without newline, terminated, end byte position) for each line of ``path``
-    up to ``limit`` bytes; a final chunk without newline comes with terminated=False."""
+    from byte ``start`` (a line start) up to ``limit`` bytes; a final chunk without newline
+    comes with terminated=False."""
     with open(path, "rb") as f:
+        if start:
+            f.seek(start)
         pending = b""
-        pos = 0  # bytes consumed into complete lines
-        remaining = limit
+        pos = start  # bytes consumed into complete lines
+        remaining = None if limit is None else limit - start
         while True:
             n = _READ_CHUNK if remaining is None else min(_READ_CHUNK, remaining)
             if n <= 0:
@@ -184,6 +187,9 @@ class EventLog:
         self._lock_fd: int | None = None
         self._closed = False
         self.repaired_bytes = 0  # torn-tail bytes removed on open
+        # readers: segment -> (line, byte position where it starts), so a consumer resuming
+        # mid-segment seeks there instead of re-reading the segment from its start
+        self._resume: dict[int, tuple[int, int]] = {}
         # group commit: appends get a sequence number; an fsync makes all up to one durable
         self._sync_cond = threading.Condition(threading.Lock())
         self._write_seq = 0
@@ -483,15 +489,24 @@ class EventLog:
             if number < start.segment or size == 0:
                 continue
             skip = start.line if number == start.segment else 0
-            line_no = -1
-            for raw, terminated, _end in _iter_raw_lines(path, size):
-                line_no += 1
-                if line_no < skip:
-                    continue
-                obj = decode_line(raw) if terminated else None
-                if obj is None:
-                    raise CorruptFile(f"event log {path}: line {line_no + 1} is corrupt (changed after it was written)")
-                yield LogRecord(LogOffset(number, line_no), event_from_dict(obj))
+            line_no, pos0 = -1, 0
+            hint = self._resume.get(number)
+            if hint is not None and 0 < hint[0] <= skip and hint[1] <= size:
+                line_no, pos0 = hint[0] - 1, hint[1]
+            last = None
+            try:
+                for raw, terminated, end in _iter_raw_lines(path, size, pos0):
+                    line_no += 1
+                    if line_no < skip:
+                        continue
+                    obj = decode_line(raw) if terminated else None
+                    if obj is None:
+                        raise CorruptFile(f"event log {path}: line {line_no + 1} is corrupt (changed after it was written)")
+                    last = (line_no + 1, end)
+                    yield LogRecord(LogOffset(number, line_no), event_from_dict(obj))
+            finally:
+                if last is not None:
+                    self._resume[number] = last
 
     def iter_events(self, from_offset: LogOffset | tuple[int, int] | None = None) -> Iterator[LogRecord]:
         """Same as ``read``: ``for offset, event in log.iter_events(): ...``."""
@@ -533,3 +548,32 @@ class EventLog:
 
 
 # ---------------------------------------------------------------------- background writer
+
+
+# ---------------------------------------------------------------------- worker partitions
+_PART_RE = re.compile(r"^w(\d+)$")
+
+
+def partition_roots(root: str | Path) -> list[Path]:
+    """The log folders of a serving events directory: ``root`` itself (a single-process
+    server writes there) and each worker partition ``root/w0``, ``root/w1``, ...
+    (``serving.workers`` > 1, see serving/workers.py), those that exist, root first."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"event log not found: {root}")
+    parts = sorted((int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _PART_RE.match(p.name)))
+    has_own = any(_SEG_RE.match(p.name) for p in root.iterdir())
+    return ([root] if has_own or not parts else []) + [p for _, p in parts]
+
+
+def read_partitions(root: str | Path) -> Iterator[Event]:
+    """Every event in ``root`` and its worker partitions (read-only), each ``event_id``
+    once: dedupe is per partition when written, so a client retry that reached two
+    workers is dropped here (the first partition's copy is kept)."""
+    seen: set[str] = set()
+    for path in partition_roots(root):
+        with EventLog(path, readonly=True) as log:
+            for rec in log.read():
+                if rec.event.event_id not in seen:
+                    seen.add(rec.event.event_id)
+                    yield rec.event

@@ -73,9 +73,84 @@ def compare(r_a: float, v_a: float, r_b: float, v_b: float) -> dict[str, float]:
             "relative_lift": diff / r_a if r_a else float("nan"), "z": z, "p_value": p}
 
 
-def ab_report(events: Iterable[Event], experiment: str | None = None) -> dict[str, Any]:
+SESSION_GAP_S = 1800.0
+
+
+def online_metrics(events: list[Event], req_arm: dict[str, str], creator_of: dict[str, str] | None = None,
+                   session_gap_s: float = SESSION_GAP_S) -> dict[str, dict[str, Any]]:
+    """Online-style metrics per arm from the event log.
+
+    A user's session is a run of their feed requests with gaps under ``session_gap_s``
+    (30 min). Per arm: ``sessions``; ``requests_per_session`` (session length in feeds);
+    ``session_minutes`` (first to last event of a session, clicks and dwell included);
+    ``dwell_s_per_session`` (sum of dwell); ``return_rate`` (share of the arm's users with a
+    second session); ``items_reached`` and, given ``creator_of`` (item -> creator),
+    ``creators_reached`` (distinct creators shown) and ``creators_clicked``, with
+    ``creator_exposure_top10_share`` (share of impressions going to the top 10% creators).
+    """
+    by_user: dict[tuple[str, str], list[tuple[float, str, Event]]] = defaultdict(list)
+    for ev in events:
+        arm = req_arm.get(ev.request_id) if ev.request_id else None
+        if arm is not None:
+            by_user[(arm, ev.user_id)].append((ev.ts, ev.request_id or "", ev))
+    out: dict[str, dict[str, Any]] = {}
+    acc: dict[str, dict[str, Any]] = defaultdict(lambda: {"sessions": 0, "requests": 0, "seconds": 0.0, "dwell_ms": 0.0,
+                                                          "users": 0, "returning": 0, "items": set(), "creator_imps": defaultdict(int),
+                                                          "creators_clicked": set()})
+    for (arm, _user), evs in by_user.items():
+        a = acc[arm]
+        evs.sort(key=lambda x: x[0])
+        n_sessions = 0
+        start = last = None
+        reqs: set[str] = set()
+        for ts, rid, ev in evs:
+            if last is None or (ev.kind == EventKind.IMPRESSION and rid not in reqs and ts - last > session_gap_s):
+                if start is not None:
+                    a["seconds"] += last - start
+                    a["requests"] += len(reqs)
+                start, reqs = ts, set()
+                n_sessions += 1
+            last = max(ts, last) if last is not None else ts
+            if ev.kind == EventKind.IMPRESSION:
+                reqs.add(rid)
+                a["items"].add(ev.item_id)
+                if creator_of is not None:
+                    a["creator_imps"][creator_of.get(ev.item_id, "unknown")] += 1
+            elif ev.kind == EventKind.DWELL and ev.dwell_ms is not None:
+                a["dwell_ms"] += float(ev.dwell_ms)
+            elif ev.kind == EventKind.CLICK and creator_of is not None:
+                a["creators_clicked"].add(creator_of.get(ev.item_id, "unknown"))
+        if start is not None:
+            a["seconds"] += last - start
+            a["requests"] += len(reqs)
+        a["sessions"] += n_sessions
+        a["users"] += 1
+        a["returning"] += n_sessions >= 2
+    for arm, a in acc.items():
+        ns = max(a["sessions"], 1)
+        row: dict[str, Any] = {
+            "sessions": a["sessions"],
+            "requests_per_session": a["requests"] / ns,
+            "session_minutes": a["seconds"] / ns / 60.0,
+            "dwell_s_per_session": a["dwell_ms"] / 1000.0 / ns,
+            "return_rate": a["returning"] / max(a["users"], 1),
+            "items_reached": len(a["items"]),
+        }
+        if creator_of is not None:
+            counts = np.sort(np.asarray(list(a["creator_imps"].values()), dtype=np.float64))[::-1]
+            top = max(1, int(np.ceil(0.1 * len(counts))))
+            row["creators_reached"] = len(counts)
+            row["creators_clicked"] = len(a["creators_clicked"])
+            row["creator_exposure_top10_share"] = float(counts[:top].sum() / counts.sum()) if counts.sum() > 0 else None
+        out[arm] = row
+    return out
+
+
+def ab_report(events: Iterable[Event], experiment: str | None = None, creator_of: dict[str, str] | None = None) -> dict[str, Any]:
     """Aggregate logged events per arm. ``experiment`` selects one (arms are
-    ``"<experiment>/<arm>"``); None reports every arm found."""
+    ``"<experiment>/<arm>"``); None reports every arm found. Each arm also gets ``online``
+    (``online_metrics``; creators need ``creator_of``, item id -> creator)."""
+    events = list(events)
     req_arm: dict[str, str] = {}
     req_imps: dict[str, int] = defaultdict(int)
     req_user: dict[str, str] = {}
@@ -126,4 +201,6 @@ def ab_report(events: Iterable[Event], experiment: str | None = None) -> dict[st
     if control is not None:
         results = [res if res.arm == control else
                    ArmResult(**{**asdict(res), "vs_control": compare(*stats[control], *stats[res.arm])}) for res in results]
-    return {"experiment": experiment, "control": control, "arms": [asdict(r) for r in results]}
+    online = online_metrics(events, req_arm, creator_of)
+    return {"experiment": experiment, "control": control,
+            "arms": [{**asdict(r), "online": online.get(r.arm, {})} for r in results]}

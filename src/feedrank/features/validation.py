@@ -136,6 +136,49 @@ class FeatureValidator:
             col[nan | rng | stale] = spec.default
         return out
 
+    def clean(self, keys: Sequence[str], names: Sequence[str], values: np.ndarray, present: np.ndarray, *,
+              ts: np.ndarray | None = None, now: float | None = None, bad_type: np.ndarray | None = None,
+              fallback: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """The request-path check of one batched read (e.g. a ``FeatureBatch``): ``values``
+        (N, F) as read, ``present`` (N, F) where a value was stored, ``ts`` (N,) record
+        write times, ``bad_type`` (N, F) stored values that were not numbers.
+
+        An absent value is not an error (a cold item has no record): it becomes
+        ``fallback[i, j]`` (or the spec default) uncounted. Every stored bad value (wrong
+        type, NaN/inf, out of range, or a record stale beyond ``ttl_s``) is counted by
+        (feature, reason), logged with its key, and replaced the same way. Returns
+        (clean (N, F) float64, number of stored values replaced)."""
+        vals = np.asarray(values, dtype=np.float64)
+        present = np.asarray(present, dtype=bool)
+        n, f = vals.shape
+        stale = np.zeros(n, dtype=bool)
+        if ts is not None and now is not None and self.ttl_s > 0:
+            with np.errstate(invalid="ignore"):
+                stale = (now - np.asarray(ts, dtype=np.float64)) > self.ttl_s
+        out = np.empty((n, f), dtype=np.float64)
+        replaced = 0
+        for j, name in enumerate(names):
+            spec = self.specs.get(name) or FeatureSpec(name)
+            col = vals[:, j]
+            stored = present[:, j]
+            wrong = stored & (bad_type[:, j] if bad_type is not None else np.zeros(n, dtype=bool))
+            fresh = stored & ~wrong & ~stale
+            nonfinite = ~np.isfinite(col)
+            nan = fresh & nonfinite
+            with np.errstate(invalid="ignore"):
+                rng = fresh & ~nonfinite & ((col < spec.lo) | (col > spec.hi))
+            old = stored & stale
+            for reason, mask in (("wrong_type", wrong & ~stale), ("nan", nan), ("out_of_range", rng), ("stale", old)):
+                if mask.any():
+                    i = int(np.flatnonzero(mask)[0])
+                    self._bad(name, reason, str(keys[i]), "<not a number>" if reason == "wrong_type" else float(col[i]),
+                              int(mask.sum()))
+            bad = wrong | nan | rng | old
+            replaced += int(bad.sum())
+            fill = fallback[:, j] if fallback is not None else np.full(n, spec.default)
+            out[:, j] = np.where(bad | ~stored, fill, col)
+        return out, replaced
+
     def counts(self) -> dict[tuple[str, str], int]:
         """Replacements so far by (feature, reason), for /metrics."""
         with self._lock:

@@ -30,6 +30,7 @@ from feedrank.ranking.calibration import Calibrator
 from feedrank.retrieval.encode import encode_items
 from feedrank.retrieval.index import IndexParams, build_index, check_recall
 from feedrank.retrieval.train import ShownNotClicked, train_two_tower
+from feedrank.training import distributed as dist
 from feedrank.training.common import seed_everything, setup_threads
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,13 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
     index = build_index(vectors, cfg.retrieval.index, seed=cfg.training.seed, params=IndexParams.from_config(cfg.retrieval))
     index_recall = check_recall(index, vectors, cfg.retrieval.recall_floor, rng)  # raises IndexRejected below the floor
     say(f"index: {index.kind} over {len(index):,} items, recall@100 vs exact {index_recall:.3f} (floor {cfg.retrieval.recall_floor})")
+    age_prior = None
+    if cfg.retrieval.age_prior:  # freshness prior of the retrieval score (retrieval/prior.py; own seed, rng untouched)
+        from feedrank.retrieval.prior import fit_age_prior
+
+        age_prior = fit_age_prior(tt, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, vectors,
+                                  max_age_s, cfg.training.seed).to_json()
+        say(f"retrieval age prior: w = {age_prior['weight']:.4f} per day of age")
 
     imp_rows = np.flatnonzero(train_rows & ev.mask("impression"))
     n_imp_train = int(train_rows[ev.mask("impression")].sum())
@@ -186,12 +194,15 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
             "dataset": {"path": str(data_dir), "source": prep.dataset.meta.source, "n_items": len(catalog), "n_events": len(ev)},
             "split": split_to_dict(split),
             "index_recall_at_100": index_recall,
+            "age_prior": age_prior,
             "recall_floor": cfg.retrieval.recall_floor,
             "content_encoder": content_kind,
             "train_reports": {"two_tower": tt_report.__dict__, "ranker": rk_report},
             "config": config_to_dict(cfg),
         },
     )
+    if not dist.is_main():  # data-parallel run: rank 0 evaluates and writes the bundle
+        return art
     if evaluator is not None:
         art.info["metrics"] = evaluator(art, prep, say=say)
     manifest = save_artifacts(art, Path(out))

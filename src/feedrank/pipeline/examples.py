@@ -17,7 +17,7 @@ from feedrank.config import RankingConfig
 
 from feedrank.features.catalog import ItemCatalog
 from feedrank.features.history import ClickLog, category_affinity, counts_before
-from feedrank.ranking.features import DECAY_TAUS_S, N_POSITIONS, Engagement, ranking_features
+from feedrank.ranking.features import DECAY_TAUS_S, N_POSITIONS, USER_DECAY_TAU_S, Engagement, ranking_features
 from feedrank.ranking.calibration import Calibrator, fit_calibrator
 from feedrank.ranking.model import Ranker, logits, predict_heads
 from feedrank.ranking.stats import EngagementState
@@ -92,12 +92,16 @@ class EngagementSpec:
     (estimated from train CTR by position; all ones when positions are unknown);
     ``dwell_prior`` mean ``log1p(dwell_s)`` of train dwell events; ``creator_codes`` (N,)
     int64 creator index per catalogue item; ``creator_new`` (N,) 1.0 where the item's
-    creator is in group ``new`` (from an items column ``creator_group``), else 0."""
+    creator is in group ``new`` (from an items column ``creator_group``), else 0;
+    ``category_ctr`` / ``category_share`` (C,) each category's debiased train CTR and share
+    of train clicks (``estimate_category_priors``; zeros when unknown)."""
 
     exam: np.ndarray
     dwell_prior: float
     creator_codes: np.ndarray
     creator_new: np.ndarray
+    category_ctr: np.ndarray
+    category_share: np.ndarray
 
     @property
     def n_creators(self) -> int:
@@ -107,18 +111,57 @@ class EngagementSpec:
         """(R,) examination weight of each slot (unknown position -1 counts as slot 0)."""
         return self.exam[np.clip(position, 0, N_POSITIONS - 1)]
 
+    def category_priors(self, cat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((R,) category CTR, (R,) category click share) of category indices ``cat``
+        (0 for categories the spec does not know)."""
+        cat = np.asarray(cat, dtype=np.int64)
+        ok = (cat >= 0) & (cat < len(self.category_ctr))
+        c = np.where(ok, cat, 0)
+        return (np.where(ok, self.category_ctr[c], 0.0) if len(self.category_ctr) else np.zeros(len(cat)),
+                np.where(ok, self.category_share[c], 0.0) if len(self.category_share) else np.zeros(len(cat)))
+
     def to_dict(self) -> dict:
-        return {"exam": [float(v) for v in self.exam], "dwell_prior": float(self.dwell_prior)}
+        return {"exam": [float(v) for v in self.exam], "dwell_prior": float(self.dwell_prior),
+                "category_ctr": [float(v) for v in self.category_ctr],
+                "category_share": [float(v) for v in self.category_share]}
 
     @classmethod
     def build(cls, items: pd.DataFrame, catalog: ItemCatalog, exam: np.ndarray | None = None,
-              dwell_prior: float = 0.0) -> EngagementSpec:
+              dwell_prior: float = 0.0, category_ctr: np.ndarray | None = None,
+              category_share: np.ndarray | None = None) -> EngagementSpec:
         codes, _ = pd.factorize(pd.Series(catalog.creators), sort=False)
         new = np.zeros(len(catalog))
         if "creator_group" in items.columns:
             new = (items["creator_group"].astype(str).to_numpy() == "new").astype(np.float64)
+        arr = lambda v: np.zeros(0) if v is None else np.asarray(v, dtype=np.float64)  # noqa: E731
         return cls(np.ones(N_POSITIONS) if exam is None else np.asarray(exam, dtype=np.float64), float(dwell_prior),
-                   codes.astype(np.int64), new)
+                   codes.astype(np.int64), new, arr(category_ctr), arr(category_share))
+
+    def with_catalog(self, items: pd.DataFrame, catalog: ItemCatalog) -> EngagementSpec:
+        """The same learned constants (exam, dwell prior, category priors) for another catalogue."""
+        return EngagementSpec.build(items, catalog, self.exam, self.dwell_prior, self.category_ctr, self.category_share)
+
+
+def estimate_category_priors(ev: EventArrays, rows: np.ndarray, cat_idx: np.ndarray, n_categories: int,
+                             exam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From train events ``rows``: ((C,) clicks / examination-weighted impressions per
+    category, (C,) each category's share of the clicks, add-one smoothed)."""
+    imp = rows[ev.kind[rows] == KIND_CODES["impression"]]
+    clk = rows[ev.kind[rows] == KIND_CODES["click"]]
+    ew = exam[np.clip(ev.position[imp], 0, N_POSITIONS - 1)]
+    eimps = np.bincount(cat_idx[ev.item_idx[imp]], weights=ew, minlength=n_categories)[:n_categories]
+    clicks = np.bincount(cat_idx[ev.item_idx[clk]], minlength=n_categories)[:n_categories].astype(np.float64)
+    glob = clicks.sum() / max(eimps.sum(), 1.0)
+    ctr = (clicks + 10.0 * glob) / (eimps + 10.0)
+    return ctr, (clicks + 1.0) / (clicks.sum() + n_categories)
+
+
+def fit_engagement_spec(ev: EventArrays, train_rows: np.ndarray, items: pd.DataFrame, catalog: ItemCatalog,
+                        n_categories: int) -> EngagementSpec:
+    """The spec learned from the train events ``train_rows`` (E_train,) int64 indices."""
+    exam, dwell_prior = estimate_exam_and_dwell(ev, train_rows)
+    ctr, share = estimate_category_priors(ev, train_rows, catalog.cat_idx, n_categories, exam)
+    return EngagementSpec.build(items, catalog, exam, dwell_prior, ctr, share)
 
 
 def estimate_exam_and_dwell(ev: EventArrays, rows: np.ndarray) -> tuple[np.ndarray, float]:
@@ -195,6 +238,7 @@ def engagement_before(ev: EventArrays, users: np.ndarray, items: np.ndarray, ts:
     uc_ev = ev.user_codes * n_categories + cat[ev.item_idx]
     uc_q = users * n_categories + cat[items]
     cr_ev, cr_q = spec.creator_codes[ev.item_idx], spec.creator_codes[items]
+    cat_ctr, cat_share = spec.category_priors(cat[items])
 
     cache: dict[tuple[str, str], PrefixSums] = {}
     masks = {"imp": imp, "clk": clk, "hid": hid, "dwl": dwl}
@@ -229,6 +273,13 @@ def engagement_before(ev: EventArrays, users: np.ndarray, items: np.ndarray, ts:
         creator_dwell_sum=s("dwl", "cr", dwell_log),
         creator_dwell_n=s("dwl", "cr"),
         creator_is_new=spec.creator_new[items].astype(np.float64),
+        user_cat_eimps=s("imp", "uc", ew),
+        user_eimps=s("imp", "u", ew),
+        category_ctr=cat_ctr,
+        category_click_share=cat_share,
+        user_cat_clicks_3d=s("clk", "uc", tau=USER_DECAY_TAU_S),
+        user_cat_eimps_3d=s("imp", "uc", ew, tau=USER_DECAY_TAU_S),
+        user_clicks_3d=s("clk", "u", tau=USER_DECAY_TAU_S),
     )
 
 
@@ -313,7 +364,8 @@ def engagement_state(ev: EventArrays, catalog: ItemCatalog, n_categories: int, s
     """The serving counters after every event of ``ev`` (what ``engagement_before`` would
     give a query just after the last event), for the bundle's ``ranker_state.npz``."""
     n_items = len(catalog)
-    st = EngagementState(n_items, n_categories, catalog.cat_idx, spec.creator_codes, spec.creator_new, spec.exam)
+    st = EngagementState(n_items, n_categories, catalog.cat_idx, spec.creator_codes, spec.creator_new, spec.exam,
+                         *spec.category_priors(np.arange(n_categories)))
     imp, clk, hid, dwl = (ev.kind == KIND_CODES[k] for k in ("impression", "click", "hide", "dwell"))
     ew = spec.exam_at(ev.position)
     dwell = np.log1p(np.maximum(np.nan_to_num(ev.dwell_ms, nan=0.0), 0) / 1000.0) if ev.dwell_ms is not None else np.zeros(len(ev))
@@ -327,6 +379,7 @@ def engagement_state(ev: EventArrays, catalog: ItemCatalog, n_categories: int, s
                      bc(dwl, it, n_items, dwell), bc(dwl, it, n_items)])
     t6, t24 = DECAY_TAUS_S
     d6, d24 = np.exp(-(end - ev.ts) / t6), np.exp(-(end - ev.ts) / t24)
+    du = np.exp(-(end - ev.ts) / USER_DECAY_TAU_S)
     decay = np.stack([bc(clk, it, n_items, d6), bc(imp, it, n_items, ew * d6), bc(clk, it, n_items, d24),
                       bc(imp, it, n_items, ew * d24)])
     cr, k = spec.creator_codes[it], st.creator.shape[1]
@@ -334,8 +387,13 @@ def engagement_state(ev: EventArrays, catalog: ItemCatalog, n_categories: int, s
     uc = ev.user_codes * n_categories + catalog.cat_idx[it]
     nu = ev.n_users
     per = [bc(m, uc, nu * n_categories).reshape(nu, n_categories) for m in (imp, clk, hid)]
-    rows = np.concatenate(per + [bc(imp, ev.user_codes, nu)[:, None], bc(clk, ev.user_codes, nu)[:, None]], axis=1)
-    active = rows.sum(axis=1) > 0
+    rows = np.concatenate(per + [bc(imp, ev.user_codes, nu)[:, None], bc(clk, ev.user_codes, nu)[:, None],
+                                 bc(imp, uc, nu * n_categories, ew).reshape(nu, n_categories),
+                                 bc(imp, ev.user_codes, nu, ew)[:, None],
+                                 bc(clk, uc, nu * n_categories, du).reshape(nu, n_categories),
+                                 bc(imp, uc, nu * n_categories, ew * du).reshape(nu, n_categories),
+                                 bc(clk, ev.user_codes, nu, du)[:, None], np.full((nu, 1), end)], axis=1)
+    active = rows[:, : 3 * n_categories + 2].sum(axis=1) > 0
     return st.load_arrays(item, decay, np.full(n_items, end), creator, ev.user_ids[active].astype(str), rows[active])
 
 
@@ -364,8 +422,7 @@ def train_ranking_stage(cfg: RankingConfig, ev: EventArrays, train_rows: np.ndar
     imp_rows = imp_rows[-cfg.max_train_examples:]
     spec = None
     if cfg.engagement_features:
-        exam, dwell_prior = estimate_exam_and_dwell(ev, np.flatnonzero(train_rows))
-        spec = EngagementSpec.build(items, catalog, exam, dwell_prior)
+        spec = fit_engagement_spec(ev, np.flatnonzero(train_rows), items, catalog, n_categories)
     ex = ranking_examples(ev, imp_rows, catalog, two_tower, item_vectors, n_categories, history_len, prior_ctr,
                           cfg.ctr_prior, spec)
     n_cal = int(len(imp_rows) * cfg.calibration_fraction) if cfg.calibration != "none" else 0
@@ -405,4 +462,5 @@ def spec_from_info(info: dict[str, Any] | None, items: pd.DataFrame, catalog: It
     spec = (info or {}).get("spec")
     if not spec:
         return None
-    return EngagementSpec.build(items, catalog, np.asarray(spec["exam"]), float(spec["dwell_prior"]))
+    return EngagementSpec.build(items, catalog, np.asarray(spec["exam"]), float(spec["dwell_prior"]),
+                                spec.get("category_ctr"), spec.get("category_share"))

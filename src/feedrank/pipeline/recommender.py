@@ -37,13 +37,17 @@ from feedrank.pipeline.degrade import TierController
 from feedrank.pipeline.policy_source import BlocklistSource
 from feedrank.rerank.policies import RerankPolicy, Slate, rerank
 from feedrank.retrieval.encode import user_vectors
-from feedrank.retrieval.sources import SourceResult, fresh_items, merge_sources, popular_items
+from feedrank.retrieval.fast_user import numpy_user_tower
+from feedrank.retrieval.prior import AgePrior, rescore_with_prior
+from feedrank.retrieval.sources import (SourceResult, decayed_counts, followed_items, followed_keys, fresh_items,
+                                         gather_sources, merge_sources, popular_items, recent_pool, trending_items)
 from feedrank.types import Event, EventKind, FeedRequest, FeedResponse, Item, ScoredItem
 
 log = logging.getLogger(__name__)
 
 STAGES = ("context", "retrieve", "enrich", "rank", "rerank")
 CACHE_S = 30.0  # request-clock seconds a cached live set / popular list stays valid
+PRIOR_POOL_MAX = 20_000  # newest live items rescored with the age prior besides the ANN's top (bounds the cost)
 
 
 class _Shed(Exception):
@@ -85,6 +89,8 @@ class Recommender:
         self._popular: np.ndarray = np.zeros(0, dtype=np.int64)
         self._popular_at = -np.inf
         self._popular_lock = threading.Lock()
+        self._source_cache: dict[str, tuple] = {}  # trending list / recent pool, refreshed every CACHE_S
+        self._source_pool = None                   # thread pool for the sources (pipeline.source_workers > 0)
         self.max_item_age_s = art.info.get("max_item_age_s")
         self._live: np.ndarray | None = None
         self._live_at = -np.inf
@@ -97,11 +103,13 @@ class Recommender:
         self._categories_list = self.catalog.categories.tolist()
         rk = art.info.get("ranking") or {}
         self.dwell_prior = float((rk.get("spec") or {}).get("dwell_prior", 0.0))
+        self._user_tower = numpy_user_tower(art.two_tower)  # batch-1 queries in numpy (exported at load)
         self.ranker_rt = None if art.ranker is None else RankerRuntime(
             art.ranker, art.ranker_small, art.calibrator, float(rk.get("mean_log_dwell", 0.0)))
         if self.ranker_rt is not None and self.cfg.pipeline.rank_budget_ms > 0:
             sample = art.ranker.mean.numpy()[None, :].repeat(8, axis=0)
             self.ranker_rt.measure(sample, np.zeros(8, dtype=np.int64))
+        self.live = None  # features.live.LiveFeatures, attached by the serving factory
         self.warm_up()
 
     def with_settings(self, settings: Sequence[tuple[str, object]]) -> Recommender:
@@ -154,6 +162,8 @@ class Recommender:
                 self.state.item_impressions = np.concatenate([self.state.item_impressions, pad])
                 self.state.item_clicks = np.concatenate([self.state.item_clicks, pad])
             self.art.item_vectors = np.concatenate([self.art.item_vectors, vectors])
+            if self.art.engagement is not None:  # the ranker's counters grow with the catalogue
+                self.art.engagement.grow(catalog.cat_idx[rows])
             dead = np.concatenate([self._dead, np.zeros(len(rows), dtype=bool)])
             dead[replaced] = True
             self._dead = dead
@@ -165,6 +175,8 @@ class Recommender:
             self.catalog = catalog
             self.art.catalog = catalog
             self.art.index.add(vectors, rows)
+            if self.live is not None:
+                self.live.extend_catalog(self._live_binding, catalog.item_ids[rows].tolist(), catalog.categories[rows].tolist())
             with self._popular_lock:
                 self._live = None
                 self._popular = np.zeros(0, dtype=np.int64)
@@ -213,6 +225,7 @@ class Recommender:
 
         t = time.perf_counter()
         ctx = self.state.context(request.user_id, now)
+        ctx, live_status = self._live_context(ctx, request.user_id, now)
         t = lap("context", t)
 
         allowed = self.controller.tier if self.controller is not None else "full"
@@ -230,6 +243,7 @@ class Recommender:
             retr_scores = np.zeros(len(cand), dtype=np.float32)
             user_vec, aff = None, None
         t = lap("retrieve", t)
+        funnel = {f"source:{s}": int(n) for s, n in zip(*np.unique(np.asarray(sources, dtype=str), return_counts=True))} if request.explain else {}
 
         scores = retr_scores.astype(np.float64)
         dense, variant = None, "full"
@@ -248,7 +262,7 @@ class Recommender:
                 tier = "reduced"
             if m < len(cand):  # rank the first m (retrieval order is best-first per source)
                 cand, sources, retr_scores = cand[:m], list(sources)[:m], retr_scores[:m]
-            dense = self._enrich(cand, ctx, now, user_vec, aff, request.user_id)
+            dense = self._enrich(cand, ctx, now, user_vec, aff, request.user_id, live_status=live_status)
             t = lap("enrich", t)
             scores = self._score(variant, dense, self.catalog.cat_idx[cand], self.catalog.age_seconds(cand, now))
             t = lap("rank", t)
@@ -288,7 +302,9 @@ class Recommender:
         if self.controller is not None:
             self.controller.record(timings["total"])
         return FeedResponse(request_id=request_id, user_id=request.user_id, items=tuple(items),
-                            model_version=self.model_version, tier=tier, timings_ms=timings)
+                            model_version=self.model_version, tier=tier, timings_ms=timings,
+                            features=max(live_status, key=("local", "live", "baseline", "default").index),
+                            funnel={**funnel, "ranked": len(order) if dense is not None else 0, "shown": len(items)} if request.explain else {})
 
     # ------------------------------------------------------------------ stages
     def _explain(self, rows: list[int], dense: np.ndarray, cand: np.ndarray, variant: str, now: float,
@@ -353,40 +369,209 @@ class Recommender:
         rng = np.random.default_rng(zlib.crc32(request_id.encode()))
         return rerank(slate, order, ctx.seen, k, policy, u=float(rng.random()), pick=int(rng.integers(1 << 30)))
 
+    def _user_vectors(self, hist: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """((B, D) user vectors, (B, C) affinities) for histories (B, L): numpy when exported."""
+        if self._user_tower is not None:
+            return self._user_tower(hist, np.array([now]), self.catalog.cat_idx, self.art.item_vectors)
+        u, aff = user_vectors(self.art.two_tower, self.catalog, hist, np.array([now]), self.art.item_vectors)
+        return u.numpy(), aff
+
     def _retrieve(self, ctx: UserContext, now: float):
+        """Candidates from the sources (docs/retrieval.md): ANN first (its failure fails
+        retrieval: the caller serves the fallback tier), then fresh, followed and trending
+        under ``pipeline.source_budget_ms`` each (late or failing ones are dropped), merged
+        under per-source quotas, deduped, short or dropped quotas filled from trending then
+        popular. Returns (candidates (n,), source per candidate, scores (n,), user vector
+        (D,), category affinity (C,))."""
         p = self.cfg.pipeline
         hist = ctx.history[None, :]
-        u, aff_b = user_vectors(self.art.two_tower, self.catalog, hist, np.array([now]), self.art.item_vectors)
-        user_vec = u.numpy()[0]
+        u, aff_b = self._user_vectors(hist, now)
+        user_vec = u[0]
         aff = aff_b[0]
-        scores, ids = self.art.index.search(user_vec[None, :], p.ann_k, allowed=self._live_items(now))
+        live = self._live_items(now)
+        prior = self._age_prior()
+        scores, ids = self.art.index.search(user_vec[None, :], p.ann_k * (p.ann_oversample if prior else 1), allowed=live)
         ok = ids[0] >= 0
-        results = [SourceResult("ann", ids[0][ok].astype(np.int64), scores[0][ok])]
-        if p.fresh_k:
-            top_cats = np.argsort(-aff)[:3] if ctx.history.max() >= 0 else None
-            wanted = None
-            if top_cats is not None:
-                wanted = np.array([self.art.vocabs["category"].values[c - 1] for c in top_cats if c > 0], dtype=object)
-            fresh = fresh_items(self.catalog.published_at, now, p.fresh_hours * 3600.0, self.catalog.categories, wanted, p.fresh_k)
-            results.append(SourceResult("fresh", fresh, np.zeros(len(fresh), dtype=np.float32)))
-        popular = self._popular_list(now)[: p.popular_k]
+        ann, ann_scores = ids[0][ok].astype(np.int64), scores[0][ok]
+        if prior is not None:  # freshness prior: rescore the ANN's top and every recent item, keep ann_k
+            cand = np.union1d(ann, self._recent_pool(now)[:PRIOR_POOL_MAX])
+            ann, ann_scores = rescore_with_prior(prior, user_vec, cand, self.art.item_vectors[cand],
+                                                 self.catalog.published_at[cand], now, p.ann_k)
+        results = [SourceResult("ann", ann, ann_scores)]
+        fetchers = self._source_fetchers(ctx, now, aff, live)
+        if fetchers:
+            pool = None
+            if p.source_workers > 0:
+                if self._source_pool is None:
+                    import concurrent.futures as cf
+
+                    self._source_pool = cf.ThreadPoolExecutor(p.source_workers, thread_name_prefix="feedrank-source")
+                pool = self._source_pool
+            more, _status = gather_sources(fetchers, {n: p.source_budget_ms for n in fetchers}, executor=pool)
+            results.extend(more)
+        popular = self._popular_list(now)[: max(p.popular_k, p.rank_max_candidates)]
         results.append(SourceResult("popular", popular, np.zeros(len(popular), dtype=np.float32)))
         exclude = {self.catalog.index[s] for s in ctx.seen if s in self.catalog.index} if self.policy.drop_seen else None
-        quotas = {"ann": p.ann_k, "fresh": p.fresh_k, "popular": p.popular_k}
-        cand, sources, retr = merge_sources(results, quotas, p.rank_max_candidates, fallback="popular", exclude=exclude)
-        return cand, sources, retr, user_vec, aff
+        quotas = {"ann": p.ann_k, "fresh": p.fresh_k, "followed": p.followed_k, "trending": p.trending_k,
+                  "popular": p.popular_k}
+        merged = merge_sources(results, quotas, p.rank_max_candidates, fallbacks=("trending", "popular"), exclude=exclude)
+        return merged.items, merged.sources, merged.scores, user_vec, aff
+
+    def _age_prior(self) -> AgePrior | None:
+        """The bundle's fitted freshness prior (None: off, absent or zero weight)."""
+        raw = self.art.info.get("age_prior")
+        if not self.cfg.retrieval.age_prior or not raw or float(raw.get("weight", 0.0)) <= 0.0:
+            return None
+        hit = self._source_cache.get("prior")
+        if hit is None or hit[0] is not raw:
+            hit = (raw, AgePrior(float(raw["weight"]), float(raw["temperature"]), float(raw["ref_ts"])))
+            self._source_cache["prior"] = hit
+        return hit[1]
+
+    def _source_fetchers(self, ctx: UserContext, now: float, aff: np.ndarray, live: np.ndarray | None) -> dict:
+        """name -> zero-argument callable returning a ``SourceResult``, for the enabled
+        sources besides ANN and popular (fresh, followed, trending; in priority order)."""
+        p = self.cfg.pipeline
+        fetchers = {}
+        has_history = bool(ctx.history.max() >= 0) if len(ctx.history) else False
+        zeros = lambda n: np.zeros(n, dtype=np.float32)  # noqa: E731
+        if p.fresh_k:
+            def fresh() -> SourceResult:
+                wanted = None
+                if has_history:
+                    top_cats = np.argsort(-aff)[:3]
+                    wanted = np.array([self.art.vocabs["category"].values[c - 1] for c in top_cats if c > 0], dtype=object)
+                got = fresh_items(self.catalog.published_at, now, p.fresh_hours * 3600.0, self.catalog.categories, wanted,
+                                  p.fresh_k, pool=self._recent_pool(now))
+                return SourceResult("fresh", got, zeros(len(got)))
+            fetchers["fresh"] = fresh
+        if p.followed_k and has_history:
+            def followed() -> SourceResult:
+                h = ctx.history[ctx.history >= 0]
+                keys = (self.catalog.creator_hash, self.catalog.sub_idx)
+                follows = [followed_keys(k[h], p.follow_min_clicks, ignore=ig) for k, ig in zip(keys, self._follow_ignore())]
+                got = followed_items(keys, follows, self.catalog.published_at, now, p.followed_hours * 3600.0, p.followed_k,
+                                     pool=self._recent_pool(now))
+                return SourceResult("followed", got, zeros(len(got)))
+            fetchers["followed"] = followed
+        if p.trending_k and self.art.engagement is not None:
+            def trending() -> SourceResult:
+                got = self._trending_list(now, live)
+                return SourceResult("trending", got, zeros(len(got)))
+            fetchers["trending"] = trending
+        return fetchers
+
+    def _follow_ignore(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Creator / subcategory codes that never count as followed: "unknown" and OOV."""
+        from feedrank.features.vocab import hash_ids
+
+        hit = self._source_cache.get("ignore")
+        if hit is not None:
+            return hit
+        unknown_creator = int(hash_ids(np.array(["unknown"], dtype=object), self.cfg.retrieval.id_buckets, salt="c:")[0])
+        unknown_sub = int(self.art.vocabs["subcategory"].lookup(["unknown"])[0])
+        self._source_cache["ignore"] = ((unknown_creator,), (0, unknown_sub))
+        return self._source_cache["ignore"]
+
+    def _recent_pool(self, now: float) -> np.ndarray:
+        """Live items (not expired, replaced or past the age limit) published within
+        max(fresh_hours, followed_hours) of ``now``, newest first: the pool fresh and
+        followed search (cached for CACHE_S of request clock)."""
+        p = self.cfg.pipeline
+        hours = max(p.fresh_hours, p.followed_hours)
+        n = len(self.catalog)
+        hit = self._source_cache.get("pool")
+        if hit is not None and abs(now - hit[0]) <= CACHE_S and hit[1] == (hours, n):
+            return hit[2]
+        pool = recent_pool(self.catalog.published_at, now, hours * 3600.0 + CACHE_S)
+        ok = (self._expires[pool] > now) & ~self._dead[pool]  # the live rule, on the pool only
+        if self.max_item_age_s is not None:
+            ok &= now - self.catalog.published_at[pool] <= self.max_item_age_s
+        pool = pool[ok]
+        self._source_cache["pool"] = (now, (hours, n), pool)
+        return pool
+
+    def _trending_list(self, now: float, live: np.ndarray | None) -> np.ndarray:
+        """Most engaged recently at ``now``: live items by decayed 6 h click counters (the
+        ranker's engagement state, updated by ``observe``), best first, as many as could be
+        needed (the merger takes ``trending_k``, then more when filling); cached CACHE_S."""
+        from feedrank.ranking.features import DECAY_TAUS_S
+
+        p = self.cfg.pipeline
+        n = len(self.catalog)
+        key = (p.trending_min_clicks, max(p.trending_k, p.rank_max_candidates), n)
+        hit = self._source_cache.get("trending")
+        if hit is not None and abs(now - hit[0]) <= CACHE_S and hit[1] == key:
+            return hit[2]
+        eng = self.art.engagement
+        clicks = np.zeros(n)
+        m = min(n, eng.decay.shape[1])
+        clicks[:m] = decayed_counts(eng.decay[0, :m], eng.decay_t[:m], now, DECAY_TAUS_S[0])
+        got = trending_items(clicks, key[1], min_clicks=p.trending_min_clicks, eligible=live)
+        self._source_cache["trending"] = (now, key, got)
+        return got
+
+    def attach_live(self, live) -> None:
+        """Read real-time features from ``live`` (a ``features.live.LiveFeatures``) and bind
+        it to this model's catalogue and training snapshot."""
+        self._live_binding = live.bind(self.art.snapshot, list(self._item_ids_list), self._categories_list)
+        self.live = live
+        with self._popular_lock:
+            self._popular = np.zeros(0, dtype=np.int64)
+
+    def _live_context(self, ctx: UserContext, user_id: str, now: float) -> tuple[UserContext, list[str]]:
+        """The user's published record from the store (one round trip) when it knows more
+        clicks than this process does (another replica saw them): its recent clicks become
+        the history. Returns (context, [feature status])."""
+        if self.live is None:
+            return ctx, ["local"]
+        user, status = self.live.read_user(user_id, now, self._live_binding)
+        if user is not None and user.n_clicks > ctx.n_clicks:
+            rows = self._live_binding.rows(user.recent_hashes)[-len(ctx.history):]
+            if rows:
+                hist = np.full(len(ctx.history), -1, dtype=np.int64)
+                hist[-len(rows):] = rows
+                ctx = UserContext(hist, ctx.seen, user.n_clicks, True)
+        return ctx, [status]
+
+    def _with_hot(self, popular: np.ndarray, now: float, age: np.ndarray, n: int) -> np.ndarray:
+        """``popular`` with up to half of it replaced by the items clicked most in the
+        real-time middle window (live, retrievable ones only), those first."""
+        try:
+            hot = self.live.hot_items(now, max(1, n // 2))
+        except Exception:
+            log.exception("real-time hot items failed; popular list without them")
+            return popular
+        rows = [self.catalog.index[i] for i in hot if i in self.catalog.index]
+        rows = [r for r in rows if np.isfinite(age[r]) and not self._dead[r] and self._expires[r] > now]
+        if not rows:
+            return popular
+        rest = popular[~np.isin(popular, rows)]
+        return np.concatenate([np.asarray(rows, dtype=np.int64), rest])[:n]
 
     def _enrich(self, cand: np.ndarray, ctx: UserContext, now: float, user_vec: np.ndarray, aff: np.ndarray,
-                user_id: str = "") -> np.ndarray:
-        """(n, N_FEATURES) float32 ranker features of the candidates for this user at ``now``."""
+                user_id: str = "", live_status: list[str] | None = None) -> np.ndarray:
+        """(n, N_FEATURES) float32 ranker features of the candidates for this user at ``now``.
+
+        With live features attached, the item counters are the larger of the in-process
+        cumulative counts and the store's validated longest-window counts (both are lower
+        bounds of the true count; the store's includes what other replicas saw). One
+        batched store read for all candidates; on a slow or dead store the in-process
+        counts stand and ``live_status`` gets "default"."""
         n = len(cand)
         eng = None if self.art.engagement is None else self.art.engagement.engagement(user_id, cand, now)
         sim = self.art.item_vectors[cand] @ user_vec
+        imps, clicks = self.state.item_impressions[cand], self.state.item_clicks[cand]
+        if self.live is not None:
+            li = self.live.read_items([self._item_ids_list[i] for i in cand.tolist()], now, imps, clicks)
+            imps, clicks = np.maximum(imps, li.impressions), np.maximum(clicks, li.clicks)
+            if live_status is not None:
+                live_status.append(li.status)
         return ranking_features(
             tower_sim=sim,
             category_affinity=aff[self.catalog.cat_idx[cand]],
-            item_impressions=self.state.item_impressions[cand],
-            item_clicks=self.state.item_clicks[cand],
+            item_impressions=imps,
+            item_clicks=clicks,
             age_s=self.catalog.age_seconds(cand, now),
             user_clicks=np.full(n, ctx.n_clicks, dtype=np.float64),
             ts=np.full(n, now),
@@ -394,7 +579,7 @@ class Recommender:
             prior_weight=self.cfg.ranking.ctr_prior,
             engagement=eng,
             dwell_prior=self.dwell_prior,
-        )
+        )[:, : getattr(self.art.ranker, "n_features", None)]  # a bundle trained before later features: its own
 
     def _live_items(self, now: float) -> np.ndarray | None:
         """Items young enough to retrieve at ``now`` (None = all). Cached, and recomputed
@@ -422,5 +607,7 @@ class Recommender:
                     age = np.where(age > self.max_item_age_s, np.inf, age)  # expired: no popularity
                 n = max(self.cfg.pipeline.popular_k, self.cfg.pipeline.rank_max_candidates)
                 self._popular = popular_items(self.state.item_clicks, age, n)
+                if self.live is not None:  # what is hot right now (real-time clicks) goes first
+                    self._popular = self._with_hot(self._popular, now, age, n)
                 self._popular_at = now
             return self._popular

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -50,8 +51,11 @@ class FusedMLP(nn.Module):
             self.register_buffer("b_click", ranker.head_click.bias + ranker.position_bias.weight[0])
             self.register_buffer("w_dwell", ranker.head_dwell.weight[0].clone())
             self.register_buffer("b_dwell", ranker.head_dwell.bias.clone())
+        self.n_features = f
 
     def _hidden(self, dense: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        if dense.shape[-1] != self.n_features:  # features added after the ranker was trained
+            dense = dense[..., : self.n_features]
         return torch.relu(torch.addmm(self.cat_bias[category], torch.clamp(dense, self.lo, self.hi), self.w1))
 
     def forward(self, dense: torch.Tensor, category: torch.Tensor, position: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,19 +87,41 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return q
 
 
-def time_scoring(model: nn.Module, dense: np.ndarray, category: np.ndarray, reps: int = 50,
-                 warmup: int = 5) -> np.ndarray:
+def time_scoring(model, dense: np.ndarray, category: np.ndarray, reps: int = 50, warmup: int = 5,
+                 clock: str = "wall") -> np.ndarray:
     """(reps,) float64 milliseconds to score one request of ``len(dense)`` candidates
-    (batch 1: one forward over all candidates, numpy in, numpy out)."""
+    (batch 1: one forward over all candidates, numpy in, numpy out).
+
+    ``model`` is a torch module (called as ``model(dense, category)``) or a numpy form with a
+    ``logits(dense, category)`` method (``runtime.NumpyRanker``, what serving runs). The
+    garbage collector is paused while timing (as ``timeit`` does), so a collection that
+    other code triggered does not land in one variant's tail and not another's.
+
+    ``clock="cpu"`` times this thread's CPU time instead of wall time: on a machine shared
+    with other jobs it leaves out the time the thread waited to be scheduled, so its tail
+    is the code's own (wall-clock tails there are mostly the other jobs)."""
     d = np.ascontiguousarray(dense, dtype=np.float32)
     c = np.asarray(category, dtype=np.int64)
+    if isinstance(model, nn.Module):
+        call = lambda: model(torch.from_numpy(d), torch.from_numpy(c)).numpy()  # noqa: E731
+    else:
+        call = lambda: model.logits(d, c)  # noqa: E731
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    now = time.perf_counter if clock == "wall" else time.thread_time
     out = np.zeros(reps)
-    with torch.inference_mode():
-        for r in range(warmup + reps):
-            t = time.perf_counter()
-            model(torch.from_numpy(d), torch.from_numpy(c)).numpy()
-            if r >= warmup:
-                out[r - warmup] = (time.perf_counter() - t) * 1000.0
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.inference_mode():
+            for r in range(warmup + reps):
+                t = now()
+                call()
+                if r >= warmup:
+                    out[r - warmup] = (now() - t) * 1000.0
+    finally:
+        if was_enabled:
+            gc.enable()
     return out
 
 

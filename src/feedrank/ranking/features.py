@@ -9,7 +9,9 @@ All inputs are aligned (N,) arrays for N (user, item, time) rows. Two groups:
   the user's activity, position-debiased item and creator CTRs (impressions weighted by
   the examination probability of the slot they were shown at), time-decayed item
   counters (windows of ~6 h and ~24 h), item hide rate, mean log dwell of the item and its
-  creator, and the creator's group.
+  creator, the creator's group, and the user's position-debiased taste for the item's
+  category (examination-weighted impressions, debiased CTRs shrunk to the user's and the
+  category's, the category's share of the user's clicks).
 
 Training (``pipeline/examples.py``, point in time) and serving (``ranking/stats.py``,
 online counters) fill the same ``Engagement`` record, so the two cannot drift apart.
@@ -52,6 +54,17 @@ ENGAGEMENT_FEATURE_NAMES: tuple[str, ...] = (
     "creator_log_dwell",
     "creator_is_new",
     "age_days",
+    # the user's position-debiased feedback on this category (see ``engagement_features``)
+    "log_user_cat_eimps",
+    "user_cat_ctr_debiased",
+    "user_cat_ctr_vs_category",
+    "log_user_cat_ctr_vs_category",
+    "log_user_cat_click_share",
+    "category_ctr",
+    "log_user_cat_clicks_3d",
+    "log_user_cat_eimps_3d",
+    "user_cat_ctr_3d",
+    "log_user_cat_click_share_3d",
 )
 FEATURE_NAMES: tuple[str, ...] = BASE_FEATURE_NAMES + ENGAGEMENT_FEATURE_NAMES
 N_BASE_FEATURES = len(BASE_FEATURE_NAMES)
@@ -60,6 +73,8 @@ N_POSITIONS = 20
 # time constants of the decayed item counters (seconds)
 DECAY_TAUS_S: tuple[float, float] = (6 * 3600.0, 24 * 3600.0)
 DWELL_PRIOR_WEIGHT = 5.0
+# time constant of the user's decayed (recent) counters: tastes drift, recent clicks say more
+USER_DECAY_TAU_S = 3 * 86400.0
 
 
 @dataclass
@@ -69,7 +84,10 @@ class Engagement:
     ``*_eimps`` are impressions weighted by the examination probability of their slot
     (``exam[position]``), so ``clicks / eimps`` is a position-debiased CTR. ``item_*_6h`` /
     ``item_*_24h`` are exponentially decayed counts (``sum exp(-(t - t_e) / tau)``).
-    ``*_dwell_sum`` sums ``log1p(dwell_ms / 1000)`` over ``*_dwell_n`` dwell events."""
+    ``*_dwell_sum`` sums ``log1p(dwell_ms / 1000)`` over ``*_dwell_n`` dwell events.
+    ``category_ctr`` / ``category_click_share`` are per-row copies of train-time constants
+    of the row's category (its debiased CTR and its share of all clicks; 0 when unknown).
+    ``*_3d`` are the user's counters decayed with ``USER_DECAY_TAU_S``."""
 
     user_cat_imps: np.ndarray
     user_cat_clicks: np.ndarray
@@ -91,6 +109,13 @@ class Engagement:
     creator_dwell_sum: np.ndarray
     creator_dwell_n: np.ndarray
     creator_is_new: np.ndarray
+    user_cat_eimps: np.ndarray
+    user_eimps: np.ndarray
+    category_ctr: np.ndarray
+    category_click_share: np.ndarray
+    user_cat_clicks_3d: np.ndarray
+    user_cat_eimps_3d: np.ndarray
+    user_clicks_3d: np.ndarray
 
     @classmethod
     def zeros(cls, n: int) -> Engagement:
@@ -107,9 +132,20 @@ def engagement_features(eng: Engagement, age_s: np.ndarray, prior_ctr: float, pr
                         dwell_prior: float) -> np.ndarray:
     """Returns (N, len(ENGAGEMENT_FEATURE_NAMES)) float64 in that order.
 
-    ``dwell_prior`` is the global mean of ``log1p(dwell_ms / 1000)`` (train side)."""
+    ``dwell_prior`` is the global mean of ``log1p(dwell_ms / 1000)`` (train side).
+
+    The user-category block estimates the user's taste for the row's category from the
+    user's own impressions there weighted by slot examination (``user_cat_eimps``): a
+    debiased CTR shrunk to the user's debiased CTR, the same shrunk to the category's CTR
+    (and its log), and the log of the category's share of the user's clicks with the
+    category's global click share as a one-click prior (a topic the user never clicked
+    stays near the crowd's share; one click there moves it a lot); then the same from the
+    user's decayed counters (``*_3d``), which follow a drifting taste."""
     w = prior_weight
     user_ctr = smoothed_ctr(eng.user_clicks, eng.user_imps, prior_ctr, w)
+    user_dctr = smoothed_ctr(eng.user_clicks, eng.user_eimps, prior_ctr, w)
+    cat_ctr = np.asarray(eng.category_ctr, dtype=np.float64)
+    vs_cat = smoothed_ctr(eng.user_cat_clicks, eng.user_cat_eimps, cat_ctr, 3.0)
     cols = [
         smoothed_ctr(eng.user_cat_clicks, eng.user_cat_imps, user_ctr, 5.0),
         np.log1p(np.maximum(eng.user_cat_imps, 0)),
@@ -128,6 +164,18 @@ def engagement_features(eng: Engagement, age_s: np.ndarray, prior_ctr: float, pr
         (eng.creator_dwell_sum + DWELL_PRIOR_WEIGHT * dwell_prior) / (eng.creator_dwell_n + DWELL_PRIOR_WEIGHT),
         np.asarray(eng.creator_is_new, dtype=np.float64),
         np.maximum(np.asarray(age_s, dtype=np.float64), 0) / 86400.0,
+        np.log1p(np.maximum(eng.user_cat_eimps, 0)),
+        smoothed_ctr(eng.user_cat_clicks, eng.user_cat_eimps, user_dctr, 5.0),
+        vs_cat,
+        np.log(np.maximum(vs_cat, 1e-6)),
+        np.log((np.maximum(eng.user_cat_clicks, 0) + np.maximum(eng.category_click_share, 1e-3))
+               / (np.maximum(eng.user_clicks, 0) + 1.0)),
+        cat_ctr,
+        np.log1p(np.maximum(eng.user_cat_clicks_3d, 0)),
+        np.log1p(np.maximum(eng.user_cat_eimps_3d, 0)),
+        smoothed_ctr(eng.user_cat_clicks_3d, eng.user_cat_eimps_3d, cat_ctr, 3.0),
+        np.log((np.maximum(eng.user_cat_clicks_3d, 0) + np.maximum(eng.category_click_share, 1e-3))
+               / (np.maximum(eng.user_clicks_3d, 0) + 1.0)),
     ]
     return np.stack(cols, axis=1) if len(age_s) else np.zeros((0, len(ENGAGEMENT_FEATURE_NAMES)))
 

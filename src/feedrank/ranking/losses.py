@@ -8,7 +8,8 @@ Every function takes ``scores`` (B,) float logits, ``labels`` (B,) float {0, 1} 
   not clicked) pair inside an impression;
 * ``listwise``: softmax cross-entropy over each impression (ListNet with the clicked items
   as the target distribution), impressions without a click skipped;
-* ``exposure_gap``: the fairness regulariser; see its docstring.
+* ``exposure_gap``: the fairness regulariser (the DCG exposure gap between creator groups
+  at soft ranks); see its docstring.
 """
 
 from __future__ import annotations
@@ -69,22 +70,29 @@ def ranking_loss(name: str, scores: torch.Tensor, labels: torch.Tensor, groups: 
     raise ValueError(f"unknown ranking loss {name!r} (one of {', '.join(LOSSES)})")
 
 
-def exposure_shares(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """(B,) each row's expected share of its impression's exposure: softmax within the group
-    (the probability of being placed first under a Plackett-Luce ranking of the scores)."""
-    n_groups = int(groups.max()) + 1 if len(groups) else 0
-    return torch.exp(scores - _segment_logsumexp(scores, groups, n_groups)[groups])
+def soft_ranks(scores: torch.Tensor, groups: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(B,) differentiable 1-based rank of each row inside its group:
+    ``1 + sum_{j != i, same group} sigmoid((s_j - s_i) / temperature)`` (the exact rank as
+    temperature -> 0). Uses a (B, B) same-group mask: batches of ~1k rows."""
+    same = groups[:, None] == groups[None, :]
+    same.fill_diagonal_(False)
+    beats = torch.sigmoid((scores[None, :] - scores[:, None]) / temperature)  # [i, j]: j ranked above i
+    return 1.0 + (beats * same).sum(dim=1)
 
 
-def exposure_gap(scores: torch.Tensor, groups: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
-    """Fairness regulariser: squared relative gap in mean predicted exposure per item
-    between protected rows (``protected`` (B,) bool, e.g. new creators) and the others.
+def exposure_gap(scores: torch.Tensor, groups: torch.Tensor, protected: torch.Tensor,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """Fairness regulariser: squared relative gap in mean expected exposure per item between
+    protected rows (``protected`` (B,) bool, e.g. new creators) and the others.
 
-    ``((mean share of protected - mean share of others) / mean share of all) ** 2``; 0 when
+    Exposure is the measure's own DCG weight ``1 / log2(1 + r)`` at each row's soft rank
+    inside its impression (``soft_ranks``), so the penalty and the reported disparity
+    (``fairness.exposure_disparity``) agree; the penalty is
+    ``((mean exposure of protected - mean exposure of others) / mean exposure) ** 2``, 0 when
     the batch lacks one of the two groups. Differentiable in ``scores``."""
     p = protected.bool()
     if not bool(p.any()) or bool(p.all()):
         return scores.sum() * 0.0
-    share = exposure_shares(scores, groups)
-    gap = share[p].mean() - share[~p].mean()
-    return (gap / share.mean().clamp_min(1e-6)) ** 2
+    expo = 1.0 / torch.log2(1.0 + soft_ranks(scores, groups, temperature))
+    gap = expo[p].mean() - expo[~p].mean()
+    return (gap / expo.mean().clamp_min(1e-6)) ** 2

@@ -114,7 +114,10 @@ class Ranker(nn.Module):
                 "interaction": self.interaction, "cross_layers": self.cross_layers}
 
     def trunk(self, dense: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-        """dense (B, F) float32, category (B,) int64 -> (B, H) shared representation."""
+        """dense (B, F') float32 with F' >= F (columns past the model's own F, features added
+        after it was trained, are ignored), category (B,) int64 -> (B, H) shared representation."""
+        if dense.shape[-1] != self.n_features:
+            dense = dense[..., : self.n_features]
         z = ((dense - self.mean) / self.std).clamp(-8.0, 8.0)  # out-of-range inputs cannot dominate
         c = self.cat_emb(category)
         x = torch.cat([z, c], dim=-1)

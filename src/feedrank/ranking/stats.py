@@ -8,7 +8,7 @@ bundle as ``ranker_state.npz``), then updated by ``observe`` as events arrive.
     st.observe(user_id, item_idx, "click", position=2, ts=t)
     eng = st.engagement(user_id, cand, now)      # an ``Engagement`` for (n,) candidates
 
-Memory: items x 14 + creators x 4 float64 and, per known user, 3 x n_categories + 2.
+Memory: items x 14 + creators x 4 float64 and, per known user, 6 x n_categories + 5.
 Decayed counters keep (value, last update time) and decay lazily: exact, O(1) per event.
 """
 
@@ -19,21 +19,33 @@ from pathlib import Path
 
 import numpy as np
 
-from feedrank.ranking.features import DECAY_TAUS_S, N_POSITIONS, Engagement
+from feedrank.ranking.features import DECAY_TAUS_S, N_POSITIONS, USER_DECAY_TAU_S, Engagement
 
 ITEM_FIELDS = ("eimps", "clicks", "hides", "imps", "dwell_sum", "dwell_n")
 DECAY_FIELDS = ("clicks_6h", "eimps_6h", "clicks_24h", "eimps_24h")
 CREATOR_FIELDS = ("eimps", "clicks", "dwell_sum", "dwell_n")
 
 
+def row_width(n_categories: int) -> int:
+    """Length of a user's counter row (see ``EngagementState``)."""
+    return 6 * n_categories + 5
+
+
 class EngagementState:
     """Thread-safe counters. ``item`` (6, N), ``decay`` (4, N) values at ``decay_t`` (N,),
-    ``creator`` (4, K), per-user rows (3 * C + 2,): category impressions, clicks, hides,
-    then total impressions and clicks."""
+    ``creator`` (4, K), per-user rows (``row_width(C)`` = 6 * C + 5,): category impressions,
+    clicks, hides, then total impressions and clicks, then category and total
+    examination-weighted impressions, then the decayed (``USER_DECAY_TAU_S``) category
+    clicks, category weighted impressions and total clicks, valued at the row's last
+    column (the time of its last update). ``category_ctr`` / ``category_share`` (C,) are the
+    spec's category priors (zeros when unknown)."""
 
     def __init__(self, n_items: int, n_categories: int, item_cat: np.ndarray, creator_codes: np.ndarray,
-                 creator_new: np.ndarray, exam: np.ndarray) -> None:
+                 creator_new: np.ndarray, exam: np.ndarray, category_ctr: np.ndarray | None = None,
+                 category_share: np.ndarray | None = None) -> None:
         self.n_categories = n_categories
+        self.category_ctr = np.zeros(n_categories) if category_ctr is None else np.asarray(category_ctr, np.float64)
+        self.category_share = np.zeros(n_categories) if category_share is None else np.asarray(category_share, np.float64)
         self.item_cat = np.asarray(item_cat, dtype=np.int64)
         self.creator_codes = np.asarray(creator_codes, dtype=np.int64)
         self.creator_new = np.asarray(creator_new, dtype=np.float64)
@@ -52,21 +64,45 @@ class EngagementState:
         self.decay[:] = decay
         self.decay_t[:] = decay_t
         self.creator[:] = creator
+        w = row_width(self.n_categories)
+        if user_rows.ndim == 2 and user_rows.shape[1] < w:  # a state saved before the weighted columns: zeros
+            user_rows = np.concatenate([user_rows, np.zeros((len(user_rows), w - user_rows.shape[1]))], axis=1)
         self.users = {str(u): row.astype(np.float64).copy() for u, row in zip(user_ids.tolist(), user_rows)}
         return self
 
     def save(self, path: Path) -> None:
         ids = np.asarray(list(self.users), dtype=str)
-        rows = np.stack(list(self.users.values())) if self.users else np.zeros((0, 3 * self.n_categories + 2))
+        rows = np.stack(list(self.users.values())) if self.users else np.zeros((0, row_width(self.n_categories)))
         np.savez(path, item=self.item, decay=self.decay, decay_t=self.decay_t, creator=self.creator,
                  user_ids=ids, user_rows=rows, exam=self.exam, creator_codes=self.creator_codes,
-                 creator_new=self.creator_new, item_cat=self.item_cat)
+                 creator_new=self.creator_new, item_cat=self.item_cat, category_ctr=self.category_ctr,
+                 category_share=self.category_share)
 
     @classmethod
     def load(cls, path: Path, n_categories: int) -> EngagementState:
         with np.load(path, allow_pickle=False) as z:
-            st = cls(z["item"].shape[1], n_categories, z["item_cat"], z["creator_codes"], z["creator_new"], z["exam"])
+            priors = [z[k] if k in z.files else None for k in ("category_ctr", "category_share")]
+            st = cls(z["item"].shape[1], n_categories, z["item_cat"], z["creator_codes"], z["creator_new"], z["exam"],
+                     *priors)
             return st.load_arrays(z["item"], z["decay"], z["decay_t"], z["creator"], z["user_ids"], z["user_rows"])
+
+    def grow(self, item_cat: np.ndarray, creator_new: np.ndarray | None = None) -> None:
+        """Zeroed rows for items appended to the catalogue (``POST /v1/items``): ``item_cat``
+        (M,) their category indices, ``creator_new`` (M,) 1.0 for the protected group. Each
+        gets a creator row of its own (its creator's history is not known here)."""
+        m = len(item_cat)
+        if not m:
+            return
+        with self._lock:
+            k0 = self.creator.shape[1]
+            self.item_cat = np.concatenate([self.item_cat, np.asarray(item_cat, dtype=np.int64)])
+            self.creator_codes = np.concatenate([self.creator_codes, np.arange(k0, k0 + m, dtype=np.int64)])
+            extra = np.zeros(m) if creator_new is None else np.asarray(creator_new, dtype=np.float64)
+            self.creator_new = np.concatenate([self.creator_new, extra])
+            self.item = np.concatenate([self.item, np.zeros((self.item.shape[0], m))], axis=1)
+            self.decay = np.concatenate([self.decay, np.zeros((self.decay.shape[0], m))], axis=1)
+            self.decay_t = np.concatenate([self.decay_t, np.zeros(m)])
+            self.creator = np.concatenate([self.creator, np.zeros((self.creator.shape[0], m))], axis=1)
 
     # ------------------------------------------------------------------ updates
     def observe(self, user_id: str, item_idx: int, kind: str, position: int | None, ts: float,
@@ -81,11 +117,20 @@ class EngagementState:
         with self._lock:
             row = self.users.get(user_id)
             if row is None:
-                row = self.users[user_id] = np.zeros(3 * self.n_categories + 2)
+                row = self.users[user_id] = np.zeros(row_width(self.n_categories))
+                row[-1] = ts
+            C = self.n_categories
+            dt = ts - row[-1]
+            if dt > 0:  # decay the user's recent counters to now
+                row[4 * C + 3: 6 * C + 4] *= np.exp(-dt / USER_DECAY_TAU_S)
+                row[-1] = ts
             self._decay_to(i, ts)
             if kind == "impression":
                 row[c] += 1
                 row[3 * self.n_categories] += 1
+                row[3 * self.n_categories + 2 + c] += e
+                row[4 * self.n_categories + 2] += e
+                row[5 * C + 3 + c] += e
                 self.item[0, i] += e
                 self.item[3, i] += 1
                 self.decay[1, i] += e
@@ -94,6 +139,8 @@ class EngagementState:
             elif kind == "click":
                 row[self.n_categories + c] += 1
                 row[3 * self.n_categories + 1] += 1
+                row[4 * C + 3 + c] += 1
+                row[6 * C + 3] += 1
                 self.item[1, i] += 1
                 self.decay[0, i] += 1
                 self.decay[2, i] += 1
@@ -130,6 +177,7 @@ class EngagementState:
             it = self.item[:, items]
             cr = self.creator[:, self.creator_codes[items]]
             zero = np.zeros(n)
+            du = 1.0 if row is None else float(np.exp(-max(now - row[-1], 0.0) / USER_DECAY_TAU_S))
             return Engagement(
                 user_cat_imps=zero if row is None else row[cats].copy(),
                 user_cat_clicks=zero if row is None else row[C + cats].copy(),
@@ -142,4 +190,11 @@ class EngagementState:
                 item_dwell_sum=it[4], item_dwell_n=it[5],
                 creator_eimps=cr[0], creator_clicks=cr[1], creator_dwell_sum=cr[2], creator_dwell_n=cr[3],
                 creator_is_new=self.creator_new[items],
+                user_cat_eimps=zero if row is None else row[3 * C + 2 + cats].copy(),
+                user_eimps=np.full(n, 0.0 if row is None else row[4 * C + 2]),
+                category_ctr=self.category_ctr[cats] if len(self.category_ctr) == C else zero,
+                category_click_share=self.category_share[cats] if len(self.category_share) == C else zero,
+                user_cat_clicks_3d=zero if row is None else row[4 * C + 3 + cats] * du,
+                user_cat_eimps_3d=zero if row is None else row[5 * C + 3 + cats] * du,
+                user_clicks_3d=np.full(n, 0.0 if row is None else row[6 * C + 3] * du),
             )

@@ -11,6 +11,7 @@ dwell predictions at the serving position (MSE), on the same examples.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from feedrank.config import RankingConfig
 from feedrank.ranking.features import FEATURE_NAMES
 from feedrank.ranking.losses import exposure_gap, ranking_loss
 from feedrank.ranking.model import Ranker, build_ranker, predict_heads
-from feedrank.training.common import progress
+from feedrank.training.loop import TrainLoop
 
 
 CALENDAR_FEATURES = ("hour_sin", "hour_cos", "weekday_sin", "weekday_cos")
@@ -38,6 +39,9 @@ class RankingTrainReport:
     seconds: float
     loss: str = "pointwise"
     interaction: str = "mlp"
+    world_size: int = 1  # processes that trained (torch.distributed)
+    comm_seconds: float = 0.0  # time in gradient all-reduce (rank-local)
+    resumed_from: str = ""  # "epoch E step S" when resumed from a step checkpoint
 
 
 def group_batches(groups: np.ndarray | None, n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -75,14 +79,6 @@ def feature_scaling(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _local_groups(g: torch.Tensor) -> torch.Tensor:
     return torch.unique(g, return_inverse=True)[1]
 
-
-
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, running: float, first: bool) -> float:
-    """One optimizer step; returns the smoothed running loss."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.item() if first else 0.98 * running + 0.02 * loss.item()
 
 
 def train_ranker(
@@ -129,12 +125,13 @@ def train_ranker(
     opt = torch.optim.Adam([{"params": rest}, {"params": pos_params, "lr": cfg.lr * 10, "weight_decay": 0.0}],
                            lr=cfg.lr, weight_decay=cfg.weight_decay)
     bs = min(cfg.batch_size, n)
-    running = float("nan")
-    for epoch in range(cfg.epochs):
+    # resumable (training.checkpoint) and data-parallel (each rank its share of the batches)
+    loop = TrainLoop("ranker", model, {"adam": opt}, rng, meta={"cfg": dataclasses.asdict(cfg), "n": n},
+                     arrays=(dense, category, position, labels), epochs=cfg.epochs, show_progress=show_progress)
+    for epoch in loop.epochs():
         model.train()
-        batches = group_batches(groups, n, bs, rng)
-        bar = progress(batches, desc=f"ranker epoch {epoch + 1}/{cfg.epochs}", enabled=show_progress, unit="batch")
-        for step, b_np in enumerate(bar):
+        batches = loop.shard(group_batches(groups, n, bs, loop.epoch_rng(epoch)))
+        for step, b_np in loop.steps(batches, desc=f"ranker epoch {epoch + 1}/{cfg.epochs}"):
             b = torch.from_numpy(b_np)
             g = _local_groups(g_all[b])
             click_logit, dwell_pred = model.heads(x[b], cat[b], pos[b])
@@ -146,12 +143,11 @@ def train_ranker(
             if prot is not None:
                 rel = click_logit - model._position_term(pos[b])  # exposure follows relevance, not the slot
                 loss = loss + cfg.fairness_weight * exposure_gap(rel, g, prot[b])
-            running = _step(opt, loss, running, first=step == 0 and epoch == 0)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{running:.4f}")
+            loop.backward_step(loss)
+    running = loop.finish()
     model.eval()
     return model, RankingTrainReport(n, int(labels.sum()), cfg.epochs, float(running), time.perf_counter() - t0,
-                                     cfg.loss, cfg.interaction)
+                                     cfg.loss, cfg.interaction, loop.world, loop.timer.comm_s, loop.resumed)
 
 
 def train_distilled(
@@ -174,18 +170,17 @@ def train_distilled(
     tl, td = torch.from_numpy(t_logit), torch.from_numpy(t_dwell)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr * 2, weight_decay=0.0)
     bs = min(cfg.batch_size * 2, n)
-    running = float("nan")
-    for epoch in range(cfg.distill_epochs):
+    loop = TrainLoop("ranker_small", student, {"adam": opt}, rng, meta={"cfg": dataclasses.asdict(cfg), "n": n},
+                     arrays=(dense, category, t_logit), epochs=cfg.distill_epochs, show_progress=show_progress)
+    for epoch in loop.epochs():
         student.train()
-        perm = torch.from_numpy(rng.permutation(n))
-        steps = max(1, n // bs)
-        bar = progress(range(steps), desc=f"distill epoch {epoch + 1}/{cfg.distill_epochs}", enabled=show_progress, unit="batch")
-        for step in bar:
-            b = perm[step * bs : (step + 1) * bs]
+        perm = torch.from_numpy(loop.epoch_rng(epoch).permutation(n))
+        batches = loop.shard([perm[s * bs : (s + 1) * bs] for s in range(max(1, n // bs))])
+        for _step_i, b in loop.steps(batches, desc=f"distill epoch {epoch + 1}/{cfg.distill_epochs}"):
             lo, dwp = student.heads(x[b], cat[b])
             loss = F.mse_loss(lo, tl[b]) + 0.1 * F.mse_loss(dwp, td[b])
-            running = _step(opt, loss, running, first=step == 0 and epoch == 0)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{running:.4f}")
+            loop.backward_step(loss)
+    running = loop.finish()
     student.eval()
-    return student, RankingTrainReport(n, 0, cfg.distill_epochs, float(running), time.perf_counter() - t0, "distill", "mlp")
+    return student, RankingTrainReport(n, 0, cfg.distill_epochs, float(running), time.perf_counter() - t0, "distill", "mlp",
+                                       loop.world, loop.timer.comm_s, loop.resumed)

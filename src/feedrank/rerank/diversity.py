@@ -12,16 +12,19 @@ def cap_split(order: Sequence[int], caps: Sequence[tuple[Sequence[str], int]]) -
 
     Returns (kept, skipped): ``kept`` is in order and, as a whole, holds at most ``cap``
     entries per key of every cap; ``skipped`` are the rest, in order."""
-    counts: list[dict[str, int]] = [{} for _ in caps]
+    rules = [({}, keys, cap) for keys, cap in caps]  # (counts per key, keys, cap); a plain loop: hot at serving
     kept: list[int] = []
     skipped: list[int] = []
     for i in order:
-        if all(c.get(keys[i], 0) < cap for c, (keys, cap) in zip(counts, caps)):
-            for c, (keys, _) in zip(counts, caps):
-                c[keys[i]] = c.get(keys[i], 0) + 1
-            kept.append(i)
+        for counts, keys, cap in rules:
+            if counts.get(keys[i], 0) >= cap:
+                skipped.append(i)
+                break
         else:
-            skipped.append(i)
+            for counts, keys, _ in rules:
+                key = keys[i]
+                counts[key] = counts.get(key, 0) + 1
+            kept.append(i)
     return kept, skipped
 
 

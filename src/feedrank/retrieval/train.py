@@ -1,5 +1,5 @@
 """Training recipe for the two-tower model: sampled softmax with logQ correction, a
-temperature, and hard negatives; a checkpoint after every epoch.
+temperature, and hard negatives; step checkpoints (resumable) and the weights after every epoch.
 
 Setup -> train -> checkpoint -> return; written out in full, no inheritance. Examples are
 clicks: the user's history strictly before the click predicts the clicked item.
@@ -20,6 +20,7 @@ every epoch from the first).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from feedrank.features.catalog import ItemCatalog
 from feedrank.features.history import ClickLog
 from feedrank.retrieval.encode import encode_items, encode_users, item_vectors_of, user_vectors
 from feedrank.retrieval.two_tower import TwoTower, TwoTowerDims, build_two_tower
+from feedrank.training import checkpoint as ckpt
+from feedrank.training import distributed as dist
 from feedrank.training.common import progress
 
 MAX_MINED_QUERIES = 50_000  # mined negatives are refreshed for at most this many clicks per epoch
@@ -48,6 +51,11 @@ class RetrievalTrainReport:
     seconds: float
     hard_negatives_shown: int = 0
     checkpoints: tuple[str, ...] = ()
+    world_size: int = 1  # processes that trained (torch.distributed)
+    comm_seconds: float = 0.0  # time in gradient all-reduce / all-gather (rank-local)
+    resumed_from: str = ""  # "epoch E step S" when resumed from a step checkpoint
+    train_seconds: float = 0.0  # wall time of the epoch loop alone (no data preparation)
+    examples_per_s: float = 0.0  # examples this run stepped through (all ranks) / train_seconds
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,14 @@ def mine_negatives(model: TwoTower, catalog: ItemCatalog, hist: np.ndarray, ts: 
     return pick.astype(np.int64)
 
 
+def _fingerprint(cfg: RetrievalConfig, n_items: int, content: np.ndarray | None, shown: ShownNotClicked | None,
+                 users: np.ndarray, pos: np.ndarray, ts: np.ndarray, base_seed: int) -> str:
+    meta = {"recipe": "two_tower", "cfg": dataclasses.asdict(cfg), "n_items": n_items, "base_seed": base_seed,
+            "content": None if content is None else list(content.shape), "world": dist.world_size(),
+            "shown": None if shown is None else len(shown.log.items)}
+    return ckpt.fingerprint(meta, users, pos, ts)
+
+
 def train_two_tower(
     cfg: RetrievalConfig,
     catalog: ItemCatalog,
@@ -119,7 +135,14 @@ def train_two_tower(
 
     ``content`` (N, Dc) float32: content vectors by catalogue row (None: no content input).
     ``shown``: impressions without a click (hard negatives). ``checkpoint_dir``: where
-    ``two_tower-epoch<E>.pt`` (state_dict) and ``.json`` (loss, time) go after each epoch."""
+    ``two_tower-epoch<E>.pt`` (state_dict) and ``.json`` (loss, time) go after each epoch.
+
+    ``rng`` gives one draw, the recipe's base seed; the data order and every sample of an
+    epoch are pure functions of (base seed, epoch, step, rank), so a run resumed from a
+    step checkpoint (``training.checkpoint.checkpointing``) is bit-identical to one that
+    never stopped. Under torch.distributed each rank trains on its own disjoint shard of
+    every epoch's order with a local batch of ``cfg.batch_size`` and gradients are averaged
+    (``training.distributed``); the returned model is the same on every rank."""
     t0 = time.perf_counter()
     n = len(clicks.items)
     if n < 2:
@@ -140,25 +163,57 @@ def train_two_tower(
     model.set_content(content)
     opt_dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
     opt_sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.lr)
-    bs = min(cfg.batch_size, len(pos))
-    steps = len(pos) // bs
+    world, rank = dist.world_size(), dist.rank()
+    if len(pos) < 2 * world:
+        raise ValueError(f"two-tower training on {world} ranks needs at least {2 * world} clicks, got {len(pos)}")
+    n_local = len(pos) // world
+    bs = min(cfg.batch_size, n_local)
+    steps = n_local // bs
+    base_seed = dist.broadcast_int(int(rng.integers(2**62)))
     last = float("nan")
+    running = 0.0
     mined = np.full(len(pos), -1, dtype=np.int64)
     n_hard = 0
     saved: list[str] = []
-    if checkpoint_dir is not None:
+    timer = dist.CommTimer()
+    ck = ckpt.recipe_checkpoints("two_tower", _fingerprint(cfg, len(catalog), content, shown, users, pos, ts, base_seed))
+    start_epoch, start_step, resumed = 0, 0, ""
+    state = ck.resume() if ck is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt_dense.load_state_dict(state["optimizers"]["dense"])
+        opt_sparse.load_state_dict(state["optimizers"]["sparse"])
+        ckpt.set_global_rng_state(state["rng"])
+        start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        running, n_hard, last = float(state["extra"]["running"]), int(state["extra"]["n_hard"]), float(state["extra"]["last"])
+        mined = state["extra"]["mined"].numpy().copy()
+        saved = list(state["extra"]["saved"])
+        resumed = f"epoch {start_epoch} step {start_step}" + (" (finished)" if state.get("done") else "")
+
+    def snapshot(epoch: int, step: int, done: bool) -> dict:
+        return {"epoch": epoch, "step": step, "done": done, "base_seed": base_seed, "model": model.state_dict(),
+                "optimizers": {"dense": opt_dense.state_dict(), "sparse": opt_sparse.state_dict()},
+                "rng": ckpt.global_rng_state(),
+                "extra": {"running": running, "n_hard": n_hard, "last": last, "mined": torch.from_numpy(mined),
+                          "saved": list(saved)}}
+
+    if checkpoint_dir is not None and dist.is_main():
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    for epoch in range(cfg.epochs):
-        if epoch > 0 and cfg.hard_negative_ratio > 0 and cfg.hard_negative_mix < 1.0:
-            q = rng.choice(len(pos), size=min(len(pos), MAX_MINED_QUERIES), replace=False)
+    t_loop, steps_run = time.perf_counter(), 0
+    for epoch in range(start_epoch, cfg.epochs):
+        first_step = start_step if epoch == start_epoch else 0
+        if first_step == 0 and epoch > 0 and cfg.hard_negative_ratio > 0 and cfg.hard_negative_mix < 1.0:
+            mrng = np.random.default_rng([base_seed, epoch, 1])
+            q = mrng.choice(len(pos), size=min(len(pos), MAX_MINED_QUERIES), replace=False)
             mined[:] = -1
-            mined[q] = mine_negatives(model, catalog, hist[q], ts[q], pos[q], cfg.mined_rank_min, cfg.mined_rank_max, rng)
+            mined[q] = mine_negatives(model, catalog, hist[q], ts[q], pos[q], cfg.mined_rank_min, cfg.mined_rank_max, mrng)
         model.train()
-        perm = rng.permutation(len(pos))
-        bar = progress(range(steps), desc=f"two-tower epoch {epoch + 1}/{cfg.epochs}", enabled=show_progress, unit="batch")
-        running = 0.0
+        order = dist.shard(np.random.default_rng([base_seed, epoch, 0]).permutation(len(pos)))
+        bar = progress(range(first_step, steps), desc=f"two-tower epoch {epoch + 1}/{cfg.epochs}",
+                       enabled=show_progress and dist.is_main(), unit="batch")
         for step in bar:
-            b = perm[step * bs : (step + 1) * bs]
+            srng = np.random.default_rng([base_seed, epoch, 2, step, rank])
+            b = order[step * bs : (step + 1) * bs]
             items_b = pos[b]
             u, _ = user_vectors(model, catalog, hist[b], ts[b])
             v = item_vectors_of(model, catalog, items_b)
@@ -166,10 +221,11 @@ def train_two_tower(
             same = torch.from_numpy(items_b[:, None] == items_b[None, :])
             same.fill_diagonal_(False)
             logits = logits.masked_fill(same, -1e9)
-            hard = _hard_negatives(cfg, b, users, ts, mined, shown, rng, items_b)
+            hard = _hard_negatives(cfg, b, users, ts, mined, shown, srng, items_b)
+            step_hard = 0
             if hard is not None:
                 has = hard >= 0
-                n_hard += int(has.sum())
+                step_hard = int(has.sum())
                 hv = item_vectors_of(model, catalog, np.where(has, hard, 0))
                 extra = (u * hv).sum(-1, keepdim=True) / cfg.temperature
                 extra = extra.masked_fill(~torch.from_numpy(has)[:, None], -1e9)
@@ -178,21 +234,38 @@ def train_two_tower(
             opt_dense.zero_grad(set_to_none=True)
             opt_sparse.zero_grad(set_to_none=True)
             loss.backward()
+            loss_v, hard_v = loss.item(), step_hard
+            if world > 1:  # mean gradient over the global batch; the step's loss and hard count ride along
+                ex = dist.average_gradients(model.dense_parameters(), model.sparse_parameters(),
+                                            torch.tensor([loss_v, float(step_hard)]), timer)
+                loss_v, hard_v = float(ex[0]), int(round(float(ex[1]) * world))
             opt_dense.step()
             opt_sparse.step()
-            running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+            n_hard += hard_v
+            steps_run += 1
+            running = 0.98 * running + 0.02 * loss_v if step else loss_v
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{running:.3f}")
+            if ck is not None and step + 1 < steps and ck.due(epoch * steps + step + 1):
+                ck.save(snapshot(epoch, step + 1, False))
         last = running
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and dist.is_main():
             path = checkpoint_dir / f"two_tower-epoch{epoch + 1}.pt"
             torch.save(model.state_dict(), path)
             (checkpoint_dir / f"two_tower-epoch{epoch + 1}.json").write_text(json.dumps(
                 {"epoch": epoch + 1, "loss": running, "seconds": time.perf_counter() - t0, "dims": model.dims.__dict__}))
             saved.append(str(path))
+        if ck is not None:
+            ck.save(snapshot(epoch + 1, 0, epoch + 1 == cfg.epochs))
+    train_seconds = time.perf_counter() - t_loop
+    dist.broadcast_module(model)
     model.eval()
+    seconds = time.perf_counter() - t0
     return model, RetrievalTrainReport(examples=len(pos), epochs=cfg.epochs, final_loss=float(last),
-                                       seconds=time.perf_counter() - t0, hard_negatives_shown=n_hard, checkpoints=tuple(saved))
+                                       seconds=seconds, hard_negatives_shown=n_hard, checkpoints=tuple(saved),
+                                       world_size=world, comm_seconds=timer.comm_s, resumed_from=resumed,
+                                       train_seconds=train_seconds,
+                                       examples_per_s=steps_run * bs * world / train_seconds if train_seconds > 0 else 0.0)
 
 
 def _hard_negatives(cfg: RetrievalConfig, b: np.ndarray, users: np.ndarray, ts: np.ndarray, mined: np.ndarray,

@@ -40,6 +40,7 @@ from feedrank.data.impressions import ImpressionWriter
 from feedrank.data.events import MAX_EVENT_ID_LEN, parse_event
 from feedrank.errors import NotFound, SchemaError
 from feedrank.pipeline.protocol import FeedService
+from feedrank.serving.fastfeed import FeedFastPath
 from feedrank.serving.logs import request_id_var
 from feedrank.serving.metrics import ServingMetrics
 from feedrank.types import Event, EventKind, FeedRequest, FeedResponse
@@ -146,6 +147,7 @@ def _feed_body(resp: FeedResponse) -> dict[str, Any]:
         "model_version": resp.model_version,
         "tier": resp.tier,
         "arm": resp.arm,
+        "features": resp.features,
         "timings_ms": dict(resp.timings_ms),
         "items": [
             {
@@ -171,6 +173,7 @@ def create_app(
     *,
     impression_writer: ImpressionWriter | None = None,
     registry: CollectorRegistry | None = None,
+    live: Any = None,
 ) -> FastAPI:
     """Build the app around a loaded ``service`` and an open, writable ``event_log``.
 
@@ -184,12 +187,20 @@ def create_app(
     metrics = ServingMetrics(registry)
     writer = impression_writer if impression_writer is not None else ImpressionWriter(event_log)
     metrics.watch_writer(writer.stats)
+    if live is not None:  # features.live.LiveFeatures: its consumer runs while the app does
+        from feedrank.serving.live_features import LiveCollector
+
+        metrics.registry.register(LiveCollector(live))
     default_k = min(20, cfg.max_k)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("serving model %s", service.model_version)
+        if live is not None:
+            live.start(event_log, event_log.root / "consumers" / "realtime.npz")
         yield
+        if live is not None:  # before the caller closes the event log
+            await run_in_threadpool(live.stop)
         flushed = await run_in_threadpool(writer.close)
         if not flushed:
             log.error("impression writer did not flush everything on shutdown: %s", writer.stats())
@@ -295,16 +306,22 @@ def create_app(
     ) -> Response:
         if not user_id.strip():
             raise SchemaError("invalid request", ["user_id: must be a non-empty string"])
-        rid = _rid(request)
+        return Response(feed_bytes(user_id, k, explain, x_deadline_ms, _rid(request)), media_type=JSON)
+
+    def feed_bytes(user_id: str, k: int, explain: bool, x_deadline_ms: float | None, rid: str) -> bytes:
+        """The feed JSON for validated inputs: shared by the route and ``FeedFastPath``."""
         now = time.time()
         deadline = pipeline_cfg.deadline_ms if x_deadline_ms is None else min(x_deadline_ms, pipeline_cfg.deadline_ms)
         resp = service.recommend(FeedRequest(user_id=user_id, k=k, now=now, deadline_ms=deadline, request_id=rid,
                                              explain=explain))
-        metrics.observe_timings(resp.timings_ms)
-        metrics.feed_requests.labels(tier=str(resp.tier)).inc()
-        metrics.feed_items.observe(len(resp.items))
+        metrics.observe_feed(resp.timings_ms, str(resp.tier), len(resp.items))
         _log_impressions(resp, user_id, resp.request_id or rid, now)
-        return _json(_feed_body(resp))
+        return orjson.dumps(_feed_body(resp))
+
+    # the hot endpoint's direct ASGI path (serving/fastfeed.py); anything it does not accept
+    # at a glance falls through to the route above. Inline unless micro-batching needs threads.
+    app.add_middleware(FeedFastPath, feed=feed_bytes, metrics=metrics, max_k=cfg.max_k, default_k=default_k,
+                       valid_request_id=_valid_request_id, inline=pipeline_cfg.rank_batch_wait_ms <= 0)
 
     # ------------------------------------------------------------------ events
 
@@ -495,6 +512,9 @@ def create_app(
             log.exception("could not read service.model_version")
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    from feedrank.serving.dashboard import dashboard_router  # read-only web dashboard at /dashboard
+
+    app.include_router(dashboard_router(app, api_key=api_key))
     return app
 
 

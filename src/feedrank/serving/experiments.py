@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -209,6 +210,7 @@ class ExperimentRouter:
         self.source = ReloadableFile(experiments_file, _parse_file, (), "experiments file")
         self._views: dict[tuple[str, str, str], Any] = {}
         self._pinned: dict[int, Any] = {}
+        self._added: list[dict] = []  # every item added (published_at filled), replayed onto new pins
         self._lock = threading.Lock()
         self.view_errors = 0
 
@@ -233,7 +235,10 @@ class ExperimentRouter:
                         raise SchemaError(f"arm {exp.name}/{arm.name} pins model_version {arm.model_version}, "
                                           "but the server runs a single bundle (use `feedrank serve --registry`)")
                     if arm.model_version not in self._pinned:
-                        self._pinned[arm.model_version] = self.load_version(arm.model_version)
+                        pinned = self.load_version(arm.model_version)
+                        if self._added:  # items added since start: a pinned version serves them too
+                            pinned.add_items(list(self._added))
+                        self._pinned[arm.model_version] = pinned
                     target = self._pinned[arm.model_version]
                 view = target.with_settings(arm.settings) if arm.settings else target
             except Exception:
@@ -265,6 +270,20 @@ class ExperimentRouter:
         self.base.observe(events)
         for rec in list(self._pinned.values()):  # pinned versions keep their own online state
             rec.observe(events)
+
+    def add_items(self, records: list[dict], now: float | None = None) -> dict:
+        """Items go to the base service and every pinned version; settings views are
+        rebuilt from the updated base on their next request (a view holds its own
+        reference to the catalogue it was made from)."""
+        now = time.time() if now is None else float(now)
+        records = [dict(r, published_at=now if r.get("published_at") is None else r["published_at"]) for r in records]
+        with self._lock:
+            out = self.base.add_items(records, now)
+            for rec in list(self._pinned.values()):
+                rec.add_items(records, now)
+            self._added.extend(records)
+            self._views.clear()
+        return out
 
     def has_item(self, item_id: str) -> bool:
         return self.base.has_item(item_id)

@@ -7,14 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from feedrank.config import FeedrankConfig, apply_overrides, config_from_dict, config_to_dict, load_config
-from feedrank.data.eventlog import EventLog
+from feedrank.data.streams import open_event_log
 from feedrank.pipeline.artifacts import load_artifacts
 from feedrank.pipeline.recommender import Recommender
 from feedrank.serving.app import create_app
 
-RUNTIME_SECTIONS = ("pipeline", "rerank", "serving")
+RUNTIME_SECTIONS = ("pipeline", "rerank", "serving", "features")
 
 
 def effective_config(bundle_cfg: FeedrankConfig, config_path: str | None = None, overrides: tuple[str, ...] = ()) -> FeedrankConfig:
@@ -34,6 +35,9 @@ def load_recommender(model_dir: str | Path, config_path: str | None = None, over
     art = load_artifacts(model_dir)
     cfg = effective_config(art.cfg, config_path, overrides)
     torch.set_num_threads(cfg.serving.torch_threads)
+    # the numpy scoring paths: OpenBLAS's own thread pool costs far more than it saves on
+    # one request's small matrices, and fights the other workers for the cores (measured)
+    threadpool_limits(cfg.serving.torch_threads, user_api="blas")
     return Recommender(art, cfg)
 
 
@@ -46,18 +50,26 @@ def with_experiments(service, cfg: FeedrankConfig, load_version=None):
     return ExperimentRouter(service, cfg.serving.experiments_file, load_version)
 
 
-def build_service(model_dir: str, events_dir: str | None, config_path: str | None = None, overrides: tuple[str, ...] = ()):
+def build_service(model_dir: str, events_dir: str | None, config_path: str | None = None, overrides: tuple[str, ...] = (),
+                  partition: str = ""):
     """Serve one fixed bundle. Returns (app, event_log, recommender, effective config);
-    the caller closes the log."""
+    the caller closes the log. ``partition``: this worker's sub-folder of the embedded event
+    log (serving/workers.py), "" for a single process."""
+    from feedrank.serving.live_features import build_live, load_model_baselines
+
     recommender = load_recommender(model_dir, config_path, overrides)
     cfg = recommender.cfg
-    event_log = EventLog(Path(events_dir or cfg.serving.events_dir or (Path(model_dir).parent / "events")))
-    app = create_app(with_experiments(recommender, cfg), event_log, cfg.serving, cfg.pipeline)
+    event_log = open_event_log(cfg.serving.events_url, Path(events_dir or cfg.serving.events_dir or (Path(model_dir).parent / "events")) / partition)
+    live = build_live(cfg)
+    if live is not None:
+        recommender.attach_live(live)
+        load_model_baselines(live, recommender.art)
+    app = create_app(with_experiments(recommender, cfg), event_log, cfg.serving, cfg.pipeline, live=live)
     return app, event_log, recommender, cfg
 
 
 def build_registry_service(registry_dir: str, events_dir: str | None, config_path: str | None = None,
-                           overrides: tuple[str, ...] = (), poll_s: float = 5.0):
+                           overrides: tuple[str, ...] = (), poll_s: float = 5.0, partition: str = ""):
     """Serve a registry's ``current`` version and hot-swap when it changes.
 
     Returns (app, event_log, manager, effective config of the first version). The app's
@@ -67,13 +79,25 @@ def build_registry_service(registry_dir: str, events_dir: str | None, config_pat
     from feedrank.registry.store import ModelRegistry
     from feedrank.serving.manager import ModelManager
 
+    from feedrank.serving.live_features import build_live, load_model_baselines
+
     metrics_registry = CollectorRegistry()
-    manager = ModelManager(ModelRegistry(registry_dir, create=False),
-                           build=lambda path: load_recommender(path, config_path, overrides),
+    live_box: list = []  # one LiveFeatures for the process, built with the first version's config
+
+    def build(path):
+        rec = load_recommender(path, config_path, overrides)
+        if not live_box:
+            live_box.append(build_live(rec.cfg))
+        if live_box[0] is not None:
+            rec.attach_live(live_box[0])
+            load_model_baselines(live_box[0], rec.art)
+        return rec
+
+    manager = ModelManager(ModelRegistry(registry_dir, create=False), build=build,
                            poll_s=poll_s, metrics_registry=metrics_registry)
     cfg = manager.active.cfg
-    event_log = EventLog(Path(events_dir or cfg.serving.events_dir or (Path(registry_dir) / "events")))
-    service = with_experiments(manager, cfg,
-                               load_version=lambda v: load_recommender(manager.registry.path(v), config_path, overrides))
-    app = create_app(service, event_log, cfg.serving, cfg.pipeline, registry=metrics_registry)
+    event_log = open_event_log(cfg.serving.events_url, Path(events_dir or cfg.serving.events_dir or (Path(registry_dir) / "events")) / partition)
+    service = with_experiments(manager, cfg, load_version=lambda v: build(manager.registry.path(v)))
+    app = create_app(service, event_log, cfg.serving, cfg.pipeline, registry=metrics_registry,
+                     live=live_box[0] if live_box else None)
     return app, event_log, manager, cfg

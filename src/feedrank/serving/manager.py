@@ -51,6 +51,7 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed_version: int | None = None
+        self._added_items: list[dict] = []   # POST /v1/items records, replayed into every later version
         self.registry_version: int | None = None
         self.swaps = Counter("feedrank_model_swaps", "Model hot swaps by result", ["result"], registry=metrics_registry)
         self.version_gauge = Gauge("feedrank_model_registry_version", "Registry version being served", registry=metrics_registry)
@@ -88,6 +89,7 @@ class ModelManager:
         t0 = time.perf_counter()
         try:
             new = self._load(version)
+            self._replay_items(new)
         except Exception as exc:
             self._failed_version = version
             self.swaps.labels(result="failed").inc()
@@ -133,6 +135,21 @@ class ModelManager:
 
     def has_item(self, item_id: str) -> bool:
         return self._active.has_item(item_id)
+
+    def add_items(self, records: list[dict], now: float | None = None) -> dict:
+        """Add items to the serving model (``POST /v1/items``). They are remembered and
+        added to every version swapped in later that lacks them (a bundle trained before
+        they arrived does not have them)."""
+        with self._lock:
+            self._added_items.extend(records)
+        return self._active.add_items(records, now)
+
+    def _replay_items(self, rec: Recommender) -> None:
+        with self._lock:
+            missing = [r for r in self._added_items if not rec.has_item(str(r["item_id"]))]
+        if missing:
+            rec.add_items(missing)
+            log.info("added %d live items the new version did not have", len(missing))
 
     def get_item(self, item_id: str) -> Item | None:
         return self._active.get_item(item_id)

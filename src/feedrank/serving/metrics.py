@@ -72,6 +72,8 @@ class ServingMetrics:
             self.events.labels(result=result)
         self.model_version = Info("feedrank_model_version", "The model version answering requests", registry=r)
         self._version: str | None = None
+        self._stage_children: dict[str, object] = {}
+        self._tier_children: dict[str, object] = {}
 
     def watch_writer(self, stats: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_WriterCollector(stats))
@@ -82,10 +84,23 @@ class ServingMetrics:
             self._version = version
 
     def observe_timings(self, timings_ms: dict[str, float]) -> None:
+        children = self._stage_children
         for stage, ms in timings_ms.items():
             try:
                 seconds = float(ms) / 1000.0
             except (TypeError, ValueError):
                 continue
             if seconds == seconds and seconds >= 0:  # skip NaN / negative
-                self.stage_latency.labels(stage=str(stage)).observe(seconds)
+                child = children.get(stage)
+                if child is None:  # labels() costs a lock and a dict lookup: resolve each stage once
+                    child = children[stage] = self.stage_latency.labels(stage=str(stage))
+                child.observe(seconds)
+
+    def observe_feed(self, timings_ms: dict[str, float], tier: str, n_items: int) -> None:
+        """Everything /metrics records about one served feed."""
+        self.observe_timings(timings_ms)
+        child = self._tier_children.get(tier)
+        if child is None:
+            child = self._tier_children[tier] = self.feed_requests.labels(tier=tier)
+        child.inc()
+        self.feed_items.observe(n_items)

@@ -32,6 +32,31 @@ def serve_forever(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, lo
     )
 
 
+def serve_workers(spec: dict, workers: int, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:
+    """Serve with ``workers`` processes on one port (blocks until SIGINT/SIGTERM). Each
+    worker builds its own app from ``spec`` (the serve command's arguments: model_dir or
+    registry_dir, events_dir, config_path, overrides, poll_s); see serving/workers.py."""
+    import os
+
+    from feedrank.serving.workers import write_spec
+
+    os.environ.update(write_spec(workers=workers, **spec))  # the spawned workers read it
+    uvicorn.run(
+        "feedrank.serving.workers:create_worker_app",
+        factory=True,
+        workers=workers,
+        # a worker loading a large bundle (or on a busy machine) answers the supervisor's
+        # ping late; the default 5 s kills and restarts it forever
+        timeout_worker_healthcheck=120,
+        host=host,
+        port=port,
+        log_config=log_config(log_level),
+        log_level=log_level,
+        access_log=True,
+        timeout_graceful_shutdown=10,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

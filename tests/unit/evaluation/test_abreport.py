@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from feedrank.evaluation.abreport import ab_report, ratio_stats
 from feedrank.types import Event, EventKind
@@ -57,3 +58,27 @@ def test_delta_method_matches_a_bootstrap():
         boots.append(c[idx].sum() / n[idx].sum())
     assert abs(np.sqrt(v) / np.std(boots) - 1) < 0.2
     assert abs(r - c.sum() / n.sum()) < 1e-12
+
+
+def test_online_metrics_sessions_return_rate_dwell_and_creator_reach():
+    def imp(eid, ts, user, item, rid):
+        return Event(eid, ts, user, item, EventKind.IMPRESSION, position=0, request_id=rid, arm="x/control")
+
+    ev = [
+        # user a: two feeds 5 min apart (one session), then one a day later (a second session)
+        imp("1", 0.0, "a", "i1", "r1"), imp("2", 300.0, "a", "i2", "r2"),
+        Event("3", 310.0, "a", "i2", EventKind.CLICK, request_id="r2"),
+        Event("4", 340.0, "a", "i2", EventKind.DWELL, request_id="r2", dwell_ms=30_000),
+        imp("5", 86_400.0, "a", "i3", "r3"),
+        # user b: one feed, never returns
+        imp("6", 100.0, "b", "i1", "r4"),
+    ]
+    creators = {"i1": "c1", "i2": "c2", "i3": "c2"}
+    rep = ab_report(ev, "x", creator_of=creators)
+    on = rep["arms"][0]["online"]
+    assert on["sessions"] == 3
+    assert on["requests_per_session"] == pytest.approx(4 / 3)
+    assert on["return_rate"] == pytest.approx(0.5)
+    assert on["dwell_s_per_session"] == pytest.approx(10.0)
+    assert on["session_minutes"] == pytest.approx(340.0 / 60 / 3)
+    assert on["creators_reached"] == 2 and on["creators_clicked"] == 1 and on["items_reached"] == 3

@@ -36,7 +36,7 @@ def _valid(resp: FeedResponse, k: int, rec: Recommender) -> None:
     assert all(rec.has_item(i) for i in ids)
     assert [it.rank for it in resp.items] == list(range(1, k + 1))
     assert all(np.isfinite(it.score) for it in resp.items)
-    assert all(it.source in ("ann", "fresh", "popular", "explore") for it in resp.items)
+    assert all(it.source in ("ann", "fresh", "followed", "trending", "popular", "explore") for it in resp.items)
     assert all(0 < it.propensity <= 1 for it in resp.items)
     assert resp.model_version == rec.model_version
 

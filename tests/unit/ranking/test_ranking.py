@@ -9,7 +9,14 @@ import torch
 
 from feedrank.config import RankingConfig
 from feedrank.evaluation.metrics import auc
-from feedrank.ranking.features import FEATURE_NAMES, N_FEATURES, N_POSITIONS, ranking_features, smoothed_ctr
+from feedrank.ranking.features import (
+    ENGAGEMENT_FEATURE_NAMES,
+    FEATURE_NAMES,
+    N_FEATURES,
+    N_POSITIONS,
+    ranking_features,
+    smoothed_ctr,
+)
 from feedrank.ranking.model import Ranker, build_ranker, score
 from feedrank.ranking.train import train_ranker
 
@@ -400,3 +407,65 @@ def test_fairness_weight_reduces_exposure_disparity():
         out[w] = (exposure_disparity(z, groups[9000:], protected[9000:])["disparity"], auc(labels[9000:], z))
     assert out[5.0][0] < 0.7 * out[0.0][0], out
     assert out[5.0][1] > 0.6, out
+
+
+def test_soft_ranks_match_ranks_and_the_gap_sees_the_measure():
+    from feedrank.ranking.fairness import exposure_disparity, rank_in_group
+    from feedrank.ranking.losses import exposure_gap, soft_ranks
+
+    s = torch.tensor([0.1, 0.9, 0.5, 0.0, 1.0])
+    g = torch.tensor([0, 0, 0, 1, 1])
+    np.testing.assert_allclose(soft_ranks(s, g, temperature=1e-3).numpy() - 1,
+                               rank_in_group(s.numpy(), g.numpy()), atol=1e-4)
+    prot = torch.tensor([True, False, False, True, False])
+    worst = torch.tensor([0.0, 1.0, 0.5, 0.0, 1.0], requires_grad=True)   # protected always last
+    fair = torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0])                        # first once, last once
+    gap = exposure_gap(worst, g, prot, temperature=0.05)
+    assert gap.item() > 0.05 and exposure_gap(fair, g, prot, temperature=1e-3).item() < gap.item()
+    gap.backward()
+    assert float(worst.grad[0]) < 0 and float(worst.grad[3]) < 0  # raising a protected row lowers the gap
+    d = exposure_disparity(worst.detach().numpy(), g.numpy(), prot.numpy())["disparity"]
+    assert abs(gap.item() ** 0.5 - d) < 0.05  # at a low temperature: the measure itself
+
+
+def test_user_category_features_follow_the_users_feedback():
+    from feedrank.ranking.features import Engagement, engagement_features
+
+    n = 4
+    eng = Engagement.zeros(n)
+    eng.category_ctr[:] = 0.02
+    eng.category_click_share[:] = 0.1
+    eng.user_clicks[:] = [0, 5, 5, 5]
+    eng.user_eimps[:] = [0, 100, 100, 100]
+    eng.user_clicks_3d[:] = [0, 5, 5, 1]
+    # row 1: clicked this category 4 times in 20 examined impressions; row 2: 20 impressions, no click;
+    # row 3: like row 1 but long ago (recent counters decayed away)
+    eng.user_cat_clicks[:] = [0, 4, 0, 4]
+    eng.user_cat_eimps[:] = [0, 20, 20, 20]
+    eng.user_cat_clicks_3d[:] = [0, 4, 0, 0.1]
+    eng.user_cat_eimps_3d[:] = [0, 20, 20, 0.5]
+    x = engagement_features(eng, np.zeros(n), 0.02, 20.0, 0.0)
+    col = {name: x[:, i] for i, name in enumerate(ENGAGEMENT_FEATURE_NAMES)}
+    assert np.isfinite(x).all()
+    assert col["user_cat_ctr_vs_category"][0] == pytest.approx(0.02)      # cold: the category's CTR
+    assert col["user_cat_ctr_vs_category"][1] > 0.1 > col["user_cat_ctr_vs_category"][2]
+    assert col["user_cat_ctr_debiased"][1] > col["user_cat_ctr_debiased"][2]
+    assert col["log_user_cat_click_share"][1] > col["log_user_cat_click_share"][0] > col["log_user_cat_click_share"][2]
+    assert col["log_user_cat_click_share_3d"][1] > col["log_user_cat_click_share_3d"][3]  # taste drifts: recent counts
+    assert col["log_user_cat_eimps"][1] == pytest.approx(np.log1p(20))
+    assert col["category_ctr"][0] == pytest.approx(0.02)
+
+
+def test_rankers_ignore_feature_columns_added_after_training():
+    from feedrank.ranking.compress import serving_form
+    from feedrank.ranking.model import logits
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    for hidden in ((8,), (8, 4)):
+        m = build_ranker(3, hidden, "mlp", n_features=N_FEATURES - 4)
+        dense = rng.standard_normal((20, N_FEATURES)).astype(np.float32)
+        cat = rng.integers(0, 3, 20)
+        want = logits(m, dense[:, : N_FEATURES - 4], cat)
+        np.testing.assert_allclose(logits(m, dense, cat), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(logits(serving_form(m), dense, cat), want, rtol=1e-4, atol=1e-5)

@@ -59,7 +59,7 @@ def test_merge_quotas_dedupe_and_fallback():
     ann = SourceResult("ann", np.array([1, 2, 3, 4]), np.array([0.9, 0.8, 0.7, 0.6], dtype=np.float32))
     fresh = SourceResult("fresh", np.array([2, 7]), np.zeros(2, dtype=np.float32))
     pop = SourceResult("popular", np.array([1, 8, 9, 10]), np.zeros(4, dtype=np.float32))
-    items, src, _ = merge_sources([ann, fresh, pop], {"ann": 3, "fresh": 2, "popular": 1}, total=7, fallback="popular", exclude={3})
-    assert items.tolist() == [1, 2, 4, 7, 8, 9, 10]
-    assert src == ["ann", "ann", "ann", "fresh", "popular", "popular", "popular"]
-    assert len(set(items.tolist())) == len(items)
+    m = merge_sources([ann, fresh, pop], {"ann": 3, "fresh": 2, "popular": 1}, total=7, fallbacks=("popular",), exclude={3})
+    assert m.items.tolist() == [1, 2, 4, 7, 8, 9, 10]
+    assert m.sources == ["ann", "ann", "ann", "fresh", "popular", "popular", "popular"]
+    assert len(set(m.items.tolist())) == len(m.items)

@@ -84,8 +84,9 @@ def test_feed_shape_and_request_fields(env) -> None:
     r = client.get("/v1/feed", params={"user_id": "u1", "k": 5}, headers={"X-Deadline-Ms": "40"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     body = r.json()
-    assert set(body) == {"request_id", "user_id", "model_version", "tier", "arm", "timings_ms", "items"}
+    assert set(body) == {"request_id", "user_id", "model_version", "tier", "arm", "features", "timings_ms", "items"}
     assert body["arm"] is None  # no experiment running
+    assert body["features"] == "local"  # no live feature store attached
     assert body["user_id"] == "u1" and body["model_version"] == "fake-v1" and body["tier"] == "full"
     assert body["timings_ms"] == {s: 1.5 for s in STAGES}
     assert [it["rank"] for it in body["items"]] == [1, 2, 3, 4, 5]

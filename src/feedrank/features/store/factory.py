@@ -18,8 +18,9 @@ from feedrank.features.store.protocol import OnlineStore
 SCHEMES = ("memory", "sqlite", "redis")
 
 
-def open_store(url: str, ttl_s: float = 7 * 86400.0) -> OnlineStore:
-    """An open ``OnlineStore`` for ``url``.
+def open_store(url: str, ttl_s: float = 7 * 86400.0, **redis_options) -> OnlineStore:
+    """An open ``OnlineStore`` for ``url``. ``redis_options`` (``socket_timeout``,
+    ``retries``, ``connect``) go to ``RedisStore`` and are ignored by the other backends.
 
     Raises:
         ConfigError: unknown scheme or a URL without the parts its backend needs.
@@ -42,5 +43,5 @@ def open_store(url: str, ttl_s: float = 7 * 86400.0) -> OnlineStore:
             raise ConfigError(f"feature store URL {url!r}: expected redis://host:port/db")
         from feedrank.features.store.redis import RedisStore
 
-        return RedisStore(url, ttl_s=ttl_s)
+        return RedisStore(url, ttl_s=ttl_s, **redis_options)
     raise ConfigError(f"feature store URL {url!r}: unknown scheme {scheme!r} (use one of {', '.join(SCHEMES)})")

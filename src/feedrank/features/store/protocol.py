@@ -48,11 +48,15 @@ class FeatureBatch:
 
     ``values`` (N, F) float64 in the order of the ids and names asked for (NaN where the
     id or the name is missing); ``found`` (N,) bool, True where the record exists and is
-    not cold; ``ts`` (N,) float64 write time of each record (NaN when not found)."""
+    not cold; ``ts`` (N,) float64 write time of each record (NaN when not found);
+    ``bad_type`` (N, F) bool, True where a stored value is not a number (a corrupt record:
+    its ``values`` entry is NaN), or None when every value read was a number."""
 
     values: np.ndarray
     found: np.ndarray
     ts: np.ndarray
+    bad_type: np.ndarray | None = None
+    present: np.ndarray | None = None  # (N, F) bool: a value was stored (None: unknown)
 
     def filled(self, defaults: Sequence[float]) -> np.ndarray:
         """``values`` with NaN replaced by each column's default. (N, F) float64."""
@@ -156,6 +160,8 @@ def batch_from_records(records: Sequence[tuple[float, Mapping[str, float]] | Non
     values = np.full((n, f), np.nan, dtype=np.float64)
     found = np.zeros(n, dtype=bool)
     tss = np.full(n, np.nan, dtype=np.float64)
+    bad: np.ndarray | None = None
+    present = np.zeros((n, f), dtype=bool)
     for i, rec in enumerate(records):
         if rec is None or is_cold(rec[0], now, ttl_s):
             continue
@@ -164,9 +170,25 @@ def batch_from_records(records: Sequence[tuple[float, Mapping[str, float]] | Non
         r = rec[1]
         for j, name in enumerate(names):
             v = r.get(name)
-            if v is not None:
+            if v is None:
+                continue
+            present[i, j] = True
+            if isinstance(v, float) or (isinstance(v, (int, np.integer, np.floating)) and not isinstance(v, bool)):
                 values[i, j] = v
-    return FeatureBatch(values, found, tss)
+            else:  # planted or corrupt: not a number
+                if bad is None:
+                    bad = np.zeros((n, f), dtype=bool)
+                bad[i, j] = True
+    return FeatureBatch(values, found, tss, bad, present)
+
+
+def parse_number(v: bytes | str) -> float | bytes | str:
+    """A stored value as a float, or unchanged when it is not a number (the caller's
+    validation reports it as ``wrong_type``)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
 
 
 def write_snapshot(store: OnlineStore, path: str | Path) -> Path:

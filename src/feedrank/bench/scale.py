@@ -1,0 +1,236 @@
+"""How cost grows with the world: serving memory, index build time, training examples/s
+(1 and 2 processes) and feed p99, for synthetic worlds of growing size.
+
+    result = run_scale_bench([10_000, 100_000], Path("var/bench/scale"), say=print)
+
+For each point (users, items) it:
+
+1. builds (or reuses) a synthetic world and a model under ``workdir`` (the same recipe
+   as ``feedrank bench serve``: 2 days, 1 epoch per model);
+2. times ``build_index`` on the model's item vectors (the kind ``retrieval.index=auto``
+   picks for that many items), best of ``index_repeats``;
+3. in a fresh process (``python -m feedrank.bench.scale serve``): RSS after imports,
+   RSS with the loaded serving stack (``build_service``: Recommender, state, index, app),
+   and in-process feed latency p50/p99 over ``feed_requests`` requests (one torch thread);
+4. trains the two-tower for one epoch on the world's train clicks (capped at
+   ``train_examples``), one torch thread per process, with 1 process and with 2 processes
+   under torchrun (``python -m feedrank.bench.scale train``): examples/s over the epoch
+   loop (all ranks) and the share of that time spent in gradient all-reduce (rank 0).
+
+Memory and time are measured, never estimated; a step that fails is recorded with its
+error and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+DAYS = 2
+ACTIVITY = 0.15
+MIN_TRAIN_EXAMPLES = 40_960  # examples stepped through per training measurement (80 steps of 512)
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def points_for(sizes: list[int], vary: str, base: int) -> list[tuple[int, int]]:
+    """(users, items) points: ``both`` -> (n, n); ``items`` -> (base, n); ``users`` -> (n, base)."""
+    if vary == "both":
+        return [(n, n) for n in sizes]
+    if vary == "items":
+        return [(base, n) for n in sizes]
+    if vary == "users":
+        return [(n, base) for n in sizes]
+    raise ValueError(f"vary must be both, items or users, got {vary!r}")
+
+
+def time_index_build(model_dir: Path, repeats: int = 1) -> dict[str, Any]:
+    """Seconds to build the serving ANN index over the bundle's item vectors (best of ``repeats``)."""
+    from feedrank.config import load_config
+    from feedrank.retrieval.index import IndexParams, build_index
+
+    cfg = load_config(None, [])
+    vectors = np.load(model_dir / "item_vectors.npy")
+    best, kind = float("inf"), ""
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        index = build_index(vectors, cfg.retrieval.index, seed=0, params=IndexParams.from_config(cfg.retrieval))
+        best = min(best, time.perf_counter() - t)
+        kind = index.kind
+    return {"seconds": round(best, 4), "kind": kind, "n_vectors": int(len(vectors)), "dim": int(vectors.shape[1])}
+
+
+def _run_json(cmd: list[str], out: Path, timeout_s: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
+    return json.loads(out.read_text())
+
+
+def measure_serving(model_dir: Path, requests: int, timeout_s: float = 1800.0) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "serve.json"
+        cmd = [sys.executable, "-m", "feedrank.bench.scale", "serve", "--model", str(model_dir),
+               "--requests", str(requests), "--out", str(out), "--events", str(Path(tmp) / "events")]
+        return _run_json(cmd, out, timeout_s)
+
+
+def measure_training(world: Path, nproc: int, max_examples: int, timeout_s: float = 3600.0) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "train.json"
+        worker = ["-m", "feedrank.bench.scale", "train", "--data", str(world), "--max-examples", str(max_examples),
+                  "--out", str(out)]
+        if nproc == 1:
+            cmd = [sys.executable, *worker]
+        else:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return _run_json(cmd, out, timeout_s, env)
+
+
+def run_scale_bench(sizes: list[int], workdir: Path, vary: str = "both", base: int = 10_000, procs: tuple[int, ...] = (1, 2),
+                    train_examples: int = 100_000, feed_requests: int = 300, index_repeats: int = 1,
+                    say: Callable[[str], None] = print) -> dict[str, Any]:
+    from feedrank.bench.serve import ensure_model
+
+    rows: list[dict[str, Any]] = []
+    for users, items in points_for(sizes, vary, base):
+        row: dict[str, Any] = {"users": users, "items": items, "days": DAYS, "activity": ACTIVITY}
+        size_dir = workdir / f"u{users}-i{items}-d{DAYS}"
+        t = time.perf_counter()
+        model = ensure_model(size_dir, users, items, DAYS, ACTIVITY, say)
+        row["build_seconds"] = round(time.perf_counter() - t, 1)
+        manifest = json.loads((model / "manifest.json").read_text())
+        row["events"] = (manifest.get("dataset") or {}).get("n_events")
+        for name, fn in (("index_build", lambda: time_index_build(model, index_repeats)),
+                         ("serving", lambda: measure_serving(model, feed_requests))):
+            try:
+                row[name] = fn()
+            except Exception as exc:  # noqa: BLE001 - recorded, the other measurements still run
+                row[name] = {"error": str(exc)[-800:]}
+            say(f"u{users} i{items}: {name} {row[name]}")
+        row["training"] = {}
+        for p in procs:
+            try:
+                row["training"][str(p)] = measure_training(size_dir / "world", p, train_examples)
+            except Exception as exc:  # noqa: BLE001
+                row["training"][str(p)] = {"error": str(exc)[-800:]}
+            say(f"u{users} i{items}: training {p} proc {row['training'][str(p)]}")
+        one, two = row["training"].get("1", {}), row["training"].get("2", {})
+        if one.get("examples_per_s") and two.get("examples_per_s"):
+            row["training"]["speedup_2_vs_1"] = round(two["examples_per_s"] / one["examples_per_s"], 3)
+        rows.append(row)
+    return {"points": rows, "vary": vary, "procs": list(procs), "threads_per_process": 1,
+            "train_examples_cap": train_examples, "feed_requests": feed_requests,
+            "note": "training: two-tower, 1 epoch, local batch = retrieval.batch_size per process, gloo all-reduce"}
+
+
+# ---------------------------------------------------------------------------------------
+# the probes, each run in a fresh process
+
+
+def _probe_serve(model: str, requests: int, events: str, out: str) -> None:
+    import torch
+
+    from feedrank.serving.factory import build_service
+    from feedrank.types import FeedRequest
+
+    torch.set_num_threads(1)
+    rss_before = _rss_mib()
+    t = time.perf_counter()
+    _app, event_log, rec, _cfg = build_service(model, events)
+    load_s = time.perf_counter() - t
+    rss_loaded = _rss_mib()
+    rng = np.random.default_rng(0)
+    known = rec.art.snapshot.user_ids
+    picks = rng.integers(0, max(len(known), 1), requests)
+    users = [str(known[i]) if len(known) and rng.random() < 0.9 else f"new-{i}" for i in picks]
+    for u in users[: min(20, len(users))]:  # warm-up
+        rec.recommend(FeedRequest(user_id=u, k=20, deadline_ms=10_000.0))
+    lat = []
+    for u in users:
+        t = time.perf_counter()
+        rec.recommend(FeedRequest(user_id=u, k=20, deadline_ms=10_000.0))
+        lat.append((time.perf_counter() - t) * 1000.0)
+    event_log.close()
+    a = np.asarray(lat)
+    Path(out).write_text(json.dumps({
+        "rss_mib_after_imports": round(rss_before, 1), "rss_mib_loaded": round(rss_loaded, 1),
+        "serving_memory_mib": round(rss_loaded - rss_before, 1), "load_seconds": round(load_s, 2),
+        "feed_ms": {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3),
+                    "requests": len(lat)}}))
+
+
+def _probe_train(data: str, max_examples: int, min_examples: int, out: str) -> None:
+    """One two-tower run (rank 0 writes ``out``): enough epochs to step through at least
+    ``min_examples`` examples, so 1 and 2 processes do the same work."""
+    from feedrank.config import load_config
+    from feedrank.pipeline.build import item_content, prepare
+    from feedrank.retrieval.train import train_two_tower
+    from feedrank.training import distributed as dist
+    from feedrank.training.common import seed_everything, setup_threads
+
+    info = dist.init_from_env()
+    try:
+        cfg = load_config(None, ["retrieval.epochs=1", f"retrieval.max_train_examples={max_examples}", "training.threads=1"])
+        setup_threads(1)
+        rng = seed_everything(0)
+        quiet = lambda _m: None  # noqa: E731
+        prep = prepare(data, cfg, say=quiet)
+        mask = np.zeros(len(prep.events), dtype=bool)
+        mask[prep.split.train_idx] = True
+        clicks = prep.events.click_log(np.flatnonzero(mask))
+        content, _ = item_content(cfg, prep.catalog, quiet)
+        n = min(len(clicks.items), max_examples)
+        rcfg = dataclasses.replace(cfg.retrieval, epochs=max(1, math.ceil(min_examples / max(n, 1))))
+        _, rep = train_two_tower(rcfg, prep.catalog, clicks, len(prep.vocabs["category"]),
+                                 len(prep.vocabs["subcategory"]), rng, show_progress=False, content=content)
+        if info.rank == 0:
+            Path(out).write_text(json.dumps({
+                "processes": info.world_size, "examples": rep.examples, "epochs": rcfg.epochs,
+                "examples_per_s": round(rep.examples_per_s, 1),
+                "loop_seconds": round(rep.train_seconds, 3), "comm_seconds_rank0": round(rep.comm_seconds, 3),
+                "comm_share": round(rep.comm_seconds / rep.train_seconds, 4) if rep.train_seconds else None,
+                "batch_per_process": min(cfg.retrieval.batch_size, rep.examples // info.world_size)}))
+    finally:
+        dist.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m feedrank.bench.scale", description="scale benchmark probes")
+    sub = ap.add_subparsers(dest="probe", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--model", required=True)
+    s.add_argument("--requests", type=int, default=300)
+    s.add_argument("--events", required=True)
+    s.add_argument("--out", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--data", required=True)
+    t.add_argument("--max-examples", type=int, default=100_000)
+    t.add_argument("--min-examples", type=int, default=MIN_TRAIN_EXAMPLES)
+    t.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    if a.probe == "serve":
+        _probe_serve(a.model, a.requests, a.events, a.out)
+    else:
+        _probe_train(a.data, a.max_examples, a.min_examples, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Off-policy estimates validated against the synthetic world's simulated truth.
+
+The question: "what top-slot click rate would a new ranking policy get?", answered from the
+logging policy's feeds with their logged propensities, and checked against the truth that
+only a simulated world knows.
+
+* Logged data: the slot-0 impression of every session (item, propensity = the logging
+  policy's probability of that item at the top, click or not). In the synthetic world
+  P(click at slot 0) = exam(0) a(u, i, t) = a(u, i, t), so the click is a draw of the reward.
+* Target policy (``TargetPolicy``): a new ranker whose score for item j is the true
+  attractiveness with a per-item log-normal error, ``s_j = a(u, j, t) exp(noise eps_j)``;
+  it shows j at the top with probability ``pi(j | u, t) ∝ s_j ** beta`` over the live items.
+* Truth: ``V = mean over all sessions of sum_j pi(j | u, t) a(u, j, t)``: exact in the action
+  and the click, computed from the world's formulas over every session of the period.
+* Estimates: IPS, SNIPS and DR (``ope.py``) from a random ``sample`` share of the sessions
+  (the "log"). DR's reward model is a position-based click model fitted by EM
+  (``click_models.fit_pbm``) on the log's impressions at all positions, cross-fitted over two
+  folds so a round's reward never trains the model that corrects it.
+
+``coverage_check`` repeats this over seeds (a new world, log and target noise per seed) and
+reports, per estimator, how often the stated interval covered the truth.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from feedrank.data.dataset import ts_to_seconds
+from feedrank.data.synth import WorldConfig, WorldTruth, generate_world, parse_ids
+from feedrank.data.synth.world import World
+from feedrank.errors import SchemaError
+from feedrank.evaluation.click_models import fit_pbm
+from feedrank.evaluation.ope import ESTIMATORS, estimate_all
+from feedrank.training.common import progress
+
+CHUNK_SESSIONS = 2048
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """pi(j | u, t) ∝ (a(u, j, t) exp(noise eps_j)) ** beta over the live items; eps ~ N(0, 1)
+    per item, drawn from ``seed``."""
+
+    beta: float = 2.0
+    noise: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """Slot-0 rounds, one per session. Arrays (S,): user, item (indices), ts (epoch s),
+    propensity, click (0/1), request (int: r<n> -> n)."""
+
+    user: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    propensity: np.ndarray
+    click: np.ndarray
+    request: np.ndarray
+
+
+@dataclass(frozen=True)
+class Impressions:
+    """Every logged impression (all positions). Arrays (n,): request, item, position, click."""
+
+    request: np.ndarray
+    item: np.ndarray
+    position: np.ndarray
+    click: np.ndarray
+
+
+def read_log(dataset_dir: str | Path, world: World) -> tuple[Sessions, Impressions]:
+    """Slot-0 rounds and all impressions (with their clicks) of a synthetic dataset."""
+    path = Path(dataset_dir) / "events.parquet"
+    t = pq.read_table(path, columns=["ts", "user_id", "item_id", "kind", "position", "request_id", "propensity"])
+    kind = t.column("kind")
+    imp = t.filter(pc.equal(kind, "impression"))
+    clk = t.filter(pc.equal(kind, "click"))
+    if imp.num_rows == 0:
+        raise SchemaError(f"{path}: no impressions to evaluate")
+    cfg = world.config
+
+    def req(col) -> np.ndarray:
+        return parse_ids(np.asarray(col.to_numpy(zero_copy_only=False), dtype=object), "r", 1 << 62, "request")
+
+    i_req, c_req = req(imp.column("request_id")), req(clk.column("request_id"))
+    i_pos = imp.column("position").to_numpy().astype(np.int64)
+    c_pos = clk.column("position").to_numpy().astype(np.int64)
+    K = int(max(i_pos.max(), c_pos.max() if len(c_pos) else 0) + 1)
+    clicked = np.isin(i_req * K + i_pos, c_req * K + c_pos)
+    i_item = parse_ids(imp.column("item_id").to_numpy(zero_copy_only=False), "i", cfg.n_items, "item")
+    top = i_pos == 0
+    sessions = Sessions(
+        user=parse_ids(np.asarray(imp.column("user_id").to_numpy(zero_copy_only=False))[top], "u", cfg.n_users, "user"),
+        item=i_item[top],
+        ts=ts_to_seconds(imp.column("ts"))[top],
+        propensity=imp.column("propensity").to_numpy()[top].astype(np.float64),
+        click=clicked[top].astype(np.float64),
+        request=i_req[top],
+    )
+    return sessions, Impressions(request=i_req, item=i_item, position=i_pos, click=clicked.astype(np.float64))
+
+
+@dataclass(frozen=True)
+class RewardModel:
+    """q(u, j) = gamma[j] * mult[u, cat(j)], clipped to [0, 1]: a PBM item attractiveness
+    (``gamma`` (N,)) times a shrunk per-user topic multiplier (``mult`` (U, C)): the user's
+    clicks in a topic over those the item-only model expected there."""
+
+    gamma: np.ndarray
+    mult: np.ndarray
+    item_cat: np.ndarray
+
+    def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """users (B,) and items (B,) or (B, L). Returns q of the same shape as ``items``."""
+        u = users.reshape((-1,) + (1,) * (items.ndim - 1))
+        return np.clip(self.gamma[items] * self.mult[u, self.item_cat[items]], 0.0, 1.0)
+
+
+def fit_reward_model(world: World, imps: Impressions, users_of_request: dict[int, int] | np.ndarray,
+                     mask: np.ndarray, shrink: float = 2.0) -> tuple[RewardModel, np.ndarray]:
+    """Fit q on the impressions selected by ``mask``. ``users_of_request`` maps request -> user
+    index (an array indexed by request). Returns (model, fitted PBM theta)."""
+    cfg = world.config
+    pbm = fit_pbm(imps.item[mask], imps.position[mask], imps.click[mask], n_items=cfg.n_items)
+    u = users_of_request[imps.request[mask]]
+    c = world.item_cat[imps.item[mask]].astype(np.int64)
+    key = u * cfg.n_categories + c
+    expected = pbm.examination(imps.position[mask]) * pbm.gamma[imps.item[mask]]
+    size = cfg.n_users * cfg.n_categories
+    clicks = np.bincount(key, weights=imps.click[mask], minlength=size)
+    exp_sum = np.bincount(key, weights=expected, minlength=size)
+    mult = ((clicks + shrink) / (exp_sum + shrink)).reshape(cfg.n_users, cfg.n_categories)
+    return RewardModel(pbm.gamma, mult, world.item_cat.astype(np.int64)), pbm.theta
+
+
+def target_rows(world: World, policy: TargetPolicy, user: np.ndarray, ts: np.ndarray, item: np.ndarray,
+                q: RewardModel | None = None) -> dict[str, np.ndarray]:
+    """For sessions (S,): pi of the logged top item, the true value sum_j pi_j a_j, and (when
+    a reward model ``q`` is given) the direct-method term sum_j pi_j q(u, j). Returns (S,) arrays."""
+    cfg = world.config
+    eps = np.random.default_rng(np.random.SeedSequence([policy.seed, 808])).standard_normal(cfg.n_items)
+    lo = np.searchsorted(world.item_pub, ts - cfg.max_age_s, side="right")
+    hi = np.searchsorted(world.item_pub, ts, side="right")
+    S = len(user)
+    out = {"pi_logged": np.zeros(S), "truth": np.zeros(S), "dm": np.zeros(S)}
+    for a0 in range(0, S, CHUNK_SESSIONS):
+        b0 = min(a0 + CHUNK_SESSIONS, S)
+        lo_c, n_c = lo[a0:b0], hi[a0:b0] - lo[a0:b0]
+        if np.any(n_c <= 0):
+            raise SchemaError("a logged session has no live item (is this the world the log came from?)")
+        L = int(n_c.max())
+        col = np.arange(L)[None, :]
+        mask = col < n_c[:, None]
+        idx = np.where(mask, lo_c[:, None] + col, lo_c[:, None])
+        B = b0 - a0
+        a = world.attractiveness(np.repeat(user[a0:b0], L), idx.ravel(), np.repeat(ts[a0:b0], L)).reshape(B, L)
+        logit = policy.beta * (np.log(np.maximum(a, 1e-300)) + policy.noise * eps[idx])
+        logit = np.where(mask, logit, -np.inf)
+        logit -= logit.max(axis=1, keepdims=True)
+        pi = np.exp(logit)
+        pi /= pi.sum(axis=1, keepdims=True)
+        rel = item[a0:b0] - lo_c
+        if np.any((rel < 0) | (rel >= n_c)):
+            raise SchemaError("a logged top item was not live at its session time")
+        out["pi_logged"][a0:b0] = pi[np.arange(B), rel]
+        out["truth"][a0:b0] = np.sum(pi * a, axis=1)
+        if q is not None:
+            out["dm"][a0:b0] = np.sum(np.where(mask, pi * q(user[a0:b0], idx), 0.0), axis=1)
+    return out
+
+
+def evaluate_log(dataset_dir: str | Path, policy: TargetPolicy = TargetPolicy(), *, sample: float = 0.5,
+                 level: float = 0.9, seed: int = 0, cluster_by_user: bool = True) -> dict[str, Any]:
+    """Estimates (IPS, SNIPS, DR, DM) of the target policy's top-slot CTR from a random
+    ``sample`` share of a synthetic dataset's sessions, and the simulated truth over all.
+    Intervals are cluster-robust over users unless ``cluster_by_user`` is False."""
+    if not 0.0 < sample <= 1.0:
+        raise SchemaError(f"sample: expected a share in (0, 1], got {sample}")
+    world = WorldTruth.load(dataset_dir).world
+    sess, imps = read_log(dataset_dir, world)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 909]))
+    S = len(sess.user)
+    keep = np.sort(rng.choice(S, size=max(2, int(round(sample * S))), replace=False)) if sample < 1 else np.arange(S)
+    fold = rng.integers(0, 2, len(keep))
+    # reward model per fold: fitted on the other fold's impressions (all positions)
+    q_logged = np.zeros(len(keep))
+    dm = np.zeros(len(keep))
+    pi_logged = np.zeros(len(keep))
+    pbm_thetas = []
+    user_of_req = np.zeros(int(sess.request.max()) + 1, dtype=np.int64)
+    user_of_req[sess.request] = sess.user
+    for f in (0, 1):
+        rows = keep[fold == f]
+        m = np.isin(imps.request, sess.request[keep[fold != f]])
+        q, theta = fit_reward_model(world, imps, user_of_req, m)
+        pbm_thetas.append(theta)
+        tr = target_rows(world, policy, sess.user[rows], sess.ts[rows], sess.item[rows], q=q)
+        sel = fold == f
+        q_logged[sel] = q(sess.user[rows], sess.item[rows])
+        dm[sel] = tr["dm"]
+        pi_logged[sel] = tr["pi_logged"]
+    truth_rows = target_rows(world, policy, sess.user, sess.ts, sess.item)["truth"]
+    clusters = sess.user[keep] if cluster_by_user else None  # one user's sessions are correlated
+    args = (sess.click[keep], sess.propensity[keep], pi_logged, q_logged, dm)
+    est = estimate_all(*args, level=level, clusters=clusters)
+    normal = estimate_all(*args, level=level, clusters=clusters, skew_correction=False)
+    truth = float(truth_rows.mean())
+    logging_truth = float(world.attractiveness(sess.user, sess.item, sess.ts).mean())
+    theta = np.mean([t[: min(len(x) for x in pbm_thetas)] for t in pbm_thetas], axis=0)
+    true_theta = world.examination(np.arange(len(theta)))
+    return {
+        "truth": truth,
+        "logging_truth": logging_truth,
+        "logged_ctr": float(sess.click[keep].mean()),
+        "n_sessions": int(S),
+        "n_logged": int(len(keep)),
+        "level": level,
+        "cluster_by_user": cluster_by_user,
+        "n_users": int(len(np.unique(sess.user[keep]))),
+        "policy": asdict(policy),
+        "estimates": {k: {**v.to_dict(), "covers": v.covers(truth), "normal_lo": normal[k].lo, "normal_hi": normal[k].hi,
+                          "normal_covers": normal[k].covers(truth)} for k, v in est.items()},
+        "pbm_theta": theta.round(4).tolist(),
+        "true_theta": true_theta.round(4).tolist(),
+    }
+
+
+def coverage_check(seeds: list[int], world: dict[str, Any] | None = None, policy: TargetPolicy = TargetPolicy(),
+                   *, sample: float = 0.5, level: float = 0.9, workdir: str | Path | None = None,
+                   show_progress: bool = True, on_run: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Per seed: a new world (``WorldConfig(**world, seed=s)``), its log, a target policy with
+    new item noise; estimate and compare with the truth. Returns the runs and a summary per
+    estimator (coverage share, mean bias, RMSE, mean interval width)."""
+    world = dict(world or {})
+    runs = []
+    tmp = Path(tempfile.mkdtemp(prefix="feedrank-ope-", dir=workdir))
+    try:
+        for s in progress(seeds, desc="ope seeds", enabled=show_progress, unit="world"):
+            cfg = WorldConfig(**{**world, "seed": int(s)})
+            out = tmp / f"w{s}"
+            generate_world(out, cfg, progress=False)
+            pol = TargetPolicy(beta=policy.beta, noise=policy.noise, seed=int(s))
+            r = evaluate_log(out, pol, sample=sample, level=level, seed=int(s))
+            r["seed"] = int(s)
+            runs.append(r)
+            shutil.rmtree(out, ignore_errors=True)
+            if on_run is not None:
+                on_run(r)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"level": level, "sample": sample, "world": world, "policy": {"beta": policy.beta, "noise": policy.noise},
+            "n_runs": len(runs), "summary": summarize(runs), "runs": runs}
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Coverage share, bias, RMSE, mean width (absolute and relative to the truth) per estimator."""
+    out: dict[str, dict[str, float]] = {}
+    for name in (*ESTIMATORS, "dm"):
+        rs = [r for r in runs if name in r["estimates"]]
+        if not rs:
+            continue
+        truth = np.array([r["truth"] for r in rs])
+        val = np.array([r["estimates"][name]["value"] for r in rs])
+        width = np.array([r["estimates"][name]["hi"] - r["estimates"][name]["lo"] for r in rs])
+        cov = np.array([r["estimates"][name]["covers"] for r in rs], dtype=np.float64)
+        cov_normal = np.array([r["estimates"][name].get("normal_covers", np.nan) for r in rs], dtype=np.float64)
+        out[name] = {
+            "coverage": float(cov.mean()),
+            "coverage_normal_interval": float(cov_normal.mean()),
+            "covered": int(cov.sum()),
+            "runs": len(rs),
+            "mean_bias": float(np.mean(val - truth)),
+            "rmse": float(np.sqrt(np.mean((val - truth) ** 2))),
+            "mean_width": float(width.mean()),
+            "mean_rel_width": float(np.mean(width / truth)),
+        }
+    return out

@@ -1,0 +1,138 @@
+"""A direct ASGI path for ``GET /v1/feed``: the hot endpoint skips routing, dependency
+injection and the middleware stack.
+
+    app.add_middleware(FeedFastPath, feed=feed_bytes, metrics=metrics, max_k=50, default_k=20,
+                       max_deadline_ms=150.0, inline=True)
+
+It answers a well-formed feed request itself and hands *everything else* to the wrapped
+app unchanged: other paths and methods, and any feed request whose query or headers it
+does not accept at a glance (a missing or blank ``user_id``, a ``k`` that is not plain
+digits in range, an unusual ``explain`` or ``X-Deadline-Ms`` spelling, a bad
+``X-Request-Id``). The FastAPI route then answers those, with its usual 422 bodies and
+OpenAPI documentation, so the two paths cannot disagree on what is valid: the fast path
+only ever accepts a subset of what the route accepts, and produces the same body.
+
+``inline=True`` runs the pipeline on the event loop thread (no thread-pool hand-off, no
+GIL ping-pong between threads: the right choice for CPU-bound workers, one per core).
+With micro-batching on, requests must overlap to be batched, so the server passes
+``inline=False`` and the pipeline runs in the thread pool.
+
+Measured costs and the reasoning are in benchmarks/README.md ("Serving: where a request's
+CPU goes").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from feedrank.serving.logs import request_id_var
+from feedrank.serving.metrics import ServingMetrics
+
+log = logging.getLogger("feedrank.serving")
+
+PATH = "/v1/feed"
+_NUMBER = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9})?$")  # plain decimal ms; anything fancier goes to the route
+_TRUE = {"true": True, "1": True, "false": False, "0": False}
+FeedFn = Callable[[str, int, bool, "float | None", str], bytes]
+
+
+class FeedFastPath:
+    """Pure ASGI middleware; see the module docstring.
+
+    ``feed(user_id, k, explain, x_deadline_ms | None, request_id) -> JSON bytes`` is the
+    same function the FastAPI route calls. ``valid_request_id(rid) -> bool`` is the
+    route's own check."""
+
+    def __init__(self, app: ASGIApp, feed: FeedFn, metrics: ServingMetrics, max_k: int, default_k: int,
+                 valid_request_id: Callable[[str], bool], inline: bool = True) -> None:
+        self.app = app
+        self.feed = feed
+        self.max_k = int(max_k)
+        self.default_k = int(default_k)
+        self.valid_request_id = valid_request_id
+        self.inline = inline
+        self._latency = metrics.request_latency.labels(endpoint=PATH)
+        self._ok = metrics.responses.labels(endpoint=PATH, status="200")
+        self._responses = metrics.responses  # the 500 series appears only when one happens
+        self.served = 0  # requests answered here (tests read it)
+
+    def parse(self, scope: Scope) -> tuple[str, int, bool, float | None, str | None] | None:
+        """(user_id, k, explain, x_deadline_ms, request id or None) of a request the fast path
+        accepts, or None to let the route answer it."""
+        params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        user_id = params.get("user_id")
+        if user_id is None or not (0 < len(user_id) <= 256) or not user_id.strip():
+            return None
+        k = self.default_k
+        raw_k = params.get("k")
+        if raw_k is not None:
+            if not (raw_k.isascii() and raw_k.isdigit() and len(raw_k) <= 6):
+                return None
+            k = int(raw_k)
+            if not 1 <= k <= self.max_k:
+                return None
+        explain = False
+        raw_explain = params.get("explain")
+        if raw_explain is not None:
+            explain = _TRUE.get(raw_explain.lower())  # type: ignore[assignment]
+            if explain is None:
+                return None
+        deadline = rid = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-deadline-ms":
+                text = value.decode("latin-1")
+                if not _NUMBER.match(text):
+                    return None
+                deadline = float(text)
+                if not (deadline > 0 and math.isfinite(deadline)):
+                    return None
+            elif name == b"x-request-id":
+                rid = value.decode("latin-1")
+                if not self.valid_request_id(rid):
+                    return None
+        return user_id, k, bool(explain), deadline, rid
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        parsed = self.parse(scope)
+        if parsed is None:
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        user_id, k, explain, deadline, rid = parsed
+        rid = rid or uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        counter = None
+        try:
+            try:
+                if self.inline:
+                    body = self.feed(user_id, k, explain, deadline, rid)
+                else:
+                    body = await run_in_threadpool(self.feed, user_id, k, explain, deadline, rid)
+                status, counter = 200, self._ok
+            except Exception as exc:  # same contract as the route: a logged 500 with the request id
+                log.exception("unhandled error: %s", type(exc).__name__,
+                              extra={"request_id": rid, "path": PATH, "method": "GET"})
+                body = orjson.dumps({"detail": "internal server error", "error": type(exc).__name__, "request_id": rid})
+                status = 500
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                    (b"x-request-id", rid.encode("latin-1"))]})
+            await send({"type": "http.response.body", "body": body})
+            self.served += 1
+        finally:
+            self._latency.observe(time.perf_counter() - t0)
+            (counter or self._responses.labels(endpoint=PATH, status="500")).inc()
+            request_id_var.reset(token)

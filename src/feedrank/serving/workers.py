@@ -1,0 +1,94 @@
+"""N serving processes on one port (``serving.workers``), one per core.
+
+    feedrank serve --model var/model serving.workers=2
+
+One Python process runs one request's pipeline at a time on one core (the GIL), so a
+server on C cores runs C worker processes. uvicorn's supervisor binds the port once,
+spawns the workers (each imports ``create_worker_app`` and builds its own app), restarts
+a worker that dies, and passes SIGINT/SIGTERM on. The kernel spreads connections over
+the workers.
+
+What each worker owns, and the consistency that gives (docs/api.md, "Workers"):
+
+* **Model**: each worker loads the bundle (memory x N). With ``--registry``, each runs its
+  own ``ModelManager`` poller and swaps on its own when ``current`` moves: for up to one
+  poll interval the workers may answer with different versions; every response says which.
+* **Event log** (embedded): one partition per worker, ``<events_dir>/w<slot>/``, because a
+  log directory has one writer. ``data.eventlog.partition_roots`` / ``read_partitions``
+  read them all (``feedrank ab report`` does). A slot is claimed with an ``flock``, so a
+  restarted worker reopens its own partition. Event-id deduplication is per partition: a
+  client retry that lands on the other worker is written twice and readers drop the
+  repeat by ``event_id``. With ``serving.events_url=redis://...`` all workers share one
+  stream instead.
+* **Online state** (recent clicks, seen items): per worker. A client's keep-alive
+  connection stays on one worker, but separate connections of one user may hit either,
+  so "never show a seen item again" holds per worker; with ``features.live`` and a shared
+  ``features.store_url`` (Redis) history and counters are shared.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from feedrank.errors import FeedrankError
+
+log = logging.getLogger("feedrank.serving")
+
+SPEC_ENV = "FEEDRANK_SERVE_SPEC"
+_claims: list[int] = []  # slot lock fds, held for the life of the worker process
+
+
+def claim_slot(claims_dir: str | Path, workers: int) -> int:
+    """The lowest free worker slot (0..workers-1), held by an ``flock`` until the process exits."""
+    d = Path(claims_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    for slot in range(max(1, workers)):
+        fd = os.open(d / f"worker-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _claims.append(fd)
+        return slot
+    raise FeedrankError(f"all {workers} worker slots in {d} are taken (is another server using them?)")
+
+
+def partition_name(slot: int) -> str:
+    return f"w{slot}"
+
+
+def write_spec(**spec: Any) -> dict[str, str]:
+    """Environment for the worker processes: the serve command's arguments as JSON, and
+    one BLAS thread per worker (set before numpy loads in the spawned process)."""
+    spec.setdefault("claims_dir", tempfile.mkdtemp(prefix="feedrank-workers-"))
+    return {SPEC_ENV: json.dumps(spec), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def create_worker_app():
+    """uvicorn app factory run in each worker process (reads ``FEEDRANK_SERVE_SPEC``)."""
+    from feedrank.serving.factory import build_registry_service, build_service
+
+    spec = json.loads(os.environ[SPEC_ENV])
+    slot = claim_slot(spec["claims_dir"], int(spec["workers"]))
+    part = partition_name(slot)
+    overrides = tuple(spec.get("overrides") or ())
+    if spec.get("registry_dir"):
+        app, _log, manager, _cfg = build_registry_service(spec["registry_dir"], spec.get("events_dir"), spec.get("config_path"),
+                                                          overrides, float(spec.get("poll_s", 5.0)), partition=part)
+        manager.start()
+        version = manager.model_version
+    else:
+        app, _log, rec, _cfg = build_service(spec["model_dir"], spec.get("events_dir"), spec.get("config_path"), overrides,
+                                             partition=part)
+        version = rec.model_version
+    log.info("worker %s (pid %d) serving model %s; event log partition %s", slot, os.getpid(), version, part)
+    # Nothing to close after the server stops: every append is fsync'd when it returns, the
+    # app's shutdown flushes the impression writer, and the kernel drops the flocks.
+    return app

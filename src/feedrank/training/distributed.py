@@ -1,0 +1,203 @@
+"""torch.distributed for the recipes: process-group setup from ``torchrun``'s environment,
+rank helpers, gradient averaging (dense and sparse) and metric reduction.
+
+    info = init_from_env()          # no-op (world size 1) outside torchrun
+    ...
+    seconds = average_gradients(dense_params, sparse_params, extras)
+    ...
+    shutdown()
+
+Data parallelism here is explicit rather than ``DistributedDataParallel``: the recipes
+call tower methods (not one ``forward``) and the two-tower's hashed tables have sparse
+gradients, which DDP's bucketed reducer handles poorly. After ``backward`` every rank
+calls ``average_gradients``: one all-reduce of all dense gradients flattened into a single
+buffer (plus the step's loss and counters, so every rank logs the same metrics), and one
+all-gather of the sparse rows (indices and values of every sparse table, concatenated),
+summed and divided by the world size. The result is what DDP computes (the mean gradient
+over the global batch) and is bitwise identical on every rank. ``CommTimer`` records the
+seconds spent in these collectives (the communication share of a step).
+
+Backend: gloo (CPU tensors; the recipes train on CPU). ``FEEDRANK_DIST_BACKEND=nccl``
+selects NCCL, which needs the recipe's tensors on the GPU (not done by the CPU recipes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as tdist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str  # "" when not distributed
+
+
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    return default if v in (None, "") else int(v)
+
+
+def init_from_env(timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group described by torchrun's variables (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT). World size 1 or no variables: nothing to join."""
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return DistInfo(0, 1, 0, "")
+    if not tdist.is_initialized():
+        backend = os.environ.get("FEEDRANK_DIST_BACKEND", "gloo")
+        timeout = timedelta(seconds=timeout_s)
+        rank_ = _env_int("RANK", 0)
+        # torchrun's agent keeps one TCPStore across worker restarts: without a per-attempt
+        # prefix a restarted rank reads the dead workers' addresses and the mesh never forms
+        use_agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+        store = tdist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), _env_int("MASTER_PORT", 29500), world,
+                               is_master=not use_agent and rank_ == 0, timeout=timeout)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = tdist.PrefixStore(f"feedrank/attempt_{attempt}", store)
+        tdist.init_process_group(backend=backend, store=store, rank=rank_, world_size=world, timeout=timeout)
+    return info()
+
+
+def info() -> DistInfo:
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return DistInfo(0, 1, 0, "")
+    return DistInfo(tdist.get_rank(), tdist.get_world_size(), _env_int("LOCAL_RANK", 0), tdist.get_backend())
+
+
+def is_distributed() -> bool:
+    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+
+
+def rank() -> int:
+    return tdist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return tdist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        tdist.barrier()
+
+
+def shutdown() -> None:
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def broadcast_int(value: int, src: int = 0) -> int:
+    """``value`` as rank ``src`` has it (e.g. a seed every rank must share)."""
+    if not is_distributed():
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    tdist.broadcast(t, src)
+    return int(t.item())
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank (in place)."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            tdist.broadcast(t.data, src)
+
+
+def all_reduce_mean(values: list[float]) -> list[float]:
+    """Element-wise mean of ``values`` over ranks (float64)."""
+    if not is_distributed():
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64)
+    tdist.all_reduce(t)
+    return (t / world_size()).tolist()
+
+
+class CommTimer:
+    """Seconds spent in collectives (``average_gradients``) and in whole steps."""
+
+    def __init__(self) -> None:
+        self.comm_s = 0.0
+        self.steps = 0
+
+    def share(self, total_s: float) -> float:
+        return self.comm_s / total_s if total_s > 0 else 0.0
+
+
+def shard(indices, n_ranks: int | None = None, rank_: int | None = None):
+    """This rank's disjoint share of ``indices`` (strided: ``indices[rank::world]``)."""
+    w = world_size() if n_ranks is None else n_ranks
+    r = rank() if rank_ is None else rank_
+    return indices[r::w]
+
+
+def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Parameter],
+                      extras: torch.Tensor | None = None, timer: CommTimer | None = None) -> torch.Tensor | None:
+    """Replace every gradient by its mean over ranks; return ``extras`` (K,) averaged too.
+
+    dense: parameters with dense (or None: treated as zero) gradients; sparse: parameters
+    with sparse COO gradients of shape (rows, D) sharing D. World size 1: no-op."""
+    if not is_distributed():
+        return extras
+    t0 = time.perf_counter()
+    w = float(world_size())
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in dense]
+    flat = torch.cat([g.reshape(-1) for g in grads] + ([extras.reshape(-1).float()] if extras is not None else []))
+    tdist.all_reduce(flat)
+    flat /= w
+    off = 0
+    for p, g in zip(dense, grads):
+        n = g.numel()
+        p.grad = flat[off : off + n].view_as(p)
+        off += n
+    out = flat[off:] if extras is not None else None
+    if sparse:
+        _average_sparse(sparse, w)
+    if timer is not None:
+        timer.comm_s += time.perf_counter() - t0
+    return out
+
+
+def _average_sparse(params: list[torch.nn.Parameter], w: float) -> None:
+    """All-gather the rows of every sparse gradient (one concatenated table), sum, / w."""
+    offsets, idx_parts, val_parts = [], [], []
+    base = 0
+    dim = params[0].shape[1]
+    for p in params:
+        offsets.append(base)
+        if p.grad is not None:
+            g = p.grad.coalesce()
+            idx_parts.append(g.indices()[0] + base)
+            val_parts.append(g.values().reshape(-1, dim))
+        base += p.shape[0]
+    idx = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.int64)
+    val = torch.cat(val_parts) if val_parts else torch.zeros((0, dim))
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size())]
+    tdist.all_gather(sizes, torch.tensor([len(idx)], dtype=torch.int64))
+    m = int(max(s.item() for s in sizes))
+    pad_idx = torch.zeros(m, dtype=torch.int64)
+    pad_idx[: len(idx)] = idx
+    pad_val = torch.zeros((m, dim), dtype=val.dtype)
+    pad_val[: len(val)] = val
+    all_idx = [torch.empty_like(pad_idx) for _ in range(world_size())]
+    all_val = [torch.empty_like(pad_val) for _ in range(world_size())]
+    tdist.all_gather(all_idx, pad_idx)
+    tdist.all_gather(all_val, pad_val)
+    gi = torch.cat([a[: int(s.item())] for a, s in zip(all_idx, sizes)])
+    gv = torch.cat([a[: int(s.item())] for a, s in zip(all_val, sizes)]) / w
+    for k, p in enumerate(params):
+        lo, hi = offsets[k], offsets[k] + p.shape[0]
+        sel = (gi >= lo) & (gi < hi)
+        p.grad = torch.sparse_coo_tensor((gi[sel] - lo)[None, :], gv[sel], p.shape, check_invariants=False).coalesce()

@@ -1,0 +1,28 @@
+"""Two small trained bundles shared by the hot-swap and fault tests (trained once per session)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from feedrank.config import load_config
+from feedrank.data.synth import WorldConfig, generate_world
+from feedrank.pipeline.build import train_model
+
+SWAP_NOW = float(int(time.time() // 3600 * 3600))
+
+
+@pytest.fixture(scope="session")
+def two_models(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("swap")
+    world = root / "world"
+    generate_world(world, WorldConfig(n_users=600, n_items=200, n_days=3, seed=5, start=SWAP_NOW - 3 * 86400, activity_mean=1.0),
+                   progress=False)
+    out = []
+    for seed in (1, 2):
+        cfg = load_config(None, ["retrieval.epochs=1", "ranking.epochs=1", f"training.seed={seed}"])
+        train_model(world, root / f"m{seed}", cfg, show_progress=False, say=lambda m: None)
+        out.append(root / f"m{seed}")
+    return out[0], out[1]
