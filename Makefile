@@ -8,12 +8,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test smoke setup clean help redis-server browser
+.PHONY: demo test smoke setup clean help redis-server browser wrk bench-serve
 
 help:
 	@echo "make demo   - set up, build a synthetic world, train, serve on http://127.0.0.1:8000"
 	@echo "make test   - set up (if needed) and run the whole test suite"
 	@echo "make smoke  - the CI smoke demo: small world, own server, checks answers, exits"
+	@echo "make bench-serve - the load benchmark (wrk) on the 1M x 1M synthetic world"
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -28,6 +29,15 @@ redis-server:
 # (tests/integration/test_dashboard_browser.py, Selenium). Installed only when missing (needs root/apt).
 browser:
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { echo "==> installing chromium + chromium-driver (Debian)"; apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null || { apt-get update -q >/dev/null && apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null; }; }
+
+# wrk from Debian's packages: the load generator of `feedrank bench serve` only (not used by
+# `make test`). Installed only when missing (needs root/apt).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { echo "==> installing wrk (Debian)"; apt-get install -y wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y wrk >/dev/null; }; }
+
+# the serving load benchmark (benchmarks/README.md): 1M users x 1M items, 2 workers
+bench-serve: wrk $(STAMP)
+	$(VENV)/bin/feedrank bench serve --users 1000000 --items 1000000 --rates 100,200,300,400 --seconds 15 --workers 2
 
 # torch first, from the CPU wheel (pip's find-links holds it); then everything else under
 # constraints.txt so nothing can pull another torch.

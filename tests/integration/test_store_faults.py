@@ -204,3 +204,29 @@ def test_serving_on_redis_streams_feeds_the_store(model: Path, redis: RedisServe
     finally:
         event_log.close()
     assert (tmp_path / "events" / "consumers" / "realtime.npz").exists()   # the consumer's own committed offset
+
+
+def test_clicks_seen_by_another_replica_reach_the_request(model: Path, tmp_path: Path):
+    """What a consumer elsewhere published (user clicks, item counts) changes this
+    process's request: the user's history and the ranker's item counters."""
+    from feedrank.types import Event, EventKind, FeedRequest
+
+    app, event_log, rec, _ = build_service(str(model), str(tmp_path / "events"))
+    try:
+        items = rec.catalog.item_ids[:3].tolist()
+        now = time.time()
+        user = "seen-elsewhere"
+        rec.live.publisher.apply([Event(f"o{i}", now, user, items[i % 3], EventKind.CLICK) for i in range(6)])
+        rec.live.publisher.heartbeat()
+        ctx = rec.state.context(user, now)
+        assert ctx.n_clicks == 0                         # this process never saw those clicks
+        ctx2, status = rec._live_context(ctx, user, now)
+        assert status == ["live"] and ctx2.n_clicks == 6
+        assert [rec._item_ids_list[r] for r in ctx2.history[ctx2.history >= 0]] == [items[i % 3] for i in range(6)]
+        local = rec.state.item_clicks[:3].copy()
+        got = rec.live.read_items(items, now, rec.state.item_impressions[:3], local)
+        assert got.clicks.tolist() == [2.0, 2.0, 2.0] and got.status == "live"   # the ranker takes max(local, these)
+        resp = rec.recommend(FeedRequest(user_id=user, k=5, now=now))
+        assert resp.features == "live" and len(resp.items) == 5
+    finally:
+        event_log.close()

@@ -44,7 +44,7 @@ LAYERS: dict[str, float] = {
     "feedrank.planning": 3.5,  # reads benchmark results, encodes a typical event (data)
     "feedrank.bench": 4.25,  # scenarios measure serving (and training): above both, below cli
     "feedrank.cli": 4.5,  # thin commands over everything below
-    "feedrank.train": 4.5,  # `python -m feedrank.train`: the torchrun worker entrypoint (= the train command)
+    "feedrank.train": 4.6,  # `python -m feedrank.train`: the torchrun worker entrypoint; runs cli.train, so just above cli
 }
 SIBLINGS_THAT_MUST_NOT_MEET = ("feedrank.retrieval", "feedrank.ranking", "feedrank.rerank")
 IO_MODULES = ("pathlib", "os", "time", "socket", "pyarrow", "duckdb", "io", "shutil", "sqlite3", "subprocess")

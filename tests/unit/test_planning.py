@@ -48,3 +48,17 @@ def test_plan_cli_prints_arithmetic_and_machine(tmp_path: Path):
     out = CliRunner().invoke(cli, ["plan", "--users", "1e6", "--items", "1e5", "--results", str(tmp_path / "results"), "--json"])
     doc = json.loads(out.output)
     assert doc["inputs"]["users"] == 1e6 and doc["lines"][0]["name"] == "daily active users"
+
+
+def test_training_rate_comes_from_scale_json_when_no_model(tmp_path: Path):
+    r = _results(tmp_path)
+    (r / "scale.json").write_text(json.dumps({"machine": MACHINE, "points": [
+        {"users": 10000, "items": 10000, "training": {"1": {"examples_per_s": 900.0}, "2": {"examples_per_s": 1600.0},
+                                                      "speedup_2_vs_1": 1.78}},
+        {"users": 100000, "items": 100000, "training": {"1": {"examples_per_s": 800.0}, "2": {"error": "killed"}}}]}))
+    m = Measured.read(r, slo_ms=50.0)
+    fig = m.train_examples_per_s["two_tower"]
+    assert fig.value == 800.0 and "points[1].training.1.examples_per_s" in fig.source  # the largest world measured
+    lines = {ln.name: ln for ln in plan(PlanInputs(users=1e6, items=1e5), m, Figure(250.0, "test", "any"))}
+    assert lines["two_tower: training nodes"].value >= 1
+    assert not any("training examples/s" in s for s in m.missing)

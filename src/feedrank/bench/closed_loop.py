@@ -101,7 +101,7 @@ class SubprocessRetrainer:
     def start(self) -> bool:
         if self.running():
             return False
-        self.poll()
+        self._done.extend(self.poll())  # a finished run not yet polled: keep its result
         err = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self._proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=err)
         self._started = time.time()
@@ -113,7 +113,8 @@ class SubprocessRetrainer:
     def poll(self) -> list[dict]:
         p = self._proc
         if p is None or p.poll() is None:
-            return []
+            done, self._done = self._done, []
+            return done
         out = p.stdout.read().decode() if p.stdout else ""
         self._proc = None
         lines = [x for x in out.splitlines() if x.startswith("{")]
@@ -123,7 +124,8 @@ class SubprocessRetrainer:
             res = {"action": "failed", "detail": out[-200:]}
         res["real_seconds"] = time.time() - self._started
         res["returncode"] = p.returncode
-        return [res]
+        done, self._done = self._done + [res], []
+        return done
 
     def wait(self, timeout: float) -> list[dict]:
         if self._proc is not None:

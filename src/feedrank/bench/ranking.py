@@ -11,8 +11,11 @@ Per dataset (synthetic worlds, generated with known truth; the MIND sample, impo
    features), interactions (mlp / dcn / dot), losses (pointwise / pairwise / listwise) and
    fairness weights. Each reports the same metrics (ECE after fitting the configured
    calibrator on the newest train impressions) and its training time.
-3. Worlds: the learned position curve ``exp(b_k - b_0)`` against the true examination.
-4. Speed (torch threads = serving.torch_threads): p50/p99 ms to score 100/500/2000
+3. Worlds: the learned position curve ``exp(b_k - b_0)`` against the true examination;
+   the oracle with one term of the true attractiveness changed and the Bayes ceiling
+   (``bench/ranking_ceiling.py``): what the logs can tell about what the oracle knows.
+4. Speed (torch and BLAS threads = serving.torch_threads, each variant in the form
+   serving runs, wall and CPU time): p50/p99 ms to score 100/500/2000
    candidates at batch 1 for full, int8 and distilled; the full ranker's FLOPs per
    candidate and the FLOP floor (FLOPs / matmul throughput measured in the same run);
    what the latency-budget policy picks for a range of budgets.
@@ -45,9 +48,9 @@ COMPARISON: dict[str, tuple[dict[str, Any], bool]] = {
     "dot": ({"interaction": "dot"}, False),
     "mlp pairwise": ({"interaction": "mlp", "loss": "pairwise"}, False),
     "mlp listwise": ({"interaction": "mlp", "loss": "listwise"}, False),
+    "mlp fairness 0.03": ({"interaction": "mlp", "fairness_weight": 0.03}, False),
     "mlp fairness 0.1": ({"interaction": "mlp", "fairness_weight": 0.1}, False),
     "mlp fairness 0.3": ({"interaction": "mlp", "fairness_weight": 0.3}, False),
-    "mlp fairness 1": ({"interaction": "mlp", "fairness_weight": 1.0}, False),
 }
 
 
@@ -244,9 +247,18 @@ def bench_dataset(name: str, data_dir: Path, model_dir: Path, cfg: FeedrankConfi
     if res["oracle"]:
         from feedrank.data.synth.truth import WorldTruth
 
-        res["true_examination"] = [_r(v) for v in WorldTruth.load(data_dir).examination(np.arange(10))]
+        from feedrank.bench.ranking_ceiling import bayes_ceiling, oracle_ablation
+
+        truth = WorldTruth.load(data_dir)
+        res["true_examination"] = [_r(v) for v in truth.examination(np.arange(10))]
         o = res["oracle"]
         res["targets"] = {"auc_ratio": _r(s["auc"] / o["auc"]), "ndcg@10_ratio": _r(s["ndcg@10"] / o["ndcg@10"])}
+        t = time.perf_counter()
+        res["ceiling"] = {"oracle_ablation": oracle_ablation(prep, truth, max_test),
+                          "bayes": bayes_ceiling(prep, truth, n_users=400, n_samples=8000)}
+        b = res["ceiling"]["bayes"]
+        say(f"  Bayes ceiling ({b['n_users']} users): AUC {b['bayes']['auc']:.4f} vs oracle {b['oracle']['auc']:.4f} "
+            f"({time.perf_counter() - t:.0f}s)")
     res["freshness"] = freshness_effect(art, prep, cfg)
     res["speed"] = speed(art, cfg, reps, say)
     return res

@@ -11,7 +11,6 @@ Then one ``run_cycle`` runs (data -> warm-started challenger -> evaluation of bo
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -33,7 +32,7 @@ def split_world(world_dir: str | Path, base_out: str | Path, events_dir: str | P
     cut = max(1, n - int(n_new))
     req = ev.column("request_id").to_numpy(zero_copy_only=False)
     while 0 < cut < n and req[cut] is not None and req[cut] == req[cut - 1]:
-        cut += 1
+        cut -= 1  # back to a request boundary: the log gets at least ``n_new`` events
     with DatasetWriter(base_out, source=ds.meta.source, extra={"split_from": str(world_dir)}) as w:
         w.write_items(ds.items)
         if ds.users is not None:
@@ -92,14 +91,7 @@ def bench_retrain(work: Path, users: int, items: int, days: int, new_events: int
                     "stages_s": {k: round(v, 1) for k, v in res.seconds.items()}, "total_s": round(total, 1),
                     "gate": res.gate},
         "target": {"new_events": 1_000_000, "max_s": 600, "met": bool(split["log_events"] >= 1_000_000 and total <= 600)},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "note": "measured on a shared 2-core machine; rerun on a quiet one",
+        "threads": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
 
 
-def write_result(out: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=float))
-
-
-__all__ = ["bench_retrain", "split_world", "write_result"]

@@ -105,16 +105,17 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     hist = clicks.final_histories(cfg.retrieval.history_len)[users]
     uvec = encode_users(tt, catalog, hist, np.full(len(users), split.boundary), item_vecs=vecs)
     out["methods"]["two_tower"] = _metrics(_top_lists(uvec @ vecs.T, allowed_mask, past), relevant, warm)
-    prior = fit_age_prior(tt, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, vecs, max_age,
-                          cfg.training.seed)
-    out["age_prior"] = prior.to_json()
-    say(f"age prior: w = {prior.weight:.4f} per day (nll {prior.nll_before:.4f} -> {prior.nll_after:.4f}, "
-        f"{prior.n_clicks} train clicks)")
-    out["methods"]["two_tower_age_prior"] = _metrics(
-        _top_lists(prior.scores(uvec, vecs, catalog.published_at, split.boundary), allowed_mask, past), relevant, warm)
-    out["methods"]["two_tower_age_prior_served"] = _metrics(
-        _served_lists(prior, uvec, vecs, catalog.published_at, split.boundary, allowed_mask, past, cfg), relevant, warm)
-    pop = np.bincount(clicks.items, minlength=n_items).astype(np.float64)
+    pop = np.bincount(clicks.items, minlength=n_items).astype(np.float64)  # train clicks: counts at the boundary
+    for name, use_pop in (("two_tower_age_prior", False), ("two_tower_prior", True)):
+        prior = fit_age_prior(tt, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, vecs, max_age,
+                              cfg.training.seed, popularity=use_pop)
+        out[name] = prior.to_json()
+        say(f"{name}: w_age = {prior.weight:.4f} per day, w_pop = {prior.pop_weight:.4f} (nll {prior.nll_before:.4f} -> "
+            f"{prior.nll_after:.4f}, {prior.n_clicks} train clicks)")
+        out["methods"][name] = _metrics(
+            _top_lists(prior.scores(uvec, vecs, catalog.published_at, split.boundary, pop), allowed_mask, past), relevant, warm)
+    out["methods"]["two_tower_prior_served"] = _metrics(
+        _served_lists(prior, uvec, vecs, catalog.published_at, pop, split.boundary, allowed_mask, past, cfg), relevant, warm)
     out["methods"]["popularity"] = _metrics(_top_lists(np.broadcast_to(pop, (len(users), n_items)), allowed_mask, past),
                                             relevant, warm)
     als = _als_scores(clicks, users, n_items, cfg.training.seed)
@@ -125,8 +126,8 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         out["methods"]["oracle"] = _metrics(_top_lists(oracle_scores, allowed_mask, past), relevant, warm)
         o = out["methods"]["oracle"]["recall@100"]
         out["two_tower_recall@100_vs_oracle"] = round(out["methods"]["two_tower"]["recall@100"] / o, 4) if o else None
-        out["two_tower_age_prior_recall@100_vs_oracle"] = (
-            round(out["methods"]["two_tower_age_prior"]["recall@100"] / o, 4) if o else None)
+        for name in ("two_tower_age_prior", "two_tower_prior", "two_tower_prior_served"):
+            out[f"{name}_recall@100_vs_oracle"] = round(out["methods"][name]["recall@100"] / o, 4) if o else None
     tw = out["methods"]["two_tower"]
     if tw["recall@100_cold"] is not None and tw["recall@100_warm"]:
         out["two_tower_cold_vs_warm_recall@100"] = round(tw["recall@100_cold"] / tw["recall@100_warm"], 4)
@@ -136,22 +137,24 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     return out
 
 
-def _served_lists(prior, uvec: np.ndarray, vecs: np.ndarray, published_at: np.ndarray, now: float, allowed_mask: np.ndarray,
-                  past: list[set[int]], cfg: FeedrankConfig, k: int = 100) -> list[list[int]]:
+def _served_lists(prior, uvec: np.ndarray, vecs: np.ndarray, published_at: np.ndarray, clicks: np.ndarray, now: float,
+                  allowed_mask: np.ndarray, past: list[set[int]], cfg: FeedrankConfig, k: int = 100) -> list[list[int]]:
     """What serving does with the prior (``Recommender._retrieve``): the ANN's top
-    ``ann_oversample * k`` by u.v plus every recent item (published within the recent pool's
-    hours, or later), rescored by u.v/T - w age, top ``k``."""
+    ``ann_oversample * k`` by u.v, every recent item (published within the recent pool's
+    hours, or later) and the ``k`` most clicked, rescored by u.v/T + prior, top ``k``."""
     from feedrank.retrieval.prior import rescore_with_prior
 
     p = cfg.pipeline
     over = _top_lists(uvec @ vecs.T, allowed_mask, past, k=p.ann_oversample * k)
     hours = max(p.fresh_hours, p.followed_hours)
     pool = np.flatnonzero(allowed_mask & ~(now - np.nan_to_num(published_at, nan=-np.inf) > hours * 3600.0))
+    popular = np.flatnonzero(allowed_mask)[np.argsort(-clicks[allowed_mask], kind="stable")[: max(p.popular_k, k)]]
+    pool = np.union1d(pool, popular)
     out = []
     for j, row in enumerate(over):
         cand = np.union1d(np.asarray(row, dtype=np.int64), pool)
         cand = cand[~np.isin(cand, np.fromiter(past[j], dtype=np.int64, count=len(past[j])))]
-        got, _ = rescore_with_prior(prior, uvec[j], cand, vecs[cand], published_at[cand], now, k)
+        got, _ = rescore_with_prior(prior, uvec[j], cand, vecs[cand], published_at[cand], now, k, clicks=clicks[cand])
         out.append(got.tolist())
     return out
 
@@ -218,7 +221,7 @@ def speed_corpus(n_items: int, dim: int, n_queries: int, seed: int = 0) -> tuple
 def run_speed(n_items: int = 1_000_000, dim: int = 64, n_queries: int = 500, seed: int = 0,
               kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq"), ef_search: tuple[int, ...] = (100, 128, 192, 256),
               nprobe: tuple[int, ...] = (8, 16, 32, 64, 128), hnsw_m: int = 32, ef_construction: int = 80,
-              live_share: float = 0.9, target_recall: float = 0.95,
+              live_share: float = 0.9, target_recall: float = 0.95, ivf_refine: int = 4,
               say: Callable[[str], None] = print) -> dict[str, Any]:
     """ANN speed on a synthetic clustered corpus (N, dim) of unit vectors.
 
@@ -246,7 +249,8 @@ def run_speed(n_items: int = 1_000_000, dim: int = 64, n_queries: int = 500, see
     for kind in kinds:
         faiss.omp_set_num_threads(threads)
         t = time.perf_counter()
-        index = build_index(x, kind, seed=seed, params=IndexParams(hnsw_m=hnsw_m, hnsw_ef_construction=ef_construction))
+        index = build_index(x, kind, seed=seed, params=IndexParams(hnsw_m=hnsw_m, hnsw_ef_construction=ef_construction,
+                                                                     ivf_refine=ivf_refine))
         build_s = time.perf_counter() - t
         nbytes = int(faiss.serialize_index(index.index).nbytes)
         faiss.omp_set_num_threads(1)
@@ -258,13 +262,15 @@ def run_speed(n_items: int = 1_000_000, dim: int = 64, n_queries: int = 500, see
         row: dict[str, Any] = {"build_s": round(build_s, 2), "index_mb": round(nbytes / 2**20, 1), "settings": []}
         if kind == "hnsw":
             row.update(M=hnsw_m, efConstruction=ef_construction)
+        elif kind == "ivfpq":
+            row.update(refine_k_factor=ivf_refine)
         for name, value in settings:
             if kind == "hnsw":
                 _set_hnsw_ef(index.index, value)
                 index = type(index)(index.index, kind, IndexParams(hnsw_ef_search=value))
             elif kind == "ivfpq":
                 faiss.extract_index_ivf(index.index).nprobe = value
-                index = type(index)(index.index, kind, IndexParams(ivf_nprobe=value))
+                index = type(index)(index.index, kind, IndexParams(ivf_nprobe=value, ivf_refine=ivf_refine))
             ids, lat = _latency(index, q, 100)
             ids_f, lat_f = _latency(index, q, 100, allowed=live)
             r = {"param": name, "value": value,

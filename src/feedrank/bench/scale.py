@@ -138,7 +138,10 @@ def run_scale_bench(sizes: list[int], workdir: Path, vary: str = "both", base: i
         rows.append(row)
     return {"points": rows, "vary": vary, "procs": list(procs), "threads_per_process": 1,
             "train_examples_cap": train_examples, "feed_requests": feed_requests,
-            "note": "training: two-tower, 1 epoch, local batch = retrieval.batch_size per process, gloo all-reduce"}
+            "note": ("training: two-tower, one torch thread per process, local batch retrieval.batch_size (or the "
+                     "process's share of the clicks if smaller), as many epochs as needed to step through "
+                     f">= {MIN_TRAIN_EXAMPLES} examples; comm_share = time in gradient collectives / epoch-loop time "
+                     "(rank 0), wait_share = time at the step barrier waiting for the other rank")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -207,6 +210,8 @@ def _probe_train(data: str, max_examples: int, min_examples: int, out: str) -> N
                 "examples_per_s": round(rep.examples_per_s, 1),
                 "loop_seconds": round(rep.train_seconds, 3), "comm_seconds_rank0": round(rep.comm_seconds, 3),
                 "comm_share": round(rep.comm_seconds / rep.train_seconds, 4) if rep.train_seconds else None,
+                "wait_seconds_rank0": round(rep.wait_seconds, 3),
+                "wait_share": round(rep.wait_seconds / rep.train_seconds, 4) if rep.train_seconds else None,
                 "batch_per_process": min(cfg.retrieval.batch_size, rep.examples // info.world_size)}))
     finally:
         dist.shutdown()

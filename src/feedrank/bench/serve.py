@@ -13,7 +13,10 @@ endpoint in the same run.
 4. Records achieved rps, latency percentiles, non-2xx responses and the tier mix (read from
    the server's /metrics before and after).
 5. Does the same against a bare ASGI app that returns a feed-sized JSON body: the cost of
-   the HTTP layer alone.
+   the HTTP layer alone (uvicorn + httptools + uvloop, no framework, no pipeline).
+6. Reads the server's CPU time (all worker processes) before and after each rate: CPU ms
+   per request, and the HTTP layer's share of it (bare CPU per request / ours). CPU per
+   request is much less sensitive to a busy machine than latency.
 
 wrk is closed-loop: a connection waits for its response before the next request, so an
 overloaded server gets fewer requests than offered. The achieved rate is reported beside
@@ -47,6 +50,23 @@ request = function()
 end
 -- exponential gaps: Poisson arrivals per connection, so connections never fire in lockstep
 delay = function() return -math.log(1 - math.random()) * pace_ms end
+-- the tier of every response, counted here: with several workers /metrics is per process
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+init = function(args) n_full, n_reduced, n_fallback, n_other = 0, 0, 0, 0 end
+response = function(status, headers, body)
+  local t = string.match(body or "", '"tier":"(%%a+)"')
+  if t == "full" then n_full = n_full + 1 elseif t == "reduced" then n_reduced = n_reduced + 1
+  elseif t == "fallback" then n_fallback = n_fallback + 1 else n_other = n_other + 1 end
+end
+done = function(summary, latency, requests)
+  local f, r, b, o = 0, 0, 0, 0
+  for _, t in ipairs(threads) do
+    f = f + (t:get("n_full") or 0); r = r + (t:get("n_reduced") or 0)
+    b = b + (t:get("n_fallback") or 0); o = o + (t:get("n_other") or 0)
+  end
+  io.write(string.format("TIERS full=%%d reduced=%%d fallback=%%d other=%%d\\n", f, r, b, o))
+end
 """
 
 BARE_APP = '''
@@ -93,12 +113,30 @@ def _parse_wrk(out: str) -> dict[str, Any]:
     res["non_2xx"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: (.*)", out)
     res["socket_errors"] = m.group(1).strip() if m else None
+    m = re.search(r"TIERS full=(\d+) reduced=(\d+) fallback=(\d+) other=(\d+)", out)
+    if m:
+        res["tier_counts"] = dict(zip(("full", "reduced", "fallback", "other"), map(int, m.groups())))
     return res
 
 
-def _tiers(url: str) -> dict[str, float]:
-    text = httpx.get(url + "/metrics", timeout=10.0).text
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^feedrank_feed_requests_total\{tier="([^"]+)"\} ([\d.e+]+)', text, re.M)}
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its live children (the
+    uvicorn workers). Less sensitive to a busy machine than latency: the cost per request."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def _run_wrk(url: str, rate: float, seconds: int, connections: int, users: int, k: int, seed: int) -> dict[str, Any]:
@@ -140,7 +178,8 @@ def ensure_model(workdir: Path, users: int, items: int, days: int, activity: flo
 
 
 def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: float, rates: list[float], seconds: int,
-                    connections: int, k: int, say: Callable[[str], None], settings: tuple[str, ...] = ()) -> dict[str, Any]:
+                    connections: int, k: int, say: Callable[[str], None], settings: tuple[str, ...] = (),
+                    workers: int = 1) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found: apt-get install -y wrk")
     from feedrank.serving.server import free_port
@@ -149,7 +188,8 @@ def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: 
     port, bare_port = free_port(), free_port()
     exe = str(Path(sys.executable).parent / "feedrank")
     server = subprocess.Popen([exe, "serve", "--model", str(model), "--port", str(port), "--log-level", "warning",
-                               "--events-dir", str(workdir / "events"), *settings], stdout=subprocess.DEVNULL,
+                               "--events-dir", str(workdir / "events"), "--workers", str(workers), *settings],
+                              stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)
     bare_dir = Path(tempfile.mkdtemp())
     (bare_dir / "bare_app.py").write_text(BARE_APP % {"k": k})
@@ -157,7 +197,8 @@ def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: 
                              "--no-access-log"], cwd=bare_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
     out: dict[str, Any] = {"users": users, "items": items, "k": k, "connections": connections, "seconds_per_rate": seconds,
-                           "server": "feedrank serve (1 uvicorn process)", "settings": list(settings), "rates": []}
+                           "server": f"feedrank serve --workers {workers}", "workers": workers, "settings": list(settings),
+                           "rates": []}
     try:
         say("waiting for the server (loading the model)")
         _wait_http(url + "/readyz")
@@ -165,19 +206,27 @@ def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: 
         # warm-up, then one measurement per rate
         _run_wrk(url, 50, 3, 4, users, k, seed=1)
         for i, rate in enumerate(rates):
-            before = _tiers(url)
+            cpu0 = _tree_cpu_s(server.pid)
             res = _run_wrk(url, rate, seconds, connections, users, k, seed=10 + i)
-            after = _tiers(url)
-            delta = {t: after.get(t, 0) - before.get(t, 0) for t in after}
-            total = sum(delta.values()) or 1.0
-            res["tier_share"] = {t: round(v / total, 4) for t, v in delta.items()}
+            cpu1 = _tree_cpu_s(server.pid)
+            counts = {t: v for t, v in (res.get("tier_counts") or {}).items() if v}
+            total = sum(counts.values()) or 1
+            res["tier_share"] = {t: round(v / total, 4) for t, v in counts.items()}
+            # CPU over the requests wrk completed (a few in flight at the edges: noise < 1/requests)
+            res["server_cpu_ms_per_request"] = round(1000.0 * (cpu1 - cpu0) / max(res["requests"] or 1, 1), 3)
+            bcpu0 = _tree_cpu_s(bare.pid)
             bare_res = _run_wrk(bare_url + "/", rate, max(3, seconds // 3), connections, users, k, seed=20 + i)
+            bare_cpu = 1000.0 * (_tree_cpu_s(bare.pid) - bcpu0) / max(bare_res["requests"] or 1, 1)
             res["bare_asgi"] = {key: bare_res[key] for key in ("p50_ms", "p99_ms", "achieved_rps")}
+            res["bare_asgi"]["cpu_ms_per_request"] = round(bare_cpu, 3)
             if res["p50_ms"] and bare_res["p50_ms"]:
                 res["http_layer_share_p50"] = round(bare_res["p50_ms"] / res["p50_ms"], 4)
+            if res["server_cpu_ms_per_request"] > 0:  # the HTTP server's own CPU vs a whole feed request's
+                res["http_layer_share_cpu"] = round(bare_cpu / res["server_cpu_ms_per_request"], 4)
             out["rates"].append(res)
             say(f"offered {rate:.0f} rps: achieved {res['achieved_rps']}, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, "
-                f"tiers {res['tier_share']}, bare p50 {bare_res['p50_ms']} ms")
+                f"tiers {res['tier_share']}, server CPU {res['server_cpu_ms_per_request']} ms/request, "
+                f"bare p50 {bare_res['p50_ms']} ms, bare CPU {bare_cpu:.3f} ms/request")
     finally:
         for p in (server, bare):
             p.send_signal(signal.SIGINT)

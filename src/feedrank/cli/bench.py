@@ -52,7 +52,8 @@ def feed(model_dir: str, requests: int, k: int, no_http: bool, as_json: bool) ->
 @bench_group.command("serve")
 @click.option("--users", default=1_000_000, show_default=True, type=click.IntRange(100))
 @click.option("--items", default=1_000_000, show_default=True, type=click.IntRange(100))
-@click.option("--days", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=5, show_default=True, type=click.IntRange(1),
+              help="Days of synthetic history (5: the 80/20 time split falls on a day boundary).")
 @click.option("--activity", default=0.15, show_default=True, type=float, help="Sessions per user per day in the world.")
 @click.option("--rates", default="100,200,300,400", show_default=True, help="Offered request rates (rps), comma-separated.")
 @click.option("--seconds", default=15, show_default=True, type=click.IntRange(3, 300), help="Duration of each rate.")
@@ -62,9 +63,11 @@ def feed(model_dir: str, requests: int, k: int, no_http: bool, as_json: bool) ->
               help="World and model are built here once per size and reused.")
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Runtime setting for the server, e.g. --set pipeline.rank_batch_wait_ms=1.5 (repeatable).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes (feedrank serve --workers): one per core.")
 @click.option("--json", "as_json", is_flag=True)
 def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, seconds: int, connections: int, k: int,
-              workdir: str, settings: tuple[str, ...], as_json: bool) -> None:
+              workdir: str, settings: tuple[str, ...], workers: int, as_json: bool) -> None:
     """Load test the HTTP server with wrk at fixed offered rates (127.0.0.1 only, bounded in
     time): achieved rps, p50/p75/p90/p99, non-2xx, tier mix, and a bare ASGI endpoint in the
     same run for the cost of the HTTP layer. Writes benchmarks/results/serve.json.
@@ -74,6 +77,7 @@ def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, se
       feedrank bench serve --json
       feedrank bench serve --users 20000 --items 5000 --rates 100,300 --seconds 10
       feedrank bench serve --users 20000 --items 5000 --set pipeline.rank_batch_wait_ms=1.5
+      feedrank bench serve --users 20000 --items 5000 --days 14 --workers 1
     """
     import json
     from pathlib import Path
@@ -84,7 +88,8 @@ def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, se
 
     rate_list = [float(r) for r in rates.split(",") if r.strip()]
     size_dir = Path(workdir) / f"u{users}-i{items}-d{days}"
-    result = run_serve_bench(size_dir, users, items, days, activity, rate_list, seconds, connections, k, say, settings)
+    result = run_serve_bench(size_dir, users, items, days, activity, rate_list, seconds, connections, k, say, settings,
+                             workers=workers)
     path = write_result("serve", result)
     say(f"written {path}")
     if as_json:
@@ -95,10 +100,11 @@ def _register_scenarios() -> None:
     """Scenario commands that live in their own modules (one per scenario)."""
     from feedrank.cli.bench_ingest import ingest
     from feedrank.cli.bench_ranking import ranking
+    from feedrank.cli.bench_retrain import retrain
     from feedrank.cli.bench_retrieval import retrieval
     from feedrank.cli.bench_scale import scale
 
-    for command in (ingest, ranking, retrieval, scale):
+    for command in (ingest, ranking, retrain, retrieval, scale):
         bench_group.add_command(command)
 
 

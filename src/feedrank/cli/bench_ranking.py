@@ -49,7 +49,7 @@ def ranking(worlds: tuple[str, ...], mind_dir: str, work_dir: str, max_train: in
       feedrank bench ranking --json
       feedrank bench ranking --world small:3000:1000:5 --mind '' --variant dcn --variant mlp
       feedrank bench ranking --world a:20000:5000:14 --world b:50000:10000:7 ranking.epochs=3
-      feedrank bench ranking --reuse --mind '' --variant 'dcn fairness 0.3' --name ranking-fairness
+      feedrank bench ranking --reuse --mind '' --variant mlp --variant 'mlp fairness 0.1' --name ranking-fairness
     """
     from feedrank.bench import write_result
     from feedrank.bench.ranking import COMPARISON, run_ranking_bench

@@ -74,7 +74,8 @@ def retrieval(datasets: tuple[str, ...], only: str, max_users: int, speed_items:
     if only in ("all", "speed") and speed_items:
         say(f"speed: {speed_items:,} items x {speed_dim}-d")
         result["speed"] = run_speed(speed_items, speed_dim, n_queries=speed_queries, kinds=kinds, ef_search=ef,
-                                    nprobe=nprobe, hnsw_m=cfg.retrieval.hnsw_m, seed=cfg.training.seed, say=say)
+                                    nprobe=nprobe, hnsw_m=cfg.retrieval.hnsw_m, ivf_refine=cfg.retrieval.ivf_refine,
+                                    seed=cfg.training.seed, say=say)
     path = write_result({"all": "retrieval", "quality": "retrieval_quality", "speed": "retrieval_speed"}[only], result)
     say(f"written {path}")
     if as_json:

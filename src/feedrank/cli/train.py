@@ -69,6 +69,9 @@ def train(data_dir: str, out_dir: str, no_eval: bool, no_progress: bool, fresh: 
       torchrun --nproc_per_node 2 -m feedrank.train --data var/world --out var/model
     """
     cfg = resolve_config(config_path, overrides)  # fail here, before any worker starts
+    if max_restarts and nproc == 1:
+        raise click.UsageError("--max-restarts needs --nproc >= 2 (torchrun restarts workers); a single process "
+                               "resumes when the same command is run again")
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         argv = ["--data", data_dir, "--out", out_dir]
         argv += ["--no-eval"] * no_eval + ["--no-progress"] * no_progress + ["--fresh"] * fresh

@@ -11,7 +11,10 @@ only a simulated world knows.
   attractiveness with a per-item log-normal error, ``s_j = a(u, j, t) exp(noise eps_j)``;
   it shows j at the top with probability ``pi(j | u, t) ∝ s_j ** beta`` over the live items.
 * Truth: ``V = mean over all sessions of sum_j pi(j | u, t) a(u, j, t)``: exact in the action
-  and the click, computed from the world's formulas over every session of the period.
+  and the click, computed from the world's formulas over every session of the period (the
+  population the log was sampled from). The same mean over the logged sessions only
+  (``truth_logged_sessions``: what these very sessions would have clicked) is reported too;
+  covering it is easier, since it removes the sampling of contexts.
 * Estimates: IPS, SNIPS and DR (``ope.py``) from a random ``sample`` share of the sessions
   (the "log"). DR's reward model is a position-based click model fitted by EM
   (``click_models.fit_pbm``) on the log's impressions at all positions, cross-fitted over two
@@ -215,11 +218,13 @@ def evaluate_log(dataset_dir: str | Path, policy: TargetPolicy = TargetPolicy(),
     est = estimate_all(*args, level=level, clusters=clusters)
     normal = estimate_all(*args, level=level, clusters=clusters, skew_correction=False)
     truth = float(truth_rows.mean())
+    truth_logged = float(truth_rows[keep].mean())  # the same value on the logged sessions only
     logging_truth = float(world.attractiveness(sess.user, sess.item, sess.ts).mean())
     theta = np.mean([t[: min(len(x) for x in pbm_thetas)] for t in pbm_thetas], axis=0)
     true_theta = world.examination(np.arange(len(theta)))
     return {
         "truth": truth,
+        "truth_logged_sessions": truth_logged,
         "logging_truth": logging_truth,
         "logged_ctr": float(sess.click[keep].mean()),
         "n_sessions": int(S),
@@ -228,7 +233,8 @@ def evaluate_log(dataset_dir: str | Path, policy: TargetPolicy = TargetPolicy(),
         "cluster_by_user": cluster_by_user,
         "n_users": int(len(np.unique(sess.user[keep]))),
         "policy": asdict(policy),
-        "estimates": {k: {**v.to_dict(), "covers": v.covers(truth), "normal_lo": normal[k].lo, "normal_hi": normal[k].hi,
+        "estimates": {k: {**v.to_dict(), "covers": v.covers(truth), "covers_logged_sessions": v.covers(truth_logged),
+                          "normal_lo": normal[k].lo, "normal_hi": normal[k].hi,
                           "normal_covers": normal[k].covers(truth)} for k, v in est.items()},
         "pbm_theta": theta.round(4).tolist(),
         "true_theta": true_theta.round(4).tolist(),
@@ -274,9 +280,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         width = np.array([r["estimates"][name]["hi"] - r["estimates"][name]["lo"] for r in rs])
         cov = np.array([r["estimates"][name]["covers"] for r in rs], dtype=np.float64)
         cov_normal = np.array([r["estimates"][name].get("normal_covers", np.nan) for r in rs], dtype=np.float64)
+        cov_logged = np.array([r["estimates"][name].get("covers_logged_sessions", np.nan) for r in rs], dtype=np.float64)
         out[name] = {
             "coverage": float(cov.mean()),
             "coverage_normal_interval": float(cov_normal.mean()),
+            "coverage_of_logged_sessions_truth": float(cov_logged.mean()),
             "covered": int(cov.sum()),
             "runs": len(rs),
             "mean_bias": float(np.mean(val - truth)),

@@ -141,8 +141,6 @@ def build_report_data(model_dir: str | Path, baseline_dir: str | Path | None = N
     data["simulation"] = read_simulation(simulation, bench_dir)
     ope = Path(bench_dir) / "ope_coverage.json"
     data["ope"] = _read_json(ope) if ope.exists() else None
-    if data["ope"] is not None:
-        data["ope"].pop("runs_detail", None)
     data["seconds"] = round(time.perf_counter() - t0, 1)
     return data
 
@@ -221,7 +219,7 @@ def plots(data: dict[str, Any]) -> dict[str, str]:
                 ax.errorbar([j], [v["value"]], yerr=[[v["value"] - v["lo"]], [v["hi"] - v["value"]]], fmt="o", capsize=4)
             ax.set_xticks(range(len(names)), [n[:14] for n in names], rotation=20, fontsize=7)
             ax.set_title(metric, fontsize=9)
-        fig.suptitle("metrics with 90% bootstrap intervals", fontsize=10)
+        fig.suptitle("metrics with 90% bootstrap intervals", fontsize=10, y=1.04)
         out["metrics"] = _png(fig)
         deltas = [(metric, k.split(":", 1)[1], v) for metric, vals in m.items() for k, v in vals.items() if k.startswith("delta:")]
         if deltas:

@@ -99,7 +99,8 @@ class ReadGuard:
         self.timeout_s = float(timeout_s)
         self.cooloff_s = float(cooloff_s)
         self.inline = inline
-        self._pool = None if inline else ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store-read")
+        self.workers = int(workers)
+        self._pool: ThreadPoolExecutor | None = None  # created on first use (again after close)
         self._slots = threading.BoundedSemaphore(workers)
         self._lock = threading.Lock()
         self._open_until = 0.0
@@ -139,7 +140,11 @@ class ReadGuard:
             self._count("open")
             return None, "open"
         try:
-            fut = self._pool.submit(fn, *args)
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="store-read")
+                pool = self._pool
+            fut = pool.submit(fn, *args)
         except RuntimeError:  # pool shut down
             self._slots.release()
             self._count("error")
@@ -166,8 +171,11 @@ class ReadGuard:
             self._probing = False
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the reader threads (a later call starts new ones)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------- the consumer's sink
@@ -421,13 +429,35 @@ class LiveFeatures:
         """Tail ``source`` (an ``EventSource``) in a thread, publishing into the store."""
         from feedrank.features.consumer import LogConsumer
 
-        self.consumer = LogConsumer(source, self.publisher, checkpoint, commit_every_s=self.commit_every_s, name=name)
+        self.warm_up()
+        try:
+            self.consumer = LogConsumer(source, self.publisher, checkpoint, commit_every_s=self.commit_every_s, name=name)
+        except Exception as exc:  # e.g. written with other windows: set it aside, rebuild from the log's start
+            from pathlib import Path
+
+            bad = Path(checkpoint).with_name(Path(checkpoint).name + ".unusable")
+            log.warning("consumer checkpoint %s unusable (%s: %s); moved to %s, consuming from the start",
+                        checkpoint, type(exc).__name__, exc, bad)
+            Path(checkpoint).replace(bad)
+            self.consumer = LogConsumer(source, self.publisher, checkpoint, commit_every_s=self.commit_every_s, name=name)
         if self.consumer.applied == 0 and self.consumer.offset != (0, 0):
             try:  # resumed from a checkpoint: a fresh (e.g. memory://) store needs the state again
                 self.publisher.republish()
             except Exception:
                 log.warning("could not republish real-time features after resume; they refill as events arrive")
         self.consumer.start(self.poll_s)
+
+    def warm_up(self) -> None:
+        """Open the store's connections and load its scripts outside any request (the
+        first Redis read otherwise pays a connect and a SCRIPT LOAD within its budget)."""
+        for _ in range(2):
+            try:
+                self.store.get_items([STREAM_KEY], self._item_names, self.clock())
+                self.store.get_user("__warmup__", self.clock())
+            except Exception as exc:
+                log.warning("feature store %s not reachable at start (%s: %s); serving defaults until it is",
+                            getattr(self.store, "url", "?"), type(exc).__name__, exc)
+                return
 
     def stop(self) -> None:
         if self.consumer is not None:

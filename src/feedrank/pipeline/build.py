@@ -168,7 +168,7 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
 
         age_prior = fit_age_prior(tt, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, vectors,
                                   max_age_s, cfg.training.seed).to_json()
-        say(f"retrieval age prior: w = {age_prior['weight']:.4f} per day of age")
+        say(f"retrieval prior: w_age = {age_prior['weight']:.4f} per day, w_pop = {age_prior['pop_weight']:.4f} per log click")
 
     imp_rows = np.flatnonzero(train_rows & ev.mask("impression"))
     n_imp_train = int(train_rows[ev.mask("impression")].sum())

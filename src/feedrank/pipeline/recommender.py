@@ -31,7 +31,7 @@ from feedrank.features.history import category_affinity
 from feedrank.features.online import OnlineState, UserContext
 from feedrank.pipeline.artifacts import ModelArtifacts
 from feedrank.ranking.features import FEATURE_NAMES, ranking_features
-from feedrank.ranking.runtime import RankerRuntime
+from feedrank.ranking.runtime import RankerRuntime, limit_blas_threads
 from feedrank.pipeline.batching import MicroBatcher
 from feedrank.pipeline.degrade import TierController
 from feedrank.pipeline.policy_source import BlocklistSource
@@ -104,6 +104,7 @@ class Recommender:
         rk = art.info.get("ranking") or {}
         self.dwell_prior = float((rk.get("spec") or {}).get("dwell_prior", 0.0))
         self._user_tower = numpy_user_tower(art.two_tower)  # batch-1 queries in numpy (exported at load)
+        limit_blas_threads(self.cfg.serving.torch_threads)  # the numpy paths: see ranking/runtime.py
         self.ranker_rt = None if art.ranker is None else RankerRuntime(
             art.ranker, art.ranker_small, art.calibrator, float(rk.get("mean_log_dwell", 0.0)))
         if self.ranker_rt is not None and self.cfg.pipeline.rank_budget_ms > 0:
@@ -393,10 +394,14 @@ class Recommender:
         scores, ids = self.art.index.search(user_vec[None, :], p.ann_k * (p.ann_oversample if prior else 1), allowed=live)
         ok = ids[0] >= 0
         ann, ann_scores = ids[0][ok].astype(np.int64), scores[0][ok]
-        if prior is not None:  # freshness prior: rescore the ANN's top and every recent item, keep ann_k
+        if prior is not None:  # freshness/popularity prior: rescore the ANN's top, recent and popular items
             cand = np.union1d(ann, self._recent_pool(now)[:PRIOR_POOL_MAX])
+            if prior.pop_weight > 0:
+                top = self._popular_list(now)[: p.ann_k]
+                cand = np.union1d(cand, top[self._live_mask(top, now)])
             ann, ann_scores = rescore_with_prior(prior, user_vec, cand, self.art.item_vectors[cand],
-                                                 self.catalog.published_at[cand], now, p.ann_k)
+                                                 self.catalog.published_at[cand], now, p.ann_k,
+                                                 clicks=self.state.item_clicks[cand])
         results = [SourceResult("ann", ann, ann_scores)]
         fetchers = self._source_fetchers(ctx, now, aff, live)
         if fetchers:
@@ -418,15 +423,15 @@ class Recommender:
         return merged.items, merged.sources, merged.scores, user_vec, aff
 
     def _age_prior(self) -> AgePrior | None:
-        """The bundle's fitted freshness prior (None: off, absent or zero weight)."""
+        """The bundle's fitted retrieval prior (None: off, absent or zero weights)."""
         raw = self.art.info.get("age_prior")
-        if not self.cfg.retrieval.age_prior or not raw or float(raw.get("weight", 0.0)) <= 0.0:
+        if not self.cfg.retrieval.age_prior or not raw:
             return None
         hit = self._source_cache.get("prior")
         if hit is None or hit[0] is not raw:
-            hit = (raw, AgePrior(float(raw["weight"]), float(raw["temperature"]), float(raw["ref_ts"])))
+            hit = (raw, AgePrior.from_json(raw))
             self._source_cache["prior"] = hit
-        return hit[1]
+        return hit[1] if hit[1].active else None
 
     def _source_fetchers(self, ctx: UserContext, now: float, aff: np.ndarray, live: np.ndarray | None) -> dict:
         """name -> zero-argument callable returning a ``SourceResult``, for the enabled
@@ -484,12 +489,17 @@ class Recommender:
         if hit is not None and abs(now - hit[0]) <= CACHE_S and hit[1] == (hours, n):
             return hit[2]
         pool = recent_pool(self.catalog.published_at, now, hours * 3600.0 + CACHE_S)
-        ok = (self._expires[pool] > now) & ~self._dead[pool]  # the live rule, on the pool only
-        if self.max_item_age_s is not None:
-            ok &= now - self.catalog.published_at[pool] <= self.max_item_age_s
-        pool = pool[ok]
+        pool = pool[self._live_mask(pool, now)]
         self._source_cache["pool"] = (now, (hours, n), pool)
         return pool
+
+    def _live_mask(self, idx: np.ndarray, now: float) -> np.ndarray:
+        """(n,) bool: the ``_live_items`` rule applied to just these item rows."""
+        ok = (self._expires[idx] > now) & ~self._dead[idx]
+        if self.max_item_age_s is not None:
+            age = now - self.catalog.published_at[idx]
+            ok &= (age >= 0) & (age <= self.max_item_age_s)
+        return ok
 
     def _trending_list(self, now: float, live: np.ndarray | None) -> np.ndarray:
         """Most engaged recently at ``now``: live items by decayed 6 h click counters (the

@@ -37,6 +37,31 @@ def _load(results: Path, name: str) -> dict[str, Any] | None:
         raise CorruptFile(f"{p}: not valid JSON: {exc}") from exc
 
 
+def _scale_training(results: Path) -> Figure | None:
+    """Two-tower examples/s on one node from ``scale.json``: the largest world's run with
+    the most processes (one thread each: a 2-process run is one 2-core node)."""
+    scale = _load(results, "scale")
+    if not scale:
+        return None
+    best = None
+    for i, pt in enumerate(scale.get("points") or []):
+        runs = {int(k): v for k, v in (pt.get("training") or {}).items() if k.isdigit() and isinstance(v, dict)
+                and v.get("examples_per_s")}
+        if not runs:
+            continue
+        nproc = max(runs)
+        key = (pt.get("items", 0), nproc)
+        if best is None or key > best[0]:
+            best = (key, i, nproc, runs[nproc], pt)
+    if best is None:
+        return None
+    _, i, nproc, run, pt = best
+    speed = (pt.get("training") or {}).get("speedup_2_vs_1")
+    return Figure(float(run["examples_per_s"]),
+                  f"{results}/scale.json: points[{i}].training.{nproc}.examples_per_s ({nproc} processes x 1 thread, "
+                  f"{_count(pt.get('items'))} items; measured 1->2 process speed-up {speed})", _machine(scale))
+
+
 @dataclass
 class Measured:
     """Every measured input the plan can use; missing ones are None (the plan says so)."""
@@ -103,6 +128,10 @@ class Measured:
                         train[name] = Figure(float(r["examples"]) * epochs / float(r["seconds"]),
                                              f"{mpath}: train_reports.{name} (examples x epochs / seconds)",
                                              "the machine that trained this model")
+        if "two_tower" not in train:
+            fig = _scale_training(results)
+            if fig is not None:
+                train["two_tower"] = fig
         if not train:
             missing.append("training examples/s: pass --model MODEL_DIR (its train reports) or run `feedrank bench scale`")
         return cls(stages, cand, node_rps, node_p99, ingest_fig, train, missing)

@@ -8,8 +8,8 @@ Every function takes ``scores`` (B,) float logits, ``labels`` (B,) float {0, 1} 
   not clicked) pair inside an impression;
 * ``listwise``: softmax cross-entropy over each impression (ListNet with the clicked items
   as the target distribution), impressions without a click skipped;
-* ``exposure_gap``: the fairness regulariser (the DCG exposure gap between creator groups
-  at soft ranks); see its docstring.
+* ``exposure_gap``: the fairness regulariser, the gap in DCG exposure between creator
+  groups at soft ranks (the measure itself, made differentiable); see its docstring.
 """
 
 from __future__ import annotations

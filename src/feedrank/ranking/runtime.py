@@ -40,6 +40,16 @@ def blend(p_click: np.ndarray, log_dwell: np.ndarray | None, mean_log_dwell: flo
     return out
 
 
+def limit_blas_threads(n: int) -> None:
+    """At most ``n`` BLAS (OpenBLAS/MKL) threads in this process, as ``torch.set_num_threads``
+    does for torch. The numpy scoring paths multiply one request's small matrices: OpenBLAS's
+    thread pool costs far more than it saves there, and on a busy machine its spinning
+    threads made the rank stage ~50x slower (measured: p50 0.3 ms -> 20 ms)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(int(n), user_api="blas")
+
+
 class NumpyRanker:
     """A ``Ranker`` (mlp | dcn | dot) or ``FusedMLP`` exported to float32 numpy arrays at load
     time, evaluated with numpy matmuls: the same outputs as the torch module at the serving

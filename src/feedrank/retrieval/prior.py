@@ -1,24 +1,25 @@
-"""A freshness prior for retrieval scores, fitted after the towers are trained.
+"""Freshness and popularity priors for retrieval scores, fitted after the towers are trained.
 
 The towers have no item-age input (item vectors live in a static index; an age input would
-go stale), so a user's pull toward new items is not in ``u . v``. The prior adds it back
-as a separate term of the retrieval logit:
+go stale), and the logQ correction of training takes item popularity out of ``u . v``. The
+prior adds both back as separate terms of the retrieval logit:
 
-    score(u, i, t) = u . v_i / T  -  w * age_days(i, t)
+    score(u, i, t) = u . v_i / T  -  w_age * age_days(i, t)  +  w_pop * log1p(clicks_i(t))
 
-i.e. the tower's softmax logit times an exponential decay ``exp(-w * age_days)`` of the
-click probability (the shape of news attention). ``w`` is one scalar fitted by maximum
+i.e. the tower's softmax logit times an exponential decay ``exp(-w_age * age_days)`` of
+the click probability (the shape of news attention) and a power ``(1 + clicks)^w_pop`` of
+the item's click count so far. The two weights (both >= 0) are fitted by maximum
 likelihood of the full softmax over the items live at each click, on a sample of training
-clicks, with the towers fixed (``fit_age_weight``: Newton's method on a convex 1-D
-problem). No test data is used; w = 0 recovers the plain tower.
+clicks, towers fixed, with point-in-time click counts (``fit_prior_weights``: projected
+Newton on a convex problem). No test data is used; zero weights recover the plain tower.
 
 At serving (``rescore_with_prior``, called by ``Recommender._retrieve``) the ANN returns its
-top ``pipeline.ann_oversample * ann_k`` by ``u . v``; those plus every recent live item (the
-newest ``PRIOR_POOL_MAX``, published within the recent pool's hours) are rescored exactly
-and the best ``ann_k`` kept. Since w >= 0, an item in neither set is older than the pool and
-below the ANN's cut, so it cannot beat the kept ones by much; the bench measures the
-served variant next to exact scoring (``two_tower_age_prior_served``). The index itself is
-unchanged (plain item vectors). Pure numpy.
+top ``pipeline.ann_oversample * ann_k`` by ``u . v``; those plus every recent live item
+(the newest ``PRIOR_POOL_MAX``, published within the recent pool's hours) and the popular
+list are rescored exactly and the best ``ann_k`` kept. An item in none of these sets is
+older than the pool, less clicked than the popular list and below the ANN's cut, so it
+cannot beat the kept ones by much; the bench measures this served variant next to exact
+scoring (``two_tower_prior_served``). The index itself is unchanged. Pure numpy.
 """
 
 from __future__ import annotations
@@ -32,94 +33,159 @@ DAY_S = 86400.0
 
 @dataclass(frozen=True)
 class AgePrior:
-    weight: float          # w, per day of age, in units of the logit u.v/T
+    weight: float          # w_age, per day of age, in units of the logit u.v/T
     temperature: float     # T of the towers
-    ref_ts: float          # epoch seconds that publish times are measured from (keeps floats small)
+    ref_ts: float          # newest publish time of the training catalogue (for reference)
+    pop_weight: float = 0.0  # w_pop, per unit of log1p(clicks)
     n_clicks: int = 0      # clicks the fit used
     nll_before: float = float("nan")
     nll_after: float = float("nan")
 
     def to_json(self) -> dict:
-        return {"weight": self.weight, "temperature": self.temperature, "ref_ts": self.ref_ts, "n_clicks": self.n_clicks,
-                "nll_before": self.nll_before, "nll_after": self.nll_after}
+        return {"weight": self.weight, "pop_weight": self.pop_weight, "temperature": self.temperature,
+                "ref_ts": self.ref_ts, "n_clicks": self.n_clicks, "nll_before": self.nll_before,
+                "nll_after": self.nll_after}
 
-    def scores(self, user_vecs: np.ndarray, item_vecs: np.ndarray, published_at: np.ndarray, now: float) -> np.ndarray:
-        """(U, N) retrieval logits u.v/T - w * age_days at ``now`` (unknown publish time = no prior;
-        a not-yet-published item counts as age 0)."""
+    @classmethod
+    def from_json(cls, raw: dict) -> AgePrior:
+        return cls(float(raw["weight"]), float(raw["temperature"]), float(raw.get("ref_ts", 0.0)),
+                   float(raw.get("pop_weight", 0.0)), int(raw.get("n_clicks", 0)))
+
+    @property
+    def active(self) -> bool:
+        return self.weight > 0.0 or self.pop_weight > 0.0
+
+    def bias(self, published_at: np.ndarray, clicks: np.ndarray | None, now: float) -> np.ndarray:
+        """(N,) the prior's additive term at ``now`` (unknown publish time = no age term; a
+        not-yet-published item counts as age 0)."""
         age = np.nan_to_num(np.maximum(now - published_at, 0.0) / DAY_S, nan=0.0)
-        return user_vecs @ item_vecs.T / self.temperature - self.weight * age[None, :]
+        out = -self.weight * age
+        if clicks is not None and self.pop_weight:
+            out = out + self.pop_weight * np.log1p(np.maximum(clicks, 0.0))
+        return out
+
+    def scores(self, user_vecs: np.ndarray, item_vecs: np.ndarray, published_at: np.ndarray, now: float,
+               clicks: np.ndarray | None = None) -> np.ndarray:
+        """(U, N) retrieval logits u.v/T + prior at ``now``; ``clicks`` (N,) click counts so far."""
+        return user_vecs @ item_vecs.T / self.temperature + self.bias(published_at, clicks, now)[None, :]
 
 
-def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.ndarray, ts: np.ndarray,
-                   published_at: np.ndarray, temperature: float, max_age_s: float | None = None,
-                   iters: int = 25, chunk: int = 512, max_items: int = 5000,
-                   rng: np.random.Generator | None = None) -> tuple[float, float, float]:
-    """Maximum-likelihood ``w >= 0`` of ``softmax_j(u.v_j/T - w age_j)`` over the items live at each click.
+def fit_prior_weights(base: np.ndarray, feats: list[np.ndarray], live: np.ndarray, positives: np.ndarray,
+                      iters: int = 25, chunk: int = 512) -> tuple[np.ndarray, float, float]:
+    """Maximum-likelihood ``w >= 0`` (F,) of ``softmax_j(base_qj + sum_f w_f feats[f]_qj)`` over
+    ``live`` (Q, N) bool candidates, target ``positives`` (Q,) column per row.
 
-    user_vecs (Q, D) at the click times ``ts`` (Q,); item_vecs (N, D); positives (Q,) clicked
-    rows; published_at (N,) epoch seconds (NaN = unknown: age 0). An item is a candidate at
-    ``ts`` when published at or before it (and within ``max_age_s``). Catalogues above
-    ``max_items`` are represented by a uniform sample of that many items (plus each click's
-    positive): memory (Q, max_items). Returns (w, nll at w=0, nll at w) per click."""
-    if len(item_vecs) > max_items:
-        rng = rng or np.random.default_rng(0)
-        keep = np.union1d(rng.choice(len(item_vecs), size=max_items, replace=False), positives)
-        positives = np.searchsorted(keep, positives)
-        item_vecs, published_at = item_vecs[keep], published_at[keep]
-    known = np.isfinite(published_at)
-    base = (user_vecs @ item_vecs.T / temperature).astype(np.float32)            # (Q, N)
-    age = ((ts[:, None] - np.where(known, published_at, 0.0)[None, :]) / DAY_S).astype(np.float32)
-    age = np.where(known[None, :], age, np.float32(0.0))                          # unknown publish time: no prior
-    live = age >= 0
-    if max_age_s is not None:
-        live &= age <= max_age_s / DAY_S
-    rows = np.arange(len(positives))
+    base (Q, N) float32 tower logits; feats F arrays (Q, N) float32. Convex: projected,
+    damped Newton. Returns (w (F,), nll at w = 0, nll at w), per row."""
+    q, f = len(positives), len(feats)
+    rows = np.arange(q)
+    live = live.copy()
     live[rows, positives] = True
-    age = np.maximum(age, 0.0)
 
-    def stats(w: float) -> tuple[float, float, float]:
-        nll = grad = hess = 0.0
-        for s in range(0, len(positives), chunk):
+    def stats(w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        nll, grad, hess = 0.0, np.zeros(f), np.zeros((f, f))
+        for s in range(0, q, chunk):
             sl = slice(s, s + chunk)
-            z = np.where(live[sl], base[sl] - np.float32(w) * age[sl], -np.inf).astype(np.float64)
+            r = rows[sl] - s
+            z = base[sl].astype(np.float64)
+            for k in range(f):
+                z = z + w[k] * feats[k][sl]
+            z = np.where(live[sl], z, -np.inf)
             m = z.max(axis=1, keepdims=True)
             p = np.exp(z - m)
             tot = p.sum(axis=1, keepdims=True)
             p /= tot
-            r = rows[sl]
-            ea = (p * age[sl]).sum(1)
-            ea2 = (p * age[sl] ** 2).sum(1)
-            nll += float((np.log(tot[:, 0]) + m[:, 0] - z[r - s, positives[sl]]).sum())
-            grad += float((age[r, positives[sl]] - ea).sum())    # d nll / d w
-            hess += float((ea2 - ea**2).sum())
-        return nll / len(positives), grad / len(positives), hess / len(positives)
+            x = [np.where(live[sl], feats[k][sl], 0.0) for k in range(f)]
+            ex = np.stack([(p * x[k]).sum(1) for k in range(f)], axis=1)          # (c, F)
+            nll += float((np.log(tot[:, 0]) + m[:, 0] - z[r, positives[sl]]).sum())
+            grad += (ex - np.stack([x[k][r, positives[sl]] for k in range(f)], axis=1)).sum(0)
+            for a in range(f):
+                for b in range(a, f):
+                    v = float(((p * x[a] * x[b]).sum(1) - ex[:, a] * ex[:, b]).sum())
+                    hess[a, b] = hess[b, a] = v
+        return nll / q, grad / q, hess / q
 
-    w = 0.0
-    nll0, g, h = stats(0.0)
+    w = np.zeros(f)
+    nll0, g, h = stats(w)
     nll = nll0
     for _ in range(iters):
-        if h <= 1e-12:
+        try:
+            step = np.linalg.solve(h + 1e-9 * np.eye(f), g)
+        except np.linalg.LinAlgError:
             break
-        step = g / h
-        for _ in range(20):  # damped, projected Newton: w >= 0 (a freshness prior, never a bonus for age)
-            cand = max(w - step, 0.0)
+        for _ in range(30):
+            cand = np.maximum(w - step, 0.0)
             nll_c, g_c, h_c = stats(cand)
             if nll_c <= nll + 1e-12:
                 break
             step /= 2
         else:
             break
-        done = abs(cand - w) < 1e-6
+        done = float(np.abs(cand - w).max()) < 1e-6
         w, nll, g, h = cand, nll_c, g_c, h_c
         if done:
             break
-    return float(w), float(nll0), float(nll)
+    return w, float(nll0), float(nll)
+
+
+def _age_feature(ts: np.ndarray, published_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(-age_days (Q, N) float32, published-by-then (Q, N) bool); unknown publish time: age 0, live."""
+    known = np.isfinite(published_at)
+    age = ((ts[:, None] - np.where(known, published_at, 0.0)[None, :]) / DAY_S).astype(np.float32)
+    age = np.where(known[None, :], age, np.float32(0.0))
+    return -np.maximum(age, 0.0), age >= 0
+
+
+def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.ndarray, ts: np.ndarray,
+                   published_at: np.ndarray, temperature: float, max_age_s: float | None = None,
+                   max_items: int = 5000, rng: np.random.Generator | None = None,
+                   click_counts: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+    """Fit the prior weights on clicks: user_vecs (Q, D) at click times ``ts`` (Q,), item_vecs
+    (N, D), positives (Q,) clicked rows, published_at (N,) (NaN = unknown), optional
+    ``click_counts`` (Q, N) point-in-time click counts (adds the popularity term). An item
+    is a candidate at ``ts`` when published by then (and within ``max_age_s``). Catalogues
+    above ``max_items`` are represented by a uniform sample of that many items plus each
+    click's positive. Returns (w: [w_age] or [w_age, w_pop], nll at 0, nll at w)."""
+    if len(item_vecs) > max_items:
+        rng = rng or np.random.default_rng(0)
+        keep = np.union1d(rng.choice(len(item_vecs), size=max_items, replace=False), positives)
+        positives = np.searchsorted(keep, positives)
+        item_vecs, published_at = item_vecs[keep], published_at[keep]
+        click_counts = None if click_counts is None else click_counts[:, keep]
+    base = (user_vecs @ item_vecs.T / temperature).astype(np.float32)
+    neg_age, live = _age_feature(ts, published_at)
+    if max_age_s is not None:
+        live &= neg_age >= -max_age_s / DAY_S
+    feats = [neg_age]
+    if click_counts is not None:
+        feats.append(np.log1p(click_counts).astype(np.float32))
+    return fit_prior_weights(base, feats, live, positives)
+
+
+def point_in_time_counts(click_items: np.ndarray, click_ts: np.ndarray, ts: np.ndarray, n_items: int) -> np.ndarray:
+    """(Q, N) float32: per query time ``ts[q]``, each item's clicks strictly before it."""
+    order = np.argsort(click_ts, kind="stable")
+    c_ts, c_items = click_ts[order], click_items[order]
+    q_order = np.argsort(ts, kind="stable")
+    out = np.zeros((len(ts), n_items), dtype=np.float32)
+    running = np.zeros(n_items, dtype=np.float32)
+    j = 0
+    for q in q_order:
+        end = int(np.searchsorted(c_ts, ts[q], side="left"))
+        if end > j:
+            np.add.at(running, c_items[j:end], 1.0)
+            j = end
+        out[q] = running
+    return out
 
 
 def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
-                  max_age_s: float | None, seed: int, n_clicks: int = 2000) -> AgePrior:
+                  max_age_s: float | None, seed: int, n_clicks: int = 2000, popularity: bool = True,
+                  max_items: int = 5000) -> AgePrior:
     """Fit the prior on a sample of the newest half of the training ``clicks`` (a
-    ``ClickLog``), towers fixed: user vectors from each click's history before it."""
+    ``ClickLog``), towers fixed: user vectors from each click's history before it, click
+    counts of every item before it (``popularity``). Above ``max_items`` items, a uniform
+    sample of them (plus the clicked ones) stands for the catalogue: memory (n_clicks, max_items)."""
     from feedrank.retrieval.encode import encode_users
 
     rng = np.random.default_rng(seed)
@@ -129,21 +195,30 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
     users, ts, pos = clicks.user_codes[pick], clicks.ts[pick], clicks.items[pick]
     hist = clicks.histories(users, ts, history_len)
     uvec = encode_users(model, catalog, hist, ts, item_vecs=item_vecs)
-    w, nll0, nll1 = fit_age_weight(uvec, item_vecs, pos, ts, catalog.published_at, temperature, max_age_s, rng=rng)
+    keep = np.arange(len(catalog))
+    if len(catalog) > max_items:
+        keep = np.union1d(rng.choice(len(catalog), size=max_items, replace=False), pos)
+    remap = np.full(len(catalog), -1, dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    counts = None
+    if popularity:
+        ci = remap[clicks.items]
+        counts = point_in_time_counts(ci[ci >= 0], clicks.ts[ci >= 0], ts, len(keep))
+    w, nll0, nll1 = fit_age_weight(uvec, item_vecs[keep], remap[pos], ts, catalog.published_at[keep], temperature,
+                                   max_age_s, max_items=len(keep), rng=rng, click_counts=counts)
     ref = float(np.nanmax(catalog.published_at)) if np.isfinite(catalog.published_at).any() else 0.0
-    return AgePrior(w, temperature, ref, len(pick), round(nll0, 5), round(nll1, 5))
+    return AgePrior(float(w[0]), temperature, ref, float(w[1]) if len(w) > 1 else 0.0, len(pick), round(nll0, 5), round(nll1, 5))
 
 
 def rescore_with_prior(prior: AgePrior, user_vec: np.ndarray, cand: np.ndarray, cand_vecs: np.ndarray,
-                       published_at: np.ndarray, now: float, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of candidates (M,) by ``u.v/T - w * age_days`` at ``now``: cand_vecs (M, D),
-    published_at (M,). Returns (items (k,), scores (k,) float32), best first. Serving uses
-    it on the ANN's top ``oversample * k`` by ``u.v`` plus every recent item: an item outside
-    both is old and below the ANN cut, so it cannot beat them by much."""
+                       published_at: np.ndarray, now: float, k: int,
+                       clicks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of candidates (M,) by ``u.v/T + prior`` at ``now``: cand_vecs (M, D),
+    published_at (M,), clicks (M,) counts so far. Returns (items (k,), scores (k,) float32),
+    best first, ties by item index."""
     if not len(cand):
         return cand.astype(np.int64), np.zeros(0, dtype=np.float32)
-    age = np.nan_to_num(np.maximum(now - published_at, 0.0) / DAY_S, nan=0.0)
-    s = cand_vecs @ user_vec / prior.temperature - prior.weight * age
+    s = cand_vecs @ user_vec / prior.temperature + prior.bias(published_at, clicks, now)
     k = min(k, len(cand))
     top = np.argpartition(-s, k - 1)[:k] if k < len(cand) else np.arange(len(cand))
     top = top[np.lexsort((cand[top], -s[top]))]

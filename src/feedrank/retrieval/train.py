@@ -53,6 +53,7 @@ class RetrievalTrainReport:
     checkpoints: tuple[str, ...] = ()
     world_size: int = 1  # processes that trained (torch.distributed)
     comm_seconds: float = 0.0  # time in gradient all-reduce / all-gather (rank-local)
+    wait_seconds: float = 0.0  # time waiting at the step barrier for the slowest rank (rank-local)
     resumed_from: str = ""  # "epoch E step S" when resumed from a step checkpoint
     train_seconds: float = 0.0  # wall time of the epoch loop alone (no data preparation)
     examples_per_s: float = 0.0  # examples this run stepped through (all ranks) / train_seconds
@@ -161,6 +162,7 @@ def train_two_tower(
 
     model = build_two_tower(two_tower_dims(cfg, n_categories, n_subcategories, 0 if content is None else content.shape[1]))
     model.set_content(content)
+    model.item.id_dropout = cfg.id_dropout
     opt_dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
     opt_sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.lr)
     world, rank = dist.world_size(), dist.rank()
@@ -263,7 +265,8 @@ def train_two_tower(
     seconds = time.perf_counter() - t0
     return model, RetrievalTrainReport(examples=len(pos), epochs=cfg.epochs, final_loss=float(last),
                                        seconds=seconds, hard_negatives_shown=n_hard, checkpoints=tuple(saved),
-                                       world_size=world, comm_seconds=timer.comm_s, resumed_from=resumed,
+                                       world_size=world, comm_seconds=timer.comm_s, wait_seconds=timer.wait_s,
+                                       resumed_from=resumed,
                                        train_seconds=train_seconds,
                                        examples_per_s=steps_run * bs * world / train_seconds if train_seconds > 0 else 0.0)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from threadpoolctl import threadpool_limits
 
 from feedrank.config import FeedrankConfig, apply_overrides, config_from_dict, config_to_dict, load_config
 from feedrank.data.streams import open_event_log
@@ -35,9 +34,6 @@ def load_recommender(model_dir: str | Path, config_path: str | None = None, over
     art = load_artifacts(model_dir)
     cfg = effective_config(art.cfg, config_path, overrides)
     torch.set_num_threads(cfg.serving.torch_threads)
-    # the numpy scoring paths: OpenBLAS's own thread pool costs far more than it saves on
-    # one request's small matrices, and fights the other workers for the cores (measured)
-    threadpool_limits(cfg.serving.torch_threads, user_api="blas")
     return Recommender(art, cfg)
 
 

@@ -126,10 +126,13 @@ def all_reduce_mean(values: list[float]) -> list[float]:
 
 
 class CommTimer:
-    """Seconds spent in collectives (``average_gradients``) and in whole steps."""
+    """Seconds spent in ``average_gradients``: ``wait_s`` at the barrier that opens it
+    (waiting for the slowest rank: load imbalance, a busy core) and ``comm_s`` in the
+    collectives themselves (moving and summing gradients)."""
 
     def __init__(self) -> None:
         self.comm_s = 0.0
+        self.wait_s = 0.0
         self.steps = 0
 
     def share(self, total_s: float) -> float:
@@ -147,22 +150,32 @@ def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Par
                       extras: torch.Tensor | None = None, timer: CommTimer | None = None) -> torch.Tensor | None:
     """Replace every gradient by its mean over ranks; return ``extras`` (K,) averaged too.
 
-    dense: parameters with dense (or None: treated as zero) gradients; sparse: parameters
+    dense: parameters with dense gradients (None counts as zero; stays None if no rank has one); sparse: parameters
     with sparse COO gradients of shape (rows, D) sharing D. World size 1: no-op."""
     if not is_distributed():
         return extras
+    if timer is not None:  # separate waiting for the slowest rank from moving the data
+        tw = time.perf_counter()
+        tdist.barrier()
+        timer.wait_s += time.perf_counter() - tw
+        timer.steps += 1
     t0 = time.perf_counter()
     w = float(world_size())
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in dense]
-    flat = torch.cat([g.reshape(-1) for g in grads] + ([extras.reshape(-1).float()] if extras is not None else []))
+    # one flag per parameter: how many ranks produced a gradient for it this step
+    used = torch.tensor([float(p.grad is not None) for p in dense])
+    n_extra = 0 if extras is None else extras.numel()
+    flat = torch.cat([g.reshape(-1) for g in grads] + ([extras.reshape(-1).float()] if extras is not None else []) + [used])
     tdist.all_reduce(flat)
-    flat /= w
+    used = flat[len(flat) - len(dense):]
+    flat = flat[: len(flat) - len(dense)] / w
     off = 0
-    for p, g in zip(dense, grads):
+    for p, g, u in zip(dense, grads, used.tolist()):
         n = g.numel()
-        p.grad = flat[off : off + n].view_as(p)
+        # a parameter no rank touched keeps no gradient, as in one process (the optimizer skips it)
+        p.grad = flat[off : off + n].view_as(p) if u > 0 else None
         off += n
-    out = flat[off:] if extras is not None else None
+    out = flat[off : off + n_extra] if extras is not None else None
     if sparse:
         _average_sparse(sparse, w)
     if timer is not None:

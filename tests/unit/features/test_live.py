@@ -124,7 +124,7 @@ class _SlowStore:
         if self.broken:
             raise ConnectionError("store down")
         if self.slow.is_set():
-            time.sleep(2.0)
+            time.sleep(1.0)
         return self.inner.get_items(*a)
 
     def get_user(self, *a):
@@ -196,3 +196,27 @@ def test_features_load_cli_writes_daily_baselines(tmp_path):
     store.close()
     bad = CliRunner().invoke(cli, ["features", "load", "--store", "memory://", "--parquet", str(tmp_path / "events")])
     assert bad.exit_code != 0 and "memory://" in bad.output
+
+
+def test_unusable_checkpoint_is_set_aside_and_the_log_consumed_again(tmp_path):
+    from feedrank.data.eventlog import EventLog
+
+    log = EventLog(tmp_path / "events")
+    log.append([_ev(i, "click", "n1") for i in range(3)])
+    ckpt = tmp_path / "consumers" / "realtime.npz"
+    other = _live(open_store("memory://"))
+    other.rt = RealtimeFeatures((60,))                       # different windows than the server's
+    other.publisher.rt = other.rt
+    other.start(log, ckpt)
+    other.stop()
+    assert ckpt.exists()
+    live = _live(open_store("memory://"))
+    live.bind(_snapshot(), IDS, ["a"] * 10)
+    live.start(log, ckpt)                                    # must not fail the server's start
+    deadline = time.monotonic() + 10
+    while live.read_items(["n1"], T0, np.zeros(1), np.zeros(1)).clicks[0] < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    live.stop()
+    log.close()
+    assert (ckpt.parent / "realtime.npz.unusable").exists()

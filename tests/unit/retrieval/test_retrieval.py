@@ -63,3 +63,25 @@ def test_merge_quotas_dedupe_and_fallback():
     assert m.items.tolist() == [1, 2, 4, 7, 8, 9, 10]
     assert m.sources == ["ann", "ann", "ann", "fresh", "popular", "popular", "popular"]
     assert len(set(m.items.tolist())) == len(m.items)
+
+
+def test_ivfpq_refine_beats_pq_alone_filters_adds_in_order_and_round_trips(tmp_path):
+    from feedrank.retrieval.index import FaissIndex, IndexParams
+
+    v = _unit(4000, 16, seed=3)
+    pq = build_index(v[:3000], "ivfpq", params=IndexParams(ivf_refine=0, ivf_nprobe=16))
+    refined = build_index(v[:3000], "ivfpq", params=IndexParams(ivf_refine=4, ivf_nprobe=16))
+    r_pq = recall_against_exact(pq, v[:3000], v[:100], k=20)
+    r_ref = recall_against_exact(refined, v[:3000], v[:100], k=20)
+    assert r_ref > r_pq + 0.05  # measured 0.79 vs 0.66 here
+    allowed = np.arange(500, 900)
+    _, ids = refined.search(v[:4], 10, allowed=allowed)
+    assert np.isin(ids[ids >= 0], allowed).all() and (ids >= 0).any()
+    refined.add(v[3000:], np.arange(3000, 4000))
+    with pytest.raises(ValueError, match="in order"):
+        refined.add(v[:2], np.array([7, 9]))
+    _, ids = refined.search(v[3500:3501], 1)
+    assert ids[0, 0] == 3500
+    refined.save(tmp_path / "r.faiss")
+    again = FaissIndex.load(tmp_path / "r.faiss", "ivfpq", IndexParams(ivf_nprobe=16))
+    assert len(again) == 4000 and again.search(v[3500:3501], 1)[1][0, 0] == 3500

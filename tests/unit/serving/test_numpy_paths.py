@@ -9,12 +9,13 @@ import torch
 from feedrank.config import RankingConfig
 from feedrank.features.history import category_affinity
 from feedrank.ranking.compress import FusedMLP
+from feedrank.ranking.features import N_FEATURES
 from feedrank.ranking.model import build_ranker
 from feedrank.ranking.runtime import NumpyRanker, RankerRuntime, to_numpy
 from feedrank.retrieval.fast_user import NumpyUserTower, context_features_np
 from feedrank.retrieval.two_tower import TwoTowerDims, build_two_tower, context_features
 
-F = 28
+F = N_FEATURES  # the ranker input width (whatever features.py defines)
 
 
 def _trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
