@@ -43,7 +43,6 @@ class RetrievalConfig:
     lr: float = field(default=3e-3, metadata=_rng(0.0, 10.0))
     temperature: float = field(default=0.07, metadata=_rng(1e-4, 10.0))
     max_train_examples: int = field(default=400_000, metadata=_rng(1, None))
-    id_dropout: float = field(default=0.0, metadata=_rng(0.0, 1.0))  # share of training rows with the item id hidden
     index: Literal["auto", "flat", "hnsw", "ivfpq"] = "auto"
     # Items older than this are not retrieved: -1 = learn it from the data (the age by
     # which 99% of training clicks happened), 0 = no limit.

@@ -150,7 +150,8 @@ def test_frozen_killed_and_restarted_store_means_defaults_then_live(model: Path,
 def test_planted_corrupt_store_values_are_counted_in_metrics(model: Path, redis: RedisServer, tmp_path: Path):
     import redis as redis_py
 
-    overrides = (f"features.store_url={redis.url}/0?prefix=planted/", "features.read_timeout_ms=200")
+    # a generous budget: this test is about validation, not timeouts (2 loaded cores)
+    overrides = (f"features.store_url={redis.url}/0?prefix=planted/", "features.read_timeout_ms=2000")
     app, event_log, rec, _ = build_service(str(model), str(tmp_path / "events"), overrides=overrides)
     r = redis_py.Redis.from_url(redis.url)
     ts = repr(time.time())
@@ -180,7 +181,7 @@ def test_serving_on_redis_streams_feeds_the_store(model: Path, redis: RedisServe
     from feedrank.features.store.factory import open_store
 
     overrides = (f"features.store_url={redis.url}/0?prefix=st/", f"serving.events_url={redis.url}/0?prefix=st/",
-                 "features.poll_s=0.05")
+                 "features.poll_s=0.05", "features.read_timeout_ms=2000")
     app, event_log, rec, _ = build_service(str(model), str(tmp_path / "events"), overrides=overrides)
     assert isinstance(event_log, RedisEventLog)
     item = rec.catalog.item_ids[1]

@@ -198,6 +198,7 @@ def run_closed_loop(client: httpx.Client, live: LiveWorld, cfg: LoopConfig, retr
     last_version: str | None = None
     breaking_items: list[dict] = []
     reposts = 0
+    post_error: str | None = None
     pool = ThreadPoolExecutor(max_workers=cfg.workers)
     try:
         for m in range(cfg.minutes):
@@ -206,9 +207,14 @@ def run_closed_loop(client: httpx.Client, live: LiveWorld, cfg: LoopConfig, retr
                 time.sleep(start - time.time())
             if m == int(cfg.breaking.start_minute):
                 breaking_items = live.breaking_items(time.time())
-                client.post("/v1/items", json={"items": breaking_items}).raise_for_status()
-                say(f"minute {m}: breaking news: {len(breaking_items)} items of topic {live.category!r} posted "
-                    f"({'new' if live.is_new_topic else 'rare'} topic; {int(live.interested.sum()):,} users interested)")
+                r = client.post("/v1/items", json={"items": breaking_items})
+                if r.status_code >= 400:  # e.g. 501 from a service that cannot add items: the loop goes on
+                    post_error = f"POST /v1/items: {r.status_code} {r.text[:200]}"
+                    say(f"minute {m}: breaking news NOT posted: {post_error}")
+                    breaking_items = []
+                else:
+                    say(f"minute {m}: breaking news: {len(breaking_items)} items of topic {live.category!r} posted "
+                        f"({'new' if live.is_new_topic else 'rare'} topic; {int(live.interested.sum()):,} users interested)")
             if retrainer is not None and cfg.retrain_every and m > 0 and m % cfg.retrain_every == 0:
                 if retrainer.start():
                     retrains.append({"minute_started": m, "t_started": time.time() - t0})
@@ -258,6 +264,7 @@ def run_closed_loop(client: httpx.Client, live: LiveWorld, cfg: LoopConfig, retr
     result.breaking = breaking_summary(minutes, cfg)
     result.breaking.update({"topic": live.category, "new_topic": live.is_new_topic, "interested_users": int(live.interested.sum())})
     result.breaking["items_reposted_after_swaps"] = reposts
+    result.breaking["post_error"] = post_error
     result.summary = summarize(result)
     return result
 

@@ -16,6 +16,9 @@ Parts (each bounded in count and time; load goes to 127.0.0.1 only):
   ``--server-kills`` times while client threads POST /v1/events; a request that failed
   is re-sent (same event ids) to the next server; afterwards every event that got a 202
   must be in the log exactly once.
+* ``http_counter_lag`` (with ``--model``, ``--lag-seconds``): POST /v1/events to a
+  ``feedrank serve`` subprocess whose online store is a private redis-server; lag = the
+  clicks visible in the store - the 202.
 * ``feature_reads``: the request path's live-feature reads (500 candidates, validated,
   under the time budget) per store backend; Redis on a private redis-server.
 * ``crash``: a writer subprocess appends batches and reports each acknowledged batch; it
@@ -355,13 +358,21 @@ def bench_server_crash(work: Path, model: Path, kills: int, seconds: float, batc
         t.start()
     done = 0
     startup: list[float] = []
+    start_failures: list[str] = []
     t_end = time.monotonic() + seconds
     try:
         while done < kills and time.monotonic() < t_end:
-            port = _free_port()
             t_start = time.monotonic()
-            server = _start_server(model, d, errlog, port)
-            _wait_ready(f"http://127.0.0.1:{port}", server, errlog)
+            for attempt in range(3):  # a start can fail for reasons outside the test (a port taken meanwhile)
+                port = _free_port()
+                server = _start_server(model, d, errlog, port)
+                try:
+                    _wait_ready(f"http://127.0.0.1:{port}", server, errlog)
+                    break
+                except RuntimeError as exc:
+                    start_failures.append(str(exc)[-500:])
+                    if attempt == 2:
+                        raise
             startup.append(time.monotonic() - t_start)
             with cond:
                 state["url"] = f"http://127.0.0.1:{port}"
@@ -394,8 +405,93 @@ def bench_server_crash(work: Path, model: Path, kills: int, seconds: float, batc
     errlog.unlink(missing_ok=True)
     return {"kills": done, "acknowledged": len(all_acked), "acknowledged_requests": sum(sent), "in_log": len(ids),
             "acknowledged_lost": lost, "duplicates": dup, "unacknowledged_but_kept": len(set(counts) - all_acked),
-            "failed_requests_resent": failures[0], "server_startup_s": _pcts(startup), "batch": batch, "clients": clients,
+            "failed_requests_resent": failures[0], "server_startup_s": _pcts(startup), "failed_starts": start_failures,
+            "batch": batch, "clients": clients,
             "repaired_bytes_last_open": repaired}
+
+
+def bench_http_counter_lag(work: Path, model: Path, seconds: float = 10.0, posts_per_s: float = 50.0, batch: int = 20,
+                           n_items: int = 50, say: Say = print) -> dict[str, Any]:
+    """Event to feature visible through the real path: a ``feedrank serve`` subprocess with
+    its online store on a private redis-server; clicks are POSTed to /v1/events (``batch``
+    per request, ``posts_per_s``); a poller reads the items' ``clicks_86400`` from Redis
+    every 10 ms. Lag = first time the store shows a POST's clicks - its 202 (seconds)."""
+    import httpx
+
+    from feedrank.features.store.factory import open_store
+    from feedrank.features.store.redis_server import RedisServer
+
+    try:
+        srv = RedisServer.start(work / "lag-redis")
+    except FileNotFoundError as exc:
+        return {"skipped": str(exc)}
+    d = work / "http-lag-events"
+    shutil.rmtree(d, ignore_errors=True)
+    errlog = work / "http-lag.log"
+    port = _free_port()
+    store_url = f"{srv.url}/0?prefix=lag/"
+    server = _start_server(model, d, errlog, port, (f"features.store_url={store_url}", "features.poll_s=0.05"))
+    url = f"http://127.0.0.1:{port}"
+    lags: list[float] = []
+    try:
+        _wait_ready(url, server, errlog)
+        items = _catalog_ids(model, n_items)
+        store = open_store(store_url)
+        pending: list[tuple[int, float, float]] = []   # (item index, target count, 202 time)
+        lock = threading.Lock()
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.is_set() or pending:
+                got = store.get_items(items, ["clicks_86400"], time.time()).values[:, 0]
+                t = time.perf_counter()
+                with lock:
+                    keep = []
+                    for j, target, t_ack in pending:
+                        if got[j] >= target:
+                            lags.append(t - t_ack)
+                        else:
+                            keep.append((j, target, t_ack))
+                    pending[:] = keep
+                if done.is_set() and time.perf_counter() > t_stop + 30:
+                    return
+                time.sleep(0.01)
+
+        totals = [0] * len(items)
+        t_stop = time.perf_counter() + seconds
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        n = 0
+        with httpx.Client(base_url=url, timeout=30) as cl:
+            while time.perf_counter() < t_stop:
+                t_next = time.perf_counter() + 1.0 / posts_per_s
+                j = n % len(items)
+                evs = [{"event_id": f"lag{n}-{k}", "ts": time.time(), "user_id": f"u{k}", "item_id": items[j],
+                        "kind": "click"} for k in range(batch)]
+                resp = cl.post("/v1/events", json={"events": evs})
+                t_ack = time.perf_counter()
+                resp.raise_for_status()
+                totals[j] += batch
+                with lock:
+                    pending.append((j, float(totals[j]), t_ack))
+                n += 1
+                time.sleep(max(0.0, t_next - time.perf_counter()))
+        done.set()
+        poller.join(40)
+        store.close()
+        unseen = len(pending)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        srv.stop()
+        shutil.rmtree(d, ignore_errors=True)
+        errlog.unlink(missing_ok=True)
+    return {"posts": n, "events": n * batch, "events_per_s_offered": posts_per_s * batch, "never_visible": unseen,
+            "lag_s": _pcts(lags), "store": "redis (private)", "consumer_poll_s": 0.05}
 
 
 # ---------------------------------------------------------------------- feature reads in a request
@@ -593,6 +689,10 @@ def run_ingest_bench(work: Path, *, events: int = 200_000, batches: tuple[int, .
             f"{c['duplicates']} duplicated")
     if feature_reads:
         out["feature_reads"] = bench_feature_reads(work, say=say)
+    if model is not None and lag_seconds > 0:
+        out["http_counter_lag"] = bench_http_counter_lag(work, Path(model), seconds=lag_seconds, say=say)
+        lag = out["http_counter_lag"].get("lag_s", {})
+        say(f"counter lag through `feedrank serve` + Redis store: p50 {lag.get('p50')} s, p99 {lag.get('p99')} s")
     if model is not None and server_kills > 0:
         out["server_crash"] = bench_server_crash(work, Path(model), server_kills, server_crash_seconds, say=say)
         c = out["server_crash"]

@@ -255,7 +255,7 @@ def bench_dataset(name: str, data_dir: Path, model_dir: Path, cfg: FeedrankConfi
         res["targets"] = {"auc_ratio": _r(s["auc"] / o["auc"]), "ndcg@10_ratio": _r(s["ndcg@10"] / o["ndcg@10"])}
         t = time.perf_counter()
         res["ceiling"] = {"oracle_ablation": oracle_ablation(prep, truth, max_test),
-                          "bayes": bayes_ceiling(prep, truth, n_users=400, n_samples=8000)}
+                          "bayes": bayes_ceiling(prep, truth, n_users=1000, n_samples=2000)}
         b = res["ceiling"]["bayes"]
         say(f"  Bayes ceiling ({b['n_users']} users): AUC {b['bayes']['auc']:.4f} vs oracle {b['oracle']['auc']:.4f} "
             f"({time.perf_counter() - t:.0f}s)")

@@ -128,9 +128,10 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         out["two_tower_recall@100_vs_oracle"] = round(out["methods"]["two_tower"]["recall@100"] / o, 4) if o else None
         for name in ("two_tower_age_prior", "two_tower_prior", "two_tower_prior_served"):
             out[f"{name}_recall@100_vs_oracle"] = round(out["methods"][name]["recall@100"] / o, 4) if o else None
-    tw = out["methods"]["two_tower"]
-    if tw["recall@100_cold"] is not None and tw["recall@100_warm"]:
-        out["two_tower_cold_vs_warm_recall@100"] = round(tw["recall@100_cold"] / tw["recall@100_warm"], 4)
+    for name in ("two_tower", "two_tower_prior_served"):
+        tw = out["methods"][name]
+        if tw["recall@100_cold"] is not None and tw["recall@100_warm"]:
+            out[f"{name}_cold_vs_warm_recall@100"] = round(tw["recall@100_cold"] / tw["recall@100_warm"], 4)
     for name, m in out["methods"].items():
         say(f"  {name:10s} recall@10 {m['recall@10']:.4f}  @50 {m['recall@50']:.4f}  @100 {m['recall@100']:.4f}  "
             f"nDCG@10 {m['ndcg@10']:.4f}  cold@100 {m['recall@100_cold']}  warm@100 {m['recall@100_warm']}")

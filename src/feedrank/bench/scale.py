@@ -114,7 +114,13 @@ def run_scale_bench(sizes: list[int], workdir: Path, vary: str = "both", base: i
         row: dict[str, Any] = {"users": users, "items": items, "days": DAYS, "activity": ACTIVITY}
         size_dir = workdir / f"u{users}-i{items}-d{DAYS}"
         t = time.perf_counter()
-        model = ensure_model(size_dir, users, items, DAYS, ACTIVITY, say)
+        try:
+            model = ensure_model(size_dir, users, items, DAYS, ACTIVITY, say)
+        except Exception as exc:  # noqa: BLE001 - recorded; the other sizes still run
+            row["error"] = f"building the world/model failed: {type(exc).__name__}: {str(exc)[-600:]}"
+            say(f"u{users} i{items}: {row['error']}")
+            rows.append(row)
+            continue
         row["build_seconds"] = round(time.perf_counter() - t, 1)
         manifest = json.loads((model / "manifest.json").read_text())
         row["events"] = (manifest.get("dataset") or {}).get("n_events")

@@ -81,9 +81,11 @@ async def app(scope, receive, send):
 '''
 
 
-def _wait_http(url: str, timeout: float = 600.0) -> None:
+def _wait_http(url: str, timeout: float = 600.0, proc: subprocess.Popen | None = None) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} before it was ready (see server.log in the bench workdir)")
         try:
             if httpx.get(url, timeout=2.0).status_code < 500:
                 return
@@ -190,7 +192,7 @@ def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: 
     server = subprocess.Popen([exe, "serve", "--model", str(model), "--port", str(port), "--log-level", "warning",
                                "--events-dir", str(workdir / "events"), "--workers", str(workers), *settings],
                               stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+                              stderr=open(workdir / "server.log", "wb"))  # a file: a full pipe would stall the server
     bare_dir = Path(tempfile.mkdtemp())
     (bare_dir / "bare_app.py").write_text(BARE_APP % {"k": k})
     bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(bare_port), "--log-level", "warning",
@@ -201,7 +203,7 @@ def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: 
                            "rates": []}
     try:
         say("waiting for the server (loading the model)")
-        _wait_http(url + "/readyz")
+        _wait_http(url + "/readyz", timeout=1800.0, proc=server)  # N workers each load the bundle (1M items: minutes)
         _wait_http(bare_url + "/")
         # warm-up, then one measurement per rate
         _run_wrk(url, 50, 3, 4, users, k, seed=1)

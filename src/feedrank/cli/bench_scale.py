@@ -30,9 +30,12 @@ def _ints(text: str) -> list[int]:
 @click.option("--index-repeats", default=1, show_default=True, type=click.IntRange(1, 20), help="Index builds timed (best kept).")
 @click.option("--workdir", default="var/bench/scale", show_default=True, type=click.Path(file_okay=False),
               help="Worlds and models are built here once per size and reused.")
+@click.option("--no-train", is_flag=True, help="Skip the training measurements (memory, index and latency only).")
+@click.option("--result-name", default="scale", show_default=True,
+              help="Results file name (benchmarks/results/NAME.json); `feedrank plan` reads 'scale'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 def scale(sizes: str, vary: str, base: int, procs: str, train_examples: int, feed_requests: int, index_repeats: int,
-          workdir: str, as_json: bool) -> None:
+          workdir: str, no_train: bool, result_name: str, as_json: bool) -> None:
     """How cost grows with work: for each world size, serving memory (RSS of the loaded
     serving stack in a fresh process), ANN index build time, two-tower training examples/s
     with 1 and 2 processes (one thread each, gloo) and the communication share, and feed
@@ -45,7 +48,7 @@ def scale(sizes: str, vary: str, base: int, procs: str, train_examples: int, fee
     Examples:
       feedrank bench scale --json
       feedrank bench scale --sizes 10000,100000,1000000 --json
-      feedrank bench scale --sizes 10000,100000 --vary items --base 10000
+      feedrank bench scale --sizes 10000,100000 --vary items --base 10000 --no-train --result-name scale_items
       feedrank bench scale --sizes 10000 --procs 1,2 --train-examples 50000
     """
     import json
@@ -54,10 +57,12 @@ def scale(sizes: str, vary: str, base: int, procs: str, train_examples: int, fee
     from feedrank.bench import write_result
     from feedrank.bench.scale import run_scale_bench
 
-    proc_list = tuple(_ints_small(procs))
+    proc_list = () if no_train else tuple(_ints_small(procs))
     result = run_scale_bench(_ints(sizes), Path(workdir), vary=vary, base=base, procs=proc_list,
                              train_examples=train_examples, feed_requests=feed_requests, index_repeats=index_repeats, say=say)
-    path = write_result("scale", result)
+    if not result_name.replace("_", "").replace("-", "").isalnum():
+        raise click.BadParameter(f"--result-name must be letters, digits, - or _, got {result_name!r}")
+    path = write_result(result_name, result)
     say(f"written {path}")
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -98,9 +98,17 @@ def retrain(registry_dir: str, events_dir: str | None, base_data: str | None, ev
     period = parse_every(every) if every else None
     while True:
         t0 = time.time()
-        res = run_cycle(registry_dir, events, override, evaluate_prepared, ab_report, policy, base_data,
-                        show_progress=not no_progress, say=say, label_noise=noise)
-        if as_json:
+        try:
+            res = run_cycle(registry_dir, events, override, evaluate_prepared, ab_report, policy, base_data,
+                            show_progress=not no_progress, say=say, label_noise=noise)
+        except Exception as exc:  # on a schedule, one failed cycle must not end the schedule
+            if period is None:
+                raise
+            say(f"retrain cycle failed: {type(exc).__name__}: {exc}; the current model keeps serving")
+            res = None
+        if res is None:
+            pass
+        elif as_json:
             click.echo(json.dumps(res.__dict__, default=float))
         else:
             click.echo(f"retrain: {res.action}" + (f" v{res.version}" if res.version else "") + f" ({res.detail}); "

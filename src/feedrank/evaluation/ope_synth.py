@@ -292,4 +292,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "mean_width": float(width.mean()),
             "mean_rel_width": float(np.mean(width / truth)),
         }
+        se = np.array([r["estimates"][name]["stderr"] for r in rs])
+        err = val - truth
+        if len(rs) > 2 and np.all(se > 0):
+            z = err / se  # studentised errors: ~N(0, 1) when the intervals are right
+            out[name].update({"rmse_over_rms_stderr": float(np.sqrt(np.mean(err**2) / np.mean(se**2))),
+                              "corr_error_stderr": float(np.corrcoef(err, se)[0, 1]) if np.std(se) > 0 else None,
+                              "z_q05": float(np.quantile(z, 0.05)), "z_q95": float(np.quantile(z, 0.95))})
     return out

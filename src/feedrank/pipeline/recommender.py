@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
 import threading
 import time
 import uuid
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("context", "retrieve", "enrich", "rank", "rerank")
 CACHE_S = 30.0  # request-clock seconds a cached live set / popular list stays valid
-PRIOR_POOL_MAX = 20_000  # newest live items rescored with the age prior besides the ANN's top (bounds the cost)
+PRIOR_POOL_MAX = 5_000  # newest live items rescored with the age prior besides the ANN's top (bounds the cost)
 
 
 class _Shed(Exception):
@@ -355,11 +356,12 @@ class Recommender:
         """Apply the re-ranking policies; exploration draws are seeded by the request id.
         Degraded tiers do not explore: they serve the safest list."""
         idx = cand.tolist()
+        pick = operator.itemgetter(*idx) if len(idx) > 1 else (lambda seq: tuple(seq[i] for i in idx))  # C-speed gather
         slate = Slate(
             item_ids=cand_ids,
-            categories=[self._categories_list[i] for i in idx],
-            creators=[self._creators_list[i] for i in idx],
-            groups=[self._groups_list[i] for i in idx],
+            categories=pick(self._categories_list),
+            creators=pick(self._creators_list),
+            groups=pick(self._groups_list),
             scores=np.asarray(scores, dtype=np.float64),
             vectors=self.art.item_vectors[cand] if self.policy.mmr_lambda < 1.0 else None,
         )

@@ -241,8 +241,9 @@ def check_online(registry: ModelRegistry, events_dir: str | Path, policy: Retrai
         events = [rec.event for rec in log.read()]
     finally:
         log.close()
-    if phase == "canary":
-        report = ab_report(events, EXPERIMENT)
+    if phase == "canary":  # only this canary's impressions: the experiment name is reused by later canaries
+        since = float(state.get("since", 0.0))
+        report = ab_report((e for e in events if e.kind != EventKind.IMPRESSION or e.ts >= since), EXPERIMENT)
         d = rollback_decision(report, f"{EXPERIMENT}/control", f"{EXPERIMENT}/challenger", policy.rollback_margin,
                               policy.min_impressions)
     else:

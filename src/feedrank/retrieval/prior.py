@@ -15,7 +15,7 @@ Newton on a convex problem). No test data is used; zero weights recover the plai
 
 At serving (``rescore_with_prior``, called by ``Recommender._retrieve``) the ANN returns its
 top ``pipeline.ann_oversample * ann_k`` by ``u . v``; those plus every recent live item
-(the newest ``PRIOR_POOL_MAX``, published within the recent pool's hours) and the popular
+(the newest ``PRIOR_POOL_MAX`` (5,000), published within the recent pool's hours) and the popular
 list are rescored exactly and the best ``ann_k`` kept. An item in none of these sets is
 older than the pool, less clicked than the popular list and below the ANN's cut, so it
 cannot beat the kept ones by much; the bench measures this served variant next to exact
@@ -109,8 +109,13 @@ def fit_prior_weights(base: np.ndarray, feats: list[np.ndarray], live: np.ndarra
     nll0, g, h = stats(w)
     nll = nll0
     for _ in range(iters):
+        # active set: a weight at its bound whose gradient pushes it below stays there; Newton on the rest
+        free = ~((w <= 0.0) & (g > 0.0))
+        if not free.any():
+            break
+        step = np.zeros(f)
         try:
-            step = np.linalg.solve(h + 1e-9 * np.eye(f), g)
+            step[free] = np.linalg.solve(h[np.ix_(free, free)] + 1e-12 * np.eye(int(free.sum())), g[free])
         except np.linalg.LinAlgError:
             break
         for _ in range(30):

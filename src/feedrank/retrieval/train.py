@@ -162,7 +162,6 @@ def train_two_tower(
 
     model = build_two_tower(two_tower_dims(cfg, n_categories, n_subcategories, 0 if content is None else content.shape[1]))
     model.set_content(content)
-    model.item.id_dropout = cfg.id_dropout
     opt_dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
     opt_sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.lr)
     world, rank = dist.world_size(), dist.rank()

@@ -45,7 +45,6 @@ class ItemTower(nn.Module):
         self.creator_emb = nn.Embedding(d.id_buckets, d.embed_dim, padding_idx=0, sparse=True)
         self.text = nn.EmbeddingBag(d.text_buckets, d.embed_dim, mode="mean", padding_idx=0, sparse=True)
         self.content = nn.Linear(d.content_dim, d.embed_dim) if d.content_dim else None
-        self.id_dropout = 0.0  # training only: share of rows whose id embedding is zeroed (cold-start robustness)
         n_in = 5 + (1 if d.content_dim else 0)
         self.mlp = nn.Sequential(nn.Linear(n_in * d.embed_dim, 2 * d.out_dim), nn.ReLU(), nn.Linear(2 * d.out_dim, d.out_dim))
 
@@ -61,10 +60,7 @@ class ItemTower(nn.Module):
     ) -> torch.Tensor:
         """Inputs (B,) int64, EmbeddingBag tokens (T,)/offsets (B,), content (B, Dc) float32.
         Returns (B, out_dim) float32, unit norm."""
-        ids = self.id_emb(id_hash)
-        if self.training and self.id_dropout > 0:  # items look unseen now and then: the rest must carry them
-            ids = ids * (torch.rand(ids.shape[0], 1) >= self.id_dropout).to(ids.dtype)
-        parts = [ids, self.cat_emb(cat), self.sub_emb(sub), self.creator_emb(creator),
+        parts = [self.id_emb(id_hash), self.cat_emb(cat), self.sub_emb(sub), self.creator_emb(creator),
                  self.text(text_tokens, text_offsets)]
         if self.content is not None:
             assert content is not None, "this item tower needs content vectors"

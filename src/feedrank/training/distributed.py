@@ -184,33 +184,42 @@ def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Par
 
 
 def _average_sparse(params: list[torch.nn.Parameter], w: float) -> None:
-    """All-gather the rows of every sparse gradient (one concatenated table), sum, / w."""
-    offsets, idx_parts, val_parts = [], [], []
-    base = 0
+    """All-gather the rows of every sparse gradient (all tables in one buffer), / w.
+
+    Each rank coalesces its own gradients (fewer rows to send), sends one index and one
+    value buffer plus its per-table row counts, and rebuilds each table's gradient from
+    every rank's slice in rank order, so the result is the same on every rank. The merged
+    gradient is left uncoalesced: SparseAdam coalesces (sums duplicate rows) itself."""
     dim = params[0].shape[1]
+    idx_parts, val_parts, counts = [], [], []
     for p in params:
-        offsets.append(base)
-        if p.grad is not None:
-            g = p.grad.coalesce()
-            idx_parts.append(g.indices()[0] + base)
-            val_parts.append(g.values().reshape(-1, dim))
-        base += p.shape[0]
+        if p.grad is None:
+            counts.append(0)
+            continue
+        g = p.grad.coalesce()
+        idx_parts.append(g.indices()[0])
+        val_parts.append(g.values().reshape(-1, dim))
+        counts.append(len(idx_parts[-1]))
     idx = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.int64)
     val = torch.cat(val_parts) if val_parts else torch.zeros((0, dim))
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size())]
-    tdist.all_gather(sizes, torch.tensor([len(idx)], dtype=torch.int64))
-    m = int(max(s.item() for s in sizes))
+    n_ranks = world_size()
+    all_counts = [torch.zeros(len(params), dtype=torch.int64) for _ in range(n_ranks)]
+    tdist.all_gather(all_counts, torch.tensor(counts, dtype=torch.int64))
+    m = int(max(int(c.sum()) for c in all_counts))
     pad_idx = torch.zeros(m, dtype=torch.int64)
     pad_idx[: len(idx)] = idx
     pad_val = torch.zeros((m, dim), dtype=val.dtype)
     pad_val[: len(val)] = val
-    all_idx = [torch.empty_like(pad_idx) for _ in range(world_size())]
-    all_val = [torch.empty_like(pad_val) for _ in range(world_size())]
+    all_idx = [torch.empty_like(pad_idx) for _ in range(n_ranks)]
+    all_val = [torch.empty_like(pad_val) for _ in range(n_ranks)]
     tdist.all_gather(all_idx, pad_idx)
     tdist.all_gather(all_val, pad_val)
-    gi = torch.cat([a[: int(s.item())] for a, s in zip(all_idx, sizes)])
-    gv = torch.cat([a[: int(s.item())] for a, s in zip(all_val, sizes)]) / w
+    starts = [torch.cumsum(c, 0) - c for c in all_counts]
     for k, p in enumerate(params):
-        lo, hi = offsets[k], offsets[k] + p.shape[0]
-        sel = (gi >= lo) & (gi < hi)
-        p.grad = torch.sparse_coo_tensor((gi[sel] - lo)[None, :], gv[sel], p.shape, check_invariants=False).coalesce()
+        pieces = [(int(starts[r][k]), int(all_counts[r][k])) for r in range(n_ranks)]
+        if not any(n for _, n in pieces):
+            p.grad = None
+            continue
+        gi = torch.cat([all_idx[r][a : a + n] for r, (a, n) in enumerate(pieces)])
+        gv = torch.cat([all_val[r][a : a + n] for r, (a, n) in enumerate(pieces)]) / w
+        p.grad = torch.sparse_coo_tensor(gi[None, :], gv, p.shape, check_invariants=False)

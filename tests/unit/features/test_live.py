@@ -147,7 +147,7 @@ def test_slow_or_broken_store_means_defaults_then_recovery():
     for _ in range(10):
         got = live.read_items(["n1"], T0, fb, fb)
         assert got.status == "default" and got.impressions.tolist() == [3.0]
-    assert time.monotonic() - t < 1.5      # each call bounded by the budget or skipped by the breaker
+    assert time.monotonic() - t < 5.0      # unguarded: 10 x 1 s; each call is bounded by the budget or skipped
     store.slow.clear()
     store.broken = True
     time.sleep(0.1)

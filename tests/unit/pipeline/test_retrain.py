@@ -143,7 +143,10 @@ def test_cycle_gates_canaries_promotes_and_refuses_a_broken_challenger(scenario,
     assert chall.info["retrain"]["gate"]["accept"] and chall.info["warm_start"]["from"] == champ.version
 
     # the canary's arms get traffic: the challenger does as well as control -> promoted
-    _plant_canary(scenario["events"], ctr_control=0.10, ctr_challenger=0.10, seed=1)
+    since = read_state(reg)["since"]
+    _plant_canary(scenario["events"], ctr_control=0.10, ctr_challenger=0.10, seed=1, t0=since - 500)  # an earlier canary's
+    assert check_online(reg, scenario["events"], policy, ab_report, say=quiet)["action"] == "waiting"
+    _plant_canary(scenario["events"], ctr_control=0.10, ctr_challenger=0.10, seed=2, t0=since + 1)
     out = check_online(reg, scenario["events"], policy, ab_report, say=quiet)
     assert out["action"] == "promoted_after_canary" and reg.current() == 2
     assert yaml.safe_load(exp_file.read_text()) == {"experiments": []}
@@ -183,7 +186,7 @@ def test_canary_with_a_worse_challenger_is_withdrawn(scenario, tmp_path):
     exp_file = tmp_path / "exp.yaml"
     exp_file.write_text("experiments: []\n")
     write_state(reg, {"phase": "canary", "champion": 1, "challenger": 2, "since": NOW})
-    _plant_canary(tmp_path / "events", ctr_control=0.12, ctr_challenger=0.04, seed=4)
+    _plant_canary(tmp_path / "events", ctr_control=0.12, ctr_challenger=0.04, seed=4, t0=NOW + 1)
     out = check_online(reg, tmp_path / "events", RetrainPolicy(experiments_file=str(exp_file), min_impressions=500),
                        ab_report, say=quiet)
     assert out["action"] == "canary_rolled_back" and reg.current() == 1
@@ -210,6 +213,21 @@ def _plant(events_dir: Path, tag: str, t0: float, n_requests_x10: int, ctr: floa
         log.close()
 
 
-def _plant_canary(events_dir: Path, ctr_control: float, ctr_challenger: float, seed: int) -> None:
-    _plant(events_dir, f"c{seed}-", NOW - 100, 1500, ctr_control, seed, f"{EXPERIMENT}/control")
-    _plant(events_dir, f"x{seed}-", NOW - 100, 1500, ctr_challenger, seed + 100, f"{EXPERIMENT}/challenger")
+def _plant_canary(events_dir: Path, ctr_control: float, ctr_challenger: float, seed: int, t0: float) -> None:
+    _plant(events_dir, f"c{seed}-", t0, 1500, ctr_control, seed, f"{EXPERIMENT}/control")
+    _plant(events_dir, f"x{seed}-", t0, 1500, ctr_challenger, seed + 100, f"{EXPERIMENT}/challenger")
+
+
+def test_cli_schedule_parsing_and_help():
+    import click
+    from click.testing import CliRunner
+
+    from feedrank.cli.main import cli
+    from feedrank.cli.retrain import parse_every
+
+    assert parse_every("90s") == 90 and parse_every("10m") == 600 and parse_every("1h") == 3600 and parse_every("5") == 5
+    with pytest.raises(click.BadParameter):
+        parse_every("soon")
+    for cmd in (["retrain", "--help"], ["simulate", "--help"], ["bench", "retrain", "--help"]):
+        out = CliRunner().invoke(cli, cmd)
+        assert out.exit_code == 0 and "Examples:" in out.output, out.output

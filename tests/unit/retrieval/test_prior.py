@@ -79,3 +79,18 @@ def test_fit_recovers_a_popularity_weight_too():
     got, _ = rescore_with_prior(prior, users[0], np.arange(len(items)), items, pub, 21 * DAY_S, 10, clicks=counts[0])
     exact = prior.scores(users[:1], items, pub, 21 * DAY_S, clicks=counts[0])[0]
     assert got.tolist() == np.argsort(-exact, kind="stable")[:10].tolist()
+
+
+def test_a_weight_held_at_zero_does_not_stop_the_other():
+    """Clicks that like popular items and old ones: w_age stays 0, w_pop is still fitted."""
+    users, items, _, ts, pub, t = _world(0.0, seed=5)
+    rng = np.random.default_rng(6)
+    counts = np.broadcast_to(rng.integers(0, 50, len(items)).astype(np.float32), (len(ts), len(items))).copy()
+    age = (ts[:, None] - pub[None, :]) / DAY_S
+    logit = users @ items.T / t + 0.2 * np.maximum(age, 0) + 0.8 * np.log1p(counts)  # rewards age
+    logit = np.where(age >= 0, logit, -np.inf)
+    p = np.exp(logit - logit.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    pos = np.array([rng.choice(len(items), p=row) for row in p])
+    w, nll0, nll1 = fit_age_weight(users, items, pos, ts, pub, t, click_counts=counts)
+    assert w[0] == 0.0 and w[1] > 0.4 and nll1 < nll0
