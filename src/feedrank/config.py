@@ -29,6 +29,9 @@ class SplitConfig:
     """Time split: events at or after the boundary form the test set."""
 
     test_fraction: float = field(default=0.2, metadata=_rng(0.01, 0.9))
+    # Requests crossing the boundary: snap it to a clean cut, drop the crossing requests, or
+    # auto (snap when a clean cut lies within 5% of the fraction, else drop: big worlds).
+    straddle: Literal["auto", "snap", "drop"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -81,14 +82,18 @@ def bench_retrain(work: Path, users: int, items: int, days: int, new_events: int
     reg = ModelRegistry(work / "registry")
     reg.publish(work / "champion", promote=True)
     t = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     res = run_cycle(work / "registry", work / "registry" / "events", None, evaluate_prepared, ab_report,
                     RetrainPolicy(), None, show_progress=show_progress, say=say)
     total = time.perf_counter() - t
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)  # CPU time: on a shared machine wall time is not
     return {
         "scenario": {"users": users, "items": items, "days": days, "activity": activity, **split},
         "champion_full_training_s": round(champion_s, 1),
         "retrain": {"action": res.action, "detail": res.detail, "version": res.version,
                     "stages_s": {k: round(v, 1) for k, v in res.seconds.items()}, "total_s": round(total, 1),
+                    "cpu_s": round(cpu_s, 1), "load_average_at_end": os.getloadavg()[0],
                     "gate": res.gate},
         "target": {"new_events": 1_000_000, "max_s": 600, "met": bool(split["log_events"] >= 1_000_000 and total <= 600)},
         "threads": {"cpus": os.cpu_count(), "platform": platform.platform()},

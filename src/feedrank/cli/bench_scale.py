@@ -57,11 +57,12 @@ def scale(sizes: str, vary: str, base: int, procs: str, train_examples: int, fee
     from feedrank.bench import write_result
     from feedrank.bench.scale import run_scale_bench
 
-    proc_list = () if no_train else tuple(_ints_small(procs))
-    result = run_scale_bench(_ints(sizes), Path(workdir), vary=vary, base=base, procs=proc_list,
-                             train_examples=train_examples, feed_requests=feed_requests, index_repeats=index_repeats, say=say)
     if not result_name.replace("_", "").replace("-", "").isalnum():
         raise click.BadParameter(f"--result-name must be letters, digits, - or _, got {result_name!r}")
+    size_list = _ints(sizes)
+    proc_list = () if no_train else tuple(_ints_small(procs))
+    result = run_scale_bench(size_list, Path(workdir), vary=vary, base=base, procs=proc_list,
+                             train_examples=train_examples, feed_requests=feed_requests, index_repeats=index_repeats, say=say)
     path = write_result(result_name, result)
     say(f"written {path}")
     if as_json:

@@ -47,8 +47,9 @@ def parse_every(text: str) -> float:
 @click.option("--min-new-events", default=1, type=click.IntRange(0), show_default=True,
               help="Skip training when fewer events arrived since the champion's cut-off.")
 @click.option("--epochs", default=1, type=click.IntRange(1), show_default=True, help="Warm-start fine-tuning epochs.")
-@click.option("--drill", type=click.Choice(["shuffled-labels", "inverted-labels"]), default=None,
-              help="Train a deliberately broken challenger (checks that the gate refuses it).")
+@click.option("--drill", type=click.Choice(["inverted-labels"]), default=None,
+              help="Train a deliberately broken challenger on inverted click labels: the gate must refuse it "
+                   "(needs new events; with a few thousand, add --epochs 3).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print each cycle's result as JSON.")
 @click.argument("overrides", nargs=-1, metavar="[SECTION.KEY=VALUE]...")
@@ -67,7 +68,7 @@ def retrain(registry_dir: str, events_dir: str | None, base_data: str | None, ev
       feedrank retrain --registry var/registry --every 10m --max-regression 0.005
       feedrank retrain --registry var/registry --canary 0.1 --experiments var/experiments.yaml \\
           --rollback-margin 0.01 --min-impressions 5000
-      feedrank retrain --registry var/registry --drill shuffled-labels   # the gate must refuse it
+      feedrank retrain --registry var/registry --drill inverted-labels   # the gate must refuse it
       feedrank retrain --registry var/registry training.threads=2 retrieval.batch_size=512
     """
     from pathlib import Path
@@ -88,10 +89,7 @@ def retrain(registry_dir: str, events_dir: str | None, base_data: str | None, ev
         return config_from_dict(apply_overrides(config_to_dict(cfg), list(overrides))) if overrides else cfg
 
     noise = None
-    if drill == "shuffled-labels":
-        def noise(labels, rng):
-            return rng.permutation(labels)
-    elif drill == "inverted-labels":
+    if drill == "inverted-labels":
         def noise(labels, rng):
             return 1 - labels
 

@@ -179,7 +179,7 @@ def time_split(
     events: pd.DataFrame,
     test_fraction: float,
     *,
-    straddle: Literal["snap", "drop"] = "snap",
+    straddle: Literal["snap", "drop", "auto"] = "snap",
     max_fraction_shift: float = 0.05,
 ) -> TimeSplit:
     """Split ``events`` by time so that about ``test_fraction`` of them are test.
@@ -193,14 +193,23 @@ def time_split(
         max_fraction_shift: with ``"snap"``, the largest allowed |realized - requested|
             test fraction (but always at least ``MIN_SLACK_EVENTS`` events); beyond it a
             ``SchemaError`` suggests ``straddle="drop"``.
+            ``"auto"`` snaps when a clean cut lies within ``max_fraction_shift``, else drops:
+            in a busy stream (a million users) some request is open at nearly every instant.
 
     Returns:
         A ``TimeSplit``; ``train ts < boundary <= test ts`` and no request on both sides.
     """
     if not (isinstance(test_fraction, (int, float)) and 0.0 < float(test_fraction) < 1.0):
         raise SchemaError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
-    if straddle not in ("snap", "drop"):
-        raise SchemaError(f"straddle: expected 'snap' or 'drop', got {straddle!r}")
+    if straddle not in ("snap", "drop", "auto"):
+        raise SchemaError(f"straddle: expected 'snap', 'drop' or 'auto', got {straddle!r}")
+    if straddle == "auto":
+        try:
+            return time_split(events, test_fraction, straddle="snap", max_fraction_shift=max_fraction_shift)
+        except SchemaError as exc:
+            if "time_split:" not in str(exc):
+                raise
+            return time_split(events, test_fraction, straddle="drop", max_fraction_shift=max_fraction_shift)
     ts = _ts(events)
     n = len(ts)
     if n < 2:

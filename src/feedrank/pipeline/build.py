@@ -57,7 +57,7 @@ def prepare(data_dir: str | Path, cfg: FeedrankConfig, vocabs: dict[str, Vocab] 
     items = ds.items_frame()
     say(f"loaded {data_dir}: {len(items):,} items, {len(events):,} events, source={ds.meta.source} ({time.perf_counter() - t:.1f}s)")
     events = events.sort_values("ts", kind="stable").reset_index(drop=True)
-    split = time_split(events, cfg.split.test_fraction)
+    split = time_split(events, cfg.split.test_fraction, straddle=cfg.split.straddle)
     check_no_overlap(split, events)
     if vocabs is None:
         vocabs = {"category": Vocab.build("category", items["category"]), "subcategory": Vocab.build("subcategory", items["subcategory"], max_size=5000)}

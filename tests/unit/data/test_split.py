@@ -244,3 +244,19 @@ def test_large_frame_is_fast():
     check_no_overlap(sp, ev)
     assert time.perf_counter() - t < 10.0
     assert abs(sp.realized_test_fraction - 0.2) < 0.01
+
+
+def test_auto_snaps_when_it_can_and_drops_when_it_must():
+    n = 200
+    ts = T0 + np.arange(float(n))
+    req = [f"r{i}" for i in range(n)]
+    req[20] = req[179] = "long"  # open across every cut near the middle
+    ev = frame(ts, request_id=req)
+    sp = time_split(ev, 0.5, straddle="auto")
+    assert sp.straddle == "drop" and sp.n_dropped_requests == 1
+    check_no_overlap(sp, ev)
+    clean = frame(ts, request_id=[f"r{i}" for i in range(n)])
+    sp2 = time_split(clean, 0.5, straddle="auto")
+    assert sp2.straddle == "snap" and len(sp2.dropped_idx) == 0
+    with pytest.raises(SchemaError, match="straddle"):
+        time_split(clean, 0.5, straddle="sideways")
