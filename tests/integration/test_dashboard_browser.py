@@ -108,7 +108,9 @@ def test_dashboard_api(server, world_model):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         body = c.get("/dashboard/api/feed", params={"user_id": _user(model), "k": 10}).json()
         assert len(body["items"]) == 10 and all(it["source"] for it in body["items"])
-        assert body["funnel"]["shown"] == 10 and body["funnel"]["ranked"] >= 10
+        # a loaded CI box may answer from the fallback tier (no ranker): nothing is ranked then
+        assert body["funnel"]["shown"] == 10
+        assert body["funnel"]["ranked"] >= 10 or body["tier"] == "fallback", body["tier"]
         assert sum(v for k, v in body["funnel"].items() if k.startswith("source:")) >= body["funnel"]["ranked"]
         assert any(it["explain"] for it in body["items"])
         assert c.get("/dashboard/api/report").json()["available"] is True

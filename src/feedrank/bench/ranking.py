@@ -48,9 +48,9 @@ COMPARISON: dict[str, tuple[dict[str, Any], bool]] = {
     "dot": ({"interaction": "dot"}, False),
     "mlp pairwise": ({"interaction": "mlp", "loss": "pairwise"}, False),
     "mlp listwise": ({"interaction": "mlp", "loss": "listwise"}, False),
-    "mlp fairness 0.03": ({"interaction": "mlp", "fairness_weight": 0.03}, False),
+    "mlp fairness 0.01": ({"interaction": "mlp", "fairness_weight": 0.01}, False),
+    "mlp fairness 0.02": ({"interaction": "mlp", "fairness_weight": 0.02}, False),
     "mlp fairness 0.1": ({"interaction": "mlp", "fairness_weight": 0.1}, False),
-    "mlp fairness 0.3": ({"interaction": "mlp", "fairness_weight": 0.3}, False),
 }
 
 

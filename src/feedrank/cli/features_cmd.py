@@ -11,7 +11,13 @@ from feedrank.cli.common import say
 
 @click.group("features")
 def features_group() -> None:
-    """The online feature store (docs/feature-store.md)."""
+    """The online feature store (docs/feature-store.md).
+
+    \b
+    Examples:
+      feedrank features load --store sqlite:///var/features.db --model var/demo/full/model
+      feedrank features load --store redis://127.0.0.1:6379/0 --parquet var/offline/daily
+    """
 
 
 @features_group.command("load")

@@ -447,8 +447,10 @@ class Recommender:
                 wanted = None
                 if has_history:
                     top_cats = np.argsort(-aff)[:3]
-                    wanted = np.array([self.art.vocabs["category"].values[c - 1] for c in top_cats if c > 0], dtype=object)
-                got = fresh_items(self.catalog.published_at, now, p.fresh_hours * 3600.0, self.catalog.categories, wanted,
+                    wanted = top_cats[top_cats > 0].astype(self.catalog.cat_idx.dtype)
+                # category codes, not strings: np.isin over a large pool of strings cost ~50 ms a
+                # request on the 1M-item world (benchmarks/README.md, "Serving")
+                got = fresh_items(self.catalog.published_at, now, p.fresh_hours * 3600.0, self.catalog.cat_idx, wanted,
                                   p.fresh_k, pool=self._recent_pool(now))
                 return SourceResult("fresh", got, zeros(len(got)))
             fetchers["fresh"] = fresh

@@ -98,8 +98,8 @@ def time_scoring(model, dense: np.ndarray, category: np.ndarray, reps: int = 50,
     other code triggered does not land in one variant's tail and not another's.
 
     ``clock="cpu"`` times this thread's CPU time instead of wall time: on a machine shared
-    with other jobs it leaves out the time the thread waited to be scheduled, so its tail
-    is the code's own (wall-clock tails there are mostly the other jobs)."""
+    with other jobs it leaves out the time the thread waited to be scheduled (wall-clock
+    tails there are mostly the other jobs), though not their cache and memory traffic."""
     d = np.ascontiguousarray(dense, dtype=np.float32)
     c = np.asarray(category, dtype=np.int64)
     if isinstance(model, nn.Module):
