@@ -32,10 +32,13 @@ def _world(spec: str) -> tuple[str, int, int, int]:
 @click.option("--variant", "variants", multiple=True, help="Only these comparison variants (default: all).")
 @click.option("--reuse", is_flag=True, help="Reuse bundles already in --work instead of training them again.")
 @click.option("--name", "result_name", default="ranking", show_default=True, help="Result file name under benchmarks/results/.")
+@click.option("--speed-only", "speed_model", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Only time scoring (full, int8, distilled; 100/500/2000 candidates) of this model bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 @click.argument("overrides", nargs=-1)
 def ranking(worlds: tuple[str, ...], mind_dir: str, work_dir: str, max_train: int, max_test: int, reps: int,
-            variants: tuple[str, ...], reuse: bool, result_name: str, as_json: bool, overrides: tuple[str, ...]) -> None:
+            variants: tuple[str, ...], reuse: bool, speed_model: str | None, result_name: str, as_json: bool,
+            overrides: tuple[str, ...]) -> None:
     """Ranking metrics (AUC, GAUC, MRR, nDCG@5/10, ECE before/after calibration, exposure
     disparity) on synthetic worlds (with the oracle) and the MIND sample, for the served
     ranker, its int8 and distilled variants, popularity and recency; a comparison of
@@ -50,11 +53,23 @@ def ranking(worlds: tuple[str, ...], mind_dir: str, work_dir: str, max_train: in
       feedrank bench ranking --world small:3000:1000:5 --mind '' --variant dcn --variant mlp
       feedrank bench ranking --world a:20000:5000:14 --world b:50000:10000:7 ranking.epochs=3
       feedrank bench ranking --reuse --mind '' --variant mlp --variant 'mlp fairness 0.1' --name ranking-fairness
+      feedrank bench ranking --speed-only var/demo/full/model --reps 2000 --name ranking_speed
     """
     from feedrank.bench import write_result
     from feedrank.bench.ranking import COMPARISON, run_ranking_bench
     from feedrank.cli.common import say
 
+    if speed_model:
+        from feedrank.bench.ranking import speed
+        from feedrank.config import load_config
+        from feedrank.pipeline.artifacts import load_artifacts
+
+        result = {"model": speed_model, "speed": speed(load_artifacts(speed_model), load_config(None, overrides), reps, say)}
+        path = write_result(result_name, result)
+        say(f"written {path}")
+        if as_json:
+            click.echo(json.dumps(result, indent=2, default=float))
+        return
     unknown = [v for v in variants if v not in COMPARISON]
     if unknown:
         raise click.BadParameter(f"unknown variant(s) {unknown}; choose from {list(COMPARISON)}", param_hint="--variant")
