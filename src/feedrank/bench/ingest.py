@@ -581,17 +581,7 @@ def bench_http(work: Path, model: Path, batch: int, clients: int, max_requests: 
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                tail = errlog.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"server did not become ready: {' '.join(cmd)}\n{tail}")
-            time.sleep(0.2)
+        _wait_ready(url, server, errlog)
         items = sorted({it["item_id"] for u in range(5)
                         for it in httpx.get(f"{url}/v1/feed", params={"user_id": f"bench{u}", "k": 200}, timeout=30).json()["items"]})
         counter = iter(range(max_requests))

@@ -129,10 +129,7 @@ class ReadGuard:
             try:
                 out = fn(*args)
             except Exception as exc:
-                self._fail()
-                self._count("error")
-                log.warning("feature store read failed: %s: %s", type(exc).__name__, exc)
-                return None, "error"
+                return self._error(exc)
             self._ok()
             return out, "ok"
         if not self._slots.acquire(blocking=False):  # every worker stuck on a slow store
@@ -157,12 +154,15 @@ class ReadGuard:
             self._count("timeout")
             return None, "timeout"
         except Exception as exc:
-            self._fail()
-            self._count("error")
-            log.warning("feature store read failed: %s: %s", type(exc).__name__, exc)
-            return None, "error"
+            return self._error(exc)
         self._ok()
         return out, "ok"
+
+    def _error(self, exc: Exception) -> tuple[None, str]:
+        self._fail()
+        self._count("error")
+        log.warning("feature store read failed: %s: %s", type(exc).__name__, exc)
+        return None, "error"
 
     def _ok(self) -> None:
         with self._lock:

@@ -21,15 +21,12 @@ def serve_forever(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, lo
     and the event log's directory lock is released by the kernel. Put cleanup that must
     run in the app's lifespan, not after ``serve_forever``.
     """
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=log_config(log_level),
-        log_level=log_level,
-        access_log=True,
-        timeout_graceful_shutdown=10,
-    )
+    uvicorn.run(app, **_uvicorn_kwargs(host, port, log_level))
+
+
+def _uvicorn_kwargs(host: str, port: int, log_level: str) -> dict:
+    return {"host": host, "port": port, "log_config": log_config(log_level), "log_level": log_level,
+            "access_log": True, "timeout_graceful_shutdown": 10}
 
 
 def serve_workers(spec: dict, workers: int, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:
@@ -48,12 +45,7 @@ def serve_workers(spec: dict, workers: int, host: str = "127.0.0.1", port: int =
         # a worker loading a large bundle (or on a busy machine) answers the supervisor's
         # ping late; the default 5 s kills and restarts it forever
         timeout_worker_healthcheck=120,
-        host=host,
-        port=port,
-        log_config=log_config(log_level),
-        log_level=log_level,
-        access_log=True,
-        timeout_graceful_shutdown=10,
+        **_uvicorn_kwargs(host, port, log_level),
     )
 
 
