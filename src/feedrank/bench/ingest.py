@@ -292,6 +292,16 @@ def _wait_ready(url: str, server: subprocess.Popen, errlog: Path, timeout_s: flo
         time.sleep(0.05)
 
 
+def _stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM (the app's lifespan flushes and closes the log), SIGKILL after 30 s."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def _catalog_ids(model: Path, n: int = 1000) -> list[str]:
     import pyarrow.parquet as pq
 
@@ -481,12 +491,7 @@ def bench_http_counter_lag(work: Path, model: Path, seconds: float = 10.0, posts
         store.close()
         unseen = len(pending)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop_server(server)
         srv.stop()
         shutil.rmtree(d, ignore_errors=True)
         errlog.unlink(missing_ok=True)
@@ -618,12 +623,7 @@ def bench_http(work: Path, model: Path, batch: int, clients: int, max_requests: 
             t.join()
         wall = time.perf_counter() - t0
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop_server(server)
     errlog.unlink(missing_ok=True)
     log = EventLog(d, readonly=True)
     in_log = len(log)
