@@ -6,7 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from feedrank.cli.main import cli
 from feedrank.config import load_config
 from feedrank.data.synth import WorldConfig, generate_world
 from feedrank.pipeline.build import train_model
@@ -26,3 +28,14 @@ def two_models(tmp_path_factory) -> tuple[Path, Path]:
         train_model(world, root / f"m{seed}", cfg, show_progress=False, say=lambda m: None)
         out.append(root / f"m{seed}")
     return out[0], out[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_train_world(tmp_path_factory) -> Path:
+    """A tiny synthetic world (600 users, 300 items, 3 days) made by `feedrank data synth`,
+    shared by the training tests (resume, data-parallel); they only read it."""
+    out = tmp_path_factory.mktemp("train-world") / "world"
+    r = CliRunner().invoke(cli, ["data", "synth", "--out", str(out), "--users", "600", "--items", "300", "--days", "3",
+                                 "--seed", "1", "--activity", "1.0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return out

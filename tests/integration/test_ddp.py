@@ -16,9 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from feedrank.cli.main import cli
 from feedrank.pipeline.artifacts import load_artifacts
 
 ARGS = ["--no-progress", "retrieval.id_buckets=4096", "retrieval.text_buckets=2048", "retrieval.batch_size=16",
@@ -26,13 +24,9 @@ ARGS = ["--no-progress", "retrieval.id_buckets=4096", "retrieval.text_buckets=20
         "training.checkpoint_every_steps=3"]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp") / "world"
-    r = CliRunner().invoke(cli, ["data", "synth", "--out", str(out), "--users", "600", "--items", "300", "--days", "3",
-                                 "--seed", "1", "--activity", "1.0", "--no-progress"])
-    assert r.exit_code == 0, r.output
-    return out
+@pytest.fixture
+def world(tiny_train_world: Path) -> Path:
+    return tiny_train_world  # tests/integration/conftest.py
 
 
 def _pids_with(tag: str, rank: str) -> list[int]:

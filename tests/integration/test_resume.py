@@ -25,13 +25,9 @@ ARGS = ["--no-progress", "--no-eval", "retrieval.id_buckets=4096", "retrieval.te
         "ranking.epochs=1", "ranking.batch_size=512", "training.threads=1", "training.checkpoint_every_steps=4"]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("resume") / "world"
-    r = CliRunner().invoke(cli, ["data", "synth", "--out", str(out), "--users", "600", "--items", "300", "--days", "3",
-                                 "--seed", "1", "--activity", "1.0", "--no-progress"])
-    assert r.exit_code == 0, r.output
-    return out
+@pytest.fixture
+def world(tiny_train_world: Path) -> Path:
+    return tiny_train_world  # tests/integration/conftest.py
 
 
 def _train_in_process(world: Path, out: Path, cache: Path) -> dict:

@@ -51,9 +51,16 @@ def _top_lists(scores: np.ndarray, allowed_mask: np.ndarray, past: list[set[int]
 
 
 def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, max_users: int = 3000,
-                show_progress: bool = True, say: Callable[[str], None] = print) -> dict[str, Any]:
+                show_progress: bool = True, say: Callable[[str], None] = print, replay_requests: int = 3000,
+                served_prior: str = "two_tower_prior_ctr") -> dict[str, Any]:
     """Train the two-tower on the train side of ``data_dir`` and measure it against
-    popularity, ALS (``implicit``) and, for synthetic worlds, the oracle."""
+    popularity, ALS (``implicit``) and, for synthetic worlds, the oracle: at the split
+    boundary (``boundary``) and, with ``replay_requests`` > 0, replaying that many test
+    requests at their own time (``replay``, ``bench/retrieval_replay.py``). The served
+    score uses the prior ``served_prior`` (a method name)."""
+    from feedrank.bench.retrieval_replay import ReplayInputs, replay_requests as sample_requests, run_replay
+    from feedrank.retrieval.counters import CounterReplay, creator_codes
+    from feedrank.retrieval.prior import PriorFitData
     from feedrank.evaluation.offline import live_items
     from feedrank.pipeline.build import item_content, learn_max_item_age, prepare, shown_not_clicked
     from feedrank.retrieval.encode import encode_items, encode_users
@@ -106,16 +113,28 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     uvec = encode_users(tt, catalog, hist, np.full(len(users), split.boundary), item_vecs=vecs)
     out["methods"]["two_tower"] = _metrics(_top_lists(uvec @ vecs.T, allowed_mask, past), relevant, warm)
     pop = np.bincount(clicks.items, minlength=n_items).astype(np.float64)  # train clicks: counts at the boundary
-    for name, use_pop in (("two_tower_age_prior", False), ("two_tower_prior", True)):
+    train_imp = is_train & ev.mask("impression")
+    fit_data = PriorFitData(impressions=(ev.item_idx[train_imp], ev.ts[train_imp]))
+    at_boundary = CounterReplay(n_items, clicks.items, clicks.ts, *fit_data.impressions, creator_codes(catalog.creators))
+    at_boundary.advance(np.inf)  # it holds train events only: the counters at the boundary
+    counters = at_boundary.snapshot()
+    priors = {}
+    for name, use_pop, data in (("two_tower_age_prior", False, None), ("two_tower_prior", True, None),
+                                ("two_tower_prior_ctr", True, fit_data)):
         prior = fit_age_prior(tt, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, vecs, max_age,
-                              cfg.training.seed, popularity=use_pop)
+                              cfg.training.seed, popularity=use_pop, data=data)
+        priors[name] = prior
         out[name] = prior.to_json()
-        say(f"{name}: w_age = {prior.weight:.4f} per day, w_pop = {prior.pop_weight:.4f} (nll {prior.nll_before:.4f} -> "
-            f"{prior.nll_after:.4f}, {prior.n_clicks} train clicks)")
-        out["methods"][name] = _metrics(
-            _top_lists(prior.scores(uvec, vecs, catalog.published_at, split.boundary, pop), allowed_mask, past), relevant, warm)
+        say(f"{name}: w_age = {prior.weight:.4f} per day, w_pop = {prior.pop_weight:.4f}, w_ctr = {prior.ctr_weight:.4f}, "
+            f"w_creator = {prior.creator_weight:.4f} (nll {prior.nll_before:.4f} -> {prior.nll_after:.4f}, "
+            f"{prior.n_clicks} train clicks)")
+        out["methods"][name] = _metrics(_top_lists(prior.scores(uvec, vecs, catalog.published_at, split.boundary,
+                                                                counters=counters), allowed_mask, past), relevant, warm)
+    prior = priors[served_prior]
+    out["served_prior"] = served_prior
     out["methods"]["two_tower_prior_served"] = _metrics(
-        _served_lists(prior, uvec, vecs, catalog.published_at, pop, split.boundary, allowed_mask, past, cfg), relevant, warm)
+        _served_lists(prior, uvec, vecs, catalog.published_at, counters, split.boundary, allowed_mask, past, cfg),
+        relevant, warm)
     out["methods"]["popularity"] = _metrics(_top_lists(np.broadcast_to(pop, (len(users), n_items)), allowed_mask, past),
                                             relevant, warm)
     als = _als_scores(clicks, users, n_items, cfg.training.seed)
@@ -126,19 +145,55 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         out["methods"]["oracle"] = _metrics(_top_lists(oracle_scores, allowed_mask, past), relevant, warm)
         o = out["methods"]["oracle"]["recall@100"]
         out["two_tower_recall@100_vs_oracle"] = round(out["methods"]["two_tower"]["recall@100"] / o, 4) if o else None
-        for name in ("two_tower_age_prior", "two_tower_prior", "two_tower_prior_served"):
+        for name in ("two_tower_age_prior", "two_tower_prior", "two_tower_prior_ctr", "two_tower_prior_served"):
             out[f"{name}_recall@100_vs_oracle"] = round(out["methods"][name]["recall@100"] / o, 4) if o else None
     for name in ("two_tower", "two_tower_prior_served"):
         tw = out["methods"][name]
         if tw["recall@100_cold"] is not None and tw["recall@100_warm"]:
             out[f"{name}_cold_vs_warm_recall@100"] = round(tw["recall@100_cold"] / tw["recall@100_warm"], 4)
-    for name, m in out["methods"].items():
-        say(f"  {name:10s} recall@10 {m['recall@10']:.4f}  @50 {m['recall@50']:.4f}  @100 {m['recall@100']:.4f}  "
-            f"nDCG@10 {m['ndcg@10']:.4f}  cold@100 {m['recall@100_cold']}  warm@100 {m['recall@100_warm']}")
+    _say_methods(out["methods"], say, "boundary")
+    if replay_requests > 0:
+        truth = None
+        if oracle and (Path(prep.dataset.root) / "truth").exists():
+            from feedrank.data.synth.truth import WorldTruth
+
+            truth = WorldTruth.load(prep.dataset.root)
+        reqs = sample_requests(ev, is_test, replay_requests, cfg.training.seed)
+        t = time.perf_counter()
+        out["replay"] = run_replay(ReplayInputs(ev, catalog, tt, vecs, prior, max_age, cfg, warm, split.boundary, truth), reqs)
+        out["replay"]["seconds"] = round(time.perf_counter() - t, 1)
+        _say_methods(out["replay"]["methods"], say, f"replay of {len(reqs)} requests")
+    out["headline"] = _headline(out)
     return out
 
 
-def _served_lists(prior, uvec: np.ndarray, vecs: np.ndarray, published_at: np.ndarray, clicks: np.ndarray, now: float,
+def _say_methods(methods: dict[str, dict], say: Callable[[str], None], title: str) -> None:
+    say(f"  protocol: {title}")
+    for name, m in methods.items():
+        say(f"  {name:24s} recall@10 {m['recall@10']}  @50 {m['recall@50']}  @100 {m['recall@100']}  "
+            f"nDCG@10 {m['ndcg@10']}  cold@100 {m['recall@100_cold']}  warm@100 {m['recall@100_warm']}"
+            + (f"  new1h@100 {m['recall@100_new1h']}" if "recall@100_new1h" in m else ""))
+
+
+def _headline(out: dict[str, Any]) -> dict[str, Any]:
+    """The figure issue #3 asks for, with the protocol it comes from: the replay when it ran
+    (each request scored at its own time with the live counters, as serving does), else the
+    boundary protocol."""
+    block = out.get("replay") or out
+    methods = block["methods"]
+    h: dict[str, Any] = {"protocol": "replay" if "replay" in out else "boundary",
+                         "why": "serving scores each request at its own time with the user's clicks so far and live "
+                                "counters; the replay does the same, the boundary protocol scores once at the split",
+                         "served_recall@10": methods["two_tower_prior_served"]["recall@10"] if "two_tower_prior_served" in methods else None,
+                         "served_recall@100": methods["two_tower_prior_served"]["recall@100"] if "two_tower_prior_served" in methods else None,
+                         "popularity_recall@10": methods["popularity"]["recall@10"]}
+    if "oracle" in methods and methods["oracle"]["recall@100"] and h["served_recall@100"] is not None:
+        h["oracle_recall@100"] = methods["oracle"]["recall@100"]
+        h["served_recall@100_vs_oracle"] = round(h["served_recall@100"] / methods["oracle"]["recall@100"], 4)
+    return h
+
+
+def _served_lists(prior, uvec: np.ndarray, vecs: np.ndarray, published_at: np.ndarray, counters, now: float,
                   allowed_mask: np.ndarray, past: list[set[int]], cfg: FeedrankConfig, k: int = 100) -> list[list[int]]:
     """What serving does with the prior (``Recommender._retrieve``): the ANN's top
     ``ann_oversample * k`` by u.v, every recent item (published within the recent pool's
@@ -146,6 +201,7 @@ def _served_lists(prior, uvec: np.ndarray, vecs: np.ndarray, published_at: np.nd
     from feedrank.retrieval.prior import rescore_with_prior
 
     p = cfg.pipeline
+    clicks = counters.clicks
     over = _top_lists(uvec @ vecs.T, allowed_mask, past, k=p.ann_oversample * k)
     hours = max(p.fresh_hours, p.followed_hours)
     pool = np.flatnonzero(allowed_mask & ~(now - np.nan_to_num(published_at, nan=-np.inf) > hours * 3600.0))
@@ -155,7 +211,7 @@ def _served_lists(prior, uvec: np.ndarray, vecs: np.ndarray, published_at: np.nd
     for j, row in enumerate(over):
         cand = np.union1d(np.asarray(row, dtype=np.int64), pool)
         cand = cand[~np.isin(cand, np.fromiter(past[j], dtype=np.int64, count=len(past[j])))]
-        got, _ = rescore_with_prior(prior, uvec[j], cand, vecs[cand], published_at[cand], now, k, clicks=clicks[cand])
+        got, _ = rescore_with_prior(prior, uvec[j], cand, vecs[cand], published_at[cand], now, k, counters=counters.take(cand))
         out.append(got.tolist())
     return out
 

@@ -7,7 +7,9 @@
 
 Layout: ``root/seg-000001.jsonl``, ``seg-000002.jsonl``, ... Each line is one JSON
 object ``{"crc":"<8 hex>","e":{...event...}}`` where ``crc`` is the CRC32 of the exact
-bytes of the ``e`` value, so a torn or corrupted line is detected without re-encoding.
+bytes of the ``e`` value, so a torn or corrupted line is detected without re-encoding
+(the format: data/logformat.py; worker partitions and readers over all of them:
+data/partitions.py).
 
 Guarantees:
 
@@ -26,11 +28,16 @@ Guarantees:
   a bad line followed by good lines (corruption, not a crash) raises ``CorruptFile``
   naming the segment and line.
 * One writer per directory (an ``flock`` on ``root/LOCK``); any number of
-  ``EventLog(root, readonly=True)`` readers, which never repair anything.
+  ``EventLog(root, readonly=True)`` readers, which never repair anything. A reader
+  refreshes incrementally on each ``read`` (only the tail segment's new bytes and new
+  segments are scanned). A reader that finds a corrupt line reads every record before
+  it, then ``read`` raises ``CorruptFile`` naming the segment and line. A reader sees
+  lines as soon as they are written, before their fsync: a batch whose fsync then fails
+  may have been read (its append failed; a client retry is deduplicated by event id).
 * Thread-safe: one lock around appends; readers see only fully committed batches.
 
-``ImpressionWriter`` batches server-generated impressions onto a log from a background
-thread (bounded buffer, ``submit`` never blocks; flushed on ``close``).
+``data.impressions.ImpressionWriter`` batches server-generated impressions onto a log
+from a background thread (bounded buffer, ``submit`` never blocks; flushed on ``close``).
 """
 
 from __future__ import annotations
@@ -38,51 +45,33 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import threading
-import time
-import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator
 
-import orjson
-
-from feedrank.data.events import event_from_dict, event_to_dict
+from feedrank.data.events import event_from_dict
+from feedrank.data.logformat import (
+    DEFAULT_SEGMENT_BYTES,
+    SEG_RE,
+    AppendResult,
+    LogOffset,
+    LogRecord,
+    decode_line,
+    encode_line,
+    fsync_dir,
+    iter_raw_lines,
+    segment_files,
+    segment_name,
+)
 from feedrank.errors import CorruptFile, FeedrankError
 from feedrank.types import Event
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
-_SEG_RE = re.compile(r"^seg-(\d{6,})\.jsonl$")
-_PREFIX = b'{"crc":"'
-_MID = b'","e":'
-_HEAD = len(_PREFIX) + 8 + len(_MID)  # 22 bytes before the event JSON
-_READ_CHUNK = 1 << 20
-
-
-class LogOffset(NamedTuple):
-    """Position of one record: segment number (1-based, as in the file name) and the
-    0-based line index inside it. Ordered; ``next()`` is where a consumer resumes."""
-
-    segment: int
-    line: int
-
-    def next(self) -> "LogOffset":
-        return LogOffset(self.segment, self.line + 1)
-
-
-class LogRecord(NamedTuple):
-    offset: LogOffset
-    event: Event
-
-
-@dataclass(frozen=True)
-class AppendResult:
-    accepted: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
+__all__ = ["DEFAULT_SEGMENT_BYTES", "AppendResult", "EventLog", "LogOffset", "LogRecord", "decode_line", "encode_line",
+           "partition_roots", "read_partitions", "segment_name"]
 
 
 @dataclass
@@ -97,78 +86,6 @@ class _Segment:
     def __post_init__(self) -> None:
         if self.written < 0:
             self.written, self.written_lines = self.size, self.lines
-
-
-def segment_name(number: int) -> str:
-    return f"seg-{number:06d}.jsonl"
-
-
-def encode_line(event: Event) -> bytes:
-    """One log line (with trailing newline) for ``event``."""
-    body = orjson.dumps(event_to_dict(event))
-    crc = zlib.crc32(body) & 0xFFFFFFFF
-    return b"".join((_PREFIX, b"%08x" % crc, _MID, body, b"}\n"))
-
-
-def decode_line(line: bytes) -> dict | None:
-    """The event dict of one line (without its newline), or None if it is torn/corrupt."""
-    if len(line) < _HEAD + 2 or not line.startswith(_PREFIX) or line[_HEAD - len(_MID) : _HEAD] != _MID:
-        return None
-    if not line.endswith(b"}"):
-        return None
-    body = line[_HEAD:-1]
-    try:
-        crc = int(line[len(_PREFIX) : len(_PREFIX) + 8], 16)
-    except ValueError:
-        return None
-    if zlib.crc32(body) & 0xFFFFFFFF != crc:
-        return None
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _iter_raw_lines(path: Path, limit: int | None, start: int = 0) -> Iterator[tuple[bytes, bool, int]]:
-    """(line without newline, terminated, end byte position) for each line of ``path``
-    from byte ``start`` (a line start) up to ``limit`` bytes; a final chunk without newline
-    comes with terminated=False."""
-    with open(path, "rb") as f:
-        if start:
-            f.seek(start)
-        pending = b""
-        pos = start  # bytes consumed into complete lines
-        remaining = None if limit is None else limit - start
-        while True:
-            n = _READ_CHUNK if remaining is None else min(_READ_CHUNK, remaining)
-            if n <= 0:
-                break
-            chunk = f.read(n)
-            if not chunk:
-                break
-            if remaining is not None:
-                remaining -= len(chunk)
-            buf = pending + chunk
-            start = 0
-            while True:
-                nl = buf.find(b"\n", start)
-                if nl < 0:
-                    break
-                pos += nl + 1 - start
-                yield buf[start:nl], True, pos
-                start = nl + 1
-            pending = buf[start:]
-        if pending:
-            yield pending, False, pos + len(pending)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class EventLog:
@@ -187,6 +104,7 @@ class EventLog:
         self._lock_fd: int | None = None
         self._closed = False
         self.repaired_bytes = 0  # torn-tail bytes removed on open
+        self._damage: tuple[int, str] | None = None  # readers: (segment, message) of corruption found
         # readers: segment -> (line, byte position where it starts), so a consumer resuming
         # mid-segment seeks there instead of re-reading the segment from its start
         self._resume: dict[int, tuple[int, int]] = {}
@@ -225,59 +143,58 @@ class EventLog:
             ) from None
         self._lock_fd = fd
 
-    def _segment_files(self) -> list[tuple[int, Path]]:
-        out = []
-        for p in self.root.iterdir():
-            m = _SEG_RE.match(p.name)
-            if m:
-                out.append((int(m.group(1)), p))
-        return sorted(out)
-
     def _scan(self) -> None:
-        files = self._segment_files()
+        files = segment_files(self.root)
         for i, (number, path) in enumerate(files):
-            last = i == len(files) - 1
-            good_end = 0
-            lines = 0
-            bad: tuple[int, int] | None = None  # (1-based line, byte position)
-            for raw, terminated, end in _iter_raw_lines(path, None):
-                obj = decode_line(raw) if terminated else None
-                eid = obj.get("event_id") if obj is not None else None
-                if obj is None or not isinstance(eid, str):
-                    if bad is None:
-                        bad = (lines + 1, good_end)
-                    continue
-                if bad is not None:
-                    raise CorruptFile(
-                        f"event log {path}: line {bad[0]} is corrupt (CRC or JSON check failed) "
-                        f"but later lines are intact; this is not a torn write: restore the "
-                        f"segment from a backup or move it aside"
-                    )
-                self._ids.add(eid)
-                lines += 1
-                good_end = end
-            size = path.stat().st_size
-            if bad is not None or good_end != size:
-                if not last:
-                    raise CorruptFile(
-                        f"event log {path}: line {bad[0] if bad else lines + 1} is torn or corrupt "
-                        f"and this is not the last segment"
-                    )
+            self._segments.append(self._scan_segment(number, path, i == len(files) - 1))
+            if self._damage is not None:  # readers stop at the first damaged segment
+                return
+
+    def _scan_segment(self, number: int, path: Path, last: bool, pos: int = 0, lines: int = 0) -> _Segment:
+        """Check (and, for a writer, repair) one segment from byte ``pos`` (line ``lines``),
+        remembering its event ids; the segment's committed extent."""
+        good_end = pos
+        bad: tuple[int, int] | None = None  # (1-based line, byte position)
+        for raw, terminated, end in iter_raw_lines(path, None, pos):
+            obj = decode_line(raw) if terminated else None
+            eid = obj.get("event_id") if obj is not None else None
+            if obj is None or not isinstance(eid, str):
+                if bad is None:
+                    bad = (lines + 1, good_end)
+                continue
+            if bad is not None:
+                msg = (f"event log {path}: line {bad[0]} is corrupt (CRC or JSON check failed) "
+                       f"but later lines are intact; this is not a torn write: restore the "
+                       f"segment from a backup or move it aside")
+                if self.readonly:  # a reader reads up to the damage, then read() raises
+                    self._damage = (number, msg)
+                    return _Segment(number, path, bad[1], bad[0] - 1)
+                raise CorruptFile(msg)
+            self._ids.add(eid)
+            lines += 1
+            good_end = end
+        size = path.stat().st_size
+        if bad is not None or good_end != size:
+            if not last:
+                msg = (f"event log {path}: line {bad[0] if bad else lines + 1} is torn or corrupt "
+                       f"and this is not the last segment")
                 if self.readonly:
-                    pass  # a writer may be mid-append; read only the committed part
-                else:
-                    with open(path, "r+b") as f:
-                        f.truncate(good_end)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    self.repaired_bytes = size - good_end
-                    log.warning(
-                        "event log %s: truncated a torn tail of %d bytes at line %d (crash mid-write)",
-                        path,
-                        size - good_end,
-                        lines + 1,
-                    )
-            self._segments.append(_Segment(number, path, good_end, lines))
+                    self._damage = (number, msg)
+                    return _Segment(number, path, good_end, lines)
+                raise CorruptFile(msg)
+            if not self.readonly:  # a reader leaves it: a writer may be mid-append
+                with open(path, "r+b") as f:
+                    f.truncate(good_end)
+                    f.flush()
+                    os.fsync(f.fileno())
+                self.repaired_bytes = size - good_end
+                log.warning(
+                    "event log %s: truncated a torn tail of %d bytes at line %d (crash mid-write)",
+                    path,
+                    size - good_end,
+                    lines + 1,
+                )
+        return _Segment(number, path, good_end, lines)
 
     def _open_tail(self) -> None:
         if not self._segments:
@@ -289,7 +206,7 @@ class EventLog:
     def _new_segment(self, number: int) -> None:
         path = self.root / segment_name(number)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         if self._fd is not None:
             os.close(self._fd)
         self._fd = fd
@@ -469,10 +386,32 @@ class EventLog:
     # ------------------------------------------------------------------ reading
 
     def _refresh_readonly(self) -> None:
-        """Readers of a live log: pick up new segments/lines the writer committed."""
-        self._ids.clear()
-        self._segments.clear()
-        self._scan()
+        """Readers of a live log: pick up the segments and lines the writer committed since
+        the last look. Incremental: a segment before the tail never changes, so only the
+        last known segment (from its committed end) and new segments are scanned; a
+        segment that shrank (a writer rolled back a failed fsync) triggers a full rescan."""
+        files = segment_files(self.root)
+        known = {s.number: s for s in self._segments}
+        present = dict(files)
+        if self._damage is not None or any(s.number not in present or s.path.stat().st_size < s.size
+                                           for s in self._segments):
+            self._damage = None
+            self._ids.clear()
+            self._segments.clear()
+            self._scan()
+            return
+        tail = self._segments[-1].number if self._segments else 0
+        for i, (number, path) in enumerate(files):
+            last = i == len(files) - 1
+            if number < tail:
+                continue
+            if number == tail:
+                old = known[number]
+                self._segments[-1] = self._scan_segment(number, path, last, old.size, old.lines)
+            else:
+                self._segments.append(self._scan_segment(number, path, last))
+            if self._damage is not None:
+                return
 
     def read(self, from_offset: LogOffset | tuple[int, int] | None = None) -> Iterator[LogRecord]:
         """Records at or after ``from_offset`` (default: the beginning), in log order.
@@ -484,9 +423,12 @@ class EventLog:
             if self.readonly:
                 self._refresh_readonly()
             snapshot = [(s.number, s.path, s.size) for s in self._segments]
+            damage = self._damage
         start = LogOffset(*from_offset) if from_offset is not None else LogOffset(0, 0)
         for number, path, size in snapshot:
             if number < start.segment or size == 0:
+                if damage is not None and damage[0] == number and number >= start.segment:
+                    raise CorruptFile(damage[1])
                 continue
             skip = start.line if number == start.segment else 0
             line_no, pos0 = -1, 0
@@ -495,7 +437,7 @@ class EventLog:
                 line_no, pos0 = hint[0] - 1, hint[1]
             last = None
             try:
-                for raw, terminated, end in _iter_raw_lines(path, size, pos0):
+                for raw, terminated, end in iter_raw_lines(path, size, pos0):
                     line_no += 1
                     if line_no < skip:
                         continue
@@ -507,6 +449,8 @@ class EventLog:
             finally:
                 if last is not None:
                     self._resume[number] = last
+            if damage is not None and damage[0] == number:
+                raise CorruptFile(damage[1])
 
     def iter_events(self, from_offset: LogOffset | tuple[int, int] | None = None) -> Iterator[LogRecord]:
         """Same as ``read``: ``for offset, event in log.iter_events(): ...``."""
@@ -547,33 +491,5 @@ class EventLog:
             return tail.exists() and os.access(self.root, os.W_OK) and os.access(tail, os.W_OK)
 
 
-# ---------------------------------------------------------------------- background writer
-
-
-# ---------------------------------------------------------------------- worker partitions
-_PART_RE = re.compile(r"^w(\d+)$")
-
-
-def partition_roots(root: str | Path) -> list[Path]:
-    """The log folders of a serving events directory: ``root`` itself (a single-process
-    server writes there) and each worker partition ``root/w0``, ``root/w1``, ...
-    (``serving.workers`` > 1, see serving/workers.py), those that exist, root first."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"event log not found: {root}")
-    parts = sorted((int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _PART_RE.match(p.name)))
-    has_own = any(_SEG_RE.match(p.name) for p in root.iterdir())
-    return ([root] if has_own or not parts else []) + [p for _, p in parts]
-
-
-def read_partitions(root: str | Path) -> Iterator[Event]:
-    """Every event in ``root`` and its worker partitions (read-only), each ``event_id``
-    once: dedupe is per partition when written, so a client retry that reached two
-    workers is dropped here (the first partition's copy is kept)."""
-    seen: set[str] = set()
-    for path in partition_roots(root):
-        with EventLog(path, readonly=True) as log:
-            for rec in log.read():
-                if rec.event.event_id not in seen:
-                    seen.add(rec.event.event_id)
-                    yield rec.event
+# worker partitions (``root/w0``, ``root/w1``, ...) and readers over all of them: data/partitions.py
+from feedrank.data.partitions import partition_roots, read_partitions  # noqa: E402  (re-exported)

@@ -4,15 +4,30 @@
     consumer.poll()                 # read new records, apply them, heartbeat, maybe commit
     consumer.start(interval_s=0.1)  # or poll in a background thread; consumer.stop() commits
 
-A consumer reads any ``EventSource``: an object whose ``read(from_offset)`` yields
-``(offset, event)`` pairs in log order, where ``offset`` is a ``(segment, line)`` tuple
-(``data.eventlog.EventLog`` and its ``LogOffset`` fit). The offset it keeps is the *next*
-record to read, ``(segment, line + 1)`` after the last applied one.
+    # every worker partition of a multi-worker server's events folder, an offset each
+    consumer = LogConsumer(PartitionedLog("var/events"), rt, Path("var/consumers/rt.npz"))
+
+A consumer reads one of two kinds of source:
+
+* an ``EventSource``: ``read(from_offset)`` yields ``(offset, event)`` pairs in log order,
+  where ``offset`` is a ``(segment, line)`` tuple (``data.eventlog.EventLog``, and
+  ``data.streams.RedisEventLog`` with ``(ms, seq)`` stream ids, fit). The consumer keeps
+  one offset: the *next* record to read, ``(segment, line + 1)`` after the last applied.
+* a ``PartitionedSource``: ``read_parts(offsets)`` yields ``(partition, offset, event)``
+  for every partition after its offset in ``offsets`` (``data.partitions.PartitionedLog``:
+  the worker partitions ``w0``, ``w1``, ... of a serving events folder). The consumer keeps
+  one offset per partition; a partition that appears later starts at its beginning.
 
 Commit = one file written atomically (tmp, fsync, rename) holding the sink's state and the
-offset together, so after a crash the consumer restarts from a state and an offset that
+offset(s) together, so after a crash the consumer restarts from a state and offsets that
 match: no event is counted twice or lost. Sinks that cannot checkpoint (e.g. a Redis
 store) rely on the sink's dedupe by event id (``RealtimeFeatures`` remembers recent ids).
+The same dedupe drops an event that is in two partitions (a client retry that reached two
+workers): the ids it remembers are part of its checkpointed state.
+
+If the source fails mid-read (e.g. ``data.partitions.PartitionCorrupt``: one partition
+has a corrupt record), the records read before the failure are applied and their offsets
+kept, then the error is raised: the healthy partitions keep progressing on every poll.
 """
 
 from __future__ import annotations
@@ -22,7 +37,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Mapping, Protocol
+from typing import Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -31,10 +46,15 @@ from feedrank.types import Event
 log = logging.getLogger(__name__)
 
 Offset = tuple[int, int]
+SINGLE = ""  # the partition name of a single-log source
 
 
 class EventSource(Protocol):
     def read(self, from_offset: Offset | None = None) -> Iterable[tuple[Offset, Event]]: ...
+
+
+class PartitionedSource(Protocol):
+    def read_parts(self, offsets: Mapping[str, Offset] | None = None) -> Iterable[tuple[str, Offset, Event]]: ...
 
 
 class Sink(Protocol):
@@ -48,16 +68,21 @@ class Sink(Protocol):
 
 
 class LogConsumer:
-    """Tails an ``EventSource`` into a ``Sink``; commits state + offset together."""
+    """Tails a source into a ``Sink``; commits state + offset(s) together.
 
-    def __init__(self, source: EventSource, sink: Sink, checkpoint: str | Path | None, *, batch_size: int = 8192,
-                 commit_every_s: float = 5.0, name: str = "consumer") -> None:
+    ``offset`` / ``committed``: a ``(segment, line)`` tuple for a single-log source, a
+    ``{partition: (segment, line)}`` dict for a partitioned one."""
+
+    def __init__(self, source: EventSource | PartitionedSource, sink: Sink, checkpoint: str | Path | None, *,
+                 batch_size: int = 8192, commit_every_s: float = 5.0, name: str = "consumer") -> None:
         self.source, self.sink, self.name = source, sink, name
+        self.partitioned = callable(getattr(source, "read_parts", None))
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.batch_size, self.commit_every_s = int(batch_size), float(commit_every_s)
-        self.offset: Offset = (0, 0)
-        self.committed: Offset = (0, 0)
+        self.offsets: dict[str, Offset] = {}
+        self.committed_offsets: dict[str, Offset] = {}
         self.applied = 0
+        self.resumed = False  # state and offsets came from a checkpoint with progress in it
         self._last_commit = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -66,56 +91,108 @@ class LogConsumer:
         if self.checkpoint is not None and self.checkpoint.exists():
             self._load()
 
+    # ------------------------------------------------------------------ offsets
+    @property
+    def offset(self) -> Offset | dict[str, Offset]:
+        return dict(self.offsets) if self.partitioned else self.offsets.get(SINGLE, (0, 0))
+
+    @property
+    def committed(self) -> Offset | dict[str, Offset]:
+        return dict(self.committed_offsets) if self.partitioned else self.committed_offsets.get(SINGLE, (0, 0))
+
+    def offset_json(self, committed: bool = False) -> list[int] | dict[str, list[int]]:
+        """The offset(s) as JSON: ``[segment, line]``, or ``{partition: [segment, line]}``."""
+        off = self.committed_offsets if committed else self.offsets
+        if not self.partitioned:
+            return list(off.get(SINGLE, (0, 0)))
+        return {p: list(o) for p, o in sorted(off.items())}
+
     def _load(self) -> None:
         assert self.checkpoint is not None
         with np.load(self.checkpoint, allow_pickle=False) as z:
             state = {k[len("state/") :]: z[k] for k in z.files if k.startswith("state/")}
-            off = z["offset"]
+            if "parts" in z.files:
+                if not self.partitioned:
+                    raise ValueError(f"consumer checkpoint {self.checkpoint} holds per-partition offsets but "
+                                     "this consumer reads a single log")
+                names = [str(p) for p in z["parts"].tolist()]
+                offs = z["part_offsets"].reshape(-1, 2)
+                offsets = {p: (int(o[0]), int(o[1])) for p, o in zip(names, offs.tolist())}
+            elif "offset" in z.files:
+                off = z["offset"]
+                # a single-log checkpoint, e.g. from before partitioned reading: it was of the
+                # source's primary partition (a worker's own one)
+                key = getattr(self.source, "primary", SINGLE) if self.partitioned else SINGLE
+                offsets = {key: (int(off[0]), int(off[1]))}
+            else:
+                raise ValueError(f"consumer checkpoint {self.checkpoint} has no offset")
         self.sink.load_state_dict(state)
-        self.offset = self.committed = (int(off[0]), int(off[1]))
-        log.info("consumer %s: resumed at offset %s from %s", self.name, self.offset, self.checkpoint)
+        self.offsets, self.committed_offsets = dict(offsets), dict(offsets)
+        self.resumed = any(o != (0, 0) for o in offsets.values())
+        log.info("consumer %s: resumed at offset %s from %s", self.name, self.offset_json(), self.checkpoint)
+
+    # ------------------------------------------------------------------ reading
+    def _records(self) -> Iterator[tuple[str, Offset, Event]]:
+        if self.partitioned:
+            yield from self.source.read_parts(dict(self.offsets))  # type: ignore[union-attr]
+        else:
+            for off, ev in self.source.read(self.offsets.get(SINGLE, (0, 0))):  # type: ignore[union-attr]
+                yield SINGLE, off, ev
 
     def poll(self, max_events: int | None = None) -> int:
-        """Apply every record after the offset (at most ``max_events``); returns how many
-        records were read. Commits when ``commit_every_s`` has passed."""
+        """Apply every record after the offset(s) (at most ``max_events``); returns how many
+        records were read. Commits when ``commit_every_s`` has passed. A source error is
+        raised after the records read before it are applied."""
         with self._lock:
             n = 0
             batch: list[Event] = []
-            last: Offset | None = None
-            for off, ev in self.source.read(self.offset):
-                batch.append(ev)
-                last = (int(off[0]), int(off[1]))
-                n += 1
-                if len(batch) >= self.batch_size:
-                    self._apply(batch, last)
-                    batch = []
-                if max_events is not None and n >= max_events:
-                    break
-            if batch and last is not None:
-                self._apply(batch, last)
+            nxt: dict[str, Offset] = {}
+            records = self._records()
+            try:
+                for part, off, ev in records:
+                    batch.append(ev)
+                    nxt[part] = (int(off[0]), int(off[1]) + 1)
+                    n += 1
+                    if len(batch) >= self.batch_size:
+                        self._apply(batch, nxt)
+                        batch, nxt = [], {}
+                    if max_events is not None and n >= max_events:
+                        break
+            finally:
+                if hasattr(records, "close"):
+                    records.close()
+                if batch:
+                    self._apply(batch, nxt)
             self.sink.heartbeat()
             if self.checkpoint is not None and time.monotonic() - self._last_commit >= self.commit_every_s:
                 self._commit()
             return n
 
-    def _apply(self, batch: list[Event], last: Offset) -> None:
+    def _apply(self, batch: list[Event], nxt: dict[str, Offset]) -> None:
         self.applied += self.sink.apply(batch)
-        self.offset = (last[0], last[1] + 1)
+        self.offsets.update(nxt)
 
+    # ------------------------------------------------------------------ committing
     def commit(self) -> None:
-        """Write the sink's state and the offset (atomically, durable)."""
+        """Write the sink's state and the offset(s) (atomically, durable)."""
         with self._lock:
             self._commit()
 
     def _commit(self) -> None:
         self._last_commit = time.monotonic()
-        if self.checkpoint is None or self.offset == self.committed and self.checkpoint.exists():
+        if self.checkpoint is None or self.offsets == self.committed_offsets and self.checkpoint.exists():
             return
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
         arrays = {f"state/{k}": v for k, v in self.sink.state_dict().items()}
+        if self.partitioned:
+            names = sorted(self.offsets)
+            arrays["parts"] = np.asarray(names, dtype=str)
+            arrays["part_offsets"] = np.asarray([self.offsets[p] for p in names], dtype=np.int64).reshape(-1, 2)
+        else:
+            arrays["offset"] = np.asarray(self.offsets.get(SINGLE, (0, 0)), dtype=np.int64)
         with open(tmp, "wb") as f:
-            np.savez(f, offset=np.asarray(self.offset, dtype=np.int64), **arrays)
+            np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.checkpoint)
@@ -124,7 +201,7 @@ class LogConsumer:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        self.committed = self.offset
+        self.committed_offsets = dict(self.offsets)
 
     # ------------------------------------------------------------------ background loop
     def start(self, interval_s: float = 0.1) -> "LogConsumer":
@@ -137,7 +214,7 @@ class LogConsumer:
                     got = self.poll()
                 except Exception:  # keep tailing; the stall fallback covers a long outage
                     self.errors += 1
-                    log.exception("consumer %s: poll failed at offset %s", self.name, self.offset)
+                    log.exception("consumer %s: poll failed at offset %s", self.name, self.offset_json())
                     got = 0
                 if not got:
                     self._stop.wait(interval_s)

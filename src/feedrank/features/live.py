@@ -440,7 +440,7 @@ class LiveFeatures:
                         checkpoint, type(exc).__name__, exc, bad)
             Path(checkpoint).replace(bad)
             self.consumer = LogConsumer(source, self.publisher, checkpoint, commit_every_s=self.commit_every_s, name=name)
-        if self.consumer.applied == 0 and self.consumer.offset != (0, 0):
+        if self.consumer.applied == 0 and self.consumer.resumed:
             try:  # resumed from a checkpoint: a fresh (e.g. memory://) store needs the state again
                 self.publisher.republish()
             except Exception:
@@ -558,8 +558,8 @@ class LiveFeatures:
             "reads": dict(self.guard.outcomes),
             "served": dict(self.served),
             "invalid": {f"{f}/{r}": n for (f, r), n in self.validator.counts().items()},
-            "consumer": None if c is None else {"applied": c.applied, "errors": c.errors, "offset": list(c.offset),
-                                                "committed": list(c.committed)},
+            "consumer": None if c is None else {"applied": c.applied, "errors": c.errors, "offset": c.offset_json(),
+                                                "committed": c.offset_json(committed=True)},
             "published": self.publisher.published,
             "publish_errors": self.publisher.publish_errors,
             "heartbeat_age_s": None if not np.isfinite(beat) else round(self.clock() - beat, 3),

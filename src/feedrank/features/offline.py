@@ -5,6 +5,7 @@ point-in-time training-set builder (DuckDB ASOF JOIN).
     root/features/item_daily/date=2026-11-21/part-....parquet
 
     exporter = LogExporter(event_log, Path("var/offline"))   # a consumer with its own offset
+    exporter = LogExporter(PartitionedLog("var/events"), Path("var/offline"))  # every worker partition
     exporter.run()                                           # log -> day partitions
     daily = daily_item_aggregates(Path("var/offline/events"))
     write_feature_table(daily, Path("var/offline/features/item_daily"))
@@ -26,6 +27,7 @@ epoch seconds in the returned frames' ``ts`` columns.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feedrank.errors import CorruptFile
 from feedrank.features.store.protocol import OnlineStore
 from feedrank.types import Event
 
@@ -98,41 +101,87 @@ class EventSource(Protocol):
 
 
 class LogExporter:
-    """Copies an event log into day partitions; keeps its own committed offset in
-    ``root/_offsets/<name>.txt`` (written after the files, atomically). Part files are
-    named by their starting offset, so a crash between files and offset re-exports into
-    the same names: no duplicates."""
+    """Copies an event log into day partitions; keeps its own committed offset(s) in
+    ``root/_offsets/<name>.txt`` (``segment line``; a single log) or ``<name>.json``
+    (``{partition: [segment, line]}``; a ``data.partitions.PartitionedLog``: every worker
+    partition of a serving events folder, a partition that appears later read from its
+    start), written after the files, atomically. Part files are named by their partition
+    and starting offset, one batch from one partition each, so a crash between files and
+    offset re-exports into the same names: no duplicates. An event that is in two
+    partitions (a retry that reached two workers) is copied twice and dropped by the
+    readers here, which dedupe by ``event_id``.
+
+    A partition that fails to read (a corrupt record) is exported up to the record before
+    the damage; the other partitions are exported in full, then the error is raised."""
 
     def __init__(self, source: EventSource, root: Path, name: str = "events", batch_size: int = 200_000) -> None:
         self.source, self.root, self.name, self.batch_size = source, Path(root), name, int(batch_size)
-        self._offset_file = self.root / "_offsets" / f"{name}.txt"
-        self.offset = (0, 0)
+        self.partitioned = callable(getattr(source, "read_parts", None))
+        self._offset_file = self.root / "_offsets" / f"{name}.{'json' if self.partitioned else 'txt'}"
+        self.offsets: dict[str, tuple[int, int]] = {}
         if self._offset_file.exists():
-            seg, line = self._offset_file.read_text().split()
-            self.offset = (int(seg), int(line))
+            text = self._offset_file.read_text()
+            if self.partitioned:
+                self.offsets = {str(p): (int(o[0]), int(o[1])) for p, o in json.loads(text).items()}
+            else:
+                seg, line = text.split()
+                self.offsets = {"": (int(seg), int(line))}
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """The single log's committed offset (``offsets`` holds one per partition)."""
+        return self.offsets.get("", (0, 0))
 
     def run(self) -> int:
-        """Export everything after the offset; returns the number of events written."""
+        """Export everything after the offset(s); returns the number of events written."""
+        if not self.partitioned:
+            return self._run_part("", lambda start: self.source.read(start))
+        total, error = 0, None
+        for part in self.source.partitions():  # type: ignore[attr-defined]
+            def read(start: tuple[int, int], part: str = part) -> Iterable[tuple[tuple[int, int], Event]]:
+                for rec in self.source.read_parts({part: start}, only=(part,)):  # type: ignore[attr-defined]
+                    yield rec.offset, rec.event
+            try:
+                total += self._run_part(part, read)
+            except CorruptFile as exc:  # export the others, then say which partition is damaged
+                error = error or exc
+        if error is not None:
+            raise error
+        return total
+
+    def _run_part(self, part: str, read) -> int:
         total = 0
         while True:
             batch: list[Event] = []
-            start, last = self.offset, None
-            for off, ev in self.source.read(self.offset):
-                batch.append(ev)
-                last = off
-                if len(batch) >= self.batch_size:
-                    break
-            if not batch or last is None:
+            start = self.offsets.get(part, (0, 0))
+            last = None
+            failure = None
+            try:
+                for off, ev in read(start):
+                    batch.append(ev)
+                    last = off
+                    if len(batch) >= self.batch_size:
+                        break
+            except CorruptFile as exc:
+                failure = exc
+            if batch and last is not None:
+                tag = f"{start[0]:06d}-{start[1]:09d}" if not self.partitioned else f"{part or 'root'}-{start[0]:06d}-{start[1]:09d}"
+                write_event_partitions(batch, self.root / self.name, part=tag)
+                self.offsets[part] = (int(last[0]), int(last[1]) + 1)
+                self._commit()
+                total += len(batch)
+            if failure is not None:
+                raise failure
+            if not batch:
                 return total
-            write_event_partitions(batch, self.root / self.name, part=f"{start[0]:06d}-{start[1]:09d}")
-            self.offset = (int(last[0]), int(last[1]) + 1)
-            self._commit()
-            total += len(batch)
 
     def _commit(self) -> None:
         self._offset_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._offset_file.with_suffix(".tmp")
-        tmp.write_text(f"{self.offset[0]} {self.offset[1]}\n")
+        if self.partitioned:
+            tmp.write_text(json.dumps({p: list(o) for p, o in sorted(self.offsets.items())}) + "\n")
+        else:
+            tmp.write_text(f"{self.offset[0]} {self.offset[1]}\n")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self._offset_file)

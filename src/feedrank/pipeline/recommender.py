@@ -28,27 +28,22 @@ import numpy as np
 import torch
 
 from feedrank.config import FeedrankConfig, config_from_dict, config_to_dict
-from feedrank.features.history import category_affinity
 from feedrank.features.online import OnlineState, UserContext
 from feedrank.pipeline.artifacts import ModelArtifacts
+from feedrank.pipeline.batching import MicroBatcher
+from feedrank.pipeline.candidates import CACHE_S, PRIOR_POOL_MAX, CandidateStage  # noqa: F401 (re-exported)
+from feedrank.pipeline.degrade import TierController
+from feedrank.pipeline.live_catalog import LiveCatalog
+from feedrank.pipeline.policy_source import BlocklistSource
 from feedrank.ranking.features import FEATURE_NAMES, ranking_features
 from feedrank.ranking.runtime import RankerRuntime, limit_blas_threads
-from feedrank.pipeline.batching import MicroBatcher
-from feedrank.pipeline.degrade import TierController
-from feedrank.pipeline.policy_source import BlocklistSource
 from feedrank.rerank.policies import RerankPolicy, Slate, rerank
-from feedrank.retrieval.encode import user_vectors
 from feedrank.retrieval.fast_user import numpy_user_tower
-from feedrank.retrieval.prior import AgePrior, rescore_with_prior
-from feedrank.retrieval.sources import (SourceResult, decayed_counts, followed_items, followed_keys, fresh_items,
-                                         gather_sources, merge_sources, popular_items, recent_pool, trending_items)
 from feedrank.types import Event, EventKind, FeedRequest, FeedResponse, Item, ScoredItem
 
 log = logging.getLogger(__name__)
 
 STAGES = ("context", "retrieve", "enrich", "rank", "rerank")
-CACHE_S = 30.0  # request-clock seconds a cached live set / popular list stays valid
-PRIOR_POOL_MAX = 5_000  # newest live items rescored with the age prior besides the ANN's top (bounds the cost)
 
 
 class _Shed(Exception):
@@ -63,8 +58,9 @@ def policy_from_config(rc) -> RerankPolicy:
                         explore_position=rc.explore_position)
 
 
-class Recommender:
-    """Implements ``pipeline.protocol.FeedService`` over loaded ``ModelArtifacts``."""
+class Recommender(CandidateStage):
+    """Implements ``pipeline.protocol.FeedService`` over loaded ``ModelArtifacts``; the
+    retrieve stage is ``pipeline.candidates.CandidateStage``."""
 
     def __init__(self, art: ModelArtifacts, cfg: FeedrankConfig | None = None, clock=time.time) -> None:
         self.art = art
@@ -87,18 +83,12 @@ class Recommender:
         self.state.item_clicks[:] = snap.item_clicks
         for uid, hist, n in zip(snap.user_ids.tolist(), snap.histories, snap.user_clicks.tolist()):
             self.state.load_user(uid, hist, n)
-        self._popular: np.ndarray = np.zeros(0, dtype=np.int64)
-        self._popular_at = -np.inf
-        self._popular_lock = threading.Lock()
-        self._source_cache: dict[str, tuple] = {}  # trending list / recent pool, refreshed every CACHE_S
-        self._source_pool = None                   # thread pool for the sources (pipeline.source_workers > 0)
+        self._init_candidates()
         self.max_item_age_s = art.info.get("max_item_age_s")
-        self._live: np.ndarray | None = None
-        self._live_at = -np.inf
+        self.live_catalog = LiveCatalog(self.catalog.published_at, self._index_keys(np.arange(len(self.catalog))),
+                                        max_age_s=self.max_item_age_s)
         self._item_ids_list = self.catalog.item_ids.tolist()
         self._add_lock = threading.Lock()
-        self._expires = np.full(len(self.catalog), np.inf)   # (N,) epoch seconds; inf = never
-        self._dead = np.zeros(len(self.catalog), dtype=bool)  # (N,) rows replaced by an update
         self._creators_list = self.catalog.creators.astype(str).tolist()
         self._groups_list = self.catalog.creator_groups.astype(str).tolist()
         self._categories_list = self.catalog.categories.tolist()
@@ -125,8 +115,15 @@ class Recommender:
         view = copy.copy(self)
         view.cfg = config_from_dict(raw)
         view.policy = policy_from_config(view.cfg.rerank)
+        view._popular_lock = threading.Lock()
         view._popular, view._popular_at, view._live, view._live_at = np.zeros(0, dtype=np.int64), -np.inf, None, -np.inf
         return view
+
+    def _index_keys(self, rows: np.ndarray, catalog=None) -> dict[str, np.ndarray]:
+        """The keys ``LiveCatalog`` indexes rows by: category (fresh), creator and
+        subcategory (followed)."""
+        c = self.catalog if catalog is None else catalog
+        return {"category": c.cat_idx[rows], "creator": c.creator_hash[rows], "subcategory": c.sub_idx[rows]}
 
     # ------------------------------------------------------------------ FeedService
     @property
@@ -166,22 +163,18 @@ class Recommender:
             self.art.item_vectors = np.concatenate([self.art.item_vectors, vectors])
             if self.art.engagement is not None:  # the ranker's counters grow with the catalogue
                 self.art.engagement.grow(catalog.cat_idx[rows])
-            dead = np.concatenate([self._dead, np.zeros(len(rows), dtype=bool)])
-            dead[replaced] = True
-            self._dead = dead
-            self._expires = np.concatenate([self._expires, expires])
             self._item_ids_list = catalog.item_ids.tolist()
             self._categories_list = catalog.categories.tolist()
             self._creators_list = catalog.creators.astype(str).tolist()
             self._groups_list = catalog.creator_groups.astype(str).tolist()
+            # liveness first: a request that sees the new catalogue must find its rows there
+            self.live_catalog.add(rows, catalog.published_at[rows], self._index_keys(rows, catalog), expires, replaced)
             self.catalog = catalog
             self.art.catalog = catalog
             self.art.index.add(vectors, rows)
             if self.live is not None:
                 self.live.extend_catalog(self._live_binding, catalog.item_ids[rows].tolist(), catalog.categories[rows].tolist())
-            with self._popular_lock:
-                self._live = None
-                self._popular = np.zeros(0, dtype=np.int64)
+            self._reset_caches()
         return {"created": int(len(rows) - len(replaced)), "updated": int(len(replaced))}
 
     def has_item(self, item_id: str) -> bool:
@@ -372,159 +365,6 @@ class Recommender:
         rng = np.random.default_rng(zlib.crc32(request_id.encode()))
         return rerank(slate, order, ctx.seen, k, policy, u=float(rng.random()), pick=int(rng.integers(1 << 30)))
 
-    def _user_vectors(self, hist: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
-        """((B, D) user vectors, (B, C) affinities) for histories (B, L): numpy when exported."""
-        if self._user_tower is not None:
-            return self._user_tower(hist, np.array([now]), self.catalog.cat_idx, self.art.item_vectors)
-        u, aff = user_vectors(self.art.two_tower, self.catalog, hist, np.array([now]), self.art.item_vectors)
-        return u.numpy(), aff
-
-    def _retrieve(self, ctx: UserContext, now: float):
-        """Candidates from the sources (docs/retrieval.md): ANN first (its failure fails
-        retrieval: the caller serves the fallback tier), then fresh, followed and trending
-        under ``pipeline.source_budget_ms`` each (late or failing ones are dropped), merged
-        under per-source quotas, deduped, short or dropped quotas filled from trending then
-        popular. Returns (candidates (n,), source per candidate, scores (n,), user vector
-        (D,), category affinity (C,))."""
-        p = self.cfg.pipeline
-        hist = ctx.history[None, :]
-        u, aff_b = self._user_vectors(hist, now)
-        user_vec = u[0]
-        aff = aff_b[0]
-        live = self._live_items(now)
-        prior = self._age_prior()
-        scores, ids = self.art.index.search(user_vec[None, :], p.ann_k * (p.ann_oversample if prior else 1), allowed=live)
-        ok = ids[0] >= 0
-        ann, ann_scores = ids[0][ok].astype(np.int64), scores[0][ok]
-        if prior is not None:  # freshness/popularity prior: rescore the ANN's top, recent and popular items
-            cand = np.union1d(ann, self._recent_pool(now)[:PRIOR_POOL_MAX])
-            if prior.pop_weight > 0:
-                top = self._popular_list(now)[: p.ann_k]
-                cand = np.union1d(cand, top[self._live_mask(top, now)])
-            ann, ann_scores = rescore_with_prior(prior, user_vec, cand, self.art.item_vectors[cand],
-                                                 self.catalog.published_at[cand], now, p.ann_k,
-                                                 clicks=self.state.item_clicks[cand])
-        results = [SourceResult("ann", ann, ann_scores)]
-        fetchers = self._source_fetchers(ctx, now, aff, live)
-        if fetchers:
-            pool = None
-            if p.source_workers > 0:
-                if self._source_pool is None:
-                    import concurrent.futures as cf
-
-                    self._source_pool = cf.ThreadPoolExecutor(p.source_workers, thread_name_prefix="feedrank-source")
-                pool = self._source_pool
-            more, _status = gather_sources(fetchers, {n: p.source_budget_ms for n in fetchers}, executor=pool)
-            results.extend(more)
-        popular = self._popular_list(now)[: max(p.popular_k, p.rank_max_candidates)]
-        results.append(SourceResult("popular", popular, np.zeros(len(popular), dtype=np.float32)))
-        exclude = {self.catalog.index[s] for s in ctx.seen if s in self.catalog.index} if self.policy.drop_seen else None
-        quotas = {"ann": p.ann_k, "fresh": p.fresh_k, "followed": p.followed_k, "trending": p.trending_k,
-                  "popular": p.popular_k}
-        merged = merge_sources(results, quotas, p.rank_max_candidates, fallbacks=("trending", "popular"), exclude=exclude)
-        return merged.items, merged.sources, merged.scores, user_vec, aff
-
-    def _age_prior(self) -> AgePrior | None:
-        """The bundle's fitted retrieval prior (None: off, absent or zero weights)."""
-        raw = self.art.info.get("age_prior")
-        if not self.cfg.retrieval.age_prior or not raw:
-            return None
-        hit = self._source_cache.get("prior")
-        if hit is None or hit[0] is not raw:
-            hit = (raw, AgePrior.from_json(raw))
-            self._source_cache["prior"] = hit
-        return hit[1] if hit[1].active else None
-
-    def _source_fetchers(self, ctx: UserContext, now: float, aff: np.ndarray, live: np.ndarray | None) -> dict:
-        """name -> zero-argument callable returning a ``SourceResult``, for the enabled
-        sources besides ANN and popular (fresh, followed, trending; in priority order)."""
-        p = self.cfg.pipeline
-        fetchers = {}
-        has_history = bool(ctx.history.max() >= 0) if len(ctx.history) else False
-        zeros = lambda n: np.zeros(n, dtype=np.float32)  # noqa: E731
-        if p.fresh_k:
-            def fresh() -> SourceResult:
-                wanted = None
-                if has_history:
-                    top_cats = np.argsort(-aff)[:3]
-                    wanted = top_cats[top_cats > 0].astype(self.catalog.cat_idx.dtype)
-                # category codes, not strings: np.isin over a large pool of strings cost ~50 ms a
-                # request on the 1M-item world (benchmarks/README.md, "Serving")
-                got = fresh_items(self.catalog.published_at, now, p.fresh_hours * 3600.0, self.catalog.cat_idx, wanted,
-                                  p.fresh_k, pool=self._recent_pool(now))
-                return SourceResult("fresh", got, zeros(len(got)))
-            fetchers["fresh"] = fresh
-        if p.followed_k and has_history:
-            def followed() -> SourceResult:
-                h = ctx.history[ctx.history >= 0]
-                keys = (self.catalog.creator_hash, self.catalog.sub_idx)
-                follows = [followed_keys(k[h], p.follow_min_clicks, ignore=ig) for k, ig in zip(keys, self._follow_ignore())]
-                got = followed_items(keys, follows, self.catalog.published_at, now, p.followed_hours * 3600.0, p.followed_k,
-                                     pool=self._recent_pool(now))
-                return SourceResult("followed", got, zeros(len(got)))
-            fetchers["followed"] = followed
-        if p.trending_k and self.art.engagement is not None:
-            def trending() -> SourceResult:
-                got = self._trending_list(now, live)
-                return SourceResult("trending", got, zeros(len(got)))
-            fetchers["trending"] = trending
-        return fetchers
-
-    def _follow_ignore(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Creator / subcategory codes that never count as followed: "unknown" and OOV."""
-        from feedrank.features.vocab import hash_ids
-
-        hit = self._source_cache.get("ignore")
-        if hit is not None:
-            return hit
-        unknown_creator = int(hash_ids(np.array(["unknown"], dtype=object), self.cfg.retrieval.id_buckets, salt="c:")[0])
-        unknown_sub = int(self.art.vocabs["subcategory"].lookup(["unknown"])[0])
-        self._source_cache["ignore"] = ((unknown_creator,), (0, unknown_sub))
-        return self._source_cache["ignore"]
-
-    def _recent_pool(self, now: float) -> np.ndarray:
-        """Live items (not expired, replaced or past the age limit) published within
-        max(fresh_hours, followed_hours) of ``now``, newest first: the pool fresh and
-        followed search (cached for CACHE_S of request clock)."""
-        p = self.cfg.pipeline
-        hours = max(p.fresh_hours, p.followed_hours)
-        n = len(self.catalog)
-        hit = self._source_cache.get("pool")
-        if hit is not None and abs(now - hit[0]) <= CACHE_S and hit[1] == (hours, n):
-            return hit[2]
-        pool = recent_pool(self.catalog.published_at, now, hours * 3600.0 + CACHE_S)
-        pool = pool[self._live_mask(pool, now)]
-        self._source_cache["pool"] = (now, (hours, n), pool)
-        return pool
-
-    def _live_mask(self, idx: np.ndarray, now: float) -> np.ndarray:
-        """(n,) bool: the ``_live_items`` rule applied to just these item rows."""
-        ok = (self._expires[idx] > now) & ~self._dead[idx]
-        if self.max_item_age_s is not None:
-            age = now - self.catalog.published_at[idx]
-            ok &= (age >= 0) & (age <= self.max_item_age_s)
-        return ok
-
-    def _trending_list(self, now: float, live: np.ndarray | None) -> np.ndarray:
-        """Most engaged recently at ``now``: live items by decayed 6 h click counters (the
-        ranker's engagement state, updated by ``observe``), best first, as many as could be
-        needed (the merger takes ``trending_k``, then more when filling); cached CACHE_S."""
-        from feedrank.ranking.features import DECAY_TAUS_S
-
-        p = self.cfg.pipeline
-        n = len(self.catalog)
-        key = (p.trending_min_clicks, max(p.trending_k, p.rank_max_candidates), n)
-        hit = self._source_cache.get("trending")
-        if hit is not None and abs(now - hit[0]) <= CACHE_S and hit[1] == key:
-            return hit[2]
-        eng = self.art.engagement
-        clicks = np.zeros(n)
-        m = min(n, eng.decay.shape[1])
-        clicks[:m] = decayed_counts(eng.decay[0, :m], eng.decay_t[:m], now, DECAY_TAUS_S[0])
-        got = trending_items(clicks, key[1], min_clicks=p.trending_min_clicks, eligible=live)
-        self._source_cache["trending"] = (now, key, got)
-        return got
-
     def attach_live(self, live) -> None:
         """Read real-time features from ``live`` (a ``features.live.LiveFeatures``) and bind
         it to this model's catalogue and training snapshot."""
@@ -547,21 +387,6 @@ class Recommender:
                 hist[-len(rows):] = rows
                 ctx = UserContext(hist, ctx.seen, user.n_clicks, True)
         return ctx, [status]
-
-    def _with_hot(self, popular: np.ndarray, now: float, age: np.ndarray, n: int) -> np.ndarray:
-        """``popular`` with up to half of it replaced by the items clicked most in the
-        real-time middle window (live, retrievable ones only), those first."""
-        try:
-            hot = self.live.hot_items(now, max(1, n // 2))
-        except Exception:
-            log.exception("real-time hot items failed; popular list without them")
-            return popular
-        rows = [self.catalog.index[i] for i in hot if i in self.catalog.index]
-        rows = [r for r in rows if np.isfinite(age[r]) and not self._dead[r] and self._expires[r] > now]
-        if not rows:
-            return popular
-        rest = popular[~np.isin(popular, rows)]
-        return np.concatenate([np.asarray(rows, dtype=np.int64), rest])[:n]
 
     def _enrich(self, cand: np.ndarray, ctx: UserContext, now: float, user_vec: np.ndarray, aff: np.ndarray,
                 user_id: str = "", live_status: list[str] | None = None) -> np.ndarray:
@@ -594,34 +419,3 @@ class Recommender:
             engagement=eng,
             dwell_prior=self.dwell_prior,
         )[:, : getattr(self.art.ranker, "n_features", None)]  # a bundle trained before later features: its own
-
-    def _live_items(self, now: float) -> np.ndarray | None:
-        """Items young enough to retrieve at ``now`` (None = all). Cached, and recomputed
-        when the request clock moves more than 30 s from the cached one (so replays and
-        requests with an explicit ``now`` get the right set)."""
-        if self.max_item_age_s is None and not self._dead.any() and not np.isfinite(self._expires).any():
-            return None
-        with self._popular_lock:
-            if self._live is None or abs(now - self._live_at) > CACHE_S:
-                ok = (self._expires > now) & ~self._dead  # expired and replaced rows never come back
-                if self.max_item_age_s is not None:
-                    age = now - np.nan_to_num(self.catalog.published_at, nan=-np.inf)
-                    ok &= (age >= 0) & (age <= self.max_item_age_s)
-                self._live = np.flatnonzero(ok).astype(np.int64)
-                self._live_at = now
-            return self._live
-
-    def _popular_list(self, now: float) -> np.ndarray:
-        """Recent popularity at ``now``; recomputed every 30 s of request clock (counters
-        move with observed events)."""
-        with self._popular_lock:
-            if not len(self._popular) or abs(now - self._popular_at) > CACHE_S:
-                age = self.catalog.age_seconds(np.arange(len(self.catalog)), now)
-                if self.max_item_age_s is not None:
-                    age = np.where(age > self.max_item_age_s, np.inf, age)  # expired: no popularity
-                n = max(self.cfg.pipeline.popular_k, self.cfg.pipeline.rank_max_candidates)
-                self._popular = popular_items(self.state.item_clicks, age, n)
-                if self.live is not None:  # what is hot right now (real-time clicks) goes first
-                    self._popular = self._with_hot(self._popular, now, age, n)
-                self._popular_at = now
-            return self._popular

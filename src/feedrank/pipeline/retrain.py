@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from feedrank.config import FeedrankConfig
-from feedrank.data.eventlog import EventLog
+from feedrank.data.partitions import PartitionedLog
 from feedrank.errors import NotFound
 from feedrank.pipeline.artifacts import load_artifacts, save_artifacts
 from feedrank.pipeline.build import prepare
@@ -236,11 +236,8 @@ def check_online(registry: ModelRegistry, events_dir: str | Path, policy: Retrai
     if phase not in ("canary", "monitor"):
         return None
     now = time.time() if now is None else now
-    log = EventLog(events_dir, readonly=True)
-    try:
-        events = [rec.event for rec in log.read()]
-    finally:
-        log.close()
+    with PartitionedLog(events_dir) as log:  # every worker partition, each event id once
+        events = list(log.read_all())
     if phase == "canary":  # only this canary's impressions: the experiment name is reused by later canaries
         since = float(state.get("since", 0.0))
         report = ab_report((e for e in events if e.kind != EventKind.IMPRESSION or e.ts >= since), EXPERIMENT)

@@ -5,8 +5,8 @@
     data.n_new_events        # log events after the champion's training cut-off
 
 The champion was trained on events up to its cut-off (the newest event of its data,
-``info.split.test.ts_max``). A retrain reads every event of the server's log
-(``EventLog(readonly=True)``: the server keeps writing), counts those after the cut-off as
+``info.split.test.ts_max``). A retrain reads every event of the server's log, every
+worker partition of it (``PartitionedLog``, read-only: the server keeps writing), counts those after the cut-off as
 new, and writes one canonical dataset folder: the base dataset's events plus the log's
 (deduplicated by event id, sorted by time), and the items of the base dataset, the
 champion's catalogue and ``items.jsonl`` (items added live with ``POST /v1/items``; the
@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from feedrank.data.dataset import DatasetWriter, load_dataset
-from feedrank.data.eventlog import EventLog
+from feedrank.data.partitions import PartitionedLog, partition_roots
 from feedrank.errors import NotFound
 from feedrank.pipeline.artifacts import ModelArtifacts
 
@@ -76,16 +76,17 @@ def base_dataset_of(art: ModelArtifacts) -> str | None:
 
 
 def read_log_frame(events_dir: str | Path) -> pd.DataFrame:
-    """Every committed event of the log at ``events_dir`` as a frame (EVENT_COLUMNS, ts in
-    float seconds). Opens the log read-only: a live server may keep appending."""
+    """Every committed event of the log at ``events_dir`` and of its worker partitions
+    (``w0``, ``w1``, ...: a multi-worker server's, data/partitions.py), each event id once,
+    as a frame (EVENT_COLUMNS, ts in float seconds). Opens the logs read-only: a live
+    server may keep appending. A corrupt record raises ``PartitionCorrupt`` naming the
+    partition and offset (a retrain must not train on a log with a hole in it)."""
     root = Path(events_dir)
     if not root.is_dir():
         raise NotFound(f"event log folder not found: {root} (the server's serving.events_dir)")
     cols: dict[str, list] = {c: [] for c in EVENT_COLUMNS}
-    log = EventLog(root, readonly=True)
-    try:
-        for rec in log.read():
-            e = rec.event
+    with PartitionedLog(root) as log:
+        for e in log.read_all():
             cols["event_id"].append(e.event_id)
             cols["ts"].append(e.ts)
             cols["user_id"].append(e.user_id)
@@ -95,8 +96,6 @@ def read_log_frame(events_dir: str | Path) -> pd.DataFrame:
             cols["request_id"].append(e.request_id)
             cols["propensity"].append(e.propensity)
             cols["dwell_ms"].append(e.dwell_ms)
-    finally:
-        log.close()
     df = pd.DataFrame(cols)
     df["ts"] = df["ts"].astype(np.float64)
     df["position"] = pd.array(df["position"], dtype="Int32")
@@ -106,18 +105,26 @@ def read_log_frame(events_dir: str | Path) -> pd.DataFrame:
 
 
 def read_item_log(events_dir: str | Path, default_published: Callable[[str], float]) -> pd.DataFrame:
-    """Items added live (``items.jsonl``), last record per id; missing ``published_at``
-    becomes ``default_published(item_id)``."""
-    path = Path(events_dir) / ITEM_LOG
-    rows: dict[str, dict] = {}
-    if path.exists():
+    """Items added live (``items.jsonl`` of the events folder and of each worker
+    partition), the newest record per id (by its ``logged_at``; records without one count
+    as older, in partition order); missing ``published_at`` becomes
+    ``default_published(item_id)``."""
+    root = Path(events_dir)
+    records: list[tuple[float, int, dict]] = []
+    for path in [p / ITEM_LOG for p in (partition_roots(root) if root.is_dir() else [])]:
+        if not path.exists():
+            continue
         for line in path.read_bytes().splitlines():
             try:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a torn last line (the server's ItemLog skips it too)
             if isinstance(r, dict) and r.get("item_id"):
-                rows[str(r["item_id"])] = r
+                at = r.get("logged_at")
+                records.append((float(at) if isinstance(at, (int, float)) else 0.0, len(records), r))
+    rows: dict[str, dict] = {}
+    for _at, _i, r in sorted(records, key=lambda x: (x[0], x[1])):
+        rows[str(r["item_id"])] = r
     out = pd.DataFrame([{c: r.get(c) for c in ITEM_COLUMNS} for r in rows.values()], columns=list(ITEM_COLUMNS))
     if len(out):
         for c in ("title", "category", "subcategory", "creator"):

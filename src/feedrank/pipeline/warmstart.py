@@ -27,28 +27,26 @@ so the fine-tuning loops live here; they use the same losses and encoders.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Any, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from feedrank.config import FeedrankConfig, config_to_dict
+from feedrank.config import FeedrankConfig, RankingConfig, RetrievalConfig, config_to_dict
 from feedrank.data.split import split_to_dict
 from feedrank.errors import SchemaError
 from feedrank.pipeline.artifacts import ModelArtifacts
 from feedrank.pipeline.build import Prepared, item_content, learn_max_item_age, shown_not_clicked, snapshot
 from feedrank.pipeline.examples import engagement_state, ranking_examples, spec_from_info
 from feedrank.ranking.calibration import Calibrator, fit_calibrator
-from feedrank.ranking.losses import ranking_loss
 from feedrank.ranking.model import Ranker, logits, predict_heads
-from feedrank.ranking.train import train_distilled
-from feedrank.retrieval.encode import encode_items, item_vectors_of, user_vectors
+from feedrank.ranking.train import train_distilled, train_ranker
+from feedrank.retrieval.encode import encode_items
 from feedrank.retrieval.index import IndexParams, build_index, check_recall
-from feedrank.retrieval.train import ShownNotClicked
+from feedrank.retrieval.train import ShownNotClicked, train_two_tower
 from feedrank.retrieval.two_tower import TwoTower
-from feedrank.training.common import progress, seed_everything, setup_threads
+from feedrank.training.common import seed_everything, setup_threads
 
 # Fine-tuning starts from a trained model with fresh Adam moments: at the full learning
 # rate the first steps knock it off its optimum (measured: recall@100 fell 0.05 to 0.1
@@ -79,101 +77,31 @@ def copy_ranker(champion: Ranker) -> Ranker:
     return model
 
 
-def finetune_two_tower(model: TwoTower, prep: Prepared, train_rows: np.ndarray, cfg: FeedrankConfig, epochs: int,
-                       rng: np.random.Generator, show_progress: bool = True, lr_scale: float = LR_SCALE) -> dict[str, Any]:
-    """Fine-tune ``model`` in place on the newest train clicks (learning rate
-    ``retrieval.lr * lr_scale``). Returns a small report."""
-    rc = cfg.retrieval
-    t0 = time.perf_counter()
+def warm_configs(cfg: FeedrankConfig, epochs: int, lr_scale: float = LR_SCALE) -> tuple[RetrievalConfig, RankingConfig]:
+    """The two recipes' configs for fine-tuning: ``epochs`` epochs at ``lr_scale`` times
+    the configured learning rates (every other setting as configured)."""
+    if epochs < 1:
+        raise ValueError(f"warm start needs epochs >= 1, got {epochs}")
+    if not 0.0 < lr_scale <= 1.0:
+        raise ValueError(f"warm start lr_scale must be in (0, 1], got {lr_scale}")
+    return (dataclasses.replace(cfg.retrieval, epochs=epochs, lr=cfg.retrieval.lr * lr_scale),
+            dataclasses.replace(cfg.ranking, epochs=epochs, lr=cfg.ranking.lr * lr_scale))
+
+
+def warm_two_tower(champion: TwoTower, prep: Prepared, fit_rows: np.ndarray, content: np.ndarray | None,
+                   rcfg: RetrievalConfig, rng: np.random.Generator,
+                   show_progress: bool = True) -> tuple[TwoTower, dict[str, Any]]:
+    """``train_two_tower`` from the champion's weights on the clicks of ``fit_rows`` (E,) bool
+    (fewer than 2 clicks: an untrained copy). Returns (model, report dict)."""
     ev, catalog = prep.events, prep.catalog
-    clicks = ev.click_log(np.flatnonzero(train_rows))
-    n = len(clicks.items)
-    if n < 2 or epochs <= 0:
-        return {"examples": n, "epochs": 0, "final_loss": None, "seconds": 0.0}
-    sel = np.sort(np.argsort(clicks.ts, kind="stable")[-rc.max_train_examples:])
-    users, ts, pos = clicks.user_codes[sel], clicks.ts[sel], clicks.items[sel]
-    hist = clicks.histories(users, ts, rc.history_len)
-    freq = np.bincount(pos, minlength=len(catalog)).astype(np.float64)
-    log_q = torch.from_numpy(np.log(np.maximum(freq, 1.0) / len(pos)).astype(np.float32))
-    shown: ShownNotClicked | None = shown_not_clicked(ev, train_rows) if rc.hard_negative_ratio > 0 else None
-    opt_dense = torch.optim.Adam(model.dense_parameters(), lr=rc.lr * lr_scale)
-    opt_sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=rc.lr * lr_scale)
-    bs = min(rc.batch_size, len(pos))
-    running = float("nan")
-    for epoch in range(epochs):
-        model.train()
-        perm = rng.permutation(len(pos))
-        bar = progress(range(max(1, len(pos) // bs)), desc=f"warm two-tower {epoch + 1}/{epochs}", enabled=show_progress, unit="batch")
-        for step in bar:
-            b = perm[step * bs:(step + 1) * bs]
-            items_b = pos[b]
-            u, _ = user_vectors(model, catalog, hist[b], ts[b])
-            v = item_vectors_of(model, catalog, items_b)
-            lg = u @ v.T / rc.temperature - log_q[torch.from_numpy(items_b)][None, :]
-            same = torch.from_numpy(items_b[:, None] == items_b[None, :])
-            same.fill_diagonal_(False)
-            lg = lg.masked_fill(same, -1e9)
-            if shown is not None:
-                hard = shown.sample(users[b], ts[b], rng)
-                hard[(rng.random(len(b)) >= rc.hard_negative_ratio) | (hard == items_b)] = -1
-                has = hard >= 0
-                if has.any():
-                    hv = item_vectors_of(model, catalog, np.where(has, hard, 0))
-                    extra = ((u * hv).sum(-1, keepdim=True) / rc.temperature).masked_fill(~torch.from_numpy(has)[:, None], -1e9)
-                    lg = torch.cat([lg, extra], dim=1)
-            loss = F.cross_entropy(lg, torch.arange(len(b)))
-            opt_dense.zero_grad(set_to_none=True)
-            opt_sparse.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_dense.step()
-            opt_sparse.step()
-            running = loss.item() if running != running else 0.98 * running + 0.02 * loss.item()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{running:.3f}")
-    model.eval()
-    return {"examples": int(len(pos)), "epochs": epochs, "final_loss": float(running), "seconds": time.perf_counter() - t0}
-
-
-def finetune_ranker(model: Ranker, dense: np.ndarray, category: np.ndarray, position: np.ndarray, labels: np.ndarray,
-                    groups: np.ndarray, log_dwell: np.ndarray, cfg: FeedrankConfig, epochs: int, rng: np.random.Generator,
-                    show_progress: bool = True, lr_scale: float = LR_SCALE) -> dict[str, Any]:
-    """Fine-tune ``model`` in place (learning rate ``ranking.lr * lr_scale``). dense (R, F) float32; category/position/groups (R,)
-    int64; labels (R,) {0,1}; log_dwell (R,) float, NaN where unknown."""
-    from feedrank.ranking.train import group_batches
-
-    rc = cfg.ranking
-    t0 = time.perf_counter()
-    n = len(labels)
-    if n == 0 or epochs <= 0:
-        return {"examples": n, "epochs": 0, "final_loss": None, "seconds": 0.0}
-    x = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-    cat, pos = torch.from_numpy(category.astype(np.int64)), torch.from_numpy(position.astype(np.int64))
-    y = torch.from_numpy(labels.astype(np.float32))
-    g_all = torch.from_numpy(groups.astype(np.int64))
-    dw = torch.from_numpy(np.asarray(log_dwell, dtype=np.float32))
-    opt = torch.optim.Adam(model.parameters(), lr=rc.lr * lr_scale, weight_decay=rc.weight_decay)
-    running = float("nan")
-    for epoch in range(epochs):
-        model.train()
-        batches = group_batches(groups, n, min(rc.batch_size, n), rng)
-        bar = progress(batches, desc=f"warm ranker {epoch + 1}/{epochs}", enabled=show_progress, unit="batch")
-        for step, b_np in enumerate(bar):
-            b = torch.from_numpy(b_np)
-            g = torch.unique(g_all[b], return_inverse=True)[1]
-            click_logit, dwell_pred = model.heads(x[b], cat[b], pos[b])
-            loss = ranking_loss(rc.loss, click_logit, y[b], g)
-            ok = torch.isfinite(dw[b])
-            if rc.dwell_loss_weight > 0 and bool(ok.any()):
-                loss = loss + rc.dwell_loss_weight * F.mse_loss(dwell_pred[ok], dw[b][ok])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running = loss.item() if running != running else 0.98 * running + 0.02 * loss.item()
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{running:.4f}")
-    model.eval()
-    return {"examples": int(n), "positives": int(labels.sum()), "epochs": epochs, "final_loss": float(running),
-            "seconds": time.perf_counter() - t0}
+    clicks = ev.click_log(np.flatnonzero(fit_rows))
+    if len(clicks.items) < 2:
+        return copy_two_tower(champion, content), {"examples": int(len(clicks.items)), "epochs": 0, "final_loss": None,
+                                                   "seconds": 0.0}
+    shown: ShownNotClicked | None = shown_not_clicked(ev, fit_rows) if rcfg.hard_negative_ratio > 0 else None
+    model, report = train_two_tower(rcfg, catalog, clicks, champion.dims.n_categories, champion.dims.n_subcategories,
+                                    rng, show_progress, content=content, shown=shown, init=champion)
+    return model, dataclasses.asdict(report)
 
 
 def train_challenger(champion: ModelArtifacts, prep: Prepared, cfg: FeedrankConfig, epochs: int = 1,
@@ -199,9 +127,9 @@ def train_challenger(champion: ModelArtifacts, prep: Prepared, cfg: FeedrankConf
     train_rows[split.train_idx] = True
     fit_rows = train_rows if since_ts is None else train_rows & (ev.ts > since_ts)
     say(f"challenger: fine-tuning on {int(fit_rows.sum()):,} new train events (of {int(train_rows.sum()):,})")
+    rcfg, kcfg = warm_configs(cfg, epochs)
     content, content_kind = item_content(cfg, catalog, say) if champion.two_tower.dims.content_dim else (None, "none")
-    tt = copy_two_tower(champion.two_tower, content)
-    tt_report = finetune_two_tower(tt, prep, fit_rows, cfg, epochs, rng, show_progress)
+    tt, tt_report = warm_two_tower(champion.two_tower, prep, fit_rows, content, rcfg, rng, show_progress)
     say(f"challenger two-tower: {tt_report['examples']:,} clicks, loss {tt_report['final_loss']} in {tt_report['seconds']:.1f}s")
     clicks = ev.click_log(np.flatnonzero(train_rows))
     max_age_s = learn_max_item_age(cfg.retrieval.max_item_age_hours, clicks, catalog)
@@ -214,7 +142,7 @@ def train_challenger(champion: ModelArtifacts, prep: Prepared, cfg: FeedrankConf
     ranker, small, calibrator, state, rk_info = None, None, Calibrator(), None, None
     if champion.ranker is not None:
         ranker, small, calibrator, state, rk_info = _warm_ranking_stage(champion, prep, fit_rows, tt, vectors, prior_ctr,
-                                                                         cfg, epochs, rng, show_progress, say, label_noise)
+                                                                         cfg, kcfg, rng, show_progress, say, label_noise)
     n_cat = len(prep.vocabs["category"])
     art = ModelArtifacts(
         cfg=cfg, vocabs=prep.vocabs, items=prep.items, catalog=catalog, two_tower=tt, item_vectors=vectors, index=index,
@@ -241,11 +169,12 @@ def train_challenger(champion: ModelArtifacts, prep: Prepared, cfg: FeedrankConf
 
 
 def _warm_ranking_stage(champion: ModelArtifacts, prep: Prepared, train_rows: np.ndarray, tt: TwoTower,
-                        vectors: np.ndarray, prior_ctr: float, cfg: FeedrankConfig, epochs: int, rng: np.random.Generator,
-                        show_progress: bool, say: Callable[[str], None], label_noise) -> tuple:
-    """Fine-tune the champion's ranker; refit calibration; distil; serving counters."""
+                        vectors: np.ndarray, prior_ctr: float, cfg: FeedrankConfig, rc: RankingConfig,
+                        rng: np.random.Generator, show_progress: bool, say: Callable[[str], None],
+                        label_noise: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None) -> tuple:
+    """``train_ranker`` from the champion's ranker (``rc``: the fine-tuning config);
+    refit calibration; distil; serving counters."""
     ev, catalog = prep.events, prep.catalog
-    rc = cfg.ranking
     n_cat = len(prep.vocabs["category"])
     imp_rows = np.flatnonzero(train_rows & ev.mask("impression") & (ev.request_codes >= 0))[-rc.max_train_examples:]
     old_spec = spec_from_info(champion.info.get("ranking"), prep.items, catalog)
@@ -263,11 +192,12 @@ def _warm_ranking_stage(champion: ModelArtifacts, prep: Prepared, train_rows: np
         cut += 1
     fit, cal = slice(0, cut), slice(cut, len(imp_rows))
     labels = ex.labels[fit] if label_noise is None else label_noise(ex.labels[fit], rng)
-    ranker = copy_ranker(champion.ranker)
-    report = finetune_ranker(ranker, ex.dense[fit], ex.category[fit], ex.position[fit], labels, ex.groups[fit],
-                             np.log1p(ex.dwell_ms[fit] / 1000.0), cfg, epochs, rng, show_progress)
-    say(f"challenger ranker: {report['examples']:,} impressions, loss {report['final_loss']} in {report['seconds']:.1f}s")
-    info: dict[str, Any] = {"train_report": report, "spec": None if spec is None else spec.to_dict()}
+    protected = None if spec is None else spec.creator_new[ex.items[fit]] > 0
+    ranker, report = train_ranker(rc, ex.dense[fit], ex.category[fit], ex.position[fit], labels, n_cat, rng,
+                                  show_progress, groups=ex.groups[fit], log_dwell=np.log1p(ex.dwell_ms[fit] / 1000.0),
+                                  protected=protected, init=champion.ranker)
+    say(f"challenger ranker: {report.examples:,} impressions, loss {report.final_loss:.4f} in {report.seconds:.1f}s")
+    info: dict[str, Any] = {"train_report": dataclasses.asdict(report), "spec": None if spec is None else spec.to_dict()}
     calibrator = champion.calibrator
     if cut < len(imp_rows) and ex.labels[cal].sum() >= MIN_CALIBRATION_CLICKS:
         z = logits(ranker, ex.dense[cal], ex.category[cal])

@@ -11,6 +11,7 @@ dwell predictions at the serving position (MSE), on the same examples.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -80,6 +81,21 @@ def _local_groups(g: torch.Tensor) -> torch.Tensor:
     return torch.unique(g, return_inverse=True)[1]
 
 
+def _warm_copy(init: Ranker, dense: np.ndarray, category: np.ndarray, init_examination: np.ndarray | None) -> Ranker:
+    """A trainable deep copy of ``init`` after checking that the data fits it."""
+    if init_examination is not None:
+        raise ValueError("train_ranker: init (a warm start) keeps its own position term; do not pass init_examination too")
+    if dense.ndim != 2 or dense.shape[1] < init.n_features:
+        raise ValueError(f"train_ranker: init expects {init.n_features} dense features, got shape {tuple(dense.shape)}")
+    if len(category) and (int(category.max()) >= init.n_categories or int(category.min()) < 0):
+        raise ValueError(f"train_ranker: init has {init.n_categories} categories, got codes in "
+                         f"[{int(category.min())}, {int(category.max())}]")
+    model = copy.deepcopy(init)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
 
 def train_ranker(
     cfg: RankingConfig,
@@ -94,24 +110,35 @@ def train_ranker(
     log_dwell: np.ndarray | None = None,
     protected: np.ndarray | None = None,
     init_examination: np.ndarray | None = None,
+    init: Ranker | None = None,
 ) -> tuple[Ranker, RankingTrainReport]:
     """dense (N, F) float32, category/position (N,) int64, labels (N,) {0,1};
     groups (N,) impression ids (needed by pairwise/listwise); log_dwell (N,) float
     log1p(dwell s), NaN where unknown; protected (N,) bool creator group for fairness;
     init_examination (N_POSITIONS,) CTR-by-slot ratios to start the position term from
-    (``log`` of them), so it only has to refine what the logs already show."""
+    (``log`` of them), so it only has to refine what the logs already show.
+
+    ``init``: warm start. Training starts from a copy of this ranker (``init`` itself is
+    never modified): every parameter, the position term included, is trained, and its
+    input normalisation and feature set are kept (the weights were learned against them;
+    columns of ``dense`` past ``init.n_features`` are ignored). ``n_categories``,
+    ``cfg.hidden`` and ``cfg.interaction`` are then taken from ``init``."""
     t0 = time.perf_counter()
     n = len(labels)
     if n == 0:
         raise ValueError("ranker training needs impressions, got none")
     if cfg.loss != "pointwise" and groups is None:
         raise ValueError(f"loss {cfg.loss!r} needs impression groups")
-    model = build_ranker(n_categories, cfg.hidden, cfg.interaction, cfg.cross_layers, n_features=dense.shape[1])
+    if init is None:
+        model = build_ranker(n_categories, cfg.hidden, cfg.interaction, cfg.cross_layers, n_features=dense.shape[1])
+        model.set_normalisation(*feature_scaling(torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))))
+        if init_examination is not None:
+            with torch.no_grad():
+                model.position_bias.weight[:, 0] = torch.log(torch.as_tensor(init_examination, dtype=torch.float32).clamp_min(1e-3))
+    else:
+        model = _warm_copy(init, dense, category, init_examination)
+        dense = dense[:, : model.n_features]
     x = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-    model.set_normalisation(*feature_scaling(x))
-    if init_examination is not None:
-        with torch.no_grad():
-            model.position_bias.weight[:, 0] = torch.log(torch.as_tensor(init_examination, dtype=torch.float32).clamp_min(1e-3))
     cat = torch.from_numpy(category.astype(np.int64))
     pos = torch.from_numpy(position.astype(np.int64))
     y = torch.from_numpy(labels.astype(np.float32))
@@ -126,8 +153,13 @@ def train_ranker(
                            lr=cfg.lr, weight_decay=cfg.weight_decay)
     bs = min(cfg.batch_size, n)
     # resumable (training.checkpoint) and data-parallel (each rank its share of the batches)
-    loop = TrainLoop("ranker", model, {"adam": opt}, rng, meta={"cfg": dataclasses.asdict(cfg), "n": n},
-                     arrays=(dense, category, position, labels), epochs=cfg.epochs, show_progress=show_progress)
+    meta: dict = {"cfg": dataclasses.asdict(cfg), "n": n}
+    init_arrays: tuple[np.ndarray, ...] = ()
+    if init is not None:  # a warm start resumes only from a checkpoint of a run from the same weights
+        meta["init"] = sorted(init.state_dict())
+        init_arrays = tuple(v.detach().cpu().numpy() for v in init.state_dict().values())
+    loop = TrainLoop("ranker", model, {"adam": opt}, rng, meta=meta,
+                     arrays=(dense, category, position, labels, *init_arrays), epochs=cfg.epochs, show_progress=show_progress)
     for epoch in loop.epochs():
         model.train()
         batches = loop.shard(group_batches(groups, n, bs, loop.epoch_rng(epoch)))

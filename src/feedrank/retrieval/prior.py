@@ -28,7 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from feedrank.retrieval.counters import CounterReplay, ItemCounters, counters_at, creator_codes
+
 DAY_S = 86400.0
+ITEM_CTR_STRENGTH = 20.0      # an item's CTR counts as much as the global one after 20 impressions
+CREATOR_CTR_STRENGTH = 200.0  # a creator's, after 200
 
 
 @dataclass(frozen=True)
@@ -40,34 +44,63 @@ class AgePrior:
     n_clicks: int = 0      # clicks the fit used
     nll_before: float = float("nan")
     nll_after: float = float("nan")
+    ctr_weight: float = 0.0      # w_ctr, per unit of the item's log smoothed-CTR ratio
+    creator_weight: float = 0.0  # w_creator, per unit of the creator's log smoothed-CTR ratio
+    ctr0: float = 0.0            # global train CTR (clicks / impressions), the shrinkage target
+    ctr_strength: float = ITEM_CTR_STRENGTH        # pseudo-impressions of the item CTR's prior
+    creator_strength: float = CREATOR_CTR_STRENGTH  # pseudo-impressions of the creator CTR's prior
 
     def to_json(self) -> dict:
         return {"weight": self.weight, "pop_weight": self.pop_weight, "temperature": self.temperature,
                 "ref_ts": self.ref_ts, "n_clicks": self.n_clicks, "nll_before": self.nll_before,
-                "nll_after": self.nll_after}
+                "nll_after": self.nll_after, "ctr_weight": self.ctr_weight, "creator_weight": self.creator_weight,
+                "ctr0": self.ctr0, "ctr_strength": self.ctr_strength, "creator_strength": self.creator_strength}
 
     @classmethod
     def from_json(cls, raw: dict) -> AgePrior:
         return cls(float(raw["weight"]), float(raw["temperature"]), float(raw.get("ref_ts", 0.0)),
-                   float(raw.get("pop_weight", 0.0)), int(raw.get("n_clicks", 0)))
+                   float(raw.get("pop_weight", 0.0)), int(raw.get("n_clicks", 0)),
+                   ctr_weight=float(raw.get("ctr_weight", 0.0)), creator_weight=float(raw.get("creator_weight", 0.0)),
+                   ctr0=float(raw.get("ctr0", 0.0)), ctr_strength=float(raw.get("ctr_strength", ITEM_CTR_STRENGTH)),
+                   creator_strength=float(raw.get("creator_strength", CREATOR_CTR_STRENGTH)))
 
     @property
     def active(self) -> bool:
-        return self.weight > 0.0 or self.pop_weight > 0.0
+        return self.weight > 0.0 or self.pop_weight > 0.0 or self.ctr_weight > 0.0 or self.creator_weight > 0.0
 
-    def bias(self, published_at: np.ndarray, clicks: np.ndarray | None, now: float) -> np.ndarray:
+    def bias(self, published_at: np.ndarray, clicks: np.ndarray | None, now: float,
+             counters: ItemCounters | None = None) -> np.ndarray:
         """(N,) the prior's additive term at ``now`` (unknown publish time = no age term; a
-        not-yet-published item counts as age 0)."""
+        not-yet-published item counts as age 0). ``counters`` (the same N items) adds the
+        smoothed-CTR terms when it has impressions; without them those terms are 0."""
         age = np.nan_to_num(np.maximum(now - published_at, 0.0) / DAY_S, nan=0.0)
         out = -self.weight * age
+        if clicks is None and counters is not None:
+            clicks = counters.clicks
         if clicks is not None and self.pop_weight:
             out = out + self.pop_weight * np.log1p(np.maximum(clicks, 0.0))
+        if counters is not None and self.ctr0 > 0:
+            if self.ctr_weight and counters.impressions is not None:
+                out = out + self.ctr_weight * smoothed_ctr_ratio(counters.clicks, counters.impressions, self.ctr0,
+                                                                 self.ctr_strength)
+            if self.creator_weight and counters.creator_impressions is not None:
+                out = out + self.creator_weight * smoothed_ctr_ratio(counters.creator_clicks, counters.creator_impressions,
+                                                                     self.ctr0, self.creator_strength)
         return out
 
     def scores(self, user_vecs: np.ndarray, item_vecs: np.ndarray, published_at: np.ndarray, now: float,
-               clicks: np.ndarray | None = None) -> np.ndarray:
-        """(U, N) retrieval logits u.v/T + prior at ``now``; ``clicks`` (N,) click counts so far."""
-        return user_vecs @ item_vecs.T / self.temperature + self.bias(published_at, clicks, now)[None, :]
+               clicks: np.ndarray | None = None, counters: ItemCounters | None = None) -> np.ndarray:
+        """(U, N) retrieval logits u.v/T + prior at ``now``; ``clicks`` (N,) click counts so far
+        (or ``counters``, which also carries impressions)."""
+        return user_vecs @ item_vecs.T / self.temperature + self.bias(published_at, clicks, now, counters)[None, :]
+
+
+def smoothed_ctr_ratio(clicks: np.ndarray, impressions: np.ndarray, ctr0: float, strength: float) -> np.ndarray:
+    """log of the Bayesian-smoothed CTR over the global one: ``log((c + s ctr0) / (n + s) / ctr0)``,
+    0 with no impressions, positive for items clicked more often than average per view."""
+    c = np.maximum(np.asarray(clicks, dtype=np.float64), 0.0)
+    n = np.maximum(np.asarray(impressions, dtype=np.float64), c)  # clicks without a logged impression count as seen
+    return np.log((c + strength * ctr0) / (n + strength) / ctr0)
 
 
 def fit_prior_weights(base: np.ndarray, feats: list[np.ndarray], live: np.ndarray, positives: np.ndarray,
@@ -144,19 +177,23 @@ def _age_feature(ts: np.ndarray, published_at: np.ndarray) -> tuple[np.ndarray, 
 def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.ndarray, ts: np.ndarray,
                    published_at: np.ndarray, temperature: float, max_age_s: float | None = None,
                    max_items: int = 5000, rng: np.random.Generator | None = None,
-                   click_counts: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+                   click_counts: np.ndarray | None = None,
+                   more_feats: list[np.ndarray] | None = None) -> tuple[np.ndarray, float, float]:
     """Fit the prior weights on clicks: user_vecs (Q, D) at click times ``ts`` (Q,), item_vecs
     (N, D), positives (Q,) clicked rows, published_at (N,) (NaN = unknown), optional
-    ``click_counts`` (Q, N) point-in-time click counts (adds the popularity term). An item
+    ``click_counts`` (Q, N) point-in-time click counts (adds the popularity term) and
+    ``more_feats`` further (Q, N) features (each gets a weight >= 0, in order). An item
     is a candidate at ``ts`` when published by then (and within ``max_age_s``). Catalogues
     above ``max_items`` are represented by a uniform sample of that many items plus each
-    click's positive. Returns (w: [w_age] or [w_age, w_pop], nll at 0, nll at w)."""
+    click's positive. Returns (w: [w_age, (w_pop), *more], nll at 0, nll at w)."""
+    more_feats = list(more_feats or [])
     if len(item_vecs) > max_items:
         rng = rng or np.random.default_rng(0)
         keep = np.union1d(rng.choice(len(item_vecs), size=max_items, replace=False), positives)
         positives = np.searchsorted(keep, positives)
         item_vecs, published_at = item_vecs[keep], published_at[keep]
         click_counts = None if click_counts is None else click_counts[:, keep]
+        more_feats = [f[:, keep] for f in more_feats]
     base = (user_vecs @ item_vecs.T / temperature).astype(np.float32)
     neg_age, live = _age_feature(ts, published_at)
     if max_age_s is not None:
@@ -164,6 +201,7 @@ def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.n
     feats = [neg_age]
     if click_counts is not None:
         feats.append(np.log1p(click_counts).astype(np.float32))
+    feats.extend(np.asarray(f, dtype=np.float32) for f in more_feats)
     return fit_prior_weights(base, feats, live, positives)
 
 
@@ -184,46 +222,84 @@ def point_in_time_counts(click_items: np.ndarray, click_ts: np.ndarray, ts: np.n
     return out
 
 
+@dataclass(frozen=True)
+class PriorFitData:
+    """What the prior fit may use beyond the training clicks: training ``impressions``
+    (item indices, times) for the smoothed-CTR terms (None: no such terms), ``fit_from``
+    (fit on the training clicks at or after this time, a validation tail; None: the newest
+    half), and ``model`` / ``item_vecs`` of towers trained without that tail (None: the
+    served towers; they have seen the clicks the fit scores, which biases the weights
+    towards 0 where the towers memorise them)."""
+
+    impressions: tuple[np.ndarray, np.ndarray] | None = None
+    fit_from: float | None = None
+    model: object | None = None
+    item_vecs: np.ndarray | None = None
+
+
 def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
                   max_age_s: float | None, seed: int, n_clicks: int = 2000, popularity: bool = True,
-                  max_items: int = 5000) -> AgePrior:
-    """Fit the prior on a sample of the newest half of the training ``clicks`` (a
-    ``ClickLog``), towers fixed: user vectors from each click's history before it, click
-    counts of every item before it (``popularity``). Above ``max_items`` items, a uniform
-    sample of them (plus the clicked ones) stands for the catalogue: memory (n_clicks, max_items)."""
+                  max_items: int = 5000, data: PriorFitData | None = None) -> AgePrior:
+    """Fit the prior on a sample of training ``clicks`` (a ``ClickLog``; the newest half, or
+    those after ``data.fit_from``), towers fixed: user vectors from each click's history
+    before it, click (and, with ``data.impressions``, impression and creator) counts of every
+    item before it. Above ``max_items`` items, a uniform sample of them (plus the clicked
+    ones) stands for the catalogue: memory (n_clicks, max_items) per feature."""
     from feedrank.retrieval.encode import encode_users
 
+    data = data or PriorFitData()
+    fit_model = model if data.model is None else data.model
+    fit_vecs = item_vecs if data.item_vecs is None else data.item_vecs
     rng = np.random.default_rng(seed)
     order = np.argsort(clicks.ts, kind="stable")
-    newest = order[len(order) // 2 :]
+    newest = order[len(order) // 2 :] if data.fit_from is None else order[clicks.ts[order] >= data.fit_from]
+    if not len(newest):
+        raise ValueError(f"fit_age_prior: no training clicks at or after fit_from={data.fit_from}")
     pick = np.sort(rng.choice(newest, size=min(n_clicks, len(newest)), replace=False))
     users, ts, pos = clicks.user_codes[pick], clicks.ts[pick], clicks.items[pick]
     hist = clicks.histories(users, ts, history_len)
-    uvec = encode_users(model, catalog, hist, ts, item_vecs=item_vecs)
+    uvec = encode_users(fit_model, catalog, hist, ts, item_vecs=fit_vecs)
     keep = np.arange(len(catalog))
     if len(catalog) > max_items:
         keep = np.union1d(rng.choice(len(catalog), size=max_items, replace=False), pos)
     remap = np.full(len(catalog), -1, dtype=np.int64)
     remap[keep] = np.arange(len(keep))
-    counts = None
-    if popularity:
-        ci = remap[clicks.items]
-        counts = point_in_time_counts(ci[ci >= 0], clicks.ts[ci >= 0], ts, len(keep))
-    w, nll0, nll1 = fit_age_weight(uvec, item_vecs[keep], remap[pos], ts, catalog.published_at[keep], temperature,
-                                   max_age_s, max_items=len(keep), rng=rng, click_counts=counts)
+    counts, more, names = None, [], []
+    ctr0 = 0.0
+    use_ctr = data.impressions is not None and len(data.impressions[0]) > 0
+    if popularity or use_ctr:
+        imp = data.impressions if use_ctr else (None, None)
+        replay = CounterReplay(len(catalog), clicks.items, clicks.ts, imp[0], imp[1], creator_codes(catalog.creators))
+        mats = counters_at(replay, ts, keep)
+        counts = mats["clicks"] if popularity else None
+        if use_ctr:
+            ctr0 = float(np.clip(len(clicks.items) / max(len(imp[0]), 1), 1e-6, 0.9))
+            more.append(smoothed_ctr_ratio(mats["clicks"], mats["impressions"], ctr0, ITEM_CTR_STRENGTH))
+            names.append("ctr_weight")
+            if np.any(mats["creator_impressions"]):
+                more.append(smoothed_ctr_ratio(mats["creator_clicks"], mats["creator_impressions"], ctr0,
+                                               CREATOR_CTR_STRENGTH))
+                names.append("creator_weight")
+    w, nll0, nll1 = fit_age_weight(uvec, fit_vecs[keep], remap[pos], ts, catalog.published_at[keep], temperature,
+                                   max_age_s, max_items=len(keep), rng=rng, click_counts=counts, more_feats=more)
     ref = float(np.nanmax(catalog.published_at)) if np.isfinite(catalog.published_at).any() else 0.0
-    return AgePrior(float(w[0]), temperature, ref, float(w[1]) if len(w) > 1 else 0.0, len(pick), round(nll0, 5), round(nll1, 5))
+    extra = {n: float(v) for n, v in zip(names, w[len(w) - len(names):])}
+    return AgePrior(float(w[0]), temperature, ref, float(w[1]) if counts is not None else 0.0, len(pick),
+                    round(nll0, 5), round(nll1, 5), ctr0=ctr0, **extra)
 
 
 def rescore_with_prior(prior: AgePrior, user_vec: np.ndarray, cand: np.ndarray, cand_vecs: np.ndarray,
                        published_at: np.ndarray, now: float, k: int,
-                       clicks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       clicks: np.ndarray | None = None,
+                       counters: ItemCounters | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of candidates (M,) by ``u.v/T + prior`` at ``now``: cand_vecs (M, D),
-    published_at (M,), clicks (M,) counts so far. Returns (items (k,), scores (k,) float32),
-    best first, ties by item index."""
+    published_at (M,), clicks (M,) counts so far, or ``counters`` (the candidates' live
+    counters incl. impressions and creator totals: the smoothed-CTR terms need them; without
+    them those terms are left out). Returns (items (k,), scores (k,) float32), best first,
+    ties by item index."""
     if not len(cand):
         return cand.astype(np.int64), np.zeros(0, dtype=np.float32)
-    s = cand_vecs @ user_vec / prior.temperature + prior.bias(published_at, clicks, now)
+    s = cand_vecs @ user_vec / prior.temperature + prior.bias(published_at, clicks, now, counters)
     k = min(k, len(cand))
     top = np.argpartition(-s, k - 1)[:k] if k < len(cand) else np.arange(len(cand))
     top = top[np.lexsort((cand[top], -s[top]))]

@@ -131,12 +131,15 @@ def train_two_tower(
     content: np.ndarray | None = None,
     shown: ShownNotClicked | None = None,
     checkpoint_dir: Path | None = None,
+    init: TwoTower | None = None,
 ) -> tuple[TwoTower, RetrievalTrainReport]:
     """Train on every click in ``clicks`` (capped at ``cfg.max_train_examples``, newest kept).
 
     ``content`` (N, Dc) float32: content vectors by catalogue row (None: no content input).
     ``shown``: impressions without a click (hard negatives). ``checkpoint_dir``: where
     ``two_tower-epoch<E>.pt`` (state_dict) and ``.json`` (loss, time) go after each epoch.
+    ``init``: warm start from a copy of this model (``init`` is never modified; its dims
+    are kept, ``cfg``'s table sizes are not used): every parameter is fine-tuned.
 
     ``rng`` gives one draw, the recipe's base seed; the data order and every sample of an
     epoch are pure functions of (base seed, epoch, step, rank), so a run resumed from a
@@ -160,7 +163,10 @@ def train_two_tower(
     freq = np.bincount(pos, minlength=len(catalog)).astype(np.float64)
     log_q = torch.from_numpy(np.log(np.maximum(freq, 1.0) / len(pos)).astype(np.float32))
 
-    model = build_two_tower(two_tower_dims(cfg, n_categories, n_subcategories, 0 if content is None else content.shape[1]))
+    if init is None:
+        model = build_two_tower(two_tower_dims(cfg, n_categories, n_subcategories, 0 if content is None else content.shape[1]))
+    else:
+        model = _warm_copy(init, n_categories, n_subcategories, content)
     model.set_content(content)
     opt_dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
     opt_sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.lr)
@@ -177,7 +183,11 @@ def train_two_tower(
     n_hard = 0
     saved: list[str] = []
     timer = dist.CommTimer()
-    ck = ckpt.recipe_checkpoints("two_tower", _fingerprint(cfg, len(catalog), content, shown, users, pos, ts, base_seed))
+    fp = _fingerprint(cfg, len(catalog), content, shown, users, pos, ts, base_seed)
+    if init is not None:  # a warm start resumes only from a checkpoint of a run from the same weights
+        fp = ckpt.fingerprint({"run": fp, "init": sorted(init.state_dict())},
+                              *(v.detach().cpu().numpy() for v in init.state_dict().values()))
+    ck = ckpt.recipe_checkpoints("two_tower", fp)
     start_epoch, start_step, resumed = 0, 0, ""
     state = ck.resume() if ck is not None else None
     if state is not None:
@@ -283,3 +293,19 @@ def _hard_negatives(cfg: RetrievalConfig, b: np.ndarray, users: np.ndarray, ts: 
         out = np.where(take & (use_shown | (out < 0)), imp, out)
     out[out == positives] = -1
     return None if not (out >= 0).any() else out
+
+
+def _warm_copy(init: TwoTower, n_categories: int, n_subcategories: int, content: np.ndarray | None) -> TwoTower:
+    """A trainable copy of ``init`` (same dims and weights) after checking the data fits it."""
+    d = init.dims
+    if (n_categories, n_subcategories) != (d.n_categories, d.n_subcategories):
+        raise ValueError(f"two-tower warm start: init has {d.n_categories} categories / {d.n_subcategories} "
+                         f"subcategories, the data {n_categories} / {n_subcategories} (use init's vocabularies)")
+    if d.content_dim and (content is None or content.shape[1] != d.content_dim):
+        raise ValueError(f"two-tower warm start: init uses {d.content_dim}-d content vectors, got "
+                         f"{None if content is None else tuple(content.shape)}")
+    if not d.content_dim and content is not None:
+        raise ValueError("two-tower warm start: init has no content input, got content vectors")
+    model = build_two_tower(d)
+    model.load_state_dict(init.state_dict())
+    return model

@@ -6,8 +6,8 @@
                                          the stage funnel (candidates per source -> ranked ->
                                          shown) and per-stage latency
     GET /dashboard/api/live              rps, p50/p99 feed latency, tier mix, events/s and
-                                         counter lag over the last ~10 s, from this app's
-                                         Prometheus registry (sampled on each call)
+                                         counter lag over the last ~10 s, from the Prometheus
+                                         metrics summed over every worker (sampled on each call)
     GET /dashboard/api/models            model version(s), registry versions, A/B arms with
                                          CTR from the event log (cached 15 s)
     GET /dashboard/api/report            the last evaluation report's summary (``feedrank report``)
@@ -16,7 +16,7 @@
                                          (needs the API key, like every write endpoint)
 
 The report is looked for at the admin-set path, then ``$FEEDRANK_REPORT``, then
-``<event log>/../report.html`` (where ``feedrank demo`` writes it).
+``<events folder>/../report.html`` (where ``feedrank demo`` writes it).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from feedrank.serving.http import feed_body
 from feedrank.types import FeedRequest
 
 WINDOW_S = 10.0
@@ -50,27 +51,34 @@ def _static(name: str) -> str:
 # --------------------------------------------------------------------------- live metrics
 
 
-def scrape(registry) -> dict[str, Any]:
-    """The counters and histograms the dashboard needs, read from a Prometheus registry."""
+def scrape(registry, local=None) -> dict[str, Any]:
+    """The counters and histograms the dashboard needs, read from a Prometheus registry
+    (with several workers: the one over every worker's files); the consumer's figures from
+    ``local`` (this process's own registry) when given: each worker's consumer reads every
+    worker's events, so its own figures are the ones to compare with the totals."""
     out: dict[str, Any] = {"feeds": {}, "events_accepted": 0.0, "buckets": {}, "impressions_written": 0.0,
                            "consumer_applied": None, "heartbeat_age_s": None}
-    for metric in registry.collect():
-        for s in metric.samples:
-            name, labels, value = s.name, s.labels, s.value
-            if name == "feedrank_feed_requests_total":
-                out["feeds"][labels.get("tier", "?")] = value
-            elif name == "feedrank_events_total" and labels.get("result") == "accepted":
-                out["events_accepted"] = value
-            elif name == "feedrank_impressions_total" and labels.get("result") == "written":
-                out["impressions_written"] = value
-            elif name == "feedrank_stage_latency_seconds_bucket" and labels.get("stage") == "total":
-                out["buckets"][float(labels["le"])] = value
-            elif name == "feedrank_features_consumer_applied_total":
-                out["consumer_applied"] = value
-            elif name == "feedrank_features_heartbeat_age_seconds":
-                out["heartbeat_age_s"] = None if value != value else value
-    # counter lag: events this process appended to the log (client events and impressions)
-    # that the real-time counters' consumer has not applied yet; None without a consumer
+    consumer_names = ("feedrank_features_consumer_applied_total", "feedrank_features_heartbeat_age_seconds")
+    samples = [s for metric in registry.collect() for s in metric.samples
+               if local is None or local is registry or s.name not in consumer_names]
+    if local is not None and local is not registry:
+        samples += [s for metric in local.collect() for s in metric.samples if s.name in consumer_names]
+    for s in samples:
+        name, labels, value = s.name, s.labels, s.value
+        if name == "feedrank_feed_requests_total":
+            out["feeds"][labels.get("tier", "?")] = value
+        elif name == "feedrank_events_total" and labels.get("result") == "accepted":
+            out["events_accepted"] = value
+        elif name == "feedrank_impressions_total" and labels.get("result") == "written":
+            out["impressions_written"] = value
+        elif name == "feedrank_stage_latency_seconds_bucket" and labels.get("stage") == "total":
+            out["buckets"][float(labels["le"])] = value
+        elif name == "feedrank_features_consumer_applied_total":
+            out["consumer_applied"] = value
+        elif name == "feedrank_features_heartbeat_age_seconds":
+            out["heartbeat_age_s"] = None if value != value else value
+    # counter lag: events appended to the log (client events and impressions, by every
+    # worker) that this process's real-time consumer has not applied yet; None without one
     out["lag"] = None if out["consumer_applied"] is None else \
         max(0.0, out["events_accepted"] + out["impressions_written"] - out["consumer_applied"])
     return out
@@ -98,15 +106,15 @@ def quantile_from_buckets(buckets: dict[float, float], q: float) -> float | None
 class LiveSampler:
     """Keeps recent scrapes; figures are deltas over the last ``WINDOW_S`` seconds."""
 
-    def __init__(self, registry) -> None:
-        self.registry = registry
+    def __init__(self, registry, local=None) -> None:
+        self.registry, self.local = registry, local
         self.samples: deque[tuple[float, dict[str, Any]]] = deque(maxlen=600)
         self.lock = threading.Lock()
         self.started = time.time()
 
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
-        cur = scrape(self.registry)
+        cur = scrape(self.registry, self.local)
         with self.lock:
             self.samples.append((now, cur))
             while len(self.samples) > 2 and now - self.samples[1][0] >= WINDOW_S:
@@ -142,19 +150,7 @@ class LiveSampler:
 
 
 def _feed_preview(service, user_id: str, k: int) -> dict[str, Any]:
-    resp = service.recommend(FeedRequest(user_id=user_id, k=k, explain=True))
-    return {
-        "user_id": resp.user_id,
-        "model_version": resp.model_version,
-        "tier": resp.tier,
-        "arm": resp.arm,
-        "features": resp.features,
-        "timings_ms": dict(resp.timings_ms),
-        "funnel": dict(getattr(resp, "funnel", {}) or {}),
-        "items": [{"rank": it.rank, "item_id": it.item_id, "title": it.title, "category": it.category, "creator": it.creator,
-                   "source": it.source, "score": it.score, "propensity": it.propensity,
-                   "explain": [{"feature": f, "contribution": c} for f, c in it.explanation[:4]]} for it in resp.items],
-    }
+    return feed_body(service.recommend(FeedRequest(user_id=user_id, k=k, explain=True)), preview=True)
 
 
 def _models(service, event_log) -> dict[str, Any]:
@@ -179,26 +175,27 @@ def _models(service, event_log) -> dict[str, Any]:
     return out
 
 
-def _arm_ctr(event_log) -> list[dict[str, Any]]:
+def _arm_ctr(events_root: Path) -> list[dict[str, Any]]:
     """Per-arm results from the event log (every worker's partition)."""
-    from feedrank.data.eventlog import read_partitions
+    from feedrank.data.partitions import read_partitions
     from feedrank.evaluation.abreport import ab_report
 
-    return ab_report(read_partitions(event_log.root))["arms"]
+    return ab_report(read_partitions(events_root))["arms"]
 
 
 def dashboard_router(app: FastAPI, api_key: str | None = None) -> APIRouter:
     """The dashboard's routes; reads ``app.state`` (service, event_log, registry). ``api_key``
     guards the admin action (none configured: admin actions are disabled)."""
     router = APIRouter(include_in_schema=False)
-    sampler = LiveSampler(app.state.registry)
+    metrics = app.state.metrics
+    sampler = LiveSampler(metrics.view(), metrics.registry)  # totals over every worker; this worker's consumer
     arms_cache: dict[str, Any] = {"t": 0.0, "arms": [], "error": None}
     arms_lock = threading.Lock()
     report_path: dict[str, Path | None] = {"admin": None}
 
     def _report_file() -> Path | None:
         cands = [report_path["admin"], Path(os.environ["FEEDRANK_REPORT"]) if os.environ.get("FEEDRANK_REPORT") else None,
-                 Path(app.state.event_log.root).parent / "report.html"]
+                 Path(app.state.events_root).parent / "report.html"]
         for p in cands:
             if p is not None and p.exists():
                 return p
@@ -230,7 +227,7 @@ def dashboard_router(app: FastAPI, api_key: str | None = None) -> APIRouter:
             def refresh() -> None:
                 with arms_lock:
                     try:
-                        arms_cache["arms"], arms_cache["error"] = _arm_ctr(app.state.event_log), None
+                        arms_cache["arms"], arms_cache["error"] = _arm_ctr(app.state.events_root), None
                     except Exception as exc:
                         arms_cache["error"] = f"{type(exc).__name__}: {exc}"
                     arms_cache["t"] = time.time()

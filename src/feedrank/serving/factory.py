@@ -60,7 +60,7 @@ def build_service(model_dir: str, events_dir: str | None, config_path: str | Non
     if live is not None:
         recommender.attach_live(live)
         load_model_baselines(live, recommender.art)
-    app = create_app(with_experiments(recommender, cfg), event_log, cfg.serving, cfg.pipeline, live=live)
+    app = create_app(with_experiments(recommender, cfg), event_log, cfg.serving, cfg.pipeline, live=live, partition=partition)
     return app, event_log, recommender, cfg
 
 
@@ -95,5 +95,5 @@ def build_registry_service(registry_dir: str, events_dir: str | None, config_pat
     event_log = open_event_log(cfg.serving.events_url, Path(events_dir or cfg.serving.events_dir or (Path(registry_dir) / "events")) / partition)
     service = with_experiments(manager, cfg, load_version=lambda v: build(manager.registry.path(v)))
     app = create_app(service, event_log, cfg.serving, cfg.pipeline, registry=metrics_registry,
-                     live=live_box[0] if live_box else None)
+                     live=live_box[0] if live_box else None, partition=partition)
     return app, event_log, manager, cfg

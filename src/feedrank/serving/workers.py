@@ -20,6 +20,13 @@ What each worker owns, and the consistency that gives (docs/api.md, "Workers"):
   client retry that lands on the other worker is written twice and readers drop the
   repeat by ``event_id``. With ``serving.events_url=redis://...`` all workers share one
   stream instead.
+* **Readers** see every worker's events: each worker's real-time counters consume every
+  partition (``data.partitions.PartitionedLog``, an offset per partition), and so do
+  ``feedrank retrain``, the offline exporter and ``feedrank ab report``.
+* **Metrics**: the supervisor creates a fresh folder for prometheus_client's multiprocess
+  mode (``PROMETHEUS_MULTIPROC_DIR``; an existing one given in the environment is emptied
+  first) before spawning the workers, so ``/metrics`` on any worker is the sum over all
+  of them (serving/metrics.py). The folder is removed when the supervisor exits.
 * **Online state** (recent clicks, seen items): per worker. A client's keep-alive
   connection stays on one worker, but separate connections of one user may hit either,
   so "never show a seen item again" holds per worker; with ``features.live`` and a shared
@@ -28,10 +35,12 @@ What each worker owns, and the consistency that gives (docs/api.md, "Workers"):
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,6 +50,7 @@ from feedrank.errors import FeedrankError
 log = logging.getLogger("feedrank.serving")
 
 SPEC_ENV = "FEEDRANK_SERVE_SPEC"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
 _claims: list[int] = []  # slot lock fds, held for the life of the worker process
 
 
@@ -64,11 +74,31 @@ def partition_name(slot: int) -> str:
     return f"w{slot}"
 
 
+def metrics_dir(claims_dir: str | Path) -> Path:
+    """The multiprocess metrics folder of a run: ``$PROMETHEUS_MULTIPROC_DIR`` when set
+    (emptied of earlier runs' files), else ``<claims_dir>/metrics`` (new, empty)."""
+    given = os.environ.get(MULTIPROC_ENV)
+    d = Path(given) if given else Path(claims_dir) / "metrics"
+    d.mkdir(parents=True, exist_ok=True)
+    stale = list(d.glob("*.db"))
+    for f in stale:
+        f.unlink()
+    if stale:
+        log.info("removed %d metrics files of an earlier run from %s", len(stale), d)
+    return d
+
+
 def write_spec(**spec: Any) -> dict[str, str]:
-    """Environment for the worker processes: the serve command's arguments as JSON, and
-    one BLAS thread per worker (set before numpy loads in the spawned process)."""
-    spec.setdefault("claims_dir", tempfile.mkdtemp(prefix="feedrank-workers-"))
-    return {SPEC_ENV: json.dumps(spec), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    """Environment for the worker processes: the serve command's arguments as JSON, one
+    BLAS thread per worker (set before numpy loads in the spawned process), and the
+    multiprocess metrics folder (set before prometheus_client loads there). The claims and
+    metrics folders made here are removed when this (the supervisor) process exits."""
+    if "claims_dir" not in spec:
+        spec["claims_dir"] = tempfile.mkdtemp(prefix="feedrank-workers-")
+        atexit.register(shutil.rmtree, spec["claims_dir"], True)
+    mdir = metrics_dir(spec["claims_dir"])
+    return {SPEC_ENV: json.dumps(spec), MULTIPROC_ENV: str(mdir), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1"}
 
 
 def create_worker_app():

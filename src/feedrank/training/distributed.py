@@ -3,19 +3,20 @@ rank helpers, gradient averaging (dense and sparse) and metric reduction.
 
     info = init_from_env()          # no-op (world size 1) outside torchrun
     ...
-    seconds = average_gradients(dense_params, sparse_params, extras)
+    timer = CommTimer()
+    extras = average_gradients(dense_params, sparse_params, extras, timer)   # after backward
     ...
     shutdown()
 
 Data parallelism here is explicit rather than ``DistributedDataParallel``: the recipes
 call tower methods (not one ``forward``) and the two-tower's hashed tables have sparse
 gradients, which DDP's bucketed reducer handles poorly. After ``backward`` every rank
-calls ``average_gradients``: one all-reduce of all dense gradients flattened into a single
-buffer (plus the step's loss and counters, so every rank logs the same metrics), and one
-all-gather of the sparse rows (indices and values of every sparse table, concatenated),
-summed and divided by the world size. The result is what DDP computes (the mean gradient
-over the global batch) and is bitwise identical on every rank. ``CommTimer`` records the
-seconds spent in these collectives (the communication share of a step).
+calls ``average_gradients``: one all-gather per step of one buffer holding the dense
+gradients (plus the step's loss and counters, so every rank logs the same metrics) and
+the coalesced rows of every sparse table; each rank sums in rank order and divides by
+the world size. The result is what DDP computes (the mean gradient over the global
+batch) and is bitwise identical on every rank. ``CommTimer`` records the seconds spent
+in the exchange and the estimated waiting for the slowest rank.
 
 Backend: gloo (CPU tensors; the recipes train on CPU). ``FEEDRANK_DIST_BACKEND=nccl``
 selects NCCL, which needs the recipe's tensors on the GPU (not done by the CPU recipes).
@@ -23,6 +24,7 @@ selects NCCL, which needs the recipe's tensors on the GPU (not done by the CPU r
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -126,17 +128,31 @@ def all_reduce_mean(values: list[float]) -> list[float]:
 
 
 class CommTimer:
-    """Seconds spent in ``average_gradients``: ``wait_s`` at the barrier that opens it
-    (waiting for the slowest rank: load imbalance, a busy core) and ``comm_s`` in the
-    collectives themselves (moving and summing gradients)."""
+    """The gradient exchange's per-loop state: seconds spent and the sparse row capacity.
+
+    ``comm_s``: seconds inside ``average_gradients`` minus the estimated waiting (moving,
+    packing and summing gradients); ``wait_s``: the estimated seconds waiting for the
+    slowest rank (load imbalance, a busy core). There is no barrier: every rank sends the
+    seconds it worked since the previous exchange, and a rank's wait is the slowest
+    rank's figure minus its own. ``capacity``: sparse rows per rank in the step's single
+    all-gather, set from the rows seen in the previous step (every rank computes the same
+    value); a step with more rows sends the rest in a second all-gather (``overflow_steps``)."""
 
     def __init__(self) -> None:
         self.comm_s = 0.0
         self.wait_s = 0.0
         self.steps = 0
+        self.collectives = 0
+        self.overflow_steps = 0
+        self.capacity = 0
+        self._last_end: float | None = None
 
     def share(self, total_s: float) -> float:
         return self.comm_s / total_s if total_s > 0 else 0.0
+
+
+CAPACITY_HEADROOM = 1.25  # next step's sparse capacity = 1.25 x this step's largest row count
+CAPACITY_DECAY = 15 / 16  # ... but shrinks by at most 1/16 per step
 
 
 def shard(indices, n_ranks: int | None = None, rank_: int | None = None):
@@ -150,76 +166,133 @@ def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Par
                       extras: torch.Tensor | None = None, timer: CommTimer | None = None) -> torch.Tensor | None:
     """Replace every gradient by its mean over ranks; return ``extras`` (K,) averaged too.
 
-    dense: parameters with dense gradients (None counts as zero; stays None if no rank has one); sparse: parameters
-    with sparse COO gradients of shape (rows, D) sharing D. World size 1: no-op."""
+    dense: parameters with dense gradients (None counts as zero; stays None if no rank has
+    one); sparse: parameters with sparse COO gradients of shape (rows, D) sharing D. All
+    float32. World size 1: no-op.
+
+    One ``all_gather`` per step (two when a rank has more sparse rows than the capacity)
+    moves one float32 buffer per rank: the dense gradients, ``extras``, a "has a gradient"
+    flag per dense parameter, the seconds worked since the last exchange, the per-table
+    sparse row counts, and the coalesced sparse rows (int32 indices, values) padded to the
+    capacity. Each rank then sums the dense parts in rank order and divides by the world
+    size (what an all-reduce gives: the mean gradient over the global batch, as
+    ``DistributedDataParallel``), and rebuilds each table's gradient from every rank's
+    rows in rank order, divided by the world size and left uncoalesced (SparseAdam sums
+    duplicate rows). Every rank computes the same bits. Gathering rather than all-reducing
+    the dense part costs the same bytes at two ranks and saves a round trip: on a small
+    CPU box a collective's latency, not its bytes, dominates (docs/training-at-scale.md)."""
     if not is_distributed():
         return extras
-    if timer is not None:  # separate waiting for the slowest rank from moving the data
-        tw = time.perf_counter()
-        tdist.barrier()
-        timer.wait_s += time.perf_counter() - tw
-        timer.steps += 1
+    state = timer if timer is not None else CommTimer()
     t0 = time.perf_counter()
-    w = float(world_size())
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in dense]
-    # one flag per parameter: how many ranks produced a gradient for it this step
-    used = torch.tensor([float(p.grad is not None) for p in dense])
-    n_extra = 0 if extras is None else extras.numel()
-    flat = torch.cat([g.reshape(-1) for g in grads] + ([extras.reshape(-1).float()] if extras is not None else []) + [used])
-    tdist.all_reduce(flat)
-    used = flat[len(flat) - len(dense):]
-    flat = flat[: len(flat) - len(dense)] / w
+    worked = 0.0 if state._last_end is None else t0 - state._last_end
+    w, me = world_size(), rank()
+    for p in (*dense, *sparse):
+        if p.dtype != torch.float32:
+            raise ValueError(f"average_gradients: parameters must be float32, got {p.dtype} for shape {tuple(p.shape)}")
+    sizes = [p.numel() for p in dense]
+    n_dense, n_extra, n_tab = sum(sizes), (0 if extras is None else extras.numel()), len(sparse)
+    dim = int(sparse[0].shape[1]) if sparse else 0
+    idx, val, counts = _local_rows(sparse, dim)
+    cap = state.capacity
+    n_sum = n_dense + n_extra + len(dense)  # summed over ranks
+    o_worked, o_counts = n_sum, n_sum + 1
+    o_idx = o_counts + n_tab
+    o_val = o_idx + cap
+    buf = torch.zeros(o_val + cap * dim)
     off = 0
-    for p, g, u in zip(dense, grads, used.tolist()):
-        n = g.numel()
-        # a parameter no rank touched keeps no gradient, as in one process (the optimizer skips it)
-        p.grad = flat[off : off + n].view_as(p) if u > 0 else None
+    for p, n in zip(dense, sizes):
+        if p.grad is not None:
+            buf[off : off + n] = p.grad.reshape(-1)
         off += n
-    out = flat[off : off + n_extra] if extras is not None else None
+    if extras is not None:
+        buf[off : off + n_extra] = extras.reshape(-1)
+    buf[n_dense + n_extra : n_sum] = torch.tensor([float(p.grad is not None) for p in dense])
+    buf[o_worked] = worked
+    buf[o_counts : o_idx].view(torch.int32).copy_(torch.tensor(counts, dtype=torch.int32))
+    k = min(len(idx), cap)
+    buf[o_idx : o_idx + k].view(torch.int32).copy_(idx[:k])
+    buf[o_val : o_val + k * dim] = val[:k].reshape(-1)
+    parts = [torch.empty_like(buf) for _ in range(w)]
+    tdist.all_gather(parts, buf)
+    collectives = 1
+
+    summed = parts[0][:n_sum].clone()
+    for r in range(1, w):
+        summed += parts[r][:n_sum]
+    avg = summed[: n_dense + n_extra] / float(w)
+    off = 0
+    for p, n, used in zip(dense, sizes, summed[n_dense + n_extra :].tolist()):
+        # a parameter no rank touched keeps no gradient, as in one process (the optimizer skips it)
+        p.grad = avg[off : off + n].view_as(p) if used > 0 else None
+        off += n
+    out = avg[n_dense:] if extras is not None else None
+
     if sparse:
-        _average_sparse(sparse, w)
-    if timer is not None:
-        timer.comm_s += time.perf_counter() - t0
+        all_counts = [parts[r][o_counts:o_idx].view(torch.int32).tolist() for r in range(w)]
+        totals = [sum(c) for c in all_counts]
+        most = max(totals)
+        rows_idx = [parts[r][o_idx : o_idx + min(totals[r], cap)].view(torch.int32) for r in range(w)]
+        rows_val = [parts[r][o_val : o_val + min(totals[r], cap) * dim].view(-1, dim) for r in range(w)]
+        if most > cap:  # the rows beyond the capacity, in a second all-gather
+            extra = most - cap
+            buf2 = torch.zeros(extra * (1 + dim))
+            rest = max(len(idx) - cap, 0)
+            buf2[:rest].view(torch.int32).copy_(idx[cap:])
+            buf2[extra : extra + rest * dim] = val[cap:].reshape(-1)
+            parts2 = [torch.empty_like(buf2) for _ in range(w)]
+            tdist.all_gather(parts2, buf2)
+            collectives += 1
+            state.overflow_steps += 1
+            for r in range(w):
+                more = max(totals[r] - cap, 0)
+                if more:
+                    rows_idx[r] = torch.cat([rows_idx[r], parts2[r][:more].view(torch.int32)])
+                    rows_val[r] = torch.cat([rows_val[r], parts2[r][extra : extra + more * dim].view(-1, dim)])
+        _set_sparse(sparse, rows_idx, rows_val, all_counts, float(w))
+        state.capacity = max(math.ceil(CAPACITY_HEADROOM * most), int(cap * CAPACITY_DECAY))
+
+    end = time.perf_counter()
+    slowest = max(float(parts[r][o_worked]) for r in range(w))
+    wait = min(max(slowest - float(parts[me][o_worked]), 0.0), end - t0)
+    state.wait_s += wait
+    state.comm_s += end - t0 - wait
+    state.steps += 1
+    state.collectives += collectives
+    state._last_end = end
     return out
 
 
-def _average_sparse(params: list[torch.nn.Parameter], w: float) -> None:
-    """All-gather the rows of every sparse gradient (all tables in one buffer), / w.
-
-    Each rank coalesces its own gradients (fewer rows to send), sends one index and one
-    value buffer plus its per-table row counts, and rebuilds each table's gradient from
-    every rank's slice in rank order, so the result is the same on every rank. The merged
-    gradient is left uncoalesced: SparseAdam coalesces (sums duplicate rows) itself."""
-    dim = params[0].shape[1]
+def _local_rows(params: list[torch.nn.Parameter], dim: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """This rank's coalesced sparse rows, all tables concatenated: int32 row indices (R,),
+    values (R, dim) and the row count of each table (0 for a table with no gradient)."""
     idx_parts, val_parts, counts = [], [], []
     for p in params:
+        if p.shape[0] >= 2**31 or p.dim() != 2 or p.shape[1] != dim:
+            raise ValueError(f"sparse parameters must be (rows < 2**31, {dim}), got {tuple(p.shape)}")
         if p.grad is None:
             counts.append(0)
             continue
+        if not p.grad.is_sparse:
+            raise ValueError(f"parameter of shape {tuple(p.shape)} was given as sparse but has a dense gradient")
         g = p.grad.coalesce()
-        idx_parts.append(g.indices()[0])
+        idx_parts.append(g.indices()[0].to(torch.int32))
         val_parts.append(g.values().reshape(-1, dim))
         counts.append(len(idx_parts[-1]))
-    idx = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.int64)
+    idx = torch.cat(idx_parts) if idx_parts else torch.zeros(0, dtype=torch.int32)
     val = torch.cat(val_parts) if val_parts else torch.zeros((0, dim))
-    n_ranks = world_size()
-    all_counts = [torch.zeros(len(params), dtype=torch.int64) for _ in range(n_ranks)]
-    tdist.all_gather(all_counts, torch.tensor(counts, dtype=torch.int64))
-    m = int(max(int(c.sum()) for c in all_counts))
-    pad_idx = torch.zeros(m, dtype=torch.int64)
-    pad_idx[: len(idx)] = idx
-    pad_val = torch.zeros((m, dim), dtype=val.dtype)
-    pad_val[: len(val)] = val
-    all_idx = [torch.empty_like(pad_idx) for _ in range(n_ranks)]
-    all_val = [torch.empty_like(pad_val) for _ in range(n_ranks)]
-    tdist.all_gather(all_idx, pad_idx)
-    tdist.all_gather(all_val, pad_val)
-    starts = [torch.cumsum(c, 0) - c for c in all_counts]
+    return idx, val, counts
+
+
+def _set_sparse(params: list[torch.nn.Parameter], rows_idx: list[torch.Tensor], rows_val: list[torch.Tensor],
+                all_counts: list[list[int]], w: float) -> None:
+    """Each table's gradient from every rank's rows (rank order), / w, uncoalesced."""
+    starts = [[sum(c[:k]) for k in range(len(c))] for c in all_counts]
     for k, p in enumerate(params):
-        pieces = [(int(starts[r][k]), int(all_counts[r][k])) for r in range(n_ranks)]
+        pieces = [(starts[r][k], all_counts[r][k]) for r in range(len(all_counts))]
         if not any(n for _, n in pieces):
             p.grad = None
             continue
-        gi = torch.cat([all_idx[r][a : a + n] for r, (a, n) in enumerate(pieces)])
-        gv = torch.cat([all_val[r][a : a + n] for r, (a, n) in enumerate(pieces)]) / w
+        gi = torch.cat([rows_idx[r][a : a + n] for r, (a, n) in enumerate(pieces)]).long()
+        gv = torch.cat([rows_val[r][a : a + n] for r, (a, n) in enumerate(pieces)]) / w
         p.grad = torch.sparse_coo_tensor(gi[None, :], gv, p.shape, check_invariants=False)

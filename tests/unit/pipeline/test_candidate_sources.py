@@ -30,16 +30,17 @@ def _retrieve(rec: Recommender, ctx, now: float):
         return rec._retrieve(ctx, now)
 
 
-def _live_recent(rec: Recommender) -> np.ndarray:
-    live = rec._live_items(NOW)
+def _live_recent(rec: Recommender, now: float = NOW) -> np.ndarray:
+    live = rec._live_items(now)
     live = np.arange(len(rec.catalog)) if live is None else live
-    age = NOW - rec.catalog.published_at[live]
+    age = now - rec.catalog.published_at[live]
     return live[np.argsort(age, kind="stable")]
 
 
 def test_trending_follows_observed_clicks(art: ModelArtifacts):
     rec = Recommender(art, _cfg(art, trending_k=20), clock=lambda: NOW)
-    target = int(_live_recent(rec)[-1])  # an old live item: not trending before
+    later = NOW + 2 * 3600.0
+    target = int(_live_recent(rec, later)[-1])  # an old item, still live then: not trending before
     iid = str(rec.catalog.item_ids[target])
     rec.observe([Event(event_id=f"t{j}", ts=NOW - 60.0, user_id=f"fan{j}", item_id=iid, kind=EventKind.CLICK)
                  for j in range(500)])

@@ -1,0 +1,194 @@
+"""Point-in-time replay of test requests: retrieval scored the way serving scores it.
+
+    reqs = replay_requests(ev, is_test, max_requests=3000, seed=0)
+    out = run_replay(ReplayInputs(...), reqs)      # {"methods": {...}, "n_requests": ...}
+
+The boundary protocol (``bench/retrieval.py``) scores every candidate once, at the split
+boundary, with the train-side state. Serving does not: each request is scored at its own
+time, with the user's clicks so far and live click/impression counters updated within
+minutes. The replay does the same for a sample of test requests. For a request at time t:
+
+- candidates = items live at t (published by t, younger than the learned age limit), minus
+  what the user clicked before t;
+- user vector from the user's last clicks strictly before t (train and test side);
+- item counters (clicks, impressions, creator totals) of every event strictly before t
+  (``retrieval/counters.CounterReplay``: never one at or after t);
+- the oracle ranks by the true attractiveness at t (synthetic worlds);
+- relevant = the items the user clicked in that request (MovieLens, which has no
+  requests: the items rated at the same second).
+
+Items published a minute before a request are thereby seen as serving sees them: their
+first minutes of clicks and impressions. No model is refitted during the replay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from feedrank.evaluation.metrics import ndcg_at_k_lists, recall_at_k
+from feedrank.retrieval.counters import CounterReplay, creator_codes
+
+KS = (10, 50, 100)
+NEW_ITEM_S = 3600.0  # "new" relevant items: published less than an hour before the request
+
+
+@dataclass(frozen=True)
+class ReplayRequests:
+    """Sampled test requests, in time order: ``users`` (R,) user codes, ``ts`` (R,) request
+    times, ``relevant`` (R,) arrays of clicked item indices."""
+
+    users: np.ndarray
+    ts: np.ndarray
+    relevant: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass
+class ReplayInputs:
+    """What the replay scores with: the dataset's ``events`` (``EventArrays``) and
+    ``catalog``, the trained towers ``model`` with item vectors ``vecs`` (N, D), ``prior``
+    (an ``AgePrior`` or None), ``max_age_s`` (None: no age limit), the ``cfg``'s pipeline
+    settings, ``warm`` (N,) bool (item clicked before the boundary), ``boundary`` and, for
+    synthetic worlds, ``truth`` (a ``WorldTruth``)."""
+
+    events: Any
+    catalog: Any
+    model: Any
+    vecs: np.ndarray
+    prior: Any
+    max_age_s: float | None
+    cfg: Any
+    warm: np.ndarray
+    boundary: float
+    truth: Any = None
+
+
+def replay_requests(ev, is_test: np.ndarray, max_requests: int, seed: int) -> ReplayRequests:
+    """Test requests with at least one click: grouped by request id where clicks have one
+    (time = the request's first event, i.e. when the feed was served), else by (user,
+    second) of the click. At most ``max_requests``, a uniform sample (seeded)."""
+    clk = is_test & ev.mask("click")
+    if not clk.any():
+        return ReplayRequests(np.zeros(0, np.int64), np.zeros(0), [])
+    with_req = clk & (ev.request_codes >= 0)
+    if with_req.any():
+        rows = np.flatnonzero(with_req)
+        codes = ev.request_codes[rows]
+        n_req = int(ev.request_codes.max()) + 1
+        start = np.full(n_req, np.inf)
+        has = ev.request_codes >= 0
+        np.minimum.at(start, ev.request_codes[has], ev.ts[has])
+        keys, inv = np.unique(codes, return_inverse=True)
+        users = np.zeros(len(keys), dtype=np.int64)
+        users[inv] = ev.user_codes[rows]
+        ts = start[keys]
+    else:
+        rows = np.flatnonzero(clk)
+        pair = np.stack([ev.user_codes[rows], np.floor(ev.ts[rows]).astype(np.int64)], axis=1)
+        keys, inv = np.unique(pair, axis=0, return_inverse=True)
+        inv = inv.ravel()
+        users, ts = keys[:, 0].astype(np.int64), keys[:, 1].astype(np.float64)
+    order = np.argsort(inv, kind="stable")
+    bounds = np.searchsorted(inv[order], np.arange(len(keys) + 1))
+    items = ev.item_idx[rows][order]
+    pick = np.arange(len(keys))
+    if len(pick) > max_requests:
+        pick = np.sort(np.random.default_rng(seed).choice(pick, size=max_requests, replace=False))
+    pick = pick[np.argsort(ts[pick], kind="stable")]
+    return ReplayRequests(users[pick], ts[pick], [np.unique(items[bounds[j]:bounds[j + 1]]) for j in pick])
+
+
+def _top(scores: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best of candidates ``cand`` by ``scores`` (same length), ties by index."""
+    if len(cand) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        cand, scores = cand[part], scores[part]
+    return cand[np.lexsort((cand, -scores))]
+
+
+def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[str, Any]:
+    """Replay ``reqs``; per method recall@10/50/100, nDCG@10 and recall@100 on cold (no
+    train click), warm and new (published < 1 h before the request) relevant items."""
+    from feedrank.retrieval.encode import encode_users
+    from feedrank.retrieval.prior import rescore_with_prior
+
+    ev, catalog, vecs, prior = inp.events, inp.catalog, inp.vecs, inp.prior
+    n = len(catalog)
+    p = inp.cfg.pipeline
+    log = ev.click_log()
+    hist = log.histories(reqs.users, reqs.ts, inp.cfg.retrieval.history_len)
+    uvec = encode_users(inp.model, catalog, hist, reqs.ts, item_vecs=vecs)
+    ends = log.positions_before(reqs.users, reqs.ts)
+    imp = ev.mask("impression")
+    clk = ev.mask("click")
+    replay = CounterReplay(n, ev.item_idx[clk], ev.ts[clk], ev.item_idx[imp], ev.ts[imp], creator_codes(catalog.creators))
+    pub = np.nan_to_num(catalog.published_at, nan=-np.inf)
+    hours = max(p.fresh_hours, p.followed_hours) * 3600.0
+    o_items = None
+    if inp.truth is not None:
+        o_items = inp.truth.item_index(catalog.item_ids.astype(str))
+        o_users = inp.truth.user_index(ev.user_ids[reqs.users].astype(str))
+    names = ["two_tower", "two_tower_prior", "two_tower_prior_served", "popularity"] + (["oracle"] if o_items is not None else [])
+    if prior is None:
+        names = [m for m in names if not m.startswith("two_tower_prior")]
+    lists: dict[str, list[list[int]]] = {m: [] for m in names}
+    for j in range(len(reqs)):
+        t = float(reqs.ts[j])
+        replay.advance(t)
+        counters = replay.snapshot()
+        live = pub <= t
+        if inp.max_age_s is not None:
+            live &= t - pub < inp.max_age_s
+        u = int(reqs.users[j])
+        live[log.items[log.starts[u]:ends[j]]] = False
+        cand = np.flatnonzero(live)
+        tower = vecs[cand] @ uvec[j]
+        lists["two_tower"].append(_top(tower, cand, k).tolist())
+        lists["popularity"].append(_top(counters.clicks[cand], cand, k).tolist())
+        if prior is not None:
+            exact = tower / prior.temperature + prior.bias(catalog.published_at[cand], None, t, counters.take(cand))
+            lists["two_tower_prior"].append(_top(exact, cand, k).tolist())
+            ann = _top(tower, cand, p.ann_oversample * k)
+            recent = cand[pub[cand] >= t - hours]
+            popular = _top(counters.clicks[cand], cand, max(p.popular_k, k))
+            pool = np.union1d(np.union1d(ann, recent), popular)
+            got, _ = rescore_with_prior(prior, uvec[j], pool, vecs[pool], catalog.published_at[pool], t, k,
+                                        counters=counters.take(pool))
+            lists["two_tower_prior_served"].append(got.tolist())
+        if o_items is not None:
+            a = inp.truth.world.attractiveness(np.full(len(cand), o_users[j]), o_items[cand], np.full(len(cand), t))
+            lists["oracle"].append(_top(a, cand, k).tolist())
+    relevant = [set(r.tolist()) for r in reqs.relevant]
+    cold = [{i for i in r if not inp.warm[i]} for r in relevant]
+    warm = [{i for i in r if inp.warm[i]} for r in relevant]
+    new = [{i for i in r if 0 <= reqs.ts[j] - pub[i] < NEW_ITEM_S} for j, r in enumerate(relevant)]
+    out: dict[str, Any] = {"protocol": "replay", "n_requests": len(reqs),
+                           "relevant_per_request": round(float(np.mean([len(r) for r in relevant])), 3) if relevant else None,
+                           "cold_share_of_relevant": _share(cold, relevant), "new_share_of_relevant": _share(new, relevant),
+                           "methods": {}}
+    for m, ls in lists.items():
+        row = {f"recall@{c}": _r(recall_at_k(ls, relevant, c)) for c in KS}
+        row["ndcg@10"] = _r(ndcg_at_k_lists(ls, relevant, 10))
+        for tag, rel in (("cold", cold), ("warm", warm), ("new1h", new)):
+            row[f"recall@100_{tag}"] = _r(recall_at_k(ls, rel, 100))
+        out["methods"][m] = row
+    if "oracle" in out["methods"] and out["methods"]["oracle"]["recall@100"]:
+        o = out["methods"]["oracle"]["recall@100"]
+        for m in names:
+            if m != "oracle":
+                out[f"{m}_recall@100_vs_oracle"] = round(out["methods"][m]["recall@100"] / o, 4)
+    return out
+
+
+def _r(x: float) -> float | None:
+    return None if np.isnan(x) else round(float(x), 4)
+
+
+def _share(part: list[set[int]], whole: list[set[int]]) -> float | None:
+    total = sum(len(r) for r in whole)
+    return round(sum(len(r) for r in part) / total, 4) if total else None

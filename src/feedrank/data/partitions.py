@@ -1,0 +1,188 @@
+"""Reading every worker partition of a serving events folder.
+
+A server with ``serving.workers`` > 1 writes one embedded event log per worker process
+(``<events>/w0``, ``<events>/w1``, ...; a log directory has one writer, see
+serving/workers.py); a single-process server writes to ``<events>`` itself. Readers must
+see all of them:
+
+    for ev in read_partitions("var/events"): ...          # everything, each event_id once
+
+    log = PartitionedLog("var/events")                    # a consumer with its own offsets
+    offsets = {}                                          # partition name -> next (segment, line)
+    for rec in log.read_parts(offsets):                   # rec.partition, rec.offset, rec.event
+        offsets[rec.partition] = rec.offset.next()
+
+Partition names: ``""`` for the root folder's own segments, ``"w0"``, ``"w1"``, ... for
+the worker folders. ``read_parts`` looks for partitions on every call, so one that
+appears later (a worker added) is read from its start. Records of one partition come in
+log order; partitions are interleaved by event time (a k-way merge), so a consumer sees
+roughly one global time order.
+
+A corrupt record in one partition stops reading *that* partition at that record; the
+others are read to their end first, then ``PartitionCorrupt`` names the partition, the
+offset and the damage. A consumer that applies what it got before the error loses
+nothing from the healthy partitions (features/consumer.py does).
+
+Duplicates: event-id dedupe is per partition when written, so a client retry that
+reached two workers is in two partitions. ``read_partitions`` drops the repeat (the first
+copy read is kept); ``read_parts`` yields both and leaves dedupe to the sink (the
+real-time counters remember recent ids in their checkpoint; offline readers dedupe by
+``event_id``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, NamedTuple
+
+from feedrank.data.logformat import SEG_RE, LogOffset
+from feedrank.errors import CorruptFile
+from feedrank.types import Event
+
+if TYPE_CHECKING:
+    from feedrank.data.eventlog import EventLog
+
+_PART_RE = re.compile(r"^w(\d+)$")
+ROOT_PARTITION = ""
+
+
+class PartRecord(NamedTuple):
+    """One record of a partitioned log: which partition, where in it, the event."""
+
+    partition: str
+    offset: LogOffset
+    event: Event
+
+
+class PartitionCorrupt(CorruptFile):
+    """A record of one partition cannot be read; the other partitions were read."""
+
+    def __init__(self, partition: str, offset: LogOffset, detail: str) -> None:
+        self.partition, self.offset, self.detail = partition, offset, detail
+        name = partition or "(root)"
+        super().__init__(f"event log partition {name!r}: cannot read the record at offset (segment {offset.segment}, "
+                         f"line {offset.line}); that partition stops there, the others were read: {detail}")
+
+
+def partition_name(root: Path, path: Path) -> str:
+    return ROOT_PARTITION if path == root else path.name
+
+
+def partition_roots(root: str | Path) -> list[Path]:
+    """The log folders of a serving events directory: ``root`` itself (a single-process
+    server writes there) and each worker partition ``root/w0``, ``root/w1``, ...
+    (``serving.workers`` > 1, see serving/workers.py), those that exist, root first."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"event log not found: {root}")
+    parts = sorted((int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _PART_RE.match(p.name)))
+    has_own = any(SEG_RE.match(p.name) for p in root.iterdir())
+    return ([root] if has_own or not parts else []) + [p for _, p in parts]
+
+
+def read_partitions(root: str | Path) -> Iterator[Event]:
+    """Every event in ``root`` and its worker partitions (read-only), each ``event_id``
+    once: dedupe is per partition when written, so a client retry that reached two
+    workers is dropped here (the first partition's copy is kept)."""
+    from feedrank.data.eventlog import EventLog
+
+    seen: set[str] = set()
+    for path in partition_roots(root):
+        with EventLog(path, readonly=True) as log:
+            for rec in log.read():
+                if rec.event.event_id not in seen:
+                    seen.add(rec.event.event_id)
+                    yield rec.event
+
+
+class PartitionedLog:
+    """All partitions of ``root`` as one source with an offset per partition.
+
+    ``own``: logs this process already has open for writing, by partition name (a
+    worker's own partition): read through that object, which sees exactly what it
+    committed. Every other partition is opened read-only once and refreshed
+    incrementally on each read. Thread-safe for one reader at a time per instance.
+    """
+
+    def __init__(self, root: str | Path, own: Mapping[str, "EventLog"] | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"event log folder not found: {self.root}")
+        self.own = dict(own or {})
+        self.primary = next(iter(self.own), ROOT_PARTITION)  # a legacy single-offset checkpoint was of this one
+        self._readers: dict[str, "EventLog"] = {}
+        self._lock = threading.Lock()
+
+    def partitions(self) -> list[str]:
+        """The partition names present now (root first, then w0, w1, ...)."""
+        return [partition_name(self.root, p) for p in partition_roots(self.root)] if self.root.is_dir() else []
+
+    def _log(self, name: str) -> "EventLog":
+        from feedrank.data.eventlog import EventLog
+
+        if name in self.own:
+            return self.own[name]
+        reader = self._readers.get(name)
+        if reader is None:
+            reader = self._readers[name] = EventLog(self.root / name if name else self.root, readonly=True)
+        return reader
+
+    def read_parts(self, offsets: Mapping[str, tuple[int, int]] | None = None,
+                   only: Iterable[str] | None = None) -> Iterator[PartRecord]:
+        """Records after each partition's offset (absent: from its start), interleaved by
+        event time; ``only``: just these partitions. Raises ``PartitionCorrupt`` after the
+        healthy partitions are read."""
+        offsets = offsets or {}
+        errors: list[PartitionCorrupt] = []
+        with self._lock:
+            names = self.partitions()
+            for name in self.own:  # an own log with nothing written may have no segment yet
+                if name not in names and (self.root / name if name else self.root).is_dir():
+                    names.append(name)
+            if only is not None:
+                keep = set(only)
+                names = [n for n in names if n in keep]
+            streams = []
+            for name in names:
+                start = LogOffset(*offsets.get(name, (0, 0)))
+                try:
+                    log = self._log(name)
+                except CorruptFile as exc:
+                    errors.append(PartitionCorrupt(name, start, str(exc)))
+                    continue
+                streams.append(self._stream(name, log, start, errors))
+        yield from heapq.merge(*streams, key=lambda r: r.event.ts)
+        if errors:
+            raise errors[0]
+
+    @staticmethod
+    def _stream(name: str, log: "EventLog", start: LogOffset, errors: list[PartitionCorrupt]) -> Iterator[PartRecord]:
+        at = start
+        try:
+            for rec in log.read(start):
+                yield PartRecord(name, rec.offset, rec.event)
+                at = rec.offset.next()
+        except CorruptFile as exc:
+            errors.append(PartitionCorrupt(name, at, str(exc)))
+
+    def read_all(self) -> Iterator[Event]:
+        """Every event of every partition, each ``event_id`` once (first copy kept)."""
+        seen: set[str] = set()
+        for rec in self.read_parts():
+            if rec.event.event_id not in seen:
+                seen.add(rec.event.event_id)
+                yield rec.event
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
+    def __enter__(self) -> "PartitionedLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

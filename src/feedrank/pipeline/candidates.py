@@ -1,0 +1,244 @@
+"""The retrieve stage of the ``Recommender``: user vector, ANN, the other sources, merge.
+
+A mixin (``CandidateStage``) over the Recommender's state: ``self.catalog``, ``self.art``,
+``self.cfg``, ``self.state``, ``self.live_catalog`` (``pipeline.live_catalog``) and the
+caches it sets up in ``_init_candidates``. Per request nothing here is O(catalogue):
+
+- fresh, followed and the age prior's recent pool walk ``LiveCatalog``'s time-sorted
+  indexes (per category, creator, subcategory, and over all rows) and stop after k live
+  rows;
+- liveness (expiry, replaced rows, age limit) is checked on the candidates only;
+- the ANN is restricted to live rows by a bitmap selector built from the live set, which
+  is recomputed (O(N)) at most every ``CACHE_S`` of request clock and only when some row
+  can stop being live (an age limit, an expiry or an update); its results are then
+  re-checked against the exact liveness at ``now``;
+- popular and trending lists are recomputed (O(N)) at most every ``CACHE_S``, then
+  re-checked for liveness at ``now`` on each request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+from feedrank.features.online import UserContext
+from feedrank.retrieval.encode import user_vectors
+from feedrank.retrieval.prior import AgePrior, rescore_with_prior
+from feedrank.retrieval.sources import (SourceResult, decayed_counts, followed_keys, gather_sources, merge_sources,
+                                         popular_items, trending_items)
+
+log = logging.getLogger(__name__)
+
+CACHE_S = 30.0  # request-clock seconds a cached live set / popular / trending list stays valid
+PRIOR_POOL_MAX = 5_000  # newest live items rescored with the age prior besides the ANN's top (bounds the cost)
+
+
+class CandidateStage:
+    """Mixin: the retrieve stage (module docstring). Needs ``_init_candidates`` called once."""
+
+    def _init_candidates(self) -> None:
+        self._popular: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._popular_at = -np.inf
+        self._popular_lock = threading.Lock()
+        self._source_cache: dict[str, tuple] = {}  # trending list, prior, follow-ignore codes
+        self._source_pool = None                   # thread pool for the sources (pipeline.source_workers > 0)
+        self._live: np.ndarray | None = None
+        self._live_at = -np.inf
+
+    def _reset_caches(self) -> None:
+        """Forget the cached live set and popular list (catalogue or settings changed)."""
+        with self._popular_lock:
+            self._live, self._live_at = None, -np.inf
+            self._popular, self._popular_at = np.zeros(0, dtype=np.int64), -np.inf
+
+    def _user_vectors(self, hist: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """((B, D) user vectors, (B, C) affinities) for histories (B, L): numpy when exported."""
+        if self._user_tower is not None:
+            return self._user_tower(hist, np.array([now]), self.catalog.cat_idx, self.art.item_vectors)
+        u, aff = user_vectors(self.art.two_tower, self.catalog, hist, np.array([now]), self.art.item_vectors)
+        return u.numpy(), aff
+
+    def _only_live(self, rows: np.ndarray, now: float, *aligned: np.ndarray):
+        """``rows`` (and arrays aligned with them) without the rows not live at ``now``."""
+        if self.live_catalog.always_live or not len(rows):
+            return (rows, *aligned) if aligned else rows
+        ok = self.live_catalog.mask(rows, now)
+        if ok.all():
+            return (rows, *aligned) if aligned else rows
+        return (rows[ok], *(a[ok] for a in aligned)) if aligned else rows[ok]
+
+    def _retrieve(self, ctx: UserContext, now: float):
+        """Candidates from the sources (docs/retrieval.md): ANN first (its failure fails
+        retrieval: the caller serves the fallback tier), then fresh, followed and trending
+        under ``pipeline.source_budget_ms`` each (late or failing ones are dropped), merged
+        under per-source quotas, deduped, short or dropped quotas filled from trending then
+        popular. Returns (candidates (n,), source per candidate, scores (n,), user vector
+        (D,), category affinity (C,))."""
+        p = self.cfg.pipeline
+        u, aff_b = self._user_vectors(ctx.history[None, :], now)
+        user_vec = u[0]
+        aff = aff_b[0]
+        live = self._live_items(now)
+        prior = self._age_prior()
+        scores, ids = self.art.index.search(user_vec[None, :], p.ann_k * (p.ann_oversample if prior else 1), allowed=live)
+        ok = ids[0] >= 0
+        ann, ann_scores = self._only_live(ids[0][ok].astype(np.int64), now, scores[0][ok])
+        if prior is not None:  # freshness/popularity prior: rescore the ANN's top, recent and popular items
+            hours = max(p.fresh_hours, p.followed_hours)
+            cand = np.union1d(ann, self.live_catalog.newest(None, None, now, hours * 3600.0, PRIOR_POOL_MAX))
+            if prior.pop_weight > 0:
+                cand = np.union1d(cand, self._popular_list(now)[: p.ann_k])
+            ann, ann_scores = rescore_with_prior(prior, user_vec, cand, self.art.item_vectors[cand],
+                                                 self.catalog.published_at[cand], now, p.ann_k,
+                                                 clicks=self.state.item_clicks[cand])
+        results = [SourceResult("ann", ann, ann_scores)]
+        fetchers = self._source_fetchers(ctx, now, aff, live)
+        if fetchers:
+            pool = None
+            if p.source_workers > 0:
+                if self._source_pool is None:
+                    import concurrent.futures as cf
+
+                    self._source_pool = cf.ThreadPoolExecutor(p.source_workers, thread_name_prefix="feedrank-source")
+                pool = self._source_pool
+            more, _status = gather_sources(fetchers, {n: p.source_budget_ms for n in fetchers}, executor=pool)
+            results.extend(more)
+        popular = self._popular_list(now)[: max(p.popular_k, p.rank_max_candidates)]
+        results.append(SourceResult("popular", popular, np.zeros(len(popular), dtype=np.float32)))
+        exclude = None
+        if self.policy.drop_seen and ctx.seen:
+            index = self.catalog.index
+            exclude = {index[s] for s in ctx.seen if s in index}
+        quotas = {"ann": p.ann_k, "fresh": p.fresh_k, "followed": p.followed_k, "trending": p.trending_k,
+                  "popular": p.popular_k}
+        merged = merge_sources(results, quotas, p.rank_max_candidates, fallbacks=("trending", "popular"), exclude=exclude)
+        return merged.items, merged.sources, merged.scores, user_vec, aff
+
+    def _age_prior(self) -> AgePrior | None:
+        """The bundle's fitted retrieval prior (None: off, absent or zero weights)."""
+        raw = self.art.info.get("age_prior")
+        if not self.cfg.retrieval.age_prior or not raw:
+            return None
+        hit = self._source_cache.get("prior")
+        if hit is None or hit[0] is not raw:
+            hit = (raw, AgePrior.from_json(raw))
+            self._source_cache["prior"] = hit
+        return hit[1] if hit[1].active else None
+
+    def _source_fetchers(self, ctx: UserContext, now: float, aff: np.ndarray, live: np.ndarray | None) -> dict:
+        """name -> zero-argument callable returning a ``SourceResult``, for the enabled
+        sources besides ANN and popular (fresh, followed, trending; in priority order)."""
+        p = self.cfg.pipeline
+        fetchers = {}
+        has_history = bool(ctx.history.max() >= 0) if len(ctx.history) else False
+        zeros = lambda n: np.zeros(n, dtype=np.float32)  # noqa: E731
+        if p.fresh_k:
+            def fresh() -> SourceResult:
+                wanted = None
+                if has_history:
+                    top_cats = np.argsort(-aff)[:3]
+                    wanted = top_cats[top_cats > 0]
+                # newest live items of the user's top categories: a walk of the per-category time
+                # index, O(fresh_k) (benchmarks/README.md, "Serving")
+                got = self.live_catalog.newest("category", wanted if wanted is not None and len(wanted) else None,
+                                               now, p.fresh_hours * 3600.0, p.fresh_k)
+                return SourceResult("fresh", got, zeros(len(got)))
+            fetchers["fresh"] = fresh
+        if p.followed_k and has_history:
+            def followed() -> SourceResult:
+                h = ctx.history[ctx.history >= 0]
+                keys = (("creator", self.catalog.creator_hash), ("subcategory", self.catalog.sub_idx))
+                queries = [(name, followed_keys(k[h], p.follow_min_clicks, ignore=ig))
+                           for (name, k), ig in zip(keys, self._follow_ignore())]
+                got = self.live_catalog.newest_of([(n, f) for n, f in queries if len(f)], now,
+                                                  p.followed_hours * 3600.0, p.followed_k)
+                return SourceResult("followed", got, zeros(len(got)))
+            fetchers["followed"] = followed
+        if p.trending_k and self.art.engagement is not None:
+            def trending() -> SourceResult:
+                got = self._only_live(self._trending_list(now, live), now)
+                return SourceResult("trending", got, zeros(len(got)))
+            fetchers["trending"] = trending
+        return fetchers
+
+    def _follow_ignore(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Creator / subcategory codes that never count as followed: "unknown" and OOV."""
+        from feedrank.features.vocab import hash_ids
+
+        hit = self._source_cache.get("ignore")
+        if hit is not None:
+            return hit
+        unknown_creator = int(hash_ids(np.array(["unknown"], dtype=object), self.cfg.retrieval.id_buckets, salt="c:")[0])
+        unknown_sub = int(self.art.vocabs["subcategory"].lookup(["unknown"])[0])
+        self._source_cache["ignore"] = ((unknown_creator,), (0, unknown_sub))
+        return self._source_cache["ignore"]
+
+    def _live_mask(self, idx: np.ndarray, now: float) -> np.ndarray:
+        """(n,) bool: which of these item rows are live at ``now`` (``LiveCatalog.mask``)."""
+        return self.live_catalog.mask(idx, now)
+
+    def _trending_list(self, now: float, live: np.ndarray | None) -> np.ndarray:
+        """Most engaged recently at ``now``: live items by decayed 6 h click counters (the
+        ranker's engagement state, updated by ``observe``), best first, as many as could be
+        needed (the merger takes ``trending_k``, then more when filling); cached CACHE_S."""
+        from feedrank.ranking.features import DECAY_TAUS_S
+
+        p = self.cfg.pipeline
+        n = len(self.catalog)
+        key = (p.trending_min_clicks, max(p.trending_k, p.rank_max_candidates), n)
+        hit = self._source_cache.get("trending")
+        if hit is not None and abs(now - hit[0]) <= CACHE_S and hit[1] == key:
+            return hit[2]
+        eng = self.art.engagement
+        clicks = np.zeros(n)
+        m = min(n, eng.decay.shape[1])
+        clicks[:m] = decayed_counts(eng.decay[0, :m], eng.decay_t[:m], now, DECAY_TAUS_S[0])
+        got = trending_items(clicks, key[1], min_clicks=p.trending_min_clicks, eligible=live)
+        self._source_cache["trending"] = (now, key, got)
+        return got
+
+    def _with_hot(self, popular: np.ndarray, now: float, age: np.ndarray, n: int) -> np.ndarray:
+        """``popular`` with up to half of it replaced by the items clicked most in the
+        real-time middle window (live, retrievable ones only), those first."""
+        try:
+            hot = self.live.hot_items(now, max(1, n // 2))
+        except Exception:
+            log.exception("real-time hot items failed; popular list without them")
+            return popular
+        rows = np.asarray([self.catalog.index[i] for i in hot if i in self.catalog.index], dtype=np.int64)
+        rows = rows[np.isfinite(age[rows]) & self.live_catalog.mask(rows, now)] if len(rows) else rows
+        if not len(rows):
+            return popular
+        rest = popular[~np.isin(popular, rows)]
+        return np.concatenate([rows, rest])[:n]
+
+    def _live_items(self, now: float) -> np.ndarray | None:
+        """Items live at ``now`` (None = all, when no row can stop being live). Cached, and
+        recomputed when the request clock moves more than ``CACHE_S`` from the cached one
+        (so replays and requests with an explicit ``now`` get the right set). Callers
+        re-check the rows they keep with ``LiveCatalog.mask`` at ``now``."""
+        if self.live_catalog.always_live:
+            return None
+        with self._popular_lock:
+            if self._live is None or abs(now - self._live_at) > CACHE_S:
+                self._live = self.live_catalog.live_rows(now)
+                self._live_at = now
+            return self._live
+
+    def _popular_list(self, now: float) -> np.ndarray:
+        """Recent popularity at ``now`` among live items; recomputed every ``CACHE_S`` of
+        request clock (counters move with observed events), re-checked for liveness."""
+        with self._popular_lock:
+            if not len(self._popular) or abs(now - self._popular_at) > CACHE_S:
+                age = self.catalog.age_seconds(np.arange(len(self.catalog)), now)
+                if not self.live_catalog.always_live:  # expired, replaced or too old: no popularity
+                    age = np.where(self.live_catalog.mask(np.arange(len(self.catalog)), now), age, np.inf)
+                n = max(self.cfg.pipeline.popular_k, self.cfg.pipeline.rank_max_candidates)
+                self._popular = popular_items(self.state.item_clicks, age, n)
+                if self.live is not None:  # what is hot right now (real-time clicks) goes first
+                    self._popular = self._with_hot(self._popular, now, age, n)
+                self._popular_at = now
+            popular = self._popular
+        return self._only_live(popular, now)

@@ -1,0 +1,139 @@
+"""The gradient exchange of data-parallel training: two gloo processes, each with half of a
+batch, end up with the gradient one process computes on the whole batch (dense and
+sparse, per-example loss), the same bits on both ranks, with and without the sparse
+capacity overflowing into a second all-gather."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+
+from feedrank.training import distributed as dist
+
+N = 8  # global batch; rank r takes rows r*4 .. r*4+3
+
+
+class Tiny(torch.nn.Module):
+    """Two sparse tables and a sparse bag (shared D=4), dense layers, a parameter only
+    rows with flag=1 use (all on rank 0) and one nobody uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.a = torch.nn.Embedding(50, 4, sparse=True)
+        self.b = torch.nn.Embedding(20, 4, sparse=True)
+        self.bag = torch.nn.EmbeddingBag(30, 4, mode="mean", sparse=True)
+        self.lin = torch.nn.Linear(12, 1)
+        self.only_flagged = torch.nn.Parameter(torch.tensor([0.5]))
+        self.unused = torch.nn.Parameter(torch.zeros(3))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def sparse_parameters(self) -> list[torch.nn.Parameter]:
+        return [self.a.weight, self.b.weight, self.bag.weight]
+
+    def dense_parameters(self) -> list[torch.nn.Parameter]:
+        return [self.lin.weight, self.lin.bias, self.only_flagged, self.unused]
+
+    def loss(self, rows: range, step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(100 + step)
+        ia = torch.randint(0, 50, (N,), generator=g)
+        ia[1] = ia[6]  # a row both ranks touch
+        ib = torch.randint(0, 20, (N,), generator=g)
+        tokens = torch.randint(0, 30, (3 * N,), generator=g)
+        y = torch.randn(N, generator=g)
+        flag = torch.tensor([1, 0, 1, 0, 0, 0, 0, 0], dtype=torch.bool)
+        sel = torch.tensor(list(rows))
+        x = torch.cat([self.a(ia[sel]), self.b(ib[sel]),
+                       self.bag(tokens.view(N, 3)[sel].reshape(-1), torch.arange(0, 3 * len(sel), 3))], dim=1)
+        pred = self.lin(x).squeeze(-1)
+        if bool(flag[sel].any()):
+            pred = pred + self.only_flagged * flag[sel].float()
+        return ((pred - y[sel]) ** 2).mean()
+
+
+def _grads(model: Tiny) -> dict[str, torch.Tensor | None]:
+    out: dict[str, torch.Tensor | None] = {}
+    for name, p in model.named_parameters():
+        out[name] = None if p.grad is None else (p.grad.to_dense() if p.grad.is_sparse else p.grad.clone())
+    return out
+
+
+def _worker(rank: int, store: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        model = Tiny()
+        timer = dist.CommTimer()
+        results = []
+        for step in range(3):  # step 0: capacity 0, everything overflows; then it fits
+            model.zero_grad(set_to_none=True)
+            loss = model.loss(range(4 * rank, 4 * rank + 4), step)
+            loss.backward()
+            extras = dist.average_gradients(model.dense_parameters(), model.sparse_parameters(),
+                                            torch.tensor([loss.item(), float(rank)]), timer)
+            sparse_ok = all(p.grad is None or p.grad.is_sparse for p in model.sparse_parameters())
+            results.append({"grads": _grads(model), "extras": extras.clone(), "sparse_ok": sparse_ok})
+        torch.save({"results": results, "steps": timer.steps, "collectives": timer.collectives,
+                    "overflow": timer.overflow_steps, "capacity": timer.capacity,
+                    "comm_s": timer.comm_s, "wait_s": timer.wait_s}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("exchange")
+    mp.start_processes(_worker, args=(str(tmp / "store"), str(tmp)), nprocs=2, join=True, start_method="spawn")
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_two_ranks_average_to_the_whole_batch_gradient(two_ranks):
+    for step in range(3):
+        ref = Tiny()
+        ref.loss(range(N), step).backward()
+        want = _grads(ref)
+        got = two_ranks[0]["results"][step]["grads"]
+        assert want.keys() == got.keys()
+        for name, w in want.items():
+            if w is None:  # nobody used it: no gradient on any rank either
+                assert got[name] is None, name
+                continue
+            assert got[name] is not None, name
+            torch.testing.assert_close(got[name], w, rtol=1e-5, atol=1e-6, msg=f"{name} at step {step}")
+        assert two_ranks[0]["results"][step]["sparse_ok"]
+        assert got["unused"] is None and got["only_flagged"] is not None
+
+
+def test_both_ranks_hold_the_same_bits_and_the_same_metrics(two_ranks):
+    for step in range(3):
+        g0, g1 = (two_ranks[r]["results"][step]["grads"] for r in range(2))
+        for name in g0:
+            assert (g0[name] is None) == (g1[name] is None), name
+            assert g0[name] is None or torch.equal(g0[name], g1[name]), name
+        e0, e1 = (two_ranks[r]["results"][step]["extras"] for r in range(2))
+        assert torch.equal(e0, e1) and float(e0[1]) == 0.5  # extras are averaged: (0 + 1) / 2
+
+
+def test_capacity_overflow_takes_a_second_gather_once(two_ranks):
+    for r in range(2):
+        s = two_ranks[r]
+        assert s["steps"] == 3 and s["overflow"] == 1 and s["collectives"] == 4
+        assert s["capacity"] > 0 and s["comm_s"] > 0 and s["wait_s"] >= 0
+
+
+def test_one_process_is_a_no_op_and_bad_parameters_are_named(tmp_path):
+    extras = torch.tensor([2.5])
+    assert dist.average_gradients([], [], extras) is extras
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert dist.average_gradients([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))], []) is None  # world 1
+    finally:
+        tdist.destroy_process_group()
+    with pytest.raises(ValueError, match="sparse parameters must be"):
+        dist._local_rows([torch.nn.Parameter(torch.zeros(3, 5))], 4)
