@@ -12,10 +12,12 @@ For each point (users, items) it:
 3. in a fresh process (``python -m feedrank.bench.scale serve``): RSS after imports,
    RSS with the loaded serving stack (``build_service``: Recommender, state, index, app),
    and in-process feed latency p50/p99 over ``feed_requests`` requests (one torch thread);
-4. trains the two-tower for one epoch on the world's train clicks (capped at
-   ``train_examples``), one torch thread per process, with 1 process and with 2 processes
-   under torchrun (``python -m feedrank.bench.scale train``): examples/s over the epoch
-   loop (all ranks) and the share of that time spent in gradient all-reduce (rank 0).
+4. trains the two-tower on the world's train clicks (capped at ``train_examples``), one
+   torch thread per process, with 1 process and with 2 processes
+   (``python -m feedrank.bench.scale train``): a short calibration run (also the warm-up),
+   then as many epochs as last at least ``train_seconds`` at the calibrated speed;
+   examples/s over that run (all ranks), and for rank 0 the shares of the loop spent in
+   the gradient exchange and waiting for the other rank, and the compute per step.
 
 Memory and time are measured, never estimated; a step that fails is recorded with its
 error and the others still run.
@@ -39,7 +41,8 @@ import numpy as np
 
 DAYS = 2
 ACTIVITY = 0.15
-MIN_TRAIN_EXAMPLES = 40_960  # examples stepped through per training measurement (80 steps of 512)
+MIN_TRAIN_SECONDS = 20.0  # steady-state seconds of each training measurement (after the calibration run)
+CALIBRATION_SECONDS = 3.0  # the calibration run (warm-up) lasts at least this long
 
 
 def _rss_mib() -> float:
@@ -91,22 +94,49 @@ def measure_serving(model_dir: Path, requests: int, timeout_s: float = 1800.0) -
         return _run_json(cmd, out, timeout_s)
 
 
-def measure_training(world: Path, nproc: int, max_examples: int, timeout_s: float = 3600.0) -> dict[str, Any]:
+def measure_training(world: Path, nproc: int, max_examples: int, min_seconds: float = MIN_TRAIN_SECONDS,
+                     timeout_s: float = 3600.0) -> dict[str, Any]:
+    """The training probe with ``nproc`` processes (rank 0's JSON). The ranks are started
+    here with torchrun's variables rather than by torchrun: torchrun puts every worker in a
+    new session, and with the kernel's scheduler autogroups (on by default) a new session
+    escapes the caller's ``nice``, so 1 and 2 processes would not run at the same priority."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "train.json"
-        worker = ["-m", "feedrank.bench.scale", "train", "--data", str(world), "--max-examples", str(max_examples),
-                  "--out", str(out)]
+        cmd = [sys.executable, "-m", "feedrank.bench.scale", "train", "--data", str(world), "--max-examples",
+               str(max_examples), "--min-seconds", str(min_seconds), "--out", str(out)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         if nproc == 1:
-            cmd = [sys.executable, *worker]
-        else:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        return _run_json(cmd, out, timeout_s, env)
+            return _run_json(cmd, out, timeout_s, env)
+        port = _free_port()
+        procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={
+            **env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in range(nproc)]
+        errors = []
+        try:
+            for r, p in enumerate(procs):
+                _, err = p.communicate(timeout=timeout_s)
+                if p.returncode != 0:
+                    errors.append(f"rank {r} exit {p.returncode}: {err[-1500:]}")
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        if errors or not out.exists():
+            raise RuntimeError(f"training probe with {nproc} processes failed: {' | '.join(errors) or 'no result'}")
+        return json.loads(out.read_text())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run_scale_bench(sizes: list[int], workdir: Path, vary: str = "both", base: int = 10_000, procs: tuple[int, ...] = (1, 2),
                     train_examples: int = 100_000, feed_requests: int = 300, index_repeats: int = 1,
-                    say: Callable[[str], None] = print) -> dict[str, Any]:
+                    train_seconds: float = MIN_TRAIN_SECONDS, say: Callable[[str], None] = print) -> dict[str, Any]:
     from feedrank.bench.serve import ensure_model
 
     rows: list[dict[str, Any]] = []
@@ -134,7 +164,7 @@ def run_scale_bench(sizes: list[int], workdir: Path, vary: str = "both", base: i
         row["training"] = {}
         for p in procs:
             try:
-                row["training"][str(p)] = measure_training(size_dir / "world", p, train_examples)
+                row["training"][str(p)] = measure_training(size_dir / "world", p, train_examples, train_seconds)
             except Exception as exc:  # noqa: BLE001
                 row["training"][str(p)] = {"error": str(exc)[-800:]}
             say(f"u{users} i{items}: training {p} proc {row['training'][str(p)]}")
@@ -143,11 +173,12 @@ def run_scale_bench(sizes: list[int], workdir: Path, vary: str = "both", base: i
             row["training"]["speedup_2_vs_1"] = round(two["examples_per_s"] / one["examples_per_s"], 3)
         rows.append(row)
     return {"points": rows, "vary": vary, "procs": list(procs), "threads_per_process": 1,
-            "train_examples_cap": train_examples, "feed_requests": feed_requests,
+            "train_examples_cap": train_examples, "train_seconds": train_seconds, "feed_requests": feed_requests,
             "note": ("training: two-tower, one torch thread per process, local batch retrieval.batch_size (or the "
-                     "process's share of the clicks if smaller), as many epochs as needed to step through "
-                     f">= {MIN_TRAIN_EXAMPLES} examples; comm_share = time in gradient collectives / epoch-loop time "
-                     "(rank 0), wait_share = time at the step barrier waiting for the other rank")}
+                     "process's share of the clicks if smaller); after a calibration run (warm-up) of >= "
+                     f"{CALIBRATION_SECONDS:g} s, as many epochs as last >= train_seconds; comm_share = time in the "
+                     "gradient exchange (waiting excluded) / epoch-loop time (rank 0), wait_share = estimated time "
+                     "waiting for the other rank / loop time, compute_ms_per_step = (loop - exchange) / steps")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,9 +217,12 @@ def _probe_serve(model: str, requests: int, events: str, out: str) -> None:
                     "requests": len(lat)}}))
 
 
-def _probe_train(data: str, max_examples: int, min_examples: int, out: str) -> None:
-    """One two-tower run (rank 0 writes ``out``): enough epochs to step through at least
-    ``min_examples`` examples, so 1 and 2 processes do the same work."""
+def _probe_train(data: str, max_examples: int, min_seconds: float, out: str) -> None:
+    """Two-tower training speed (rank 0 writes ``out``). A calibration run of at least
+    ``CALIBRATION_SECONDS`` (doubling its epochs until it lasts that long) warms up the
+    process, the allocator and the process group and gives the speed; the measured run then
+    takes as many epochs as last ``min_seconds`` at that speed (rank 0's figure, shared so
+    every rank runs the same epochs)."""
     from feedrank.config import load_config
     from feedrank.pipeline.build import item_content, prepare
     from feedrank.retrieval.train import train_two_tower
@@ -206,18 +240,33 @@ def _probe_train(data: str, max_examples: int, min_examples: int, out: str) -> N
         mask[prep.split.train_idx] = True
         clicks = prep.events.click_log(np.flatnonzero(mask))
         content, _ = item_content(cfg, prep.catalog, quiet)
-        n = min(len(clicks.items), max_examples)
-        rcfg = dataclasses.replace(cfg.retrieval, epochs=max(1, math.ceil(min_examples / max(n, 1))))
-        _, rep = train_two_tower(rcfg, prep.catalog, clicks, len(prep.vocabs["category"]),
-                                 len(prep.vocabs["subcategory"]), rng, show_progress=False, content=content)
+        n_cat, n_sub = len(prep.vocabs["category"]), len(prep.vocabs["subcategory"])
+
+        def run(epochs: int):
+            rcfg = dataclasses.replace(cfg.retrieval, epochs=epochs)
+            return rcfg, train_two_tower(rcfg, prep.catalog, clicks, n_cat, n_sub, rng, show_progress=False,
+                                         content=content)[1]
+
+        epochs = 1
+        while True:  # calibration = warm-up
+            _, cal = run(epochs)
+            if dist.broadcast_int(int(cal.train_seconds >= CALIBRATION_SECONDS or epochs >= 4096)):
+                break
+            epochs *= 2
+        per_epoch_s = dist.broadcast_int(int(1e6 * cal.train_seconds / epochs)) / 1e6
+        rcfg, rep = run(max(1, math.ceil(min_seconds / max(per_epoch_s, 1e-6))))
         if info.rank == 0:
+            loop = rep.train_seconds
+            exchange = rep.comm_seconds + rep.wait_seconds
             Path(out).write_text(json.dumps({
-                "processes": info.world_size, "examples": rep.examples, "epochs": rcfg.epochs,
+                "processes": info.world_size, "examples": rep.examples, "epochs": rcfg.epochs, "steps": rep.steps,
                 "examples_per_s": round(rep.examples_per_s, 1),
-                "loop_seconds": round(rep.train_seconds, 3), "comm_seconds_rank0": round(rep.comm_seconds, 3),
-                "comm_share": round(rep.comm_seconds / rep.train_seconds, 4) if rep.train_seconds else None,
+                "loop_seconds": round(loop, 3), "calibration_seconds": round(cal.train_seconds, 3),
+                "comm_seconds_rank0": round(rep.comm_seconds, 3),
+                "comm_share": round(rep.comm_seconds / loop, 4) if loop else None,
                 "wait_seconds_rank0": round(rep.wait_seconds, 3),
-                "wait_share": round(rep.wait_seconds / rep.train_seconds, 4) if rep.train_seconds else None,
+                "wait_share": round(rep.wait_seconds / loop, 4) if loop else None,
+                "compute_ms_per_step_rank0": round(1000 * (loop - exchange) / rep.steps, 2) if rep.steps else None,
                 "batch_per_process": min(cfg.retrieval.batch_size, rep.examples // info.world_size)}))
     finally:
         dist.shutdown()
@@ -234,13 +283,13 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train")
     t.add_argument("--data", required=True)
     t.add_argument("--max-examples", type=int, default=100_000)
-    t.add_argument("--min-examples", type=int, default=MIN_TRAIN_EXAMPLES)
+    t.add_argument("--min-seconds", type=float, default=MIN_TRAIN_SECONDS)
     t.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     if a.probe == "serve":
         _probe_serve(a.model, a.requests, a.events, a.out)
     else:
-        _probe_train(a.data, a.max_examples, a.min_examples, a.out)
+        _probe_train(a.data, a.max_examples, a.min_seconds, a.out)
 
 
 if __name__ == "__main__":

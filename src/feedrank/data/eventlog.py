@@ -61,10 +61,10 @@ from feedrank.data.logformat import (
     decode_line,
     encode_line,
     fsync_dir,
-    iter_raw_lines,
     segment_files,
     segment_name,
 )
+from feedrank.data.logformat import iter_raw_lines as _iter_raw_lines  # a module global: tests spy on it
 from feedrank.errors import CorruptFile, FeedrankError
 from feedrank.types import Event
 
@@ -155,7 +155,7 @@ class EventLog:
         remembering its event ids; the segment's committed extent."""
         good_end = pos
         bad: tuple[int, int] | None = None  # (1-based line, byte position)
-        for raw, terminated, end in iter_raw_lines(path, None, pos):
+        for raw, terminated, end in _iter_raw_lines(path, None, pos):
             obj = decode_line(raw) if terminated else None
             eid = obj.get("event_id") if obj is not None else None
             if obj is None or not isinstance(eid, str):
@@ -437,7 +437,7 @@ class EventLog:
                 line_no, pos0 = hint[0] - 1, hint[1]
             last = None
             try:
-                for raw, terminated, end in iter_raw_lines(path, size, pos0):
+                for raw, terminated, end in _iter_raw_lines(path, size, pos0):
                     line_no += 1
                     if line_no < skip:
                         continue

@@ -18,6 +18,29 @@ identified only up to a scale between theta and gamma; the fit is normalised so 
 ``theta[0] = 1`` (position 0 is always examined), which matches the synthetic world's
 ``exam(k) = (1 / (k + 1)) ** eta``.
 
+**From logged randomisation** (``harvest_position_bias``): EM has to untangle examination
+from attractiveness with a model of attractiveness (one gamma per item), and anything that
+model misses (a user's taste, which also decides what the logging policy puts on top) leaks
+into theta. A logging policy that samples its feed leaves exact randomisation to harvest
+instead. When the feed is a Plackett-Luce draw without replacement (each slot drawn from
+``p(j)`` over the items not yet shown, the logged propensity being
+``p(j_k) / (1 - sum_{k'<k} p(j_k'))``), the items at slots 0 and k could have been the other
+way round, with a probability computable from the logged propensities alone: the draw
+probabilities are ``p(j_0) = prop_0``, ``p(j_k) = prop_k (1 - sum_{k'<k} p(j_k'))``, and swapping
+the two items changes only the denominators of slots 1..k:
+
+    log P(seen order) - log P(swapped) = sum_{m=1..k} log(1 - p(j_k) - D_m) - log(1 - p(j_0) - D_m),
+    D_m = sum_{1 <= m' < m} p(j_m')
+
+With ``s`` = P(seen order | the pair's items, the rest of the feed), the click at slot 0
+weighted ``1 / (2 s)`` has expectation ``theta[0] (gamma_A + gamma_B) / 2``, and the click at
+slot k with the same weight ``theta[k] (gamma_A + gamma_B) / 2``: the ratio of their sums over
+feeds estimates ``theta[k] / theta[0]`` with no model of attractiveness at all. This is
+intervention harvesting (Agarwal, Zaitsev, Wang, Li, Najork, Joachims, "Estimating Position
+Bias without Intrusive Interventions", WSDM 2019) with the swap interventions of RandPair
+(Wang, Golbandi, Bendersky, Metzler, Najork, WSDM 2018) found in the logging policy's own
+randomness. The interval is the delta-method interval of a ratio of sums over feeds.
+
 Debiased (inverse-propensity-weighted) metrics divide each click by the examination
 probability of the position it was shown at, so a click at a rarely-examined slot counts for
 more (Joachims, Swaminathan, Schnabel, "Unbiased Learning-to-Rank with Biased Feedback",
@@ -27,11 +50,22 @@ WSDM 2017). Pure numpy; inputs are aligned (n,) arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from feedrank.errors import SchemaError
 from feedrank.evaluation.metrics import ndcg_at_k_weighted, weighted_auc
+from feedrank.evaluation.ope_intervals import z_value
+
+
+class ExaminationCurve(Protocol):
+    """Anything that gives examination probabilities per 0-based position (a fitted PBM, or a
+    curve harvested from randomised logs); the debiased metrics take its values."""
+
+    theta: np.ndarray
+
+    def examination(self, positions: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -111,6 +145,118 @@ def fit_pbm(items: np.ndarray, positions: np.ndarray, clicks: np.ndarray, *, n_i
     gamma = np.clip(gamma * s, 0.0, 1.0)
     return PositionBasedModel(theta=theta, gamma=gamma, prior=float(np.clip(prior * s, 0, 1)),
                               iterations=done, log_likelihood=ll)
+
+
+@dataclass(frozen=True)
+class HarvestedPositionBias:
+    """Examination per position harvested from a randomised log (``harvest_position_bias``):
+    ``theta`` (K,) with theta[0] = 1, its two-sided interval ``lo``/``hi`` (K,) at ``level``,
+    ``pairs`` (K,) the number of feeds that had each position, ``clicks`` (K,) the clicks
+    that entered each ratio (slot 0 and slot k together; 0 at k = 0)."""
+
+    theta: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    level: float
+    pairs: np.ndarray
+    clicks: np.ndarray
+
+    def examination(self, positions: np.ndarray) -> np.ndarray:
+        """theta at 0-based positions (beyond the estimated range: the last one). Returns: (n,) float64."""
+        pos = np.clip(np.asarray(positions, dtype=np.int64), 0, len(self.theta) - 1)
+        return self.theta[pos]
+
+
+def feeds_from_impressions(request: np.ndarray, position: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Impressions (n,) -> dense (R, L) arrays per feed, sorted by request then position.
+
+    Returns (length (R,), position-ordered copies of ``others`` as (R, L) arrays padded with
+    0). Raises SchemaError unless each request's positions are exactly 0..L_r-1."""
+    req = np.asarray(request)
+    pos = np.asarray(position, dtype=np.int64)
+    n = len(req)
+    if n == 0 or len(pos) != n or any(len(o) != n for o in others):
+        raise SchemaError(f"impressions: request/position/... must be non-empty and aligned, got lengths "
+                          f"{[n, len(pos), *(len(o) for o in others)]}")
+    if np.any(pos < 0):
+        raise SchemaError("impressions: positions must be >= 0")
+    order = np.lexsort((pos, req))
+    req, pos = req[order], pos[order]
+    start = np.flatnonzero(np.r_[True, req[1:] != req[:-1]])
+    length = np.diff(np.r_[start, n])
+    row = np.repeat(np.arange(len(start)), length)
+    expect = np.arange(n) - start[row]
+    if np.any(pos != expect):
+        bad = req[np.flatnonzero(pos != expect)[0]]
+        raise SchemaError(f"impressions: request {bad!r} does not have exactly one impression at each "
+                          f"position 0..L-1 (a feed with a gap or a duplicate position)")
+    L = int(length.max())
+    out = []
+    for o in others:
+        dense = np.zeros((len(start), L), dtype=np.float64)
+        dense[row, pos] = np.asarray(o, dtype=np.float64)[order]
+        out.append(dense)
+    return (length, *out)
+
+
+def harvest_position_bias(request: np.ndarray, position: np.ndarray, propensity: np.ndarray, click: np.ndarray,
+                          *, max_position: int | None = None, level: float = 0.9) -> HarvestedPositionBias:
+    """Examination per position from a Plackett-Luce logging policy's own randomisation (module docstring).
+
+    Args:
+        request, position, propensity, click: (n,) every impression of the feeds (a feed's
+            positions must be 0..L-1); ``propensity`` the logged sequential draw probability
+            in (0, 1], ``click`` 0/1.
+        max_position: estimate theta for positions 0..max_position (default: the longest feed).
+    """
+    length, prop, clk = feeds_from_impressions(request, position, propensity, click)
+    raw_p = np.asarray(propensity, dtype=np.float64)
+    raw_c = np.asarray(click, dtype=np.float64)
+    if not np.all(np.isfinite(raw_p)):
+        raise SchemaError(f"propensity: {int((~np.isfinite(raw_p)).sum())} non-finite value(s)")
+    if np.any((raw_p <= 0) | (raw_p > 1)):
+        raise SchemaError(f"propensity: {int(((raw_p <= 0) | (raw_p > 1)).sum())} value(s) outside (0, 1]")
+    if np.any((raw_c != 0) & (raw_c != 1)):
+        raise SchemaError("click: values must be 0 or 1")
+    z = z_value(level)
+    R, L = prop.shape
+    K = L if max_position is None else min(int(max_position) + 1, L)
+    if K < 2:
+        raise SchemaError("harvest_position_bias: every feed has a single position; nothing to compare")
+    valid = np.arange(L)[None, :] < length[:, None]
+    # draw probabilities p(j_k) = prop_k (1 - sum of earlier draws), slot by slot
+    p = np.zeros_like(prop)
+    mass = np.zeros(R)
+    for k in range(L):
+        p[:, k] = np.where(valid[:, k], prop[:, k] * (1.0 - mass), 0.0)
+        mass += p[:, k]
+    D = np.cumsum(p, axis=1) - p[:, :1]  # D[:, m] = sum_{1 <= m' <= m} p, so D_m of the docstring is D[:, m-1]
+    theta, lo, hi = np.ones(K), np.ones(K), np.ones(K)
+    pairs, clicks = np.zeros(K, dtype=np.int64), np.zeros(K)
+    pairs[0] = R
+    for k in range(1, K):
+        rows = length > k
+        pk, p0 = p[rows, k][:, None], p[rows, 0][:, None]
+        dm = D[rows, :k]  # D_m for m = 1..k
+        a_ob = 1.0 - p0 - dm
+        if np.any(a_ob <= 1e-12):
+            raise SchemaError(f"propensity: {int(np.any(a_ob <= 1e-12, axis=1).sum())} feed(s) could not have had "
+                              f"slots 0 and {k} the other way round (a deterministic order, e.g. propensity 1 at "
+                              "the top): these are not Plackett-Luce draw propensities, positions were not randomised")
+        a_sw = np.clip(1.0 - pk - dm, 1e-300, None)
+        log_ratio = np.sum(np.log(a_sw) - np.log(a_ob), axis=1)  # log P(seen) - log P(swapped)
+        s_seen = 1.0 / (1.0 + np.exp(-log_ratio))
+        wgt = 0.5 / np.maximum(s_seen, 1e-300)
+        x, y = clk[rows, k] * wgt, clk[rows, 0] * wgt
+        sy = float(y.sum())
+        pairs[k] = int(rows.sum())
+        clicks[k] = float(clk[rows, k].sum() + clk[rows, 0].sum())
+        if sy <= 0:
+            raise SchemaError(f"harvest_position_bias: no click at position 0 among feeds with a position {k}")
+        t = float(x.sum()) / sy
+        se = float(np.sqrt(np.sum((x - t * y) ** 2) * len(x) / max(len(x) - 1, 1))) / sy
+        theta[k], lo[k], hi[k] = t, max(t - z * se, 0.0), t + z * se
+    return HarvestedPositionBias(theta=theta, lo=lo, hi=hi, level=level, pairs=pairs, clicks=clicks)
 
 
 def debiased_auc(clicks: np.ndarray, scores: np.ndarray, examination: np.ndarray) -> float:

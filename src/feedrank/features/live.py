@@ -30,328 +30,58 @@ Statuses, best to worst: ``live``, ``baseline``, ``default``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+import weakref
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from feedrank.features.live_io import (BASE_FIELDS, HASH_BITS, STATUSES, STREAM_KEY, LiveItems, LiveUser,  # noqa: F401
+                                       ReadGuard, StorePublisher, baselines_from_daily, item_hash, live_specs,
+                                       window_fields, worst, write_baselines)
 from feedrank.features.realtime import RealtimeFeatures
-from feedrank.features.validation import FeatureSpec, FeatureValidator
-from feedrank.types import Event, EventKind
+from feedrank.features.validation import FeatureValidator
 
 log = logging.getLogger(__name__)
 
-STREAM_KEY = "__stream__"
-STATUSES = ("live", "baseline", "default")
-BASE_FIELDS = ("base_imps_day", "base_clicks_day")
-HASH_BITS = 48
-
-
-def item_hash(item_id: str) -> float:
-    """A 48-bit hash of an item id as a float64 (exact: < 2**53)."""
-    return float(int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=6).digest(), "big"))
-
-
-def worst(*statuses: str) -> str:
-    """The most degraded of ``statuses`` (order: live < baseline < default)."""
-    return max(statuses, key=STATUSES.index) if statuses else "live"
-
-
-def window_fields(windows: Sequence[int]) -> tuple[str, ...]:
-    """The item record fields the publisher writes: imps_<w>, clicks_<w> per window, trending."""
-    return tuple(f"{kind}_{w}" for w in windows for kind in ("imps", "clicks")) + ("trending",)
-
-
-@dataclass(frozen=True)
-class LiveItems:
-    """Validated live counts for N items over the longest window (for the ranker)."""
-
-    impressions: np.ndarray  # (N,) float64, longest window (or baseline scaled to it)
-    clicks: np.ndarray       # (N,) float64
-    trending: np.ndarray     # (N,) float64
-    status: str              # live | baseline | default
-    replaced: int            # stored values replaced by validation
-
-
-@dataclass(frozen=True)
-class LiveUser:
-    n_clicks: int
-    recent_hashes: tuple[float, ...]        # oldest first (item_hash of each clicked item)
-    category_affinity: dict[str, float]
-
-
-# ---------------------------------------------------------------------- reads under a budget
-
-
-class ReadGuard:
-    """Runs store calls with a time budget; a breaker skips the store after failures.
-
-    ``call(fn, *args)`` returns ``(result, outcome)``: outcome ``ok`` with the result, or
-    ``timeout`` / ``error`` / ``open`` (breaker open or every worker busy) with None."""
-
-    def __init__(self, timeout_s: float, workers: int = 4, cooloff_s: float = 0.25, inline: bool = False) -> None:
-        self.timeout_s = float(timeout_s)
-        self.cooloff_s = float(cooloff_s)
-        self.inline = inline
-        self.workers = int(workers)
-        self._pool: ThreadPoolExecutor | None = None  # created on first use (again after close)
-        self._slots = threading.BoundedSemaphore(workers)
-        self._lock = threading.Lock()
-        self._open_until = 0.0
-        self._probing = False
-        self.outcomes = {"ok": 0, "timeout": 0, "error": 0, "open": 0}
-
-    def _count(self, outcome: str) -> None:
-        with self._lock:
-            self.outcomes[outcome] += 1
-
-    def _fail(self) -> None:
-        with self._lock:
-            self._open_until = time.monotonic() + self.cooloff_s
-            self._probing = False
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, str]:
-        with self._lock:
-            t = time.monotonic()
-            if t < self._open_until or (self._probing and self._open_until > 0):
-                self.outcomes["open"] += 1
-                return None, "open"
-            probe = self._open_until > 0  # first call after a cool-off: the only one let through
-            if probe:
-                self._probing = True
-        if self.inline:
-            try:
-                out = fn(*args)
-            except Exception as exc:
-                return self._error(exc)
-            self._ok()
-            return out, "ok"
-        if not self._slots.acquire(blocking=False):  # every worker stuck on a slow store
-            self._fail()
-            self._count("open")
-            return None, "open"
-        try:
-            with self._lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="store-read")
-                pool = self._pool
-            fut = pool.submit(fn, *args)
-        except RuntimeError:  # pool shut down
-            self._slots.release()
-            self._count("error")
-            return None, "error"
-        fut.add_done_callback(lambda _f: self._slots.release())
-        try:
-            out = fut.result(timeout=self.timeout_s)
-        except FutureTimeout:
-            self._fail()
-            self._count("timeout")
-            return None, "timeout"
-        except Exception as exc:
-            return self._error(exc)
-        self._ok()
-        return out, "ok"
-
-    def _error(self, exc: Exception) -> tuple[None, str]:
-        self._fail()
-        self._count("error")
-        log.warning("feature store read failed: %s: %s", type(exc).__name__, exc)
-        return None, "error"
-
-    def _ok(self) -> None:
-        with self._lock:
-            self.outcomes["ok"] += 1
-            self._open_until = 0.0
-            self._probing = False
-
-    def close(self) -> None:
-        """Stop the reader threads (a later call starts new ones)."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-
-# ---------------------------------------------------------------------- the consumer's sink
-
-
-class StorePublisher:
-    """A ``LogConsumer`` sink: ``RealtimeFeatures`` plus publishing into the online store.
-
-    ``base_user(user_id) -> (n_clicks, [item ids])`` gives a user's state from the model's
-    training snapshot, so published click counts and histories continue it."""
-
-    def __init__(self, rt: RealtimeFeatures, store, history_len: int,
-                 base_user: Callable[[str], tuple[int, list[str]]] | None = None,
-                 heartbeat_every_s: float = 0.5, clock: Callable[[], float] = time.time) -> None:
-        self.rt, self.store, self.history_len = rt, store, int(history_len)
-        self.base_user = base_user or (lambda _u: (0, []))
-        self.heartbeat_every_s = float(heartbeat_every_s)
-        self.clock = clock
-        self.stream_now = -np.inf   # newest event time applied (the windows' "now")
-        self.published = 0
-        self.publish_errors = 0
-        self._last_beat = -np.inf
-        self._fields = window_fields(rt.windows)
-
-    def apply(self, events: Iterable[Event]) -> int:
-        events = list(events)
-        n = self.rt.apply(events)
-        items: dict[str, None] = {}
-        users: dict[str, None] = {}
-        for ev in events:
-            if ev.kind is EventKind.IMPRESSION or ev.kind is EventKind.CLICK:
-                items[ev.item_id] = None
-                if ev.ts > self.stream_now:
-                    self.stream_now = float(ev.ts)
-            if ev.kind is EventKind.CLICK:
-                users[ev.user_id] = None
-        if items or users:
-            self._publish(list(items), list(users))
-        return n
-
-    def records(self, item_ids: Sequence[str], user_ids: Sequence[str]) -> tuple[dict, dict]:
-        """The item and user records for ``item_ids`` / ``user_ids`` at the stream time."""
-        now = self.stream_now if np.isfinite(self.stream_now) else self.clock()
-        rows: dict[str, dict[str, float]] = {}
-        if item_ids:
-            imps, clks = self.rt.counts(item_ids, now)
-            trend = self.rt.trending(clks)
-            for i, iid in enumerate(item_ids):
-                rec = {}
-                for w in range(len(self.rt.windows)):
-                    rec[self._fields[2 * w]] = float(imps[i, w])
-                    rec[self._fields[2 * w + 1]] = float(clks[i, w])
-                rec["trending"] = float(trend[i])
-                rows[iid] = rec
-        users: dict[str, dict[str, float]] = {}
-        for uid in user_ids:
-            uf = self.rt.user_features(uid, now)
-            base_n, base_hist = self.base_user(uid)
-            hist = (list(base_hist) + list(uf.recent_clicks))[-self.history_len:]
-            rec = {"n_clicks": float(base_n + uf.n_clicks)}
-            rec.update({f"c{k}": item_hash(iid) for k, iid in enumerate(hist)})
-            rec.update({f"aff:{c}": float(v) for c, v in uf.category_affinity.items()})
-            users[uid] = rec
-        return rows, users
-
-    def _publish(self, item_ids: list[str], user_ids: list[str]) -> None:
-        rows, users = self.records(item_ids, user_ids)
-        wall = self.clock()
-        rows[STREAM_KEY] = {"heartbeat": wall, "stream_now": float(self.stream_now)}
-        try:
-            self.store.put_items(rows, ts=wall)
-            for uid, rec in users.items():
-                self.store.put_user(uid, rec, ts=wall)
-            self.published += len(rows) - 1
-            self._last_beat = wall
-        except Exception as exc:  # the store is down: counters keep going; republished on the next events
-            self.publish_errors += 1
-            log.warning("publishing real-time features failed: %s: %s", type(exc).__name__, exc)
-            raise
-
-    def heartbeat(self, now_wall: float | None = None) -> None:
-        self.rt.heartbeat(now_wall)
-        wall = self.clock() if now_wall is None else now_wall
-        if wall - self._last_beat >= self.heartbeat_every_s:
-            try:
-                self.store.put_items({STREAM_KEY: {"heartbeat": wall, "stream_now": float(self.stream_now)}}, ts=wall)
-                self._last_beat = wall
-            except Exception as exc:
-                self.publish_errors += 1
-                log.debug("heartbeat to the feature store failed: %s", exc)
-
-    def republish(self) -> int:
-        """Publish every item and user the real-time state holds (after a restore, or into
-        a fresh store). Returns how many item records were written."""
-        with self.rt._lock:
-            items = list(self.rt._slots)
-            users = list(self.rt._users)
-        for k in range(0, max(len(items), len(users)), 1000):
-            self._publish(items[k:k + 1000], users[k:k + 1000])
-        return len(items)
-
-    def state_dict(self) -> Mapping[str, np.ndarray]:
-        state = dict(self.rt.state_dict())
-        state["stream_now"] = np.asarray([self.stream_now], dtype=np.float64)
-        return state
-
-    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        self.rt.load_state_dict(state)
-        if "stream_now" in state:
-            self.stream_now = float(np.asarray(state["stream_now"])[0])
-
-
-# ---------------------------------------------------------------------- batch baselines
-
-
-def write_baselines(store, item_ids: Sequence[str], imps_per_day: Sequence[float], clicks_per_day: Sequence[float],
-                    ts: float) -> int:
-    """Batch baselines into the items' store records (``base_imps_day``, ``base_clicks_day``),
-    5000 items per write. Returns how many items were written."""
-    rows = [(str(i), {"base_imps_day": float(a), "base_clicks_day": float(b)})
-            for i, a, b in zip(item_ids, imps_per_day, clicks_per_day)]
-    for k in range(0, len(rows), 5000):
-        store.put_items(dict(rows[k:k + 5000]), ts=ts)
-    return len(rows)
-
-
-def baselines_from_daily(daily, days: int = 7) -> tuple[list[str], np.ndarray, np.ndarray, float]:
-    """Mean impressions and clicks per day of each item over the newest ``days`` days of a
-    daily-aggregate table (``offline.daily_item_aggregates``: item_id, date, ts,
-    impressions, clicks). Returns (item ids, imps/day, clicks/day, ts of the newest day)."""
-    if daily.empty:
-        return [], np.zeros(0), np.zeros(0), 0.0
-    dates = sorted(daily["date"].unique())[-int(days):]
-    recent = daily[daily["date"].isin(dates)]
-    agg = recent.groupby("item_id")[["impressions", "clicks"]].sum() / float(len(dates))
-    return (agg.index.astype(str).tolist(), agg["impressions"].to_numpy(dtype=np.float64),
-            agg["clicks"].to_numpy(dtype=np.float64), float(recent["ts"].max()))
-
-
-# ---------------------------------------------------------------------- specs from training
-
-
-def live_specs(item_impressions: np.ndarray, item_clicks: np.ndarray, user_clicks: np.ndarray,
-               windows: Sequence[int], margin: float = 10.0) -> dict[str, FeatureSpec]:
-    """Valid ranges of the live features, learned from a model's training snapshot.
-
-    Counts are never negative; their upper bound is the largest cumulative count seen in
-    training, widened by ``margin`` x (counts grow after training). Defaults are 0 (no
-    live signal: the in-process counters stand)."""
-    imp_hi = float(np.max(item_impressions, initial=0.0))
-    clk_hi = float(np.max(item_clicks, initial=0.0))
-    usr_hi = float(np.max(user_clicks, initial=0.0))
-    imp_hi, clk_hi, usr_hi = ((1.0 + margin) * max(x, 100.0) for x in (imp_hi, clk_hi, usr_hi))
-    specs = {"trending": FeatureSpec("trending", -np.log1p(clk_hi), np.log1p(clk_hi), 0.0),
-             "n_clicks": FeatureSpec("n_clicks", 0.0, usr_hi, 0.0),
-             "base_imps_day": FeatureSpec("base_imps_day", 0.0, imp_hi, 0.0),
-             "base_clicks_day": FeatureSpec("base_clicks_day", 0.0, clk_hi, 0.0)}
-    for w in windows:
-        specs[f"imps_{w}"] = FeatureSpec(f"imps_{w}", 0.0, imp_hi, 0.0)
-        specs[f"clicks_{w}"] = FeatureSpec(f"clicks_{w}", 0.0, clk_hi, 0.0)
-    return specs
-
+ITEM_CACHE_S = 1.0  # seconds ``read_rows`` reuses an item's store counts (the contract is "within minutes")
 
 class CatalogBinding:
-    """One model's catalogue as seen by live reads: item hash -> catalogue row."""
+    """One model's catalogue as seen by live reads: item hash -> catalogue row, and the
+    per-row cache of validated store counts that ``LiveFeatures.read_rows`` serves from.
+
+    Cache arrays (N,): ``cached_imps``/``cached_clicks`` (the store's value, 0 where it has
+    none), ``cached_mode`` (0 live, 1 baseline: which fields they came from) and
+    ``cached_at`` (``time.monotonic()`` of the read; -inf: never read or invalidated)."""
 
     def __init__(self, ids: list[str]) -> None:
         self.ids = ids
         self.hash_rows = {item_hash(i): r for r, i in enumerate(ids)}
         self._lock = threading.Lock()
+        n = len(ids)
+        self.cached_imps = np.zeros(n)
+        self.cached_clicks = np.zeros(n)
+        self.cached_mode = np.zeros(n, dtype=np.int8)
+        self.cached_at = np.full(n, -np.inf)
 
     def extend(self, item_ids: Sequence[str]) -> None:
         with self._lock:
             for iid in item_ids:
                 self.hash_rows[item_hash(str(iid))] = len(self.ids)
                 self.ids.append(str(iid))
+            m = len(self.ids) - len(self.cached_at)
+            self.cached_imps = np.concatenate([self.cached_imps, np.zeros(m)])
+            self.cached_clicks = np.concatenate([self.cached_clicks, np.zeros(m)])
+            self.cached_mode = np.concatenate([self.cached_mode, np.zeros(m, dtype=np.int8)])
+            self.cached_at = np.concatenate([self.cached_at, np.full(m, -np.inf)])
+
+    def invalidate(self, item_ids: Sequence[str]) -> None:
+        """Forget the cached counts of these items (they were just republished)."""
+        rows = [r for r in (self.hash_rows.get(item_hash(str(i))) for i in item_ids) if r is not None]
+        if rows:
+            self.cached_at[np.asarray(rows, dtype=np.int64)] = -np.inf
 
     def rows(self, hashes: Sequence[float]) -> list[int]:
         """Catalogue rows of ``hashes`` (unknown items dropped), in order."""
@@ -366,7 +96,7 @@ class LiveFeatures:
 
     def __init__(self, store, rt: RealtimeFeatures, *, history_len: int = 30, read_timeout_s: float = 0.05,
                  stall_s: float = 60.0, ttl_s: float = 7 * 86400.0, poll_s: float = 0.1, commit_every_s: float = 5.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 item_cache_s: float = ITEM_CACHE_S, clock: Callable[[], float] = time.time) -> None:
         self.store, self.rt = store, rt
         self.history_len = int(history_len)
         self.stall_s, self.ttl_s, self.poll_s, self.commit_every_s = float(stall_s), float(ttl_s), float(poll_s), float(commit_every_s)
@@ -383,6 +113,11 @@ class LiveFeatures:
         self._base_ids: list[str] = []
         self._item_cat: dict[str, str] = {}
         self.publisher = StorePublisher(rt, store, self.history_len, base_user=self._base_user, clock=clock)
+        self.item_cache_s = float(item_cache_s)
+        self._bindings: weakref.WeakSet[CatalogBinding] = weakref.WeakSet()
+        self.publisher.on_publish = self._invalidate
+        self.cache_hits = 0
+        self.cache_misses = 0
         self.consumer = None
         self.served = {s: 0 for s in STATUSES}
         self._lock = threading.Lock()
@@ -394,6 +129,7 @@ class LiveFeatures:
         (item hash -> row), which its reads use. Called for every model loaded (hot swaps,
         A/B arms), so the newest model's ranges and user bases apply to the consumer."""
         binding = CatalogBinding([str(i) for i in item_ids])
+        self._bindings.add(binding)
         self._item_cat = dict(zip(binding.ids, (str(c) for c in categories)))
         self.rt._category = self._item_cat.get
         self._base_ids = binding.ids
@@ -495,11 +231,67 @@ class LiveFeatures:
         """Counts over the longest window for ``item_ids`` in one batched read, validated;
         where a value is missing or bad, the fallback (the caller's in-process counter).
         ``trending`` is 0 here (the ranker does not use it; ``hot_items`` serves it)."""
+        got = self._fetch(item_ids, now, fallback_imps, fallback_clicks, None)
+        self._served(got.status)
+        return got
+
+    def read_rows(self, binding: CatalogBinding, rows: np.ndarray, now: float, fallback_imps: np.ndarray,
+                  fallback_clicks: np.ndarray) -> LiveItems:
+        """``read_items`` for catalogue ``rows`` of ``binding``, served from its per-row cache.
+
+        Counts read from the store are reused for ``item_cache_s`` seconds (0: no cache):
+        only the rows older than that (or read in the other stream mode, live vs baseline)
+        are read, in one batched call. Staleness bound: a value another replica published is
+        seen at most ``item_cache_s`` late; what this process's consumer publishes
+        invalidates its rows at once. Values missing in the store are cached as 0, so the
+        result is ``max(cached, fallback)`` with the caller's current in-process counters."""
+        rows = np.asarray(rows, dtype=np.int64)
+        fb_imps = np.asarray(fallback_imps, dtype=np.float64)
+        fb_clicks = np.asarray(fallback_clicks, dtype=np.float64)
+        if self.item_cache_s <= 0:
+            return self.read_items([binding.ids[r] for r in rows.tolist()], now, fb_imps, fb_clicks)
+        t = time.monotonic()
+        stalled = self.stream_stalled()
+        mode = np.int8(1 if stalled else 0)
+        imps_c, clicks_c, at = binding.cached_imps, binding.cached_clicks, binding.cached_at
+        stale = (at[rows] < t - self.item_cache_s) | (binding.cached_mode[rows] != mode)
+        status, replaced = ("baseline" if stalled else "live"), 0
+        n_stale = int(stale.sum())
+        imps, clicks = imps_c[rows], clicks_c[rows]
+        n_read = 0
+        if n_stale:
+            miss = np.unique(rows[stale])
+            n_read = len(miss)
+            zeros = np.zeros(len(miss))
+            got = self._fetch([binding.ids[r] for r in miss.tolist()], now, zeros, zeros, stalled)
+            replaced = got.replaced
+            if got.status == "default":  # the store failed: in-process counters for the rows not cached
+                status = "default"
+                imps, clicks = np.where(stale, 0.0, imps), np.where(stale, 0.0, clicks)
+            else:
+                with binding._lock:  # arrays may be swapped by extend: write into the current ones
+                    binding.cached_imps[miss], binding.cached_clicks[miss] = got.impressions, got.clicks
+                    binding.cached_mode[miss], binding.cached_at[miss] = mode, t
+                pos = np.searchsorted(miss, rows[stale])
+                imps[stale], clicks[stale] = got.impressions[pos], got.clicks[pos]
+        with self._lock:
+            self.cache_hits += len(rows) - n_stale
+            self.cache_misses += n_read
+            self.served[status] += 1
+        return LiveItems(np.maximum(imps, fb_imps), np.maximum(clicks, fb_clicks), np.zeros(len(rows)), status, replaced)
+
+    def _invalidate(self, item_ids: list[str]) -> None:
+        for binding in list(self._bindings):
+            binding.invalidate(item_ids)
+
+    def _fetch(self, item_ids: Sequence[str], now: float, fallback_imps: np.ndarray, fallback_clicks: np.ndarray,
+               stalled: bool | None) -> LiveItems:
+        """One guarded, validated batched read (``read_items`` without the status count);
+        ``stalled``: the stream state if the caller already checked it."""
         n = len(item_ids)
         batch, outcome = self.guard.call(self.store.get_items, item_ids, self._item_names, now)
         zeros = np.zeros(n)
         if outcome != "ok":
-            self._served("default")
             return LiveItems(np.asarray(fallback_imps, dtype=np.float64), np.asarray(fallback_clicks, dtype=np.float64),
                              zeros, "default", 0)
         present = batch.present if batch.present is not None else ~np.isnan(batch.values)
@@ -507,7 +299,7 @@ class LiveFeatures:
         fb[:, 0], fb[:, 1] = fallback_imps, fallback_clicks
         clean, replaced = self.validator.clean(item_ids, self._item_names, batch.values, present, ts=batch.ts, now=now,
                                                bad_type=batch.bad_type, fallback=fb)
-        if self.stream_stalled():
+        if self.stream_stalled() if stalled is None else stalled:
             scale = max(self.windows) / 86400.0
             has = present[:, 2] | present[:, 3]
             imps = np.where(has, clean[:, 2] * scale, fallback_imps)
@@ -515,7 +307,6 @@ class LiveFeatures:
             status = "baseline"
         else:
             imps, clks, status = clean[:, 0], clean[:, 1], "live"
-        self._served(status)
         return LiveItems(imps, clks, zeros, status, replaced)
 
     def stream_stalled(self) -> bool:
@@ -560,6 +351,7 @@ class LiveFeatures:
             "invalid": {f"{f}/{r}": n for (f, r), n in self.validator.counts().items()},
             "consumer": None if c is None else {"applied": c.applied, "errors": c.errors, "offset": c.offset_json(),
                                                 "committed": c.offset_json(committed=True)},
+            "item_cache": {"ttl_s": self.item_cache_s, "hits": self.cache_hits, "misses": self.cache_misses},
             "published": self.publisher.published,
             "publish_errors": self.publisher.publish_errors,
             "heartbeat_age_s": None if not np.isfinite(beat) else round(self.clock() - beat, 3),

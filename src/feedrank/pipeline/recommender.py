@@ -50,6 +50,15 @@ class _Shed(Exception):
     """The ladder is at ``fallback``: skip the models for this request."""
 
 
+def _limit_faiss_threads(n: int) -> None:
+    """FAISS's OpenMP threads for this serving process: one query per search, so a pool
+    only spins. Measured on the 1M-item HNSW (k=600): 8.2 ms CPU per search with 2
+    threads, 1.7 ms with 1 (benchmarks/README.md, "Serving")."""
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, int(n)))
+
+
 def policy_from_config(rc) -> RerankPolicy:
     """The pure re-ranking policy for a ``RerankConfig``."""
     return RerankPolicy(max_per_category=rc.max_per_category, max_per_creator=rc.max_per_creator, drop_seen=rc.drop_seen,
@@ -96,6 +105,7 @@ class Recommender(CandidateStage):
         self.dwell_prior = float((rk.get("spec") or {}).get("dwell_prior", 0.0))
         self._user_tower = numpy_user_tower(art.two_tower)  # batch-1 queries in numpy (exported at load)
         limit_blas_threads(self.cfg.serving.torch_threads)  # the numpy paths: see ranking/runtime.py
+        _limit_faiss_threads(self.cfg.serving.torch_threads)
         self.ranker_rt = None if art.ranker is None else RankerRuntime(
             art.ranker, art.ranker_small, art.calibrator, float(rk.get("mean_log_dwell", 0.0)))
         if self.ranker_rt is not None and self.cfg.pipeline.rank_budget_ms > 0:
@@ -167,13 +177,13 @@ class Recommender(CandidateStage):
             self._categories_list = catalog.categories.tolist()
             self._creators_list = catalog.creators.astype(str).tolist()
             self._groups_list = catalog.creator_groups.astype(str).tolist()
+            if self.live is not None:  # before any request can see the new rows
+                self.live.extend_catalog(self._live_binding, catalog.item_ids[rows].tolist(), catalog.categories[rows].tolist())
             # liveness first: a request that sees the new catalogue must find its rows there
             self.live_catalog.add(rows, catalog.published_at[rows], self._index_keys(rows, catalog), expires, replaced)
             self.catalog = catalog
             self.art.catalog = catalog
             self.art.index.add(vectors, rows)
-            if self.live is not None:
-                self.live.extend_catalog(self._live_binding, catalog.item_ids[rows].tolist(), catalog.categories[rows].tolist())
             self._reset_caches()
         return {"created": int(len(rows) - len(replaced)), "updated": int(len(replaced))}
 
@@ -401,9 +411,9 @@ class Recommender(CandidateStage):
         eng = None if self.art.engagement is None else self.art.engagement.engagement(user_id, cand, now)
         sim = self.art.item_vectors[cand] @ user_vec
         imps, clicks = self.state.item_impressions[cand], self.state.item_clicks[cand]
-        if self.live is not None:
-            li = self.live.read_items([self._item_ids_list[i] for i in cand.tolist()], now, imps, clicks)
-            imps, clicks = np.maximum(imps, li.impressions), np.maximum(clicks, li.clicks)
+        if self.live is not None:  # max(in-process, store) per candidate, through the per-row cache
+            li = self.live.read_rows(self._live_binding, cand, now, imps, clicks)
+            imps, clicks = li.impressions, li.clicks
             if live_status is not None:
                 live_status.append(li.status)
         return ranking_features(

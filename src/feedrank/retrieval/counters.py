@@ -17,24 +17,27 @@ from dataclasses import dataclass
 import numpy as np
 
 UNKNOWN_CREATORS = frozenset({"", "unknown", "none", "nan"})
+RECENT_TAU_S = 24 * 3600.0  # time constant of the decayed click counter (serving's 24 h engagement counter)
 
 
 @dataclass(frozen=True)
 class ItemCounters:
     """Counts (N,) float64 at one moment, per catalogue item. ``creator_*`` are the totals
     of the item's creator (every item of that creator), 0 where the creator is unknown;
-    ``impressions`` / ``creator_*`` are None when the data has no impressions."""
+    ``impressions`` / ``creator_*`` are None when the data has no impressions;
+    ``recent_clicks`` are clicks decayed with time constant ``RECENT_TAU_S`` (None: unknown)."""
 
     clicks: np.ndarray
     impressions: np.ndarray | None = None
     creator_clicks: np.ndarray | None = None
     creator_impressions: np.ndarray | None = None
+    recent_clicks: np.ndarray | None = None
 
     def take(self, idx: np.ndarray) -> ItemCounters:
         """The counters of items ``idx`` only."""
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return ItemCounters(self.clicks[idx], pick(self.impressions), pick(self.creator_clicks),
-                            pick(self.creator_impressions))
+                            pick(self.creator_impressions), pick(self.recent_clicks))
 
 
 def creator_codes(creators: np.ndarray) -> np.ndarray:
@@ -68,6 +71,7 @@ class CounterReplay:
         self.creators = None if creators is None else np.asarray(creators, dtype=np.int64)
         self.n_creators = 0 if self.creators is None else int(self.creators.max(initial=-1)) + 1
         self.clicks = np.zeros(self.n_items)
+        self.recent = np.zeros(self.n_items)  # clicks decayed by exp(-age / RECENT_TAU_S), valued at self.t
         self.impressions = None if self._imps is None else np.zeros(self.n_items)
         self._pos = [0, 0]
         self.t = -np.inf
@@ -86,14 +90,20 @@ class CounterReplay:
         """Fold in the events with ts < ``t``."""
         if t < self.t:
             raise ValueError(f"CounterReplay.advance: time went back from {self.t} to {t}")
-        self.t = float(t)
+        if np.isfinite(self.t) and np.isfinite(t):
+            self.recent *= np.exp(-(t - self.t) / RECENT_TAU_S)
         for k, (log, acc) in enumerate(((self._clicks, self.clicks), (self._imps, self.impressions))):
             if log is None:
                 continue
             end = int(np.searchsorted(log[1], t, side="left"))
             if end > self._pos[k]:
-                acc += np.bincount(log[0][self._pos[k]:end], minlength=self.n_items)
+                new = log[0][self._pos[k]:end]
+                acc += np.bincount(new, minlength=self.n_items)
+                if k == 0 and np.isfinite(t):
+                    w = np.exp(-(t - log[1][self._pos[k]:end]) / RECENT_TAU_S)
+                    self.recent += np.bincount(new, weights=w, minlength=self.n_items)
                 self._pos[k] = end
+        self.t = float(t)
 
     def snapshot(self) -> ItemCounters:
         """Copies of the counts as of the last ``advance``."""
@@ -105,12 +115,13 @@ class CounterReplay:
             per_i = np.bincount(code[known], weights=self.impressions[known], minlength=self.n_creators)
             cc = np.where(known, per_c[code], 0.0)
             ci = np.where(known, per_i[code], 0.0)
-        return ItemCounters(self.clicks.copy(), None if self.impressions is None else self.impressions.copy(), cc, ci)
+        return ItemCounters(self.clicks.copy(), None if self.impressions is None else self.impressions.copy(), cc, ci,
+                            self.recent.copy() if np.isfinite(self.t) else None)
 
 
 def counters_at(replay: CounterReplay, ts: np.ndarray, items: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Counters at each query time ``ts`` (Q,), in the query order: a dict of (Q, M) float32
-    arrays (``clicks`` and, with impressions, ``impressions``, ``creator_clicks``,
+    arrays (``clicks``, ``recent_clicks`` and, with impressions, ``impressions``, ``creator_clicks``,
     ``creator_impressions``) over ``items`` (M,) (default all). ``replay`` must be fresh
     (not advanced past min(ts))."""
     ts = np.asarray(ts, dtype=np.float64)
@@ -119,7 +130,7 @@ def counters_at(replay: CounterReplay, ts: np.ndarray, items: np.ndarray | None 
     for q in np.argsort(ts, kind="stable"):
         replay.advance(float(ts[q]))
         snap = replay.snapshot()
-        for name in ("clicks", "impressions", "creator_clicks", "creator_impressions"):
+        for name in ("clicks", "impressions", "creator_clicks", "creator_impressions", "recent_clicks"):
             v = getattr(snap, name)
             if v is None:
                 continue

@@ -49,12 +49,14 @@ class AgePrior:
     ctr0: float = 0.0            # global train CTR (clicks / impressions), the shrinkage target
     ctr_strength: float = ITEM_CTR_STRENGTH        # pseudo-impressions of the item CTR's prior
     creator_strength: float = CREATOR_CTR_STRENGTH  # pseudo-impressions of the creator CTR's prior
+    trend_weight: float = 0.0    # w_trend, per unit of log1p(clicks decayed over RECENT_TAU_S)
 
     def to_json(self) -> dict:
         return {"weight": self.weight, "pop_weight": self.pop_weight, "temperature": self.temperature,
                 "ref_ts": self.ref_ts, "n_clicks": self.n_clicks, "nll_before": self.nll_before,
                 "nll_after": self.nll_after, "ctr_weight": self.ctr_weight, "creator_weight": self.creator_weight,
-                "ctr0": self.ctr0, "ctr_strength": self.ctr_strength, "creator_strength": self.creator_strength}
+                "ctr0": self.ctr0, "ctr_strength": self.ctr_strength, "creator_strength": self.creator_strength,
+                "trend_weight": self.trend_weight}
 
     @classmethod
     def from_json(cls, raw: dict) -> AgePrior:
@@ -62,11 +64,12 @@ class AgePrior:
                    float(raw.get("pop_weight", 0.0)), int(raw.get("n_clicks", 0)),
                    ctr_weight=float(raw.get("ctr_weight", 0.0)), creator_weight=float(raw.get("creator_weight", 0.0)),
                    ctr0=float(raw.get("ctr0", 0.0)), ctr_strength=float(raw.get("ctr_strength", ITEM_CTR_STRENGTH)),
-                   creator_strength=float(raw.get("creator_strength", CREATOR_CTR_STRENGTH)))
+                   creator_strength=float(raw.get("creator_strength", CREATOR_CTR_STRENGTH)),
+                   trend_weight=float(raw.get("trend_weight", 0.0)))
 
     @property
     def active(self) -> bool:
-        return self.weight > 0.0 or self.pop_weight > 0.0 or self.ctr_weight > 0.0 or self.creator_weight > 0.0
+        return any(w > 0.0 for w in (self.weight, self.pop_weight, self.ctr_weight, self.creator_weight, self.trend_weight))
 
     def bias(self, published_at: np.ndarray, clicks: np.ndarray | None, now: float,
              counters: ItemCounters | None = None) -> np.ndarray:
@@ -79,6 +82,8 @@ class AgePrior:
             clicks = counters.clicks
         if clicks is not None and self.pop_weight:
             out = out + self.pop_weight * np.log1p(np.maximum(clicks, 0.0))
+        if counters is not None and self.trend_weight and counters.recent_clicks is not None:
+            out = out + self.trend_weight * np.log1p(np.maximum(counters.recent_clicks, 0.0))
         if counters is not None and self.ctr0 > 0:
             if self.ctr_weight and counters.impressions is not None:
                 out = out + self.ctr_weight * smoothed_ctr_ratio(counters.clicks, counters.impressions, self.ctr0,
@@ -227,7 +232,7 @@ class PriorFitData:
     """What the prior fit may use beyond the training clicks: training ``impressions``
     (item indices, times) for the smoothed-CTR terms (None: no such terms), ``fit_from``
     (fit on the training clicks at or after this time, a validation tail; None: the newest
-    half), and ``model`` / ``item_vecs`` of towers trained without that tail (None: the
+    half), ``trend`` (add the decayed-click term), and ``model`` / ``item_vecs`` of towers trained without that tail (None: the
     served towers; they have seen the clicks the fit scores, which biases the weights
     towards 0 where the towers memorise them)."""
 
@@ -235,11 +240,12 @@ class PriorFitData:
     fit_from: float | None = None
     model: object | None = None
     item_vecs: np.ndarray | None = None
+    trend: bool = False
 
 
 def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
                   max_age_s: float | None, seed: int, n_clicks: int = 2000, popularity: bool = True,
-                  max_items: int = 5000, data: PriorFitData | None = None) -> AgePrior:
+                  max_items: int = 5000, data: PriorFitData | None = None, ctr: bool = True) -> AgePrior:
     """Fit the prior on a sample of training ``clicks`` (a ``ClickLog``; the newest half, or
     those after ``data.fit_from``), towers fixed: user vectors from each click's history
     before it, click (and, with ``data.impressions``, impression and creator) counts of every
@@ -266,12 +272,15 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
     remap[keep] = np.arange(len(keep))
     counts, more, names = None, [], []
     ctr0 = 0.0
-    use_ctr = data.impressions is not None and len(data.impressions[0]) > 0
+    use_ctr = data.impressions is not None and len(data.impressions[0]) > 0 and ctr
     if popularity or use_ctr:
         imp = data.impressions if use_ctr else (None, None)
         replay = CounterReplay(len(catalog), clicks.items, clicks.ts, imp[0], imp[1], creator_codes(catalog.creators))
         mats = counters_at(replay, ts, keep)
         counts = mats["clicks"] if popularity else None
+        if popularity and data.trend:
+            more.append(np.log1p(mats["recent_clicks"]))
+            names.append("trend_weight")
         if use_ctr:
             ctr0 = float(np.clip(len(clicks.items) / max(len(imp[0]), 1), 1e-6, 0.9))
             more.append(smoothed_ctr_ratio(mats["clicks"], mats["impressions"], ctr0, ITEM_CTR_STRENGTH))

@@ -52,11 +52,12 @@ class RetrievalTrainReport:
     hard_negatives_shown: int = 0
     checkpoints: tuple[str, ...] = ()
     world_size: int = 1  # processes that trained (torch.distributed)
-    comm_seconds: float = 0.0  # time in gradient all-reduce / all-gather (rank-local)
-    wait_seconds: float = 0.0  # time waiting at the step barrier for the slowest rank (rank-local)
+    comm_seconds: float = 0.0  # time in the gradient exchange, waiting excluded (rank-local)
+    wait_seconds: float = 0.0  # estimated time waiting in it for the slowest rank (rank-local)
     resumed_from: str = ""  # "epoch E step S" when resumed from a step checkpoint
     train_seconds: float = 0.0  # wall time of the epoch loop alone (no data preparation)
     examples_per_s: float = 0.0  # examples this run stepped through (all ranks) / train_seconds
+    steps: int = 0  # optimizer steps this run took (resumed steps not counted)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,7 @@ def train_two_tower(
 
     if checkpoint_dir is not None and dist.is_main():
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    dense_params, sparse_params = model.dense_parameters(), model.sparse_parameters()
     t_loop, steps_run = time.perf_counter(), 0
     for epoch in range(start_epoch, cfg.epochs):
         first_step = start_step if epoch == start_epoch else 0
@@ -247,8 +249,7 @@ def train_two_tower(
             loss.backward()
             loss_v, hard_v = loss.item(), step_hard
             if world > 1:  # mean gradient over the global batch; the step's loss and hard count ride along
-                ex = dist.average_gradients(model.dense_parameters(), model.sparse_parameters(),
-                                            torch.tensor([loss_v, float(step_hard)]), timer)
+                ex = dist.average_gradients(dense_params, sparse_params, torch.tensor([loss_v, float(step_hard)]), timer)
                 loss_v, hard_v = float(ex[0]), int(round(float(ex[1]) * world))
             opt_dense.step()
             opt_sparse.step()
@@ -277,7 +278,8 @@ def train_two_tower(
                                        world_size=world, comm_seconds=timer.comm_s, wait_seconds=timer.wait_s,
                                        resumed_from=resumed,
                                        train_seconds=train_seconds,
-                                       examples_per_s=steps_run * bs * world / train_seconds if train_seconds > 0 else 0.0)
+                                       examples_per_s=steps_run * bs * world / train_seconds if train_seconds > 0 else 0.0,
+                                       steps=steps_run)
 
 
 def _hard_negatives(cfg: RetrievalConfig, b: np.ndarray, users: np.ndarray, ts: np.ndarray, mined: np.ndarray,

@@ -88,13 +88,14 @@ class ItemLog:
     """Append-only JSON lines of accepted item adds (each stamped ``logged_at``), fsync'd;
     replayed on start-up."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        self.clock = clock
         self._lock = threading.Lock()
 
     def append(self, records: list[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        now = time.time()
+        now = self.clock()
         data = b"".join(orjson.dumps({**r, "logged_at": now}) + b"\n" for r in records)
         with self._lock, open(self.path, "ab") as f:
             f.write(data)

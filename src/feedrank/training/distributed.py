@@ -33,6 +33,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as tdist
 
+from feedrank.training.local_gather import LocalGather
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -96,6 +98,10 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    global _GATHER
+    if _GATHER is not None and _GATHER[1] is not None:
+        _GATHER[1].close()
+    _GATHER = None
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
 
@@ -213,8 +219,7 @@ def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Par
     k = min(len(idx), cap)
     buf[o_idx : o_idx + k].view(torch.int32).copy_(idx[:k])
     buf[o_val : o_val + k * dim] = val[:k].reshape(-1)
-    parts = [torch.empty_like(buf) for _ in range(w)]
-    tdist.all_gather(parts, buf)
+    parts = _all_gather(buf)
     collectives = 1
 
     summed = parts[0][:n_sum].clone()
@@ -240,8 +245,7 @@ def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Par
             rest = max(len(idx) - cap, 0)
             buf2[:rest].view(torch.int32).copy_(idx[cap:])
             buf2[extra : extra + rest * dim] = val[cap:].reshape(-1)
-            parts2 = [torch.empty_like(buf2) for _ in range(w)]
-            tdist.all_gather(parts2, buf2)
+            parts2 = _all_gather(buf2)
             collectives += 1
             state.overflow_steps += 1
             for r in range(w):
@@ -261,6 +265,23 @@ def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Par
     state.collectives += collectives
     state._last_end = end
     return out
+
+
+_GATHER: tuple[int, LocalGather | None] | None = None  # (process group id, shared-memory gather or None)
+
+
+def _all_gather(buf: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``buf`` in rank order: through shared memory when every rank is on this
+    machine (``training.local_gather``; set up on the first call), else gloo's all_gather."""
+    global _GATHER
+    group = id(tdist.group.WORLD)
+    if _GATHER is None or _GATHER[0] != group:
+        _GATHER = (group, LocalGather.connect() if tdist.get_backend() == "gloo" else None)
+    if _GATHER[1] is not None:
+        return _GATHER[1].all_gather(buf)
+    parts = [torch.empty_like(buf) for _ in range(world_size())]
+    tdist.all_gather(parts, buf)
+    return parts
 
 
 def _local_rows(params: list[torch.nn.Parameter], dim: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

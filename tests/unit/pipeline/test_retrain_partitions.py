@@ -45,15 +45,12 @@ def test_log_frame_names_a_corrupt_partition(tmp_path: Path):
         read_log_frame(tmp_path)
 
 
-def test_item_adds_of_every_worker_newest_record_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import feedrank.serving.ingest as ingest
-
-    clock = iter([100.0, 200.0, 300.0])
-    monkeypatch.setattr(ingest.time, "time", lambda: next(clock))
-    ItemLog(tmp_path / "w1" / "items.jsonl").append([{"item_id": "n9", "title": "first", "category": "news"}])
-    ItemLog(tmp_path / "w0" / "items.jsonl").append([{"item_id": "n9", "title": "second", "category": "news"},
-                                                    {"item_id": "n7", "title": "other"}])
-    ItemLog(tmp_path / "w1" / "items.jsonl").append([{"item_id": "n7", "title": "other, updated"}])
+def test_item_adds_of_every_worker_newest_record_wins(tmp_path: Path):
+    clock = iter([100.0, 200.0, 300.0]).__next__
+    ItemLog(tmp_path / "w1" / "items.jsonl", clock).append([{"item_id": "n9", "title": "first", "category": "news"}])
+    ItemLog(tmp_path / "w0" / "items.jsonl", clock).append([{"item_id": "n9", "title": "second", "category": "news"},
+                                                           {"item_id": "n7", "title": "other"}])
+    ItemLog(tmp_path / "w1" / "items.jsonl", clock).append([{"item_id": "n7", "title": "other, updated"}])
     (tmp_path / "w0" / "items.jsonl").open("ab").write(b'{"item_id": "torn')  # a crash mid-write
     for w in ("w0", "w1"):
         EventLog(tmp_path / w).close()

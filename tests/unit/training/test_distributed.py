@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.distributed as tdist
 
 from feedrank.cli.train import checkpoint_dir_for, torchrun_command
 from feedrank.training import distributed as dist
@@ -31,19 +30,18 @@ def test_shard_is_disjoint_and_covers_everything():
     assert all(len(set(a) & set(b)) == 0 for i, a in enumerate(parts) for b in parts[i + 1 :])
 
 
-def test_sparse_gradients_merge_per_table(tmp_path):
-    """The concatenated-table all-gather splits rows back to the right table (one rank)."""
-    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        a = torch.nn.Embedding(10, 4, sparse=True)
-        b = torch.nn.Embedding(6, 4, sparse=True)
-        (a(torch.tensor([1, 1, 9])).sum() * 2 + b(torch.tensor([0, 5])).sum()).backward()
-        want_a, want_b = a.weight.grad.to_dense(), b.weight.grad.to_dense()
-        dist._average_sparse([a.weight, b.weight], 1.0)
-        assert torch.equal(a.weight.grad.to_dense(), want_a) and torch.equal(b.weight.grad.to_dense(), want_b)
-        assert a.weight.grad.is_sparse and b.weight.grad.is_sparse
-    finally:
-        tdist.destroy_process_group()
+def test_sparse_rows_split_back_to_the_right_table():
+    """All tables' rows travel in one buffer; each table gets its own rows back (one rank)."""
+    a = torch.nn.Embedding(10, 4, sparse=True)
+    b = torch.nn.Embedding(6, 4, sparse=True)
+    c = torch.nn.Embedding(5, 4, sparse=True)  # no gradient this step
+    (a(torch.tensor([1, 1, 9])).sum() * 2 + b(torch.tensor([0, 5])).sum()).backward()
+    want_a, want_b = a.weight.grad.to_dense(), b.weight.grad.to_dense()
+    idx, val, counts = dist._local_rows([a.weight, b.weight, c.weight], 4)
+    assert counts == [2, 2, 0] and idx.dtype == torch.int32 and val.shape == (4, 4)
+    dist._set_sparse([a.weight, b.weight, c.weight], [idx], [val], [counts], 1.0)
+    assert torch.equal(a.weight.grad.to_dense(), want_a) and torch.equal(b.weight.grad.to_dense(), want_b)
+    assert a.weight.grad.is_sparse and b.weight.grad.is_sparse and c.weight.grad is None
 
 
 def test_nproc_runs_the_same_command_under_torchrun(tmp_path):
