@@ -166,8 +166,9 @@ class ServingConfig:
     # FEEDRANK_API_KEY environment variable overrides it; empty = open (local development).
     api_key: str = ""
     # server processes on the port (`feedrank serve`), one per core: one process runs one
-    # pipeline at a time under the GIL (serving/workers.py; benchmarks/README.md)
-    workers: int = field(default=1, metadata=_rng(1, 64))
+    # pipeline at a time under the GIL (serving/workers.py; benchmarks/README.md). Every
+    # reader of the event log reads every worker's partition; /metrics sums the workers.
+    workers: int = field(default=2, metadata=_rng(1, 64))
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,7 @@ def bench_crash(work: Path, kills: int, seconds: float, batch: int = 20, seed: i
 
 def _start_server(model: Path, events_dir: Path, errlog: Path, port: int, overrides: tuple[str, ...] = ()) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "feedrank.cli.main", "serve", "--model", str(model), "--port", str(port),
-           "--events-dir", str(events_dir), "--log-level", "warning", *overrides]
+           "--events-dir", str(events_dir), "--log-level", "warning", "--workers", "1", *overrides]  # one writer: kill -9 hits it
     with open(errlog, "ab") as err:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
 
@@ -580,7 +580,7 @@ def bench_http(work: Path, model: Path, batch: int, clients: int, max_requests: 
     shutil.rmtree(d, ignore_errors=True)
     port = _free_port()
     cmd = [sys.executable, "-m", "feedrank.cli.main", "serve", "--model", str(model), "--port", str(port),
-           "--events-dir", str(d), "--log-level", "warning"]
+           "--events-dir", str(d), "--log-level", "warning", "--workers", "1"]  # one process's log and fsyncs
     errlog = work / f"server-{batch}.log"
     with open(errlog, "wb") as err:
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)

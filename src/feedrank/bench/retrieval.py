@@ -118,6 +118,8 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     at_boundary = CounterReplay(n_items, clicks.items, clicks.ts, *fit_data.impressions, creator_codes(catalog.creators))
     at_boundary.advance(np.inf)  # it holds train events only: the counters at the boundary
     counters = at_boundary.snapshot()
+    has_hist = (clicks.ends - clicks.starts)[users] > 0
+    out["users_without_history"] = int((~has_hist).sum())
     priors = {}
     for name, use_pop, data in (("two_tower_age_prior", False, None), ("two_tower_prior", True, None),
                                 ("two_tower_prior_ctr", True, fit_data)):
@@ -125,15 +127,17 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
                               cfg.training.seed, popularity=use_pop, data=data)
         priors[name] = prior
         out[name] = prior.to_json()
-        say(f"{name}: w_age = {prior.weight:.4f} per day, w_pop = {prior.pop_weight:.4f}, w_ctr = {prior.ctr_weight:.4f}, "
-            f"w_creator = {prior.creator_weight:.4f} (nll {prior.nll_before:.4f} -> {prior.nll_after:.4f}, "
-            f"{prior.n_clicks} train clicks)")
-        out["methods"][name] = _metrics(_top_lists(prior.scores(uvec, vecs, catalog.published_at, split.boundary,
-                                                                counters=counters), allowed_mask, past), relevant, warm)
+        for tag, pr in (("", prior), (" (users without history)", prior.cold_user)):
+            if pr is not None:
+                say(f"{name}{tag}: w_age = {pr.weight:.4f} per day, w_pop = {pr.pop_weight:.4f}, w_trend = "
+                    f"{pr.trend_weight:.4f}, w_ctr = {pr.ctr_weight:.4f}, w_creator = {pr.creator_weight:.4f} "
+                    f"(nll {pr.nll_before:.4f} -> {pr.nll_after:.4f}, {pr.n_clicks} train clicks)")
+        out["methods"][name] = _metrics(_top_lists(_prior_scores(prior, uvec, has_hist, vecs, catalog.published_at,
+                                                                 split.boundary, counters), allowed_mask, past), relevant, warm)
     prior = priors[served_prior]
     out["served_prior"] = served_prior
     out["methods"]["two_tower_prior_served"] = _metrics(
-        _served_lists(prior, uvec, vecs, catalog.published_at, counters, split.boundary, allowed_mask, past, cfg),
+        _served_lists(prior, uvec, has_hist, vecs, catalog.published_at, counters, split.boundary, allowed_mask, past, cfg),
         relevant, warm)
     out["methods"]["popularity"] = _metrics(_top_lists(np.broadcast_to(pop, (len(users), n_items)), allowed_mask, past),
                                             relevant, warm)
@@ -193,7 +197,17 @@ def _headline(out: dict[str, Any]) -> dict[str, Any]:
     return h
 
 
-def _served_lists(prior, uvec: np.ndarray, vecs: np.ndarray, published_at: np.ndarray, counters, now: float,
+def _prior_scores(prior, uvec: np.ndarray, has_hist: np.ndarray, vecs: np.ndarray, published_at: np.ndarray, now: float,
+                  counters) -> np.ndarray:
+    """(U, N) exact served scores at ``now``: users without history (``has_hist`` False) get
+    the prior's cold-user weights."""
+    out = prior.scores(uvec, vecs, published_at, now, counters=counters)
+    if (~has_hist).any() and prior.cold_user is not None:
+        out[~has_hist] = prior.cold_user.scores(uvec[~has_hist], vecs, published_at, now, counters=counters)
+    return out
+
+
+def _served_lists(prior, uvec: np.ndarray, has_hist: np.ndarray, vecs: np.ndarray, published_at: np.ndarray, counters, now: float,
                   allowed_mask: np.ndarray, past: list[set[int]], cfg: FeedrankConfig, k: int = 100) -> list[list[int]]:
     """What serving does with the prior (``Recommender._retrieve``): the ANN's top
     ``ann_oversample * k`` by u.v, every recent item (published within the recent pool's
@@ -211,7 +225,8 @@ def _served_lists(prior, uvec: np.ndarray, vecs: np.ndarray, published_at: np.nd
     for j, row in enumerate(over):
         cand = np.union1d(np.asarray(row, dtype=np.int64), pool)
         cand = cand[~np.isin(cand, np.fromiter(past[j], dtype=np.int64, count=len(past[j])))]
-        got, _ = rescore_with_prior(prior, uvec[j], cand, vecs[cand], published_at[cand], now, k, counters=counters.take(cand))
+        got, _ = rescore_with_prior(prior, uvec[j], cand, vecs[cand], published_at[cand], now, k, counters=counters.take(cand),
+                                    has_history=bool(has_hist[j]))
         out.append(got.tolist())
     return out
 

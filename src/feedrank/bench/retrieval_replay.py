@@ -146,19 +146,21 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
             live &= t - pub < inp.max_age_s
         u = int(reqs.users[j])
         live[log.items[log.starts[u]:ends[j]]] = False
+        has_history = bool(ends[j] > log.starts[u])
         cand = np.flatnonzero(live)
         tower = vecs[cand] @ uvec[j]
         lists["two_tower"].append(_top(tower, cand, k).tolist())
         lists["popularity"].append(_top(counters.clicks[cand], cand, k).tolist())
         if prior is not None:
-            exact = tower / prior.temperature + prior.bias(catalog.published_at[cand], None, t, counters.take(cand))
+            pr = prior.for_user(has_history)
+            exact = tower / pr.temperature + pr.bias(catalog.published_at[cand], None, t, counters.take(cand))
             lists["two_tower_prior"].append(_top(exact, cand, k).tolist())
             ann = _top(tower, cand, p.ann_oversample * k)
             recent = cand[pub[cand] >= t - hours]
             popular = _top(counters.clicks[cand], cand, max(p.popular_k, k))
             pool = np.union1d(np.union1d(ann, recent), popular)
             got, _ = rescore_with_prior(prior, uvec[j], pool, vecs[pool], catalog.published_at[pool], t, k,
-                                        counters=counters.take(pool))
+                                        counters=counters.take(pool), has_history=has_history)
             lists["two_tower_prior_served"].append(got.tolist())
         if o_items is not None:
             a = inp.truth.world.attractiveness(np.full(len(cand), o_users[j]), o_items[cand], np.full(len(cand), t))

@@ -20,7 +20,7 @@ from feedrank.serving.factory import build_service
 @click.option("--events-dir", default=None, type=click.Path(file_okay=False), help="Event log folder (default: <model>/../events or <registry>/events).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--workers", default=None, type=click.IntRange(1, 64),
-              help="Server processes on the port, one per core (default serving.workers).")
+              help="Server processes on the port, one per core (default serving.workers, 2; 1 = one process).")
 @config_options
 def serve(model_dir: str | None, registry_dir: str | None, poll_s: float, host: str | None, port: int | None,
           events_dir: str | None, log_level: str, workers: int | None, config_path: str | None,
@@ -35,7 +35,9 @@ def serve(model_dir: str | None, registry_dir: str | None, poll_s: float, host: 
       feedrank serve --model var/model
       feedrank serve --registry var/registry --poll 2
       feedrank serve --model var/model --port 8080 pipeline.deadline_ms=100
-      feedrank serve --model var/model --workers 2     # one process per core
+      feedrank serve --model var/model --workers 4     # one process per core (default 2)
+      feedrank serve --model var/model --workers 1     # a single process
+      curl http://127.0.0.1:8000/metrics                # summed over every worker
       curl 'http://127.0.0.1:8000/v1/feed?user_id=u1&k=10'
     """
     from feedrank.serving.factory import build_registry_service

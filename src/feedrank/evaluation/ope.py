@@ -12,20 +12,21 @@ policy's probability of that same action ``pi_i = pi(a_i | x_i)``. With importan
                                                             variance if q is good
            dm_i = sum_a pi(a | x_i) q(x_i, a)   (the direct-method term), q_i = q(x_i, a_i)
 
-Confidence intervals use the standard error of the per-round terms (IPS, DR) or of the
-ratio's linearisation (SNIPS, delta method), optionally cluster-robust. Importance-weighted
-click terms are strongly right-skewed (most are 0, a few are large), and a plain normal
-interval then under-covers: an unlucky log that misses a few high-weight clicks has both a
-low estimate and a low variance. By default the interval is therefore Hall's
-skewness-corrected one (Hall, "On the removal of skewness by transformation", JRSS-B 1992):
-with skewness g of the terms, b = g / (3 sqrt(n)) and the transformation
-``G(t) = ((1 + b t)^3 - 1) / (3 b) + g / (6 sqrt(n))`` of the studentised mean,
+Intervals (``ope_intervals.py``), chosen by ``method``:
 
-    [est - se * G^-1(z_hi), est - se * G^-1(z_lo)],   G^-1(x) = ((1 + 3 b (x - g/(6 sqrt n)))^(1/3) - 1) / b
+* ``"el"``: empirical likelihood. For IPS and DR it profiles the mean of the per-round terms
+  under the side constraint ``E[w] = 1`` (Karampatziakis, Langford, Mineiro, NeurIPS 2020);
+  for SNIPS it profiles the self-normalised estimating equation ``E[w (r - v)] = 0``.
+  Blockwise over ``clusters`` when given.
+* ``"hall"``: the Wald interval with Hall's skewness correction (Hall, JRSS-B 1992) on the
+  standard error of the terms (IPS, DR) or of the ratio's linearisation (SNIPS, delta
+  method), cluster-robust when ``clusters`` is given.
+* ``"normal"``: the plain Wald interval.
 
-which stretches the side the skew hides. ``skew_correction=False`` gives the normal
-interval. ``z`` comes from ``statistics.NormalDist``. All functions are pure numpy; inputs
-are aligned (n,) float arrays.
+Importance-weighted click terms are strongly right-skewed (most are 0, a few are large); see
+``ope_intervals.py`` and docs/evaluation.md for what each interval does about it and how
+well each covers on the synthetic world. All functions are pure numpy; inputs are aligned
+(n,) float arrays.
 
 Reference: Dudik, Langford, Li, "Doubly Robust Policy Evaluation and Learning", ICML 2011;
 Swaminathan & Joachims, "The Self-Normalized Estimator for Counterfactual Learning", NeurIPS 2015.
@@ -34,14 +35,18 @@ Swaminathan & Joachims, "The Self-Normalized Estimator for Counterfactual Learni
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from feedrank.errors import SchemaError
+from feedrank.evaluation.ope_intervals import (INTERVAL_METHODS, check_level, check_method, el_mean_interval,
+                                               el_ratio_interval, hall_interval, skewness, z_value)
 
 ESTIMATORS = ("ips", "snips", "dr")
+DEFAULT_METHOD = "hall"
+__all__ = ["DEFAULT_METHOD", "ESTIMATORS", "INTERVAL_METHODS", "Estimate", "direct_method", "doubly_robust",
+           "estimate_all", "importance_weights", "interval", "ips", "snips", "z_value"]
 
 
 @dataclass(frozen=True)
@@ -57,19 +62,13 @@ class Estimate:
     n: int
     ess: float  # effective sample size of the weights, (sum w)^2 / sum w^2
     max_weight: float
+    method: str = DEFAULT_METHOD  # how the interval was built: one of INTERVAL_METHODS
 
     def covers(self, truth: float) -> bool:
         return bool(self.lo <= truth <= self.hi)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def z_value(level: float) -> float:
-    """Two-sided normal quantile: 1.645 for level 0.90."""
-    if not 0.0 < level < 1.0:
-        raise SchemaError(f"confidence level must be in (0, 1), got {level}")
-    return float(NormalDist().inv_cdf(0.5 + level / 2.0))
 
 
 def _check(n_name: str, *arrays: tuple[str, np.ndarray]) -> int:
@@ -124,56 +123,61 @@ def _se_of_mean(terms: np.ndarray, clusters: np.ndarray | None) -> float:
     return float(np.sqrt(np.sum(sums**2) * c / (c - 1)) / n)
 
 
-def _skewness(terms: np.ndarray) -> float:
-    d = terms - terms.mean()
-    m2 = float(np.mean(d * d))
-    return float(np.mean(d**3) / m2**1.5) if m2 > 0 else 0.0
-
-
 def interval(est: float, se: float, terms: np.ndarray, level: float, skew_correction: bool = True) -> tuple[float, float]:
-    """Two-sided interval for a mean-like estimate with standard error ``se``; ``terms`` (n,)
-    are the per-round terms whose skewness drives Hall's correction (module docstring)."""
-    z = z_value(level)
-    n = len(terms)
-    if not skew_correction or n < 3 or not np.isfinite(se):
-        return est - z * se, est + z * se
-    g = _skewness(terms)
-    if abs(g) < 1e-12:
-        return est - z * se, est + z * se
-    b = g / (3.0 * np.sqrt(n))
-    shift = g / (6.0 * np.sqrt(n))
-
-    def g_inv(x: float) -> float:
-        return float((np.cbrt(1.0 + 3.0 * b * (x - shift)) - 1.0) / b)
-
-    return est - se * g_inv(z), est - se * g_inv(-z)
+    """Wald interval for a mean-like estimate (Hall's skewness correction with the skewness of
+    ``terms`` unless ``skew_correction`` is False); see ``ope_intervals.hall_interval``."""
+    return hall_interval(est, se, terms, level, skew_correction)
 
 
-def _mean_estimate(name: str, terms: np.ndarray, w: np.ndarray, level: float, clusters: np.ndarray | None = None,
-                   skew_correction: bool = True) -> Estimate:
+def _skewness(terms: np.ndarray) -> float:
+    return skewness(terms)
+
+
+def _options(level: float, method: str, clusters: np.ndarray | None, n: int) -> np.ndarray | None:
+    check_level(level)
+    check_method(method)
+    if clusters is None:
+        return None
+    c = np.asarray(clusters)
+    if c.shape != (n,):
+        raise SchemaError(f"clusters: expected shape ({n},), got {c.shape}")
+    return c
+
+
+def _mean_estimate(name: str, terms: np.ndarray, w: np.ndarray, level: float, clusters: np.ndarray | None,
+                   method: str, el_weights: np.ndarray | None) -> Estimate:
+    """A mean of per-round ``terms`` with its interval; EL uses ``el_weights`` for E[w] = 1."""
     n = len(terms)
     v = float(np.mean(terms))
     se = _se_of_mean(terms, clusters)
-    lo, hi = interval(v, se, terms, level, skew_correction)
-    return Estimate(name, v, lo, hi, se, level, n, _ess(w), float(np.max(w)))
+    if method == "el" and n >= 2 and float(np.std(terms)) > 0:
+        lo, hi, _ = el_mean_interval(terms, level, el_weights, clusters)
+        lo, hi = min(lo, v), max(hi, v)  # the estimate itself is always inside
+    else:
+        lo, hi = hall_interval(v, se, terms, level, skew_correction=method == "hall")
+    return Estimate(name, v, lo, hi, se, level, n, _ess(w), float(np.max(w)), method)
 
 
 def ips(reward: np.ndarray, propensity: np.ndarray, target_prob: np.ndarray, level: float = 0.9,
-        clusters: np.ndarray | None = None, skew_correction: bool = True) -> Estimate:
+        clusters: np.ndarray | None = None, method: str = DEFAULT_METHOD) -> Estimate:
     """Inverse propensity scoring: mean(w r). Inputs (n,); ``clusters`` (n,) optional ids of
-    correlated rounds for a cluster-robust interval. Returns an Estimate."""
+    correlated rounds (cluster-robust / blockwise interval); ``method`` one of
+    INTERVAL_METHODS. Returns an Estimate."""
     r = np.asarray(reward, dtype=np.float64)
     w = importance_weights(target_prob, propensity)
-    _check("ips", ("reward", r), ("weights", w))
-    return _mean_estimate("ips", w * r, w, level, clusters, skew_correction)
+    n = _check("ips", ("reward", r), ("weights", w))
+    clusters = _options(level, method, clusters, n)
+    return _mean_estimate("ips", w * r, w, level, clusters, method, w)
 
 
 def snips(reward: np.ndarray, propensity: np.ndarray, target_prob: np.ndarray, level: float = 0.9,
-          clusters: np.ndarray | None = None, skew_correction: bool = True) -> Estimate:
-    """Self-normalised IPS: sum(w r) / sum(w), CI by the delta method. Inputs (n,)."""
+          clusters: np.ndarray | None = None, method: str = DEFAULT_METHOD) -> Estimate:
+    """Self-normalised IPS: sum(w r) / sum(w). Interval: EL on E[w (r - v)] = 0, or the delta
+    method's standard error (Hall / normal). Inputs (n,)."""
     r = np.asarray(reward, dtype=np.float64)
     w = importance_weights(target_prob, propensity)
     n = _check("snips", ("reward", r), ("weights", w))
+    clusters = _options(level, method, clusters, n)
     sw = float(np.sum(w))
     if sw <= 0:
         raise SchemaError("snips: the target policy gives probability 0 to every logged action")
@@ -181,13 +185,17 @@ def snips(reward: np.ndarray, propensity: np.ndarray, target_prob: np.ndarray, l
     wbar = sw / n
     resid = w * (r - v)  # linearisation of the ratio (delta method): se = se(mean(resid)) / mean(w)
     se = _se_of_mean(resid, clusters) / wbar
-    lo, hi = interval(v, se, resid, level, skew_correction)
-    return Estimate("snips", v, lo, hi, se, level, n, _ess(w), float(np.max(w)))
+    if method == "el" and n >= 2 and float(np.std(resid)) > 0:
+        lo, hi = el_ratio_interval(r, w, level, v, clusters)
+        lo, hi = min(lo, v), max(hi, v)
+    else:
+        lo, hi = hall_interval(v, se, resid, level, skew_correction=method == "hall")
+    return Estimate("snips", v, lo, hi, se, level, n, _ess(w), float(np.max(w)), method)
 
 
 def doubly_robust(reward: np.ndarray, propensity: np.ndarray, target_prob: np.ndarray,
                   q_logged: np.ndarray, dm: np.ndarray, level: float = 0.9, clusters: np.ndarray | None = None,
-                  skew_correction: bool = True) -> Estimate:
+                  method: str = DEFAULT_METHOD) -> Estimate:
     """Doubly robust: mean(dm + w (r - q_logged)).
 
     Args:
@@ -198,28 +206,30 @@ def doubly_robust(reward: np.ndarray, propensity: np.ndarray, target_prob: np.nd
     q = np.asarray(q_logged, dtype=np.float64)
     d = np.asarray(dm, dtype=np.float64)
     w = importance_weights(target_prob, propensity)
-    _check("doubly_robust", ("reward", r), ("weights", w), ("q_logged", q), ("dm", d))
-    return _mean_estimate("dr", d + w * (r - q), w, level, clusters, skew_correction)
+    n = _check("doubly_robust", ("reward", r), ("weights", w), ("q_logged", q), ("dm", d))
+    clusters = _options(level, method, clusters, n)
+    return _mean_estimate("dr", d + w * (r - q), w, level, clusters, method, w)
 
 
 def direct_method(dm: np.ndarray, level: float = 0.9, clusters: np.ndarray | None = None,
-                  skew_correction: bool = True) -> Estimate:
+                  method: str = DEFAULT_METHOD) -> Estimate:
     """The plain direct method mean(dm) (biased by the reward model; no propensities).
 
     Its interval reflects only the spread over contexts, not the model's error."""
     d = np.asarray(dm, dtype=np.float64)
-    _check("direct_method", ("dm", d))
-    return _mean_estimate("dm", d, np.ones_like(d), level, clusters, skew_correction)
+    n = _check("direct_method", ("dm", d))
+    clusters = _options(level, method, clusters, n)
+    return _mean_estimate("dm", d, np.ones_like(d), level, clusters, method, None)
 
 
 def estimate_all(reward: np.ndarray, propensity: np.ndarray, target_prob: np.ndarray,
                  q_logged: np.ndarray | None = None, dm: np.ndarray | None = None,
-                 level: float = 0.9, clusters: np.ndarray | None = None, skew_correction: bool = True) -> dict[str, Estimate]:
+                 level: float = 0.9, clusters: np.ndarray | None = None,
+                 method: str = DEFAULT_METHOD) -> dict[str, Estimate]:
     """IPS and SNIPS, plus DR (and DM) when a reward model's ``q_logged`` and ``dm`` are given."""
-    sc = skew_correction
-    out = {"ips": ips(reward, propensity, target_prob, level, clusters, sc),
-           "snips": snips(reward, propensity, target_prob, level, clusters, sc)}
+    out = {"ips": ips(reward, propensity, target_prob, level, clusters, method),
+           "snips": snips(reward, propensity, target_prob, level, clusters, method)}
     if q_logged is not None and dm is not None:
-        out["dr"] = doubly_robust(reward, propensity, target_prob, q_logged, dm, level, clusters, sc)
-        out["dm"] = direct_method(dm, level, clusters, sc)
+        out["dr"] = doubly_robust(reward, propensity, target_prob, q_logged, dm, level, clusters, method)
+        out["dm"] = direct_method(dm, level, clusters, method)
     return out

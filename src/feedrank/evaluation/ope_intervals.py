@@ -198,9 +198,23 @@ def _el_bounds(stat, est: float, scale: float, crit: float, base: float) -> tupl
     return out[0], out[1]
 
 
-def el_mean_interval(terms: np.ndarray, level: float, weights: np.ndarray | None = None) -> tuple[float, float, float]:
+def _cluster_sums(clusters: np.ndarray | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-cluster sums of each array (blockwise empirical likelihood: one observation per
+    cluster of correlated rounds), or the arrays themselves when ``clusters`` is None."""
+    if clusters is None:
+        return arrays
+    _, codes = np.unique(np.asarray(clusters), return_inverse=True)
+    c = int(codes.max()) + 1
+    if c < 2:
+        raise SchemaError("empirical likelihood: need at least 2 clusters")
+    return tuple(np.bincount(codes, weights=a, minlength=c) for a in arrays)
+
+
+def el_mean_interval(terms: np.ndarray, level: float, weights: np.ndarray | None = None,
+                     clusters: np.ndarray | None = None) -> tuple[float, float, float]:
     """Empirical-likelihood interval for ``E[terms]``; with ``weights`` (n,) also imposing
-    ``E[weights] = 1`` (the importance weights' known mean).
+    ``E[weights] = 1`` (the importance weights' known mean); with ``clusters`` (n,) blockwise
+    (each cluster's sums are one observation, for rounds correlated within a cluster).
 
     Returns (lo, hi, point): ``point`` is the maximum-EL estimate (the mean of ``terms``
     without the weight constraint; with it, ``sum Q_i terms_i`` for the Q that satisfies
@@ -210,50 +224,54 @@ def el_mean_interval(terms: np.ndarray, level: float, weights: np.ndarray | None
     n = len(t)
     if n < 2:
         raise SchemaError(f"empirical likelihood: need at least 2 rounds, got {n}")
-    crit = float(chi2.ppf(level, 1))
-    sd = float(np.std(t))
-    if sd == 0:
+    if float(np.std(t)) == 0:
         raise SchemaError("empirical likelihood: all terms are equal; the interval is degenerate "
                           "(no click, or the target policy has zero weight on every logged action?)")
-    if weights is None:
-        stat = _Profile(None, t)
-        point, base = float(t.mean()), 0.0
+    crit = float(chi2.ppf(level, 1))
+    w = None if weights is None else np.asarray(weights, dtype=np.float64) - 1.0
+    if w is not None and float(np.std(w)) == 0:
+        w = None  # constant weights carry no extra information
+    ones = np.ones(n)
+    if w is None:
+        tc, cnt = _cluster_sums(clusters, t, ones)
+        fixed, base = None, 0.0
     else:
-        w = np.asarray(weights, dtype=np.float64) - 1.0
-        if float(np.std(w)) == 0:
-            return el_mean_interval(t, level)  # constant weights carry no extra information
-        base = el_statistic(w[:, None])[0]
-        point = _el_point(w, t)
-        stat = _Profile(w[:, None], t)
-    lo, hi = _el_bounds(stat, point, sd / np.sqrt(n), crit, base)
+        tc, cnt, wc = _cluster_sums(clusters, t, ones, w)
+        fixed = wc[:, None]
+        base = el_statistic(fixed)[0]
+    q = np.ones(len(tc)) if w is None else _el_tilt(wc)
+    point = float(np.sum(q * tc) / np.sum(q * cnt))
+    stat = _Profile(fixed, tc, None if clusters is None else cnt)
+    scale = float(np.std(tc - point * cnt) / np.sqrt(len(tc)) / np.mean(cnt))
+    lo, hi = _el_bounds(stat, point, scale, crit, base)
     return lo, hi, point
 
 
-def _el_point(w_centred: np.ndarray, t: np.ndarray) -> float:
-    """sum Q_i t_i with Q_i ∝ 1 / (1 + mu w_i), mu solving sum w_i / (1 + mu w_i) = 0 (the EL
-    tilt that makes the weights average to 1). Falls back to the plain mean when the tilt
-    does not exist (1 is outside the range of the weights)."""
+def _el_tilt(w_centred: np.ndarray) -> np.ndarray:
+    """Q_i ∝ 1 / (1 + mu w_i), mu solving sum w_i / (1 + mu w_i) = 0: the EL reweighting that
+    makes the (centred) weights average to 0. Uniform when no such tilt exists (0 is outside
+    the range of the centred weights)."""
     w = w_centred
     if w.min() >= 0 or w.max() <= 0:
-        return float(t.mean())
-    lo_mu, hi_mu = -1.0 / w.max() + 1e-12, -1.0 / w.min() - 1e-12
-    lo_mu, hi_mu = (lo_mu * (1 - 1e-9), hi_mu * (1 - 1e-9))
+        return np.ones(len(w))
+    lo_mu, hi_mu = (-1.0 / w.max()) * (1 - 1e-9), (-1.0 / w.min()) * (1 - 1e-9)
     score = lambda mu: float(np.sum(w / (1.0 + mu * w)))  # noqa: E731  decreasing in mu
     mu = float(brentq(score, lo_mu, hi_mu, xtol=1e-14))
-    q = 1.0 / (1.0 + mu * w)
-    return float(np.sum(q * t) / np.sum(q))
+    return 1.0 / (1.0 + mu * w)
 
 
-def el_ratio_interval(reward: np.ndarray, weights: np.ndarray, level: float, est: float) -> tuple[float, float]:
-    """EL interval for the self-normalised value v solving ``E[w (r - v)] = 0`` (SNIPS)."""
+def el_ratio_interval(reward: np.ndarray, weights: np.ndarray, level: float, est: float,
+                      clusters: np.ndarray | None = None) -> tuple[float, float]:
+    """EL interval for the self-normalised value v solving ``E[w (r - v)] = 0`` (SNIPS);
+    blockwise over ``clusters`` when given."""
     check_level(level)
     r = np.asarray(reward, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     if len(r) < 2:
         raise SchemaError(f"empirical likelihood: need at least 2 rounds, got {len(r)}")
-    if float(np.std(r[w > 0])) == 0 if np.any(w > 0) else True:
+    if not np.any(w > 0) or float(np.std(r[w > 0])) == 0:
         raise SchemaError("empirical likelihood: the weighted rewards are all equal; the interval is degenerate")
     crit = float(chi2.ppf(level, 1))
-    resid = w * (r - est)
-    scale = float(np.std(resid) / np.sqrt(len(r)) / max(np.mean(w), 1e-300))
-    return _el_bounds(_Profile(None, w * r, slope=w), est, scale, crit, 0.0)
+    wr, wc = _cluster_sums(clusters, w * r, w)
+    scale = float(np.std(wr - est * wc) / np.sqrt(len(wr)) / max(np.mean(wc), 1e-300))
+    return _el_bounds(_Profile(None, wr, slope=wc), est, scale, crit, 0.0)

@@ -41,8 +41,8 @@ from feedrank.data.dataset import ts_to_seconds
 from feedrank.data.synth import WorldConfig, WorldTruth, generate_world, parse_ids
 from feedrank.data.synth.world import World
 from feedrank.errors import SchemaError
-from feedrank.evaluation.click_models import fit_pbm
-from feedrank.evaluation.ope import ESTIMATORS, estimate_all
+from feedrank.evaluation.click_models import fit_pbm, harvest_position_bias
+from feedrank.evaluation.ope import DEFAULT_METHOD, ESTIMATORS, INTERVAL_METHODS, estimate_all
 from feedrank.training.common import progress
 
 CHUNK_SESSIONS = 2048
@@ -73,12 +73,14 @@ class Sessions:
 
 @dataclass(frozen=True)
 class Impressions:
-    """Every logged impression (all positions). Arrays (n,): request, item, position, click."""
+    """Every logged impression (all positions). Arrays (n,): request, item, position, click,
+    propensity (the logging policy's sequential draw probability)."""
 
     request: np.ndarray
     item: np.ndarray
     position: np.ndarray
     click: np.ndarray
+    propensity: np.ndarray
 
 
 def read_log(dataset_dir: str | Path, world: World) -> tuple[Sessions, Impressions]:
@@ -102,15 +104,17 @@ def read_log(dataset_dir: str | Path, world: World) -> tuple[Sessions, Impressio
     clicked = np.isin(i_req * K + i_pos, c_req * K + c_pos)
     i_item = parse_ids(imp.column("item_id").to_numpy(zero_copy_only=False), "i", cfg.n_items, "item")
     top = i_pos == 0
+    i_prop = imp.column("propensity").to_numpy().astype(np.float64)
     sessions = Sessions(
         user=parse_ids(np.asarray(imp.column("user_id").to_numpy(zero_copy_only=False))[top], "u", cfg.n_users, "user"),
         item=i_item[top],
         ts=ts_to_seconds(imp.column("ts"))[top],
-        propensity=imp.column("propensity").to_numpy()[top].astype(np.float64),
+        propensity=i_prop[top],
         click=clicked[top].astype(np.float64),
         request=i_req[top],
     )
-    return sessions, Impressions(request=i_req, item=i_item, position=i_pos, click=clicked.astype(np.float64))
+    return sessions, Impressions(request=i_req, item=i_item, position=i_pos, click=clicked.astype(np.float64),
+                                 propensity=i_prop)
 
 
 @dataclass(frozen=True)
@@ -146,14 +150,25 @@ def fit_reward_model(world: World, imps: Impressions, users_of_request: dict[int
     return RewardModel(pbm.gamma, mult, world.item_cat.astype(np.int64)), pbm.theta
 
 
+def live_range(world: World, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index range [lo, hi) of the items live at session times ``ts`` (S,) (epoch s), computed
+    exactly as the logging policy does (``policy.LoggingPolicy.sample``): in integer
+    milliseconds, ``t - max_age < published <= t``. Float seconds could differ from it for an
+    item published within half a millisecond of a boundary, and the target policy would then
+    put mass on an item the logging policy could not show (or the reverse)."""
+    pub_ms = np.round(world.item_pub * 1000.0).astype(np.int64)
+    t_ms = np.round(np.asarray(ts, dtype=np.float64) * 1000.0).astype(np.int64)
+    max_age_ms = int(round(world.config.max_age_s * 1000.0))
+    return (np.searchsorted(pub_ms, t_ms - max_age_ms, side="right"), np.searchsorted(pub_ms, t_ms, side="right"))
+
+
 def target_rows(world: World, policy: TargetPolicy, user: np.ndarray, ts: np.ndarray, item: np.ndarray,
                 q: RewardModel | None = None) -> dict[str, np.ndarray]:
     """For sessions (S,): pi of the logged top item, the true value sum_j pi_j a_j, and (when
     a reward model ``q`` is given) the direct-method term sum_j pi_j q(u, j). Returns (S,) arrays."""
     cfg = world.config
     eps = np.random.default_rng(np.random.SeedSequence([policy.seed, 808])).standard_normal(cfg.n_items)
-    lo = np.searchsorted(world.item_pub, ts - cfg.max_age_s, side="right")
-    hi = np.searchsorted(world.item_pub, ts, side="right")
+    lo, hi = live_range(world, ts)
     S = len(user)
     out = {"pi_logged": np.zeros(S), "truth": np.zeros(S), "dm": np.zeros(S)}
     for a0 in range(0, S, CHUNK_SESSIONS):
@@ -183,10 +198,15 @@ def target_rows(world: World, policy: TargetPolicy, user: np.ndarray, ts: np.nda
 
 
 def evaluate_log(dataset_dir: str | Path, policy: TargetPolicy = TargetPolicy(), *, sample: float = 0.5,
-                 level: float = 0.9, seed: int = 0, cluster_by_user: bool = True) -> dict[str, Any]:
+                 level: float = 0.9, seed: int = 0, cluster_by_user: bool = True,
+                 method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """Estimates (IPS, SNIPS, DR, DM) of the target policy's top-slot CTR from a random
     ``sample`` share of a synthetic dataset's sessions, and the simulated truth over all.
-    Intervals are cluster-robust over users unless ``cluster_by_user`` is False."""
+    Intervals are cluster-robust over users unless ``cluster_by_user`` is False; the main one
+    is ``method``'s, and every method's interval is kept under ``intervals``. Also: the
+    examination curve fitted by EM and the one harvested from the log's randomisation."""
+    if method not in INTERVAL_METHODS:
+        raise SchemaError(f"method: expected one of {', '.join(INTERVAL_METHODS)}, got {method!r}")
     if not 0.0 < sample <= 1.0:
         raise SchemaError(f"sample: expected a share in (0, 1], got {sample}")
     world = WorldTruth.load(dataset_dir).world
@@ -215,13 +235,16 @@ def evaluate_log(dataset_dir: str | Path, policy: TargetPolicy = TargetPolicy(),
     truth_rows = target_rows(world, policy, sess.user, sess.ts, sess.item)["truth"]
     clusters = sess.user[keep] if cluster_by_user else None  # one user's sessions are correlated
     args = (sess.click[keep], sess.propensity[keep], pi_logged, q_logged, dm)
-    est = estimate_all(*args, level=level, clusters=clusters)
-    normal = estimate_all(*args, level=level, clusters=clusters, skew_correction=False)
+    by_method = {m: estimate_all(*args, level=level, clusters=clusters, method=m) for m in INTERVAL_METHODS}
+    est = by_method[method]
     truth = float(truth_rows.mean())
     truth_logged = float(truth_rows[keep].mean())  # the same value on the logged sessions only
     logging_truth = float(world.attractiveness(sess.user, sess.item, sess.ts).mean())
     theta = np.mean([t[: min(len(x) for x in pbm_thetas)] for t in pbm_thetas], axis=0)
     true_theta = world.examination(np.arange(len(theta)))
+    logged = np.isin(imps.request, sess.request[keep])
+    harvest = harvest_position_bias(imps.request[logged], imps.position[logged], imps.propensity[logged],
+                                    imps.click[logged], max_position=len(theta) - 1, level=level)
     return {
         "truth": truth,
         "truth_logged_sessions": truth_logged,
@@ -233,17 +256,23 @@ def evaluate_log(dataset_dir: str | Path, policy: TargetPolicy = TargetPolicy(),
         "cluster_by_user": cluster_by_user,
         "n_users": int(len(np.unique(sess.user[keep]))),
         "policy": asdict(policy),
+        "method": method,
         "estimates": {k: {**v.to_dict(), "covers": v.covers(truth), "covers_logged_sessions": v.covers(truth_logged),
-                          "normal_lo": normal[k].lo, "normal_hi": normal[k].hi,
-                          "normal_covers": normal[k].covers(truth)} for k, v in est.items()},
+                          "intervals": {m: {"lo": by_method[m][k].lo, "hi": by_method[m][k].hi,
+                                            "covers": by_method[m][k].covers(truth)} for m in INTERVAL_METHODS}}
+                      for k, v in est.items()},
         "pbm_theta": theta.round(4).tolist(),
+        "harvest_theta": harvest.theta.round(4).tolist(),
+        "harvest_lo": harvest.lo.round(4).tolist(),
+        "harvest_hi": harvest.hi.round(4).tolist(),
         "true_theta": true_theta.round(4).tolist(),
     }
 
 
 def coverage_check(seeds: list[int], world: dict[str, Any] | None = None, policy: TargetPolicy = TargetPolicy(),
                    *, sample: float = 0.5, level: float = 0.9, workdir: str | Path | None = None,
-                   show_progress: bool = True, on_run: Callable[[dict], None] | None = None) -> dict[str, Any]:
+                   show_progress: bool = True, on_run: Callable[[dict], None] | None = None,
+                   method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """Per seed: a new world (``WorldConfig(**world, seed=s)``), its log, a target policy with
     new item noise; estimate and compare with the truth. Returns the runs and a summary per
     estimator (coverage share, mean bias, RMSE, mean interval width)."""
@@ -256,7 +285,7 @@ def coverage_check(seeds: list[int], world: dict[str, Any] | None = None, policy
             out = tmp / f"w{s}"
             generate_world(out, cfg, progress=False)
             pol = TargetPolicy(beta=policy.beta, noise=policy.noise, seed=int(s))
-            r = evaluate_log(out, pol, sample=sample, level=level, seed=int(s))
+            r = evaluate_log(out, pol, sample=sample, level=level, seed=int(s), method=method)
             r["seed"] = int(s)
             runs.append(r)
             shutil.rmtree(out, ignore_errors=True)
@@ -264,8 +293,38 @@ def coverage_check(seeds: list[int], world: dict[str, Any] | None = None, policy
                 on_run(r)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"level": level, "sample": sample, "world": world, "policy": {"beta": policy.beta, "noise": policy.noise},
-            "n_runs": len(runs), "summary": summarize(runs), "runs": runs}
+    return {"level": level, "sample": sample, "method": method, "world": world,
+            "policy": {"beta": policy.beta, "noise": policy.noise}, "n_runs": len(runs), "summary": summarize(runs),
+            "position_bias": summarize_position_bias(runs), "runs": runs}
+
+
+def coverage_interval(covered: int, runs: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval for a coverage share from ``covered`` of ``runs`` (how precisely
+    a finite number of seeded runs pins the true coverage down)."""
+    from scipy.stats import beta
+
+    a = (1.0 - level) / 2.0
+    lo = 0.0 if covered == 0 else float(beta.ppf(a, covered, runs - covered + 1))
+    hi = 1.0 if covered == runs else float(beta.ppf(1.0 - a, covered + 1, runs - covered))
+    return lo, hi
+
+
+def summarize_position_bias(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean absolute error of the EM and the harvested examination curves against the world's,
+    and how often each harvested interval covered the true theta."""
+    rs = [r for r in runs if "harvest_theta" in r]
+    if not rs:
+        return {}
+    true = np.array([r["true_theta"] for r in rs])
+    em = np.array([r["pbm_theta"] for r in rs])
+    hv = np.array([r["harvest_theta"] for r in rs])
+    cov = (np.array([r["harvest_lo"] for r in rs]) <= true) & (true <= np.array([r["harvest_hi"] for r in rs]))
+    return {"true_theta": true.mean(axis=0).round(4).tolist(),
+            "em_mean_theta": em.mean(axis=0).round(4).tolist(),
+            "harvest_mean_theta": hv.mean(axis=0).round(4).tolist(),
+            "em_mean_abs_error": float(np.abs(em - true)[:, 1:].mean()),
+            "harvest_mean_abs_error": float(np.abs(hv - true)[:, 1:].mean()),
+            "harvest_interval_coverage": float(cov[:, 1:].mean())}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -279,11 +338,18 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         val = np.array([r["estimates"][name]["value"] for r in rs])
         width = np.array([r["estimates"][name]["hi"] - r["estimates"][name]["lo"] for r in rs])
         cov = np.array([r["estimates"][name]["covers"] for r in rs], dtype=np.float64)
-        cov_normal = np.array([r["estimates"][name].get("normal_covers", np.nan) for r in rs], dtype=np.float64)
         cov_logged = np.array([r["estimates"][name].get("covers_logged_sessions", np.nan) for r in rs], dtype=np.float64)
+        by_method = {}
+        for m in INTERVAL_METHODS:
+            iv = [r["estimates"][name].get("intervals", {}).get(m) for r in rs]
+            if all(x is not None for x in iv):
+                by_method[m] = {"coverage": float(np.mean([x["covers"] for x in iv])),
+                                "mean_width": float(np.mean([x["hi"] - x["lo"] for x in iv]))}
+        lo_cov, hi_cov = coverage_interval(int(cov.sum()), len(rs))
         out[name] = {
             "coverage": float(cov.mean()),
-            "coverage_normal_interval": float(cov_normal.mean()),
+            "coverage_ci95": [lo_cov, hi_cov],
+            "coverage_by_method": by_method,
             "coverage_of_logged_sessions_truth": float(cov_logged.mean()),
             "covered": int(cov.sum()),
             "runs": len(rs),
@@ -299,4 +365,43 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             out[name].update({"rmse_over_rms_stderr": float(np.sqrt(np.mean(err**2) / np.mean(se**2))),
                               "corr_error_stderr": float(np.corrcoef(err, se)[0, 1]) if np.std(se) > 0 else None,
                               "z_q05": float(np.quantile(z, 0.05)), "z_q95": float(np.quantile(z, 0.95))})
+    return out
+
+
+def position_bias_report(dataset_dir: str | Path, *, level: float = 0.9, n_positions: int = 10) -> dict[str, Any]:
+    """Examination per position of a dataset's log, harvested from its randomisation
+    (``click_models.harvest_position_bias``) and fitted by EM (``fit_pbm``), with the true
+    curve when the dataset is a synthetic world (it has ``truth/``)."""
+    path = Path(dataset_dir) / "events.parquet"
+    if not path.exists():
+        raise SchemaError(f"{path}: no events file (is {dataset_dir} a dataset folder?)")
+    t = pq.read_table(path, columns=["item_id", "kind", "position", "request_id", "propensity"])
+    imp = t.filter(pc.equal(t.column("kind"), "impression"))
+    clk = t.filter(pc.equal(t.column("kind"), "click"))
+    if imp.num_rows == 0:
+        raise SchemaError(f"{path}: no impressions")
+    for name in ("position", "request_id", "propensity"):
+        if imp.column(name).null_count:
+            raise SchemaError(f"{path}: {imp.column(name).null_count} impression(s) without {name}")
+    req_s = np.asarray(imp.column("request_id").to_numpy(zero_copy_only=False), dtype=object)
+    uniq, req = np.unique(req_s, return_inverse=True)
+    pos = imp.column("position").to_numpy().astype(np.int64)
+    c_req = np.searchsorted(uniq, np.asarray(clk.column("request_id").to_numpy(zero_copy_only=False), dtype=object))
+    c_req = np.minimum(c_req, len(uniq) - 1)
+    c_pos = clk.column("position").to_numpy().astype(np.int64)
+    K = int(max(pos.max(), c_pos.max() if len(c_pos) else 0) + 1)
+    click = np.isin(req * K + pos, c_req * K + c_pos).astype(np.float64)
+    _, item = np.unique(np.asarray(imp.column("item_id").to_numpy(zero_copy_only=False), dtype=object), return_inverse=True)
+    prop = imp.column("propensity").to_numpy().astype(np.float64)
+    harvest = harvest_position_bias(req, pos, prop, click, max_position=n_positions - 1, level=level)
+    em = fit_pbm(item, pos, click)
+    k = len(harvest.theta)
+    out: dict[str, Any] = {
+        "n_impressions": int(imp.num_rows), "n_feeds": int(len(uniq)), "level": level,
+        "harvest_theta": harvest.theta.round(4).tolist(), "harvest_lo": harvest.lo.round(4).tolist(),
+        "harvest_hi": harvest.hi.round(4).tolist(), "harvest_pairs": harvest.pairs.tolist(),
+        "em_theta": em.theta[:k].round(4).tolist(), "true_theta": None,
+    }
+    if (Path(dataset_dir) / "truth").exists():
+        out["true_theta"] = WorldTruth.load(dataset_dir).world.examination(np.arange(k)).round(4).tolist()
     return out

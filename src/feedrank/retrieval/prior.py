@@ -24,7 +24,7 @@ scoring (``two_tower_prior_served``). The index itself is unchanged. Pure numpy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -50,13 +50,15 @@ class AgePrior:
     ctr_strength: float = ITEM_CTR_STRENGTH        # pseudo-impressions of the item CTR's prior
     creator_strength: float = CREATOR_CTR_STRENGTH  # pseudo-impressions of the creator CTR's prior
     trend_weight: float = 0.0    # w_trend, per unit of log1p(clicks decayed over RECENT_TAU_S)
+    cold_user: AgePrior | None = None  # the weights for a user with no history (None: the same)
 
     def to_json(self) -> dict:
         return {"weight": self.weight, "pop_weight": self.pop_weight, "temperature": self.temperature,
                 "ref_ts": self.ref_ts, "n_clicks": self.n_clicks, "nll_before": self.nll_before,
                 "nll_after": self.nll_after, "ctr_weight": self.ctr_weight, "creator_weight": self.creator_weight,
                 "ctr0": self.ctr0, "ctr_strength": self.ctr_strength, "creator_strength": self.creator_strength,
-                "trend_weight": self.trend_weight}
+                "trend_weight": self.trend_weight,
+                "cold_user": None if self.cold_user is None else self.cold_user.to_json()}
 
     @classmethod
     def from_json(cls, raw: dict) -> AgePrior:
@@ -65,11 +67,17 @@ class AgePrior:
                    ctr_weight=float(raw.get("ctr_weight", 0.0)), creator_weight=float(raw.get("creator_weight", 0.0)),
                    ctr0=float(raw.get("ctr0", 0.0)), ctr_strength=float(raw.get("ctr_strength", ITEM_CTR_STRENGTH)),
                    creator_strength=float(raw.get("creator_strength", CREATOR_CTR_STRENGTH)),
-                   trend_weight=float(raw.get("trend_weight", 0.0)))
+                   trend_weight=float(raw.get("trend_weight", 0.0)),
+                   cold_user=cls.from_json(raw["cold_user"]) if raw.get("cold_user") else None)
 
     @property
     def active(self) -> bool:
-        return any(w > 0.0 for w in (self.weight, self.pop_weight, self.ctr_weight, self.creator_weight, self.trend_weight))
+        own = any(w > 0.0 for w in (self.weight, self.pop_weight, self.ctr_weight, self.creator_weight, self.trend_weight))
+        return own or (self.cold_user is not None and self.cold_user.active)
+
+    def for_user(self, has_history: bool) -> AgePrior:
+        """The weights to score a user with (``cold_user`` for one without history)."""
+        return self if has_history or self.cold_user is None else self.cold_user
 
     def bias(self, published_at: np.ndarray, clicks: np.ndarray | None, now: float,
              counters: ItemCounters | None = None) -> np.ndarray:
@@ -243,25 +251,51 @@ class PriorFitData:
     trend: bool = False
 
 
+MIN_COLD_USER_CLICKS = 100  # fewer first clicks than this: no separate weights for users without history
+
+
 def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
                   max_age_s: float | None, seed: int, n_clicks: int = 2000, popularity: bool = True,
-                  max_items: int = 5000, data: PriorFitData | None = None, ctr: bool = True) -> AgePrior:
+                  max_items: int = 5000, data: PriorFitData | None = None, ctr: bool = True,
+                  cold_users: bool = True) -> AgePrior:
     """Fit the prior on a sample of training ``clicks`` (a ``ClickLog``; the newest half, or
     those after ``data.fit_from``), towers fixed: user vectors from each click's history
     before it, click (and, with ``data.impressions``, impression and creator) counts of every
     item before it. Above ``max_items`` items, a uniform sample of them (plus the clicked
-    ones) stands for the catalogue: memory (n_clicks, max_items) per feature."""
-    from feedrank.retrieval.encode import encode_users
+    ones) stands for the catalogue: memory (n_clicks, max_items) per feature.
 
+    With ``cold_users``, a second set of weights (``AgePrior.cold_user``) is fitted on the
+    clicks made with an empty history (each user's first clicks): a user the towers know
+    nothing about gets a context-only vector, for whom popularity and age carry the score
+    (used by ``rescore_with_prior(..., has_history=False)``)."""
     data = data or PriorFitData()
-    fit_model = model if data.model is None else data.model
-    fit_vecs = item_vecs if data.item_vecs is None else data.item_vecs
     rng = np.random.default_rng(seed)
     order = np.argsort(clicks.ts, kind="stable")
     newest = order[len(order) // 2 :] if data.fit_from is None else order[clicks.ts[order] >= data.fit_from]
     if not len(newest):
         raise ValueError(f"fit_age_prior: no training clicks at or after fit_from={data.fit_from}")
     pick = np.sort(rng.choice(newest, size=min(n_clicks, len(newest)), replace=False))
+    prior = _fit_on_clicks(pick, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, rng,
+                           popularity, max_items, data, ctr)
+    if cold_users and len(clicks.items):
+        first = clicks.ts == clicks.ts[clicks.starts[clicks.user_codes]]  # no click of the user before it
+        cold = np.flatnonzero(first)
+        if len(cold) >= MIN_COLD_USER_CLICKS:
+            cold = np.sort(rng.choice(cold, size=min(n_clicks, len(cold)), replace=False))
+            sub = _fit_on_clicks(cold, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, rng,
+                                 popularity, max_items, data, ctr)
+            prior = replace(prior, cold_user=sub)
+    return prior
+
+
+def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
+                   max_age_s: float | None, rng: np.random.Generator, popularity: bool, max_items: int,
+                   data: PriorFitData, ctr: bool) -> AgePrior:
+    """The prior's weights fitted on the clicks ``pick`` (indices into the ``ClickLog``)."""
+    from feedrank.retrieval.encode import encode_users
+
+    fit_model = model if data.model is None else data.model
+    fit_vecs = item_vecs if data.item_vecs is None else data.item_vecs
     users, ts, pos = clicks.user_codes[pick], clicks.ts[pick], clicks.items[pick]
     hist = clicks.histories(users, ts, history_len)
     uvec = encode_users(fit_model, catalog, hist, ts, item_vecs=fit_vecs)
@@ -299,15 +333,17 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
 
 def rescore_with_prior(prior: AgePrior, user_vec: np.ndarray, cand: np.ndarray, cand_vecs: np.ndarray,
                        published_at: np.ndarray, now: float, k: int,
-                       clicks: np.ndarray | None = None,
-                       counters: ItemCounters | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       clicks: np.ndarray | None = None, counters: ItemCounters | None = None,
+                       has_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of candidates (M,) by ``u.v/T + prior`` at ``now``: cand_vecs (M, D),
     published_at (M,), clicks (M,) counts so far, or ``counters`` (the candidates' live
     counters incl. impressions and creator totals: the smoothed-CTR terms need them; without
-    them those terms are left out). Returns (items (k,), scores (k,) float32), best first,
-    ties by item index."""
+    them those terms are left out). ``has_history`` False (the user has no clicks): the
+    prior's ``cold_user`` weights, when fitted. Returns (items (k,), scores (k,) float32),
+    best first, ties by item index."""
     if not len(cand):
         return cand.astype(np.int64), np.zeros(0, dtype=np.float32)
+    prior = prior.for_user(has_history)
     s = cand_vecs @ user_vec / prior.temperature + prior.bias(published_at, clicks, now, counters)
     k = min(k, len(cand))
     top = np.argpartition(-s, k - 1)[:k] if k < len(cand) else np.arange(len(cand))

@@ -98,10 +98,10 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    global _GATHER
-    if _GATHER is not None and _GATHER[1] is not None:
-        _GATHER[1].close()
-    _GATHER = None
+    global _SHARED
+    if _SHARED is not None and _SHARED[1] is not None:
+        _SHARED[1].close()
+    _SHARED = None
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
 
@@ -134,15 +134,15 @@ def all_reduce_mean(values: list[float]) -> list[float]:
 
 
 class CommTimer:
-    """The gradient exchange's per-loop state: seconds spent and the sparse row capacity.
+    """The gradient exchange's per-loop state: seconds spent, collectives, gloo capacity.
 
-    ``comm_s``: seconds inside ``average_gradients`` minus the estimated waiting (moving,
-    packing and summing gradients); ``wait_s``: the estimated seconds waiting for the
+    ``comm_s``: seconds inside ``average_gradients`` minus the estimated waiting (packing,
+    moving and summing gradients); ``wait_s``: the estimated seconds waiting for the
     slowest rank (load imbalance, a busy core). There is no barrier: every rank sends the
     seconds it worked since the previous exchange, and a rank's wait is the slowest
-    rank's figure minus its own. ``capacity``: sparse rows per rank in the step's single
-    all-gather, set from the rows seen in the previous step (every rank computes the same
-    value); a step with more rows sends the rest in a second all-gather (``overflow_steps``)."""
+    rank's figure minus its own. ``collectives``: all-gathers issued. ``capacity`` and
+    ``overflow_steps``: the gloo path's padded buffer size (floats, the same on every rank)
+    and the steps whose longest buffer did not fit it (a second all-gather)."""
 
     def __init__(self) -> None:
         self.comm_s = 0.0
@@ -157,7 +157,7 @@ class CommTimer:
         return self.comm_s / total_s if total_s > 0 else 0.0
 
 
-CAPACITY_HEADROOM = 1.25  # next step's sparse capacity = 1.25 x this step's largest row count
+CAPACITY_HEADROOM = 1.25  # gloo path: next step's buffer capacity = 1.25 x this step's longest buffer
 CAPACITY_DECAY = 15 / 16  # ... but shrinks by at most 1/16 per step
 
 
@@ -176,17 +176,15 @@ def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Par
     one); sparse: parameters with sparse COO gradients of shape (rows, D) sharing D. All
     float32. World size 1: no-op.
 
-    One ``all_gather`` per step (two when a rank has more sparse rows than the capacity)
-    moves one float32 buffer per rank: the dense gradients, ``extras``, a "has a gradient"
-    flag per dense parameter, the seconds worked since the last exchange, the per-table
-    sparse row counts, and the coalesced sparse rows (int32 indices, values) padded to the
-    capacity. Each rank then sums the dense parts in rank order and divides by the world
-    size (what an all-reduce gives: the mean gradient over the global batch, as
-    ``DistributedDataParallel``), and rebuilds each table's gradient from every rank's
-    rows in rank order, divided by the world size and left uncoalesced (SparseAdam sums
-    duplicate rows). Every rank computes the same bits. Gathering rather than all-reducing
-    the dense part costs the same bytes at two ranks and saves a round trip: on a small
-    CPU box a collective's latency, not its bytes, dominates (docs/training-at-scale.md)."""
+    One all-gather per step moves one float32 buffer per rank: the dense gradients,
+    ``extras``, a "has a gradient" flag per dense parameter, the seconds worked since the
+    last exchange, the per-table sparse row counts and the coalesced sparse rows (int32
+    indices, values). Each rank then sums the dense parts in rank order and divides by the
+    world size (what an all-reduce gives: the mean gradient over the global batch, as
+    ``DistributedDataParallel``), and rebuilds each table's gradient from every rank's rows
+    in rank order, divided by the world size and left uncoalesced (SparseAdam sums duplicate
+    rows). Every rank computes the same bits. Ranks on one machine gather through shared
+    memory (``training.local_gather``); otherwise gloo's all_gather (``_gather``)."""
     if not is_distributed():
         return extras
     state = timer if timer is not None else CommTimer()
@@ -200,27 +198,25 @@ def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Par
     n_dense, n_extra, n_tab = sum(sizes), (0 if extras is None else extras.numel()), len(sparse)
     dim = int(sparse[0].shape[1]) if sparse else 0
     idx, val, counts = _local_rows(sparse, dim)
-    cap = state.capacity
     n_sum = n_dense + n_extra + len(dense)  # summed over ranks
     o_worked, o_counts = n_sum, n_sum + 1
     o_idx = o_counts + n_tab
-    o_val = o_idx + cap
-    buf = torch.zeros(o_val + cap * dim)
+    buf = torch.empty(o_idx + len(idx) * (1 + dim))
     off = 0
     for p, n in zip(dense, sizes):
         if p.grad is not None:
             buf[off : off + n] = p.grad.reshape(-1)
+        else:
+            buf[off : off + n] = 0.0
         off += n
     if extras is not None:
         buf[off : off + n_extra] = extras.reshape(-1)
     buf[n_dense + n_extra : n_sum] = torch.tensor([float(p.grad is not None) for p in dense])
     buf[o_worked] = worked
-    buf[o_counts : o_idx].view(torch.int32).copy_(torch.tensor(counts, dtype=torch.int32))
-    k = min(len(idx), cap)
-    buf[o_idx : o_idx + k].view(torch.int32).copy_(idx[:k])
-    buf[o_val : o_val + k * dim] = val[:k].reshape(-1)
-    parts = _all_gather(buf)
-    collectives = 1
+    buf[o_counts:o_idx].view(torch.int32).copy_(torch.tensor(counts, dtype=torch.int32))
+    buf[o_idx : o_idx + len(idx)].view(torch.int32).copy_(idx)
+    buf[o_idx + len(idx) :] = val.reshape(-1)
+    parts = _gather(buf, state)
 
     summed = parts[0][:n_sum].clone()
     for r in range(1, w):
@@ -232,29 +228,12 @@ def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Par
         p.grad = avg[off : off + n].view_as(p) if used > 0 else None
         off += n
     out = avg[n_dense:] if extras is not None else None
-
     if sparse:
         all_counts = [parts[r][o_counts:o_idx].view(torch.int32).tolist() for r in range(w)]
         totals = [sum(c) for c in all_counts]
-        most = max(totals)
-        rows_idx = [parts[r][o_idx : o_idx + min(totals[r], cap)].view(torch.int32) for r in range(w)]
-        rows_val = [parts[r][o_val : o_val + min(totals[r], cap) * dim].view(-1, dim) for r in range(w)]
-        if most > cap:  # the rows beyond the capacity, in a second all-gather
-            extra = most - cap
-            buf2 = torch.zeros(extra * (1 + dim))
-            rest = max(len(idx) - cap, 0)
-            buf2[:rest].view(torch.int32).copy_(idx[cap:])
-            buf2[extra : extra + rest * dim] = val[cap:].reshape(-1)
-            parts2 = _all_gather(buf2)
-            collectives += 1
-            state.overflow_steps += 1
-            for r in range(w):
-                more = max(totals[r] - cap, 0)
-                if more:
-                    rows_idx[r] = torch.cat([rows_idx[r], parts2[r][:more].view(torch.int32)])
-                    rows_val[r] = torch.cat([rows_val[r], parts2[r][extra : extra + more * dim].view(-1, dim)])
+        rows_idx = [parts[r][o_idx : o_idx + totals[r]].view(torch.int32) for r in range(w)]
+        rows_val = [parts[r][o_idx + totals[r] : o_idx + totals[r] * (1 + dim)].view(-1, dim) for r in range(w)]
         _set_sparse(sparse, rows_idx, rows_val, all_counts, float(w))
-        state.capacity = max(math.ceil(CAPACITY_HEADROOM * most), int(cap * CAPACITY_DECAY))
 
     end = time.perf_counter()
     slowest = max(float(parts[r][o_worked]) for r in range(w))
@@ -262,25 +241,46 @@ def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Par
     state.wait_s += wait
     state.comm_s += end - t0 - wait
     state.steps += 1
-    state.collectives += collectives
     state._last_end = end
     return out
 
 
-_GATHER: tuple[int, LocalGather | None] | None = None  # (process group id, shared-memory gather or None)
+_SHARED: tuple[int, LocalGather | None] | None = None  # (process group id, shared-memory gather or None)
 
 
-def _all_gather(buf: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's ``buf`` in rank order: through shared memory when every rank is on this
-    machine (``training.local_gather``; set up on the first call), else gloo's all_gather."""
-    global _GATHER
+def _gather(buf: torch.Tensor, state: CommTimer) -> list[torch.Tensor]:
+    """Every rank's ``buf`` (1-D float32, its length may differ by rank), in rank order.
+
+    Ranks on one machine: through shared memory (set up on the first call), one tiny gloo
+    collective. Otherwise gloo's all_gather, which needs equal sizes: every rank sends a
+    length slot and its buffer padded to ``state.capacity`` floats, and the part of a longer
+    buffer that does not fit goes in a second all_gather; the capacity is then set to 1.25x
+    the longest buffer seen (shrinking by at most 1/16 per step), the same on every rank."""
+    global _SHARED
     group = id(tdist.group.WORLD)
-    if _GATHER is None or _GATHER[0] != group:
-        _GATHER = (group, LocalGather.connect() if tdist.get_backend() == "gloo" else None)
-    if _GATHER[1] is not None:
-        return _GATHER[1].all_gather(buf)
-    parts = [torch.empty_like(buf) for _ in range(world_size())]
-    tdist.all_gather(parts, buf)
+    if _SHARED is None or _SHARED[0] != group:
+        _SHARED = (group, LocalGather.connect() if tdist.get_backend() == "gloo" else None)
+    state.collectives += 1
+    if _SHARED[1] is not None:
+        return _SHARED[1].all_gather(buf)
+    w, cap, n = world_size(), state.capacity, len(buf)
+    send = torch.zeros(1 + cap)
+    send[:1].view(torch.int32)[0] = n
+    send[1 : 1 + min(n, cap)] = buf[:cap]
+    heads = [torch.empty_like(send) for _ in range(w)]
+    tdist.all_gather(heads, send)
+    lengths = [int(h[:1].view(torch.int32)[0]) for h in heads]
+    parts = [h[1 : 1 + min(length, cap)] for h, length in zip(heads, lengths)]
+    most = max(lengths)
+    if most > cap:  # what did not fit, in a second all_gather
+        tail = torch.zeros(most - cap)
+        tail[: max(n - cap, 0)] = buf[cap:]
+        tails = [torch.empty_like(tail) for _ in range(w)]
+        tdist.all_gather(tails, tail)
+        state.collectives += 1
+        state.overflow_steps += 1
+        parts = [torch.cat([p, t[: max(length - cap, 0)]]) for p, t, length in zip(parts, tails, lengths)]
+    state.capacity = max(math.ceil(CAPACITY_HEADROOM * most), int(cap * CAPACITY_DECAY))
     return parts
 
 

@@ -30,8 +30,9 @@ from feedrank.pipeline.retrain import (
     run_cycle,
     write_state,
 )
-from feedrank.pipeline.warmstart import copy_ranker, copy_two_tower, finetune_ranker
+from feedrank.pipeline.warmstart import copy_ranker, copy_two_tower, warm_configs
 from feedrank.ranking.model import build_ranker
+from feedrank.ranking.train import train_ranker
 from feedrank.registry.store import ModelRegistry
 from feedrank.serving.experiments import parse_experiments
 from feedrank.types import Event, EventKind
@@ -104,13 +105,16 @@ def test_warm_start_copies_the_champions_weights(scenario):
         ref = champ.ranker(torch.from_numpy(dense), torch.from_numpy(cat))
         other = fresh(torch.from_numpy(dense), torch.from_numpy(cat))
     assert torch.allclose(same, ref) and not torch.allclose(other, ref)
-    # fine-tuning changes the copy, never the champion
+    # fine-tuning (the recipe from init=) trains every parameter of a copy, never the champion
     before = {k: v.clone() for k, v in champ.ranker.state_dict().items()}
     y = (np.arange(64) % 7 == 0).astype(np.int64)
-    finetune_ranker(rk, dense, cat, np.zeros(64, np.int64), y, np.arange(64) // 8, np.full(64, np.nan),
-                    champ.cfg, 2, np.random.default_rng(0), show_progress=False)
+    _, tune = warm_configs(champ.cfg, 2)
+    tuned, _ = train_ranker(tune, dense, cat, np.arange(64) % 10, y, champ.ranker.n_categories, np.random.default_rng(0),
+                            show_progress=False, groups=np.arange(64) // 8, log_dwell=np.full(64, np.nan), init=champ.ranker)
     assert all(torch.equal(before[k], v) for k, v in champ.ranker.state_dict().items())
-    assert any(not torch.equal(before[k], v) for k, v in rk.state_dict().items())
+    moved = {k for k, v in tuned.state_dict().items() if not torch.equal(before[k], v)}
+    assert {"position_bias.weight", "head_click.weight", "cat_emb.weight"} <= moved
+    assert torch.equal(tuned.mean, champ.ranker.mean) and torch.equal(tuned.std, champ.ranker.std)
 
 
 # ------------------------------------------------------------------ whole cycles

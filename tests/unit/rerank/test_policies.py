@@ -174,3 +174,33 @@ def test_caps_hold_when_the_best_candidates_crowd_one_category():
     from collections import Counter
 
     assert len(out) == 10 and max(Counter(cats[i] for i in out).values()) == 3
+
+
+def _two_pass_reference(slate, order, seen, k, policy):
+    """What ``rerank`` did before the one-pass form: eligible + caps re-run on a 4x window."""
+    from feedrank.rerank.diversity import cap_split
+    from feedrank.rerank.policies import MIN_WINDOW, WINDOW_PER_K, eligible
+
+    window = max(WINDOW_PER_K * k, MIN_WINDOW)
+    while True:
+        out = eligible(order, slate, seen, policy, limit=window)
+        kept, skipped = cap_split(out, [(slate.categories, policy.max_per_category), (slate.creators, policy.max_per_creator)])
+        if len(kept) >= 2 * k or len(out) < window:
+            return kept, skipped
+        window *= 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 400), st.sampled_from("abc"), st.sampled_from("xyzw")), max_size=400),
+       st.sets(st.integers(0, 400)), st.integers(1, 30), st.integers(0, 3), st.integers(0, 3))
+def test_one_pass_eligible_and_caps_equal_the_two_pass_reference(rs, seen_ints, k, cat_cap, cr_cap):
+    from feedrank.rerank.policies import _eligible_capped
+
+    slate = Slate(item_ids=[f"i{r[0]}" for r in rs], categories=[r[1] for r in rs], creators=[r[2] for r in rs],
+                  groups=["old"] * len(rs), scores=np.linspace(1, 0, len(rs)))
+    seen = {f"i{s}" for s in seen_ints}
+    policy = RerankPolicy(max_per_category=cat_cap, max_per_creator=cr_cap,
+                          blocklist=Blocklist(creators=frozenset({"w"})))
+    order = list(range(len(rs)))[::-1]
+    window = max(8 * k, 80)
+    assert _eligible_capped(order, slate, seen, policy, k, window) == _two_pass_reference(slate, order, seen, k, policy)
