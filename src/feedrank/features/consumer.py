@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 Offset = tuple[int, int]
 SINGLE = ""  # the partition name of a single-log source
+ERROR_LOG_EVERY_S = 60.0  # a poll error that repeats is logged at most this often
 
 
 class EventSource(Protocol):
@@ -88,6 +89,7 @@ class LogConsumer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
+        self._last_error: tuple[str, float] = ("", -1e18)
         if self.checkpoint is not None and self.checkpoint.exists():
             self._load()
 
@@ -212,9 +214,12 @@ class LogConsumer:
             while not self._stop.is_set():
                 try:
                     got = self.poll()
-                except Exception:  # keep tailing; the stall fallback covers a long outage
+                except Exception as exc:  # keep tailing; the stall fallback covers a long outage
                     self.errors += 1
-                    log.exception("consumer %s: poll failed at offset %s", self.name, self.offset_json())
+                    now = time.monotonic()
+                    if str(exc) != self._last_error[0] or now - self._last_error[1] >= ERROR_LOG_EVERY_S:
+                        self._last_error = (str(exc), now)  # the same error (a corrupt partition) once a minute
+                        log.exception("consumer %s: poll failed at offset %s", self.name, self.offset_json())
                     got = 0
                 if not got:
                     self._stop.wait(interval_s)

@@ -50,20 +50,20 @@ ITEM_CACHE_S = 1.0  # seconds ``read_rows`` reuses an item's store counts (the c
 
 class CatalogBinding:
     """One model's catalogue as seen by live reads: item hash -> catalogue row, and the
-    per-row cache of validated store counts that ``LiveFeatures.read_rows`` serves from.
+    per-row cache of validated store fields that ``LiveFeatures.read_rows`` serves from.
 
-    Cache arrays (N,): ``cached_imps``/``cached_clicks`` (the store's value, 0 where it has
-    none), ``cached_mode`` (0 live, 1 baseline: which fields they came from) and
-    ``cached_at`` (``time.monotonic()`` of the read; -inf: never read or invalidated)."""
+    Cache arrays: ``cached`` (N, 4) float64, the item record's longest-window impressions
+    and clicks and its two baseline fields (0 where the store has none); ``cached_base``
+    (N,) bool, whether it has a baseline; ``cached_at`` (N,) ``time.monotonic()`` of the
+    read (-inf: never read, or invalidated)."""
 
     def __init__(self, ids: list[str]) -> None:
         self.ids = ids
         self.hash_rows = {item_hash(i): r for r, i in enumerate(ids)}
         self._lock = threading.Lock()
         n = len(ids)
-        self.cached_imps = np.zeros(n)
-        self.cached_clicks = np.zeros(n)
-        self.cached_mode = np.zeros(n, dtype=np.int8)
+        self.cached = np.zeros((n, 4))
+        self.cached_base = np.zeros(n, dtype=bool)
         self.cached_at = np.full(n, -np.inf)
 
     def extend(self, item_ids: Sequence[str]) -> None:
@@ -72,13 +72,15 @@ class CatalogBinding:
                 self.hash_rows[item_hash(str(iid))] = len(self.ids)
                 self.ids.append(str(iid))
             m = len(self.ids) - len(self.cached_at)
-            self.cached_imps = np.concatenate([self.cached_imps, np.zeros(m)])
-            self.cached_clicks = np.concatenate([self.cached_clicks, np.zeros(m)])
-            self.cached_mode = np.concatenate([self.cached_mode, np.zeros(m, dtype=np.int8)])
+            self.cached = np.concatenate([self.cached, np.zeros((m, 4))])
+            self.cached_base = np.concatenate([self.cached_base, np.zeros(m, dtype=bool)])
             self.cached_at = np.concatenate([self.cached_at, np.full(m, -np.inf)])
 
-    def invalidate(self, item_ids: Sequence[str]) -> None:
-        """Forget the cached counts of these items (they were just republished)."""
+    def invalidate(self, item_ids: Sequence[str] | None = None) -> None:
+        """Forget the cached fields of these items (all: None); they were just written."""
+        if item_ids is None:
+            self.cached_at[:] = -np.inf
+            return
         rows = [r for r in (self.hash_rows.get(item_hash(str(i))) for i in item_ids) if r is not None]
         if rows:
             self.cached_at[np.asarray(rows, dtype=np.int64)] = -np.inf
@@ -158,7 +160,10 @@ class LiveFeatures:
         real-time state's stall fallback. Returns how many items were written."""
         ids = [str(i) for i in item_ids]
         self.rt.load_baseline(ids, imps_per_day, clicks_per_day)
-        return write_baselines(self.store, ids, imps_per_day, clicks_per_day, self.clock() if ts is None else ts)
+        try:
+            return write_baselines(self.store, ids, imps_per_day, clicks_per_day, self.clock() if ts is None else ts)
+        finally:
+            self._invalidate(None if len(ids) > 1000 else ids)
 
     # ------------------------------------------------------------------ consumer
     def start(self, source, checkpoint=None, name: str = "realtime") -> None:
@@ -237,14 +242,16 @@ class LiveFeatures:
 
     def read_rows(self, binding: CatalogBinding, rows: np.ndarray, now: float, fallback_imps: np.ndarray,
                   fallback_clicks: np.ndarray) -> LiveItems:
-        """``read_items`` for catalogue ``rows`` of ``binding``, served from its per-row cache.
+        """``read_items`` for catalogue ``rows`` of ``binding``, through its per-row cache:
+        ``max(store value, fallback)`` per row, the store's value read at most
+        ``item_cache_s`` ago (0: no cache).
 
-        Counts read from the store are reused for ``item_cache_s`` seconds (0: no cache):
-        only the rows older than that (or read in the other stream mode, live vs baseline)
-        are read, in one batched call. Staleness bound: a value another replica published is
-        seen at most ``item_cache_s`` late; what this process's consumer publishes
-        invalidates its rows at once. Values missing in the store are cached as 0, so the
-        result is ``max(cached, fallback)`` with the caller's current in-process counters."""
+        Only the rows not cached, or cached longer ago than that, are read, in one batched
+        call. Staleness bound: what another process published is seen at most
+        ``item_cache_s`` late; what this object writes (its consumer's publishing,
+        ``load_baselines``) invalidates the rows at once. The store's fields are cached
+        raw (window counts and baselines), so a stall switches to the baselines without a
+        re-read."""
         rows = np.asarray(rows, dtype=np.int64)
         fb_imps = np.asarray(fallback_imps, dtype=np.float64)
         fb_clicks = np.asarray(fallback_clicks, dtype=np.float64)
@@ -252,37 +259,49 @@ class LiveFeatures:
             return self.read_items([binding.ids[r] for r in rows.tolist()], now, fb_imps, fb_clicks)
         t = time.monotonic()
         stalled = self.stream_stalled()
-        mode = np.int8(1 if stalled else 0)
-        imps_c, clicks_c, at = binding.cached_imps, binding.cached_clicks, binding.cached_at
-        stale = (at[rows] < t - self.item_cache_s) | (binding.cached_mode[rows] != mode)
-        status, replaced = ("baseline" if stalled else "live"), 0
+        vals, has_base = binding.cached[rows], binding.cached_base[rows]
+        stale = binding.cached_at[rows] < t - self.item_cache_s
         n_stale = int(stale.sum())
-        imps, clicks = imps_c[rows], clicks_c[rows]
-        n_read = 0
+        n_read, replaced, status = 0, 0, ("baseline" if stalled else "live")
         if n_stale:
             miss = np.unique(rows[stale])
             n_read = len(miss)
-            zeros = np.zeros(len(miss))
-            got = self._fetch([binding.ids[r] for r in miss.tolist()], now, zeros, zeros, stalled)
-            replaced = got.replaced
-            if got.status == "default":  # the store failed: in-process counters for the rows not cached
+            got = self._fetch_fields([binding.ids[r] for r in miss.tolist()], now)
+            if got is None:  # the store failed: in-process counters for the rows not cached
                 status = "default"
-                imps, clicks = np.where(stale, 0.0, imps), np.where(stale, 0.0, clicks)
+                vals[stale], has_base[stale] = 0.0, False
             else:
-                with binding._lock:  # arrays may be swapped by extend: write into the current ones
-                    binding.cached_imps[miss], binding.cached_clicks[miss] = got.impressions, got.clicks
-                    binding.cached_mode[miss], binding.cached_at[miss] = mode, t
+                clean, base, replaced = got
+                with binding._lock:  # extend may swap the arrays: write into the current ones
+                    binding.cached[miss], binding.cached_base[miss], binding.cached_at[miss] = clean, base, t
                 pos = np.searchsorted(miss, rows[stale])
-                imps[stale], clicks[stale] = got.impressions[pos], got.clicks[pos]
+                vals[stale], has_base[stale] = clean[pos], base[pos]
+        if stalled:
+            scale = max(self.windows) / 86400.0
+            imps, clicks = np.where(has_base, vals[:, 2] * scale, 0.0), np.where(has_base, vals[:, 3] * scale, 0.0)
+        else:
+            imps, clicks = vals[:, 0], vals[:, 1]
         with self._lock:
             self.cache_hits += len(rows) - n_stale
             self.cache_misses += n_read
             self.served[status] += 1
         return LiveItems(np.maximum(imps, fb_imps), np.maximum(clicks, fb_clicks), np.zeros(len(rows)), status, replaced)
 
-    def _invalidate(self, item_ids: list[str]) -> None:
+    def _invalidate(self, item_ids: list[str] | None = None) -> None:
         for binding in list(self._bindings):
             binding.invalidate(item_ids)
+
+    def _fetch_fields(self, item_ids: Sequence[str], now: float) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """One guarded, validated batched read of the item fields: ((n, 4) values, 0 where
+        missing or invalid; (n,) has a baseline; values replaced), or None if the read failed."""
+        n = len(item_ids)
+        batch, outcome = self.guard.call(self.store.get_items, item_ids, self._item_names, now)
+        if outcome != "ok":
+            return None
+        present = batch.present if batch.present is not None else ~np.isnan(batch.values)
+        clean, replaced = self.validator.clean(item_ids, self._item_names, batch.values, present, ts=batch.ts, now=now,
+                                               bad_type=batch.bad_type, fallback=np.zeros((n, len(self._item_names))))
+        return clean, present[:, 2] | present[:, 3], replaced
 
     def _fetch(self, item_ids: Sequence[str], now: float, fallback_imps: np.ndarray, fallback_clicks: np.ndarray,
                stalled: bool | None) -> LiveItems:

@@ -79,12 +79,13 @@ def eligible(order: Sequence[int], slate: Slate, seen: Collection[str], policy: 
     out: list[int] = []
     taken: set[str] = set()
     b = policy.blocklist
+    blocking = bool(b)
     check_seen = policy.drop_seen and bool(seen)
     for i in order:
         iid = slate.item_ids[i]
         if iid in taken:
             continue
-        if b and (iid in b.items or slate.creators[i] in b.creators or slate.categories[i] in b.categories):
+        if blocking and (iid in b.items or slate.creators[i] in b.creators or slate.categories[i] in b.categories):
             continue
         if check_seen and iid in seen:
             continue
@@ -130,6 +131,7 @@ def _eligible_capped(order: Sequence[int], slate: Slate, seen: Collection[str], 
     longer list, so stopping at the first window that holds ``2 k`` capped entries gives
     exactly what re-running both with a 4x wider window does, at O(entries looked at)."""
     b = policy.blocklist
+    blocking = bool(b)  # once: Blocklist.__bool__ is a Python call
     check_seen = policy.drop_seen and bool(seen)
     ids, cats, creators = slate.item_ids, slate.categories, slate.creators
     max_cat, max_creator = policy.max_per_category, policy.max_per_creator
@@ -143,7 +145,7 @@ def _eligible_capped(order: Sequence[int], slate: Slate, seen: Collection[str], 
         iid = ids[i]
         if iid in taken:
             continue
-        if b and (iid in b.items or creators[i] in b.creators or cats[i] in b.categories):
+        if blocking and (iid in b.items or creators[i] in b.creators or cats[i] in b.categories):
             continue
         if check_seen and iid in seen:
             continue

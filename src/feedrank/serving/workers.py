@@ -1,6 +1,7 @@
 """N serving processes on one port (``serving.workers``), one per core.
 
-    feedrank serve --model var/model serving.workers=2
+    feedrank serve --model var/model                 # serving.workers: 2 by default
+    feedrank serve --model var/model --workers 4     # or serving.workers=4; 1 = one process
 
 One Python process runs one request's pipeline at a time on one core (the GIL), so a
 server on C cores runs C worker processes. uvicorn's supervisor binds the port once,
@@ -14,8 +15,7 @@ What each worker owns, and the consistency that gives (docs/api.md, "Workers"):
   own ``ModelManager`` poller and swaps on its own when ``current`` moves: for up to one
   poll interval the workers may answer with different versions; every response says which.
 * **Event log** (embedded): one partition per worker, ``<events_dir>/w<slot>/``, because a
-  log directory has one writer. ``data.eventlog.partition_roots`` / ``read_partitions``
-  read them all (``feedrank ab report`` does). A slot is claimed with an ``flock``, so a
+  log directory has one writer (data/partitions.py reads them all). A slot is claimed with an ``flock``, so a
   restarted worker reopens its own partition. Event-id deduplication is per partition: a
   client retry that lands on the other worker is written twice and readers drop the
   repeat by ``event_id``. With ``serving.events_url=redis://...`` all workers share one
@@ -26,7 +26,8 @@ What each worker owns, and the consistency that gives (docs/api.md, "Workers"):
 * **Metrics**: the supervisor creates a fresh folder for prometheus_client's multiprocess
   mode (``PROMETHEUS_MULTIPROC_DIR``; an existing one given in the environment is emptied
   first) before spawning the workers, so ``/metrics`` on any worker is the sum over all
-  of them (serving/metrics.py). The folder is removed when the supervisor exits.
+  of them (serving/metrics.py). The folder is removed when the supervisor exits normally (a fresh
+  one is made per run in any case).
 * **Online state** (recent clicks, seen items): per worker. A client's keep-alive
   connection stays on one worker, but separate connections of one user may hit either,
   so "never show a seen item again" holds per worker; with ``features.live`` and a shared

@@ -9,7 +9,7 @@ from feedrank.errors import SchemaError
 from feedrank.evaluation.click_models import fit_pbm, harvest_position_bias
 
 
-def _pl_log(seed: int, n_feeds: int = 40_000, n_items: int = 300, L: int = 6, eta: float = 0.8):
+def _pl_log(seed: int, n_feeds: int = 20_000, n_items: int = 60, L: int = 6, eta: float = 0.8):
     """Feeds drawn without replacement from p (Gumbel top-L = Plackett-Luce), clicks from a
     PBM whose attractiveness depends on the user *and* the item, with the policy favouring
     what the user likes (so position and attractiveness are confounded)."""
@@ -17,7 +17,7 @@ def _pl_log(seed: int, n_feeds: int = 40_000, n_items: int = 300, L: int = 6, et
     n_groups = 20
     taste = rng.normal(0.0, 1.0, (n_groups, n_items))
     a = 1.0 / (1.0 + np.exp(-(taste - 1.5)))  # attractiveness (group, item)
-    logits = 0.8 * taste + rng.normal(0.0, 0.3, (n_groups, n_items))
+    logits = 1.5 * taste + rng.normal(0.0, 0.3, (n_groups, n_items))
     p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)  # the policy's draw probabilities
     g = rng.integers(0, n_groups, n_feeds)
     keys = np.log(p[g]) + rng.gumbel(size=(n_feeds, n_items))
@@ -35,16 +35,17 @@ def test_harvest_recovers_a_known_examination_curve():
     req, pos, item, prop, click, exam = _pl_log(0)
     h = harvest_position_bias(req, pos, prop, click, level=0.95)
     assert h.theta[0] == 1.0 and len(h.theta) == len(exam)
-    assert np.max(np.abs(h.theta - exam)) < 0.05, (h.theta, exam)
+    err = np.max(np.abs(h.theta - exam))
+    assert err < 0.025, (h.theta, exam)
     inside = (h.lo <= exam) & (exam <= h.hi)
     assert inside[1:].sum() >= len(exam) - 2, (h.lo, exam, h.hi)  # 95% intervals on 5 positions
-    assert np.all(h.hi - h.lo < 0.2) and np.all(h.pairs == 40_000)
+    assert np.all(h.hi - h.lo < 0.1) and np.all(h.pairs == 20_000)
     # the raw CTR ratio is confounded: the policy puts what the user likes on top
     ctr = np.bincount(pos, weights=click) / np.bincount(pos)
-    assert np.max(np.abs(ctr / ctr[0] - exam)) > 0.1
+    assert np.max(np.abs(ctr / ctr[0] - exam)) > 0.03
     # EM with one attractiveness per item cannot see the user's taste either
     em = fit_pbm(item, pos, click)
-    assert np.max(np.abs(em.theta - exam)) > np.max(np.abs(h.theta - exam))
+    assert np.max(np.abs(em.theta - exam)) > 2 * err
     np.testing.assert_allclose(h.examination(np.array([0, 2, 99])), h.theta[[0, 2, -1]])
 
 
@@ -92,3 +93,27 @@ def test_harvest_bad_inputs():
         harvest_position_bias(np.array([0, 1]), np.array([0, 0]), np.array([0.5, 0.5]), np.array([1.0, 0.0]))
     with pytest.raises(SchemaError, match="no click at position 0"):
         harvest_position_bias(req, pos, ok_p, np.array([0.0, 1.0, 0.0, 1.0]))
+
+
+def test_position_bias_report_and_cli_on_a_synthetic_world(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from feedrank.cli.main import cli
+    from feedrank.data.synth import WorldConfig, generate_world
+    from feedrank.evaluation.ope_synth import position_bias_report
+
+    generate_world(tmp_path / "w", WorldConfig(n_users=2000, n_items=200, n_days=3, seed=5), progress=False)
+    r = position_bias_report(tmp_path / "w", n_positions=4)
+    assert r["harvest_theta"][0] == 1.0 and len(r["harvest_theta"]) == 4 == len(r["em_theta"])
+    assert r["true_theta"] == pytest.approx([1.0, 0.5743, 0.4152, 0.3299], abs=1e-4)
+    # a tiny world has few clicks: only the shape of the answer is checked here (accuracy is
+    # the planted test above, and `feedrank ope check` on full-size worlds)
+    assert all(lo <= t <= hi for lo, t, hi in zip(r["harvest_lo"], r["harvest_theta"], r["harvest_hi"]))
+    assert r["n_feeds"] > 100 and r["harvest_pairs"][1] == r["n_feeds"]
+    out = CliRunner().invoke(cli, ["ope", "position-bias", "--data", str(tmp_path / "w"), "--positions", "3", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["harvest_pairs"][1] == r["harvest_pairs"][1]
+    bad = CliRunner().invoke(cli, ["ope", "position-bias", "--data", str(tmp_path)])  # not a dataset
+    assert bad.exit_code != 0 and "events" in (bad.output + str(bad.exception))

@@ -190,17 +190,29 @@ def _two_pass_reference(slate, order, seen, k, policy):
         window *= 4
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 400), st.sampled_from("abc"), st.sampled_from("xyzw")), max_size=400),
-       st.sets(st.integers(0, 400)), st.integers(1, 30), st.integers(0, 3), st.integers(0, 3))
-def test_one_pass_eligible_and_caps_equal_the_two_pass_reference(rs, seen_ints, k, cat_cap, cr_cap):
+def test_one_pass_eligible_and_caps_equal_the_two_pass_reference():
     from feedrank.rerank.policies import _eligible_capped
 
-    slate = Slate(item_ids=[f"i{r[0]}" for r in rs], categories=[r[1] for r in rs], creators=[r[2] for r in rs],
-                  groups=["old"] * len(rs), scores=np.linspace(1, 0, len(rs)))
-    seen = {f"i{s}" for s in seen_ints}
-    policy = RerankPolicy(max_per_category=cat_cap, max_per_creator=cr_cap,
-                          blocklist=Blocklist(creators=frozenset({"w"})))
-    order = list(range(len(rs)))[::-1]
-    window = max(8 * k, 80)
-    assert _eligible_capped(order, slate, seen, policy, k, window) == _two_pass_reference(slate, order, seen, k, policy)
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # random slates, many long enough to widen the window (80 -> 320 -> ...)
+        n = int(rng.integers(0, 700))
+        n_cats, n_creators = int(rng.integers(1, 15)), int(rng.integers(1, 40))
+        ids, cats, creators = rng.integers(0, 500, n), rng.integers(0, n_cats, n), rng.integers(0, n_creators, n)
+        slate = Slate(item_ids=[f"i{x}" for x in ids], categories=[f"c{x}" for x in cats],
+                      creators=[f"cr{x}" for x in creators], groups=["old"] * n, scores=np.linspace(1, 0, n))
+        seen = {f"i{x}" for x in rng.integers(0, 500, int(rng.integers(0, 200)))}
+        k = int(rng.integers(1, 40))
+        policy = RerankPolicy(max_per_category=int(rng.integers(0, 4)), max_per_creator=int(rng.integers(0, 4)),
+                              blocklist=Blocklist(creators=frozenset({"cr4"})))
+        order = rng.permutation(n).tolist()
+        window = max(8 * k, 80)
+        assert _eligible_capped(order, slate, seen, policy, k, window) == _two_pass_reference(slate, order, seen, k, policy)
+    # the caps fill only after the first window: the 4x wider one decides what is skipped
+    n = 400
+    cats = [f"c{i % 5}" for i in range(80)] + [f"d{i}" for i in range(n - 80)]
+    slate = Slate(item_ids=[f"i{i}" for i in range(n)], categories=cats, creators=[f"cr{i}" for i in range(n)],
+                  groups=["old"] * n, scores=np.linspace(1, 0, n))
+    policy = RerankPolicy(max_per_category=3, max_per_creator=2)
+    kept, skipped = _eligible_capped(list(range(n)), slate, set(), policy, 10, 80)
+    assert (kept, skipped) == _two_pass_reference(slate, list(range(n)), set(), 10, policy)
+    assert len(kept) + len(skipped) == 320
