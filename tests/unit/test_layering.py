@@ -226,7 +226,9 @@ def test_training_code_classifier():
     assert not _is_training_code("feedrank.pipeline.recommender")
 
 
-@pytest.mark.parametrize("mod", ["feedrank.rerank.policies", "feedrank.rerank", "feedrank.evaluation.metrics"])
+@pytest.mark.parametrize("mod", ["feedrank.rerank.policies", "feedrank.rerank", "feedrank.evaluation.metrics",
+                                 "feedrank.evaluation.metrics._inputs", "feedrank.evaluation.metrics.scored",
+                                 "feedrank.evaluation.metrics.lists", "feedrank.evaluation.metrics.beyond"])
 def test_pure_modules_do_no_io(mod):
     assert mod in _modules(), f"{mod} is gone; update this test"
     path = _modules()[mod]

@@ -23,6 +23,7 @@ from feedrank.config import FeedrankConfig
 from feedrank.evaluation.metrics import ndcg_at_k_lists, recall_at_k
 
 KS = (10, 50, 100)
+PRIOR_FITS = ("newest-half", "frozen-tail")
 
 
 def _metrics(lists: list[list[int]], relevant: list[set[int]], warm: np.ndarray) -> dict[str, float]:
@@ -52,12 +53,18 @@ def _top_lists(scores: np.ndarray, allowed_mask: np.ndarray, past: list[set[int]
 
 def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, max_users: int = 3000,
                 show_progress: bool = True, say: Callable[[str], None] = print, replay_requests: int = 3000,
-                served_prior: str = "two_tower_prior_ctr") -> dict[str, Any]:
+                served_prior: str = "two_tower_prior_ctr", prior_fit: str = "newest-half") -> dict[str, Any]:
     """Train the two-tower on the train side of ``data_dir`` and measure it against
     popularity, ALS (``implicit``) and, for synthetic worlds, the oracle: at the split
     boundary (``boundary``) and, with ``replay_requests`` > 0, replaying that many test
     requests at their own time (``replay``, ``bench/retrieval_replay.py``). The served
-    score uses the prior ``served_prior`` (a method name)."""
+    score uses the prior ``served_prior`` (a method name). ``prior_fit``: which training
+    clicks fit the prior: ``newest-half`` (what ``feedrank train`` does; each click with
+    the state just before it) or ``frozen-tail`` (the last ``split.test_fraction`` of the
+    train clicks, scored with the state frozen at the start of that tail, as the boundary
+    protocol scores the test side)."""
+    if prior_fit not in PRIOR_FITS:
+        raise ValueError(f"prior_fit {prior_fit!r}: expected one of {', '.join(PRIOR_FITS)}")
     from feedrank.bench.retrieval_replay import ReplayInputs, replay_requests as sample_requests, run_replay
     from feedrank.retrieval.counters import CounterReplay, creator_codes
     from feedrank.retrieval.prior import PriorFitData
@@ -115,13 +122,21 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     pop = np.bincount(clicks.items, minlength=n_items).astype(np.float64)  # train clicks: counts at the boundary
     train_imp = is_train & ev.mask("impression")
     fit_data = PriorFitData(impressions=(ev.item_idx[train_imp], ev.ts[train_imp]))
+    base_data = None
+    if prior_fit == "frozen-tail":
+        frac = cfg.split.test_fraction
+        tail_from = float(np.quantile(clicks.ts, 1.0 - frac))
+        base_data = PriorFitData(fit_from=tail_from, frozen=True)
+        fit_data = replace(fit_data, fit_from=tail_from, frozen=True)
+        out["prior_fit_from"] = tail_from
+    out["prior_fit"] = prior_fit
     at_boundary = CounterReplay(n_items, clicks.items, clicks.ts, *fit_data.impressions, creator_codes(catalog.creators))
     at_boundary.advance(np.inf)  # it holds train events only: the counters at the boundary
     counters = at_boundary.snapshot()
     has_hist = (clicks.ends - clicks.starts)[users] > 0
     out["users_without_history"] = int((~has_hist).sum())
     priors = {}
-    for name, use_pop, data in (("two_tower_age_prior", False, None), ("two_tower_prior", True, None),
+    for name, use_pop, data in (("two_tower_age_prior", False, base_data), ("two_tower_prior", True, base_data),
                                 ("two_tower_prior_ctr", True, fit_data)):
         prior = fit_age_prior(tt, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, vecs, max_age,
                               cfg.training.seed, popularity=use_pop, data=data)
@@ -164,7 +179,8 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
             truth = WorldTruth.load(prep.dataset.root)
         reqs = sample_requests(ev, is_test, replay_requests, cfg.training.seed)
         t = time.perf_counter()
-        out["replay"] = run_replay(ReplayInputs(ev, catalog, tt, vecs, prior, max_age, cfg, warm, split.boundary, truth), reqs)
+        enc = lambda h, ts: encode_users(tt, catalog, h, ts, item_vecs=vecs)  # noqa: E731
+        out["replay"] = run_replay(ReplayInputs(ev, catalog, enc, vecs, prior, max_age, cfg, warm, split.boundary, truth), reqs)
         out["replay"]["seconds"] = round(time.perf_counter() - t, 1)
         _say_methods(out["replay"]["methods"], say, f"replay of {len(reqs)} requests")
     out["headline"] = _headline(out)
@@ -207,27 +223,23 @@ def _prior_scores(prior, uvec: np.ndarray, has_hist: np.ndarray, vecs: np.ndarra
     return out
 
 
-def _served_lists(prior, uvec: np.ndarray, has_hist: np.ndarray, vecs: np.ndarray, published_at: np.ndarray, counters, now: float,
-                  allowed_mask: np.ndarray, past: list[set[int]], cfg: FeedrankConfig, k: int = 100) -> list[list[int]]:
-    """What serving does with the prior (``Recommender._retrieve``): the ANN's top
-    ``ann_oversample * k`` by u.v, every recent item (published within the recent pool's
-    hours, or later) and the ``k`` most clicked, rescored by u.v/T + prior, top ``k``."""
-    from feedrank.retrieval.prior import rescore_with_prior
+def _served_lists(prior, uvec: np.ndarray, has_hist: np.ndarray, vecs: np.ndarray, published_at: np.ndarray, counters,
+                  now: float, allowed_mask: np.ndarray, past: list[set[int]], cfg: FeedrankConfig,
+                  k: int = 100) -> list[list[int]]:
+    """What serving does with the prior (``retrieval/served.py``, as in ``pipeline/candidates.py``):
+    the ANN's top ``ann_oversample * ann_k`` by u.v (exact here), the recent pool and the
+    popular list, rescored by u.v/T + prior at ``now``, top ``k``."""
+    from feedrank.retrieval.served import popular_pool_size, prior_pool, served_top
 
     p = cfg.pipeline
-    clicks = counters.clicks
-    over = _top_lists(uvec @ vecs.T, allowed_mask, past, k=p.ann_oversample * k)
+    over = _top_lists(uvec @ vecs.T, allowed_mask, past, k=p.ann_oversample * p.ann_k)
     hours = max(p.fresh_hours, p.followed_hours)
-    pool = np.flatnonzero(allowed_mask & ~(now - np.nan_to_num(published_at, nan=-np.inf) > hours * 3600.0))
-    popular = np.flatnonzero(allowed_mask)[np.argsort(-clicks[allowed_mask], kind="stable")[: max(p.popular_k, k)]]
-    pool = np.union1d(pool, popular)
+    pool = prior_pool(published_at, allowed_mask, now, hours, counters.clicks, popular_pool_size(prior, p.ann_k))
     out = []
     for j, row in enumerate(over):
-        cand = np.union1d(np.asarray(row, dtype=np.int64), pool)
-        cand = cand[~np.isin(cand, np.fromiter(past[j], dtype=np.int64, count=len(past[j])))]
-        got, _ = rescore_with_prior(prior, uvec[j], cand, vecs[cand], published_at[cand], now, k, counters=counters.take(cand),
-                                    has_history=bool(has_hist[j]))
-        out.append(got.tolist())
+        past_rows = np.fromiter(past[j], dtype=np.int64, count=len(past[j]))
+        out.append(served_top(prior, uvec[j], np.asarray(row, dtype=np.int64), pool, vecs, published_at, now, k, counters,
+                              past_rows, has_history=bool(has_hist[j])).tolist())
     return out
 
 

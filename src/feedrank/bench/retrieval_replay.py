@@ -24,7 +24,7 @@ first minutes of clicks and impressions. No model is refitted during the replay.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -51,14 +51,15 @@ class ReplayRequests:
 @dataclass
 class ReplayInputs:
     """What the replay scores with: the dataset's ``events`` (``EventArrays``) and
-    ``catalog``, the trained towers ``model`` with item vectors ``vecs`` (N, D), ``prior``
+    ``catalog``, ``encode_users(histories (R, L), ts (R,)) -> (R, D)`` user vectors of the
+    trained towers with item vectors ``vecs`` (N, D), ``prior``
     (an ``AgePrior`` or None), ``max_age_s`` (None: no age limit), the ``cfg``'s pipeline
     settings, ``warm`` (N,) bool (item clicked before the boundary), ``boundary`` and, for
     synthetic worlds, ``truth`` (a ``WorldTruth``)."""
 
     events: Any
     catalog: Any
-    model: Any
+    encode_users: Callable[[np.ndarray, np.ndarray], np.ndarray]
     vecs: np.ndarray
     prior: Any
     max_age_s: float | None
@@ -114,21 +115,21 @@ def _top(scores: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
 def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[str, Any]:
     """Replay ``reqs``; per method recall@10/50/100, nDCG@10 and recall@100 on cold (no
     train click), warm and new (published < 1 h before the request) relevant items."""
-    from feedrank.retrieval.encode import encode_users
-    from feedrank.retrieval.prior import rescore_with_prior
+    from feedrank.retrieval.served import popular_pool_size, prior_pool, served_top
 
     ev, catalog, vecs, prior = inp.events, inp.catalog, inp.vecs, inp.prior
-    n = len(catalog)
+    n = len(catalog.item_ids)
     p = inp.cfg.pipeline
     log = ev.click_log()
     hist = log.histories(reqs.users, reqs.ts, inp.cfg.retrieval.history_len)
-    uvec = encode_users(inp.model, catalog, hist, reqs.ts, item_vecs=vecs)
+    uvec = np.asarray(inp.encode_users(hist, reqs.ts), dtype=np.float32)
     ends = log.positions_before(reqs.users, reqs.ts)
     imp = ev.mask("impression")
     clk = ev.mask("click")
     replay = CounterReplay(n, ev.item_idx[clk], ev.ts[clk], ev.item_idx[imp], ev.ts[imp], creator_codes(catalog.creators))
     pub = np.nan_to_num(catalog.published_at, nan=-np.inf)
     hours = max(p.fresh_hours, p.followed_hours) * 3600.0
+    pop_n = 0 if prior is None else popular_pool_size(prior, p.ann_k)
     o_items = None
     if inp.truth is not None:
         o_items = inp.truth.item_index(catalog.item_ids.astype(str))
@@ -155,13 +156,11 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
             pr = prior.for_user(has_history)
             exact = tower / pr.temperature + pr.bias(catalog.published_at[cand], None, t, counters.take(cand))
             lists["two_tower_prior"].append(_top(exact, cand, k).tolist())
-            ann = _top(tower, cand, p.ann_oversample * k)
-            recent = cand[pub[cand] >= t - hours]
-            popular = _top(counters.clicks[cand], cand, max(p.popular_k, k))
-            pool = np.union1d(np.union1d(ann, recent), popular)
-            got, _ = rescore_with_prior(prior, uvec[j], pool, vecs[pool], catalog.published_at[pool], t, k,
-                                        counters=counters.take(pool), has_history=has_history)
-            lists["two_tower_prior_served"].append(got.tolist())
+            ann = _top(tower, cand, p.ann_oversample * p.ann_k)
+            pool = prior_pool(catalog.published_at, live, t, hours / 3600.0, counters.clicks, pop_n)
+            lists["two_tower_prior_served"].append(
+                served_top(prior, uvec[j], ann, pool, vecs, catalog.published_at, t, k, counters,
+                           has_history=has_history).tolist())
         if o_items is not None:
             a = inp.truth.world.attractiveness(np.full(len(cand), o_users[j]), o_items[cand], np.full(len(cand), t))
             lists["oracle"].append(_top(a, cand, k).tolist())

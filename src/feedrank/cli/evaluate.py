@@ -152,16 +152,63 @@ def ope_check_cmd(seeds: int, first_seed: int, users: int, items: int, days: int
         with open(out_file, "w") as f:
             f.write(json.dumps(r, indent=1, sort_keys=True, default=float) + "\n")
     click.echo(f"{r['n_runs']} worlds, {level:.0%} intervals ({method}), {r['seconds']} s")
+    _print_summary(r)
+
+
+def _print_summary(r: dict) -> None:
     for name, s in r["summary"].items():
         others = "  ".join(f"{m} {v['coverage']:.0%}" for m, v in s["coverage_by_method"].items())
         click.echo(f"{name:<6} coverage {s['coverage']:.0%} ({s['covered']}/{s['runs']}, 95% range "
                    f"{s['coverage_ci95'][0]:.0%}-{s['coverage_ci95'][1]:.0%})  bias {s['mean_bias']:+.4f}  "
-                   f"rmse {s['rmse']:.4f}  mean width {s['mean_width']:.4f} ({s['mean_rel_width']:.0%} of truth)  [{others}]")
+                   f"rmse {s['rmse']:.4f}  mean width {s['mean_width']:.4f} ({s['mean_rel_width']:.0%} of truth)"
+                   + (f"  [{others}]" if others else ""))
+    wt = r.get("weights") or {}
+    if wt:
+        click.echo(f"weights: mean {wt['mean_weight']:.4f}; z of (mean w - 1) over runs: mean {wt['z_mean']:+.2f}, "
+                   f"sd {wt['z_sd']:.2f} (exact propensities: about 0 and 1)")
     pb = r.get("position_bias") or {}
     if pb:
         click.echo(f"examination: true {pb['true_theta']}\n  EM        {pb['em_mean_theta']} (mean abs error "
                    f"{pb['em_mean_abs_error']:.4f})\n  harvested {pb['harvest_mean_theta']} (mean abs error "
                    f"{pb['harvest_mean_abs_error']:.4f}, intervals cover {pb['harvest_interval_coverage']:.0%})")
+
+
+@ope_group.command("summarize")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the pooled summary as one JSON object.")
+def ope_summarize_cmd(files: tuple[str, ...], as_json: bool) -> None:
+    """Pool the runs of several `feedrank ope check` outputs (same settings, different seeds)
+    and print their joint coverage, bias and RMSE.
+
+    \b
+    Examples:
+      feedrank ope summarize benchmarks/results/ope_coverage.json benchmarks/results/ope_coverage_seeds50_99.json
+    """
+    from feedrank.errors import SchemaError
+    from feedrank.evaluation.ope_synth import summarize, summarize_position_bias, summarize_weights
+
+    runs, settings, seen = [], None, set()
+    for path in files:
+        with open(path) as f:
+            r = json.load(f)
+        if "runs" not in r:
+            raise click.ClickException(f"{path}: not a `feedrank ope check` output (no runs)")
+        key = {k: r.get(k) for k in ("level", "sample", "world", "policy")}
+        if settings is not None and key != settings:
+            raise SchemaError(f"{path}: different settings from {files[0]}", [f"{key} != {settings}"])
+        settings = key
+        for run in r["runs"]:
+            if run["seed"] in seen:
+                raise SchemaError(f"{path}: seed {run['seed']} appears in more than one file")
+            seen.add(run["seed"])
+            runs.append(run)
+    out = {**(settings or {}), "files": list(files), "n_runs": len(runs), "summary": summarize(runs),
+           "position_bias": summarize_position_bias(runs), "weights": summarize_weights(runs)}
+    if as_json:
+        click.echo(json.dumps(out, sort_keys=True, default=float))
+        return
+    click.echo(f"{len(runs)} runs from {len(files)} file(s)")
+    _print_summary(out)
 
 
 @ope_group.command("position-bias")

@@ -9,6 +9,7 @@ import time
 import click
 
 from feedrank.cli.common import say
+from feedrank.cli.loop_options import events_dir_of, registry_options
 
 _EVERY = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)?$")
 
@@ -25,12 +26,8 @@ def parse_every(text: str) -> float:
 
 
 @click.command("retrain")
-@click.option("--registry", "registry_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Model registry the server follows (feedrank serve --registry).")
-@click.option("--events", "events_dir", default=None, type=click.Path(file_okay=False),
-              help="The server's event log folder [default: REGISTRY/events].")
-@click.option("--data", "base_data", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Base dataset the first model was trained on [default: remembered by the champion].")
+@registry_options(required=True, registry_help="Model registry the server follows (feedrank serve --registry).",
+                  data_help="Base dataset the first model was trained on [default: remembered by the champion].")
 @click.option("--every", default=None, help="Run on a schedule (e.g. 10m, 1h) until interrupted.")
 @click.option("--canary", default=0.0, type=click.FloatRange(0.0, 0.5),
               help="Challenger's traffic share before promotion (0: promote at once).")
@@ -71,8 +68,6 @@ def retrain(registry_dir: str, events_dir: str | None, base_data: str | None, ev
       feedrank retrain --registry var/registry --drill inverted-labels   # the gate must refuse it
       feedrank retrain --registry var/registry training.threads=2 retrieval.batch_size=512
     """
-    from pathlib import Path
-
     from feedrank.config import apply_overrides, config_from_dict, config_to_dict
     from feedrank.evaluation.abreport import ab_report
     from feedrank.evaluation.offline import evaluate_prepared
@@ -80,7 +75,7 @@ def retrain(registry_dir: str, events_dir: str | None, base_data: str | None, ev
 
     if canary > 0 and not experiments_file:
         raise click.UsageError("--canary needs --experiments FILE (the file the server reads as serving.experiments_file)")
-    events = events_dir or str(Path(registry_dir) / "events")
+    events = events_dir_of(registry_dir, events_dir)
     policy = RetrainPolicy(max_regression=max_regression, max_recall_regression=max_recall_regression, canary=canary, rollback_margin=rollback_margin,
                            min_impressions=min_impressions, min_new_events=min_new_events, epochs=epochs,
                            experiments_file=experiments_file)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from feedrank.cli.common import say
+from feedrank.cli.loop_options import events_dir_of, registry_options
 
 
 @click.command("simulate")
@@ -22,12 +23,8 @@ from feedrank.cli.common import say
 @click.option("--rpm", "requests_per_minute", default=120, show_default=True, type=click.IntRange(1),
               help="Feed requests per simulated minute.")
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 100), help="Items per feed.")
-@click.option("--registry", "registry_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="The server's registry: retrain into it on the schedule (omit: no retraining).")
-@click.option("--events", "events_dir", default=None, type=click.Path(file_okay=False),
-              help="The server's event log [default: REGISTRY/events].")
-@click.option("--data", "base_data", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Base dataset for retraining [default: remembered by the champion].")
+@registry_options(required=False, registry_help="The server's registry: retrain into it on the schedule (omit: no retraining).",
+                  data_help="Base dataset for retraining [default: remembered by the champion].")
 @click.option("--retrain-every", default=10.0, show_default=True, type=click.FloatRange(1.0),
               help="Simulated minutes between retrain starts.")
 @click.option("--retrain-args", default="", help="Extra arguments for `feedrank retrain` (quoted), e.g. "
@@ -81,7 +78,7 @@ def simulate(server: str, world_dir: str, minutes: int, speed: float, requests_p
     retrainer = None
     if registry_dir:
         cmd = [sys.executable, "-m", "feedrank.cli.main", "retrain", "--registry", registry_dir,
-               "--events", events_dir or str(Path(registry_dir) / "events"), "--json", "--no-progress"]
+               "--events", events_dir_of(registry_dir, events_dir), "--json", "--no-progress"]
         if base_data:
             cmd += ["--data", base_data]
         cmd += shlex.split(retrain_args)

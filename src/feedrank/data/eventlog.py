@@ -54,7 +54,6 @@ from typing import Iterable, Iterator
 from feedrank.data.events import event_from_dict
 from feedrank.data.logformat import (
     DEFAULT_SEGMENT_BYTES,
-    SEG_RE,
     AppendResult,
     LogOffset,
     LogRecord,

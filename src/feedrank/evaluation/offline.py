@@ -2,9 +2,11 @@
 
     metrics = evaluate_model("var/world", "var/model")           # dict, JSON-ready
 
-retrieval: for users with clicks in the test period, the two-tower (history as of the
-boundary) retrieves from the whole catalogue, minus items they clicked before it;
-relevant = their test clicks. ranking: every test impression, scored with point-in-time
+retrieval: for users with clicks in the test period, retrieval as served (history as of
+the boundary; the ANN's top, the recent pool and the popular list rescored with the
+bundle's fitted prior, ``retrieval/served.py``) from the items live in the test period,
+minus items they clicked before it; relevant = their test clicks. ``retrieval_tower`` is
+the ANN alone. ranking: every test impression, scored with point-in-time
 features (events strictly before it), grouped by request. Both also report a popularity
 baseline; synthetic worlds can add the oracle (true attractiveness) with ``oracle=True``.
 """
@@ -27,7 +29,10 @@ from feedrank.evaluation.metrics import (
 from feedrank.features.history import counts_before
 from feedrank.pipeline.artifacts import ModelArtifacts, load_artifacts
 from feedrank.pipeline.examples import ranking_examples, spec_from_info
+from feedrank.retrieval.counters import CounterReplay, ItemCounters, creator_codes
 from feedrank.retrieval.encode import encode_users
+from feedrank.retrieval.prior import AgePrior
+from feedrank.retrieval.served import popular_pool_size, prior_pool, served_top
 
 MAX_EVAL_USERS = 5000
 MAX_EVAL_IMPRESSIONS = 400_000
@@ -41,6 +46,25 @@ def live_items(published_at: np.ndarray, start: float, end: float, max_age_s: fl
     if max_age_s is not None:
         ok &= pub + max_age_s >= start
     return None if ok.all() else np.flatnonzero(ok).astype(np.int64)
+
+
+def served_prior(art: ModelArtifacts) -> AgePrior | None:
+    """The retrieval prior serving applies (``pipeline/candidates.py``): the bundle's fitted
+    one, unless ``retrieval.age_prior`` is off or its weights are all 0."""
+    raw = art.info.get("age_prior")
+    if not art.cfg.retrieval.age_prior or not raw:
+        return None
+    prior = AgePrior.from_json(raw)
+    return prior if prior.active else None
+
+
+def boundary_counters(ev, is_train: np.ndarray, catalog) -> ItemCounters:
+    """Item counters as the bundle holds them at the split: every train click (and impression)."""
+    clk, imp = is_train & ev.mask("click"), is_train & ev.mask("impression")
+    rep = CounterReplay(len(catalog), ev.item_idx[clk], ev.ts[clk], ev.item_idx[imp], ev.ts[imp],
+                        creator_codes(catalog.creators))
+    rep.advance(np.inf)
+    return rep.snapshot()
 
 
 def _ranking_block(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
@@ -89,16 +113,29 @@ def evaluate_prepared(art: ModelArtifacts, prep, oracle: bool = False, seed: int
         extra = int((train_log.ends - train_log.starts)[users].max(initial=0))
         allowed = live_items(catalog.published_at, split.boundary, float(split.test.ts_max or split.boundary),
                              art.info.get("max_item_age_s"))
-        _, ids = art.index.search(uvec, 100 + extra, allowed=allowed)
-        relevant, retrieved = [], []
+        prior = served_prior(art)
+        over = cfg.pipeline.ann_k * cfg.pipeline.ann_oversample if prior is not None else 0
+        _, ids = art.index.search(uvec, max(100, over) + extra, allowed=allowed)
+        relevant, retrieved, tower = [], [], []
         tc_users, tc_items = ev.user_codes[test_clicks], ev.item_idx[test_clicks]
         order = np.argsort(tc_users, kind="stable")
         tc_users, tc_items = tc_users[order], tc_items[order]
         lo = np.searchsorted(tc_users, users, side="left")
         hi = np.searchsorted(tc_users, users, side="right")
+        if prior is not None:
+            counters = boundary_counters(ev, is_train, catalog)
+            live_mask = np.ones(len(catalog), dtype=bool) if allowed is None else np.isin(np.arange(len(catalog)), allowed)
+            hours = max(cfg.pipeline.fresh_hours, cfg.pipeline.followed_hours)
+            pool = prior_pool(catalog.published_at, live_mask, split.boundary, hours, counters.clicks,
+                              popular_pool_size(prior, cfg.pipeline.ann_k))
         for j, u in enumerate(users):
-            past = set(train_log.items[train_log.starts[u]:train_log.ends[u]].tolist())
+            past_rows = train_log.items[train_log.starts[u]:train_log.ends[u]]
+            past = set(past_rows.tolist())
             row = [i for i in ids[j].tolist() if i >= 0 and i not in past][:100]
+            tower.append(row)
+            if prior is not None:
+                row = served_top(prior, uvec[j], ids[j], pool, art.item_vectors, catalog.published_at, split.boundary, 100,
+                                 counters, past_rows, has_history=len(past_rows) > 0).tolist()
             retrieved.append(row)
             relevant.append(set(tc_items[lo[j]:hi[j]].tolist()))
         out["retrieval"] = {
@@ -107,6 +144,14 @@ def evaluate_prepared(art: ModelArtifacts, prep, oracle: bool = False, seed: int
             "ndcg@10": float(ndcg_at_k_lists(retrieved, relevant, 10)),
             "coverage@100": float(coverage(retrieved, len(catalog), k=100)),
             "n_users": int(len(users)),
+            "scoring": "served: ANN top + recent pool + popular list, rescored with the fitted prior" if prior is not None
+            else "ANN (u.v) alone: the bundle has no active prior",
+        }
+        out["retrieval_tower"] = {
+            "recall@10": float(recall_at_k(tower, relevant, 10)),
+            "recall@100": float(recall_at_k(tower, relevant, 100)),
+            "ndcg@10": float(ndcg_at_k_lists(tower, relevant, 10)),
+            "scoring": "ANN (u.v) alone, without the prior",
         }
         # popularity baseline: most clicked in train, minus the user's past clicks
         pop_counts = np.bincount(train_log.items, minlength=len(catalog)).astype(np.float64)

@@ -295,7 +295,7 @@ def coverage_check(seeds: list[int], world: dict[str, Any] | None = None, policy
         shutil.rmtree(tmp, ignore_errors=True)
     return {"level": level, "sample": sample, "method": method, "world": world,
             "policy": {"beta": policy.beta, "noise": policy.noise}, "n_runs": len(runs), "summary": summarize(runs),
-            "position_bias": summarize_position_bias(runs), "runs": runs}
+            "position_bias": summarize_position_bias(runs), "weights": summarize_weights(runs), "runs": runs}
 
 
 def coverage_interval(covered: int, runs: int, level: float = 0.95) -> tuple[float, float]:
@@ -307,6 +307,29 @@ def coverage_interval(covered: int, runs: int, level: float = 0.95) -> tuple[flo
     lo = 0.0 if covered == 0 else float(beta.ppf(a, covered, runs - covered + 1))
     hi = 1.0 if covered == runs else float(beta.ppf(1.0 - a, covered + 1, runs - covered))
     return lo, hi
+
+
+def summarize_weights(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Do the importance weights average to 1, as exact propensities promise? Per run, the
+    logged mean weight is IPS / SNIPS and its standard error follows from the ESS
+    (``sum w^2 / n = mean(w)^2 n / ESS``); across runs z = (mean(w) - 1) / se should be
+    roughly N(0, 1). A target policy putting mass where the logging policy cannot go (a
+    live-set mismatch) or wrong propensities show up as a shifted mean."""
+    z, means = [], []
+    for r in runs:
+        e = r["estimates"].get("ips"), r["estimates"].get("snips")
+        if e[0] is None or e[1] is None or e[1]["value"] <= 0:
+            continue
+        n, ess = e[0]["n"], e[0]["ess"]
+        m = e[0]["value"] / e[1]["value"]
+        var = m * m * (n / ess - 1.0)
+        if var > 0:
+            means.append(m)
+            z.append((m - 1.0) / np.sqrt(var / n))
+    if not z:
+        return {}
+    return {"mean_weight": float(np.mean(means)), "z_mean": float(np.mean(z)), "z_sd": float(np.std(z, ddof=1)) if len(z) > 1 else 0.0,
+            "runs": len(z)}
 
 
 def summarize_position_bias(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -46,7 +46,11 @@ from feedrank.features.validation import FeatureValidator
 
 log = logging.getLogger(__name__)
 
-ITEM_CACHE_S = 1.0  # seconds ``read_rows`` reuses an item's store counts (the contract is "within minutes")
+# seconds ``read_rows`` reuses an item's store fields (the freshness contract is "within minutes"):
+# a shared store (Redis, SQLite) is written by other processes too; a memory:// store only by
+# this object, which invalidates what it writes, so only its own expiry/eviction can go unseen
+ITEM_CACHE_S = 1.0
+ITEM_CACHE_MEMORY_S = 60.0
 
 class CatalogBinding:
     """One model's catalogue as seen by live reads: item hash -> catalogue row, and the
@@ -98,7 +102,7 @@ class LiveFeatures:
 
     def __init__(self, store, rt: RealtimeFeatures, *, history_len: int = 30, read_timeout_s: float = 0.05,
                  stall_s: float = 60.0, ttl_s: float = 7 * 86400.0, poll_s: float = 0.1, commit_every_s: float = 5.0,
-                 item_cache_s: float = ITEM_CACHE_S, clock: Callable[[], float] = time.time) -> None:
+                 item_cache_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store, self.rt = store, rt
         self.history_len = int(history_len)
         self.stall_s, self.ttl_s, self.poll_s, self.commit_every_s = float(stall_s), float(ttl_s), float(poll_s), float(commit_every_s)
@@ -115,6 +119,8 @@ class LiveFeatures:
         self._base_ids: list[str] = []
         self._item_cat: dict[str, str] = {}
         self.publisher = StorePublisher(rt, store, self.history_len, base_user=self._base_user, clock=clock)
+        if item_cache_s is None:
+            item_cache_s = ITEM_CACHE_MEMORY_S if inline else ITEM_CACHE_S
         self.item_cache_s = float(item_cache_s)
         self._bindings: weakref.WeakSet[CatalogBinding] = weakref.WeakSet()
         self.publisher.on_publish = self._invalidate

@@ -2,16 +2,18 @@
 
     art = train_challenger(champion, prep, cfg, epochs=1)     # ModelArtifacts, not saved
 
-The champion's two-tower and ranker are copied (state dicts, same shapes: the challenger
-reuses the champion's vocabularies and hashing buckets, so new items and users need no
-new rows), then fine-tuned for a few epochs on the newest training rows of ``prep``:
+The champion's two-tower and ranker are fine-tuned by the training recipes themselves,
+``retrieval.train.train_two_tower(init=...)`` and ``ranking.train.train_ranker(init=...)``
+(same losses, checkpointing and data parallelism as a full training; the recipes copy the
+champion's weights and train every parameter of the copy, the ranker's position term
+included), for ``epochs`` epochs at ``LR_SCALE`` times the configured learning rates, on the
+newest training rows of ``prep``. The challenger reuses the champion's vocabularies and
+hashing buckets, so new items and users need no new rows:
 
-* two-tower: in-batch sampled softmax with logQ correction and shown-not-clicked hard
-  negatives (the loss of ``retrieval/train.py``, without the mining pass), newest
-  ``retrieval.max_train_examples`` train clicks;
-* ranker: the configured ranking loss + dwell MSE on the newest
-  ``ranking.max_train_examples`` train impressions, keeping the champion's input
-  normalisation (the weights were learned against it);
+* two-tower: the newest ``retrieval.max_train_examples`` new train clicks;
+* ranker: the newest ``ranking.max_train_examples`` new train impressions, keeping the
+  champion's input normalisation (the weights were learned against it), in batches small
+  enough that an epoch takes at least ``MIN_RANKER_STEPS`` optimizer steps;
 * then what a full training does after the models: item vectors and the ANN index over
   the whole (grown) catalogue, a fresh calibrator on the newest held-back impressions, the
   distilled ranker, serving counters and the online snapshot over every event.
@@ -19,9 +21,6 @@ new rows), then fine-tuned for a few epochs on the newest training rows of ``pre
 A warm-started ranker keeps the champion's feature set: features added to
 ``ranking/features.py`` after the champion was trained are sliced off (as serving does,
 ``Ranker.trunk``); they arrive with the next full ``feedrank train``.
-
-The recipes in ``retrieval/train.py`` and ``ranking/train.py`` build their models inside,
-so the fine-tuning loops live here; they use the same losses and encoders.
 """
 
 from __future__ import annotations

@@ -191,14 +191,17 @@ def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.n
                    published_at: np.ndarray, temperature: float, max_age_s: float | None = None,
                    max_items: int = 5000, rng: np.random.Generator | None = None,
                    click_counts: np.ndarray | None = None,
-                   more_feats: list[np.ndarray] | None = None) -> tuple[np.ndarray, float, float]:
+                   more_feats: list[np.ndarray] | None = None,
+                   live_until: float | None = None) -> tuple[np.ndarray, float, float]:
     """Fit the prior weights on clicks: user_vecs (Q, D) at click times ``ts`` (Q,), item_vecs
     (N, D), positives (Q,) clicked rows, published_at (N,) (NaN = unknown), optional
     ``click_counts`` (Q, N) point-in-time click counts (adds the popularity term) and
     ``more_feats`` further (Q, N) features (each gets a weight >= 0, in order). An item
     is a candidate at ``ts`` when published by then (and within ``max_age_s``). Catalogues
     above ``max_items`` are represented by a uniform sample of that many items plus each
-    click's positive. Returns (w: [w_age, (w_pop), *more], nll at 0, nll at w)."""
+    click's positive. ``live_until``: candidates are the items published by then instead
+    (ages at ``ts`` clamped at 0; the boundary protocol's view). Returns (w: [w_age, (w_pop),
+    *more], nll at 0, nll at w)."""
     more_feats = list(more_feats or [])
     if len(item_vecs) > max_items:
         rng = rng or np.random.default_rng(0)
@@ -211,6 +214,11 @@ def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.n
     neg_age, live = _age_feature(ts, published_at)
     if max_age_s is not None:
         live &= neg_age >= -max_age_s / DAY_S
+    if live_until is not None:
+        pub_ok = np.nan_to_num(published_at, nan=-np.inf) <= live_until
+        live = np.broadcast_to(pub_ok[None, :], live.shape).copy()
+        if max_age_s is not None:
+            live &= neg_age >= -max_age_s / DAY_S
     feats = [neg_age]
     if click_counts is not None:
         feats.append(np.log1p(click_counts).astype(np.float32))
@@ -240,7 +248,9 @@ class PriorFitData:
     """What the prior fit may use beyond the training clicks: training ``impressions``
     (item indices, times) for the smoothed-CTR terms (None: no such terms), ``fit_from``
     (fit on the training clicks at or after this time, a validation tail; None: the newest
-    half), ``trend`` (add the decayed-click term), and ``model`` / ``item_vecs`` of towers trained without that tail (None: the
+    half), ``trend`` (add the decayed-click term), ``frozen`` (score every fit click with the
+    history, counters and age as of ``fit_from``, as the boundary protocol scores the test
+    side; needs ``fit_from``), and ``model`` / ``item_vecs`` of towers trained without that tail (None: the
     served towers; they have seen the clicks the fit scores, which biases the weights
     towards 0 where the towers memorise them)."""
 
@@ -249,6 +259,7 @@ class PriorFitData:
     model: object | None = None
     item_vecs: np.ndarray | None = None
     trend: bool = False
+    frozen: bool = False
 
 
 MIN_COLD_USER_CLICKS = 100  # fewer first clicks than this: no separate weights for users without history
@@ -272,14 +283,20 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
     rng = np.random.default_rng(seed)
     order = np.argsort(clicks.ts, kind="stable")
     newest = order[len(order) // 2 :] if data.fit_from is None else order[clicks.ts[order] >= data.fit_from]
+    first = clicks.ts == clicks.ts[clicks.starts[clicks.user_codes]] if len(clicks.items) else np.zeros(0, bool)
+    if data.frozen and data.fit_from is not None:  # "no history" = no click before the freeze
+        first = clicks.ts[clicks.starts[clicks.user_codes]] >= data.fit_from
+        if cold_users:
+            newest = newest[~first[newest]]
     if not len(newest):
-        raise ValueError(f"fit_age_prior: no training clicks at or after fit_from={data.fit_from}")
+        raise ValueError(f"fit_age_prior: no training clicks to fit on (fit_from={data.fit_from})")
     pick = np.sort(rng.choice(newest, size=min(n_clicks, len(newest)), replace=False))
     prior = _fit_on_clicks(pick, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, rng,
                            popularity, max_items, data, ctr)
     if cold_users and len(clicks.items):
-        first = clicks.ts == clicks.ts[clicks.starts[clicks.user_codes]]  # no click of the user before it
-        cold = np.flatnonzero(first)
+        cold = np.flatnonzero(first)  # no click of the user before it (before the freeze)
+        if data.frozen:
+            cold = cold[clicks.ts[cold] >= data.fit_from]
         if len(cold) >= MIN_COLD_USER_CLICKS:
             cold = np.sort(rng.choice(cold, size=min(n_clicks, len(cold)), replace=False))
             sub = _fit_on_clicks(cold, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, rng,
@@ -297,6 +314,10 @@ def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float,
     fit_model = model if data.model is None else data.model
     fit_vecs = item_vecs if data.item_vecs is None else data.item_vecs
     users, ts, pos = clicks.user_codes[pick], clicks.ts[pick], clicks.items[pick]
+    if data.frozen:
+        if data.fit_from is None:
+            raise ValueError("PriorFitData(frozen=True) needs fit_from: the time the state is frozen at")
+        ts = np.full(len(pick), float(data.fit_from))
     hist = clicks.histories(users, ts, history_len)
     uvec = encode_users(fit_model, catalog, hist, ts, item_vecs=fit_vecs)
     keep = np.arange(len(catalog))
@@ -324,7 +345,8 @@ def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float,
                                                CREATOR_CTR_STRENGTH))
                 names.append("creator_weight")
     w, nll0, nll1 = fit_age_weight(uvec, fit_vecs[keep], remap[pos], ts, catalog.published_at[keep], temperature,
-                                   max_age_s, max_items=len(keep), rng=rng, click_counts=counts, more_feats=more)
+                                   max_age_s, max_items=len(keep), rng=rng, click_counts=counts, more_feats=more,
+                                   live_until=float(clicks.ts[pick].max()) if data.frozen else None)
     ref = float(np.nanmax(catalog.published_at)) if np.isfinite(catalog.published_at).any() else 0.0
     extra = {n: float(v) for n, v in zip(names, w[len(w) - len(names):])}
     return AgePrior(float(w[0]), temperature, ref, float(w[1]) if counts is not None else 0.0, len(pick),

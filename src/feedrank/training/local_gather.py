@@ -23,8 +23,9 @@ Nothing has a name in ``/dev/shm``: the memory goes back to the system when the 
 process holding it exits, however it exits (``kill -9`` included). A rank waiting for a
 peer checks every second that the peer process is alive and gives up after ``timeout_s``.
 ``connect`` checks that every rank has the same boot id and can open every other rank's
-files, and returns None otherwise (several machines, a sandbox without ``/proc``), so the
-caller falls back to gloo. ``FEEDRANK_SHM_GATHER=0`` turns it off.
+files (each holds a random nonce its owner announced), and returns None otherwise
+(several machines, a sandbox without ``/proc``), so the caller falls back to gloo.
+``FEEDRANK_SHM_GATHER=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import time
 import torch
 import torch.distributed as tdist
 
-HEADER = 64  # bytes before the data: int64 sequence number, int64 length (floats); 64 keeps data aligned
+HEADER = 64  # bytes before the data: int64 sequence number, int64 length (floats), int64 nonce; 64 keeps data aligned
 ORDERED_STORES = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 SPIN_S = 0.002  # busy-poll this long, then yield, then nap
 NAP_S = 0.0001
@@ -87,6 +88,13 @@ class _Segment:
         assert self.map is not None
         return struct.unpack_from("<qq", self.map, 0)
 
+    def nonce(self, value: int | None = None) -> int:
+        """The file's identity check: set it (owner) or read it (peer)."""
+        assert self.map is not None
+        if value is not None:
+            struct.pack_into("<q", self.map, 16, value)
+        return struct.unpack_from("<q", self.map, 16)[0]
+
     def publish(self, seq: int, numel: int) -> None:
         assert self.map is not None
         struct.pack_into("<q", self.map, 8, numel)
@@ -126,9 +134,11 @@ class LocalGather:
                 mine = [_Segment(os.memfd_create(f"feedrank-grads-{rank}-{p}")) for p in (0, 1)]
                 for s in mine:
                     s.ensure(0, grow=True)  # sequence number 0: nothing published yet
+                    s.nonce(int.from_bytes(os.urandom(7), "big"))
             except OSError:
                 ok = False
-        me = torch.tensor([_host_key(), os.getpid(), mine[0].fd, mine[1].fd] if ok else [-1, 0, 0, 0], dtype=torch.int64)
+        me = torch.tensor([_host_key(), os.getpid(), *(s.fd for s in mine), *(s.nonce() for s in mine)] if ok
+                          else [-1, 0, 0, 0, 0, 0], dtype=torch.int64)
         all_ids = [torch.empty_like(me) for _ in range(world)]
         tdist.all_gather(all_ids, me)
         ok = ok and all(int(t[0]) == int(me[0]) for t in all_ids)
@@ -138,8 +148,10 @@ class LocalGather:
                 for r, t in enumerate(all_ids):
                     if r != rank:
                         for p in (0, 1):
-                            peers[(r, p)] = _Segment(os.open(f"/proc/{int(t[1])}/fd/{int(t[2 + p])}", os.O_RDWR))
-                            peers[(r, p)].ensure(0, grow=False)
+                            seg = peers[(r, p)] = _Segment(os.open(f"/proc/{int(t[1])}/fd/{int(t[2 + p])}", os.O_RDWR))
+                            seg.ensure(0, grow=False)
+                            if seg.nonce() != int(t[4 + p]):  # another process behind that pid (pid namespaces)
+                                raise RuntimeError(f"rank {r}'s shared file did not match")
             except (OSError, RuntimeError):
                 ok = False
         flags = [torch.empty(1, dtype=torch.int64) for _ in range(world)]

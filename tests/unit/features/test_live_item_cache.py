@@ -1,7 +1,7 @@
 """``LiveFeatures.read_rows``: the per-row cache of store counts gives what an uncached
 read gives, serves a value at most ``item_cache_s`` old, is invalidated by this process's
-own publishing, falls back to the in-process counters when the store fails, and re-reads
-when the stream stalls (baseline fields)."""
+own publishing, falls back to the in-process counters when the store fails, and serves
+the cached baseline fields when the stream stalls."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_own_publishing_invalidates_and_a_failed_store_means_fallbacks():
     assert got.clicks.tolist() == [7.0, 6.0]  # the cached row kept, the unread one its in-process counter
 
 
-def test_a_stalled_stream_rereads_baselines_and_extend_grows_the_cache():
+def test_a_stalled_stream_switches_to_cached_baselines_and_extend_grows_the_cache():
     wall = [T0]
     live = _live(open_store("memory://"), wall, item_cache_s=3600.0)
     b = live.bind(_snapshot(), IDS, ["a"] * 10)
@@ -92,4 +92,4 @@ def test_a_stalled_stream_rereads_baselines_and_extend_grows_the_cache():
     live.extend_catalog(b, ["n10"], ["a"])
     assert len(b.cached_at) == 11
     assert live.read_rows(b, np.array([10]), T0 + 31.0, np.zeros(1), np.array([2.0])).clicks.tolist() == [2.0]
-    assert live.stats()["item_cache"]["misses"] >= 3
+    assert live.stats()["item_cache"]["misses"] == 2  # n5 once (live, then baseline from the cache), n10 once

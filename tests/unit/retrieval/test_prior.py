@@ -6,7 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from feedrank.retrieval.prior import DAY_S, AgePrior, fit_age_weight, point_in_time_counts, rescore_with_prior
+from feedrank.retrieval.counters import ItemCounters
+from feedrank.retrieval.prior import (
+    DAY_S,
+    ITEM_CTR_STRENGTH,
+    AgePrior,
+    fit_age_weight,
+    point_in_time_counts,
+    rescore_with_prior,
+    smoothed_ctr_ratio,
+)
 
 
 def _world(w_true: float, seed: int = 0, n_items: int = 400, n_clicks: int = 1500, d: int = 8, t: float = 0.2):
@@ -94,3 +103,67 @@ def test_a_weight_held_at_zero_does_not_stop_the_other():
     pos = np.array([rng.choice(len(items), p=row) for row in p])
     w, nll0, nll1 = fit_age_weight(users, items, pos, ts, pub, t, click_counts=counts)
     assert w[0] == 0.0 and w[1] > 0.4 and nll1 < nll0
+
+
+def test_fit_recovers_a_smoothed_ctr_weight_from_counters():
+    users, items, _, ts, pub, t = _world(0.0, seed=5)
+    rng = np.random.default_rng(6)
+    imps = rng.integers(0, 400, len(items)).astype(np.float64)
+    true_ctr = rng.beta(2, 60, len(items))
+    clicks = rng.binomial(imps.astype(int), true_ctr).astype(np.float64)
+    feat = smoothed_ctr_ratio(clicks, imps, float(clicks.sum() / imps.sum()), ITEM_CTR_STRENGTH)
+    f = np.broadcast_to(feat.astype(np.float32), (len(ts), len(items))).copy()
+    age = (ts[:, None] - pub[None, :]) / DAY_S
+    logit = users @ items.T / t - 0.3 * np.maximum(age, 0) + 1.2 * f
+    logit = np.where(age >= 0, logit, -np.inf)
+    p = np.exp(logit - logit.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    pos = np.array([rng.choice(len(items), p=row) for row in p])
+    w, nll0, nll1 = fit_age_weight(users, items, pos, ts, pub, t, more_feats=[f])
+    assert w[0] == pytest.approx(0.3, rel=0.3) and w[1] == pytest.approx(1.2, rel=0.25)
+    assert nll1 < nll0
+
+
+def test_smoothed_ctr_ratio_shrinks_towards_the_global_ctr():
+    r = smoothed_ctr_ratio(np.array([0.0, 1.0, 50.0, 5.0]), np.array([0.0, 1.0, 100.0, 0.0]), 0.05, 20.0)
+    assert r[0] == 0.0                     # never shown: the global CTR
+    assert 0 < r[1] < np.log(1 / 0.05)     # 1 of 1: above average, far below 100%
+    assert r[2] > r[1]                     # 50 of 100: strong evidence
+    assert np.isfinite(r[3])               # clicks without logged impressions count as seen
+
+
+def test_counters_add_the_ctr_terms_and_missing_impressions_leave_them_out():
+    prior = AgePrior(0.0, 1.0, 0.0, ctr_weight=2.0, creator_weight=1.0, ctr0=0.1)
+    pub = np.zeros(2)
+    c = ItemCounters(np.array([10.0, 0.0]), np.array([20.0, 20.0]), np.array([30.0, 0.0]), np.array([100.0, 100.0]))
+    b = prior.bias(pub, None, 0.0, c)
+    want = 2.0 * smoothed_ctr_ratio(c.clicks, c.impressions, 0.1, prior.ctr_strength) + \
+        1.0 * smoothed_ctr_ratio(c.creator_clicks, c.creator_impressions, 0.1, prior.creator_strength)
+    assert np.allclose(b, want) and b[0] > 0 > b[1]
+    assert np.allclose(prior.bias(pub, None, 0.0, ItemCounters(c.clicks)), 0.0)
+
+
+def test_users_without_history_get_the_cold_user_weights():
+    cold = AgePrior(0.0, 1.0, 0.0, pop_weight=5.0)
+    prior = AgePrior(1.0, 1.0, 0.0, pop_weight=0.0, cold_user=cold)
+    vecs = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    pub = np.array([0.0, -DAY_S])          # item 1 is a day older
+    clicks = np.array([0.0, 100.0])         # and much clicked
+    u = np.array([0.5, 0.0], dtype=np.float32)
+    got, _ = rescore_with_prior(prior, u, np.arange(2), vecs, pub, 0.0, 1, clicks=clicks)
+    assert got.tolist() == [0]
+    got, _ = rescore_with_prior(prior, u, np.arange(2), vecs, pub, 0.0, 1, clicks=clicks, has_history=False)
+    assert got.tolist() == [1]
+    assert prior.for_user(False) is cold and prior.for_user(True) is prior
+    assert AgePrior(0.0, 1.0, 0.0, cold_user=cold).active
+
+
+def test_prior_json_round_trip_and_old_manifests_still_load():
+    prior = AgePrior(0.4, 0.07, 1.0, 0.2, 10, 1.0, 0.9, ctr_weight=0.3, creator_weight=0.1, ctr0=0.02, trend_weight=0.5,
+                     cold_user=AgePrior(0.1, 0.07, 1.0, 0.9))
+    back = AgePrior.from_json(prior.to_json())
+    assert (back.weight, back.pop_weight, back.ctr_weight, back.creator_weight, back.ctr0, back.trend_weight) == \
+        (0.4, 0.2, 0.3, 0.1, 0.02, 0.5)
+    assert back.cold_user is not None and back.cold_user.pop_weight == 0.9
+    old = AgePrior.from_json({"weight": 0.3, "temperature": 0.07, "ref_ts": 0.0, "pop_weight": 0.1})
+    assert old.ctr_weight == 0.0 and old.cold_user is None and old.active

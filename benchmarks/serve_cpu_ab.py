@@ -1,0 +1,214 @@
+"""CPU per feed request in process, the current pipeline against a re-enactment of the
+pre-issue-#5-round-2 code paths, interleaved in one process (A/B on the same model, users
+and machine state). Prints CPU ms per request and the CPU of the main pieces.
+
+    .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --requests 1000
+
+"legacy" puts back, on the same loaded Recommender: fresh/followed/the prior's pool filtered
+from a cached recent pool of the whole catalogue (``sources.fresh_items``,
+``followed_items``, ``recent_pool``), the O(N) liveness checks per request, the uncached
+feature-store read of every candidate (``LiveFeatures.read_items``), the two-pass re-rank
+(eligible + caps re-run on a 4x wider window) and FAISS with its default OpenMP threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import faiss
+import numpy as np
+
+import feedrank.pipeline.candidates as cands
+import feedrank.pipeline.recommender as recmod
+from feedrank.rerank import policies
+from feedrank.rerank.diversity import cap_split
+from feedrank.retrieval.sources import SourceResult, followed_items, followed_keys, fresh_items, recent_pool
+from feedrank.serving.factory import build_service
+from feedrank.types import FeedRequest
+
+CACHE_S = cands.CACHE_S
+
+
+def legacy_rerank(slate, order, seen, k, policy, u=1.0, pick=0):
+    """``policies.rerank`` before the one-pass form (no MMR, as the default policy)."""
+    window = max(policies.WINDOW_PER_K * k, policies.MIN_WINDOW)
+    while True:
+        out = policies.eligible(order, slate, seen, policy, limit=window)
+        kept, skipped = cap_split(out, [(slate.categories, policy.max_per_category), (slate.creators, policy.max_per_creator)])
+        if len(kept) >= 2 * k or len(out) < window:
+            break
+        window *= 4
+    kept = policies.exposure_floor(kept, slate.groups, policy.fairness_group, policy.fairness_min_share, k)
+    out = kept + skipped
+    top, pool = out[:k], out[k:]
+    if policy.explore_epsilon > 0 and policy.explore_position < len(top):
+        pool = policies._cap_safe_pool(top, pool, policy.explore_position, slate, policy)
+    return policies.exploration_slot(top, pool, policy.explore_position, policy.explore_epsilon, u, pick)
+
+
+class Legacy:
+    """The old per-request code paths, bound to one Recommender."""
+
+    def __init__(self, rec) -> None:
+        self.rec = rec
+        self.dead = rec.live_catalog.dead
+        self.expires = rec.live_catalog.expires_at
+
+    def live_mask(self, idx, now):
+        r = self.rec
+        ok = (self.expires[idx] > now) & ~self.dead[idx]
+        if r.max_item_age_s is not None:
+            age = now - r.catalog.published_at[idx]
+            ok &= (age >= 0) & (age <= r.max_item_age_s)
+        return ok
+
+    def live_items(self, now):
+        r = self.rec
+        if r.max_item_age_s is None and not self.dead.any() and not np.isfinite(self.expires).any():
+            return None
+        return r.live_catalog.live_rows(now)
+
+    def recent_pool_(self, now):
+        r, p = self.rec, self.rec.cfg.pipeline
+        hours = max(p.fresh_hours, p.followed_hours)
+        hit = r._source_cache.get("legacy-pool")
+        if hit is not None and abs(now - hit[0]) <= CACHE_S:
+            return hit[1]
+        pool = recent_pool(r.catalog.published_at, now, hours * 3600.0 + CACHE_S)
+        pool = pool[self.live_mask(pool, now)]
+        r._source_cache["legacy-pool"] = (now, pool)
+        return pool
+
+    def source_fetchers(self, ctx, now, aff, live):
+        r, p = self.rec, self.rec.cfg.pipeline
+        out = {}
+        has_history = bool(ctx.history.max() >= 0) if len(ctx.history) else False
+        zeros = lambda n: np.zeros(n, dtype=np.float32)  # noqa: E731
+        if p.fresh_k:
+            def fresh():
+                wanted = None
+                if has_history:
+                    top = np.argsort(-aff)[:3]
+                    wanted = top[top > 0].astype(r.catalog.cat_idx.dtype)
+                got = fresh_items(r.catalog.published_at, now, p.fresh_hours * 3600.0, r.catalog.cat_idx, wanted,
+                                  p.fresh_k, pool=self.recent_pool_(now))
+                return SourceResult("fresh", got, zeros(len(got)))
+            out["fresh"] = fresh
+        if p.followed_k and has_history:
+            def followed():
+                h = ctx.history[ctx.history >= 0]
+                keys = (r.catalog.creator_hash, r.catalog.sub_idx)
+                follows = [followed_keys(k[h], p.follow_min_clicks, ignore=ig) for k, ig in zip(keys, r._follow_ignore())]
+                got = followed_items(keys, follows, r.catalog.published_at, now, p.followed_hours * 3600.0, p.followed_k,
+                                     pool=self.recent_pool_(now))
+                return SourceResult("followed", got, zeros(len(got)))
+            out["followed"] = followed
+        if p.trending_k and r.art.engagement is not None:
+            def trending():
+                got = r._trending_list(now, live)
+                return SourceResult("trending", got, zeros(len(got)))
+            out["trending"] = trending
+        return out
+
+    def enrich(self, cand, ctx, now, user_vec, aff, user_id="", live_status=None):
+        r = self.rec
+        from feedrank.ranking.features import ranking_features
+
+        n = len(cand)
+        eng = None if r.art.engagement is None else r.art.engagement.engagement(user_id, cand, now)
+        sim = r.art.item_vectors[cand] @ user_vec
+        imps, clicks = r.state.item_impressions[cand], r.state.item_clicks[cand]
+        if r.live is not None:
+            li = r.live.read_items([r._item_ids_list[i] for i in cand.tolist()], now, imps, clicks)
+            imps, clicks = np.maximum(imps, li.impressions), np.maximum(clicks, li.clicks)
+            if live_status is not None:
+                live_status.append(li.status)
+        return ranking_features(tower_sim=sim, category_affinity=aff[r.catalog.cat_idx[cand]], item_impressions=imps,
+                                item_clicks=clicks, age_s=r.catalog.age_seconds(cand, now),
+                                user_clicks=np.full(n, ctx.n_clicks, dtype=np.float64), ts=np.full(n, now),
+                                prior_ctr=r.prior_ctr, prior_weight=r.cfg.ranking.ctr_prior, engagement=eng,
+                                dwell_prior=r.dwell_prior)[:, : getattr(r.art.ranker, "n_features", None)]
+
+
+def switch(rec, legacy: Legacy, on: bool, saved: dict) -> None:
+    """Put the legacy paths on the instance (on) or take them off."""
+    names = ("_source_fetchers", "_live_items", "_enrich")
+    if on:
+        rec._source_fetchers, rec._live_items, rec._enrich = legacy.source_fetchers, legacy.live_items, legacy.enrich
+        rec.live_catalog.newest_saved = rec.live_catalog.newest
+        # the prior's pool: the cached recent pool, newest first
+        rec.live_catalog.newest = lambda index, keys, now, age, k: legacy.recent_pool_(now)[:k] if index is None else \
+            rec.live_catalog.newest_saved(index, keys, now, age, k)
+        recmod.rerank = legacy_rerank
+        faiss.omp_set_num_threads(saved["omp"])
+    else:
+        for n in names:
+            rec.__dict__.pop(n, None)
+        if hasattr(rec.live_catalog, "newest_saved"):
+            rec.live_catalog.newest = rec.live_catalog.newest_saved
+        recmod.rerank = policies.rerank
+        faiss.omp_set_num_threads(rec.cfg.serving.torch_threads)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="then cProfile (CPU time) 300 current requests")
+    args = ap.parse_args()
+    saved = {"omp": faiss.omp_get_max_threads()}
+    app, event_log, rec, cfg = build_service(args.model, "/tmp/feedrank-ab-events")
+    legacy = Legacy(rec)
+    acc: dict[str, float] = {}
+
+    def timed(obj, name, label):
+        f = getattr(obj, name)
+
+        @functools.wraps(f)
+        def g(*a, **k):
+            c = time.process_time()
+            try:
+                return f(*a, **k)
+            finally:
+                acc[label] = acc.get(label, 0.0) + time.process_time() - c
+        setattr(obj, name, g)
+
+    timed(rec.art.index, "search", "ann")
+    rng = np.random.default_rng(0)
+    known = rec.art.snapshot.user_ids
+    users = [str(known[i]) if rng.random() < 0.9 else f"new-{i}" for i in rng.integers(0, len(known), args.requests)]
+    for mode in ("legacy", "current") * args.rounds:
+        switch(rec, legacy, mode == "legacy", saved)
+        for name in ("_retrieve", "_enrich", "_rerank", "_score"):  # wraps the legacy or the current method
+            timed(rec, name, name.strip("_"))
+        acc.clear()
+        for u in users[:20]:
+            rec.recommend(FeedRequest(user_id=u, k=20, deadline_ms=10_000.0))
+        acc.clear()
+        c0 = time.process_time()
+        for u in users:
+            rec.recommend(FeedRequest(user_id=u, k=20, deadline_ms=10_000.0))
+        cpu = 1000.0 * (time.process_time() - c0) / len(users)
+        parts = {k: round(1000.0 * v / len(users), 3) for k, v in sorted(acc.items(), key=lambda kv: -kv[1])}
+        print(f"{mode:8s} cpu ms/request {cpu:.3f} {parts}", flush=True)
+        for name in ("_retrieve", "_enrich", "_rerank", "_score"):  # the wrappers (and a legacy _enrich)
+            rec.__dict__.pop(name, None)
+    if args.profile:
+        import cProfile
+        import pstats
+
+        switch(rec, legacy, False, saved)
+        prof = cProfile.Profile(time.process_time)
+        prof.enable()
+        for u in users[:300]:
+            rec.recommend(FeedRequest(user_id=u, k=20, deadline_ms=10_000.0))
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+    event_log.close()
+
+
+if __name__ == "__main__":
+    main()
