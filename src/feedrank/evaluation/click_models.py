@@ -259,6 +259,24 @@ def harvest_position_bias(request: np.ndarray, position: np.ndarray, propensity:
     return HarvestedPositionBias(theta=theta, lo=lo, hi=hi, level=level, pairs=pairs, clicks=clicks)
 
 
+EXAMINATION_METHODS = ("em", "harvest")
+
+
+def fit_examination(method: str, items: np.ndarray, positions: np.ndarray, clicks: np.ndarray, *,
+                    requests: np.ndarray | None = None, propensities: np.ndarray | None = None,
+                    n_items: int | None = None, max_position: int | None = None) -> ExaminationCurve:
+    """An examination curve for the debiased metrics, by ``method``: ``"em"`` (``fit_pbm``;
+    needs items, positions, clicks) or ``"harvest"`` (``harvest_position_bias``; needs
+    ``requests`` and ``propensities`` too, from a Plackett-Luce logging policy). Inputs (n,)."""
+    if method == "em":
+        return fit_pbm(items, positions, clicks, n_items=n_items)
+    if method == "harvest":
+        if requests is None or propensities is None:
+            raise SchemaError("fit_examination: method 'harvest' needs requests and propensities")
+        return harvest_position_bias(requests, positions, propensities, clicks, max_position=max_position)
+    raise SchemaError(f"fit_examination: method must be one of {', '.join(EXAMINATION_METHODS)}, got {method!r}")
+
+
 def debiased_auc(clicks: np.ndarray, scores: np.ndarray, examination: np.ndarray) -> float:
     """AUC of ``scores`` against clicks with each click weighted 1 / examination of its slot.
 

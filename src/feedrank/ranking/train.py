@@ -146,7 +146,9 @@ def train_ranker(
     dw = None if log_dwell is None else torch.from_numpy(np.asarray(log_dwell, dtype=np.float32))
     prot = None if protected is None or cfg.fairness_weight <= 0 else torch.from_numpy(np.asarray(protected, dtype=bool))
     # the position term is a handful of scalars that must travel far (log examination of a
-    # deep slot is about -2): it gets 10x the learning rate so a few epochs reach it
+    # deep slot is about -2): it gets 10x the learning rate so a few epochs reach it. In a
+    # warm start it also takes up a shift of the click rate in the new data first, so the
+    # trunk's steps go to relevance (pipeline/warmstart.py: MIN_RANKER_STEPS)
     pos_params = list(model.position_bias.parameters())
     rest = [p for p in model.parameters() if all(p is not q for q in pos_params)]
     opt = torch.optim.Adam([{"params": rest}, {"params": pos_params, "lr": cfg.lr * 10, "weight_decay": 0.0}],

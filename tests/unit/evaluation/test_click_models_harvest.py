@@ -117,3 +117,21 @@ def test_position_bias_report_and_cli_on_a_synthetic_world(tmp_path):
     assert json.loads(out.output)["harvest_pairs"][1] == r["harvest_pairs"][1]
     bad = CliRunner().invoke(cli, ["ope", "position-bias", "--data", str(tmp_path)])  # not a dataset
     assert bad.exit_code != 0 and "events" in (bad.output + str(bad.exception))
+
+
+def test_debiased_metrics_take_either_curve():
+    from feedrank.evaluation.click_models import debiased_auc, debiased_ndcg, fit_examination
+
+    req, pos, item, prop, click, exam = _pl_log(7, n_feeds=5000)
+    scores = np.random.default_rng(7).random(len(click)) + click  # a ranker that mostly knows the clicks
+    vals = {}
+    for method in ("em", "harvest"):
+        curve = fit_examination(method, item, pos, click, requests=req, propensities=prop)
+        e = curve.examination(pos)
+        vals[method] = (debiased_auc(click, scores, e), debiased_ndcg(click, scores, req, e, k=6))
+        assert curve.theta[0] == 1.0 and 0.5 < vals[method][0] <= 1.0
+    assert vals["em"][0] == pytest.approx(vals["harvest"][0], abs=0.05)
+    with pytest.raises(SchemaError, match="needs requests"):
+        fit_examination("harvest", item, pos, click)
+    with pytest.raises(SchemaError, match="must be one of"):
+        fit_examination("dbn", item, pos, click)

@@ -1,7 +1,7 @@
 """The gradient exchange of data-parallel training: two gloo processes, each with half of a
 batch, end up with the gradient one process computes on the whole batch (dense and
-sparse, per-example loss), the same bits on both ranks, with and without the sparse
-capacity overflowing into a second all-gather."""
+sparse, per-example loss), the same bits on both ranks; through shared memory and through
+gloo alone (where the first step's buffer overflows the capacity into a second gather)."""
 
 from __future__ import annotations
 

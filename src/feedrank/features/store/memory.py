@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from feedrank.features.store.protocol import (
-    COUNTER_BUCKETS,
-    FeatureBatch,
-    Record,
-    amounts,
-    batch_from_records,
-    bucket_of,
-    check_features,
-    is_cold,
-    live_buckets,
-    read_snapshot,
-    write_snapshot,
-)
+from feedrank.features.store.base import StoreBase
+from feedrank.features.store.protocol import COUNTER_BUCKETS, Record, check_features, is_cold, live_buckets
 
 
-class MemoryStore:
+class MemoryStore(StoreBase):
     """Implements ``OnlineStore`` in process memory (see the module docstring)."""
 
     def __init__(self, ttl_s: float = 7 * 86400.0, max_records: int = 2_000_000, url: str = "memory://") -> None:
@@ -44,46 +32,31 @@ class MemoryStore:
         self.evicted = 0
 
     # ------------------------------------------------------------------ features
-    def _put(self, table: str, key: str, features: Mapping[str, float], ts: float) -> None:
-        t = self._tables[table]
-        old = t.pop(key, None)
-        rec = dict(old[1]) if old is not None else {}
-        rec.update(check_features(features))
-        t[key] = (float(ts), rec)
-        over = len(self._tables["users"]) + len(self._tables["items"]) - self.max_records
-        while over > 0:
-            max(self._tables.values(), key=len).popitem(last=False)  # oldest write of the larger table
-            self.evicted += 1
-            over -= 1
-
-    def put_user(self, user_id: str, features: Mapping[str, float], ts: float) -> None:
+    def _put_records(self, table: str, rows: Mapping[str, Record], ts: float) -> None:
         with self._lock:
-            self._put("users", str(user_id), features, ts)
+            t = self._tables[table]
+            for key, features in rows.items():
+                old = t.pop(key, None)
+                rec = dict(old[1]) if old is not None else {}
+                rec.update(features)
+                t[key] = (ts, rec)
+                over = len(self._tables["users"]) + len(self._tables["items"]) - self.max_records
+                while over > 0:
+                    max(self._tables.values(), key=len).popitem(last=False)  # oldest write of the larger table
+                    self.evicted += 1
+                    over -= 1
 
-    def get_user(self, user_id: str, now: float) -> Record | None:
+    def _user_record(self, user_id: str) -> tuple[float, Record] | None:
         with self._lock:
-            rec = self._tables["users"].get(str(user_id))
-        if rec is None or is_cold(rec[0], now, self.ttl_s):
-            return None
-        return dict(rec[1])
+            return self._tables["users"].get(user_id)
 
-    def put_items(self, rows: Mapping[str, Mapping[str, float]], ts: float) -> None:
-        checked = {str(k): check_features(v) for k, v in rows.items()}  # validate all before writing any
-        with self._lock:
-            for key, rec in checked.items():
-                self._put("items", key, rec, ts)
-
-    def get_items(self, item_ids: Sequence[str], names: Sequence[str], now: float) -> FeatureBatch:
+    def _item_records(self, item_ids: list[str], names: Sequence[str]) -> list[tuple[float, Record] | None]:
         with self._lock:
             t = self._tables["items"]
-            recs = [t.get(str(i)) for i in item_ids]
-        return batch_from_records(recs, names, now, self.ttl_s)
+            return [t.get(i) for i in item_ids]
 
     # ------------------------------------------------------------------ counters
-    def incr(self, keys: Sequence[str], window_s: int, ts: float, amount: float | Sequence[float] = 1.0) -> None:
-        window_s = int(window_s)
-        amts = amounts(keys, amount)
-        b = bucket_of(ts, window_s)
+    def _add_counts(self, window_s: int, keys: list[str], b: int, amts: list[float], ts: float) -> None:
         with self._lock:
             w = self._counters.setdefault(window_s, {})
             for key, a in zip(keys, amts):
@@ -96,11 +69,10 @@ class MemoryStore:
                     for old in [x for x in buckets if x < first]:
                         del buckets[old]
 
-    def get_counts(self, keys: Sequence[str], window_s: int, now: float) -> np.ndarray:
-        first, last = live_buckets(int(window_s), now)
+    def _sum_counts(self, window_s: int, keys: list[str], first: int, last: int) -> np.ndarray:
         out = np.zeros(len(keys), dtype=np.float64)
         with self._lock:
-            w = self._counters.get(int(window_s), {})
+            w = self._counters.get(window_s, {})
             for i, key in enumerate(keys):
                 buckets = w.get(key)
                 if buckets:
@@ -144,12 +116,6 @@ class MemoryStore:
                 self._tables[name] = t
             self._counters = {int(w): {str(k): {int(b): float(v) for b, v in bk.items()} for k, bk in keys.items()}
                               for w, keys in state.get("counters", {}).items()}
-
-    def snapshot(self, path: str | Path) -> Path:
-        return write_snapshot(self, path)
-
-    def restore(self, path: str | Path) -> None:
-        self.import_state(read_snapshot(path))
 
     def close(self) -> None:
         """Nothing to release (snapshot first if the state must survive)."""

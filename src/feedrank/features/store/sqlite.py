@@ -15,18 +15,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import orjson
 
-from feedrank.features.store.protocol import (
-    FeatureBatch,
-    Record,
-    amounts,
-    batch_from_records,
-    bucket_of,
-    check_features,
-    is_cold,
-    live_buckets,
-    read_snapshot,
-    write_snapshot,
-)
+from feedrank.features.store.base import StoreBase
+from feedrank.features.store.protocol import Record, check_features, live_buckets
 
 _CHUNK = 900  # bound parameters per statement (SQLite's default limit is 999 on old builds)
 _SCHEMA = """
@@ -44,7 +34,7 @@ def _chunks(seq: Sequence[str]) -> Iterator[Sequence[str]]:
         yield seq[i : i + _CHUNK]
 
 
-class SQLiteStore:
+class SQLiteStore(StoreBase):
     """Implements ``OnlineStore`` on a SQLite file (see the module docstring)."""
 
     def __init__(self, path: str | Path, ttl_s: float = 7 * 86400.0, url: str | None = None) -> None:
@@ -70,55 +60,40 @@ class SQLiteStore:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def _put_many(self, table: str, rows: list[tuple[str, float, str]]) -> None:
+    def _put_records(self, table: str, rows: Mapping[str, Record], ts: float) -> None:
+        data = [(key, ts, orjson.dumps(rec).decode()) for key, rec in rows.items()]
         sql = (f"INSERT INTO {table} (id, ts, data) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                "ts = excluded.ts, data = json_patch(data, excluded.data)")
-        self._executemany_atomic(sql, rows)
+        self._executemany_atomic(sql, data)
 
-    def put_user(self, user_id: str, features: Mapping[str, float], ts: float) -> None:
-        self._put_many("users", [(str(user_id), float(ts), orjson.dumps(check_features(features)).decode())])
-
-    def get_user(self, user_id: str, now: float) -> Record | None:
+    def _user_record(self, user_id: str) -> tuple[float, Record] | None:
         with self._lock:
-            row = self._db.execute("SELECT ts, data FROM users WHERE id = ?", (str(user_id),)).fetchone()
-        if row is None or is_cold(row[0], now, self.ttl_s):
-            return None
-        return {k: float(v) for k, v in orjson.loads(row[1]).items()}
+            row = self._db.execute("SELECT ts, data FROM users WHERE id = ?", (user_id,)).fetchone()
+        return None if row is None else (row[0], {k: float(v) for k, v in orjson.loads(row[1]).items()})
 
-    def put_items(self, rows: Mapping[str, Mapping[str, float]], ts: float) -> None:
-        data = [(str(k), float(ts), orjson.dumps(check_features(v)).decode()) for k, v in rows.items()]
-        if data:
-            self._put_many("items", data)
-
-    def get_items(self, item_ids: Sequence[str], names: Sequence[str], now: float) -> FeatureBatch:
-        ids = [str(i) for i in item_ids]
+    def _item_records(self, item_ids: list[str], names: Sequence[str]) -> list[tuple[float, Record] | None]:
         found: dict[str, tuple[float, Record]] = {}
-        uniq = list(dict.fromkeys(ids))
         with self._lock:
-            for part in _chunks(uniq):
+            for part in _chunks(list(dict.fromkeys(item_ids))):
                 q = f"SELECT id, ts, data FROM items WHERE id IN ({','.join('?' * len(part))})"
                 for iid, ts, data in self._db.execute(q, list(part)):
                     found[iid] = (ts, orjson.loads(data))
-        return batch_from_records([found.get(i) for i in ids], names, now, self.ttl_s)
+        return [found.get(i) for i in item_ids]
 
     # ------------------------------------------------------------------ counters
-    def incr(self, keys: Sequence[str], window_s: int, ts: float, amount: float | Sequence[float] = 1.0) -> None:
-        window_s = int(window_s)
-        b = bucket_of(ts, window_s)
-        rows = [(window_s, str(k), b, a) for k, a in zip(keys, amounts(keys, amount))]
+    def _add_counts(self, window_s: int, keys: list[str], b: int, amts: list[float], ts: float) -> None:
+        rows = [(window_s, k, b, a) for k, a in zip(keys, amts)]
         sql = ("INSERT INTO counters (win, key, bucket, value) VALUES (?, ?, ?, ?) "
                "ON CONFLICT(win, key, bucket) DO UPDATE SET value = value + excluded.value")
         self._executemany_atomic(sql, rows)
 
-    def get_counts(self, keys: Sequence[str], window_s: int, now: float) -> np.ndarray:
-        first, last = live_buckets(int(window_s), now)
-        keys = [str(k) for k in keys]
+    def _sum_counts(self, window_s: int, keys: list[str], first: int, last: int) -> np.ndarray:
         sums: dict[str, float] = {}
         with self._lock:
             for part in _chunks(list(dict.fromkeys(keys))):
                 q = (f"SELECT key, SUM(value) FROM counters WHERE win = ? AND bucket BETWEEN ? AND ? "
                      f"AND key IN ({','.join('?' * len(part))}) GROUP BY key")
-                sums.update(self._db.execute(q, [int(window_s), first, last, *part]).fetchall())
+                sums.update(self._db.execute(q, [window_s, first, last, *part]).fetchall())
         return np.array([sums.get(k, 0.0) for k in keys], dtype=np.float64)
 
     # ------------------------------------------------------------------ eviction, state
@@ -162,12 +137,6 @@ class SQLiteStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-
-    def snapshot(self, path: str | Path) -> Path:
-        return write_snapshot(self, path)
-
-    def restore(self, path: str | Path) -> None:
-        self.import_state(read_snapshot(path))
 
     def close(self) -> None:
         with self._lock:
