@@ -7,8 +7,9 @@ and machine state). Prints CPU ms per request and the CPU of the main pieces.
 "legacy" puts back, on the same loaded Recommender: fresh/followed/the prior's pool filtered
 from a cached recent pool of the whole catalogue (``sources.fresh_items``,
 ``followed_items``, ``recent_pool``), the O(N) liveness checks per request, the uncached
-feature-store read of every candidate (``LiveFeatures.read_items``), the two-pass re-rank
-(eligible + caps re-run on a 4x wider window) and FAISS with its default OpenMP threads.
+feature-store read of every candidate (``LiveFeatures.read_items``), the per-item merge
+loop, the two-pass re-rank (eligible + caps re-run on a 4x wider window) and FAISS with
+its default OpenMP threads (the number of cores).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import feedrank.pipeline.candidates as cands
 import feedrank.pipeline.recommender as recmod
 from feedrank.rerank import policies
 from feedrank.rerank.diversity import cap_split
-from feedrank.retrieval.sources import SourceResult, followed_items, followed_keys, fresh_items, recent_pool
+from feedrank.retrieval.sources import Merged, SourceResult, followed_items, followed_keys, fresh_items, recent_pool
 from feedrank.serving.factory import build_service
 from feedrank.types import FeedRequest
 
 CACHE_S = cands.CACHE_S
+MERGE = cands.merge_sources
 
 
 def legacy_rerank(slate, order, seen, k, policy, u=1.0, pick=0):
@@ -46,6 +48,36 @@ def legacy_rerank(slate, order, seen, k, policy, u=1.0, pick=0):
     if policy.explore_epsilon > 0 and policy.explore_position < len(top):
         pool = policies._cap_safe_pool(top, pool, policy.explore_position, slate, policy)
     return policies.exploration_slot(top, pool, policy.explore_position, policy.explore_epsilon, u, pick)
+
+
+def legacy_merge(results, quotas, total, fallbacks=(), exclude=None):
+    """``sources.merge_sources`` before it was vectorised: a per-item loop."""
+    exclude = exclude or set()
+    seen, out, src, sc, taken = set(), [], [], [], {}
+    by_name = {r.name: r for r in results}
+
+    def take(r, limit):
+        n = 0
+        for it, s in zip(r.items.tolist(), r.scores.tolist()):
+            if n >= limit or len(out) >= total:
+                break
+            if it in seen or it in exclude:
+                continue
+            seen.add(it)
+            out.append(it)
+            src.append(r.name)
+            sc.append(s)
+            n += 1
+        taken[r.name] = taken.get(r.name, 0) + n
+
+    for r in results:
+        take(r, quotas.get(r.name, total))
+    for name in fallbacks:
+        if len(out) >= total:
+            break
+        if name in by_name:
+            take(by_name[name], total)
+    return Merged(np.asarray(out, dtype=np.int64), src, np.asarray(sc, dtype=np.float32), taken)
 
 
 class Legacy:
@@ -142,6 +174,7 @@ def switch(rec, legacy: Legacy, on: bool, saved: dict) -> None:
         rec.live_catalog.newest = lambda index, keys, now, age, k: legacy.recent_pool_(now)[:k] if index is None else \
             rec.live_catalog.newest_saved(index, keys, now, age, k)
         recmod.rerank = legacy_rerank
+        cands.merge_sources = legacy_merge
         faiss.omp_set_num_threads(saved["omp"])
     else:
         for n in names:
@@ -149,6 +182,7 @@ def switch(rec, legacy: Legacy, on: bool, saved: dict) -> None:
         if hasattr(rec.live_catalog, "newest_saved"):
             rec.live_catalog.newest = rec.live_catalog.newest_saved
         recmod.rerank = policies.rerank
+        cands.merge_sources = MERGE
         faiss.omp_set_num_threads(rec.cfg.serving.torch_threads)
 
 

@@ -1,9 +1,9 @@
 """The warm-start drill of tests/unit/pipeline/test_retrain.py, with the gate's numbers printed.
 
 A world (800 users, 250 items, 4 days, activity 2.0) is split in time; the champion is
-trained on all but the newest 7,000 events, which go into the event log. Then two retrain
+trained on all but the newest 7,000 events, which go into the event log. Then three retrain
 cycles run from copies of that registry: one whose ranker is fine-tuned on inverted click
-labels (5 epochs, must be refused) and a good one (1 epoch). Prints, for each, the gate's
+labels (5 epochs, must be refused), one on shuffled labels (1 epoch) and a good one (1 epoch). Prints, for each, the gate's
 ranking AUC of champion and challenger on the held-out slice.
 
     python benchmarks/warmstart_drill.py --seed 3           # the test's world
@@ -46,7 +46,9 @@ def main() -> None:
     train_model(root / "base", root / "champion", load_config(None, TRAIN), show_progress=False,
                 evaluator=evaluate_prepared, say=lambda m: None)
     ModelRegistry(root / "registry").publish(root / "champion", promote=True)
-    for name, epochs, noise in (("inverted labels", 5, lambda y, rng: 1 - y), ("good", 1, None)):
+    drills = (("inverted labels", 5, lambda y, rng: 1 - y), ("shuffled labels", 1, lambda y, rng: rng.permutation(y)),
+              ("good", 1, None))
+    for name, epochs, noise in drills:
         reg = root / f"registry-{name.replace(' ', '-')}"
         shutil.copytree(root / "registry", reg)
         res = run_cycle(reg, reg / "events", None, evaluate_prepared, ab_report, RetrainPolicy(epochs=epochs),

@@ -169,6 +169,10 @@ class ServingConfig:
     # pipeline at a time under the GIL (serving/workers.py; benchmarks/README.md). Every
     # reader of the event log reads every worker's partition; /metrics sums the workers.
     workers: int = field(default=2, metadata=_rng(1, 64))
+    # each worker tails every worker's items.jsonl this often and indexes the items another
+    # worker accepted (serving/item_sync.py): POST /v1/items is retrievable on every worker
+    # within about this long (at most 30 s, well inside the 60 s contract)
+    item_sync_s: float = field(default=2.0, metadata=_rng(0.05, 30.0))
 
 
 @dataclass(frozen=True)

@@ -145,12 +145,16 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         for tag, pr in (("", prior), (" (users without history)", prior.cold_user)):
             if pr is not None:
                 say(f"{name}{tag}: w_age = {pr.weight:.4f} per day, w_pop = {pr.pop_weight:.4f}, w_trend = "
-                    f"{pr.trend_weight:.4f}, w_ctr = {pr.ctr_weight:.4f}, w_creator = {pr.creator_weight:.4f} "
+                    f"{pr.trend_weight:.4f}, w_ctr = {pr.ctr_weight:.4f}, w_creator = {pr.creator_weight:.4f}, tower x{pr.tower_weight:.3f} "
                     f"(nll {pr.nll_before:.4f} -> {pr.nll_after:.4f}, {pr.n_clicks} train clicks)")
         out["methods"][name] = _metrics(_top_lists(_prior_scores(prior, uvec, has_hist, vecs, catalog.published_at,
                                                                  split.boundary, counters), allowed_mask, past), relevant, warm)
     prior = priors[served_prior]
     out["served_prior"] = served_prior
+    if prior.cold_user is not None:  # the same prior without its weights for users without history, for comparison
+        out["methods"]["two_tower_prior_one_weight_set"] = _metrics(_top_lists(_prior_scores(
+            replace(prior, cold_user=None), uvec, has_hist, vecs, catalog.published_at, split.boundary, counters),
+            allowed_mask, past), relevant, warm)
     out["methods"]["two_tower_prior_served"] = _metrics(
         _served_lists(prior, uvec, has_hist, vecs, catalog.published_at, counters, split.boundary, allowed_mask, past, cfg),
         relevant, warm)

@@ -137,6 +137,8 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
     names = ["two_tower", "two_tower_prior", "two_tower_prior_served", "popularity"] + (["oracle"] if o_items is not None else [])
     if prior is None:
         names = [m for m in names if not m.startswith("two_tower_prior")]
+    if prior is not None and prior.cold_user is not None:
+        names.insert(2, "two_tower_prior_one_weight_set")  # without the weights for users without history
     lists: dict[str, list[list[int]]] = {m: [] for m in names}
     for j in range(len(reqs)):
         t = float(reqs.ts[j])
@@ -156,6 +158,9 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
             pr = prior.for_user(has_history)
             exact = tower / pr.temperature + pr.bias(catalog.published_at[cand], None, t, counters.take(cand))
             lists["two_tower_prior"].append(_top(exact, cand, k).tolist())
+            if "two_tower_prior_one_weight_set" in lists:
+                one = tower / prior.temperature + prior.bias(catalog.published_at[cand], None, t, counters.take(cand))
+                lists["two_tower_prior_one_weight_set"].append(_top(one, cand, k).tolist())
             ann = _top(tower, cand, p.ann_oversample * p.ann_k)
             pool = prior_pool(catalog.published_at, live, t, hours / 3600.0, counters.clicks, pop_n)
             lists["two_tower_prior_served"].append(

@@ -12,8 +12,9 @@ caches it sets up in ``_init_candidates``. Per request nothing here is O(catalog
   is recomputed (O(N)) at most every ``CACHE_S`` of request clock and only when some row
   can stop being live (an age limit, an expiry or an update); its results are then
   re-checked against the exact liveness at ``now``;
-- popular and trending lists are recomputed (O(N)) at most every ``CACHE_S``, then
-  re-checked for liveness at ``now`` on each request.
+- popular and trending lists are recomputed (O(N)) at most every ``CACHE_S``; trending is
+  re-checked for liveness at ``now`` on each request (popular is the last resort: it
+  keeps items that are no longer live, after the live ones).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class CandidateStage:
             hours = max(p.fresh_hours, p.followed_hours)
             cand = np.union1d(ann, self.live_catalog.newest(None, None, now, hours * 3600.0, PRIOR_POOL_MAX))
             if prior.pop_weight > 0:
-                cand = np.union1d(cand, self._popular_list(now)[: p.ann_k])
+                cand = np.union1d(cand, self._only_live(self._popular_list(now)[: p.ann_k], now))
             ann, ann_scores = rescore_with_prior(prior, user_vec, cand, self.art.item_vectors[cand],
                                                  self.catalog.published_at[cand], now, p.ann_k,
                                                  clicks=self.state.item_clicks[cand])
@@ -228,8 +229,10 @@ class CandidateStage:
             return self._live
 
     def _popular_list(self, now: float) -> np.ndarray:
-        """Recent popularity at ``now`` among live items; recomputed every ``CACHE_S`` of
-        request clock (counters move with observed events), re-checked for liveness."""
+        """Recent popularity at ``now``; recomputed every ``CACHE_S`` of request clock
+        (counters move with observed events). Items not live then (expired, replaced, too
+        old) count as infinitely old: they follow every live item with clicks, so the list
+        (the fallback tier, the top-up of a short feed) stays full when nothing is live."""
         with self._popular_lock:
             if not len(self._popular) or abs(now - self._popular_at) > CACHE_S:
                 age = self.catalog.age_seconds(np.arange(len(self.catalog)), now)
@@ -240,5 +243,4 @@ class CandidateStage:
                 if self.live is not None:  # what is hot right now (real-time clicks) goes first
                     self._popular = self._with_hot(self._popular, now, age, n)
                 self._popular_at = now
-            popular = self._popular
-        return self._only_live(popular, now)
+            return self._popular

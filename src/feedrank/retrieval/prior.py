@@ -51,6 +51,7 @@ class AgePrior:
     creator_strength: float = CREATOR_CTR_STRENGTH  # pseudo-impressions of the creator CTR's prior
     trend_weight: float = 0.0    # w_trend, per unit of log1p(clicks decayed over RECENT_TAU_S)
     cold_user: AgePrior | None = None  # the weights for a user with no history (None: the same)
+    tower_weight: float = 1.0    # multiplies u.v/T (fitted for users without history, whose u is context only)
 
     def to_json(self) -> dict:
         return {"weight": self.weight, "pop_weight": self.pop_weight, "temperature": self.temperature,
@@ -58,7 +59,8 @@ class AgePrior:
                 "nll_after": self.nll_after, "ctr_weight": self.ctr_weight, "creator_weight": self.creator_weight,
                 "ctr0": self.ctr0, "ctr_strength": self.ctr_strength, "creator_strength": self.creator_strength,
                 "trend_weight": self.trend_weight,
-                "cold_user": None if self.cold_user is None else self.cold_user.to_json()}
+                "cold_user": None if self.cold_user is None else self.cold_user.to_json(),
+                "tower_weight": self.tower_weight}
 
     @classmethod
     def from_json(cls, raw: dict) -> AgePrior:
@@ -68,7 +70,8 @@ class AgePrior:
                    ctr0=float(raw.get("ctr0", 0.0)), ctr_strength=float(raw.get("ctr_strength", ITEM_CTR_STRENGTH)),
                    creator_strength=float(raw.get("creator_strength", CREATOR_CTR_STRENGTH)),
                    trend_weight=float(raw.get("trend_weight", 0.0)),
-                   cold_user=cls.from_json(raw["cold_user"]) if raw.get("cold_user") else None)
+                   cold_user=cls.from_json(raw["cold_user"]) if raw.get("cold_user") else None,
+                   tower_weight=float(raw.get("tower_weight", 1.0)))
 
     @property
     def active(self) -> bool:
@@ -105,7 +108,8 @@ class AgePrior:
                clicks: np.ndarray | None = None, counters: ItemCounters | None = None) -> np.ndarray:
         """(U, N) retrieval logits u.v/T + prior at ``now``; ``clicks`` (N,) click counts so far
         (or ``counters``, which also carries impressions)."""
-        return user_vecs @ item_vecs.T / self.temperature + self.bias(published_at, clicks, now, counters)[None, :]
+        return self.tower_weight * (user_vecs @ item_vecs.T / self.temperature) + \
+            self.bias(published_at, clicks, now, counters)[None, :]
 
 
 def smoothed_ctr_ratio(clicks: np.ndarray, impressions: np.ndarray, ctr0: float, strength: float) -> np.ndarray:
@@ -192,7 +196,7 @@ def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.n
                    max_items: int = 5000, rng: np.random.Generator | None = None,
                    click_counts: np.ndarray | None = None,
                    more_feats: list[np.ndarray] | None = None,
-                   live_until: float | None = None) -> tuple[np.ndarray, float, float]:
+                   live_until: float | None = None, fit_scale: bool = False) -> tuple[np.ndarray, float, float]:
     """Fit the prior weights on clicks: user_vecs (Q, D) at click times ``ts`` (Q,), item_vecs
     (N, D), positives (Q,) clicked rows, published_at (N,) (NaN = unknown), optional
     ``click_counts`` (Q, N) point-in-time click counts (adds the popularity term) and
@@ -201,7 +205,8 @@ def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.n
     above ``max_items`` are represented by a uniform sample of that many items plus each
     click's positive. ``live_until``: candidates are the items published by then instead
     (ages at ``ts`` clamped at 0; the boundary protocol's view). Returns (w: [w_age, (w_pop),
-    *more], nll at 0, nll at w)."""
+    *more], nll at 0, nll at w). ``fit_scale``: the tower logit gets a fitted weight too,
+    returned last (else it is fixed at 1)."""
     more_feats = list(more_feats or [])
     if len(item_vecs) > max_items:
         rng = rng or np.random.default_rng(0)
@@ -223,6 +228,8 @@ def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.n
     if click_counts is not None:
         feats.append(np.log1p(click_counts).astype(np.float32))
     feats.extend(np.asarray(f, dtype=np.float32) for f in more_feats)
+    if fit_scale:
+        return fit_prior_weights(np.zeros_like(base), feats + [base], live, positives)
     return fit_prior_weights(base, feats, live, positives)
 
 
@@ -277,7 +284,7 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
 
     With ``cold_users``, a second set of weights (``AgePrior.cold_user``) is fitted on the
     clicks made with an empty history (each user's first clicks): a user the towers know
-    nothing about gets a context-only vector, for whom popularity and age carry the score
+    nothing about gets a context-only vector, whose weight (``tower_weight``) is fitted too
     (used by ``rescore_with_prior(..., has_history=False)``)."""
     data = data or PriorFitData()
     rng = np.random.default_rng(seed)
@@ -300,15 +307,16 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
         if len(cold) >= MIN_COLD_USER_CLICKS:
             cold = np.sort(rng.choice(cold, size=min(n_clicks, len(cold)), replace=False))
             sub = _fit_on_clicks(cold, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, rng,
-                                 popularity, max_items, data, ctr)
+                                 popularity, max_items, data, ctr, fit_scale=True)
             prior = replace(prior, cold_user=sub)
     return prior
 
 
 def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
                    max_age_s: float | None, rng: np.random.Generator, popularity: bool, max_items: int,
-                   data: PriorFitData, ctr: bool) -> AgePrior:
-    """The prior's weights fitted on the clicks ``pick`` (indices into the ``ClickLog``)."""
+                   data: PriorFitData, ctr: bool, fit_scale: bool = False) -> AgePrior:
+    """The prior's weights fitted on the clicks ``pick`` (indices into the ``ClickLog``);
+    ``fit_scale``: the weight of the tower logit too (``tower_weight``)."""
     from feedrank.retrieval.encode import encode_users
 
     fit_model = model if data.model is None else data.model
@@ -346,11 +354,14 @@ def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float,
                 names.append("creator_weight")
     w, nll0, nll1 = fit_age_weight(uvec, fit_vecs[keep], remap[pos], ts, catalog.published_at[keep], temperature,
                                    max_age_s, max_items=len(keep), rng=rng, click_counts=counts, more_feats=more,
-                                   live_until=float(clicks.ts[pick].max()) if data.frozen else None)
+                                   live_until=float(clicks.ts[pick].max()) if data.frozen else None, fit_scale=fit_scale)
+    tower_weight = 1.0
+    if fit_scale:
+        w, tower_weight = w[:-1], float(w[-1])
     ref = float(np.nanmax(catalog.published_at)) if np.isfinite(catalog.published_at).any() else 0.0
     extra = {n: float(v) for n, v in zip(names, w[len(w) - len(names):])}
     return AgePrior(float(w[0]), temperature, ref, float(w[1]) if counts is not None else 0.0, len(pick),
-                    round(nll0, 5), round(nll1, 5), ctr0=ctr0, **extra)
+                    round(nll0, 5), round(nll1, 5), ctr0=ctr0, tower_weight=tower_weight, **extra)
 
 
 def rescore_with_prior(prior: AgePrior, user_vec: np.ndarray, cand: np.ndarray, cand_vecs: np.ndarray,
@@ -366,7 +377,7 @@ def rescore_with_prior(prior: AgePrior, user_vec: np.ndarray, cand: np.ndarray, 
     if not len(cand):
         return cand.astype(np.int64), np.zeros(0, dtype=np.float32)
     prior = prior.for_user(has_history)
-    s = cand_vecs @ user_vec / prior.temperature + prior.bias(published_at, clicks, now, counters)
+    s = prior.tower_weight * (cand_vecs @ user_vec / prior.temperature) + prior.bias(published_at, clicks, now, counters)
     k = min(k, len(cand))
     top = np.argpartition(-s, k - 1)[:k] if k < len(cand) else np.arange(len(cand))
     top = top[np.lexsort((cand[top], -s[top]))]

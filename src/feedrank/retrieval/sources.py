@@ -212,34 +212,43 @@ def merge_sources(results: list[SourceResult], quotas: Mapping[str, int], total:
     then, while fewer than ``total``, the fallback sources in order contribute the items
     they have left (beyond their quota). A source that is short, late or failed (absent
     from ``results``) thus has its share filled from the fallbacks. Items in ``exclude``
-    never appear; no item appears twice."""
-    exclude = exclude or set()
-    seen: set[int] = set()
-    out_items: list[int] = []
-    out_src: list[str] = []
-    out_score: list[float] = []
+    never appear; no item appears twice. Vectorised per source (no per-item Python)."""
+    used = np.unique(np.fromiter(exclude, dtype=np.int64, count=len(exclude))) if exclude else np.zeros(0, dtype=np.int64)
+    parts: list[tuple[np.ndarray, str, np.ndarray]] = []
     taken: dict[str, int] = {}
     by_name = {r.name: r for r in results}
+    count = 0
 
     def take(r: SourceResult, limit: int) -> None:
+        nonlocal used, count
         n = 0
-        for it, sc in zip(r.items.tolist(), r.scores.tolist()):
-            if n >= limit or len(out_items) >= total:
-                break
-            if it in seen or it in exclude:
-                continue
-            seen.add(it)
-            out_items.append(it)
-            out_src.append(r.name)
-            out_score.append(sc)
-            n += 1
+        room = min(limit, total - count)
+        items = np.asarray(r.items, dtype=np.int64)
+        if room > 0 and len(items):
+            ok = np.zeros(len(items), dtype=bool)
+            ok[np.unique(items, return_index=True)[1]] = True  # first occurrence within the source
+            if len(used):
+                pos = np.minimum(np.searchsorted(used, items), len(used) - 1)
+                ok &= used[pos] != items
+            sel = np.flatnonzero(ok)[:room]
+            n = len(sel)
+            if n:
+                got = items[sel]
+                parts.append((got, r.name, np.asarray(r.scores, dtype=np.float32)[sel]))
+                used = np.union1d(used, got)
+                count += n
         taken[r.name] = taken.get(r.name, 0) + n
 
     for r in results:
         take(r, quotas.get(r.name, total))
     for name in fallbacks:
-        if len(out_items) >= total:
+        if count >= total:
             break
         if name in by_name:
             take(by_name[name], total)
-    return Merged(np.asarray(out_items, dtype=np.int64), out_src, np.asarray(out_score, dtype=np.float32), taken)
+    if not parts:
+        return Merged(np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.float32), taken)
+    sources: list[str] = []
+    for got, name, _ in parts:
+        sources.extend([name] * len(got))
+    return Merged(np.concatenate([p[0] for p in parts]), sources, np.concatenate([p[2] for p in parts]), taken)

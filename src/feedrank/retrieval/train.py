@@ -185,7 +185,9 @@ def train_two_tower(
     saved: list[str] = []
     timer = dist.CommTimer()
     fp = _fingerprint(cfg, len(catalog), content, shown, users, pos, ts, base_seed)
-    if init is not None:  # a warm start resumes only from a checkpoint of a run from the same weights
+    # a warm start resumes only from a checkpoint of a run from the same weights (hashed only
+    # when checkpointing is on: the id tables can be large)
+    if init is not None and ckpt.active_policy() is not None:
         fp = ckpt.fingerprint({"run": fp, "init": sorted(init.state_dict())},
                               *(v.detach().cpu().numpy() for v in init.state_dict().values()))
     ck = ckpt.recipe_checkpoints("two_tower", fp)

@@ -5,6 +5,7 @@ Endpoints (OpenAPI at ``/docs``; details and examples in ``docs/api.md``):
     GET  /v1/feed?user_id=&k=    a ranked feed; impressions logged in the background
     POST /v1/events              client events, validated, fsync'd before the 202     (serving/ingest.py)
     POST /v1/items               create or update items: validated, fsync'd, retrievable at once
+                                 (on the other workers within serving.item_sync_s: serving/item_sync.py)
     GET  /v1/items/{item_id}     item metadata (404 when unknown)
     GET  /healthz                the process is alive
     GET  /readyz                 model loaded and event log writable (503 otherwise)
@@ -43,6 +44,7 @@ from feedrank.pipeline.protocol import FeedService
 from feedrank.serving.fastfeed import FeedFastPath
 from feedrank.serving.http import JSON, RequestContext, feed_body, json_response, key_guard, request_id, valid_request_id
 from feedrank.serving.ingest import ITEM_LOG, ingest_router
+from feedrank.serving.item_sync import ItemSync
 from feedrank.serving.metrics import ServingMetrics
 from feedrank.types import Event, EventKind, FeedRequest, FeedResponse
 
@@ -90,7 +92,7 @@ def create_app(
     ``event_log.root`` is then ``<events>/<partition>``), "" for a single process.
 
     ``app.state`` holds service, event_log, events_root, events_source, impression_writer,
-    metrics, registry.
+    metrics, registry, item_sync.
     """
     metrics = ServingMetrics(registry)
     events_root = event_log.root.parent if partition else event_log.root
@@ -103,13 +105,18 @@ def create_app(
         metrics.watch(LiveCollector(live))
     metrics.track_version(lambda: service.model_version)
     default_k = min(20, cfg.max_k)
+    # every worker's item logs: replayed by ingest_router, then tailed while the app runs
+    items = ItemSync(service, lambda: item_log_paths(events_root, partition), partition,
+                     on_indexed=lambda n: metrics.events.labels(result="item_synced").inc(n))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("serving model %s", service.model_version)
         if live is not None:
             live.start(source, event_log.root / "consumers" / "realtime.npz")
+        items.start(cfg.item_sync_s)
         yield
+        await run_in_threadpool(items.stop)
         if live is not None:  # before the caller closes the event log
             await run_in_threadpool(live.stop)
         flushed = await run_in_threadpool(writer.close)
@@ -133,6 +140,7 @@ def create_app(
     app.state.impression_writer = writer
     app.state.metrics = metrics
     app.state.registry = metrics.registry
+    app.state.item_sync = items
     app.add_middleware(RequestContext, metrics=metrics)
 
     # ------------------------------------------------------------------ error mapping
@@ -229,8 +237,7 @@ def create_app(
                        valid_request_id=valid_request_id, inline=pipeline_cfg.rank_batch_wait_ms <= 0)
 
     # ------------------------------------------------------------------ events, items
-    app.include_router(ingest_router(service, event_log, metrics, cfg.max_events_per_request, require_key,
-                                     item_log_paths(events_root, partition)))
+    app.include_router(ingest_router(service, event_log, metrics, cfg.max_events_per_request, require_key, items))
 
     # ------------------------------------------------------------------ operations
 

@@ -4,21 +4,18 @@
 
 With several workers (serving/workers.py) each writes ``items.jsonl`` in its own event-log
 partition and stamps every record with ``logged_at``; a worker replays the item logs of
-*every* partition on start-up, the newest record of an id last. Items another worker
-accepts while this one runs reach it on its next start (or with the next model).
+*every* partition on start-up and, while it runs, tails them every ``serving.item_sync_s``
+seconds (serving/item_sync.py), so an item posted to any worker is retrievable on every
+worker within about that long; the newest record of an id wins.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
-import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -27,13 +24,16 @@ from feedrank.data.events import parse_event
 from feedrank.errors import NotFound, SchemaError
 from feedrank.pipeline.protocol import FeedService
 from feedrank.serving.http import JSON, json_response, loads_lenient
+from feedrank.serving.item_sync import ITEM_LOG, ItemLog, ItemSync, replay_items
 from feedrank.serving.metrics import ServingMetrics
 from feedrank.types import Event
 
 log = logging.getLogger("feedrank.serving")
 
+__all__ = ["ITEM_LOG", "ItemLog", "ItemSync", "ingest_router", "max_body_bytes", "parse_items", "replay_items"]
+
 BYTES_PER_EVENT = 2048  # body size budget per event for POST /v1/events
-ITEM_LOG = "items.jsonl"
+WORKER_HEADER = "X-Feedrank-Worker"  # on /v1/items responses: the worker partition that answered
 _TOP_LEVEL_KEYS = ("events",)
 _ITEM_STR_FIELDS = {"item_id": 256, "title": 1000, "category": 128, "subcategory": 128, "creator": 256}
 _ITEM_NUM_FIELDS = ("published_at", "expires_at")
@@ -84,55 +84,11 @@ def parse_items(payload: Any, max_items: int) -> list[dict[str, Any]]:
     return out
 
 
-class ItemLog:
-    """Append-only JSON lines of accepted item adds (each stamped ``logged_at``), fsync'd;
-    replayed on start-up."""
-
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
-        self.clock = clock
-        self._lock = threading.Lock()
-
-    def append(self, records: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        now = self.clock()
-        data = b"".join(orjson.dumps({**r, "logged_at": now}) + b"\n" for r in records)
-        with self._lock, open(self.path, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def read_stamped(self) -> list[tuple[float, dict[str, Any]]]:
-        """``(logged_at, record)`` per line (0.0 for records written without a stamp)."""
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_bytes().splitlines():
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                log.warning("skipping a torn line in %s", self.path)
-                continue
-            if isinstance(rec, dict):
-                at = rec.pop("logged_at", 0.0)
-                out.append((float(at) if isinstance(at, (int, float)) else 0.0, rec))
-        return out
-
-    def read(self) -> list[dict[str, Any]]:
-        return [r for _, r in self.read_stamped()]
-
-
-def replay_items(paths: list[Path]) -> list[dict[str, Any]]:
-    """Every record of these item logs, oldest ``logged_at`` first (ties: in path order)."""
-    stamped = [(at, i, j, rec) for i, p in enumerate(paths) for j, (at, rec) in enumerate(ItemLog(p).read_stamped())]
-    return [rec for *_, rec in sorted(stamped, key=lambda x: x[:3])]
-
-
 def ingest_router(service: FeedService, event_log: Any, metrics: ServingMetrics, max_events: int,
-                  require_key: Callable[[Request], None], item_log_paths: list[Path]) -> APIRouter:
+                  require_key: Callable[[Request], None], items: ItemSync) -> APIRouter:
     """Routes for ``POST /v1/events``, ``POST /v1/items`` and ``GET /v1/items/{item_id}``.
-    ``item_log_paths``: this process's own item log first, then the other workers'
-    (replayed now, when the service accepts item adds)."""
+    ``items``: every partition's item logs (replayed now, when the service accepts item
+    adds; the caller starts and stops its tailer with the app)."""
     router = APIRouter()
     max_body = max_body_bytes(max_events)
 
@@ -234,13 +190,8 @@ def ingest_router(service: FeedService, event_log: Any, metrics: ServingMetrics,
         return json_response(result, 202)
 
     # ------------------------------------------------------------------ items
-    item_log = ItemLog(item_log_paths[0])
-    add_items = getattr(service, "add_items", None)
-    if callable(add_items):
-        replayed = replay_items(item_log_paths)
-        if replayed:
-            add_items(replayed)
-            log.info("replayed %d items from %s", len(replayed), ", ".join(str(p) for p in item_log_paths if p.exists()))
+    items.replay()
+    worker = {WORKER_HEADER: items.partition} if items.partition else {}
 
     @router.post(
         "/v1/items",
@@ -255,16 +206,15 @@ def ingest_router(service: FeedService, event_log: Any, metrics: ServingMetrics,
     )
     async def post_items(request: Request) -> Response:
         require_key(request)
-        if not callable(add_items):
+        if not items.accepts_items:
             raise HTTPException(501, "this service does not accept item adds")
         body = await request.body()
         if len(body) > max_body:
             raise HTTPException(413, f"body too large: more than {max_body} bytes")
         records = parse_items(loads_lenient(body), max_events)
-        await run_in_threadpool(item_log.append, records)   # durable before it is served
-        result = await run_in_threadpool(add_items, records)
+        result = await run_in_threadpool(items.accept, records)  # durable, then indexed here
         metrics.events.labels(result="item_added").inc(len(records))
-        return json_response(result, 201)
+        return json_response(result, 201, headers=worker)
 
     @router.get("/v1/items/{item_id}", summary="Item metadata")
     def get_item(item_id: str) -> Response:
@@ -272,6 +222,7 @@ def ingest_router(service: FeedService, event_log: Any, metrics: ServingMetrics,
         if item is None:
             raise NotFound(f"unknown item {item_id!r}")
         return json_response({"item_id": item.item_id, "title": item.title, "category": item.category,
-                              "subcategory": item.subcategory, "creator": item.creator, "published_at": item.published_at})
+                              "subcategory": item.subcategory, "creator": item.creator, "published_at": item.published_at},
+                             headers=worker)
 
     return router

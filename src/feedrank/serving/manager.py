@@ -98,6 +98,10 @@ class ModelManager:
         with self._lock:
             old, self._active = self._active, new
             self._set_version(version)
+        try:  # items added to the old model while the new one was replayed and swapped in
+            self._replay_items(new)
+        except Exception:
+            log.exception("could not add the live items added during the swap to version %s", version)
         self._failed_version = None
         self.swaps.labels(result="ok").inc()
         log.info("swapped model %s -> %s (registry version %s) in %.1fs", old.model_version, new.model_version, version,

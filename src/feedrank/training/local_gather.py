@@ -10,11 +10,10 @@ a training step's gradient exchange can afford in total (docs/training-at-scale.
 
 Here each rank writes its buffer into its own anonymous shared-memory file (``memfd``),
 then stores the call's sequence number in the file's header; the others poll that number
-(spinning briefly, then yielding, then sleeping in short naps) and read the buffer straight
-from the file (``/proc/<pid>/fd/<fd>``, mapped once). On x86 stores become visible in
-program order, so a peer that sees the sequence number sees the data; on other
-architectures the sequence number is only trusted after a tiny gloo all-gather (a full
-synchronisation). Each rank has two files used alternately: a rank that runs ahead writes
+(spinning for 2 ms, then yielding, then 0.1 ms naps, 1 ms naps after a second) and read
+the buffer straight from the file (``/proc/<pid>/fd/<fd>``, mapped once). On x86 stores
+become visible in program order, so a peer that sees the sequence number sees the data;
+on other architectures every rank first passes a gloo barrier (a full synchronisation). Each rank has two files used alternately: a rank that runs ahead writes
 call ``c + 1`` while the others still read call ``c``, and it cannot write call ``c + 2``
 (the first file again) before every rank has published ``c + 1``, i.e. finished reading
 ``c``.
@@ -210,8 +209,8 @@ class LocalGather:
                     raise TimeoutError(f"rank {r} did not reach gradient exchange {seq} in {self.timeout_s:.0f} s")
             if now - t0 < 10 * SPIN_S:
                 os.sched_yield()
-            else:
-                time.sleep(NAP_S)
+            else:  # a long wait (a peer writing a checkpoint, mining negatives) naps longer
+                time.sleep(NAP_S if now - t0 < 1.0 else 10 * NAP_S)
 
     def close(self) -> None:
         for s in (*self.mine, *self.peers.values()):

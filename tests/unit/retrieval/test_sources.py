@@ -135,3 +135,49 @@ def test_merge_properties(seed: int):
     available = set().union(*[set(r.items.tolist()) for r in results if r.name in fallbacks]) - exclude
     if len(items) < total:  # not full: every fallback item is already in
         assert available <= set(items)
+
+
+def _merge_reference(results, quotas, total, fallbacks=(), exclude=None):
+    """The per-item loop merge_sources was before it was vectorised."""
+    exclude = exclude or set()
+    seen, out, src, sc, taken = set(), [], [], [], {}
+    by_name = {r.name: r for r in results}
+
+    def take(r, limit):
+        n = 0
+        for it, s in zip(r.items.tolist(), r.scores.tolist()):
+            if n >= limit or len(out) >= total:
+                break
+            if it in seen or it in exclude:
+                continue
+            seen.add(it)
+            out.append(it)
+            src.append(r.name)
+            sc.append(s)
+            n += 1
+        taken[r.name] = taken.get(r.name, 0) + n
+
+    for r in results:
+        take(r, quotas.get(r.name, total))
+    for name in fallbacks:
+        if len(out) >= total:
+            break
+        if name in by_name:
+            take(by_name[name], total)
+    return out, src, np.asarray(sc, dtype=np.float32).tolist(), taken
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_merge_equals_the_per_item_reference(seed: int):
+    rng = np.random.default_rng(100 + seed)
+    names = ["ann", "fresh", "followed", "trending", "popular"]
+    sizes = {n: int(rng.integers(0, 60)) for n in names if rng.random() < 0.85}
+    results = [SourceResult(n, rng.integers(0, 80, size=k).astype(np.int64),  # duplicates within a source too
+                            rng.random(k).astype(np.float32)) for n, k in sizes.items()]
+    quotas = {n: int(rng.integers(0, 25)) for n in names if rng.random() < 0.9}
+    total = int(rng.integers(0, 120))
+    exclude = set(rng.integers(0, 80, size=int(rng.integers(0, 10))).tolist()) or None
+    m = merge_sources(results, quotas, total, fallbacks=("trending", "popular"), exclude=exclude)
+    items, sources, scores, taken = _merge_reference(results, quotas, total, ("trending", "popular"), exclude)
+    assert m.items.tolist() == items and m.sources == sources and m.scores.tolist() == scores and m.taken == taken
+    assert m.items.dtype == np.int64 and m.scores.dtype == np.float32

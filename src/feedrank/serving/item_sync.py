@@ -1,0 +1,266 @@
+"""Items posted to any serving worker reach every worker: the item logs and their tailer.
+
+    sync = ItemSync(service, lambda: item_log_paths(root, "w0"), partition="w0")
+    sync.replay()                        # start-up: every partition's items, oldest first
+    sync.accept(records)                 # POST /v1/items on this worker: log (fsync), index
+    sync.start(interval_s=2.0); ...; sync.stop()   # tail the other workers' logs meanwhile
+
+Each worker writes the items it accepts to ``items.jsonl`` in its own event-log partition
+(``<events>/w<N>/``; one JSON object a line, stamped ``logged_at``, fsync'd). ``ItemSync``
+reads every partition's item log *incrementally* (a byte offset per file; a partition
+that appears later is read from its start; a partial last line waits for its newline;
+a corrupt line is logged with its file and byte offset and skipped, the records around
+it are kept) and indexes what it has not indexed yet through ``service.add_items``.
+
+One rule orders everything, at start-up and while running: for each ``item_id`` the
+record with the newest ``logged_at`` wins (ties: the first one indexed). A record older
+than the one already indexed for its id (a slow write from another worker) is skipped;
+within one read only the newest record of an id is indexed. A record without
+``published_at`` is published at its ``logged_at``, so every worker (and every restart)
+gives it the same publication time.
+
+Thread safety: ``add_items`` (pipeline/recommender.py) builds the grown catalogue aside
+and swaps references (rows live before the catalogue that names them), under its own
+lock, so it runs beside requests; the POST route has always called it from the thread
+pool, and the tailer calls it from its own thread the same way. ``accept`` and each poll
+hold one lock, so a poll cannot index another worker's older copy of an id between this
+worker's write and its indexing of a newer one. With a model manager the service is the
+manager: items it is given are replayed into every version it swaps in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import orjson
+
+log = logging.getLogger("feedrank.serving")
+
+ITEM_LOG = "items.jsonl"
+
+
+@dataclass(frozen=True)
+class StampedItem:
+    """One record of an item log: when it was logged, the item dict (without the stamp)."""
+
+    logged_at: float
+    record: dict[str, Any]
+
+
+@dataclass
+class ItemChunk:
+    """What one incremental read of an item log found."""
+
+    items: list[StampedItem] = field(default_factory=list)
+    end: int = 0                              # the byte offset to read from next time
+    corrupt: list[int] = field(default_factory=list)  # byte offsets of lines skipped as corrupt
+
+
+class ItemLog:
+    """Append-only JSON lines of accepted item adds (each stamped ``logged_at``), fsync'd."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self._lock = threading.Lock()
+
+    def append(self, records: list[dict[str, Any]]) -> float:
+        """Write ``records`` (durable when this returns); the ``logged_at`` they got.
+        A torn last line left by a crash is closed first, so it stays one corrupt line
+        instead of swallowing the first new record."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        now = float(self.clock())
+        data = b"".join(orjson.dumps({**r, "logged_at": now}) + b"\n" for r in records)
+        with self._lock, open(self.path, "a+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return now
+
+    def read_from(self, offset: int = 0) -> ItemChunk:
+        """The complete lines from byte ``offset`` on. A last line without its newline (a
+        write in progress, or torn) is left for the next read. A file now shorter than
+        ``offset`` (replaced or truncated) is read from its start."""
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size < offset:
+                    log.warning("item log %s shrank below offset %d (now %d bytes): reading it again from the start",
+                                self.path, offset, size)
+                    offset = 0
+                f.seek(offset)
+                data = f.read(size - offset)
+        except FileNotFoundError:
+            return ItemChunk(end=0)
+        out = ItemChunk(end=offset)
+        pos = 0
+        while True:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                break
+            line = data[pos:nl]
+            at = offset + pos
+            pos = nl + 1
+            if not line.strip():
+                continue
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                rec = None
+            if not isinstance(rec, dict) or not isinstance(rec.get("item_id"), str):
+                log.error("item log %s: skipping a corrupt line at byte offset %d (%d bytes, not an item record)",
+                          self.path, at, len(line))
+                out.corrupt.append(at)
+                continue
+            stamp = rec.pop("logged_at", 0.0)
+            stamp = float(stamp) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else 0.0
+            out.items.append(StampedItem(stamp, rec))
+        out.end = offset + pos
+        return out
+
+    def read_stamped(self) -> list[tuple[float, dict[str, Any]]]:
+        """``(logged_at, record)`` per complete line (0.0 for records without a stamp)."""
+        return [(s.logged_at, s.record) for s in self.read_from(0).items]
+
+    def read(self) -> list[dict[str, Any]]:
+        return [r for _, r in self.read_stamped()]
+
+
+def order_items(chunks: Iterable[list[StampedItem]]) -> list[StampedItem]:
+    """Records of several logs (in path order), oldest ``logged_at`` first; ties in path
+    order, then line order. The one ordering rule of replay and tailing."""
+    stamped = [(s.logged_at, i, j, s) for i, items in enumerate(chunks) for j, s in enumerate(items)]
+    return [s for *_, s in sorted(stamped, key=lambda x: x[:3])]
+
+
+def replay_items(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every record of these item logs, oldest ``logged_at`` first (ties: in path order)."""
+    return [s.record for s in order_items(ItemLog(p).read_from(0).items for p in paths)]
+
+
+class ItemSync:
+    """Indexes into ``service`` every item record of every partition's item log, once
+    (newest ``logged_at`` per id wins); see the module docstring.
+
+    ``paths``: called on every poll; this worker's own item log first, then the others
+    (``serving.app.item_log_paths``), so partitions that appear later are picked up.
+    ``on_indexed(n)``: told how many records a poll indexed (metrics)."""
+
+    def __init__(self, service: Any, paths: Callable[[], list[Path]], partition: str = "",
+                 on_indexed: Callable[[int], None] | None = None) -> None:
+        self.service = service
+        self.paths = paths
+        self.partition = partition
+        self.on_indexed = on_indexed
+        self.own = ItemLog(paths()[0])
+        self._add = getattr(service, "add_items", None)
+        self._offsets: dict[Path, int] = {}
+        self._indexed: dict[str, float] = {}  # item_id -> logged_at of the record indexed
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def accepts_items(self) -> bool:
+        return callable(self._add)
+
+    # ------------------------------------------------------------------ this worker's adds
+    def accept(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """``POST /v1/items``: durable in this worker's log, then indexed here."""
+        if not callable(self._add):
+            raise TypeError(f"{type(self.service).__name__} does not accept item adds")
+        with self._lock:
+            stamp = self.own.append(records)
+            result = self._add([_published(r, stamp) for r in records])
+            for r in records:
+                self._indexed[r["item_id"]] = max(stamp, self._indexed.get(r["item_id"], stamp))
+        return result
+
+    # ------------------------------------------------------------------ every worker's adds
+    def replay(self) -> int:
+        """Start-up: index every partition's item records (the first poll)."""
+        n = self.poll()
+        if n:
+            log.info("replayed %d items from %s", n, ", ".join(str(p) for p in self._offsets if p.exists()))
+        return n
+
+    def poll(self) -> int:
+        """Read what every item log gained since the last poll and index the records that
+        are newer than what is indexed for their id; how many were indexed."""
+        if not callable(self._add):
+            return 0
+        with self._lock:
+            paths = self.paths()
+            chunks, ends = [], {}
+            for p in paths:  # an unreadable log raises before any offset moves
+                chunk = ItemLog(p).read_from(self._offsets.get(p, 0))
+                ends[p] = chunk.end
+                chunks.append(chunk.items)
+            self._offsets.update(ends)
+            fresh: dict[str, StampedItem] = {}  # newest per id, in (stamp, path, line) order
+            for s in order_items(chunks):
+                iid = s.record["item_id"]
+                if s.logged_at > self._indexed.get(iid, float("-inf")):
+                    self._indexed[iid] = s.logged_at
+                    fresh.pop(iid, None)
+                    fresh[iid] = s
+            if not fresh:
+                return 0
+            batch = [_published(s.record, s.logged_at) for s in fresh.values()]
+            try:
+                self._add(batch)
+            except Exception:  # the records stay in their logs; a restart replays them
+                log.exception("could not index %d items from the item logs (%s)", len(batch),
+                              ", ".join(sorted(fresh)[:5]))
+                return 0
+        if self.on_indexed is not None:
+            self.on_indexed(len(batch))
+        return len(batch)
+
+    # ------------------------------------------------------------------ the tailer thread
+    def start(self, interval_s: float) -> ItemSync:
+        """Poll every ``interval_s`` seconds in a daemon thread until ``stop``."""
+        if interval_s <= 0:
+            raise ValueError(f"item sync interval must be > 0 seconds, got {interval_s}")
+        if self._thread is not None or not callable(self._add):
+            return self
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    n = self.poll()
+                    if n:
+                        log.info("indexed %d items posted to other workers", n)
+                except Exception:  # keep tailing: the next poll retries from the same offsets
+                    log.exception("item sync poll failed")
+
+        self._thread = threading.Thread(target=loop, name="item-sync", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("item sync thread did not stop within %.0fs", timeout_s)
+            self._thread = None
+
+
+def _published(record: dict[str, Any], stamp: float) -> dict[str, Any]:
+    """The record, published at ``stamp`` when it names no ``published_at``."""
+    if record.get("published_at") is None and stamp > 0:
+        return dict(record, published_at=stamp)
+    return record
