@@ -3,6 +3,7 @@ pre-issue-#5-round-2 code paths, interleaved in one process (A/B on the same mod
 and machine state). Prints CPU ms per request and the CPU of the main pieces.
 
     .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --requests 1000
+    .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --ann-only
 
 "legacy" puts back, on the same loaded Recommender: fresh/followed/the prior's pool filtered
 from a cached recent pool of the whole catalogue (``sources.fresh_items``,
@@ -186,13 +187,38 @@ def switch(rec, legacy: Legacy, on: bool, saved: dict) -> None:
         faiss.omp_set_num_threads(rec.cfg.serving.torch_threads)
 
 
+def ann_cost(model: str, queries: int = 300) -> None:
+    """CPU ms per single-query HNSW search of the bundle's index, by k and OpenMP threads
+    (queries: item vectors plus noise, renormalised; efSearch = k as the pipeline asks)."""
+    from pathlib import Path
+
+    index = faiss.read_index(str(Path(model) / "index.faiss"))
+    vecs = np.load(Path(model) / "item_vectors.npy", mmap_mode="r")
+    rng = np.random.default_rng(0)
+    q = np.ascontiguousarray(vecs[rng.integers(0, len(vecs), queries)], dtype=np.float32)
+    q += rng.normal(0, 0.1, q.shape).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    for threads in sorted({faiss.omp_get_max_threads(), 1}, reverse=True):
+        faiss.omp_set_num_threads(threads)
+        for k in (600, 300, 128):
+            params = faiss.SearchParametersHNSW(efSearch=k)
+            c0 = time.process_time()
+            for i in range(queries):
+                index.search(q[i:i + 1], k, params=params)
+            print(f"threads {threads} k=ef={k}: {1000.0 * (time.process_time() - c0) / queries:.3f} ms CPU per search")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--ann-only", action="store_true", help="only time the HNSW search by k and threads")
     ap.add_argument("--profile", action="store_true", help="then cProfile (CPU time) 300 current requests")
     args = ap.parse_args()
+    if args.ann_only:
+        ann_cost(args.model)
+        return
     saved = {"omp": faiss.omp_get_max_threads()}
     app, event_log, rec, cfg = build_service(args.model, "/tmp/feedrank-ab-events")
     legacy = Legacy(rec)

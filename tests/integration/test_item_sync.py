@@ -116,6 +116,7 @@ def test_items_from_another_worker_are_retrievable_and_survive_a_hot_swap(two_mo
             live = rec._live_items(now + 60)
             _, ids = rec.art.index.search(rec.art.item_vectors[[row]], 5, allowed=live)
             assert ids[0, 0] == row  # in the ANN index, retrievable, no rebuild
+            assert 'feedrank_events_total{result="item_synced"} 1.0' in client.get("/metrics").text
 
             reg.publish(m2, promote=True)
             assert manager.check_now().result == "swapped"

@@ -4,7 +4,7 @@ Importance-weighted click terms ``w r`` are mostly 0 with a few large values. A 
 interval ``est +- z se`` then under-covers for a structural reason, not for lack of
 samples alone: a log that happens to miss some high-weight clicks has both a low estimate
 *and* a low standard error, because the standard error is computed from the same few large
-terms. The estimate and its standard error are positively correlated (0.5-0.8 on the
+terms. The estimate and its standard error are positively correlated (0.45-0.7 on the
 synthetic world), so low estimates get intervals that are too short on the upper side.
 
 **Empirical likelihood** (Owen, "Empirical Likelihood", 2001; Qin & Lawless, Ann. Stat.

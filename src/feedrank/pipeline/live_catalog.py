@@ -42,9 +42,21 @@ class TimeIndex:
             raise ValueError(f"keys {keys.shape} and published_at {pub.shape} must be equal 1-d shapes")
         rows = np.flatnonzero(~np.isnan(pub)).astype(np.int64)
         order = np.lexsort((-rows, pub[rows], keys[rows]))
-        self.rows = rows[order]
-        self.keys = keys[self.rows]
-        self.pub = pub[self.rows]
+        rows = rows[order]
+        # one tuple, swapped whole by ``insert``: a concurrent reader sees all old or all new
+        self.arrays: tuple[np.ndarray, np.ndarray, np.ndarray] = (keys[rows], pub[rows], rows)
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.arrays[0]
+
+    @property
+    def pub(self) -> np.ndarray:
+        return self.arrays[1]
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.arrays[2]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -61,22 +73,23 @@ class TimeIndex:
         # within a (key, time) tie a larger row sorts first: insert at the left of the tie
         order = np.lexsort((-rows, pub, keys))
         keys, pub, rows = keys[order], pub[order], rows[order]
-        lo = np.searchsorted(self.keys, keys, side="left")
-        hi = np.searchsorted(self.keys, keys, side="right")
-        pos = np.array([a + int(np.searchsorted(self.pub[a:b], p, side="left")) for a, b, p in
+        old_keys, old_pub, old_rows = self.arrays
+        lo = np.searchsorted(old_keys, keys, side="left")
+        hi = np.searchsorted(old_keys, keys, side="right")
+        pos = np.array([a + int(np.searchsorted(old_pub[a:b], p, side="left")) for a, b, p in
                         zip(lo.tolist(), hi.tolist(), pub.tolist())], dtype=np.int64)
-        self.rows = np.insert(self.rows, pos, rows)
-        self.keys = np.insert(self.keys, pos, keys)
-        self.pub = np.insert(self.pub, pos, pub)
+        self.arrays = (np.insert(old_keys, pos, keys), np.insert(old_pub, pos, pub), np.insert(old_rows, pos, rows))
 
-    def window(self, key: int, start: float, end: float) -> tuple[int, int]:
-        """Positions [a, b) of ``key``'s rows published in [start, end]."""
-        lo = int(np.searchsorted(self.keys, key, side="left"))
-        hi = int(np.searchsorted(self.keys, key, side="right"))
+    def window(self, key: int, start: float, end: float) -> tuple[int, int, np.ndarray]:
+        """Positions [a, b) of ``key``'s rows published in [start, end], and the rows array
+        those positions index (the one current when called)."""
+        keys, pub, rows = self.arrays
+        lo = int(np.searchsorted(keys, key, side="left"))
+        hi = int(np.searchsorted(keys, key, side="right"))
         if lo == hi:
-            return lo, lo
-        pub = self.pub[lo:hi]
-        return lo + int(np.searchsorted(pub, start, side="left")), lo + int(np.searchsorted(pub, end, side="right"))
+            return lo, lo, rows
+        pub = pub[lo:hi]
+        return lo + int(np.searchsorted(pub, start, side="left")), lo + int(np.searchsorted(pub, end, side="right")), rows
 
 
 class LiveCatalog:
@@ -189,13 +202,13 @@ class LiveCatalog:
 
     def _walk(self, idx: TimeIndex, key: int, start: float, end: float, k: int) -> np.ndarray:
         """The first ``k`` live rows of ``key`` in [start, end], newest first."""
-        a, b = idx.window(key, start, end)
+        a, b, idx_rows = idx.window(key, start, end)
         got: list[np.ndarray] = []
         n = 0
         step = max(2 * k, 64)
         while b > a and n < k:
             lo = max(a, b - step)
-            chunk = idx.rows[lo:b][::-1]
+            chunk = idx_rows[lo:b][::-1]
             if self.always_live:
                 live = chunk
             else:

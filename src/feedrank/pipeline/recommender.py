@@ -10,6 +10,10 @@ Tiers (the response says which one answered):
 
 The ladder (``pipeline.slo_ms`` > 0) is a ``degrade.TierController`` fed every request's
 total latency; it caps the tier at reduced or fallback while p99 is over the SLO.
+
+The retrieve stage is ``pipeline.candidates.CandidateStage`` (a mixin); which rows are
+live and the newest of them per category/creator/subcategory is
+``pipeline.live_catalog.LiveCatalog``, kept up to date by ``add_items``.
 """
 
 from __future__ import annotations
@@ -52,8 +56,8 @@ class _Shed(Exception):
 
 def _limit_faiss_threads(n: int) -> None:
     """FAISS's OpenMP threads for this serving process: one query per search, so a pool
-    only spins. Measured on the 1M-item HNSW (k=600): 8.2 ms CPU per search with 2
-    threads, 1.7 ms with 1 (benchmarks/README.md, "Serving")."""
+    only spins. Measured on the 1M-item HNSW (k=600): 7.5 ms CPU per search with 2
+    threads, 1.4 ms with 1 (benchmarks/README.md, "Serving")."""
     import faiss
 
     faiss.omp_set_num_threads(max(1, int(n)))

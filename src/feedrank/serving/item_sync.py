@@ -177,7 +177,8 @@ class ItemSync:
 
     # ------------------------------------------------------------------ this worker's adds
     def accept(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """``POST /v1/items``: durable in this worker's log, then indexed here."""
+        """``POST /v1/items``: durable in this worker's log, then indexed here. If indexing
+        raises (the request fails), the logged records are retried by the next poll."""
         if not callable(self._add):
             raise TypeError(f"{type(self.service).__name__} does not accept item adds")
         with self._lock:
@@ -218,15 +219,25 @@ class ItemSync:
             if not fresh:
                 return 0
             batch = [_published(s.record, s.logged_at) for s in fresh.values()]
-            try:
-                self._add(batch)
-            except Exception:  # the records stay in their logs; a restart replays them
-                log.exception("could not index %d items from the item logs (%s)", len(batch),
-                              ", ".join(sorted(fresh)[:5]))
+            indexed = self._index(batch)
+        if self.on_indexed is not None and indexed:
+            self.on_indexed(indexed)
+        return indexed
+
+    def _index(self, batch: list[dict[str, Any]]) -> int:
+        """``add_items(batch)``; if that fails, each record alone, so one record the service
+        refuses does not keep the others out. How many were indexed."""
+        try:
+            self._add(batch)
+            return len(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                log.error("could not index item %r from the item logs (it stays logged; a restart retries it): %s: %s",
+                          batch[0]["item_id"], type(exc).__name__, exc)
                 return 0
-        if self.on_indexed is not None:
-            self.on_indexed(len(batch))
-        return len(batch)
+            log.warning("could not index %d items from the item logs at once (%s: %s); trying them one by one",
+                        len(batch), type(exc).__name__, exc)
+        return sum(self._index([rec]) for rec in batch)
 
     # ------------------------------------------------------------------ the tailer thread
     def start(self, interval_s: float) -> ItemSync:

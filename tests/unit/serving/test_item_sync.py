@@ -150,24 +150,32 @@ def test_shrunk_log_is_reread_and_already_indexed_records_not_reapplied(tmp_path
     assert svc.added() == ["k1", "k2", "k3"] and "shrank" in caplog.text
 
 
-def test_failed_add_is_logged_and_tailing_goes_on(tmp_path: Path, caplog):
-    class Flaky(FakeService):
-        fail = True
+def test_a_refused_record_is_logged_and_does_not_keep_the_others_out(tmp_path: Path, caplog):
+    class Picky(FakeService):
+        fail_once = False
 
         def add_items(self, records, now=None):
-            if self.fail:
-                self.fail = False
+            if self.fail_once:
+                self.fail_once = False
                 raise RuntimeError("encoder down")
+            if any(r["item_id"] == "bad" for r in records):
+                raise ValueError("unknown category")
             return super().add_items(records, now)
 
-    svc = Flaky()
+    svc = Picky()
     sync = _sync(tmp_path, svc)
-    ItemLog(tmp_path / "w1" / "items.jsonl", lambda: 1.0).append([{"item_id": "f1"}])
+    ItemLog(tmp_path / "w1" / "items.jsonl", lambda: 1.0).append([{"item_id": "f1"}, {"item_id": "bad"}, {"item_id": "f2"}])
     with caplog.at_level(logging.ERROR, logger="feedrank.serving"):
-        assert sync.poll() == 0
-    assert "could not index 1 items" in caplog.text
-    ItemLog(tmp_path / "w1" / "items.jsonl", lambda: 2.0).append([{"item_id": "f2"}])
-    assert sync.poll() == 1 and svc.added() == ["f2"]
+        assert sync.poll() == 2
+    assert svc.added() == ["f1", "f2"]
+    assert "could not index item 'bad'" in caplog.text and "unknown category" in caplog.text
+    ItemLog(tmp_path / "w1" / "items.jsonl", lambda: 2.0).append([{"item_id": "f3"}])
+    assert sync.poll() == 1 and svc.added() == ["f1", "f2", "f3"]  # tailing goes on
+    # a POST whose indexing failed after the write: logged, so the next poll indexes it
+    svc.fail_once = True
+    with pytest.raises(RuntimeError):
+        sync.accept([{"item_id": "posted"}])
+    assert sync.poll() == 1 and svc.added()[-1] == "posted"
 
 
 def test_background_thread_indexes_within_the_interval_and_stops(tmp_path: Path):
