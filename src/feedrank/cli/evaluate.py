@@ -74,7 +74,7 @@ def _policy_options(f):
     f = click.option("--sample", default=0.5, show_default=True, type=float,
                      help="Share of sessions the estimators see (the truth uses all).")(f)
     f = click.option("--level", default=0.9, show_default=True, type=float, help="Two-sided interval level.")(f)
-    f = click.option("--interval", "method", default="hall", show_default=True, type=click.Choice(["el", "hall", "normal"]),
+    f = click.option("--interval", "method", default="el", show_default=True, type=click.Choice(["el", "hall", "normal"]),
                      help="Interval: el = empirical likelihood (with E[w] = 1 for IPS/DR), hall = Wald with Hall's "
                      "skewness correction, normal = plain Wald. Every method's interval is kept in the JSON.")(f)
     return f
@@ -94,7 +94,7 @@ def ope_estimate_cmd(data_dir: str, beta: float, noise: float, sample: float, le
     Examples:
       feedrank ope estimate --data var/demo/full/world
       feedrank ope estimate --data var/world --beta 2 --noise 0.3 --json
-      feedrank ope estimate --data var/world --interval el
+      feedrank ope estimate --data var/world --interval hall
     """
     from feedrank.evaluation.ope_synth import TargetPolicy, evaluate_log
 
@@ -134,7 +134,7 @@ def ope_check_cmd(seeds: int, first_seed: int, users: int, items: int, days: int
     Examples:
       feedrank ope check --seeds 50 --out benchmarks/results/ope_coverage.json
       feedrank ope check --seeds 50 --first-seed 50 --out benchmarks/results/ope_coverage_50_99.json
-      feedrank ope check --seeds 10 --users 2000 --items 300 --days 4 --interval el
+      feedrank ope check --seeds 10 --users 2000 --items 300 --days 4 --interval hall
     """
     import time
 
