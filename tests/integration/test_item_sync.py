@@ -127,6 +127,16 @@ def test_items_from_another_worker_are_retrievable_and_survive_a_hot_swap(two_mo
             assert client.get("/v1/items/from-w1").json()["title"].endswith("(updated)")
             row = new.catalog.index["from-w1"]
             assert np.isfinite(new.art.item_vectors[row]).all() and row in new._live_items(now + 60).tolist()
+
+            # a later version gets the newest record (the update) ...
+            reg.publish(m1, promote=True)
+            assert manager.check_now().result == "swapped"
+            third = manager.active
+            assert third is not new and third.get_item("from-w1").title.endswith("(updated)")
+            # ... and a replay re-adds nothing it already has in its newest form (no new row, counters kept)
+            rows, at = len(third.catalog.item_ids), third.catalog.index["from-w1"]
+            manager._replay_items(third)
+            assert len(third.catalog.item_ids) == rows and third.catalog.index["from-w1"] == at
     finally:
         manager.stop()
         event_log.close()

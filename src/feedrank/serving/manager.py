@@ -51,7 +51,8 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed_version: int | None = None
-        self._added_items: list[dict] = []   # POST /v1/items records, replayed into every later version
+        # POST /v1/items records by item id (the newest of each), replayed into every later version
+        self._added_items: dict[str, dict] = {}
         self.registry_version: int | None = None
         self.swaps = Counter("feedrank_model_swaps", "Model hot swaps by result", ["result"], registry=metrics_registry)
         self.version_gauge = Gauge("feedrank_model_registry_version", "Registry version being served", registry=metrics_registry)
@@ -141,19 +142,23 @@ class ModelManager:
         return self._active.has_item(item_id)
 
     def add_items(self, records: list[dict], now: float | None = None) -> dict:
-        """Add items to the serving model (``POST /v1/items``). They are remembered and
-        added to every version swapped in later that lacks them (a bundle trained before
-        they arrived does not have them)."""
+        """Add items to the serving model (``POST /v1/items``). The newest record of each
+        item id is remembered and added again to every version swapped in later: a bundle
+        trained before an item arrived lacks it, and one trained before an update has the
+        old record (``add_items`` replaces an existing id, so replaying is idempotent)."""
         with self._lock:
-            self._added_items.extend(records)
+            for r in records:
+                key = str(r["item_id"])
+                self._added_items.pop(key, None)  # re-insert: replay order = arrival order of the newest records
+                self._added_items[key] = r
         return self._active.add_items(records, now)
 
     def _replay_items(self, rec: Recommender) -> None:
         with self._lock:
-            missing = [r for r in self._added_items if not rec.has_item(str(r["item_id"]))]
-        if missing:
-            rec.add_items(missing)
-            log.info("added %d live items the new version did not have", len(missing))
+            records = [r for r in self._added_items.values() if _differs(rec.get_item(str(r["item_id"])), r)]
+        if records:
+            rec.add_items(records)
+            log.info("added %d live items the new version lacked or had an older record of", len(records))
 
     def get_item(self, item_id: str) -> Item | None:
         return self._active.get_item(item_id)
@@ -163,3 +168,16 @@ class ModelManager:
 
     def ready(self) -> bool:
         return self._active is not None
+
+
+def _differs(item: Item | None, record: dict) -> bool:
+    """Whether ``record`` (a POSTed item) is missing from a model or differs from its copy
+    there: only those are added again (re-adding an unchanged item would move it to a new
+    row and restart its counters)."""
+    if item is None:
+        return True
+    for field in ("title", "category", "subcategory", "creator"):
+        if field in record and record[field] is not None and str(record[field]) != str(getattr(item, field)):
+            return True
+    pub = record.get("published_at")
+    return pub is not None and item.published_at is not None and abs(float(pub) - float(item.published_at)) > 1e-3
