@@ -14,18 +14,16 @@ every delay, the median and the maximum (seconds, from the POST being sent).
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
 from feedrank.serving.ingest import WORKER_HEADER
-from feedrank.serving.server import free_port
+from feedrank.serving.serve_process import start_serve
 
 
 def _fresh(method: str, url: str, **kw) -> httpx.Response:
@@ -40,25 +38,15 @@ def main() -> None:
     ap.add_argument("--posts", type=int, default=15, help="items to post (default 15)")
     ap.add_argument("--timeout", type=float, default=60.0, help="give up on one item after this many seconds")
     args = ap.parse_args()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    events = tempfile.mkdtemp(prefix="item-propagation-")
-    proc = subprocess.Popen([sys.executable, "-m", "feedrank.cli.main", "serve", "--model", args.model, "--port", str(port),
-                             "--events-dir", events, "--workers", "2", "--log-level", "warning", *args.overrides],
-                            start_new_session=True, stdout=subprocess.DEVNULL)
+    work = Path(tempfile.mkdtemp(prefix="item-propagation-"))
+    t0 = time.monotonic()
     try:
-        t0 = time.monotonic()
-        while not (os.path.isdir(f"{events}/w0") and os.path.isdir(f"{events}/w1")):
-            if proc.poll() is not None or time.monotonic() - t0 > 300:
-                sys.exit(f"the server did not start (exit {proc.poll()})")
-            time.sleep(0.2)
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        srv = start_serve(args.model, workers=2, events_dir=work / "events", overrides=args.overrides,
+                          errlog=work / "serve.err", timeout_s=300)
+    except (RuntimeError, FileNotFoundError) as exc:
+        sys.exit(f"the server did not start: {exc}")
+    url = srv.url
+    with srv:
         print(f"2 workers ready after {time.monotonic() - t0:.1f} s")
         delays = []
         for i in range(args.posts):
@@ -79,12 +67,6 @@ def main() -> None:
             time.sleep(0.3)
         print("delays (s):", " ".join(f"{d:.2f}" for d in delays))
         print(f"median {statistics.median(delays):.2f} s, max {max(delays):.2f} s over {len(delays)} posts")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Two small trained bundles shared by the hot-swap and fault tests (trained once per session)."""
+"""Two small trained bundles shared by the hot-swap and fault tests (trained once per session),
+a tiny world for the training tests, and a two-worker `feedrank serve` on the first bundle."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -12,6 +14,7 @@ from feedrank.cli.main import cli
 from feedrank.config import load_config
 from feedrank.data.synth import WorldConfig, generate_world
 from feedrank.pipeline.build import train_model
+from feedrank.serving.serve_process import ServeProcess, start_serve
 
 SWAP_NOW = float(int(time.time() // 3600 * 3600))
 
@@ -28,6 +31,14 @@ def two_models(tmp_path_factory) -> tuple[Path, Path]:
         train_model(world, root / f"m{seed}", cfg, show_progress=False, say=lambda m: None)
         out.append(root / f"m{seed}")
     return out[0], out[1]
+
+
+@pytest.fixture()
+def two_workers(two_models, tmp_path: Path) -> Iterator[ServeProcess]:
+    """`feedrank serve --workers 2` on the first of `two_models`, events under
+    ``tmp_path/events`` (partitions w0 and w1), stderr in ``tmp_path/serve.err``."""
+    with start_serve(two_models[0], workers=2, events_dir=tmp_path / "events", errlog=tmp_path / "serve.err") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -4,60 +4,20 @@ POST /v1/items; updates follow (newest wins); items survive a hot swap."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 
 from feedrank.registry.store import ModelRegistry
 from feedrank.serving.factory import build_registry_service
 from feedrank.serving.ingest import WORKER_HEADER, ItemLog
-from feedrank.serving.server import free_port
 
 CONTRACT_S = 60.0  # docs/api.md: retrievable on every worker within 60 s of the 201
 
-# the `two_models` fixture (two small trained bundles) is in tests/integration/conftest.py
-
-
-@pytest.fixture()
-def two_workers(two_models, tmp_path: Path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    events = tmp_path / "events"
-    errlog = tmp_path / "serve.err"
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    cmd = [sys.executable, "-m", "feedrank.cli.main", "serve", "--model", str(two_models[0]), "--port", str(port),
-           "--events-dir", str(events), "--workers", "2", "--log-level", "warning"]
-    with open(errlog, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not ((events / "w0").is_dir() and (events / "w1").is_dir() and _ready(url)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"2 workers did not start (exit {proc.poll()}):\n{errlog.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
-        yield url, two_models[0]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+# the `two_models` (two small trained bundles) and `two_workers` fixtures are in tests/integration/conftest.py
 
 
 def _fresh(method: str, url: str, **kw) -> httpx.Response:
@@ -81,7 +41,7 @@ def _seen_on_both(url: str, item_id: str, title: str) -> dict[str, float]:
 
 
 def test_item_posted_to_one_worker_is_served_by_both(two_workers):
-    url, _model = two_workers
+    url = two_workers.url
     item = {"item_id": "sync-1", "title": "Harbour storm closes the ferry line", "category": "weather"}
     r = _fresh("POST", f"{url}/v1/items", json={"items": [item]})
     assert r.status_code == 201, r.text

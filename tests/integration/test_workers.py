@@ -5,20 +5,14 @@ events; the model version gauge says which model answers."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
 
 from feedrank.data.eventlog import EventLog
-from feedrank.serving.server import free_port
 
 
 def _sample_sum(text: str, name: str, **labels: str) -> float:
@@ -49,40 +43,6 @@ def _scrape(url: str) -> str:
     return r.text
 
 
-@pytest.fixture()
-def two_workers(two_models, tmp_path: Path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    events = tmp_path / "events"
-    errlog = tmp_path / "serve.err"
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    cmd = [sys.executable, "-m", "feedrank.cli.main", "serve", "--model", str(two_models[0]), "--port", str(port),
-           "--events-dir", str(events), "--workers", "2", "--log-level", "warning"]
-    with open(errlog, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not ((events / "w0").is_dir() and (events / "w1").is_dir() and _ready(url)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"2 workers did not start (exit {proc.poll()}):\n{errlog.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
-        yield url, events
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _feed(url: str, i: int) -> int:
     with httpx.Client(timeout=30) as c:  # a new connection per request: the kernel spreads them
         r = c.get(f"{url}/v1/feed", params={"user_id": f"u{i % 50}", "k": 5})
@@ -91,7 +51,7 @@ def _feed(url: str, i: int) -> int:
 
 
 def test_two_workers_metrics_sum_and_readers_see_both_partitions(two_workers):
-    url, events = two_workers
+    url, events = two_workers.url, two_workers.events_dir
     sent, shown = 0, 0
     with ThreadPoolExecutor(4) as pool:
         while sent < 400:  # until both workers have answered (their partitions hold impressions)

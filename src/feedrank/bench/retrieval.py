@@ -7,7 +7,10 @@ Quality protocol (same as ``feedrank eval``): events split by time; users with c
 the test period (at most ``max_users``); each method ranks the items live in the test
 period, minus what the user clicked before the boundary; relevant = the user's test
 clicks. ``cold`` = relevant items with no train click (new since the cut-off, or never
-clicked), ``warm`` = the rest; recall@100 is reported on each.
+clicked), ``warm`` = the rest; recall@100 is reported on each. That is the boundary
+protocol (every candidate scored once, at the split); ``replay`` adds the point-in-time
+replay of test requests (``bench/retrieval_replay.py``), the protocol that matches serving
+and the one the ``headline`` vs-oracle ratio uses.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from feedrank.evaluation.metrics import ndcg_at_k_lists, recall_at_k
 
 KS = (10, 50, 100)
 PRIOR_FITS = ("newest-half", "frozen-tail")
+SERVED_PRIORS = ("two_tower_age_prior", "two_tower_prior", "two_tower_prior_ctr")
 
 
 def _metrics(lists: list[list[int]], relevant: list[set[int]], warm: np.ndarray) -> dict[str, float]:
@@ -53,25 +57,30 @@ def _top_lists(scores: np.ndarray, allowed_mask: np.ndarray, past: list[set[int]
 
 def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, max_users: int = 3000,
                 show_progress: bool = True, say: Callable[[str], None] = print, replay_requests: int = 3000,
-                served_prior: str = "two_tower_prior_ctr", prior_fit: str = "newest-half") -> dict[str, Any]:
+                served_prior: str = "two_tower_prior", prior_fit: str = "newest-half",
+                cold_user_weights: bool = False) -> dict[str, Any]:
     """Train the two-tower on the train side of ``data_dir`` and measure it against
     popularity, ALS (``implicit``) and, for synthetic worlds, the oracle: at the split
     boundary (``boundary``) and, with ``replay_requests`` > 0, replaying that many test
     requests at their own time (``replay``, ``bench/retrieval_replay.py``). The served
-    score uses the prior ``served_prior`` (a method name). ``prior_fit``: which training
+    score uses the prior ``served_prior`` (a method name; ``two_tower_prior`` = age +
+    popularity, what ``feedrank train`` fits; ``two_tower_prior_ctr`` adds the CTR terms);
+    ``cold_user_weights`` fits each prior's weights for users without history too. ``prior_fit``: which training
     clicks fit the prior: ``newest-half`` (what ``feedrank train`` does; each click with
     the state just before it) or ``frozen-tail`` (the last ``split.test_fraction`` of the
     train clicks, scored with the state frozen at the start of that tail, as the boundary
     protocol scores the test side)."""
     if prior_fit not in PRIOR_FITS:
         raise ValueError(f"prior_fit {prior_fit!r}: expected one of {', '.join(PRIOR_FITS)}")
-    from feedrank.bench.retrieval_replay import ReplayInputs, replay_requests as sample_requests, run_replay
-    from feedrank.retrieval.counters import CounterReplay, creator_codes
-    from feedrank.retrieval.prior import PriorFitData
+    if served_prior not in SERVED_PRIORS:
+        raise ValueError(f"served_prior {served_prior!r}: expected one of {', '.join(SERVED_PRIORS)}")
+    from feedrank.bench.retrieval_replay import ReplayInputs, run_replay
+    from feedrank.bench.retrieval_replay import replay_requests as sample_requests
     from feedrank.evaluation.offline import live_items
     from feedrank.pipeline.build import item_content, learn_max_item_age, prepare, shown_not_clicked
+    from feedrank.retrieval.counters import CounterReplay, creator_codes
     from feedrank.retrieval.encode import encode_items, encode_users
-    from feedrank.retrieval.prior import fit_age_prior
+    from feedrank.retrieval.prior import PriorFitData, fit_age_prior
     from feedrank.retrieval.train import train_two_tower
     from feedrank.training.common import seed_everything, setup_threads
 
@@ -139,7 +148,7 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     for name, use_pop, data in (("two_tower_age_prior", False, base_data), ("two_tower_prior", True, base_data),
                                 ("two_tower_prior_ctr", True, fit_data)):
         prior = fit_age_prior(tt, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, vecs, max_age,
-                              cfg.training.seed, popularity=use_pop, data=data)
+                              cfg.training.seed, popularity=use_pop, data=data, cold_users=cold_user_weights)
         priors[name] = prior
         out[name] = prior.to_json()
         for tag, pr in (("", prior), (" (users without history)", prior.cold_user)):

@@ -15,7 +15,8 @@ minutes. The replay does the same for a sample of test requests. For a request a
   (``retrieval/counters.CounterReplay``: never one at or after t);
 - the oracle ranks by the true attractiveness at t (synthetic worlds);
 - relevant = the items the user clicked in that request (MovieLens, which has no
-  requests: the items rated at the same second).
+  requests: the items rated at the same second); an item the user had clicked before t
+  stays relevant but is not a candidate, for every method alike.
 
 Items published a minute before a request are thereby seen as serving sees them: their
 first minutes of clicks and impressions. No model is refitted during the replay.

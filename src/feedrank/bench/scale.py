@@ -224,29 +224,19 @@ def _probe_train(data: str, max_examples: int, min_seconds: float, out: str) -> 
     takes as many epochs as last 1.1 x ``min_seconds`` at that speed (rank 0's figure, shared
     so every rank runs the same epochs), and is redone at its own speed if it lasted less
     than ``min_seconds``."""
-    from feedrank.config import load_config
-    from feedrank.pipeline.build import item_content, prepare
+    from feedrank.bench.train_inputs import load_train_inputs
     from feedrank.retrieval.train import train_two_tower
     from feedrank.training import distributed as dist
-    from feedrank.training.common import seed_everything, setup_threads
 
     info = dist.init_from_env()
     try:
-        cfg = load_config(None, ["retrieval.epochs=1", f"retrieval.max_train_examples={max_examples}", "training.threads=1"])
-        setup_threads(1)
-        rng = seed_everything(0)
-        quiet = lambda _m: None  # noqa: E731
-        prep = prepare(data, cfg, say=quiet)
-        mask = np.zeros(len(prep.events), dtype=bool)
-        mask[prep.split.train_idx] = True
-        clicks = prep.events.click_log(np.flatnonzero(mask))
-        content, _ = item_content(cfg, prep.catalog, quiet)
-        n_cat, n_sub = len(prep.vocabs["category"]), len(prep.vocabs["subcategory"])
+        inputs = load_train_inputs(data, ["retrieval.epochs=1", f"retrieval.max_train_examples={max_examples}"])
+        cfg = inputs.cfg
 
         def run(epochs: int):
             rcfg = dataclasses.replace(cfg.retrieval, epochs=epochs)
-            return rcfg, train_two_tower(rcfg, prep.catalog, clicks, n_cat, n_sub, rng, show_progress=False,
-                                         content=content)[1]
+            return rcfg, train_two_tower(rcfg, inputs.catalog, inputs.clicks, inputs.n_category, inputs.n_subcategory,
+                                         inputs.rng, show_progress=False, content=inputs.content)[1]
 
         epochs = 1
         while True:  # calibration = warm-up

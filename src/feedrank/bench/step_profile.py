@@ -47,30 +47,19 @@ def profile(data: str, steps: int, warmup: int, batch: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from feedrank.config import load_config
-    from feedrank.pipeline.build import item_content, prepare
+    from feedrank.bench.train_inputs import load_train_inputs
     from feedrank.retrieval.encode import item_vectors_of, user_vectors
     from feedrank.retrieval.train import two_tower_dims
     from feedrank.retrieval.two_tower import build_two_tower
     from feedrank.training import distributed as dist
-    from feedrank.training.common import seed_everything, setup_threads
 
-    overrides = ["training.threads=1"] + ([f"retrieval.batch_size={batch}"] if batch else [])
-    cfg = load_config(None, overrides)
-    setup_threads(1)
-    seed_everything(0)
-    quiet = lambda _m: None  # noqa: E731
-    prep = prepare(data, cfg, say=quiet)
-    mask = np.zeros(len(prep.events), dtype=bool)
-    mask[prep.split.train_idx] = True
-    clicks = prep.events.click_log(np.flatnonzero(mask))
-    content, _ = item_content(cfg, prep.catalog, quiet)
-    rc, catalog = cfg.retrieval, prep.catalog
+    inputs = load_train_inputs(data, [f"retrieval.batch_size={batch}"] if batch else [])
+    rc, catalog, clicks, content = inputs.cfg.retrieval, inputs.catalog, inputs.clicks, inputs.content
     users, pos, ts = clicks.user_codes, clicks.items, clicks.ts
     hist = clicks.histories(users, ts, rc.history_len)
     freq = np.bincount(pos, minlength=len(catalog)).astype(np.float64)
     log_q = torch.from_numpy(np.log(np.maximum(freq, 1.0) / len(pos)).astype(np.float32))
-    model = build_two_tower(two_tower_dims(rc, len(prep.vocabs["category"]), len(prep.vocabs["subcategory"]),
+    model = build_two_tower(two_tower_dims(rc, inputs.n_category, inputs.n_subcategory,
                                            0 if content is None else content.shape[1]))
     model.set_content(content)
     opt_dense = torch.optim.Adam(model.dense_parameters(), lr=rc.lr)

@@ -30,6 +30,9 @@ def _ints(text: str) -> tuple[int, ...]:
               help="Training clicks the retrieval prior is fitted on: 'newest-half' as `feedrank train` does, or "
                    "'frozen-tail' (the last test_fraction of them, with the state frozen at its start, as the "
                    "boundary protocol scores).")
+@click.option("--cold-user-weights", is_flag=True,
+              help="Also fit separate prior weights (incl. the tower's) for users without history (experimental; "
+                   "`feedrank train` does not fit them).")
 @click.option("--speed-items", default=1_000_000, show_default=True, type=click.IntRange(0),
               help="Items in the synthetic speed corpus (0 skips the speed section).")
 @click.option("--speed-dim", default=64, show_default=True, type=click.IntRange(4, 1024))
@@ -41,7 +44,8 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 @config_options
-def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_requests: int, prior_fit: str, speed_items: int, speed_dim: int, speed_queries: int,
+def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_requests: int, prior_fit: str,
+              cold_user_weights: bool, speed_items: int, speed_dim: int, speed_queries: int,
               speed_kinds: str, speed_ef: str, speed_nprobe: str, no_progress: bool, as_json: bool,
               config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Retrieval quality (two-tower vs popularity vs ALS, oracle on synthetic worlds;
@@ -57,7 +61,7 @@ def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_reque
     Examples:
       feedrank bench retrieval --data var/world --data var/ml100k --data var/mlsmall --json
       feedrank bench retrieval --data var/ml100k --only quality retrieval.content_encoder=minilm
-      feedrank bench retrieval --data var/mlsmall --only quality --replay-requests 0 --prior-fit frozen-tail
+      feedrank bench retrieval --data var/mlsmall --only quality --replay-requests 0 --prior-fit frozen-tail --cold-user-weights
       feedrank bench retrieval --only speed --speed-items 1000000 --speed-dim 64
       feedrank bench retrieval --only speed --speed-items 200000 --speed-kinds flat,hnsw --speed-ef 100,192
     """
@@ -79,7 +83,8 @@ def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_reque
         for d in datasets:
             say(f"quality: {d}")
             result["quality"].append(run_quality(d, cfg, max_users=max_users, show_progress=not no_progress, say=say,
-                                                 replay_requests=replay_requests, prior_fit=prior_fit))
+                                                 replay_requests=replay_requests, prior_fit=prior_fit,
+                                                 cold_user_weights=cold_user_weights))
     if only in ("all", "speed") and speed_items:
         say(f"speed: {speed_items:,} items x {speed_dim}-d")
         result["speed"] = run_speed(speed_items, speed_dim, n_queries=speed_queries, kinds=kinds, ef_search=ef,

@@ -193,7 +193,7 @@ def ope_summarize_cmd(files: tuple[str, ...], as_json: bool) -> None:
             r = json.load(f)
         if "runs" not in r:
             raise click.ClickException(f"{path}: not a `feedrank ope check` output (no runs)")
-        key = {k: r.get(k) for k in ("level", "sample", "world", "policy")}
+        key = {k: r.get(k, "hall" if k == "method" else None) for k in ("level", "sample", "world", "policy", "method")}
         if settings is not None and key != settings:
             raise SchemaError(f"{path}: different settings from {files[0]}", [f"{key} != {settings}"])
         settings = key

@@ -24,7 +24,7 @@ Intervals (``ope_intervals.py``), chosen by ``method``:
 * ``"normal"``: the plain Wald interval.
 
 ``"el"`` is the default (``DEFAULT_METHOD``): on the synthetic world it covers at least as
-well as Hall's interval and is 14-20% shorter for IPS and DR, because ``E[w] = 1`` works as
+well as Hall's interval and is 11-21% shorter for IPS and DR, because ``E[w] = 1`` works as
 a control variate (docs/evaluation.md). The IPS and DR intervals are then centred on the
 constrained estimate, so the reported IPS value can sit at an edge (it is always inside).
 

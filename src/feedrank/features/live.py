@@ -4,9 +4,13 @@
     live.bind(snapshot, catalog_item_ids, catalog_categories)       # the model being served
     live.start(event_log, checkpoint)                               # consumer thread
     user = live.read_user("u1", now)      # LiveUser | None, status   (one round trip)
-    items = live.read_items(ids, now)     # LiveItems: counts (N, 2), trending (N,), status
+    items = live.read_items(ids, now, fb_imps, fb_clicks)   # LiveItems, one batched read
+    items = live.read_rows(binding, rows, now, fb_imps, fb_clicks)   # the same through a per-row cache
     live.hot_items(now, k)                # item ids clicked most in the middle window
     live.stop()                           # before the event log closes
+
+The plumbing (``ReadGuard``, ``StorePublisher``, baselines, validation ranges, the
+records) is in ``features/live_io.py``; it is re-exported here.
 
 Writer side: ``StorePublisher`` is the consumer's sink. It applies each batch to
 ``RealtimeFeatures`` and publishes, in one ``put_items`` and one ``put_user`` per clicking

@@ -61,6 +61,16 @@ class CandidateStage:
         u, aff = user_vectors(self.art.two_tower, self.catalog, hist, np.array([now]), self.art.item_vectors)
         return u.numpy(), aff
 
+    def _newest(self, index: str | None, keys, now: float, max_age_s: float, k: int,
+                queries: list | None = None) -> np.ndarray:
+        """``LiveCatalog.newest`` (or ``newest_of`` with ``queries``) limited to the rows of
+        this object's catalogue: a settings view (``with_settings``) shares the live catalogue
+        with its base, which may already hold rows added after the view was made."""
+        lc = self.live_catalog
+        got = lc.newest_of(queries, now, max_age_s, k) if queries is not None else lc.newest(index, keys, now, max_age_s, k)
+        n = len(self.catalog)
+        return got if not len(got) or int(got.max()) < n else got[got < n]
+
     def _only_live(self, rows: np.ndarray, now: float, *aligned: np.ndarray):
         """``rows`` (and arrays aligned with them) without the rows not live at ``now``."""
         if self.live_catalog.always_live or not len(rows):
@@ -88,7 +98,7 @@ class CandidateStage:
         ann, ann_scores = self._only_live(ids[0][ok].astype(np.int64), now, scores[0][ok])
         if prior is not None:  # freshness/popularity prior: rescore the ANN's top, recent and popular items
             hours = max(p.fresh_hours, p.followed_hours)
-            cand = np.union1d(ann, self.live_catalog.newest(None, None, now, hours * 3600.0, PRIOR_POOL_MAX))
+            cand = np.union1d(ann, self._newest(None, None, now, hours * 3600.0, PRIOR_POOL_MAX))
             if prior.pop_weight > 0:
                 cand = np.union1d(cand, self._only_live(self._popular_list(now)[: p.ann_k], now))
             ann, ann_scores = rescore_with_prior(prior, user_vec, cand, self.art.item_vectors[cand],
@@ -143,8 +153,8 @@ class CandidateStage:
                     wanted = top_cats[top_cats > 0]
                 # newest live items of the user's top categories: a walk of the per-category time
                 # index, O(fresh_k) (benchmarks/README.md, "Serving")
-                got = self.live_catalog.newest("category", wanted if wanted is not None and len(wanted) else None,
-                                               now, p.fresh_hours * 3600.0, p.fresh_k)
+                got = self._newest("category", wanted if wanted is not None and len(wanted) else None,
+                                   now, p.fresh_hours * 3600.0, p.fresh_k)
                 return SourceResult("fresh", got, zeros(len(got)))
             fetchers["fresh"] = fresh
         if p.followed_k and has_history:
@@ -153,8 +163,8 @@ class CandidateStage:
                 keys = (("creator", self.catalog.creator_hash), ("subcategory", self.catalog.sub_idx))
                 queries = [(name, followed_keys(k[h], p.follow_min_clicks, ignore=ig))
                            for (name, k), ig in zip(keys, self._follow_ignore())]
-                got = self.live_catalog.newest_of([(n, f) for n, f in queries if len(f)], now,
-                                                  p.followed_hours * 3600.0, p.followed_k)
+                got = self._newest(None, None, now, p.followed_hours * 3600.0, p.followed_k,
+                                   queries=[(n, f) for n, f in queries if len(f)])
                 return SourceResult("followed", got, zeros(len(got)))
             fetchers["followed"] = followed
         if p.trending_k and self.art.engagement is not None:

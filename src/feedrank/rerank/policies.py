@@ -120,7 +120,8 @@ def rerank(slate: Slate, order: Sequence[int], seen: Collection[str], k: int, po
     out = kept + skipped
     top, pool = out[:k], out[k:]
     if policy.explore_epsilon > 0 and policy.explore_position < len(top):
-        pool = _cap_safe_pool(top, pool, policy.explore_position, slate, policy)
+        # without an exploration draw (u >= epsilon) only whether the pool is empty matters
+        pool = _cap_safe_pool(top, pool, policy.explore_position, slate, policy, first_only=u >= policy.explore_epsilon)
     return exploration_slot(top, pool, policy.explore_position, policy.explore_epsilon, u, pick)
 
 
@@ -167,13 +168,18 @@ def _eligible_capped(order: Sequence[int], slate: Slate, seen: Collection[str], 
     return kept, skipped
 
 
-def _cap_safe_pool(top: list[int], pool: list[int], position: int, slate: Slate, policy: RerankPolicy) -> list[int]:
-    """Exploration candidates that keep both caps once they replace ``top[position]``."""
+def _cap_safe_pool(top: list[int], pool: list[int], position: int, slate: Slate, policy: RerankPolicy,
+                   first_only: bool = False) -> list[int]:
+    """Exploration candidates that keep both caps once they replace ``top[position]``
+    (``first_only``: just the first of them, or none: enough to know the pool is not empty)."""
     others = [i for j, i in enumerate(top) if j != position]
     cats: dict[str, int] = {}
     creators: dict[str, int] = {}
     for i in others:
         cats[slate.categories[i]] = cats.get(slate.categories[i], 0) + 1
         creators[slate.creators[i]] = creators.get(slate.creators[i], 0) + 1
-    return [i for i in pool if cats.get(slate.categories[i], 0) < policy.max_per_category
-            and creators.get(slate.creators[i], 0) < policy.max_per_creator]
+    safe = (i for i in pool if cats.get(slate.categories[i], 0) < policy.max_per_category
+            and creators.get(slate.creators[i], 0) < policy.max_per_creator)
+    if first_only:
+        return [i for i, _ in zip(safe, range(1))]
+    return list(safe)

@@ -20,6 +20,13 @@ list are rescored exactly and the best ``ann_k`` kept. An item in none of these 
 older than the pool, less clicked than the popular list and below the ANN's cut, so it
 cannot beat the kept ones by much; the bench measures this served variant next to exact
 scoring (``two_tower_prior_served``). The index itself is unchanged. Pure numpy.
+
+Optional further terms (fitted only when ``PriorFitData`` asks for them; 0 otherwise):
+``w_trend * log1p(decayed clicks)``, ``w_ctr`` / ``w_creator`` times the log of the item's /
+creator's Bayesian-smoothed CTR over the global one, read from ``ItemCounters``
+(``retrieval/counters.py``); and separate weights for users without history
+(``cold_user``, incl. the tower logit's weight). None of them helped on the benchmarks
+(docs/retrieval.md), so ``feedrank train`` fits age and popularity only.
 """
 
 from __future__ import annotations
@@ -275,14 +282,15 @@ MIN_COLD_USER_CLICKS = 100  # fewer first clicks than this: no separate weights 
 def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
                   max_age_s: float | None, seed: int, n_clicks: int = 2000, popularity: bool = True,
                   max_items: int = 5000, data: PriorFitData | None = None, ctr: bool = True,
-                  cold_users: bool = True) -> AgePrior:
+                  cold_users: bool = False) -> AgePrior:
     """Fit the prior on a sample of training ``clicks`` (a ``ClickLog``; the newest half, or
     those after ``data.fit_from``), towers fixed: user vectors from each click's history
     before it, click (and, with ``data.impressions``, impression and creator) counts of every
     item before it. Above ``max_items`` items, a uniform sample of them (plus the clicked
     ones) stands for the catalogue: memory (n_clicks, max_items) per feature.
 
-    With ``cold_users``, a second set of weights (``AgePrior.cold_user``) is fitted on the
+    With ``cold_users`` (off by default: it did not help on the synthetic worlds nor on
+    ml-latest-small, docs/retrieval.md), a second set of weights (``AgePrior.cold_user``) is fitted on the
     clicks made with an empty history (each user's first clicks): a user the towers know
     nothing about gets a context-only vector, whose weight (``tower_weight``) is fitted too
     (used by ``rescore_with_prior(..., has_history=False)``)."""

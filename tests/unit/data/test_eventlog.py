@@ -116,14 +116,11 @@ def test_torn_tail_with_bad_crc_and_newline(tmp_path: Path) -> None:
         assert ids(log) == ["e1"]
 
 
-def test_corrupt_line_in_the_middle_raises(tmp_path: Path) -> None:
+def test_corrupt_line_in_the_middle_raises(tmp_path: Path, corrupt_line) -> None:
     with EventLog(tmp_path) as log:
         log.append([ev(1), ev(2), ev(3)])
         seg = log.segments()[-1]
-    data = bytearray(seg.read_bytes())
-    second = data.index(b"\n") + 1
-    data[second + 30] ^= 0x20  # corrupt line 2, lines 1 and 3 intact
-    seg.write_bytes(bytes(data))
+    corrupt_line(seg, 1)  # line 2 (1-based), lines 1 and 3 intact
     with pytest.raises(CorruptFile, match=r"seg-000001\.jsonl: line 2"):
         EventLog(tmp_path)
     # the failed open released the directory lock

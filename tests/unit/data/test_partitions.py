@@ -78,17 +78,7 @@ def test_a_retry_in_two_partitions_is_read_once(tmp_path: Path):
         assert len(list(log.read_parts())) == 4  # a consumer sees both copies; its sink dedupes
 
 
-def corrupt_line(seg: Path, line: int) -> None:
-    """Flip one byte inside the 0-based ``line`` of a segment (later lines stay intact)."""
-    data = bytearray(seg.read_bytes())
-    start = 0
-    for _ in range(line):
-        start = data.index(b"\n", start) + 1
-    data[start + 30] ^= 0x20
-    seg.write_bytes(bytes(data))
-
-
-def test_a_corrupt_record_names_partition_and_offset_and_the_rest_is_read(tmp_path: Path):
+def test_a_corrupt_record_names_partition_and_offset_and_the_rest_is_read(tmp_path: Path, corrupt_line):
     with EventLog(tmp_path / "w0") as w0, EventLog(tmp_path / "w1") as w1:
         w0.append([ev(f"a{i}", T0 + i) for i in range(5)])
         w1.append([ev(f"b{i}", T0 + i) for i in range(5)])

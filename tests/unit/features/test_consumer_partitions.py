@@ -85,15 +85,12 @@ def test_a_retry_in_two_partitions_counts_once_even_after_a_restart(tmp_path: Pa
     assert impressions(rt) == 3 and rt.stats()["duplicates"] == 1
 
 
-def test_a_corrupt_partition_does_not_hold_back_the_others(tmp_path: Path):
+def test_a_corrupt_partition_does_not_hold_back_the_others(tmp_path: Path, corrupt_line):
     events = tmp_path / "events"
     with EventLog(events / "w0") as w0, EventLog(events / "w1") as w1:
         w0.append([ev(f"a{i}", T0 + i, "i0") for i in range(6)])
         w1.append([ev(f"b{i}", T0 + i, "i1") for i in range(6)])
-    seg = events / "w0" / "seg-000001.jsonl"
-    lines = seg.read_bytes().split(b"\n")
-    lines[3] = lines[3].replace(b'"a3"', b'"x3"')  # the CRC no longer matches
-    seg.write_bytes(b"\n".join(lines))
+    corrupt_line(events / "w0" / "seg-000001.jsonl", 3)
     rt = RealtimeFeatures()
     c = LogConsumer(PartitionedLog(events), rt, tmp_path / "ckpt.npz", batch_size=4)
     with pytest.raises(PartitionCorrupt, match=r"partition 'w0'.*segment 1, line 3"):

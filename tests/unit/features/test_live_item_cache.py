@@ -89,7 +89,9 @@ def test_a_stalled_stream_switches_to_cached_baselines_and_extend_grows_the_cach
     wall[0] = T0 + 31.0  # no heartbeat for longer than stall_s
     got = live.read_rows(b, np.array([5]), T0 + 31.0, np.zeros(1), np.zeros(1))
     assert got.status == "baseline" and got.clicks.tolist() == [24.0]  # 1 day window x 24 per day
+    live.load_baselines(["n5"], [96.0], [48.0], ts=T0 + 31.0)  # written by this object: the cached row is dropped
+    assert live.read_rows(b, np.array([5]), T0 + 31.0, np.zeros(1), np.zeros(1)).clicks.tolist() == [48.0]
     live.extend_catalog(b, ["n10"], ["a"])
     assert len(b.cached_at) == 11
     assert live.read_rows(b, np.array([10]), T0 + 31.0, np.zeros(1), np.array([2.0])).clicks.tolist() == [2.0]
-    assert live.stats()["item_cache"]["misses"] == 2  # n5 once (live, then baseline from the cache), n10 once
+    assert live.stats()["item_cache"]["misses"] == 3  # n5 (live, then baseline from the cache), n5 again, n10

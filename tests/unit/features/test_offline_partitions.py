@@ -51,15 +51,12 @@ def test_exporter_copies_every_partition_once(tmp_path: Path):
     assert LogExporter(PartitionedLog(events), out).run() == 0
 
 
-def test_exporter_exports_the_healthy_partitions_before_reporting_a_corrupt_one(tmp_path: Path):
+def test_exporter_exports_the_healthy_partitions_before_reporting_a_corrupt_one(tmp_path: Path, corrupt_line):
     events, out = tmp_path / "events", tmp_path / "offline"
     with EventLog(events / "w0") as w0, EventLog(events / "w1") as w1:
         w0.append([ev(f"a{i}", T0 + i) for i in range(5)])
         w1.append([ev(f"b{i}", T0 + i) for i in range(5)])
-    seg = events / "w0" / "seg-000001.jsonl"
-    lines = seg.read_bytes().split(b"\n")
-    lines[2] = lines[2].replace(b'"a2"', b'"zz"')
-    seg.write_bytes(b"\n".join(lines))
+    corrupt_line(events / "w0" / "seg-000001.jsonl", 2)
     ex = LogExporter(PartitionedLog(events), out)
     with pytest.raises(PartitionCorrupt, match=r"'w0'.*segment 1, line 2"):
         ex.run()

@@ -33,14 +33,11 @@ def test_log_frame_reads_the_root_and_every_worker_partition_once(tmp_path: Path
     assert set(df["event_id"]) == {"r0"} | {f"a{i}" for i in range(10)} | {f"b{i}" for i in range(10)}
 
 
-def test_log_frame_names_a_corrupt_partition(tmp_path: Path):
+def test_log_frame_names_a_corrupt_partition(tmp_path: Path, corrupt_line):
     with EventLog(tmp_path / "w0") as w0, EventLog(tmp_path / "w1") as w1:
         w0.append([ev(f"a{i}", T0 + i) for i in range(4)])
         w1.append([ev(f"b{i}", T0 + i) for i in range(4)])
-    seg = tmp_path / "w1" / "seg-000001.jsonl"
-    lines = seg.read_bytes().split(b"\n")
-    lines[1] = lines[1].replace(b'"b1"', b'"q1"')
-    seg.write_bytes(b"\n".join(lines))
+    corrupt_line(tmp_path / "w1" / "seg-000001.jsonl", 1)
     with pytest.raises(PartitionCorrupt, match=r"partition 'w1'.*segment 1, line 1"):
         read_log_frame(tmp_path)
 

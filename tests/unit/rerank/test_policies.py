@@ -216,3 +216,24 @@ def test_one_pass_eligible_and_caps_equal_the_two_pass_reference():
     kept, skipped = _eligible_capped(list(range(n)), slate, set(), policy, 10, 80)
     assert (kept, skipped) == _two_pass_reference(slate, list(range(n)), set(), 10, policy)
     assert len(kept) + len(skipped) == 320
+
+
+def test_exploration_slot_is_the_same_with_a_lazy_pool():
+    """Without a draw (u >= epsilon) rerank only checks that a cap-safe pool exists; the
+    result equals computing the whole pool, for draws and non-draws alike."""
+    from feedrank.rerank.policies import _cap_safe_pool, _eligible_capped
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(0, 120))
+        slate = Slate(item_ids=[f"i{x}" for x in range(n)], categories=[f"c{x}" for x in rng.integers(0, 6, n)],
+                      creators=[f"cr{x}" for x in rng.integers(0, 8, n)], groups=["old"] * n, scores=np.linspace(1, 0, n))
+        policy = RerankPolicy(max_per_category=int(rng.integers(1, 4)), max_per_creator=int(rng.integers(1, 3)),
+                              explore_epsilon=0.3, explore_position=int(rng.integers(0, 6)))
+        k, u, pick = int(rng.integers(1, 15)), float(rng.random()), int(rng.integers(0, 1000))
+        got = rerank(slate, list(range(n)), set(), k, policy, u=u, pick=pick)
+        kept, skipped = _eligible_capped(list(range(n)), slate, set(), policy, k, max(8 * k, 80))
+        out = kept + skipped  # what rerank splits into the top k and the exploration pool
+        top, rest = out[:k], out[k:]
+        pool = _cap_safe_pool(top, rest, policy.explore_position, slate, policy) if policy.explore_position < len(top) else []
+        assert got == exploration_slot(top, pool, policy.explore_position, policy.explore_epsilon, u, pick)
