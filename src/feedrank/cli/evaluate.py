@@ -22,7 +22,9 @@ def eval_cmd(data_dir: str, model_dir: str, as_json: bool, oracle: bool, out_fil
              beyond_users: int) -> None:
     """Evaluate a model on the test side of the dataset's time split.
 
-    Prints `retrieval` (recall@10, recall@100, ndcg@10), `ranking` (auc, gauc, mrr,
+    Prints `retrieval` (recall@10, recall@100, ndcg@10 of retrieval as served: the ANN's
+    top, recent and popular items rescored with the bundle's fitted prior), `retrieval_tower`
+    (the same for the ANN alone), `ranking` (auc, gauc, mrr,
     ndcg@5, ndcg@10; null when the data has no impressions), `split` (boundary, counts)
     and popularity baselines.
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from feedrank.errors import SchemaError
 from feedrank.evaluation.ope_intervals import (INTERVAL_METHODS, check_level, check_method, el_mean_interval,
-                                               el_ratio_interval, hall_interval, skewness, z_value)
+                                               el_ratio_interval, hall_interval, z_value)
 
 ESTIMATORS = ("ips", "snips", "dr")
 DEFAULT_METHOD = "el"
@@ -132,10 +132,6 @@ def interval(est: float, se: float, terms: np.ndarray, level: float, skew_correc
     """Wald interval for a mean-like estimate (Hall's skewness correction with the skewness of
     ``terms`` unless ``skew_correction`` is False); see ``ope_intervals.hall_interval``."""
     return hall_interval(est, se, terms, level, skew_correction)
-
-
-def _skewness(terms: np.ndarray) -> float:
-    return skewness(terms)
 
 
 def _options(level: float, method: str, clusters: np.ndarray | None, n: int) -> np.ndarray | None:
