@@ -28,7 +28,7 @@ from feedrank.features.online import UserContext
 from feedrank.retrieval.encode import user_vectors
 from feedrank.retrieval.prior import AgePrior, rescore_with_prior
 from feedrank.retrieval.sources import (SourceResult, decayed_counts, followed_keys, gather_sources, merge_sources,
-                                         popular_items, trending_items)
+                                         popular_items, sorted_unique, trending_items)
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,9 @@ class CandidateStage:
         ann, ann_scores = self._only_live(ids[0][ok].astype(np.int64), now, scores[0][ok])
         if prior is not None:  # freshness/popularity prior: rescore the ANN's top, recent and popular items
             hours = max(p.fresh_hours, p.followed_hours)
-            cand = np.union1d(ann, self._newest(None, None, now, hours * 3600.0, PRIOR_POOL_MAX))
+            cand = sorted_unique(ann, self._newest(None, None, now, hours * 3600.0, PRIOR_POOL_MAX))
             if prior.pop_weight > 0:
-                cand = np.union1d(cand, self._only_live(self._popular_list(now)[: p.ann_k], now))
+                cand = sorted_unique(cand, self._only_live(self._popular_list(now)[: p.ann_k], now))
             ann, ann_scores = rescore_with_prior(prior, user_vec, cand, self.art.item_vectors[cand],
                                                  self.catalog.published_at[cand], now, p.ann_k,
                                                  clicks=self.state.item_clicks[cand])

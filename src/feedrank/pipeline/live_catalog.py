@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from feedrank.retrieval.sources import sorted_unique
+
 ALL = "__all__"  # the index over every row (key 0), for "newest items" without a key
 
 
@@ -196,7 +198,7 @@ class LiveCatalog:
             return np.zeros(0, dtype=np.int64)
         if len(parts) == 1:
             return parts[0]
-        rows = np.unique(np.concatenate(parts))
+        rows = sorted_unique(*parts)
         order = np.lexsort((rows, -self.published_at[rows]))[:k]
         return rows[order]
 

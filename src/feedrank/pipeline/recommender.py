@@ -63,6 +63,13 @@ def _limit_faiss_threads(n: int) -> None:
     faiss.omp_set_num_threads(max(1, int(n)))
 
 
+def _gather(seq: list, idx: list[int]) -> list:
+    """``[seq[i] for i in idx]`` at C speed (``operator.itemgetter``)."""
+    if len(idx) > 1:
+        return list(operator.itemgetter(*idx)(seq))
+    return [seq[i] for i in idx]
+
+
 def policy_from_config(rc) -> RerankPolicy:
     """The pure re-ranking policy for a ``RerankConfig``."""
     return RerankPolicy(max_per_category=rc.max_per_category, max_per_creator=rc.max_per_creator, drop_seen=rc.drop_seen,
@@ -282,7 +289,7 @@ class Recommender(CandidateStage):
             if tier != "fallback":
                 scores = np.linspace(1.0, 0.0, num=max(len(cand), 1))[: len(cand)]
 
-        cand_ids = [self._item_ids_list[i] for i in cand.tolist()]
+        cand_ids = _gather(self._item_ids_list, cand.tolist())
         kept, props = self._rerank(cand, cand_ids, scores, order, ctx, k, request_id, explore=tier == "full")
         if len(kept) < k:  # the user has seen nearly everything: top up from popular
             have = set(cand_ids[j] for j in kept)
@@ -363,12 +370,11 @@ class Recommender(CandidateStage):
         """Apply the re-ranking policies; exploration draws are seeded by the request id.
         Degraded tiers do not explore: they serve the safest list."""
         idx = cand.tolist()
-        pick = operator.itemgetter(*idx) if len(idx) > 1 else (lambda seq: tuple(seq[i] for i in idx))  # C-speed gather
         slate = Slate(
             item_ids=cand_ids,
-            categories=pick(self._categories_list),
-            creators=pick(self._creators_list),
-            groups=pick(self._groups_list),
+            categories=_gather(self._categories_list, idx),
+            creators=_gather(self._creators_list, idx),
+            groups=_gather(self._groups_list, idx),
             scores=np.asarray(scores, dtype=np.float64),
             vectors=self.art.item_vectors[cand] if self.policy.mmr_lambda < 1.0 else None,
         )

@@ -31,6 +31,22 @@ def row_width(n_categories: int) -> int:
     return 6 * n_categories + 5
 
 
+# columns of the item-major block (``EngagementState._items``): the counters, then copies of
+# the static per-item codes the read needs (exact in float64), so one row gather serves all
+_ITEM = slice(0, len(ITEM_FIELDS))
+_DECAY = slice(len(ITEM_FIELDS), len(ITEM_FIELDS) + len(DECAY_FIELDS))
+_DECAY_T = _DECAY.stop
+_NEW, _CAT, _CODE = _DECAY_T + 1, _DECAY_T + 2, _DECAY_T + 3
+_BLOCK_WIDTH = _CODE + 1
+
+
+def _item_block(n: int, item_cat: np.ndarray, creator_codes: np.ndarray, creator_new: np.ndarray) -> np.ndarray:
+    """(n, _BLOCK_WIDTH) zeroed counters with the static columns filled."""
+    b = np.zeros((n, _BLOCK_WIDTH))
+    b[:, _NEW], b[:, _CAT], b[:, _CODE] = creator_new, item_cat, creator_codes
+    return b
+
+
 class EngagementState:
     """Thread-safe counters. ``item`` (6, N), ``decay`` (4, N) values at ``decay_t`` (N,),
     ``creator`` (4, K), per-user rows (``row_width(C)`` = 6 * C + 5,): category impressions,
@@ -48,14 +64,28 @@ class EngagementState:
         self.category_share = np.zeros(n_categories) if category_share is None else np.asarray(category_share, np.float64)
         self.item_cat = np.asarray(item_cat, dtype=np.int64)
         self.creator_codes = np.asarray(creator_codes, dtype=np.int64)
-        self.creator_new = np.asarray(creator_new, dtype=np.float64)
         self.exam = np.asarray(exam, dtype=np.float64)
-        self.item = np.zeros((len(ITEM_FIELDS), n_items))
-        self.decay = np.zeros((len(DECAY_FIELDS), n_items))
-        self.decay_t = np.zeros(n_items)
-        self.creator = np.zeros((len(CREATOR_FIELDS), int(self.creator_codes.max(initial=-1)) + 1))
+        for name, arr in (("item_cat", self.item_cat), ("creator_codes", self.creator_codes),
+                          ("creator_new", np.asarray(creator_new))):
+            if len(arr) != n_items:
+                raise ValueError(f"EngagementState: {name} has {len(arr)} entries, expected one per item ({n_items})")
+        self._items = _item_block(n_items, self.item_cat, self.creator_codes, np.asarray(creator_new, np.float64))
+        self._creators = np.zeros((int(self.creator_codes.max(initial=-1)) + 1, len(CREATOR_FIELDS)))
+        self._bind_views()
         self.users: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
+
+    def _bind_views(self) -> None:
+        """``item`` (6, N), ``decay`` (4, N), ``decay_t`` (N,), ``creator_new`` (N,) and
+        ``creator`` (4, K) are views of item-major blocks (one row per item / creator), so a
+        request's gather of its candidates' counters touches one or two cache lines per item
+        instead of one per field (``engagement``)."""
+        b = self._items
+        self.item = b[:, _ITEM].T
+        self.decay = b[:, _DECAY].T
+        self.decay_t = b[:, _DECAY_T]
+        self.creator_new = b[:, _NEW]
+        self.creator = self._creators.T
 
     # ------------------------------------------------------------------ bulk
     def load_arrays(self, item: np.ndarray, decay: np.ndarray, decay_t: np.ndarray, creator: np.ndarray,
@@ -98,11 +128,9 @@ class EngagementState:
             self.item_cat = np.concatenate([self.item_cat, np.asarray(item_cat, dtype=np.int64)])
             self.creator_codes = np.concatenate([self.creator_codes, np.arange(k0, k0 + m, dtype=np.int64)])
             extra = np.zeros(m) if creator_new is None else np.asarray(creator_new, dtype=np.float64)
-            self.creator_new = np.concatenate([self.creator_new, extra])
-            self.item = np.concatenate([self.item, np.zeros((self.item.shape[0], m))], axis=1)
-            self.decay = np.concatenate([self.decay, np.zeros((self.decay.shape[0], m))], axis=1)
-            self.decay_t = np.concatenate([self.decay_t, np.zeros(m)])
-            self.creator = np.concatenate([self.creator, np.zeros((self.creator.shape[0], m))], axis=1)
+            self._items = np.concatenate([self._items, _item_block(m, self.item_cat[-m:], self.creator_codes[-m:], extra)])
+            self._creators = np.concatenate([self._creators, np.zeros((m, self._creators.shape[1]))])
+            self._bind_views()
 
     # ------------------------------------------------------------------ updates
     def observe(self, user_id: str, item_idx: int, kind: str, position: int | None, ts: float,
@@ -170,12 +198,13 @@ class EngagementState:
         C = self.n_categories
         with self._lock:
             row = self.users.get(user_id)
-            cats = self.item_cat[items]
-            dt = np.maximum(now - self.decay_t[items], 0.0)
+            blk = np.ascontiguousarray(self._items[items].T)  # (_BLOCK_WIDTH, n): one row gather per item
+            cats = blk[_CAT].astype(np.int64)
+            dt = np.maximum(now - blk[_DECAY_T], 0.0)
             d6, d24 = np.exp(-dt / DECAY_TAUS_S[0]), np.exp(-dt / DECAY_TAUS_S[1])
-            dec = self.decay[:, items]
-            it = self.item[:, items]
-            cr = self.creator[:, self.creator_codes[items]]
+            dec = blk[_DECAY]
+            it = blk[_ITEM]
+            cr = self._creators[blk[_CODE].astype(np.int64)].T
             zero = np.zeros(n)
             du = 1.0 if row is None else float(np.exp(-max(now - row[-1], 0.0) / USER_DECAY_TAU_S))
             return Engagement(
@@ -189,7 +218,7 @@ class EngagementState:
                 item_clicks_24h=dec[2] * d24, item_eimps_24h=dec[3] * d24,
                 item_dwell_sum=it[4], item_dwell_n=it[5],
                 creator_eimps=cr[0], creator_clicks=cr[1], creator_dwell_sum=cr[2], creator_dwell_n=cr[3],
-                creator_is_new=self.creator_new[items],
+                creator_is_new=blk[_NEW],
                 user_cat_eimps=zero if row is None else row[3 * C + 2 + cats].copy(),
                 user_eimps=np.full(n, 0.0 if row is None else row[4 * C + 2]),
                 category_ctr=self.category_ctr[cats] if len(self.category_ctr) == C else zero,

@@ -142,7 +142,12 @@ def _eligible_capped(order: Sequence[int], slate: Slate, seen: Collection[str], 
     kept: list[int] = []
     skipped: list[int] = []
     n_out = 0
-    for i in order:
+    # once every category of the slate is at its cap, every later eligible entry is skipped:
+    # the rest is then a filter (no counters), exact when item ids and positions are unique
+    n_cats = len(set(cats)) if max_cat > 0 else -1
+    n_full = 0
+    unique = n_cats > 0 and len(set(ids)) == len(ids) and len(set(order)) == len(order)
+    for pos, i in enumerate(order):
         iid = ids[i]
         if iid in taken:
             continue
@@ -161,11 +166,36 @@ def _eligible_capped(order: Sequence[int], slate: Slate, seen: Collection[str], 
             per_cat[c] = nc + 1
             per_creator[cr] = ncr + 1
             kept.append(i)
+            if nc + 1 == max_cat:
+                n_full += 1
+                if n_full == n_cats and unique:
+                    n_out = _skip_rest(order[pos + 1:], slate, seen if check_seen else (), b if blocking else None,
+                                       skipped, n_out, window, len(kept) >= 2 * k)
+                    break
         if n_out == window:
             if len(kept) >= 2 * k:
                 break
             window *= 4
     return kept, skipped
+
+
+def _skip_rest(rest: Sequence[int], slate: Slate, seen: Collection[str], b: Blocklist | None, skipped: list[int],
+               n_out: int, window: int, stop_at_window: bool) -> int:
+    """The tail of ``_eligible_capped`` once no entry can pass the category cap: the eligible
+    entries of ``rest`` (unique ids and positions: no dedupe needed) go to ``skipped``, up to
+    the current window when the caller would stop there. Returns the new ``n_out``."""
+    if n_out == window and stop_at_window:
+        return n_out
+    ids = slate.item_ids
+    if b is not None:
+        rest = [i for i in rest if not (ids[i] in b.items or slate.creators[i] in b.creators
+                                         or slate.categories[i] in b.categories)]
+    if seen:
+        rest = [i for i in rest if ids[i] not in seen]
+    if stop_at_window:
+        rest = rest[: max(window - n_out, 0)]
+    skipped.extend(rest)
+    return n_out + len(rest)
 
 
 def _cap_safe_pool(top: list[int], pool: list[int], position: int, slate: Slate, policy: RerankPolicy,

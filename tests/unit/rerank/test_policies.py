@@ -218,6 +218,31 @@ def test_one_pass_eligible_and_caps_equal_the_two_pass_reference():
     assert len(kept) + len(skipped) == 320
 
 
+def test_one_pass_with_saturated_categories_equals_the_two_pass_reference():
+    """Unique item ids and few categories: the caps saturate early and the tail is a plain
+    filter (``_skip_rest``); it must give what the per-entry loop gives."""
+    from feedrank.rerank.policies import _eligible_capped
+
+    rng = np.random.default_rng(5)
+    hit = 0
+    for _ in range(300):
+        n = int(rng.integers(0, 700))
+        n_cats, n_creators = int(rng.integers(1, 6)), int(rng.integers(1, 400))
+        cats, creators = rng.integers(0, n_cats, n), rng.integers(0, n_creators, n)
+        slate = Slate(item_ids=[f"i{x}" for x in rng.permutation(n)], categories=[f"c{x}" for x in cats],
+                      creators=[f"cr{x}" for x in creators], groups=["old"] * n, scores=np.linspace(1, 0, n))
+        seen = {f"i{x}" for x in rng.integers(0, max(n, 1), int(rng.integers(0, 100)))} if rng.random() < 0.5 else set()
+        blocked = Blocklist(creators=frozenset({"cr4"}), categories=frozenset({"c9"})) if rng.random() < 0.5 else Blocklist()
+        k = int(rng.integers(1, 40))
+        policy = RerankPolicy(max_per_category=int(rng.integers(0, 4)), max_per_creator=int(rng.integers(1, 4)),
+                              blocklist=blocked)
+        order = rng.permutation(n).tolist()
+        got = _eligible_capped(order, slate, seen, policy, k, max(8 * k, 80))
+        assert got == _two_pass_reference(slate, order, seen, k, policy)
+        hit += len(got[1]) > 0
+    assert hit > 100  # the saturated tail was exercised
+
+
 def test_exploration_slot_is_the_same_with_a_lazy_pool():
     """Without a draw (u >= epsilon) rerank only checks that a cap-safe pool exists; the
     result equals computing the whole pool, for draws and non-draws alike."""
