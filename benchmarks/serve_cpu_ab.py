@@ -4,6 +4,7 @@ and machine state). Prints CPU ms per request and the CPU of the main pieces.
 
     .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --requests 1000
     .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --ann-only
+    .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u20000-i5000-d14/model --requests 300 --rounds 1 --observe
 
 "legacy" puts back, on the same loaded Recommender: fresh/followed/the prior's pool filtered
 from a cached recent pool of the whole catalogue (``sources.fresh_items``,
@@ -208,6 +209,25 @@ def ann_cost(model: str, queries: int = 300) -> None:
             print(f"threads {threads} k=ef={k}: {1000.0 * (time.process_time() - c0) / queries:.3f} ms CPU per search")
 
 
+def observe_cost(rec, users: list[str]) -> None:
+    """CPU ms of ``Recommender.observe`` per served feed: its k impressions (one user, one
+    time), the events ``serving/app.py`` builds and folds in on the request path."""
+    from feedrank.types import Event, EventKind
+
+    feeds = []
+    for j, u in enumerate(users):
+        resp = rec.recommend(FeedRequest(user_id=u, k=20, deadline_ms=10_000.0))
+        now = float(rec.clock())
+        feeds.append([Event(event_id=f"ab{j}:{it.rank}", ts=now, user_id=u, item_id=it.item_id,
+                            kind=EventKind.IMPRESSION, position=it.rank - 1, request_id=f"ab{j}",
+                            propensity=it.propensity) for it in resp.items])
+    c0 = time.process_time()
+    for events in feeds:
+        rec.observe(events)
+    print(f"observe  cpu ms/feed {1000.0 * (time.process_time() - c0) / max(len(feeds), 1):.3f} "
+          f"({sum(map(len, feeds))} impressions in {len(feeds)} feeds)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -215,6 +235,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--ann-only", action="store_true", help="only time the HNSW search by k and threads")
     ap.add_argument("--profile", action="store_true", help="then cProfile (CPU time) 300 current requests")
+    ap.add_argument("--observe", action="store_true",
+                    help="then CPU per feed of Recommender.observe on its impressions (as GET /v1/feed logs them)")
     args = ap.parse_args()
     if args.ann_only:
         ann_cost(args.model)
@@ -256,6 +278,8 @@ def main() -> None:
         print(f"{mode:8s} cpu ms/request {cpu:.3f} {parts}", flush=True)
         for name in ("_retrieve", "_enrich", "_rerank", "_score"):  # the wrappers (and a legacy _enrich)
             rec.__dict__.pop(name, None)
+    if args.observe:
+        observe_cost(rec, users[:300])
     if args.profile:
         import cProfile
         import pstats

@@ -70,6 +70,14 @@ def _gather(seq: list, idx: list[int]) -> list:
     return [seq[i] for i in idx]
 
 
+def _shared(values: list) -> list:
+    """``values`` with equal strings made one object (at load time): a request's gathers
+    and the re-rank's set and dict lookups then touch a few hot objects instead of one
+    object per catalogue row spread over memory (categories, creator groups, creators)."""
+    one: dict = {}
+    return [one.setdefault(v, v) for v in values]
+
+
 def policy_from_config(rc) -> RerankPolicy:
     """The pure re-ranking policy for a ``RerankConfig``."""
     return RerankPolicy(max_per_category=rc.max_per_category, max_per_creator=rc.max_per_creator, drop_seen=rc.drop_seen,
@@ -109,9 +117,9 @@ class Recommender(CandidateStage):
                                         max_age_s=self.max_item_age_s)
         self._item_ids_list = self.catalog.item_ids.tolist()
         self._add_lock = threading.Lock()
-        self._creators_list = self.catalog.creators.astype(str).tolist()
-        self._groups_list = self.catalog.creator_groups.astype(str).tolist()
-        self._categories_list = self.catalog.categories.tolist()
+        self._creators_list = _shared(self.catalog.creators.astype(str).tolist())
+        self._groups_list = _shared(self.catalog.creator_groups.astype(str).tolist())
+        self._categories_list = _shared(self.catalog.categories.tolist())
         rk = art.info.get("ranking") or {}
         self.dwell_prior = float((rk.get("spec") or {}).get("dwell_prior", 0.0))
         self._user_tower = numpy_user_tower(art.two_tower)  # batch-1 queries in numpy (exported at load)
@@ -185,9 +193,9 @@ class Recommender(CandidateStage):
             if self.art.engagement is not None:  # the ranker's counters grow with the catalogue
                 self.art.engagement.grow(catalog.cat_idx[rows])
             self._item_ids_list = catalog.item_ids.tolist()
-            self._categories_list = catalog.categories.tolist()
-            self._creators_list = catalog.creators.astype(str).tolist()
-            self._groups_list = catalog.creator_groups.astype(str).tolist()
+            self._categories_list = _shared(catalog.categories.tolist())
+            self._creators_list = _shared(catalog.creators.astype(str).tolist())
+            self._groups_list = _shared(catalog.creator_groups.astype(str).tolist())
             if self.live is not None:  # before any request can see the new rows
                 self.live.extend_catalog(self._live_binding, catalog.item_ids[rows].tolist(), catalog.categories[rows].tolist())
             # liveness first: a request that sees the new catalogue must find its rows there
@@ -206,16 +214,40 @@ class Recommender(CandidateStage):
         return None if idx is None else self.catalog.item(idx)
 
     def observe(self, events: Sequence[Event]) -> None:
+        """Fold events into the online state and the ranker's engagement counters. A run of
+        impressions of one user at one time (a served feed, logged on the request path) goes
+        to the engagement counters in one vectorised call (``observe_impressions``)."""
+        eng = self.art.engagement
+        run: list[tuple[Event, int]] = []
         for ev in events:
             idx = self.catalog.index.get(ev.item_id)
             if idx is None:
                 continue
-            if self.art.engagement is not None:
-                self.art.engagement.observe(ev.user_id, idx, ev.kind.value, ev.position, float(ev.ts), ev.dwell_ms)
+            if ev.kind == EventKind.IMPRESSION:
+                if run and (run[0][0].user_id != ev.user_id or run[0][0].ts != ev.ts):
+                    self._observe_impressions(run)
+                    run = []
+                run.append((ev, idx))
+                continue
+            if run:
+                self._observe_impressions(run)
+                run = []
+            if eng is not None:
+                eng.observe(ev.user_id, idx, ev.kind.value, ev.position, float(ev.ts), ev.dwell_ms)
             if ev.kind == EventKind.CLICK:
                 self.state.record_click(ev.user_id, idx)
-            elif ev.kind == EventKind.IMPRESSION:
-                self.state.record_impression(ev.user_id, ev.item_id, idx, ev.ts)
+        if run:
+            self._observe_impressions(run)
+
+    def _observe_impressions(self, run: list[tuple[Event, int]]) -> None:
+        """Impressions (event, catalogue row) of one user at one time, in order."""
+        first = run[0][0]
+        if self.art.engagement is not None:
+            self.art.engagement.observe_impressions(first.user_id, np.fromiter((i for _, i in run), np.int64, len(run)),
+                                                    np.fromiter((ev.position or 0 for ev, _ in run), np.int64, len(run)),
+                                                    float(first.ts))
+        for ev, idx in run:
+            self.state.record_impression(ev.user_id, ev.item_id, idx, ev.ts)
 
     def warm_up(self) -> None:
         """Run one request through every stage so the first real one is not slow."""

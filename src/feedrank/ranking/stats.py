@@ -183,6 +183,45 @@ class EngagementState:
                 self.creator[2, k] += v
                 self.creator[3, k] += 1
 
+    def observe_impressions(self, user_id: str, items: np.ndarray, positions: np.ndarray, ts: float) -> None:
+        """``observe(user_id, i, "impression", p, ts)`` for each (i, p) in order (one feed's
+        impressions: one user, one time), vectorised; the same counters, sums in the same order."""
+        items = np.asarray(items, dtype=np.int64)
+        if not len(items):
+            return
+        C = self.n_categories
+        e = self.exam[np.clip(np.asarray(positions, dtype=np.int64), 0, N_POSITIONS - 1)]
+        with self._lock:
+            c = self.item_cat[items]
+            k = self.creator_codes[items]
+            row = self.users.get(user_id)
+            if row is None:
+                row = self.users[user_id] = np.zeros(row_width(C))
+                row[-1] = ts
+            dt = ts - row[-1]
+            if dt > 0:
+                row[4 * C + 3: 6 * C + 4] *= np.exp(-dt / USER_DECAY_TAU_S)
+                row[-1] = ts
+            u = np.unique(items)  # each distinct item decayed to ts once, as observe does
+            dt = np.maximum(ts - self.decay_t[u], 0.0)
+            u, dt = u[dt > 0], dt[dt > 0]
+            if len(u):
+                t6, t24 = DECAY_TAUS_S
+                f6, f24 = np.exp(-dt / t6), np.exp(-dt / t24)
+                self.decay[:, u] *= np.stack([f6, f6, f24, f24])
+                self.decay_t[u] = ts
+            ones = np.ones(len(items))
+            np.add.at(row, c, ones)
+            np.add.at(row, np.full(len(items), 3 * C), ones)
+            np.add.at(row, 3 * C + 2 + c, e)
+            np.add.at(row, np.full(len(items), 4 * C + 2), e)
+            np.add.at(row, 5 * C + 3 + c, e)
+            np.add.at(self.item[0], items, e)
+            np.add.at(self.item[3], items, ones)
+            np.add.at(self.decay[1], items, e)
+            np.add.at(self.decay[3], items, e)
+            np.add.at(self.creator[0], k, e)
+
     def _decay_to(self, i: int, ts: float) -> None:
         dt = max(ts - self.decay_t[i], 0.0)
         if dt > 0:

@@ -136,18 +136,16 @@ def _eligible_capped(order: Sequence[int], slate: Slate, seen: Collection[str], 
     check_seen = policy.drop_seen and bool(seen)
     ids, cats, creators = slate.item_ids, slate.categories, slate.creators
     max_cat, max_creator = policy.max_per_category, policy.max_per_creator
+    if max_cat >= 1 and len(set(ids)) == len(ids) and len(set(order)) == len(order):
+        return _capped_unique(order, slate, seen if check_seen else (), b if blocking else None, max_cat, max_creator,
+                              k, window)
     taken: set[str] = set()
     per_cat: dict[str, int] = {}
     per_creator: dict[str, int] = {}
     kept: list[int] = []
     skipped: list[int] = []
     n_out = 0
-    # once every category of the slate is at its cap, every later eligible entry is skipped:
-    # the rest is then a filter (no counters), exact when item ids and positions are unique
-    n_cats = len(set(cats)) if max_cat > 0 else -1
-    n_full = 0
-    unique = n_cats > 0 and len(set(ids)) == len(ids) and len(set(order)) == len(order)
-    for pos, i in enumerate(order):
+    for i in order:
         iid = ids[i]
         if iid in taken:
             continue
@@ -166,12 +164,6 @@ def _eligible_capped(order: Sequence[int], slate: Slate, seen: Collection[str], 
             per_cat[c] = nc + 1
             per_creator[cr] = ncr + 1
             kept.append(i)
-            if nc + 1 == max_cat:
-                n_full += 1
-                if n_full == n_cats and unique:
-                    n_out = _skip_rest(order[pos + 1:], slate, seen if check_seen else (), b if blocking else None,
-                                       skipped, n_out, window, len(kept) >= 2 * k)
-                    break
         if n_out == window:
             if len(kept) >= 2 * k:
                 break
@@ -179,23 +171,47 @@ def _eligible_capped(order: Sequence[int], slate: Slate, seen: Collection[str], 
     return kept, skipped
 
 
-def _skip_rest(rest: Sequence[int], slate: Slate, seen: Collection[str], b: Blocklist | None, skipped: list[int],
-               n_out: int, window: int, stop_at_window: bool) -> int:
-    """The tail of ``_eligible_capped`` once no entry can pass the category cap: the eligible
-    entries of ``rest`` (unique ids and positions: no dedupe needed) go to ``skipped``, up to
-    the current window when the caller would stop there. Returns the new ``n_out``."""
-    if n_out == window and stop_at_window:
-        return n_out
-    ids = slate.item_ids
+def _capped_unique(order: Sequence[int], slate: Slate, seen: Collection[str], b: Blocklist | None, max_cat: int,
+                   max_creator: int, k: int, window: int) -> tuple[list[int], list[int]]:
+    """``_eligible_capped`` when item ids and positions are unique (no dedupe) and
+    ``max_cat >= 1``, with the same result: the eligible entries are filtered first, then
+    walked window by window (the stop test only runs at window ends); an entry of a
+    category already at its cap costs one set lookup, and whatever is not kept in the
+    walked prefix is skipped (every eligible entry is one or the other)."""
+    ids, cats, creators = slate.item_ids, slate.categories, slate.creators
+    out = order if isinstance(order, list) else list(order)
     if b is not None:
-        rest = [i for i in rest if not (ids[i] in b.items or slate.creators[i] in b.creators
-                                         or slate.categories[i] in b.categories)]
+        out = [i for i in out if not (ids[i] in b.items or creators[i] in b.creators or cats[i] in b.categories)]
     if seen:
-        rest = [i for i in rest if ids[i] not in seen]
-    if stop_at_window:
-        rest = rest[: max(window - n_out, 0)]
-    skipped.extend(rest)
-    return n_out + len(rest)
+        out = [i for i in out if ids[i] not in seen]
+    per_cat: dict[str, int] = {}
+    per_creator: dict[str, int] = {}
+    full: set[str] = set()
+    kept: list[int] = []
+    start, end = 0, len(out)
+    while start < end:
+        stop = min(window, end)
+        for i in out[start:stop]:
+            c = cats[i]
+            if c in full:
+                continue
+            cr = creators[i]
+            ncr = per_creator.get(cr, 0)
+            if ncr >= max_creator:
+                continue
+            nc = per_cat.get(c, 0) + 1
+            per_cat[c] = nc
+            per_creator[cr] = ncr + 1
+            kept.append(i)
+            if nc >= max_cat:
+                full.add(c)
+        if stop == window and len(kept) >= 2 * k:
+            end = stop
+            break
+        start, window = stop, window * 4
+    mine = set(kept)
+    skipped = [i for i in out[:end] if i not in mine]
+    return kept, skipped
 
 
 def _cap_safe_pool(top: list[int], pool: list[int], position: int, slate: Slate, policy: RerankPolicy,

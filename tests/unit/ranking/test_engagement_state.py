@@ -90,3 +90,23 @@ def test_engagement_equals_per_field_gathers_through_events_growth_and_reload(tm
 def test_mismatched_per_item_arrays_are_rejected():
     with pytest.raises(ValueError, match="creator_codes has 3 entries"):
         EngagementState(4, 2, np.zeros(4, int), np.zeros(3, int), np.zeros(4), np.ones(N_POSITIONS))
+
+
+def test_observe_impressions_equals_one_observe_per_impression():
+    rng = np.random.default_rng(1)
+    a, b = _state(rng), _state(np.random.default_rng(1))
+    for st in (a, b):
+        _events(st, np.random.default_rng(2), 500, 1e6)
+    for j in range(60):
+        user = f"u{rng.integers(0, 15)}"  # some users are new
+        items = rng.integers(0, 300, int(rng.integers(0, 25)))  # repeats included
+        positions = rng.integers(-1, 40, len(items))
+        ts = 1e6 + 500 * 60.0 + 30.0 * (j // 3)  # some feeds share a time
+        for i, p in zip(items.tolist(), positions.tolist()):
+            a.observe(user, i, "impression", p, ts)
+        b.observe_impressions(user, items, positions, ts)
+    for name in ("item", "decay", "decay_t", "creator"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.users.keys() == b.users.keys()
+    for user in a.users:
+        np.testing.assert_array_equal(a.users[user], b.users[user], err_msg=user)

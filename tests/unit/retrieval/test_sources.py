@@ -181,3 +181,19 @@ def test_merge_equals_the_per_item_reference(seed: int):
     items, sources, scores, taken = _merge_reference(results, quotas, total, ("trending", "popular"), exclude)
     assert m.items.tolist() == items and m.sources == sources and m.scores.tolist() == scores and m.taken == taken
     assert m.items.dtype == np.int64 and m.scores.dtype == np.float32
+
+
+def test_sorted_unique_equals_numpy_unique_and_union():
+    from feedrank.retrieval.sources import sorted_unique
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        parts = [rng.integers(0, 50, int(rng.integers(0, 30))) for _ in range(int(rng.integers(1, 4)))]
+        before = [p.copy() for p in parts]
+        got = sorted_unique(*parts)
+        np.testing.assert_array_equal(got, np.unique(np.concatenate(parts)))
+        assert got.dtype == np.concatenate(parts).dtype
+        if len(parts) == 2:
+            np.testing.assert_array_equal(got, np.union1d(*parts))
+        for p, b in zip(parts, before):  # inputs are not sorted in place
+            np.testing.assert_array_equal(p, b)
