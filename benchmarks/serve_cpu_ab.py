@@ -27,7 +27,8 @@ import feedrank.pipeline.candidates as cands
 import feedrank.pipeline.recommender as recmod
 from feedrank.rerank import policies
 from feedrank.rerank.diversity import cap_split
-from feedrank.retrieval.sources import Merged, SourceResult, followed_items, followed_keys, fresh_items, recent_pool
+from feedrank.retrieval import sources
+from feedrank.retrieval.sources import SourceResult, followed_items, followed_keys, fresh_items, recent_pool
 from feedrank.serving.factory import build_service
 from feedrank.types import FeedRequest
 
@@ -52,34 +53,7 @@ def legacy_rerank(slate, order, seen, k, policy, u=1.0, pick=0):
     return policies.exploration_slot(top, pool, policy.explore_position, policy.explore_epsilon, u, pick)
 
 
-def legacy_merge(results, quotas, total, fallbacks=(), exclude=None):
-    """``sources.merge_sources`` before it was vectorised: a per-item loop."""
-    exclude = exclude or set()
-    seen, out, src, sc, taken = set(), [], [], [], {}
-    by_name = {r.name: r for r in results}
-
-    def take(r, limit):
-        n = 0
-        for it, s in zip(r.items.tolist(), r.scores.tolist()):
-            if n >= limit or len(out) >= total:
-                break
-            if it in seen or it in exclude:
-                continue
-            seen.add(it)
-            out.append(it)
-            src.append(r.name)
-            sc.append(s)
-            n += 1
-        taken[r.name] = taken.get(r.name, 0) + n
-
-    for r in results:
-        take(r, quotas.get(r.name, total))
-    for name in fallbacks:
-        if len(out) >= total:
-            break
-        if name in by_name:
-            take(by_name[name], total)
-    return Merged(np.asarray(out, dtype=np.int64), src, np.asarray(sc, dtype=np.float32), taken)
+legacy_merge = sources.merge_sources_reference  # merge_sources before it was vectorised: a per-item loop
 
 
 class Legacy:

@@ -266,3 +266,39 @@ def merge_sources(results: list[SourceResult], quotas: Mapping[str, int], total:
     for got, name, _ in parts:
         sources.extend([name] * len(got))
     return Merged(np.concatenate([p[0] for p in parts]), sources, np.concatenate([p[2] for p in parts]), taken)
+
+def merge_sources_reference(results: list[SourceResult], quotas: Mapping[str, int], total: int,
+                            fallbacks: Sequence[str] = (), exclude: set[int] | None = None) -> Merged:
+    """The straightforward per-item loop that ``merge_sources`` computes in bulk: the
+    executable specification its tests compare against (and the "before" side of
+    ``benchmarks/serve_cpu_ab.py``). Same arguments and result; not used when serving."""
+    exclude = exclude or set()
+    seen: set[int] = set()
+    out: list[int] = []
+    src: list[str] = []
+    sc: list[float] = []
+    taken: dict[str, int] = {}
+    by_name = {r.name: r for r in results}
+
+    def take(r: SourceResult, limit: int) -> None:
+        n = 0
+        for it, s in zip(r.items.tolist(), r.scores.tolist()):
+            if n >= limit or len(out) >= total:
+                break
+            if it in seen or it in exclude:
+                continue
+            seen.add(it)
+            out.append(it)
+            src.append(r.name)
+            sc.append(s)
+            n += 1
+        taken[r.name] = taken.get(r.name, 0) + n
+
+    for r in results:
+        take(r, quotas.get(r.name, total))
+    for name in fallbacks:
+        if len(out) >= total:
+            break
+        if name in by_name:
+            take(by_name[name], total)
+    return Merged(np.asarray(out, dtype=np.int64), src, np.asarray(sc, dtype=np.float32), taken)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from feedrank.retrieval.sources import (SourceResult, decayed_counts, followed_items, followed_keys, gather_sources,
-                                        merge_sources, recent_pool, trending_items)
+                                        merge_sources, merge_sources_reference, recent_pool, trending_items)
 
 
 def _src(name: str, items, scores=None) -> SourceResult:
@@ -138,33 +138,8 @@ def test_merge_properties(seed: int):
 
 
 def _merge_reference(results, quotas, total, fallbacks=(), exclude=None):
-    """The per-item loop merge_sources was before it was vectorised."""
-    exclude = exclude or set()
-    seen, out, src, sc, taken = set(), [], [], [], {}
-    by_name = {r.name: r for r in results}
-
-    def take(r, limit):
-        n = 0
-        for it, s in zip(r.items.tolist(), r.scores.tolist()):
-            if n >= limit or len(out) >= total:
-                break
-            if it in seen or it in exclude:
-                continue
-            seen.add(it)
-            out.append(it)
-            src.append(r.name)
-            sc.append(s)
-            n += 1
-        taken[r.name] = taken.get(r.name, 0) + n
-
-    for r in results:
-        take(r, quotas.get(r.name, total))
-    for name in fallbacks:
-        if len(out) >= total:
-            break
-        if name in by_name:
-            take(by_name[name], total)
-    return out, src, np.asarray(sc, dtype=np.float32).tolist(), taken
+    m = merge_sources_reference(results, quotas, total, fallbacks, exclude)
+    return m.items.tolist(), m.sources, m.scores.tolist(), m.taken
 
 
 @pytest.mark.parametrize("seed", range(40))
