@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import numpy as np
 from feedrank.bench.ingest_local import Say, _events, _pcts
 from feedrank.data.eventlog import EventLog
 from feedrank.features.realtime import RealtimeFeatures
+from feedrank.serving.server import free_port
 from feedrank.types import Event
 
 
@@ -129,7 +129,7 @@ def bench_server_crash(work: Path, model: Path, kills: int, seconds: float, batc
         while done < kills and time.monotonic() < t_end:
             t_start = time.monotonic()
             for attempt in range(3):  # a start can fail for reasons outside the test (a port taken meanwhile)
-                port = _free_port()
+                port = free_port()
                 server = _start_server(model, d, errlog, port)
                 try:
                     _wait_ready(f"http://127.0.0.1:{port}", server, errlog)
@@ -193,7 +193,7 @@ def bench_http_counter_lag(work: Path, model: Path, seconds: float = 10.0, posts
     d = work / "http-lag-events"
     shutil.rmtree(d, ignore_errors=True)
     errlog = work / "http-lag.log"
-    port = _free_port()
+    port = free_port()
     store_url = f"{srv.url}/0?prefix=lag/"
     server = _start_server(model, d, errlog, port, (f"features.store_url={store_url}", "features.poll_s=0.05"))
     url = f"http://127.0.0.1:{port}"
@@ -321,19 +321,13 @@ def bench_feature_reads(work: Path, backends: tuple[str, ...] = ("memory", "sqli
 # ---------------------------------------------------------------------- HTTP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def bench_http(work: Path, model: Path, batch: int, clients: int, max_requests: int, seconds: float,
                say: Say = print) -> dict[str, Any]:
     import httpx
 
     d = work / f"http-events-{batch}"
     shutil.rmtree(d, ignore_errors=True)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "feedrank.cli.main", "serve", "--model", str(model), "--port", str(port),
            "--events-dir", str(d), "--log-level", "warning", "--workers", "1"]  # one process's log and fsyncs
     errlog = work / f"server-{batch}.log"

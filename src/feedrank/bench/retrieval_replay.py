@@ -156,11 +156,11 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
         lists["two_tower"].append(_top(tower, cand, k).tolist())
         lists["popularity"].append(_top(counters.clicks[cand], cand, k).tolist())
         if prior is not None:
-            pr = prior.for_user(has_history)
-            exact = tower / pr.temperature + pr.bias(catalog.published_at[cand], None, t, counters.take(cand))
+            ct, pub_c = counters.take(cand), catalog.published_at[cand]
+            exact = prior.for_user(has_history).scores(uvec[j][None], vecs[cand], pub_c, t, counters=ct)[0]
             lists["two_tower_prior"].append(_top(exact, cand, k).tolist())
             if "two_tower_prior_one_weight_set" in lists:
-                one = tower / prior.temperature + prior.bias(catalog.published_at[cand], None, t, counters.take(cand))
+                one = prior.scores(uvec[j][None], vecs[cand], pub_c, t, counters=ct)[0]
                 lists["two_tower_prior_one_weight_set"].append(_top(one, cand, k).tolist())
             ann = _top(tower, cand, p.ann_oversample * p.ann_k)
             pool = prior_pool(catalog.published_at, live, t, hours / 3600.0, counters.clicks, pop_n)

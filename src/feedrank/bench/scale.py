@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from feedrank.serving.server import free_port
+
 DAYS = 2
 ACTIVITY = 0.15
 MIN_TRAIN_SECONDS = 20.0  # steady-state seconds of each training measurement (after the calibration run)
@@ -107,7 +109,7 @@ def measure_training(world: Path, nproc: int, max_examples: int, min_seconds: fl
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         if nproc == 1:
             return _run_json(cmd, out, timeout_s, env)
-        port = _free_port()
+        port = free_port()
         procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={
             **env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in range(nproc)]
@@ -124,14 +126,6 @@ def measure_training(world: Path, nproc: int, max_examples: int, min_seconds: fl
         if errors or not out.exists():
             raise RuntimeError(f"training probe with {nproc} processes failed: {' | '.join(errors) or 'no result'}")
         return json.loads(out.read_text())
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_scale_bench(sizes: list[int], workdir: Path, vary: str = "both", base: int = 10_000, procs: tuple[int, ...] = (1, 2),

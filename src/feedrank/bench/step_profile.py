@@ -127,10 +127,10 @@ def profile(data: str, steps: int, warmup: int, batch: int) -> dict:
 
 
 def _launch(argv: list[str], nproc: int) -> int:
-    from feedrank.bench.scale import _free_port
+    from feedrank.serving.server import free_port
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WORLD_SIZE": str(nproc),
-           "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+           "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     cmd = [sys.executable, "-m", "feedrank.bench.step_profile", *argv, "--nproc", "1"]
     procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]
     return max(abs(p.wait()) for p in procs)

@@ -85,17 +85,11 @@ def partition_roots(root: str | Path) -> list[Path]:
 
 def read_partitions(root: str | Path) -> Iterator[Event]:
     """Every event in ``root`` and its worker partitions (read-only), each ``event_id``
-    once: dedupe is per partition when written, so a client retry that reached two
-    workers is dropped here (the first partition's copy is kept)."""
-    from feedrank.data.eventlog import EventLog
-
-    seen: set[str] = set()
-    for path in partition_roots(root):
-        with EventLog(path, readonly=True) as log:
-            for rec in log.read():
-                if rec.event.event_id not in seen:
-                    seen.add(rec.event.event_id)
-                    yield rec.event
+    once (``PartitionedLog.read_all``: merged by time, a client retry that reached two
+    workers kept once; a corrupt record raises ``PartitionCorrupt`` after the healthy
+    partitions are read)."""
+    with PartitionedLog(root) as log:
+        yield from log.read_all()
 
 
 class PartitionedLog:

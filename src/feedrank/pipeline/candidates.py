@@ -27,13 +27,13 @@ import numpy as np
 from feedrank.features.online import UserContext
 from feedrank.retrieval.encode import user_vectors
 from feedrank.retrieval.prior import AgePrior, rescore_with_prior
+from feedrank.retrieval.served import PRIOR_POOL_MAX
 from feedrank.retrieval.sources import (SourceResult, decayed_counts, followed_keys, gather_sources, merge_sources,
                                          popular_items, sorted_unique, trending_items)
 
 log = logging.getLogger(__name__)
 
 CACHE_S = 30.0  # request-clock seconds a cached live set / popular / trending list stays valid
-PRIOR_POOL_MAX = 5_000  # newest live items rescored with the age prior besides the ANN's top (bounds the cost)
 
 
 class CandidateStage:
@@ -185,10 +185,6 @@ class CandidateStage:
         unknown_sub = int(self.art.vocabs["subcategory"].lookup(["unknown"])[0])
         self._source_cache["ignore"] = ((unknown_creator,), (0, unknown_sub))
         return self._source_cache["ignore"]
-
-    def _live_mask(self, idx: np.ndarray, now: float) -> np.ndarray:
-        """(n,) bool: which of these item rows are live at ``now`` (``LiveCatalog.mask``)."""
-        return self.live_catalog.mask(idx, now)
 
     def _trending_list(self, now: float, live: np.ndarray | None) -> np.ndarray:
         """Most engaged recently at ``now``: live items by decayed 6 h click counters (the

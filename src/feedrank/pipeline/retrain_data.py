@@ -107,7 +107,8 @@ def read_log_frame(events_dir: str | Path) -> pd.DataFrame:
 def read_item_log(events_dir: str | Path, default_published: Callable[[str], float]) -> pd.DataFrame:
     """Items added live (``items.jsonl`` of the events folder and of each worker
     partition), the newest record per id (by its ``logged_at``; records without one count
-    as older, in partition order); missing ``published_at`` becomes
+    as older, in partition order); a missing ``published_at`` becomes the record's
+    ``logged_at`` (as serving publishes it: ``serving.item_sync``), else
     ``default_published(item_id)``."""
     root = Path(events_dir)
     records: list[tuple[float, int, dict]] = []
@@ -130,6 +131,9 @@ def read_item_log(events_dir: str | Path, default_published: Callable[[str], flo
         for c in ("title", "category", "subcategory", "creator"):
             out[c] = out[c].astype(object).where(out[c].notna(), "unknown" if c != "title" else "")
         pub = np.array(pd.to_numeric(out["published_at"], errors="coerce"), dtype=np.float64)  # a writable copy
+        logged = np.array([float(r.get("logged_at") or 0.0) if isinstance(r.get("logged_at"), (int, float)) else 0.0
+                           for r in rows.values()])
+        pub = np.where(~np.isfinite(pub) & (logged > 0), logged, pub)
         missing = ~np.isfinite(pub)
         pub[missing] = [default_published(i) for i in out["item_id"][missing]]
         out["published_at"] = pub

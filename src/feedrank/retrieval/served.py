@@ -19,7 +19,7 @@ from feedrank.retrieval.counters import ItemCounters
 from feedrank.retrieval.prior import AgePrior, rescore_with_prior
 from feedrank.retrieval.sources import popular_items
 
-PRIOR_POOL_MAX = 5_000  # = pipeline.candidates.PRIOR_POOL_MAX: newest live items rescored besides the ANN's top
+PRIOR_POOL_MAX = 5_000  # newest live items rescored besides the ANN's top (bounds the cost); serving uses it too
 
 
 def prior_pool(published_at: np.ndarray, live_mask: np.ndarray, now: float, hours: float, clicks: np.ndarray,

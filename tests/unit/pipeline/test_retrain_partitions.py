@@ -53,8 +53,13 @@ def test_item_adds_of_every_worker_newest_record_wins(tmp_path: Path):
         EventLog(tmp_path / w).close()
     items = read_item_log(tmp_path, lambda _i: 5.0).set_index("item_id")
     assert items.loc["n9", "title"] == "second" and items.loc["n7", "title"] == "other, updated"
-    assert items.loc["n7", "published_at"] == 5.0
+    # no published_at: published when logged, as serving publishes it (serving.item_sync), so a
+    # retrained bundle and the live workers agree on the item and a swap does not re-add it
+    assert items.loc["n7", "published_at"] == 300.0
     replayed = replay_items([tmp_path / "w0" / "items.jsonl", tmp_path / "w1" / "items.jsonl"])
     assert [r["title"] for r in replayed] == ["first", "second", "other", "other, updated"]
     assert all("logged_at" not in r for r in replayed)
     assert json.loads((tmp_path / "w1" / "items.jsonl").read_text().splitlines()[0])["logged_at"] == 100.0
+    with (tmp_path / "w1" / "items.jsonl").open("a") as f:  # a record without logged_at
+        f.write('{"item_id": "old", "title": "no stamp"}\n')
+    assert read_item_log(tmp_path, lambda _i: 5.0).set_index("item_id").loc["old", "published_at"] == 5.0
