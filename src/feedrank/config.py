@@ -173,6 +173,9 @@ class ServingConfig:
     # worker accepted (serving/item_sync.py): POST /v1/items is retrievable on every worker
     # within about this long (at most 30 s, well inside the 60 s contract)
     item_sync_s: float = field(default=2.0, metadata=_rng(0.05, 30.0))
+    # server-logged impressions wait up to this long for more before one append + fsync
+    # (data/impressions.py): fewer fsyncs; a crash loses at most this much, a clean stop nothing
+    impression_linger_ms: float = field(default=50.0, metadata=_rng(0.0, 1000.0))
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from feedrank.bench import retrieval_cf as cf
 from feedrank.config import FeedrankConfig
 from feedrank.evaluation.metrics import ndcg_at_k_lists, recall_at_k
 
 KS = (10, 50, 100)
 PRIOR_FITS = ("newest-half", "frozen-tail")
-SERVED_PRIORS = ("two_tower_age_prior", "two_tower_prior", "two_tower_prior_ctr")
+SERVED_PRIORS = ("two_tower_age_prior", "two_tower_prior", "two_tower_prior_ctr", "two_tower_prior_feedback")
+PRIOR_METHODS = SERVED_PRIORS
 
 
 def _metrics(lists: list[list[int]], relevant: list[set[int]], warm: np.ndarray) -> dict[str, float]:
@@ -57,14 +59,15 @@ def _top_lists(scores: np.ndarray, allowed_mask: np.ndarray, past: list[set[int]
 
 def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, max_users: int = 3000,
                 show_progress: bool = True, say: Callable[[str], None] = print, replay_requests: int = 3000,
-                served_prior: str = "two_tower_prior", prior_fit: str = "newest-half",
+                served_prior: str = "two_tower_prior_feedback", prior_fit: str = "newest-half",
                 cold_user_weights: bool = False) -> dict[str, Any]:
     """Train the two-tower on the train side of ``data_dir`` and measure it against
     popularity, ALS (``implicit``) and, for synthetic worlds, the oracle: at the split
     boundary (``boundary``) and, with ``replay_requests`` > 0, replaying that many test
     requests at their own time (``replay``, ``bench/retrieval_replay.py``). The served
     score uses the prior ``served_prior`` (a method name; ``two_tower_prior`` = age +
-    popularity, what ``feedrank train`` fits; ``two_tower_prior_ctr`` adds the CTR terms);
+    popularity, what ``feedrank train`` fits; ``two_tower_prior_ctr`` adds the CTR terms;
+    ``two_tower_prior_feedback`` adds the clicker-vector term of ``retrieval/item_feedback.py``);
     ``cold_user_weights`` fits each prior's weights for users without history too. ``prior_fit``: which training
     clicks fit the prior: ``newest-half`` (what ``feedrank train`` does; each click with
     the state just before it) or ``frozen-tail`` (the last ``split.test_fraction`` of the
@@ -80,6 +83,7 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     from feedrank.pipeline.build import item_content, learn_max_item_age, prepare, shown_not_clicked
     from feedrank.retrieval.counters import CounterReplay, creator_codes
     from feedrank.retrieval.encode import encode_items, encode_users
+    from feedrank.retrieval.item_feedback import FeedbackEvents
     from feedrank.retrieval.prior import PriorFitData, fit_age_prior
     from feedrank.retrieval.train import train_two_tower
     from feedrank.training.common import seed_everything, setup_threads
@@ -142,11 +146,14 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     at_boundary = CounterReplay(n_items, clicks.items, clicks.ts, *fit_data.impressions, creator_codes(catalog.creators))
     at_boundary.advance(np.inf)  # it holds train events only: the counters at the boundary
     counters = at_boundary.snapshot()
+    enc = lambda h, ts: encode_users(tt, catalog, h, ts, item_vecs=vecs)  # noqa: E731
+    fb_train = FeedbackEvents.of_clicks(clicks, enc, cfg.retrieval.history_len)  # train clicks only: fit + boundary
     has_hist = (clicks.ends - clicks.starts)[users] > 0
     out["users_without_history"] = int((~has_hist).sum())
     priors = {}
+    fb_data = replace(base_data or PriorFitData(), feedback=fb_train)
     for name, use_pop, data in (("two_tower_age_prior", False, base_data), ("two_tower_prior", True, base_data),
-                                ("two_tower_prior_ctr", True, fit_data)):
+                                ("two_tower_prior_ctr", True, fit_data), ("two_tower_prior_feedback", True, fb_data)):
         prior = fit_age_prior(tt, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, vecs, max_age,
                               cfg.training.seed, popularity=use_pop, data=data, cold_users=cold_user_weights)
         priors[name] = prior
@@ -154,12 +161,15 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         for tag, pr in (("", prior), (" (users without history)", prior.cold_user)):
             if pr is not None:
                 say(f"{name}{tag}: w_age = {pr.weight:.4f} per day, w_pop = {pr.pop_weight:.4f}, w_trend = "
-                    f"{pr.trend_weight:.4f}, w_ctr = {pr.ctr_weight:.4f}, w_creator = {pr.creator_weight:.4f}, tower x{pr.tower_weight:.3f} "
+                    f"{pr.trend_weight:.4f}, w_ctr = {pr.ctr_weight:.4f}, w_creator = {pr.creator_weight:.4f}, "
+                    f"w_fb = {pr.feedback_weight:.4f} (s {pr.feedback_strength:g}), tower x{pr.tower_weight:.3f} "
                     f"(nll {pr.nll_before:.4f} -> {pr.nll_after:.4f}, {pr.n_clicks} train clicks)")
         out["methods"][name] = _metrics(_top_lists(_prior_scores(prior, uvec, has_hist, vecs, catalog.published_at,
-                                                                 split.boundary, counters), allowed_mask, past), relevant, warm)
+                                                                 split.boundary, _with_feedback(counters, prior, fb_train)),
+                                                   allowed_mask, past), relevant, warm)
     prior = priors[served_prior]
     out["served_prior"] = served_prior
+    counters = _with_feedback(counters, prior, fb_train)
     if prior.cold_user is not None:  # the same prior without its weights for users without history, for comparison
         out["methods"]["two_tower_prior_one_weight_set"] = _metrics(_top_lists(_prior_scores(
             replace(prior, cold_user=None), uvec, has_hist, vecs, catalog.published_at, split.boundary, counters),
@@ -169,15 +179,29 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         relevant, warm)
     out["methods"]["popularity"] = _metrics(_top_lists(np.broadcast_to(pop, (len(users), n_items)), allowed_mask, past),
                                             relevant, warm)
-    als = _als_scores(clicks, users, n_items, cfg.training.seed)
-    if als is not None:
-        out["methods"]["als"] = _metrics(_top_lists(als, allowed_mask, past), relevant, warm)
+    cf_models = {}
+    if cf.available():  # ALS + item-kNN tuned on a validation tail of the train clicks; users without clicks: popularity
+        t = time.perf_counter()
+        tuning = cf.tune_cf(clicks, n_items, cfg.training.seed)
+        out["cf_tuning"] = {**tuning.to_json(), "seconds": round(time.perf_counter() - t, 1)}
+        say(f"CF tuned on the train tail: ALS {tuning.als}, item-kNN k={tuning.knn_k} ({out['cf_tuning']['seconds']}s)")
+        n_users = len(clicks.starts)
+        untuned = cf.fit_als(clicks.user_codes, clicks.items, n_users, n_items, cf.AlsParams(), cfg.training.seed)
+        out["methods"]["als_untuned"] = _metrics(_top_lists(untuned.user_factors[users] @ untuned.item_factors.T,
+                                                            allowed_mask, past), relevant, warm)
+        cf_models["als"] = cf.fit_als(clicks.user_codes, clicks.items, n_users, n_items, tuning.als, cfg.training.seed)
+        cf_models["item_knn"] = cf.fit_knn(clicks.user_codes, clicks.items, n_users, n_items, tuning.knn_k)
+        for name, model in cf_models.items():
+            got = [cf.ranked(_cf_scores(model, np.fromiter(past[j], np.int64, len(past[j]))),
+                             np.flatnonzero(~allowed_mask), pop, not has_hist[j], k=100 + len(past[j])) for j in range(len(users))]
+            out["methods"][name] = _metrics([[i for i in row if i not in past[j]][:100] for j, row in enumerate(got)],
+                                            relevant, warm)
     if oracle and (Path(prep.dataset.root) / "truth").exists():
         oracle_scores = _oracle_scores(prep, ev, users, split.boundary)
         out["methods"]["oracle"] = _metrics(_top_lists(oracle_scores, allowed_mask, past), relevant, warm)
         o = out["methods"]["oracle"]["recall@100"]
         out["two_tower_recall@100_vs_oracle"] = round(out["methods"]["two_tower"]["recall@100"] / o, 4) if o else None
-        for name in ("two_tower_age_prior", "two_tower_prior", "two_tower_prior_ctr", "two_tower_prior_served"):
+        for name in PRIOR_METHODS + ("two_tower_prior_served",):
             out[f"{name}_recall@100_vs_oracle"] = round(out["methods"][name]["recall@100"] / o, 4) if o else None
     for name in ("two_tower", "two_tower_prior_served"):
         tw = out["methods"][name]
@@ -192,12 +216,26 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
             truth = WorldTruth.load(prep.dataset.root)
         reqs = sample_requests(ev, is_test, replay_requests, cfg.training.seed)
         t = time.perf_counter()
-        enc = lambda h, ts: encode_users(tt, catalog, h, ts, item_vecs=vecs)  # noqa: E731
-        out["replay"] = run_replay(ReplayInputs(ev, catalog, enc, vecs, prior, max_age, cfg, warm, split.boundary, truth), reqs)
+        fb_all = FeedbackEvents.of_clicks(ev.click_log(), enc, cfg.retrieval.history_len) if prior.feedback_strength else None
+        base = priors["two_tower_prior"] if prior.feedback_strength else None
+        out["replay"] = run_replay(ReplayInputs(ev, catalog, enc, vecs, prior, max_age, cfg, warm, split.boundary, truth,
+                                                feedback=fb_all, prior_without_feedback=base, cf=cf_models), reqs)
         out["replay"]["seconds"] = round(time.perf_counter() - t, 1)
         _say_methods(out["replay"]["methods"], say, f"replay of {len(reqs)} requests")
     out["headline"] = _headline(out)
     return out
+
+
+def _with_feedback(counters, prior, events) -> Any:
+    """``counters`` plus the items' mean clicker vectors from ``events`` (all before now)
+    when ``prior`` has the feedback term."""
+    from feedrank.retrieval.item_feedback import FeedbackReplay
+
+    if not prior.feedback_strength:
+        return counters
+    fb = FeedbackReplay(len(counters.clicks), events)
+    fb.advance(np.inf)
+    return replace(counters, feedback=fb.means(prior.feedback_strength))
 
 
 def _say_methods(methods: dict[str, dict], say: Callable[[str], None], title: str) -> None:
@@ -256,20 +294,12 @@ def _served_lists(prior, uvec: np.ndarray, has_hist: np.ndarray, vecs: np.ndarra
     return out
 
 
-def _als_scores(clicks, users: np.ndarray, n_items: int, seed: int) -> np.ndarray | None:
-    """(U, N) ALS scores (implicit 0.7, factors 64, 15 iterations, bm25-free raw counts)."""
-    try:
-        import implicit
-        from scipy.sparse import csr_matrix
-    except ImportError:
-        return None
-    n_users = len(clicks.starts)
-    m = csr_matrix((np.ones(len(clicks.items), dtype=np.float32), (clicks.user_codes, clicks.items)), shape=(n_users, n_items))
-    m.sum_duplicates()
-    model = implicit.cpu.als.AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15, random_state=seed,
-                                                     calculate_training_loss=False)
-    model.fit(m, show_progress=False)
-    return np.asarray(model.user_factors[users] @ model.item_factors.T, dtype=np.float32)
+def _cf_scores(model, history: np.ndarray) -> np.ndarray:
+    """(N,) a CF baseline's scores for a user who clicked ``history``: ALS folds the
+    history in (item factors fixed), item-kNN sums similarities."""
+    if isinstance(model, cf.AlsModel):
+        return model.item_factors @ model.fold_in(history)
+    return model.scores(history)
 
 
 def _oracle_scores(prep, ev, users: np.ndarray, ts: float) -> np.ndarray:

@@ -24,7 +24,7 @@ first minutes of clicks and impressions. No model is refitted during the replay.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -55,8 +55,12 @@ class ReplayInputs:
     ``catalog``, ``encode_users(histories (R, L), ts (R,)) -> (R, D)`` user vectors of the
     trained towers with item vectors ``vecs`` (N, D), ``prior``
     (an ``AgePrior`` or None), ``max_age_s`` (None: no age limit), the ``cfg``'s pipeline
-    settings, ``warm`` (N,) bool (item clicked before the boundary), ``boundary`` and, for
-    synthetic worlds, ``truth`` (a ``WorldTruth``)."""
+    settings, ``warm`` (N,) bool (item clicked before the boundary), ``boundary``, for
+    synthetic worlds ``truth`` (a ``WorldTruth``); ``feedback`` every click with its
+    clicker's vector (``FeedbackEvents``; needed when ``prior`` has the feedback term), and
+    ``prior_without_feedback``, served too for comparison (``..._served_without_feedback``);
+    ``cf``: CF baselines by name (``bench/retrieval_cf.py``: ``AlsModel`` scored with the
+    user's clicks before t folded in, ``KnnModel``; a user without clicks gets popularity)."""
 
     events: Any
     catalog: Any
@@ -68,6 +72,9 @@ class ReplayInputs:
     warm: np.ndarray
     boundary: float
     truth: Any = None
+    feedback: Any = None
+    prior_without_feedback: Any = None
+    cf: dict[str, Any] | None = None
 
 
 def replay_requests(ev, is_test: np.ndarray, max_requests: int, seed: int) -> ReplayRequests:
@@ -116,6 +123,7 @@ def _top(scores: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
 def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[str, Any]:
     """Replay ``reqs``; per method recall@10/50/100, nDCG@10 and recall@100 on cold (no
     train click), warm and new (published < 1 h before the request) relevant items."""
+    from feedrank.retrieval.item_feedback import FeedbackReplay
     from feedrank.retrieval.served import popular_pool_size, prior_pool, served_top
 
     ev, catalog, vecs, prior = inp.events, inp.catalog, inp.vecs, inp.prior
@@ -128,6 +136,11 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
     imp = ev.mask("impression")
     clk = ev.mask("click")
     replay = CounterReplay(n, ev.item_idx[clk], ev.ts[clk], ev.item_idx[imp], ev.ts[imp], creator_codes(catalog.creators))
+    fb_strength = 0.0 if prior is None else prior.feedback_strength
+    if fb_strength and inp.feedback is None:
+        raise ValueError("run_replay: the prior has a feedback term but ReplayInputs.feedback is None")
+    fb_replay = FeedbackReplay(n, inp.feedback) if fb_strength else None
+    base = inp.prior_without_feedback
     pub = np.nan_to_num(catalog.published_at, nan=-np.inf)
     hours = max(p.fresh_hours, p.followed_hours) * 3600.0
     pop_n = 0 if prior is None else popular_pool_size(prior, p.ann_k)
@@ -140,11 +153,19 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
         names = [m for m in names if not m.startswith("two_tower_prior")]
     if prior is not None and prior.cold_user is not None:
         names.insert(2, "two_tower_prior_one_weight_set")  # without the weights for users without history
+    if prior is not None and base is not None:
+        names.insert(names.index("two_tower_prior_served") + 1, "two_tower_prior_served_without_feedback")
+    cf_models = inp.cf or {}
+    names += list(cf_models)
     lists: dict[str, list[list[int]]] = {m: [] for m in names}
     for j in range(len(reqs)):
         t = float(reqs.ts[j])
         replay.advance(t)
         counters = replay.snapshot()
+        plain = counters
+        if fb_replay is not None:  # the clicker vectors of every click strictly before t
+            fb_replay.advance(t)
+            counters = replace(counters, feedback=fb_replay.means(fb_strength))
         live = pub <= t
         if inp.max_age_s is not None:
             live &= t - pub < inp.max_age_s
@@ -167,6 +188,18 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
             lists["two_tower_prior_served"].append(
                 served_top(prior, uvec[j], ann, pool, vecs, catalog.published_at, t, k, counters,
                            has_history=has_history).tolist())
+            if base is not None:
+                pool_b = prior_pool(catalog.published_at, live, t, hours / 3600.0, plain.clicks,
+                                    popular_pool_size(base, p.ann_k))
+                lists["two_tower_prior_served_without_feedback"].append(
+                    served_top(base, uvec[j], ann, pool_b, vecs, catalog.published_at, t, k, plain,
+                               has_history=has_history).tolist())
+        if cf_models:
+            before = log.items[log.starts[u]:ends[j]]
+            for name, model in cf_models.items():
+                s = counters.clicks[cand] if not len(before) else \
+                    (model.item_factors[cand] @ model.fold_in(before) if hasattr(model, "fold_in") else model.scores(before)[cand])
+                lists[name].append(_top(s, cand, k).tolist())
         if o_items is not None:
             a = inp.truth.world.attractiveness(np.full(len(cand), o_users[j]), o_items[cand], np.full(len(cand), t))
             lists["oracle"].append(_top(a, cand, k).tolist())

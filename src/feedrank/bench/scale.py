@@ -172,7 +172,8 @@ def run_scale_bench(sizes: list[int], workdir: Path, vary: str = "both", base: i
                      "process's share of the clicks if smaller); after a calibration run (warm-up) of >= "
                      f"{CALIBRATION_SECONDS:g} s, as many epochs as last >= train_seconds; comm_share = time in the "
                      "gradient exchange (waiting excluded) / epoch-loop time (rank 0), wait_share = estimated time "
-                     "waiting for the other rank / loop time, compute_ms_per_step = (loop - exchange) / steps")}
+                     "waiting for the other rank / loop time, compute_ms_per_step = (loop - exchange) / steps, "
+                     "cpu_ms_per_step = process CPU time (all threads) in the loop / steps")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,6 +257,9 @@ def _probe_train(data: str, max_examples: int, min_seconds: float, out: str) -> 
                 "wait_seconds_rank0": round(rep.wait_seconds, 3),
                 "wait_share": round(rep.wait_seconds / loop, 4) if loop else None,
                 "compute_ms_per_step_rank0": round(1000 * (loop - exchange) / rep.steps, 2) if rep.steps else None,
+                # process CPU per step (all threads; spinning in the exchange counts): less sensitive
+                # to other jobs' load than wall time
+                "cpu_ms_per_step_rank0": round(1000 * rep.train_cpu_seconds / rep.steps, 2) if rep.steps else None,
                 "batch_per_process": min(cfg.retrieval.batch_size, rep.examples // info.world_size)}))
     finally:
         dist.shutdown()

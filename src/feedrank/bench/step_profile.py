@@ -3,13 +3,15 @@
     python -m feedrank.bench.step_profile --data var/bench/scale/u100000-i100000-d2/world
     python -m feedrank.bench.step_profile --data var/bench/scale/u100000-i100000-d2/world --nproc 2
     python -m feedrank.bench.step_profile --data var/world --nproc 2 --batch 1024 --steps 200
+    python -m feedrank.bench.step_profile --data var/world --sparse-optimizer torch   # torch.optim.SparseAdam
 
 Runs the two-tower recipe's step (``retrieval/train.py`` with its defaults: in-batch
 softmax with logQ, no hard negatives; the same model, optimizers, tower calls and gradient
 exchange) with a timer around each piece, after ``--warmup`` untimed steps, and prints one
 JSON line per rank (milliseconds per step): data (slice and collate), forward, backward,
 exchange (``average_gradients``, waiting excluded), wait (estimated waiting for the other
-rank), dense Adam, SparseAdam, plus the CPU and run-queue milliseconds per step of the
+rank), dense Adam, SparseAdam (the recipe's ``RowSparseAdam``, or torch's with
+``--sparse-optimizer torch``: the same results), plus the CPU and run-queue milliseconds per step of the
 process (``/proc/self/task/*/schedstat``: time runnable but not running = preempted by
 other work) and the sparse rows per step and rank. ``--nproc N`` starts N ranks in this
 session (like ``feedrank bench scale``'s probe), one torch thread each.
@@ -43,7 +45,7 @@ def _schedstat() -> tuple[int, int]:
     return run, wait
 
 
-def profile(data: str, steps: int, warmup: int, batch: int) -> dict:
+def profile(data: str, steps: int, warmup: int, batch: int, sparse_opt: str = "row") -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -52,6 +54,7 @@ def profile(data: str, steps: int, warmup: int, batch: int) -> dict:
     from feedrank.retrieval.train import two_tower_dims
     from feedrank.retrieval.two_tower import build_two_tower
     from feedrank.training import distributed as dist
+    from feedrank.training.sparse_adam import RowSparseAdam
 
     inputs = load_train_inputs(data, [f"retrieval.batch_size={batch}"] if batch else [])
     rc, catalog, clicks, content = inputs.cfg.retrieval, inputs.catalog, inputs.clicks, inputs.content
@@ -63,7 +66,7 @@ def profile(data: str, steps: int, warmup: int, batch: int) -> dict:
                                            0 if content is None else content.shape[1]))
     model.set_content(content)
     opt_dense = torch.optim.Adam(model.dense_parameters(), lr=rc.lr)
-    opt_sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=rc.lr)
+    opt_sparse = (torch.optim.SparseAdam if sparse_opt == "torch" else RowSparseAdam)(model.sparse_parameters(), lr=rc.lr)
     dense, sparse = model.dense_parameters(), model.sparse_parameters()
     world, rank = dist.world_size(), dist.rank()
     n_local = len(pos) // world
@@ -117,7 +120,7 @@ def profile(data: str, steps: int, warmup: int, batch: int) -> dict:
     total = time.perf_counter() - t_start
     sched1 = _schedstat()
     ms = lambda s: round(1000 * s / steps, 2)  # noqa: E731
-    return {"rank": rank, "processes": world, "batch_per_process": bs, "steps": steps,
+    return {"rank": rank, "processes": world, "batch_per_process": bs, "steps": steps, "sparse_optimizer": sparse_opt,
             "examples_per_s": round(steps * bs * world / total), "step_ms": ms(total),
             **{k: ms(v) for k, v in acc.items()},
             "exchange": ms(timer.comm_s - comm0), "wait": ms(timer.wait_s - wait0),
@@ -144,17 +147,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=400, help="timed steps")
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps first")
     ap.add_argument("--batch", type=int, default=0, help="local batch (0: retrieval.batch_size)")
+    ap.add_argument("--sparse-optimizer", choices=("row", "torch"), default="row",
+                    help="row: the recipe's RowSparseAdam (default); torch: torch.optim.SparseAdam (same results)")
     a = ap.parse_args(argv)
     if a.nproc < 1 or a.steps < 1 or a.warmup < 0 or a.batch < 0:
         ap.error("--nproc and --steps must be >= 1, --warmup and --batch >= 0")
     if a.nproc > 1:
-        sys.exit(_launch(["--data", a.data, "--steps", str(a.steps), "--warmup", str(a.warmup), "--batch", str(a.batch)],
-                         a.nproc))
+        sys.exit(_launch(["--data", a.data, "--steps", str(a.steps), "--warmup", str(a.warmup), "--batch", str(a.batch),
+                          "--sparse-optimizer", a.sparse_optimizer], a.nproc))
     from feedrank.training import distributed as dist
 
     dist.init_from_env()
     try:
-        print(json.dumps(profile(a.data, a.steps, a.warmup, a.batch)), flush=True)
+        print(json.dumps(profile(a.data, a.steps, a.warmup, a.batch, a.sparse_optimizer)), flush=True)
     finally:
         dist.shutdown()
 

@@ -76,9 +76,14 @@ def _policy_options(f):
     f = click.option("--sample", default=0.5, show_default=True, type=float,
                      help="Share of sessions the estimators see (the truth uses all).")(f)
     f = click.option("--level", default=0.9, show_default=True, type=float, help="Two-sided interval level.")(f)
-    f = click.option("--interval", "method", default="el", show_default=True, type=click.Choice(["el", "hall", "normal"]),
+    from feedrank.evaluation.ope import DEFAULT_METHOD, INTERVAL_METHODS
+
+    f = click.option("--interval", "method", default=DEFAULT_METHOD, show_default=True,
+                     type=click.Choice(list(INTERVAL_METHODS)),
                      help="Interval: el = empirical likelihood (with E[w] = 1 for IPS/DR), hall = Wald with Hall's "
-                     "skewness correction, normal = plain Wald. Every method's interval is kept in the JSON.")(f)
+                     "skewness correction, normal = plain Wald, boot-t = studentised cluster bootstrap, bca = BCa "
+                     "cluster bootstrap, boot-t-vst = studentised cluster bootstrap on a variance-stabilised scale "
+                     "(2000 seeded resamples of users). Every method's interval is kept in the JSON.")(f)
     return f
 
 

@@ -2,7 +2,10 @@
 
 The request path hands its impressions to ``submit`` and returns at once; one thread
 appends them, many requests per fsync. Unlike ``POST /v1/events`` (fsync before 202),
-impressions are durable within milliseconds of the response, not before it.
+impressions are durable within milliseconds of the response, not before it: with
+``linger_s`` > 0 the thread waits that long for more before each append, so a crash can
+lose the impressions of the last ``linger_s`` plus one append; ``close`` (a clean
+shutdown) writes everything submitted.
 """
 
 from __future__ import annotations
@@ -28,10 +31,17 @@ class ImpressionWriter:
     submitted so far is durable; ``close`` flushes and stops the thread.
     """
 
-    def __init__(self, log: EventLog, *, max_pending: int = 100_000, max_batch: int = 4096, name: str = "impression-writer") -> None:
+    def __init__(self, log: EventLog, *, max_pending: int = 100_000, max_batch: int = 4096, name: str = "impression-writer",
+                 linger_s: float = 0.0) -> None:
+        if linger_s < 0:
+            raise ValueError(f"linger_s must be >= 0 seconds, got {linger_s}")
         self.log = log
         self.max_pending = max_pending
         self.max_batch = max_batch
+        # wait up to this long after the first pending event for more (fewer, larger fsyncs);
+        # ``flush``/``close`` cut the wait short. Durability bound: linger_s + one append.
+        self.linger_s = float(linger_s)
+        self._flush_target = 0
         self._buf: deque[Event] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -54,9 +64,11 @@ class ImpressionWriter:
             if self._closing or len(self._buf) + n > self.max_pending:
                 self._dropped += n
                 return False
+            was_empty = not self._buf
             self._buf.extend(events)
             self._submitted += n
-            self._cond.notify_all()
+            if was_empty or self.linger_s <= 0 or len(self._buf) >= self.max_batch:  # else it lingers anyway
+                self._cond.notify_all()
             return True
 
     def _run(self) -> None:
@@ -66,6 +78,11 @@ class ImpressionWriter:
                     self._cond.wait()
                 if not self._buf and self._closing:
                     return
+                if self.linger_s > 0:
+                    until = time.monotonic() + self.linger_s
+                    while (not self._closing and self._flush_target <= self._done and len(self._buf) < self.max_batch
+                           and (left := until - time.monotonic()) > 0):
+                        self._cond.wait(left)
                 n = min(len(self._buf), self.max_batch)
                 batch = [self._buf.popleft() for _ in range(n)]
             written = dups = failed = 0
@@ -88,6 +105,9 @@ class ImpressionWriter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._submitted
+            if target > self._flush_target:  # the writer stops lingering until this is written
+                self._flush_target = target
+                self._cond.notify_all()
             while self._done < target:
                 if not self._thread.is_alive():
                     return False

@@ -277,6 +277,76 @@ def fit_examination(method: str, items: np.ndarray, positions: np.ndarray, click
     raise SchemaError(f"fit_examination: method must be one of {', '.join(EXAMINATION_METHODS)}, got {method!r}")
 
 
+@dataclass(frozen=True)
+class ExaminationChoice:
+    """The examination curve a log supports (``examination_for_log``): ``method`` is
+    ``"harvest"`` or ``"em"``, ``reason`` says why (for the report), ``curve`` gives the values."""
+
+    curve: ExaminationCurve
+    method: str
+    reason: str
+
+    @property
+    def kind(self) -> str:
+        return "harvested from the log's randomisation" if self.method == "harvest" else "position-based (EM)"
+
+
+def complete_feeds(request: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """(n,) bool: impressions of feeds whose positions are exactly 0..L-1 (a feed cut by a time
+    split, or with a gap or a duplicate, is left out)."""
+    req = np.asarray(request)
+    pos = np.asarray(position, dtype=np.int64)
+    if len(req) == 0:
+        return np.zeros(0, dtype=bool)
+    _, codes = np.unique(req, return_inverse=True)
+    n_feeds = int(codes.max()) + 1
+    count = np.bincount(codes, minlength=n_feeds)
+    top = np.full(n_feeds, -1, dtype=np.int64)
+    np.maximum.at(top, codes, pos)
+    distinct = np.bincount(np.unique(codes.astype(np.int64) * (int(pos.max(initial=0)) + 1) + np.maximum(pos, 0))
+                           // (int(pos.max(initial=0)) + 1), minlength=n_feeds)
+    ok = (count == top + 1) & (distinct == count) & (np.bincount(codes, weights=(pos < 0), minlength=n_feeds) == 0)
+    return ok[codes]
+
+
+def examination_for_log(items: np.ndarray, positions: np.ndarray, clicks: np.ndarray, *,
+                        requests: np.ndarray | None = None, propensities: np.ndarray | None = None,
+                        n_items: int | None = None, level: float = 0.9) -> ExaminationChoice:
+    """The harvested curve (``harvest_position_bias``) when the log's feeds were randomised
+    (every impression of the complete feeds has a request and a Plackett-Luce draw
+    propensity, and slot 0 could have held any of the feed's items), else the EM fit
+    (``fit_pbm``), with the reason. Inputs (n,); ``propensities`` NaN where not logged."""
+    pos = np.asarray(positions, dtype=np.int64)
+    c = np.asarray(clicks, dtype=np.float64)
+
+    def em(reason: str) -> ExaminationChoice:
+        return ExaminationChoice(fit_pbm(items, pos, c, n_items=n_items), "em", reason)
+
+    if requests is None or propensities is None:
+        return em("no request ids or propensities given")
+    req = np.asarray(requests)
+    prop = np.asarray(propensities, dtype=np.float64)
+    if req.shape != pos.shape or prop.shape != pos.shape:
+        raise SchemaError(f"examination_for_log: requests {req.shape} and propensities {prop.shape} must be like "
+                          f"positions {pos.shape}")
+    full = complete_feeds(req, pos)
+    if not full.any():
+        return em("no complete feed (positions 0..L-1 with one request id)")
+    logged = np.isfinite(prop[full]) & (prop[full] > 0) & (prop[full] <= 1)
+    if not logged.all():
+        return em(f"{int((~logged).sum())} of {int(full.sum())} impressions have no propensity in (0, 1]")
+    try:
+        h = harvest_position_bias(req[full], pos[full], prop[full], c[full], level=level)
+    except SchemaError as e:
+        return em(f"the log's order cannot be harvested: {e.args[0] if e.args else e}")
+    if np.any(h.theta <= 0):
+        k = int(np.flatnonzero(h.theta <= 0)[0])
+        return em(f"the harvested examination is 0 at position {k} (no click there)")
+    theta = np.minimum(h.theta, 1.0)  # a noisy deep slot above slot 0: examination is at most 1
+    curve = HarvestedPositionBias(theta=theta, lo=h.lo, hi=h.hi, level=h.level, pairs=h.pairs, clicks=h.clicks)
+    return ExaminationChoice(curve, "harvest", f"randomised feeds: {int(h.pairs[0])} complete feeds harvested")
+
+
 def debiased_auc(clicks: np.ndarray, scores: np.ndarray, examination: np.ndarray) -> float:
     """AUC of ``scores`` against clicks with each click weighted 1 / examination of its slot.
 

@@ -34,7 +34,8 @@ convex hull, so the search for the end points never fails). The end points are r
 monotone function on each side of the estimate, found by ``scipy.optimize.brentq``.
 
 Also here: Hall's skewness-corrected interval (Hall, JRSS-B 1992), a second-order
-correction of the Wald interval kept for comparison.
+correction of the Wald interval kept for comparison. The cluster-bootstrap intervals
+(``boot-t``, ``bca``, ``boot-t-vst``) are in ``ope_bootstrap.py``.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ from scipy.optimize import brentq
 from scipy.stats import chi2
 
 from feedrank.errors import SchemaError
+from feedrank.evaluation.ope_bootstrap import BOOTSTRAP_METHODS
 
-INTERVAL_METHODS = ("el", "hall", "normal")
+INTERVAL_METHODS = ("el", "hall", "normal", *BOOTSTRAP_METHODS)
 
 
 def z_value(level: float) -> float:

@@ -182,13 +182,17 @@ class StorePublisher:
         n = self.rt.apply(events)
         items: dict[str, None] = {}
         users: dict[str, None] = {}
+        newest = self.stream_now
+        imp, click = EventKind.IMPRESSION, EventKind.CLICK
         for ev in events:
-            if ev.kind is EventKind.IMPRESSION or ev.kind is EventKind.CLICK:
+            kind = ev.kind
+            if kind is imp or kind is click:
                 items[ev.item_id] = None
-                if ev.ts > self.stream_now:
-                    self.stream_now = float(ev.ts)
-            if ev.kind is EventKind.CLICK:
-                users[ev.user_id] = None
+                if ev.ts > newest:
+                    newest = ev.ts
+                if kind is click:
+                    users[ev.user_id] = None
+        self.stream_now = float(newest)
         if items or users:
             self._publish(list(items), list(users))
         return n
@@ -200,13 +204,12 @@ class StorePublisher:
         if item_ids:
             imps, clks = self.rt.counts(item_ids, now)
             trend = self.rt.trending(clks)
-            for i, iid in enumerate(item_ids):
-                rec = {}
-                for w in range(len(self.rt.windows)):
-                    rec[self._fields[2 * w]] = float(imps[i, w])
-                    rec[self._fields[2 * w + 1]] = float(clks[i, w])
-                rec["trending"] = float(trend[i])
-                rows[iid] = rec
+            # one (N, 2W + 1) table in the fields' order, to Python floats in one call
+            table = np.empty((len(item_ids), len(self._fields)))
+            table[:, 0:-1:2], table[:, 1:-1:2], table[:, -1] = imps, clks, trend
+            fields = self._fields
+            for iid, vals in zip(item_ids, table.tolist()):
+                rows[iid] = dict(zip(fields, vals))
         users: dict[str, dict[str, float]] = {}
         for uid in user_ids:
             uf = self.rt.user_features(uid, now)

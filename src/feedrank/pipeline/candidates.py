@@ -26,10 +26,10 @@ import numpy as np
 
 from feedrank.features.online import UserContext
 from feedrank.retrieval.encode import user_vectors
-from feedrank.retrieval.prior import AgePrior, rescore_with_prior
-from feedrank.retrieval.served import PRIOR_POOL_MAX
+from feedrank.retrieval.prior import AgePrior
+from feedrank.retrieval.served import PRIOR_POOL_MAX, RescorePool
 from feedrank.retrieval.sources import (SourceResult, decayed_counts, followed_keys, gather_sources, merge_sources,
-                                         popular_items, sorted_unique, trending_items)
+                                         popular_items, trending_items)
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,9 @@ class CandidateStage:
         ok = ids[0] >= 0
         ann, ann_scores = self._only_live(ids[0][ok].astype(np.int64), now, scores[0][ok])
         if prior is not None:  # freshness/popularity prior: rescore the ANN's top, recent and popular items
-            hours = max(p.fresh_hours, p.followed_hours)
-            cand = sorted_unique(ann, self._newest(None, None, now, hours * 3600.0, PRIOR_POOL_MAX))
-            if prior.pop_weight > 0:
-                cand = sorted_unique(cand, self._only_live(self._popular_list(now)[: p.ann_k], now))
-            ann, ann_scores = rescore_with_prior(prior, user_vec, cand, self.art.item_vectors[cand],
-                                                 self.catalog.published_at[cand], now, p.ann_k,
-                                                 clicks=self.state.item_clicks[cand])
+            ann, ann_scores = self._prior_pool(prior, now).top(prior, user_vec, ann, self.art.item_vectors,
+                                                               self.catalog.published_at, now, p.ann_k,
+                                                               clicks=self.state.item_clicks)
         results = [SourceResult("ann", ann, ann_scores)]
         fetchers = self._source_fetchers(ctx, now, aff, live)
         if fetchers:
@@ -126,6 +122,24 @@ class CandidateStage:
                   "popular": p.popular_k}
         merged = merge_sources(results, quotas, p.rank_max_candidates, fallbacks=("trending", "popular"), exclude=exclude)
         return merged.items, merged.sources, merged.scores, user_vec, aff
+
+    def _prior_pool(self, prior: AgePrior, now: float) -> RescorePool:
+        """The rows the prior rescores besides the ANN's top at ``now``: the newest live items
+        (at most ``PRIOR_POOL_MAX``, within ``max(fresh_hours, followed_hours)``) and, with a
+        popularity weight, the live top ``ann_k`` of the popular list. Both lists are read
+        per request (O(k) walks / a cached list); the pool's vectors are gathered again only
+        when its rows change."""
+        p = self.cfg.pipeline
+        hours = max(p.fresh_hours, p.followed_hours)
+        parts = (self._newest(None, None, now, hours * 3600.0, PRIOR_POOL_MAX),)
+        if prior.pop_weight > 0:
+            parts += (self._only_live(self._popular_list(now)[: p.ann_k], now),)
+        key = f"prior-pool:{hours}:{len(parts)}:{p.ann_k}"  # settings views (with_settings) share the cache
+        hit = self._source_cache.get(key)
+        if hit is None or not hit.same(parts):
+            hit = RescorePool.build(parts, self.art.item_vectors, self.catalog.published_at)
+            self._source_cache[key] = hit
+        return hit
 
     def _age_prior(self) -> AgePrior | None:
         """The bundle's fitted retrieval prior (None: off, absent or zero weights)."""

@@ -25,19 +25,22 @@ class ItemCounters:
     """Counts (N,) float64 at one moment, per catalogue item. ``creator_*`` are the totals
     of the item's creator (every item of that creator), 0 where the creator is unknown;
     ``impressions`` / ``creator_*`` are None when the data has no impressions;
-    ``recent_clicks`` are clicks decayed with time constant ``RECENT_TAU_S`` (None: unknown)."""
+    ``recent_clicks`` are clicks decayed with time constant ``RECENT_TAU_S`` (None: unknown);
+    ``feedback`` (N, D) the shrunk mean vector of each item's clickers so far
+    (``retrieval/item_feedback.py``; None: not tracked)."""
 
     clicks: np.ndarray
     impressions: np.ndarray | None = None
     creator_clicks: np.ndarray | None = None
     creator_impressions: np.ndarray | None = None
     recent_clicks: np.ndarray | None = None
+    feedback: np.ndarray | None = None
 
     def take(self, idx: np.ndarray) -> ItemCounters:
         """The counters of items ``idx`` only."""
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return ItemCounters(self.clicks[idx], pick(self.impressions), pick(self.creator_clicks),
-                            pick(self.creator_impressions), pick(self.recent_clicks))
+                            pick(self.creator_impressions), pick(self.recent_clicks), pick(self.feedback))
 
 
 def creator_codes(creators: np.ndarray) -> np.ndarray:
@@ -122,21 +125,59 @@ class CounterReplay:
 def counters_at(replay: CounterReplay, ts: np.ndarray, items: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Counters at each query time ``ts`` (Q,), in the query order: a dict of (Q, M) float32
     arrays (``clicks``, ``recent_clicks`` and, with impressions, ``impressions``, ``creator_clicks``,
-    ``creator_impressions``) over ``items`` (M,) (default all). ``replay`` must be fresh
-    (not advanced past min(ts))."""
+    ``creator_impressions``) over ``items`` (M,) (default all), the same values a
+    ``CounterReplay`` advanced to each time gives (events strictly before it). Vectorised: each
+    event is binned to the first query after it and the bins are summed cumulatively over the
+    sorted queries (the decayed counter is carried forward query to query). ``replay``
+    supplies the logs and creators and is not advanced."""
     ts = np.asarray(ts, dtype=np.float64)
     cols = np.arange(replay.n_items) if items is None else np.asarray(items, dtype=np.int64)
-    out: dict[str, np.ndarray] = {}
-    for q in np.argsort(ts, kind="stable"):
-        replay.advance(float(ts[q]))
-        snap = replay.snapshot()
-        for name in ("clicks", "impressions", "creator_clicks", "creator_impressions", "recent_clicks"):
-            v = getattr(snap, name)
-            if v is None:
-                continue
-            if name not in out:
-                out[name] = np.zeros((len(ts), len(cols)), dtype=np.float32)
-            out[name][q] = v[cols]
-    if "clicks" not in out:
-        out["clicks"] = np.zeros((len(ts), len(cols)), dtype=np.float32)
+    q_order = np.argsort(ts, kind="stable")
+    q_ts = ts[q_order]
+    col_of = np.full(replay.n_items, -1, dtype=np.int64)
+    col_of[cols] = np.arange(len(cols))
+
+    def cumulative(ev_keys: np.ndarray, ev_ts: np.ndarray, n_keys: int) -> np.ndarray:
+        """(Q, n_keys) float64: per sorted query, events of each key strictly before it."""
+        first_q = np.searchsorted(q_ts, ev_ts, side="right")  # the first sorted query later than the event
+        keep = (first_q < len(q_ts)) & (ev_keys >= 0)
+        flat = first_q[keep] * n_keys + ev_keys[keep]
+        return np.cumsum(np.bincount(flat, minlength=len(q_ts) * n_keys).reshape(len(q_ts), n_keys), axis=0,
+                         dtype=np.float64)
+
+    def unsort(sorted_rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(ts), sorted_rows.shape[1]), dtype=np.float32)
+        out[q_order] = sorted_rows
+        return out
+
+    c_items, c_ts = replay._clicks
+    out = {"clicks": unsort(cumulative(col_of[c_items], c_ts, len(cols))), "recent_clicks": unsort(
+        _decayed(col_of[c_items], c_ts, q_ts, len(cols)))}
+    if replay._imps is not None:
+        i_items, i_ts = replay._imps
+        out["impressions"] = unsort(cumulative(col_of[i_items], i_ts, len(cols)))
+        if replay.creators is not None and replay.n_creators:
+            known = replay.creators[cols] >= 0
+            for name, (items_, ts_) in (("creator_clicks", replay._clicks), ("creator_impressions", replay._imps)):
+                per = cumulative(replay.creators[items_], ts_, replay.n_creators)
+                out[name] = unsort(np.where(known[None, :], per[:, np.maximum(replay.creators[cols], 0)], 0.0))
+    return out
+
+
+def _decayed(keys: np.ndarray, ev_ts: np.ndarray, q_ts: np.ndarray, n_keys: int) -> np.ndarray:
+    """(Q, n_keys) float64 clicks decayed by ``exp(-age / RECENT_TAU_S)`` at each sorted query
+    time ``q_ts``, events strictly before it (keys < 0 ignored)."""
+    first_q = np.searchsorted(q_ts, ev_ts, side="right")
+    out = np.zeros((len(q_ts), n_keys))
+    run = np.zeros(n_keys)
+    order = np.argsort(first_q, kind="stable")
+    bounds = np.searchsorted(first_q[order], np.arange(len(q_ts) + 1), side="left")
+    for q in range(len(q_ts)):
+        if q and np.isfinite(q_ts[q]) and np.isfinite(q_ts[q - 1]):
+            run *= np.exp(-(q_ts[q] - q_ts[q - 1]) / RECENT_TAU_S)
+        new = order[bounds[q]:bounds[q + 1]]
+        new = new[keys[new] >= 0]
+        if len(new) and np.isfinite(q_ts[q]):
+            run += np.bincount(keys[new], weights=np.exp(-(q_ts[q] - ev_ts[new]) / RECENT_TAU_S), minlength=n_keys)
+        out[q] = run
     return out

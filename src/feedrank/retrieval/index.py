@@ -3,10 +3,18 @@
 ``build_index(vectors, kind="auto", params=IndexParams(...))`` picks by corpus size
 (thresholds and parameters are ``retrieval.*`` config; measured in docs/retrieval.md):
 
-    N < flat_max_items   (100k)  Flat   exact; ~1 ms per query at 100k x 32-d on one core
-    N < hnsw_max_items   (5M)    HNSW   M=32, efConstruction=80, efSearch=128
-    otherwise                    IVF-PQ nlist=4*sqrt(N), m=out_dim/4 sub-quantisers, nprobe=32,
-                                 re-ranked from 8-bit scalar-quantised vectors (k_factor ivf_refine=4)
+    N < flat_max_items       (100k)  Flat     exact; ~1 ms per query at 100k x 32-d on one core
+    N < ivf_flat_min_items   (1M)    HNSW     M=32, efConstruction=80, efSearch=128
+    N < hnsw_max_items       (5M)    IVF-Flat nlist=2*sqrt(N), nprobe=ivf_flat_nprobe (64), full vectors
+    otherwise                        IVF-PQ   nlist=4*sqrt(N), m=out_dim/4 sub-quantisers, nprobe=32,
+                                     re-ranked from 8-bit scalar-quantised vectors (k_factor ivf_refine=4)
+
+Why IVF-Flat from 1M: serving asks for ``ann_k * ann_oversample`` (600) neighbours, and an
+HNSW search costs about efSearch >= k, where an IVF scan costs the lists it probes whatever
+k is. On the 1M x 32-d bench bundle, 1,000 real serving user vectors, k = 600, one thread
+(docs/retrieval.md, "Serving k"): HNSW efSearch 600 1.8 ms CPU per query at recall@600 0.89
+and recall@100 0.94 vs exact; IVF-Flat nlist 2048, nprobe 64 0.5-0.7 ms at recall@600 0.97
+and recall@100 0.98 (measured on a loaded machine; only 1M was measured).
 
 ``check_recall(index, vectors, floor)`` measures recall@100 against exact search on a
 sample of item vectors used as queries, and raises ``IndexRejected`` below the floor:
@@ -28,7 +36,9 @@ import numpy as np
 from feedrank.errors import CorruptFile, FeedrankError
 
 FLAT_MAX = 100_000
+IVF_FLAT_MIN = 1_000_000  # from here to HNSW_MAX: IVF-Flat (module docstring)
 HNSW_MAX = 5_000_000
+IVF_FLAT_NPROBE = 64
 
 
 class IndexRejected(FeedrankError):
@@ -44,6 +54,8 @@ class IndexParams:
     hnsw_ef_search: int = 128
     ivf_nprobe: int = 32
     ivf_refine: int = 4  # IVF-PQ: re-rank k * ivf_refine PQ hits with 8-bit scalar-quantised vectors (0 = off)
+    ivf_flat_min_items: int = IVF_FLAT_MIN  # IVF-Flat from here up to hnsw_max_items (HNSW below)
+    ivf_flat_nprobe: int = IVF_FLAT_NPROBE
 
     @classmethod
     def from_config(cls, cfg) -> IndexParams:
@@ -83,12 +95,16 @@ class FaissIndex:
         if allowed is None:
             if self.kind == "hnsw":  # efSearch below k would return fewer good neighbours than asked
                 return self.index.search(q, k, params=faiss.SearchParametersHNSW(efSearch=max(self.params.hnsw_ef_search, k)))
+            if self.kind == "ivfflat":
+                return self.index.search(q, k, params=faiss.SearchParametersIVF(nprobe=self.params.ivf_flat_nprobe))
             return self.index.search(q, k)
         if len(allowed) == 0:
             return np.zeros((len(q), k), dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64)
         selector = self._selector(allowed)
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.params.hnsw_ef_search, k))
+        elif self.kind == "ivfflat":
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.params.ivf_flat_nprobe)
         elif self.kind == "ivfpq":
             params = faiss.SearchParametersIVF(sel=selector, nprobe=self.params.ivf_nprobe)
             if isinstance(self.index, faiss.IndexRefine):
@@ -140,6 +156,8 @@ class FaissIndex:
             _set_hnsw_ef(index, params.hnsw_ef_search)
         elif kind == "ivfpq":
             faiss.extract_index_ivf(index).nprobe = params.ivf_nprobe
+        elif kind == "ivfflat":
+            faiss.extract_index_ivf(index).nprobe = params.ivf_flat_nprobe
         return cls(index, kind, params)
 
 
@@ -156,9 +174,20 @@ def choose_kind(n: int, requested: str = "auto", params: IndexParams | None = No
         return requested
     if n < p.flat_max_items:
         return "flat"
-    if n < p.hnsw_max_items:
+    if n < min(p.ivf_flat_min_items, p.hnsw_max_items):
         return "hnsw"
+    if n < p.hnsw_max_items:
+        return "ivfflat"
     return "ivfpq"
+
+
+def _train_sample(x: np.ndarray, nlist: int, seed: int) -> np.ndarray:
+    """The k-means training sample of an IVF index: 39 points per list (FAISS's minimum
+    without a warning), at least 256 * 39, at most all of ``x``."""
+    n = len(x)
+    train_n = min(n, max(nlist * 39, 256 * 39))
+    rng = np.random.default_rng(seed)
+    return x[rng.choice(n, size=train_n, replace=False)] if train_n < n else x
 
 
 def build_index(vectors: np.ndarray, kind: str = "auto", ids: np.ndarray | None = None, seed: int = 0,
@@ -175,6 +204,11 @@ def build_index(vectors: np.ndarray, kind: str = "auto", ids: np.ndarray | None 
         hnsw = faiss.IndexHNSWFlat(d, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = p.hnsw_ef_construction
         index = faiss.IndexIDMap2(hnsw)
+    elif kind == "ivfflat":
+        nlist = int(max(16, min(65536, 2 * np.sqrt(max(n, 1)))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(_train_sample(x, nlist, seed))
+        index.nprobe = p.ivf_flat_nprobe
     elif kind == "ivfpq":
         nlist = int(max(16, min(65536, 4 * np.sqrt(max(n, 1)))))
         m = max(1, d // 4)
@@ -182,9 +216,7 @@ def build_index(vectors: np.ndarray, kind: str = "auto", ids: np.ndarray | None 
             m -= 1
         quant = faiss.IndexFlatIP(d)
         ivf = faiss.IndexIVFPQ(quant, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-        train_n = min(n, max(nlist * 39, 256 * 39))
-        rng = np.random.default_rng(seed)
-        sample = x[rng.choice(n, size=train_n, replace=False)] if train_n < n else x
+        sample = _train_sample(x, nlist, seed)
         ivf.nprobe = p.ivf_nprobe
         index = ivf
         if p.ivf_refine > 0:  # PQ codes alone cap recall@100 (~0.6 at 1M x 64-d): re-rank with SQ8 vectors
@@ -193,7 +225,7 @@ def build_index(vectors: np.ndarray, kind: str = "auto", ids: np.ndarray | None 
             index.k_factor = float(p.ivf_refine)
         index.train(sample)
     else:
-        raise ValueError(f"unknown index kind {kind!r} (flat, hnsw, ivfpq, auto)")
+        raise ValueError(f"unknown index kind {kind!r} (flat, hnsw, ivfflat, ivfpq, auto)")
     out = FaissIndex(index, kind, p)
     if kind == "hnsw":
         _set_hnsw_ef(index, p.hnsw_ef_search)
@@ -223,5 +255,6 @@ def check_recall(index: FaissIndex, vectors: np.ndarray, floor: float, rng: np.r
     recall = recall_against_exact(index, vectors, sample, k=k)
     if recall < floor:
         raise IndexRejected(f"{index.kind} index recall@{k} vs exact is {recall:.3f}, below the floor {floor:.3f}; "
-                            "not published (raise retrieval.hnsw_ef_search / ivf_nprobe, or use retrieval.index=flat)")
+                            "not published (raise retrieval.hnsw_ef_search / ivf_nprobe / IndexParams.ivf_flat_nprobe, "
+                            "or use retrieval.index=flat)")
     return recall

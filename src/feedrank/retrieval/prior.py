@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from feedrank.retrieval.counters import CounterReplay, ItemCounters, counters_at, creator_codes
+from feedrank.retrieval.item_feedback import FEEDBACK_STRENGTHS, FeedbackEvents, feedback_feature
 
 DAY_S = 86400.0
 ITEM_CTR_STRENGTH = 20.0      # an item's CTR counts as much as the global one after 20 impressions
@@ -59,6 +60,8 @@ class AgePrior:
     trend_weight: float = 0.0    # w_trend, per unit of log1p(clicks decayed over RECENT_TAU_S)
     cold_user: AgePrior | None = None  # the weights for a user with no history (None: the same)
     tower_weight: float = 1.0    # multiplies u.v/T (fitted for users without history, whose u is context only)
+    feedback_weight: float = 0.0    # w_fb, per unit of u . (shrunk mean clicker vector of the item)
+    feedback_strength: float = 0.0  # s of that mean: sum / (clicks + s); 0 = the term is off
 
     def to_json(self) -> dict:
         return {"weight": self.weight, "pop_weight": self.pop_weight, "temperature": self.temperature,
@@ -67,7 +70,8 @@ class AgePrior:
                 "ctr0": self.ctr0, "ctr_strength": self.ctr_strength, "creator_strength": self.creator_strength,
                 "trend_weight": self.trend_weight,
                 "cold_user": None if self.cold_user is None else self.cold_user.to_json(),
-                "tower_weight": self.tower_weight}
+                "tower_weight": self.tower_weight, "feedback_weight": self.feedback_weight,
+                "feedback_strength": self.feedback_strength}
 
     @classmethod
     def from_json(cls, raw: dict) -> AgePrior:
@@ -78,11 +82,14 @@ class AgePrior:
                    creator_strength=float(raw.get("creator_strength", CREATOR_CTR_STRENGTH)),
                    trend_weight=float(raw.get("trend_weight", 0.0)),
                    cold_user=cls.from_json(raw["cold_user"]) if raw.get("cold_user") else None,
-                   tower_weight=float(raw.get("tower_weight", 1.0)))
+                   tower_weight=float(raw.get("tower_weight", 1.0)),
+                   feedback_weight=float(raw.get("feedback_weight", 0.0)),
+                   feedback_strength=float(raw.get("feedback_strength", 0.0)))
 
     @property
     def active(self) -> bool:
-        own = any(w > 0.0 for w in (self.weight, self.pop_weight, self.ctr_weight, self.creator_weight, self.trend_weight))
+        own = any(w > 0.0 for w in (self.weight, self.pop_weight, self.ctr_weight, self.creator_weight, self.trend_weight,
+                                    self.feedback_weight))
         return own or (self.cold_user is not None and self.cold_user.active)
 
     def for_user(self, has_history: bool) -> AgePrior:
@@ -114,9 +121,13 @@ class AgePrior:
     def scores(self, user_vecs: np.ndarray, item_vecs: np.ndarray, published_at: np.ndarray, now: float,
                clicks: np.ndarray | None = None, counters: ItemCounters | None = None) -> np.ndarray:
         """(U, N) retrieval logits u.v/T + prior at ``now``; ``clicks`` (N,) click counts so far
-        (or ``counters``, which also carries impressions)."""
-        return self.tower_weight * (user_vecs @ item_vecs.T / self.temperature) + \
+        (or ``counters``, which also carries impressions and, for the feedback term, the
+        items' mean clicker vectors)."""
+        out = self.tower_weight * (user_vecs @ item_vecs.T / self.temperature) + \
             self.bias(published_at, clicks, now, counters)[None, :]
+        if self.feedback_weight and counters is not None and counters.feedback is not None:
+            out = out + self.feedback_weight * (user_vecs @ counters.feedback.T)
+        return out
 
 
 def smoothed_ctr_ratio(clicks: np.ndarray, impressions: np.ndarray, ctr0: float, strength: float) -> np.ndarray:
@@ -241,20 +252,9 @@ def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.n
 
 
 def point_in_time_counts(click_items: np.ndarray, click_ts: np.ndarray, ts: np.ndarray, n_items: int) -> np.ndarray:
-    """(Q, N) float32: per query time ``ts[q]``, each item's clicks strictly before it."""
-    order = np.argsort(click_ts, kind="stable")
-    c_ts, c_items = click_ts[order], click_items[order]
-    q_order = np.argsort(ts, kind="stable")
-    out = np.zeros((len(ts), n_items), dtype=np.float32)
-    running = np.zeros(n_items, dtype=np.float32)
-    j = 0
-    for q in q_order:
-        end = int(np.searchsorted(c_ts, ts[q], side="left"))
-        if end > j:
-            np.add.at(running, c_items[j:end], 1.0)
-            j = end
-        out[q] = running
-    return out
+    """(Q, N) float32: per query time ``ts[q]``, each item's clicks strictly before it
+    (``counters_at``'s click counts)."""
+    return counters_at(CounterReplay(n_items, click_items, click_ts), ts)["clicks"]
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,9 @@ class PriorFitData:
     history, counters and age as of ``fit_from``, as the boundary protocol scores the test
     side; needs ``fit_from``), and ``model`` / ``item_vecs`` of towers trained without that tail (None: the
     served towers; they have seen the clicks the fit scores, which biases the weights
-    towards 0 where the towers memorise them)."""
+    towards 0 where the towers memorise them); ``feedback``: training clicks with their
+    clickers' user vectors (``retrieval/item_feedback.py``), which adds the feedback term
+    ``w_fb u . m_i`` (its shrinkage ``s`` picked from ``FEEDBACK_STRENGTHS`` by likelihood)."""
 
     impressions: tuple[np.ndarray, np.ndarray] | None = None
     fit_from: float | None = None
@@ -274,6 +276,7 @@ class PriorFitData:
     item_vecs: np.ndarray | None = None
     trend: bool = False
     frozen: bool = False
+    feedback: FeedbackEvents | None = None
 
 
 MIN_COLD_USER_CLICKS = 100  # fewer first clicks than this: no separate weights for users without history
@@ -360,16 +363,24 @@ def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float,
                 more.append(smoothed_ctr_ratio(mats["creator_clicks"], mats["creator_impressions"], ctr0,
                                                CREATOR_CTR_STRENGTH))
                 names.append("creator_weight")
-    w, nll0, nll1 = fit_age_weight(uvec, fit_vecs[keep], remap[pos], ts, catalog.published_at[keep], temperature,
-                                   max_age_s, max_items=len(keep), rng=rng, click_counts=counts, more_feats=more,
-                                   live_until=float(clicks.ts[pick].max()) if data.frozen else None, fit_scale=fit_scale)
+    live_until = float(clicks.ts[pick].max()) if data.frozen else None
+    fb_strength, fits = 0.0, []
+    for strength in (FEEDBACK_STRENGTHS if data.feedback is not None else (0.0,)):
+        feats = more if not strength else more + [feedback_feature(data.feedback, len(catalog), ts, uvec, keep, strength)]
+        fits.append(fit_age_weight(uvec, fit_vecs[keep], remap[pos], ts, catalog.published_at[keep], temperature, max_age_s,
+                                   max_items=len(keep), rng=rng, click_counts=counts, more_feats=feats,
+                                   live_until=live_until, fit_scale=fit_scale) + (strength,))
+    w, nll0, nll1, fb_strength = min(fits, key=lambda f: f[2])
+    if fb_strength:
+        names = names + ["feedback_weight"]
     tower_weight = 1.0
     if fit_scale:
         w, tower_weight = w[:-1], float(w[-1])
     ref = float(np.nanmax(catalog.published_at)) if np.isfinite(catalog.published_at).any() else 0.0
     extra = {n: float(v) for n, v in zip(names, w[len(w) - len(names):])}
     return AgePrior(float(w[0]), temperature, ref, float(w[1]) if counts is not None else 0.0, len(pick),
-                    round(nll0, 5), round(nll1, 5), ctr0=ctr0, tower_weight=tower_weight, **extra)
+                    round(nll0, 5), round(nll1, 5), ctr0=ctr0, tower_weight=tower_weight,
+                    feedback_strength=fb_strength if extra.get("feedback_weight") else 0.0, **extra)
 
 
 def rescore_with_prior(prior: AgePrior, user_vec: np.ndarray, cand: np.ndarray, cand_vecs: np.ndarray,
@@ -386,6 +397,8 @@ def rescore_with_prior(prior: AgePrior, user_vec: np.ndarray, cand: np.ndarray, 
         return cand.astype(np.int64), np.zeros(0, dtype=np.float32)
     prior = prior.for_user(has_history)
     s = prior.tower_weight * (cand_vecs @ user_vec / prior.temperature) + prior.bias(published_at, clicks, now, counters)
+    if prior.feedback_weight and counters is not None and counters.feedback is not None:
+        s = s + prior.feedback_weight * (counters.feedback @ user_vec)
     k = min(k, len(cand))
     top = np.argpartition(-s, k - 1)[:k] if k < len(cand) else np.arange(len(cand))
     top = top[np.lexsort((cand[top], -s[top]))]

@@ -8,16 +8,20 @@ the prior (what ``pipeline/candidates.py`` does per request), for evaluation and
 Serving rescores the ANN's ``ann_oversample * ann_k`` nearest items, the newest live items
 (at most ``PRIOR_POOL_MAX``, published within ``max(fresh_hours, followed_hours)``) and the
 top of the popular list (clicks discounted by age) with ``rescore_with_prior`` and keeps the
-best ``ann_k``. ``feedrank eval`` and ``feedrank bench retrieval`` score the same way.
+best ``ann_k``. ``feedrank eval`` and ``feedrank bench retrieval`` score the same way: both
+sides go through ``RescorePool.top`` (serving keeps one ``RescorePool`` while its pool's rows
+stay the same, so a request does not gather the pool's vectors again).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from feedrank.retrieval.counters import ItemCounters
 from feedrank.retrieval.prior import AgePrior, rescore_with_prior
-from feedrank.retrieval.sources import popular_items
+from feedrank.retrieval.sources import popular_items, sorted_unique
 
 PRIOR_POOL_MAX = 5_000  # newest live items rescored besides the ANN's top (bounds the cost); serving uses it too
 
@@ -44,14 +48,62 @@ def popular_pool_size(prior: AgePrior, ann_k: int) -> int:
     return ann_k if max(pops) > 0 else 0
 
 
+@dataclass(frozen=True)
+class RescorePool:
+    """The rows rescored besides the ANN's top (sorted, unique), with their item vectors and
+    publish times gathered once. ``parts`` are the arrays it was made from (what serving
+    compares the next request's pool with). Rows' vectors never change (an item update
+    moves the item to a new row), so a pool stays valid while its rows do."""
+
+    parts: tuple[np.ndarray, ...]
+    rows: np.ndarray            # (M,) int64, sorted unique
+    vectors: np.ndarray         # (M, D) float32
+    published_at: np.ndarray    # (M,) float64
+
+    @classmethod
+    def build(cls, parts: tuple[np.ndarray, ...], item_vecs: np.ndarray, published_at: np.ndarray) -> RescorePool:
+        rows = sorted_unique(*parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+        return cls(tuple(np.array(p, copy=True) for p in parts), rows, np.ascontiguousarray(item_vecs[rows]),
+                   np.asarray(published_at, dtype=np.float64)[rows])
+
+    def same(self, parts: tuple[np.ndarray, ...]) -> bool:
+        """True when ``parts`` hold the rows this pool was made from, in the same order."""
+        return len(parts) == len(self.parts) and all(
+            len(a) == len(b) and np.array_equal(a, b) for a, b in zip(parts, self.parts))
+
+    def top(self, prior: AgePrior, user_vec: np.ndarray, ann_rows: np.ndarray, item_vecs: np.ndarray,
+            published_at: np.ndarray, now: float, k: int, clicks: np.ndarray | None = None,
+            counters: ItemCounters | None = None, past: np.ndarray | None = None,
+            has_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``rescore_with_prior`` over the union of ``ann_rows`` (-1 padding ignored) and the
+        pool, minus ``past``: the best ``k`` (rows, scores), best first, ties by row.
+        ``clicks`` (N,) / ``counters`` (N rows) are catalogue-wide; only the union's rows are
+        read. The union's arrays are the pool's, with the ANN rows not in it inserted in row
+        order: the same inputs, in the same order, as gathering the sorted union afresh."""
+        ann = np.asarray(ann_rows, dtype=np.int64)
+        ann = ann[ann >= 0]
+        pool = self.rows
+        if len(pool) and len(ann):
+            pos = np.minimum(np.searchsorted(pool, ann), len(pool) - 1)
+            ann = ann[pool[pos] != ann]
+        extra = sorted_unique(ann) if len(ann) else ann
+        at = np.searchsorted(pool, extra)
+        cand = np.insert(pool, at, extra)
+        vecs = np.insert(self.vectors, at, item_vecs[extra], axis=0) if len(extra) else self.vectors
+        pub = np.insert(self.published_at, at, np.asarray(published_at, dtype=np.float64)[extra])
+        if past is not None and len(past):
+            keep = ~np.isin(cand, past)
+            cand, vecs, pub = cand[keep], vecs[keep], pub[keep]
+        return rescore_with_prior(prior, user_vec, cand, vecs, pub, now, k,
+                                  clicks=None if clicks is None else np.asarray(clicks)[cand],
+                                  counters=None if counters is None else counters.take(cand), has_history=has_history)
+
+
 def served_top(prior: AgePrior, user_vec: np.ndarray, ann_rows: np.ndarray, pool: np.ndarray, item_vecs: np.ndarray,
                published_at: np.ndarray, now: float, k: int, counters: ItemCounters, past: np.ndarray | None = None,
                has_history: bool = True) -> np.ndarray:
     """The best ``k`` rows of ANN rows (``ann_rows``, -1 padding ignored) and ``pool``, minus
     ``past`` (rows the user already clicked), by ``u.v/T + prior`` at ``now``."""
-    cand = np.union1d(ann_rows[ann_rows >= 0].astype(np.int64), pool)
-    if past is not None and len(past):
-        cand = cand[~np.isin(cand, past)]
-    got, _ = rescore_with_prior(prior, user_vec, cand, item_vecs[cand], published_at[cand], now, k,
-                                counters=counters.take(cand), has_history=has_history)
+    got, _ = RescorePool.build((np.asarray(pool, dtype=np.int64),), item_vecs, published_at).top(
+        prior, user_vec, ann_rows, item_vecs, published_at, now, k, counters=counters, past=past, has_history=has_history)
     return got

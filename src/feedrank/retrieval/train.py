@@ -39,6 +39,7 @@ from feedrank.retrieval.two_tower import TwoTower, TwoTowerDims, build_two_tower
 from feedrank.training import checkpoint as ckpt
 from feedrank.training import distributed as dist
 from feedrank.training.common import progress
+from feedrank.training.sparse_adam import RowSparseAdam
 
 MAX_MINED_QUERIES = 50_000  # mined negatives are refreshed for at most this many clicks per epoch
 
@@ -58,6 +59,7 @@ class RetrievalTrainReport:
     train_seconds: float = 0.0  # wall time of the epoch loop alone (no data preparation)
     examples_per_s: float = 0.0  # examples this run stepped through (all ranks) / train_seconds
     steps: int = 0  # optimizer steps this run took (resumed steps not counted)
+    train_cpu_seconds: float = 0.0  # CPU time of this process (all threads) during the epoch loop
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,8 @@ def train_two_tower(
         model = _warm_copy(init, n_categories, n_subcategories, content)
     model.set_content(content)
     opt_dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
-    opt_sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.lr)
+    # SparseAdam's arithmetic and state, with row-indexed updates (training/sparse_adam.py)
+    opt_sparse = RowSparseAdam(model.sparse_parameters(), lr=cfg.lr)
     world, rank = dist.world_size(), dist.rank()
     if len(pos) < 2 * world:
         raise ValueError(f"two-tower training on {world} ranks needs at least {2 * world} clicks, got {len(pos)}")
@@ -214,7 +217,7 @@ def train_two_tower(
     if checkpoint_dir is not None and dist.is_main():
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     dense_params, sparse_params = model.dense_parameters(), model.sparse_parameters()
-    t_loop, steps_run = time.perf_counter(), 0
+    t_loop, cpu_loop, steps_run = time.perf_counter(), time.process_time(), 0
     for epoch in range(start_epoch, cfg.epochs):
         first_step = start_step if epoch == start_epoch else 0
         if first_step == 0 and epoch > 0 and cfg.hard_negative_ratio > 0 and cfg.hard_negative_mix < 1.0:
@@ -271,7 +274,7 @@ def train_two_tower(
             saved.append(str(path))
         if ck is not None:
             ck.save(snapshot(epoch + 1, 0, epoch + 1 == cfg.epochs))
-    train_seconds = time.perf_counter() - t_loop
+    train_seconds, train_cpu = time.perf_counter() - t_loop, time.process_time() - cpu_loop
     dist.broadcast_module(model)
     model.eval()
     seconds = time.perf_counter() - t0
@@ -281,7 +284,7 @@ def train_two_tower(
                                        resumed_from=resumed,
                                        train_seconds=train_seconds,
                                        examples_per_s=steps_run * bs * world / train_seconds if train_seconds > 0 else 0.0,
-                                       steps=steps_run)
+                                       steps=steps_run, train_cpu_seconds=train_cpu)
 
 
 def _hard_negatives(cfg: RetrievalConfig, b: np.ndarray, users: np.ndarray, ts: np.ndarray, mined: np.ndarray,

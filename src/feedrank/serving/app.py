@@ -24,12 +24,13 @@ consumer and the dashboard's A/B figures read all partitions of the events folde
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import orjson
 from fastapi import FastAPI, Header, Query, Request
@@ -40,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from feedrank.config import PipelineConfig, ServingConfig
 from feedrank.data.impressions import ImpressionWriter
 from feedrank.errors import NotFound, SchemaError
+from feedrank.pipeline.degrade import LOOP_LAG, QueueDelay
 from feedrank.pipeline.protocol import FeedService
 from feedrank.serving.fastfeed import FeedFastPath
 from feedrank.serving.http import JSON, RequestContext, feed_body, json_response, key_guard, request_id, valid_request_id
@@ -49,6 +51,8 @@ from feedrank.serving.metrics import ServingMetrics
 from feedrank.types import Event, EventKind, FeedRequest, FeedResponse
 
 log = logging.getLogger("feedrank.serving")
+
+LAG_PROBE_S = 0.025  # the event-loop lag probe's period (the ladder's queue-delay signal)
 
 
 def events_source(event_log: Any, events_root: Path, partition: str) -> Any:
@@ -68,6 +72,30 @@ def item_log_paths(events_root: Path, partition: str) -> list[Path]:
     own = (events_root / partition if partition else events_root) / ITEM_LOG
     others = [events_root / ITEM_LOG] + sorted(p / ITEM_LOG for p in events_root.glob("w*") if p.is_dir())
     return [own] + [p for p in others if p != own]
+
+
+def _controllers(service: Any) -> list[Any]:
+    """The degradation-ladder controllers answering now (a model manager's active model)."""
+    c = getattr(getattr(service, "active", service), "controller", None)
+    return [c] if c is not None else []
+
+
+async def probe_loop_lag(controllers: Callable[[], list[Any]], interval_s: float = LAG_PROBE_S,
+                         lag: QueueDelay = LOOP_LAG) -> None:
+    """Until cancelled: sleep ``interval_s`` on the event loop, record how late it woke up
+    (``lag``, read by the ladder: pipeline/degrade.py), and let each controller re-decide.
+    The feed pipeline runs inline on the loop, so the lateness is how long a request that
+    arrives now waits before its pipeline starts."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t0 = loop.time()
+        await asyncio.sleep(interval_s)
+        lag.observe((loop.time() - t0 - interval_s) * 1000.0)
+        try:
+            for c in controllers():
+                c.tick()
+        except Exception:  # never let the probe die: the ladder would go blind to queueing
+            log.exception("loop-lag probe: a controller failed")
 
 
 def create_app(
@@ -97,7 +125,8 @@ def create_app(
     metrics = ServingMetrics(registry)
     events_root = event_log.root.parent if partition else event_log.root
     source = events_source(event_log, events_root, partition)
-    writer = impression_writer if impression_writer is not None else ImpressionWriter(event_log)
+    writer = impression_writer if impression_writer is not None else ImpressionWriter(
+        event_log, linger_s=cfg.impression_linger_ms / 1000.0)
     metrics.watch_writer(writer.stats)
     if live is not None:  # features.live.LiveFeatures: its consumer runs while the app does
         from feedrank.serving.live_features import LiveCollector
@@ -115,7 +144,9 @@ def create_app(
         if live is not None:
             live.start(source, event_log.root / "consumers" / "realtime.npz")
         items.start(cfg.item_sync_s)
+        probe = asyncio.create_task(probe_loop_lag(lambda: _controllers(service)), name="loop-lag-probe")
         yield
+        probe.cancel()
         await run_in_threadpool(items.stop)
         if live is not None:  # before the caller closes the event log
             await run_in_threadpool(live.stop)

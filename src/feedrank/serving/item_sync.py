@@ -69,6 +69,7 @@ class ItemLog:
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()
+        self.last_span = (0, 0)  # byte offsets (start, end) of what the last append wrote
 
     def append(self, records: list[dict[str, Any]]) -> float:
         """Write ``records`` (durable when this returns); the ``logged_at`` they got.
@@ -86,6 +87,7 @@ class ItemLog:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            self.last_span = (size, size + len(data))
         return now
 
     def read_from(self, offset: int = 0) -> ItemChunk:
@@ -186,6 +188,9 @@ class ItemSync:
             result = self._add([_published(r, stamp) for r in records])
             for r in records:
                 self._indexed[r["item_id"]] = max(stamp, self._indexed.get(r["item_id"], stamp))
+            start, end = self.own.last_span
+            if self._offsets.get(self.own.path) == start:  # indexed: the tailer need not read it back
+                self._offsets[self.own.path] = end
         return result
 
     # ------------------------------------------------------------------ every worker's adds

@@ -41,11 +41,12 @@ from prometheus_client import values as _prom_values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from feedrank.serving.workers import MULTIPROC_ENV  # one definition (workers.py sets it for the workers)
+
 log = logging.getLogger("feedrank.serving")
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MIRROR_EVERY_S = 1.0
 GAUGE_MODES = {"feedrank_features_heartbeat_age_seconds": "livemax", "feedrank_features_stalled": "livemax"}
 _LIVE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")

@@ -27,17 +27,18 @@ def _skewed_bandit(rng: np.random.Generator, n: int, n_actions: int = 30):
 def test_el_intervals_cover_a_known_value_over_many_logs():
     rng = np.random.default_rng(0)
     runs = 100
-    covered = {m: {"ips": 0, "snips": 0, "dr": 0} for m in INTERVAL_METHODS}
-    width = {m: [] for m in INTERVAL_METHODS}
+    analytic = [m for m in INTERVAL_METHODS if m in ("el", "hall", "normal")]  # bootstrap: test_ope_bootstrap.py
+    covered = {m: {"ips": 0, "snips": 0, "dr": 0} for m in analytic}
+    width = {m: [] for m in analytic}
     for _ in range(runs):
         r, p, pi, ql, dm, truth = _skewed_bandit(rng, 1000)
-        for m in INTERVAL_METHODS:
+        for m in analytic:
             est = estimate_all(r, p, pi, ql, dm, level=0.9, method=m)
             for name in ("ips", "snips", "dr"):
                 covered[m][name] += est[name].covers(truth)
                 assert est[name].method == m and est[name].lo <= est[name].value <= est[name].hi
             width[m].append(est["ips"].hi - est["ips"].lo)
-    for m in INTERVAL_METHODS:
+    for m in analytic:
         for name, c in covered[m].items():
             assert 0.82 <= c / runs <= 0.97, (m, name, c)
     # the same information: EL is not bought with width

@@ -10,13 +10,13 @@ def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfflat", "ivfpq"])
 def test_index_kinds_find_near_neighbours(kind):
     v = _unit(5000, 32)
     idx = build_index(v, kind)
     assert len(idx) == 5000 and idx.kind == kind
     r = recall_against_exact(idx, v, v[:50], k=10)
-    assert r > (0.99 if kind != "ivfpq" else 0.3)
+    assert r > {"ivfpq": 0.3, "ivfflat": 0.95}.get(kind, 0.99)  # ivfflat: 64 of 141 lists on uniform 32-d vectors
     _, ids = idx.search(v[:5], 1)
     if kind != "ivfpq":
         assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
@@ -40,9 +40,40 @@ def test_index_allowed_filter_and_incremental_add(tmp_path):
 
 def test_choose_kind_thresholds():
     assert choose_kind(10) == "flat"
-    assert choose_kind(1_000_000) == "hnsw"
+    assert choose_kind(999_999) == "hnsw"
+    assert choose_kind(1_000_000) == "ivfflat"
+    assert choose_kind(4_999_999) == "ivfflat"
     assert choose_kind(50_000_000) == "ivfpq"
     assert choose_kind(10, "hnsw") == "hnsw"
+
+
+def test_ivfflat_filters_adds_any_ids_and_round_trips_with_its_nprobe(tmp_path):
+    from feedrank.retrieval.index import FaissIndex, IndexParams
+
+    v = _unit(3000, 16, seed=5)
+    idx = build_index(v[:2500], "ivfflat", params=IndexParams(ivf_flat_nprobe=8))
+    assert idx.kind == "ivfflat" and faiss_nprobe(idx) == 8
+    allowed = np.arange(400, 900)
+    _, ids = idx.search(v[:4], 10, allowed=allowed)
+    assert np.isin(ids[ids >= 0], allowed).all() and (ids >= 0).any()
+    _, ids = idx.search(v[400:402], 1, allowed=allowed)
+    assert ids[:, 0].tolist() == [400, 401]
+    idx.add(v[2500:], np.arange(2500, 3000))
+    _, ids = idx.search(v[2900:2901], 1)
+    assert ids[0, 0] == 2900
+    idx.save(tmp_path / "f.faiss")
+    again = FaissIndex.load(tmp_path / "f.faiss", "ivfflat", IndexParams(ivf_flat_nprobe=12))
+    assert len(again) == 3000 and faiss_nprobe(again) == 12
+    # more probes never lose recall; all lists probed = exact
+    full = FaissIndex.load(tmp_path / "f.faiss", "ivfflat", IndexParams(ivf_flat_nprobe=10_000))
+    assert recall_against_exact(full, v, v[:50], k=20) == 1.0
+    assert recall_against_exact(again, v, v[:50], k=20) <= 1.0
+
+
+def faiss_nprobe(idx) -> int:
+    import faiss
+
+    return int(faiss.extract_index_ivf(idx.index).nprobe)
 
 
 def test_popular_and_fresh_sources():
