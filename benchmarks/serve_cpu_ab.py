@@ -1,10 +1,18 @@
-"""CPU per feed request in process, the current pipeline against a re-enactment of the
-pre-issue-#5-round-2 code paths, interleaved in one process (A/B on the same model, users
-and machine state). Prints CPU ms per request and the CPU of the main pieces.
+"""CPU per feed request in process, the current pipeline against re-enactments of older code
+paths, interleaved in one process (A/B on the same model, users and machine state). Prints
+CPU ms per request and the CPU of the main pieces.
 
     .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --requests 1000
+    .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --modes before,current \
+        --index /tmp/ivf.faiss          # "current" searches this index (e.g. the bundle re-indexed), "before" the bundle's
     .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --ann-only
     .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u20000-i5000-d14/model --requests 300 --rounds 1 --observe
+
+Modes (``--modes``, each run ``--rounds`` times, interleaved):
+
+"before" is the pipeline at the start of issue #5 round 3 (2026-11-22 15:00 UTC): the bundle's
+own index, and the prior's pool (600 ANN hits + the 5,000 newest) gathered and sorted again
+on every request (``Uncached``) instead of kept in a ``retrieval.served.RescorePool``.
 
 "legacy" puts back, on the same loaded Recommender: fresh/followed/the prior's pool filtered
 from a cached recent pool of the whole catalogue (``sources.fresh_items``,
@@ -20,6 +28,8 @@ import argparse
 import functools
 import time
 
+from pathlib import Path
+
 import faiss
 import numpy as np
 
@@ -28,7 +38,11 @@ import feedrank.pipeline.recommender as recmod
 from feedrank.rerank import policies
 from feedrank.rerank.diversity import cap_split
 from feedrank.retrieval import sources
-from feedrank.retrieval.sources import SourceResult, followed_items, followed_keys, fresh_items, recent_pool
+from feedrank.retrieval.index import FaissIndex, IndexParams, choose_kind
+from feedrank.retrieval.prior import rescore_with_prior
+from feedrank.retrieval.served import PRIOR_POOL_MAX
+from feedrank.retrieval.sources import (SourceResult, followed_items, followed_keys, fresh_items, recent_pool,
+                                         sorted_unique)
 from feedrank.serving.factory import build_service
 from feedrank.types import FeedRequest
 
@@ -54,6 +68,34 @@ def legacy_rerank(slate, order, seen, k, policy, u=1.0, pick=0):
 
 
 legacy_merge = sources.merge_sources_reference  # merge_sources before it was vectorised: a per-item loop
+
+
+class _GatherPool:
+    """The prior's rescoring as it was before ``RescorePool``: per request, the sorted union
+    of ANN hits and pool, its vectors gathered, ``rescore_with_prior``."""
+
+    def __init__(self, parts: tuple) -> None:
+        self.parts = parts
+
+    def top(self, prior, user_vec, ann, item_vecs, published_at, now, k, clicks=None):
+        cand = sorted_unique(ann[ann >= 0], *self.parts)
+        return rescore_with_prior(prior, user_vec, cand, item_vecs[cand], published_at[cand], now, k,
+                                  clicks=None if clicks is None else clicks[cand])
+
+
+class Uncached:
+    """``Recommender._prior_pool`` before the pool was kept between requests."""
+
+    def __init__(self, rec) -> None:
+        self.rec = rec
+
+    def prior_pool(self, prior, now):
+        r, p = self.rec, self.rec.cfg.pipeline
+        hours = max(p.fresh_hours, p.followed_hours)
+        parts = (r._newest(None, None, now, hours * 3600.0, PRIOR_POOL_MAX),)
+        if prior.pop_weight > 0:
+            parts += (r._only_live(r._popular_list(now)[: p.ann_k], now),)
+        return _GatherPool(parts)
 
 
 class Legacy:
@@ -140,6 +182,15 @@ class Legacy:
                                 dwell_prior=r.dwell_prior)[:, : getattr(r.art.ranker, "n_features", None)]
 
 
+def set_mode(rec, mode: str, legacy: Legacy, saved: dict, indexes: dict) -> None:
+    """Put a mode's code paths (and index) on the instance (module docstring)."""
+    switch(rec, legacy, mode == "legacy", saved)
+    rec.__dict__.pop("_prior_pool", None)
+    if mode in ("legacy", "before"):
+        rec._prior_pool = Uncached(rec).prior_pool
+    rec.art.index = indexes["current" if mode == "current" else "bundle"]
+
+
 def switch(rec, legacy: Legacy, on: bool, saved: dict) -> None:
     """Put the legacy paths on the instance (on) or take them off."""
     names = ("_source_fetchers", "_live_items", "_enrich")
@@ -165,8 +216,6 @@ def switch(rec, legacy: Legacy, on: bool, saved: dict) -> None:
 def ann_cost(model: str, queries: int = 300) -> None:
     """CPU ms per single-query HNSW search of the bundle's index, by k and OpenMP threads
     (queries: item vectors plus noise, renormalised; efSearch = k as the pipeline asks)."""
-    from pathlib import Path
-
     index = faiss.read_index(str(Path(model) / "index.faiss"))
     vecs = np.load(Path(model) / "item_vectors.npy", mmap_mode="r")
     rng = np.random.default_rng(0)
@@ -208,6 +257,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--ann-only", action="store_true", help="only time the HNSW search by k and threads")
+    ap.add_argument("--modes", default="legacy,before,current", help="comma-separated: legacy, before, current")
+    ap.add_argument("--index", default="", help="an index file of the bundle's item vectors for the current mode")
+    ap.add_argument("--index-kind", default="", help="its kind (default: what index: auto picks for the catalogue)")
     ap.add_argument("--profile", action="store_true", help="then cProfile (CPU time) 300 current requests")
     ap.add_argument("--observe", action="store_true",
                     help="then CPU per feed of Recommender.observe on its impressions (as GET /v1/feed logs them)")
@@ -232,12 +284,23 @@ def main() -> None:
                 acc[label] = acc.get(label, 0.0) + time.process_time() - c
         setattr(obj, name, g)
 
-    timed(rec.art.index, "search", "ann")
+    indexes = {"bundle": rec.art.index, "current": rec.art.index}
+    if args.index:
+        kind = args.index_kind or choose_kind(len(rec.catalog), "auto", IndexParams.from_config(cfg.retrieval))
+        indexes["current"] = FaissIndex.load(Path(args.index), kind, IndexParams.from_config(cfg.retrieval))
+        if len(indexes["current"]) != len(rec.catalog):
+            raise SystemExit(f"{args.index} holds {len(indexes['current'])} vectors, the catalogue {len(rec.catalog)}")
+    for index in {id(i): i for i in indexes.values()}.values():
+        timed(index, "search", "ann")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("legacy", "before", "current")]
+    if bad:
+        raise SystemExit(f"unknown --modes {bad}: legacy, before, current")
     rng = np.random.default_rng(0)
     known = rec.art.snapshot.user_ids
     users = [str(known[i]) if rng.random() < 0.9 else f"new-{i}" for i in rng.integers(0, len(known), args.requests)]
-    for mode in ("legacy", "current") * args.rounds:
-        switch(rec, legacy, mode == "legacy", saved)
+    for mode in modes * args.rounds:
+        set_mode(rec, mode, legacy, saved, indexes)
         for name in ("_retrieve", "_enrich", "_rerank", "_score"):  # wraps the legacy or the current method
             timed(rec, name, name.strip("_"))
         acc.clear()
@@ -258,7 +321,7 @@ def main() -> None:
         import cProfile
         import pstats
 
-        switch(rec, legacy, False, saved)
+        set_mode(rec, "current", legacy, saved, indexes)
         prof = cProfile.Profile(time.process_time)
         prof.enable()
         for u in users[:300]:

@@ -30,6 +30,11 @@ def _ints(text: str) -> tuple[int, ...]:
               help="Training clicks the retrieval prior is fitted on: 'newest-half' as `feedrank train` does, or "
                    "'frozen-tail' (the last test_fraction of them, with the state frozen at its start, as the "
                    "boundary protocol scores).")
+@click.option("--served-prior", type=click.Choice(["two_tower_age_prior", "two_tower_prior", "two_tower_prior_ctr",
+                                                  "two_tower_prior_feedback"]),
+              default="two_tower_prior_feedback", show_default=True,
+              help="The prior the served row uses: age only, + popularity (what `feedrank train` fits), + CTR terms, "
+                   "or + the item-feedback term (each item's shrunk mean clicker vector, point in time).")
 @click.option("--cold-user-weights", is_flag=True,
               help="Also fit separate prior weights (incl. the tower's) for users without history (experimental; "
                    "`feedrank train` does not fit them).")
@@ -45,10 +50,11 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 @config_options
 def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_requests: int, prior_fit: str,
-              cold_user_weights: bool, speed_items: int, speed_dim: int, speed_queries: int,
+              served_prior: str, cold_user_weights: bool, speed_items: int, speed_dim: int, speed_queries: int,
               speed_kinds: str, speed_ef: str, speed_nprobe: str, no_progress: bool, as_json: bool,
               config_path: str | None, overrides: tuple[str, ...]) -> None:
-    """Retrieval quality (two-tower vs popularity vs ALS, oracle on synthetic worlds;
+    """Retrieval quality (two-tower vs popularity vs ALS and item-kNN tuned on the training
+    period, oracle on synthetic worlds;
     recall@10/50/100, nDCG@10, cold-start recall@100; at the split boundary and replaying
     test requests at their own time, see docs/retrieval.md) and ANN speed (flat / HNSW / IVF-PQ:
     build time, memory, p50/p99 per query at batch 1 with one faiss thread, recall@100
@@ -61,6 +67,7 @@ def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_reque
     Examples:
       feedrank bench retrieval --data var/world --data var/ml100k --data var/mlsmall --json
       feedrank bench retrieval --data var/ml100k --only quality retrieval.content_encoder=minilm
+      feedrank bench retrieval --data var/world --only quality --served-prior two_tower_prior --replay-requests 1000
       feedrank bench retrieval --data var/mlsmall --only quality --replay-requests 0 --prior-fit frozen-tail --cold-user-weights
       feedrank bench retrieval --only speed --speed-items 1000000 --speed-dim 64
       feedrank bench retrieval --only speed --speed-items 200000 --speed-kinds flat,hnsw --speed-ef 100,192
@@ -84,6 +91,7 @@ def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_reque
             say(f"quality: {d}")
             result["quality"].append(run_quality(d, cfg, max_users=max_users, show_progress=not no_progress, say=say,
                                                  replay_requests=replay_requests, prior_fit=prior_fit,
+                                                 served_prior=served_prior,
                                                  cold_user_weights=cold_user_weights))
     if only in ("all", "speed") and speed_items:
         say(f"speed: {speed_items:,} items x {speed_dim}-d")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from feedrank.evaluation.click_models import debiased_auc, debiased_ndcg, fit_pbm
+from feedrank.evaluation.click_models import ExaminationChoice, debiased_auc, debiased_ndcg, examination_for_log
 from feedrank.evaluation.metrics import (
     auc,
     calibration_curve,
@@ -119,16 +119,62 @@ def _block(s: Scored, sel: np.ndarray, exam: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def accuracy_breakdown(s: Scored, prep) -> dict[str, Any]:
-    """Overall and per-segment ranking metrics, position-debiased with a PBM fitted by EM on
-    the train impressions, and the calibration curve."""
+def event_propensities(prep) -> np.ndarray:
+    """(E,) the logged propensity of each of ``prep.events``' rows (NaN where none was logged).
+
+    ``EventArrays`` does not keep propensities; they are re-read from the dataset's events
+    in the same order (sorted by time, stable, rows of catalogued items only) and checked
+    against it: all NaN when the dataset has no propensity column or the rows do not line up."""
+    ev = prep.events
+    nan = np.full(len(ev), np.nan)
+    tbl = prep.dataset.events
+    if "propensity" not in tbl.column_names:
+        return nan
+    from feedrank.data.dataset import ts_to_seconds
+
+    order = np.argsort(ts_to_seconds(tbl.column("ts")), kind="stable")
+    items = np.asarray(tbl.column("item_id").to_numpy(zero_copy_only=False), dtype=object)[order]
+    idx = prep.catalog.indices(items)
+    keep = idx >= 0
+    if int(keep.sum()) != len(ev) or not np.array_equal(idx[keep], ev.item_idx):
+        return nan
+    prop = tbl.column("propensity").to_numpy(zero_copy_only=False)
+    return np.asarray(prop, dtype=np.float64)[order][keep]
+
+
+def train_examination(prep) -> ExaminationChoice:
+    """The examination curve of the train impressions: harvested from the logging policy's
+    randomisation when its feeds were randomised (as `feedrank ope position-bias` does), EM
+    otherwise; ``click_models.examination_for_log`` says which and why."""
     ev = prep.events
     tr = np.zeros(len(ev), dtype=bool)
     tr[prep.split.train_idx] = True
     imp_rows = np.flatnonzero(tr & ev.mask("impression") & (ev.position >= 0))
     clicked = _clicked(ev, imp_rows)
-    pbm = fit_pbm(ev.item_idx[imp_rows], ev.position[imp_rows], clicked, n_items=len(prep.catalog))
-    exam = pbm.examination(np.maximum(s.position, 0))
+    req = ev.request_codes[imp_rows]
+    prop = event_propensities(prep)[imp_rows]
+    prop = np.where(req >= 0, prop, np.nan)  # an impression without a request id cannot be placed in a feed
+    return examination_for_log(ev.item_idx[imp_rows], ev.position[imp_rows], clicked, requests=req,
+                               propensities=prop, n_items=len(prep.catalog))
+
+
+def click_model_block(choice: ExaminationChoice) -> dict[str, Any]:
+    """What the report shows about the examination curve used for debiasing."""
+    out: dict[str, Any] = {"kind": choice.kind, "method": choice.method, "reason": choice.reason,
+                           "theta": np.asarray(choice.curve.theta).round(4).tolist()}
+    if choice.method == "harvest":
+        out["lo"] = np.asarray(choice.curve.lo).round(4).tolist()
+        out["hi"] = np.asarray(choice.curve.hi).round(4).tolist()
+    else:
+        out["iterations"] = int(choice.curve.iterations)
+    return out
+
+
+def accuracy_breakdown(s: Scored, prep) -> dict[str, Any]:
+    """Overall and per-segment ranking metrics, position-debiased with the train impressions'
+    examination curve (``train_examination``: harvested or EM), and the calibration curve."""
+    choice = train_examination(prep)
+    exam = choice.curve.examination(np.maximum(s.position, 0))
     user_clicks, item_imps, _ = train_counts(prep)
     uc = user_clicks[s.users] if len(user_clicks) else np.zeros(len(s.users), dtype=np.int64)
     heavy_cut = max(HEAVY_USER_CLICKS, float(np.quantile(user_clicks[user_clicks > 0], 0.8)) if (user_clicks > 0).any() else 0)
@@ -144,7 +190,7 @@ def accuracy_breakdown(s: Scored, prep) -> dict[str, Any]:
         "overall": _block(s, everything, exam),
         "segments": {k: _block(s, v, exam) for k, v in segments.items()},
         "segment_rules": {"heavy_user_train_clicks": float(heavy_cut), "cold_item_train_impressions": COLD_ITEM_IMPRESSIONS},
-        "click_model": {"kind": "position-based (EM)", "theta": pbm.theta.round(4).tolist(), "iterations": pbm.iterations},
+        "click_model": click_model_block(choice),
         "calibration_curve": calibration_curve(s.labels, s.probs, 10),
     }
 

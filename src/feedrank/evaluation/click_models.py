@@ -303,9 +303,11 @@ def complete_feeds(request: np.ndarray, position: np.ndarray) -> np.ndarray:
     count = np.bincount(codes, minlength=n_feeds)
     top = np.full(n_feeds, -1, dtype=np.int64)
     np.maximum.at(top, codes, pos)
-    distinct = np.bincount(np.unique(codes.astype(np.int64) * (int(pos.max(initial=0)) + 1) + np.maximum(pos, 0))
-                           // (int(pos.max(initial=0)) + 1), minlength=n_feeds)
-    ok = (count == top + 1) & (distinct == count) & (np.bincount(codes, weights=(pos < 0), minlength=n_feeds) == 0)
+    span = int(pos.max(initial=0)) + 2  # keys (feed, position + 1), position >= -1
+    distinct = np.bincount(np.unique(codes.astype(np.int64) * span + (np.maximum(pos, -1) + 1)) // span,
+                           minlength=n_feeds)
+    negative = np.bincount(codes, weights=(pos < 0).astype(np.float64), minlength=n_feeds) > 0
+    ok = (count == top + 1) & (distinct == count) & ~negative  # L distinct positions, the largest L-1: 0..L-1
     return ok[codes]
 
 

@@ -363,6 +363,20 @@ def _img(p: dict[str, str], key: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="{p[key]}">' if key in p else f"<p class=muted>({html.escape(alt)}: no data)</p>"
 
 
+def _examination_note(data: dict[str, Any]) -> str:
+    """Which examination curve the debiased metrics used (``beyond.click_model_block``), in words."""
+    cm = ((((data.get("model") or {}).get("beyond") or {}).get("accuracy") or {}).get("click_model")) or {}
+    if not cm:
+        return "the examination curve of the train impressions"
+    theta = ", ".join(f"{t:.3f}" for t in cm.get("theta", [])[:10])
+    if cm.get("method") == "harvest":
+        head = "examination harvested from the logging policy's randomised feeds on the train impressions"
+    else:
+        head = "examination from a position-based click model fitted by EM on the train impressions"
+    why = f" ({cm['reason']})" if cm.get("reason") else ""
+    return f"{head}{why}; theta by position [{theta}]"
+
+
 def render_html(data: dict[str, Any]) -> str:
     p = plots(data)
     sections = []
@@ -381,8 +395,8 @@ def render_html(data: dict[str, Any]) -> str:
                     rows.append([metric, f"model - {k[6:]}", v["value"], f"[{v['lo']:.4f}, {v['hi']:.4f}]", sig])
         sections.append("<h2>Ranking metrics and deltas</h2><p>Test impressions of the time split, 90% intervals from "
                         f"{BOOTSTRAP} request-level bootstrap resamples; deltas are paired (same resample). "
-                        "debiased_ndcg@10 weights each click by 1 / examination of its slot (position-based click model fitted by EM "
-                        "on the train impressions). For ECE lower is better.</p>"
+                        "debiased_ndcg@10 weights each click by 1 / examination of its slot, "
+                        + html.escape(_examination_note(data)) + ". For ECE lower is better.</p>"
                         + _table(["metric", "scorer", "value", "90% interval", "verdict"], rows)
                         + _img(p, "deltas", "metric deltas") + _img(p, "metrics", "metrics"))
     segs = []

@@ -246,7 +246,7 @@ class LiveFeatures:
         """Counts over the longest window for ``item_ids`` in one batched read, validated;
         where a value is missing or bad, the fallback (the caller's in-process counter).
         ``trending`` is 0 here (the ranker does not use it; ``hot_items`` serves it)."""
-        got = self._fetch(item_ids, now, fallback_imps, fallback_clicks, None)
+        got = self._fetch(item_ids, now, fallback_imps, fallback_clicks)
         self._served(got.status)
         return got
 
@@ -265,12 +265,11 @@ class LiveFeatures:
         rows = np.asarray(rows, dtype=np.int64)
         fb_imps = np.asarray(fallback_imps, dtype=np.float64)
         fb_clicks = np.asarray(fallback_clicks, dtype=np.float64)
-        if self.item_cache_s <= 0:
-            return self.read_items([binding.ids[r] for r in rows.tolist()], now, fb_imps, fb_clicks)
+        cache = self.item_cache_s > 0
         t = time.monotonic()
         stalled = self.stream_stalled()
         vals, has_base = binding.cached[rows], binding.cached_base[rows]
-        stale = binding.cached_at[rows] < t - self.item_cache_s
+        stale = binding.cached_at[rows] < t - self.item_cache_s if cache else np.ones(len(rows), dtype=bool)
         n_stale = int(stale.sum())
         n_read, replaced, status = 0, 0, ("baseline" if stalled else "live")
         if n_stale:
@@ -282,8 +281,9 @@ class LiveFeatures:
                 vals[stale], has_base[stale] = 0.0, False
             else:
                 clean, base, replaced = got
-                with binding._lock:  # extend may swap the arrays: write into the current ones
-                    binding.cached[miss], binding.cached_base[miss], binding.cached_at[miss] = clean, base, t
+                if cache:
+                    with binding._lock:  # extend may swap the arrays: write into the current ones
+                        binding.cached[miss], binding.cached_base[miss], binding.cached_at[miss] = clean, base, t
                 pos = np.searchsorted(miss, rows[stale])
                 vals[stale], has_base[stale] = clean[pos], base[pos]
         if stalled:
@@ -301,42 +301,41 @@ class LiveFeatures:
         for binding in list(self._bindings):
             binding.invalidate(item_ids)
 
-    def _fetch_fields(self, item_ids: Sequence[str], now: float) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """One guarded, validated batched read of the item fields: ((n, 4) values, 0 where
-        missing or invalid; (n,) has a baseline; values replaced), or None if the read failed."""
+    def _fetch_fields(self, item_ids: Sequence[str], now: float,
+                      fallback: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """One guarded, validated batched read of the item fields: ((n, 4) values, where
+        missing or invalid the ``fallback`` row (default 0); (n,) has a baseline; values
+        replaced), or None if the read failed."""
         n = len(item_ids)
         batch, outcome = self.guard.call(self.store.get_items, item_ids, self._item_names, now)
         if outcome != "ok":
             return None
         present = batch.present if batch.present is not None else ~np.isnan(batch.values)
-        clean, replaced = self.validator.clean(item_ids, self._item_names, batch.values, present, ts=batch.ts, now=now,
-                                               bad_type=batch.bad_type, fallback=np.zeros((n, len(self._item_names))))
-        return clean, present[:, 2] | present[:, 3], replaced
-
-    def _fetch(self, item_ids: Sequence[str], now: float, fallback_imps: np.ndarray, fallback_clicks: np.ndarray,
-               stalled: bool | None) -> LiveItems:
-        """One guarded, validated batched read (``read_items`` without the status count);
-        ``stalled``: the stream state if the caller already checked it."""
-        n = len(item_ids)
-        batch, outcome = self.guard.call(self.store.get_items, item_ids, self._item_names, now)
-        zeros = np.zeros(n)
-        if outcome != "ok":
-            return LiveItems(np.asarray(fallback_imps, dtype=np.float64), np.asarray(fallback_clicks, dtype=np.float64),
-                             zeros, "default", 0)
-        present = batch.present if batch.present is not None else ~np.isnan(batch.values)
-        fb = np.zeros((n, len(self._item_names)))
-        fb[:, 0], fb[:, 1] = fallback_imps, fallback_clicks
+        fb = np.zeros((n, len(self._item_names))) if fallback is None else fallback
         clean, replaced = self.validator.clean(item_ids, self._item_names, batch.values, present, ts=batch.ts, now=now,
                                                bad_type=batch.bad_type, fallback=fb)
-        if self.stream_stalled() if stalled is None else stalled:
+        return clean, present[:, 2] | present[:, 3], replaced
+
+    def _fetch(self, item_ids: Sequence[str], now: float, fallback_imps: np.ndarray,
+               fallback_clicks: np.ndarray) -> LiveItems:
+        """``read_items`` without the status count: the store's value, the fallback where
+        it is missing or invalid (baselines, or the fallback, when the stream stalled)."""
+        n = len(item_ids)
+        fb_imps = np.asarray(fallback_imps, dtype=np.float64)
+        fb_clicks = np.asarray(fallback_clicks, dtype=np.float64)
+        fb = np.zeros((n, len(self._item_names)))
+        fb[:, 0], fb[:, 1] = fb_imps, fb_clicks
+        got = self._fetch_fields(item_ids, now, fb)
+        zeros = np.zeros(n)
+        if got is None:
+            return LiveItems(fb_imps, fb_clicks, zeros, "default", 0)
+        clean, has_base, replaced = got
+        if self.stream_stalled():
             scale = max(self.windows) / 86400.0
-            has = present[:, 2] | present[:, 3]
-            imps = np.where(has, clean[:, 2] * scale, fallback_imps)
-            clks = np.where(has, clean[:, 3] * scale, fallback_clicks)
-            status = "baseline"
-        else:
-            imps, clks, status = clean[:, 0], clean[:, 1], "live"
-        return LiveItems(imps, clks, zeros, status, replaced)
+            imps = np.where(has_base, clean[:, 2] * scale, fb_imps)
+            clks = np.where(has_base, clean[:, 3] * scale, fb_clicks)
+            return LiveItems(imps, clks, zeros, "baseline", replaced)
+        return LiveItems(clean[:, 0], clean[:, 1], zeros, "live", replaced)
 
     def stream_stalled(self) -> bool:
         """True when the consumer's heartbeat in the store is older than ``stall_s`` (or

@@ -16,7 +16,6 @@ is the ordinary training path.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,11 @@ import pandas as pd
 import pyarrow as pa
 
 from feedrank.data.dataset import DatasetWriter, load_dataset
+from feedrank.data.itemlog import ITEM_LOG, ItemLog, StampedItem, order_items
 from feedrank.data.partitions import PartitionedLog, partition_roots
 from feedrank.errors import NotFound
 from feedrank.pipeline.artifacts import ModelArtifacts
 
-ITEM_LOG = "items.jsonl"  # written by serving/app.py's ItemLog beside the event segments
 EVENT_COLUMNS = ("event_id", "ts", "user_id", "item_id", "kind", "position", "request_id", "propensity", "dwell_ms")
 ITEM_COLUMNS = ("item_id", "title", "category", "subcategory", "creator", "published_at")
 
@@ -111,28 +110,18 @@ def read_item_log(events_dir: str | Path, default_published: Callable[[str], flo
     ``logged_at`` (as serving publishes it: ``serving.item_sync``), else
     ``default_published(item_id)``."""
     root = Path(events_dir)
-    records: list[tuple[float, int, dict]] = []
-    for path in [p / ITEM_LOG for p in (partition_roots(root) if root.is_dir() else [])]:
-        if not path.exists():
-            continue
-        for line in path.read_bytes().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line (the server's ItemLog skips it too)
-            if isinstance(r, dict) and r.get("item_id"):
-                at = r.get("logged_at")
-                records.append((float(at) if isinstance(at, (int, float)) else 0.0, len(records), r))
-    rows: dict[str, dict] = {}
-    for _at, _i, r in sorted(records, key=lambda x: (x[0], x[1])):
-        rows[str(r["item_id"])] = r
-    out = pd.DataFrame([{c: r.get(c) for c in ITEM_COLUMNS} for r in rows.values()], columns=list(ITEM_COLUMNS))
+    paths = [p / ITEM_LOG for p in (partition_roots(root) if root.is_dir() else [])]
+    # the serving reader (a corrupt or torn line is logged and skipped), in its one order
+    rows: dict[str, StampedItem] = {}
+    for s in order_items(ItemLog(p).read_from(0).items for p in paths if p.exists()):
+        if s.record["item_id"]:
+            rows[s.record["item_id"]] = s
+    out = pd.DataFrame([{c: s.record.get(c) for c in ITEM_COLUMNS} for s in rows.values()], columns=list(ITEM_COLUMNS))
     if len(out):
         for c in ("title", "category", "subcategory", "creator"):
             out[c] = out[c].astype(object).where(out[c].notna(), "unknown" if c != "title" else "")
         pub = np.array(pd.to_numeric(out["published_at"], errors="coerce"), dtype=np.float64)  # a writable copy
-        logged = np.array([float(r.get("logged_at") or 0.0) if isinstance(r.get("logged_at"), (int, float)) else 0.0
-                           for r in rows.values()])
+        logged = np.array([s.logged_at for s in rows.values()], dtype=np.float64)
         pub = np.where(~np.isfinite(pub) & (logged > 0), logged, pub)
         missing = ~np.isfinite(pub)
         pub[missing] = [default_published(i) for i in out["item_id"][missing]]

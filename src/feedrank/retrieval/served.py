@@ -78,19 +78,23 @@ class RescorePool:
         """``rescore_with_prior`` over the union of ``ann_rows`` (-1 padding ignored) and the
         pool, minus ``past``: the best ``k`` (rows, scores), best first, ties by row.
         ``clicks`` (N,) / ``counters`` (N rows) are catalogue-wide; only the union's rows are
-        read. The union's arrays are the pool's, with the ANN rows not in it inserted in row
-        order: the same inputs, in the same order, as gathering the sorted union afresh."""
+        read. The union is the pool followed by the ANN rows not in it (a copy, not a gather
+        of the whole union): the same rows and scores as rescoring the sorted union afresh,
+        up to float32 rounding of the dot products (BLAS may round a row differently at
+        another position) and which of exactly tied scores at the k-th place is kept."""
         ann = np.asarray(ann_rows, dtype=np.int64)
         ann = ann[ann >= 0]
         pool = self.rows
         if len(pool) and len(ann):
             pos = np.minimum(np.searchsorted(pool, ann), len(pool) - 1)
             ann = ann[pool[pos] != ann]
-        extra = sorted_unique(ann) if len(ann) else ann
-        at = np.searchsorted(pool, extra)
-        cand = np.insert(pool, at, extra)
-        vecs = np.insert(self.vectors, at, item_vecs[extra], axis=0) if len(extra) else self.vectors
-        pub = np.insert(self.published_at, at, np.asarray(published_at, dtype=np.float64)[extra])
+        if len(ann):
+            extra = sorted_unique(ann)
+            cand = np.concatenate([pool, extra])
+            vecs = np.concatenate([self.vectors, item_vecs[extra]])
+            pub = np.concatenate([self.published_at, np.asarray(published_at, dtype=np.float64)[extra]])
+        else:
+            cand, vecs, pub = pool, self.vectors, self.published_at
         if past is not None and len(past):
             keep = ~np.isin(cand, past)
             cand, vecs, pub = cand[keep], vecs[keep], pub[keep]

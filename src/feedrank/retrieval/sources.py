@@ -111,6 +111,9 @@ def fresh_items(published_at: np.ndarray, now: float, max_age_s: float, categori
     return idx[sel].astype(np.int64)
 
 
+SMALL_HISTORY = 256  # followed_keys: up to this many keys, a dict count instead of np.unique
+
+
 def followed_keys(history_keys: np.ndarray, min_clicks: int, ignore: Sequence[int] = ()) -> np.ndarray:
     """Keys (creator or topic codes) the user follows: those that appear at least
     ``min_clicks`` times in (L,) ``history_keys`` (the keys of the recent clicks; negative
@@ -120,6 +123,14 @@ def followed_keys(history_keys: np.ndarray, min_clicks: int, ignore: Sequence[in
     h = h[h >= 0]
     if min_clicks < 1 or not len(h):
         return np.zeros(0, dtype=np.int64)
+    if len(h) <= SMALL_HISTORY:  # a request's history (30 clicks): dicts beat np.unique's fixed costs
+        counts: dict[int, int] = {}
+        for key in h[::-1].tolist():  # most recent first: dict order = order of the most recent click
+            counts[key] = counts.get(key, 0) + 1
+        skip = set(np.asarray(ignore, dtype=np.int64).tolist())
+        out = [key for key, n in counts.items() if n >= min_clicks and key not in skip]
+        out.sort(key=counts.__getitem__, reverse=True)  # stable: ties keep the most recent click first
+        return np.array(out, dtype=np.int64)
     keys, first_rev, counts = np.unique(h[::-1], return_index=True, return_counts=True)
     ok = (counts >= min_clicks) & ~np.isin(keys, np.asarray(ignore, dtype=np.int64))
     keys, first_rev, counts = keys[ok], first_rev[ok], counts[ok]

@@ -151,29 +151,10 @@ def train_two_tower(
     every epoch's order with a local batch of ``cfg.batch_size`` and gradients are averaged
     (``training.distributed``); the returned model is the same on every rank."""
     t0 = time.perf_counter()
-    n = len(clicks.items)
-    if n < 2:
-        raise ValueError(f"two-tower training needs at least 2 clicks, got {n}")
-    sel = np.arange(n)
-    if n > cfg.max_train_examples:
-        newest = np.argsort(clicks.ts, kind="stable")[-cfg.max_train_examples :]
-        sel = np.sort(newest)
-    users = clicks.user_codes[sel]
-    hist = clicks.histories(users, clicks.ts[sel], cfg.history_len)
-    pos = clicks.items[sel]
-    ts = clicks.ts[sel]
-    # logQ: log of each item's share of training positives (its in-batch sampling rate).
-    freq = np.bincount(pos, minlength=len(catalog)).astype(np.float64)
-    log_q = torch.from_numpy(np.log(np.maximum(freq, 1.0) / len(pos)).astype(np.float32))
-
-    if init is None:
-        model = build_two_tower(two_tower_dims(cfg, n_categories, n_subcategories, 0 if content is None else content.shape[1]))
-    else:
-        model = _warm_copy(init, n_categories, n_subcategories, content)
-    model.set_content(content)
-    opt_dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
-    # SparseAdam's arithmetic and state, with row-indexed updates (training/sparse_adam.py)
-    opt_sparse = RowSparseAdam(model.sparse_parameters(), lr=cfg.lr)
+    ex = TwoTowerExamples.build(cfg, catalog, clicks)
+    users, hist, pos, ts = ex.users, ex.hist, ex.pos, ex.ts
+    model = new_two_tower(cfg, n_categories, n_subcategories, content, init)
+    opt_dense, opt_sparse = two_tower_optimizers(model, cfg)
     world, rank = dist.world_size(), dist.rank()
     if len(pos) < 2 * world:
         raise ValueError(f"two-tower training on {world} ranks needs at least {2 * world} clicks, got {len(pos)}")
@@ -216,7 +197,7 @@ def train_two_tower(
 
     if checkpoint_dir is not None and dist.is_main():
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    dense_params, sparse_params = model.dense_parameters(), model.sparse_parameters()
+    train_step = TwoTowerStep(cfg, model, catalog, ex, opt_dense, opt_sparse, shown, timer)
     t_loop, cpu_loop, steps_run = time.perf_counter(), time.process_time(), 0
     for epoch in range(start_epoch, cfg.epochs):
         first_step = start_step if epoch == start_epoch else 0
@@ -231,33 +212,7 @@ def train_two_tower(
                        enabled=show_progress and dist.is_main(), unit="batch")
         for step in bar:
             srng = np.random.default_rng([base_seed, epoch, 2, step, rank])
-            b = order[step * bs : (step + 1) * bs]
-            items_b = pos[b]
-            u, _ = user_vectors(model, catalog, hist[b], ts[b])
-            v = item_vectors_of(model, catalog, items_b)
-            logits = u @ v.T / cfg.temperature - log_q[torch.from_numpy(items_b)][None, :]
-            same = torch.from_numpy(items_b[:, None] == items_b[None, :])
-            same.fill_diagonal_(False)
-            logits = logits.masked_fill(same, -1e9)
-            hard = _hard_negatives(cfg, b, users, ts, mined, shown, srng, items_b)
-            step_hard = 0
-            if hard is not None:
-                has = hard >= 0
-                step_hard = int(has.sum())
-                hv = item_vectors_of(model, catalog, np.where(has, hard, 0))
-                extra = (u * hv).sum(-1, keepdim=True) / cfg.temperature
-                extra = extra.masked_fill(~torch.from_numpy(has)[:, None], -1e9)
-                logits = torch.cat([logits, extra], dim=1)
-            loss = F.cross_entropy(logits, torch.arange(len(b)))
-            opt_dense.zero_grad(set_to_none=True)
-            opt_sparse.zero_grad(set_to_none=True)
-            loss.backward()
-            loss_v, hard_v = loss.item(), step_hard
-            if world > 1:  # mean gradient over the global batch; the step's loss and hard count ride along
-                ex = dist.average_gradients(dense_params, sparse_params, torch.tensor([loss_v, float(step_hard)]), timer)
-                loss_v, hard_v = float(ex[0]), int(round(float(ex[1]) * world))
-            opt_dense.step()
-            opt_sparse.step()
+            loss_v, hard_v = train_step(order[step * bs : (step + 1) * bs], mined, srng)
             n_hard += hard_v
             steps_run += 1
             running = 0.98 * running + 0.02 * loss_v if step else loss_v
@@ -285,6 +240,131 @@ def train_two_tower(
                                        train_seconds=train_seconds,
                                        examples_per_s=steps_run * bs * world / train_seconds if train_seconds > 0 else 0.0,
                                        steps=steps_run, train_cpu_seconds=train_cpu)
+
+
+STEP_PIECES = ("data", "forward", "backward", "exchange", "dense_adam", "sparse_adam")
+
+
+@dataclass(frozen=True)
+class TwoTowerExamples:
+    """The recipe's examples: the clicks (the newest ``max_train_examples``), by example."""
+
+    users: np.ndarray  # (E,) user codes
+    hist: np.ndarray  # (E, history_len) catalogue rows clicked before, -1 pad, most recent last
+    pos: np.ndarray  # (E,) the clicked catalogue row
+    ts: np.ndarray  # (E,) click time, epoch seconds
+    log_q: torch.Tensor  # (N,) float32 log of each item's share of the positives (logQ correction)
+
+    @classmethod
+    def build(cls, cfg: RetrievalConfig, catalog: ItemCatalog, clicks: ClickLog) -> TwoTowerExamples:
+        n = len(clicks.items)
+        if n < 2:
+            raise ValueError(f"two-tower training needs at least 2 clicks, got {n}")
+        sel = np.arange(n)
+        if n > cfg.max_train_examples:
+            sel = np.sort(np.argsort(clicks.ts, kind="stable")[-cfg.max_train_examples :])
+        users, ts, pos = clicks.user_codes[sel], clicks.ts[sel], clicks.items[sel]
+        hist = clicks.histories(users, ts, cfg.history_len)
+        freq = np.bincount(pos, minlength=len(catalog)).astype(np.float64)
+        log_q = torch.from_numpy(np.log(np.maximum(freq, 1.0) / len(pos)).astype(np.float32))
+        return cls(users, hist, pos, ts, log_q)
+
+
+def new_two_tower(cfg: RetrievalConfig, n_categories: int, n_subcategories: int, content: np.ndarray | None,
+                  init: TwoTower | None = None) -> TwoTower:
+    """The model the recipe trains: fresh from ``cfg``, or a checked copy of ``init``."""
+    if init is None:
+        model = build_two_tower(two_tower_dims(cfg, n_categories, n_subcategories, 0 if content is None else content.shape[1]))
+    else:
+        model = _warm_copy(init, n_categories, n_subcategories, content)
+    model.set_content(content)
+    return model
+
+
+def two_tower_optimizers(model: TwoTower, cfg: RetrievalConfig) -> tuple[torch.optim.Adam, RowSparseAdam]:
+    """Adam for the dense parameters; for the hashed tables SparseAdam's arithmetic and state
+    with row-indexed updates (``training/sparse_adam.py``: the same bits, faster)."""
+    return torch.optim.Adam(model.dense_parameters(), lr=cfg.lr), RowSparseAdam(model.sparse_parameters(), lr=cfg.lr)
+
+
+class TwoTowerStep:
+    """One optimizer step of the recipe on a local batch: hard negatives, both towers,
+    in-batch softmax with logQ, backward, the gradient mean over ranks, Adam and SparseAdam.
+
+        step = TwoTowerStep(cfg, model, catalog, examples, opt_dense, opt_sparse, shown, timer)
+        loss, n_hard = step(batch_rows, mined, rng)     # the same on every rank
+
+    ``clock``: when a dict, the seconds of each piece (``STEP_PIECES``) are added to it and
+    ``rows`` gets each table's coalesced rows per step (a profile: ``bench/step_profile.py``;
+    counting the rows is timed as ``"count"``, outside the step's pieces)."""
+
+    def __init__(self, cfg: RetrievalConfig, model: TwoTower, catalog: ItemCatalog, examples: TwoTowerExamples,
+                 opt_dense: torch.optim.Optimizer, opt_sparse: torch.optim.Optimizer, shown: ShownNotClicked | None,
+                 timer: dist.CommTimer) -> None:
+        self.cfg, self.model, self.catalog, self.ex = cfg, model, catalog, examples
+        self.opt_dense, self.opt_sparse, self.shown, self.timer = opt_dense, opt_sparse, shown, timer
+        self.world = dist.world_size()
+        self.dense_params, self.sparse_params = model.dense_parameters(), model.sparse_parameters()
+        self.clock: dict[str, float] | None = None
+        self.rows: list[int] = [0] * len(self.sparse_params)
+
+    def __call__(self, b: np.ndarray, mined: np.ndarray, rng: np.random.Generator) -> tuple[float, int]:
+        """Train on examples ``b`` (this rank's batch); ``mined`` (E,) mined hard negatives
+        (-1: none); ``rng`` the step's generator. Returns (loss, hard negatives used), both
+        over all ranks."""
+        cfg, model, catalog, ex, clock = self.cfg, self.model, self.catalog, self.ex, self.clock
+        marks = [time.perf_counter()] if clock is not None else None
+        items_b = ex.pos[b]
+        hard = _hard_negatives(cfg, b, ex.users, ex.ts, mined, self.shown, rng, items_b)
+        hist_b, ts_b = ex.hist[b], ex.ts[b]
+        if marks is not None:
+            marks.append(time.perf_counter())
+        u, _ = user_vectors(model, catalog, hist_b, ts_b)
+        v = item_vectors_of(model, catalog, items_b)
+        logits = u @ v.T / cfg.temperature - ex.log_q[torch.from_numpy(items_b)][None, :]
+        same = torch.from_numpy(items_b[:, None] == items_b[None, :])
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, -1e9)
+        step_hard = 0
+        if hard is not None:
+            has = hard >= 0
+            step_hard = int(has.sum())
+            hv = item_vectors_of(model, catalog, np.where(has, hard, 0))
+            extra = (u * hv).sum(-1, keepdim=True) / cfg.temperature
+            extra = extra.masked_fill(~torch.from_numpy(has)[:, None], -1e9)
+            logits = torch.cat([logits, extra], dim=1)
+        loss = F.cross_entropy(logits, torch.arange(len(b)))
+        if marks is not None:
+            marks.append(time.perf_counter())
+        self.opt_dense.zero_grad(set_to_none=True)
+        self.opt_sparse.zero_grad(set_to_none=True)
+        loss.backward()
+        loss_v, hard_v = loss.item(), step_hard
+        if marks is not None:
+            marks.append(time.perf_counter())
+            self.rows = [r + (0 if p.grad is None else p.grad.coalesce()._nnz()) for r, p in zip(self.rows, self.sparse_params)]
+            t = time.perf_counter()
+            assert clock is not None
+            clock["count"] = clock.get("count", 0.0) + t - marks[-1]
+            marks.append(t)
+        if self.world > 1:  # mean gradient over the global batch; the step's loss and hard count ride along
+            avg = dist.average_gradients(self.dense_params, self.sparse_params,
+                                         torch.tensor([loss_v, float(step_hard)]), self.timer)
+            loss_v, hard_v = float(avg[0]), int(round(float(avg[1]) * self.world))
+        if marks is not None:
+            marks.append(time.perf_counter())
+        self.opt_dense.step()
+        if marks is not None:
+            marks.append(time.perf_counter())
+        self.opt_sparse.step()
+        if marks is not None:
+            assert clock is not None
+            marks.append(time.perf_counter())
+            spans = (marks[1] - marks[0], marks[2] - marks[1], marks[3] - marks[2], marks[5] - marks[4],
+                     marks[6] - marks[5], marks[7] - marks[6])
+            for k, sec in zip(STEP_PIECES, spans):
+                clock[k] = clock.get(k, 0.0) + sec
+        return loss_v, hard_v
 
 
 def _hard_negatives(cfg: RetrievalConfig, b: np.ndarray, users: np.ndarray, ts: np.ndarray, mined: np.ndarray,

@@ -95,3 +95,17 @@ def test_a_stalled_stream_switches_to_cached_baselines_and_extend_grows_the_cach
     assert len(b.cached_at) == 11
     assert live.read_rows(b, np.array([10]), T0 + 31.0, np.zeros(1), np.array([2.0])).clicks.tolist() == [2.0]
     assert live.stats()["item_cache"]["misses"] == 3  # n5 (live, then baseline from the cache), n5 again, n10
+
+
+def test_no_cache_reads_give_max_of_store_and_local_and_cache_nothing():
+    wall = [T0]
+    live = _live(open_store("memory://"), wall, item_cache_s=0.0)
+    b = live.bind(_snapshot(), IDS, ["a"] * 10)
+    _clicks(live, "n1", 3, "a")
+    local = np.array([5.0, 1.0])  # n1: the in-process count is ahead of the store; n2: behind nothing
+    got = live.read_rows(b, np.array([1, 2]), T0, local, local)
+    assert got.status == "live"
+    assert got.clicks.tolist() == [5.0, 1.0]  # max(store 3, local 5), max(store 0, local 1)
+    assert np.isneginf(b.cached_at).all()  # item_cache_s = 0: nothing kept
+    _clicks(live, "n1", 9, "c")  # 12 now: read at once, no cache to wait out
+    assert live.read_rows(b, np.array([1]), T0, np.zeros(1), np.zeros(1)).clicks.tolist() == [12.0]

@@ -64,3 +64,21 @@ def test_creator_codes_leave_unknown_creators_alone():
     codes = creator_codes(np.array(["c1", "unknown", "c2", "c1", "", None], dtype=object))
     assert codes[0] == codes[3] and codes[0] != codes[2]
     assert codes[[1, 4, 5]].tolist() == [-1, -1, -1]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_counters_at_equals_a_replay_advanced_to_each_time(seed: int):
+    n_items = 7
+    ci, ct = _events(seed, n_items)
+    ii, it = _events(seed + 50, n_items, 900)
+    creators = np.array([0, 0, 1, 1, 1, -1, 2])
+    rng = np.random.default_rng(seed)
+    queries = np.concatenate([ct[:10], rng.uniform(0, 5 * 86400, 15)])
+    cols = np.array([6, 0, 5, 3])
+    got = counters_at(CounterReplay(n_items, ci, ct, ii, it, creators), queries, cols)
+    for q, t in enumerate(queries):
+        rep = CounterReplay(n_items, ci, ct, ii, it, creators)
+        rep.advance(t)
+        snap = rep.snapshot()
+        for name in ("clicks", "impressions", "creator_clicks", "creator_impressions", "recent_clicks"):
+            assert np.allclose(got[name][q], getattr(snap, name)[cols], rtol=1e-5, atol=1e-5), (name, q)

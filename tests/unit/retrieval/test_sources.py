@@ -172,3 +172,20 @@ def test_sorted_unique_equals_numpy_unique_and_union():
             np.testing.assert_array_equal(got, np.union1d(*parts))
         for p, b in zip(parts, before):  # inputs are not sorted in place
             np.testing.assert_array_equal(p, b)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_followed_keys_dict_path_equals_the_numpy_path(seed, monkeypatch):
+    import feedrank.retrieval.sources as src
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(200):
+        h = rng.integers(-1, int(rng.integers(2, 12)), int(rng.integers(0, 40)))  # -1: padding
+        cases.append((h, int(rng.integers(0, 4)), tuple(rng.integers(0, 12, int(rng.integers(0, 3))).tolist())))
+    small = [src.followed_keys(h, m, ignore=ig) for h, m, ig in cases]
+    monkeypatch.setattr(src, "SMALL_HISTORY", 0)
+    big = [src.followed_keys(h, m, ignore=ig) for h, m, ig in cases]
+    for a, b in zip(small, big):
+        assert a.dtype == b.dtype == np.int64
+        np.testing.assert_array_equal(a, b)

@@ -200,3 +200,24 @@ def test_service_without_add_items_is_left_alone(tmp_path: Path):
     assert not sync.accepts_items and sync.poll() == 0
     with pytest.raises(TypeError, match="does not accept item adds"):
         sync.accept([{"item_id": "z"}])
+
+
+def test_own_accepted_records_are_not_read_back_by_the_tailer(tmp_path: Path, monkeypatch):
+    svc = FakeService()
+    sync = _sync(tmp_path, svc)
+    sync.replay()
+    sync.accept([{"item_id": "b", "title": "B"}])
+    sync.accept([{"item_id": "d", "title": "D"}])
+    own = tmp_path / "w0" / "items.jsonl"
+    assert sync._offsets[own] == own.stat().st_size  # indexed at accept: the offset moved past it
+    reads: list[tuple[Path, int]] = []
+    real = ItemLog.read_from
+
+    def spy(self, offset=0):
+        reads.append((self.path, offset))
+        return real(self, offset)
+
+    monkeypatch.setattr(ItemLog, "read_from", spy)
+    assert sync.poll() == 0
+    assert reads and all(off == own.stat().st_size for p, off in reads if p == own)  # nothing of it re-read
+    assert svc.added() == ["b", "d"]

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as tdist
 
 from feedrank.training import distributed as dist
+from feedrank.training.sparse_adam import RowSparseAdam
 
 N = 8  # global batch; rank r takes rows r*4 .. r*4+3
 MODES = ("shared-memory", "gloo")
@@ -67,6 +68,22 @@ def _grads(model: Tiny) -> dict[str, torch.Tensor | None]:
     return out
 
 
+def _train(loss_of, sparse_opt, distributed: bool) -> dict[str, torch.Tensor]:
+    """Three optimizer steps (Adam + ``sparse_opt``, gradients averaged over ranks when
+    ``distributed``) from Tiny's initial weights; the weights after them."""
+    model = Tiny()
+    opts = [torch.optim.Adam(model.dense_parameters(), lr=0.05), sparse_opt(model.sparse_parameters(), lr=0.05)]
+    for step in range(3):
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss_of(model, step).backward()
+        if distributed:
+            dist.average_gradients(model.dense_parameters(), model.sparse_parameters())
+        for o in opts:
+            o.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def _worker(rank: int, store: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     for mode in MODES:  # one process pair for both transports (start-up dominates this test)
@@ -84,7 +101,8 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
                                                 torch.tensor([loss.item(), float(rank)]), timer)
                 sparse_ok = all(p.grad is None or p.grad.is_sparse for p in model.sparse_parameters())
                 results.append({"grads": _grads(model), "extras": extras.clone(), "sparse_ok": sparse_ok})
-            torch.save({"results": results, "steps": timer.steps, "collectives": timer.collectives,
+            trained = _train(lambda m, step: m.loss(range(4 * rank, 4 * rank + 4), step), RowSparseAdam, distributed=True)
+            torch.save({"results": results, "trained": trained, "steps": timer.steps, "collectives": timer.collectives,
                         "overflow": timer.overflow_steps, "capacity": timer.capacity,
                         "comm_s": timer.comm_s, "wait_s": timer.wait_s}, Path(out_dir) / f"{mode}-rank{rank}.pt")
         finally:
@@ -139,6 +157,18 @@ def test_both_ranks_hold_the_same_bits_and_the_same_metrics(two_ranks):
             assert g0[name] is None or torch.equal(g0[name], g1[name]), name
         e0, e1 = (two_ranks[r]["results"][step]["extras"] for r in range(2))
         assert torch.equal(e0, e1) and float(e0[1]) == 0.5  # extras are averaged: (0 + 1) / 2
+
+
+def test_training_steps_with_row_sparse_adam_keep_ranks_identical(two_ranks):
+    """Adam + RowSparseAdam after the exchange: both ranks hold the same weights, bit for bit,
+    and the weights one process gets from the whole batch with torch's SparseAdam."""
+    w0, w1 = two_ranks[0]["trained"], two_ranks[1]["trained"]
+    want = _train(lambda m, step: m.loss(range(N), step), torch.optim.SparseAdam, distributed=False)
+    start = Tiny().state_dict()
+    for name, w in want.items():
+        assert torch.equal(w0[name], w1[name]), name
+        torch.testing.assert_close(w0[name], w, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.equal(w0["a.weight"], start["a.weight"]) and torch.equal(w0["unused"], start["unused"])
 
 
 def test_one_gather_per_step_and_gloo_capacity_overflows_once(two_ranks, request):
