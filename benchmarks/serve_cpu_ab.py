@@ -11,8 +11,10 @@ CPU ms per request and the CPU of the main pieces.
 Modes (``--modes``, each run ``--rounds`` times, interleaved):
 
 "before" is the pipeline at the start of issue #5 round 3 (2026-11-22 15:00 UTC): the bundle's
-own index, and the prior's pool (600 ANN hits + the 5,000 newest) gathered and sorted again
-on every request (``Uncached``) instead of kept in a ``retrieval.served.RescorePool``.
+own index; the prior's pool (600 ANN hits + the 5,000 newest) gathered and sorted again on
+every request (``Uncached``) instead of kept in a ``retrieval.served.RescorePool``; the
+re-rank on category / creator / group names gathered from lists (``before_rerank``) instead
+of integer codes; ``followed_keys`` by ``np.unique`` at every history length.
 
 "legacy" puts back, on the same loaded Recommender: fresh/followed/the prior's pool filtered
 from a cached recent pool of the whole catalogue (``sources.fresh_items``,
@@ -27,6 +29,8 @@ from __future__ import annotations
 import argparse
 import functools
 import time
+import zlib
+from dataclasses import replace
 
 from pathlib import Path
 
@@ -81,6 +85,21 @@ class _GatherPool:
         cand = sorted_unique(ann[ann >= 0], *self.parts)
         return rescore_with_prior(prior, user_vec, cand, item_vecs[cand], published_at[cand], now, k,
                                   clicks=None if clicks is None else clicks[cand])
+
+
+def before_rerank(self, cand, cand_ids, scores, order, ctx, k, request_id, explore=True):
+    """``Recommender._rerank`` at the start of round 3: names gathered from lists."""
+    idx = cand.tolist()
+    slate = policies.Slate(item_ids=cand_ids, categories=recmod._gather(self._categories_list, idx),
+                           creators=recmod._gather(self._creators_list, idx), groups=recmod._gather(self._groups_list, idx),
+                           scores=np.asarray(scores, dtype=np.float64),
+                           vectors=self.art.item_vectors[cand] if self.policy.mmr_lambda < 1.0 else None)
+    policy = self.policy
+    blocklist = self.blocklists.current()
+    if blocklist or not explore:
+        policy = replace(policy, blocklist=blocklist, explore_epsilon=policy.explore_epsilon if explore else 0.0)
+    rng = np.random.default_rng(zlib.crc32(request_id.encode()))
+    return recmod.rerank(slate, order, ctx.seen, k, policy, u=float(rng.random()), pick=int(rng.integers(1 << 30)))
 
 
 class Uncached:
@@ -186,8 +205,12 @@ def set_mode(rec, mode: str, legacy: Legacy, saved: dict, indexes: dict) -> None
     """Put a mode's code paths (and index) on the instance (module docstring)."""
     switch(rec, legacy, mode == "legacy", saved)
     rec.__dict__.pop("_prior_pool", None)
+    sources.SMALL_HISTORY = saved["small_history"]
     if mode in ("legacy", "before"):
         rec._prior_pool = Uncached(rec).prior_pool
+        sources.SMALL_HISTORY = 0
+    if mode == "before":
+        rec._rerank_before = functools.partial(before_rerank, rec)
     rec.art.index = indexes["current" if mode == "current" else "bundle"]
 
 
@@ -267,7 +290,7 @@ def main() -> None:
     if args.ann_only:
         ann_cost(args.model)
         return
-    saved = {"omp": faiss.omp_get_max_threads()}
+    saved = {"omp": faiss.omp_get_max_threads(), "small_history": sources.SMALL_HISTORY}
     app, event_log, rec, cfg = build_service(args.model, "/tmp/feedrank-ab-events")
     legacy = Legacy(rec)
     acc: dict[str, float] = {}
@@ -301,6 +324,8 @@ def main() -> None:
     users = [str(known[i]) if rng.random() < 0.9 else f"new-{i}" for i in rng.integers(0, len(known), args.requests)]
     for mode in modes * args.rounds:
         set_mode(rec, mode, legacy, saved, indexes)
+        if "_rerank_before" in rec.__dict__:  # the "before" mode's re-rank, wrapped below like the others
+            rec._rerank = rec.__dict__.pop("_rerank_before")
         for name in ("_retrieve", "_enrich", "_rerank", "_score"):  # wraps the legacy or the current method
             timed(rec, name, name.strip("_"))
         acc.clear()

@@ -152,8 +152,11 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     out["users_without_history"] = int((~has_hist).sum())
     priors = {}
     fb_data = replace(base_data or PriorFitData(), feedback=fb_train)
-    for name, use_pop, data in (("two_tower_age_prior", False, base_data), ("two_tower_prior", True, base_data),
-                                ("two_tower_prior_ctr", True, fit_data), ("two_tower_prior_feedback", True, fb_data)):
+    fits = [("two_tower_age_prior", False, base_data), ("two_tower_prior", True, base_data),
+            ("two_tower_prior_ctr", True, fit_data), ("two_tower_prior_feedback", True, fb_data)]
+    if served_prior != "two_tower_prior_ctr":  # fitted w_ctr = w_creator = 0 on every dataset (docs/retrieval.md): skipped
+        fits = [f for f in fits if f[0] != "two_tower_prior_ctr"]
+    for name, use_pop, data in fits:
         prior = fit_age_prior(tt, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, vecs, max_age,
                               cfg.training.seed, popularity=use_pop, data=data, cold_users=cold_user_weights)
         priors[name] = prior
@@ -201,7 +204,7 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         out["methods"]["oracle"] = _metrics(_top_lists(oracle_scores, allowed_mask, past), relevant, warm)
         o = out["methods"]["oracle"]["recall@100"]
         out["two_tower_recall@100_vs_oracle"] = round(out["methods"]["two_tower"]["recall@100"] / o, 4) if o else None
-        for name in PRIOR_METHODS + ("two_tower_prior_served",):
+        for name in [m for m in PRIOR_METHODS if m in priors] + ["two_tower_prior_served"]:
             out[f"{name}_recall@100_vs_oracle"] = round(out["methods"][name]["recall@100"] / o, 4) if o else None
     for name in ("two_tower", "two_tower_prior_served"):
         tw = out["methods"][name]

@@ -25,7 +25,7 @@ import numpy as np
 
 from feedrank.evaluation.metrics import recall_at_k
 
-ALS_GRID = {"factors": (32, 64, 128), "regularization": (0.01, 0.1, 1.0, 10.0), "alpha": (1.0, 5.0, 20.0, 40.0),
+ALS_GRID = {"factors": (32, 128), "regularization": (0.01, 0.1, 1.0), "alpha": (1.0, 10.0, 40.0),
             "iterations": (15, 40)}
 KNN_GRID = (20, 100, 500)  # neighbours kept per item (cosine similarity)
 
@@ -126,7 +126,8 @@ def fit_als(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, pa
 
     m = _matrix(users, items, n_users, n_items)
     model = AlternatingLeastSquares(factors=params.factors, regularization=params.regularization, alpha=params.alpha,
-                                    iterations=params.iterations, random_state=seed, calculate_training_loss=False)
+                                    iterations=params.iterations, random_state=seed, calculate_training_loss=False,
+                                    num_threads=1)  # one thread: on a busy machine a pool waits on its slowest worker
     model.fit(m, show_progress=False)
     return AlsModel(np.asarray(model.item_factors, dtype=np.float32), np.asarray(model.user_factors, dtype=np.float32),
                     params)

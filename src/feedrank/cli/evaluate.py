@@ -218,6 +218,31 @@ def ope_summarize_cmd(files: tuple[str, ...], as_json: bool) -> None:
     _print_summary(out)
 
 
+@ope_group.command("main-interval")
+@click.argument("in_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--interval", "method", required=True, help="The recorded interval method to make the main one.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="Where to write the result.")
+def ope_main_interval_cmd(in_file: str, method: str, out_file: str) -> None:
+    """Rewrite a `feedrank ope check` output with another recorded interval as the main one
+    (`lo`, `hi`, `covers` and the summary), without re-running the worlds: every run keeps
+    every method's interval. The result is what `ope check --interval METHOD` writes for
+    the same seeds, except `seconds`.
+
+    \b
+    Examples:
+      feedrank ope main-interval benchmarks/results/ope_coverage.json --interval boot-t --out /tmp/cov_boot_t.json
+    """
+    from feedrank.evaluation.ope_synth import with_main_interval
+
+    with open(in_file) as f:
+        r = json.load(f)
+    out = with_main_interval(r, method)
+    with open(out_file, "w") as f:
+        f.write(json.dumps(out, indent=1, sort_keys=True, default=float) + "\n")
+    click.echo(f"{out['n_runs']} runs, main interval {method}")
+    _print_summary(out)
+
+
 @ope_group.command("position-bias")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A dataset folder whose impressions carry Plackett-Luce draw propensities (the synthetic world's do).")

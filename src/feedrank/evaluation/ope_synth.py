@@ -350,6 +350,35 @@ def summarize_position_bias(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "harvest_interval_coverage": float(cov[:, 1:].mean())}
 
 
+def with_main_interval(result: dict[str, Any], method: str) -> dict[str, Any]:
+    """A ``coverage_check`` output with ``method``'s recorded interval as the main one (each
+    run keeps every method's interval, so no world needs re-running): every estimate's
+    ``lo``/``hi``/``covers``/``covers_logged_sessions``/``method``, the runs' and the
+    output's ``method``, and the summary are rewritten. Returns a new dict."""
+    if method not in INTERVAL_METHODS:
+        raise SchemaError(f"method: expected one of {', '.join(INTERVAL_METHODS)}, got {method!r}")
+    runs = []
+    for r in result.get("runs", []):
+        ests = {}
+        for name, e in r["estimates"].items():
+            iv = (e.get("intervals") or {}).get(method)
+            if iv is None:
+                raise SchemaError(f"seed {r.get('seed')}: {name} has no recorded {method!r} interval "
+                                  f"(written before that method existed?)")
+            ests[name] = {**e, "lo": iv["lo"], "hi": iv["hi"], "covers": bool(iv["lo"] <= r["truth"] <= iv["hi"]),
+                          "covers_logged_sessions": bool(iv["lo"] <= r["truth_logged_sessions"] <= iv["hi"]),
+                          "method": method}
+        runs.append({**r, "estimates": ests, "method": method})
+    if not runs:
+        raise SchemaError("not a `feedrank ope check` output (no runs)")
+    out = {**result, "runs": runs, "method": method, "summary": summarize(runs)}
+    if "command" in out and "--interval" in out["command"]:
+        head, _, tail = out["command"].partition("--interval ")
+        rest = tail.split(" ", 1)
+        out["command"] = head + f"--interval {method}" + (" " + rest[1] if len(rest) > 1 else "")
+    return out
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Coverage share, bias, RMSE, mean width (absolute and relative to the truth) per estimator."""
     out: dict[str, dict[str, float]] = {}

@@ -28,6 +28,7 @@ clocks, so tests can drive it.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -42,13 +43,18 @@ class QueueDelay:
     """Recent event-loop lag samples (ms) of one process, kept for ``window_s`` seconds.
 
     ``observe(ms)`` adds a sample (negative values count as 0); ``recent_ms()`` is the
-    largest sample of the window (0.0 when there is none: an idle or unprobed process
+    ``quantile`` (nearest rank, 0.9 by default) of the window's samples, so one hiccup
+    (the process descheduled for a moment on a busy machine) does not count as queueing
+    but a loop that stays behind does; 0.0 when there is none (an idle or unprobed process
     adds no delay); ``clear()`` forgets them."""
 
-    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic, quantile: float = 0.9) -> None:
         if not window_s > 0:
             raise ValueError(f"queue delay window must be > 0 seconds, got {window_s}")
+        if not 0 < quantile <= 1:
+            raise ValueError(f"queue delay quantile must be in (0, 1], got {quantile}")
         self.window_s = float(window_s)
+        self.quantile = float(quantile)
         self.clock = clock
         self._samples: deque[tuple[float, float]] = deque()
         self._lock = threading.Lock()
@@ -63,7 +69,10 @@ class QueueDelay:
         now = self.clock()
         with self._lock:
             self._trim(now)
-            return max((ms for _, ms in self._samples), default=0.0)
+            if not self._samples:
+                return 0.0
+            ms = sorted(x for _, x in self._samples)
+        return ms[max(0, math.ceil(self.quantile * len(ms)) - 1)]
 
     def clear(self) -> None:
         with self._lock:

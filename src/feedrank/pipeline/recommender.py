@@ -78,6 +78,13 @@ def _shared(values: list) -> list:
     return [one.setdefault(v, v) for v in values]
 
 
+def _codes(values: list) -> np.ndarray:
+    """(N,) int64: one code per distinct value, in order of first appearance (a bijection,
+    unlike the vocabularies' indices, which map every out-of-vocabulary string to one code)."""
+    one: dict = {}
+    return np.fromiter((one.setdefault(v, len(one)) for v in values), dtype=np.int64, count=len(values))
+
+
 def policy_from_config(rc) -> RerankPolicy:
     """The pure re-ranking policy for a ``RerankConfig``."""
     return RerankPolicy(max_per_category=rc.max_per_category, max_per_creator=rc.max_per_creator, drop_seen=rc.drop_seen,
@@ -120,6 +127,7 @@ class Recommender(CandidateStage):
         self._creators_list = _shared(self.catalog.creators.astype(str).tolist())
         self._groups_list = _shared(self.catalog.creator_groups.astype(str).tolist())
         self._categories_list = _shared(self.catalog.categories.tolist())
+        self._set_rerank_codes()
         rk = art.info.get("ranking") or {}
         self.dwell_prior = float((rk.get("spec") or {}).get("dwell_prior", 0.0))
         self._user_tower = numpy_user_tower(art.two_tower)  # batch-1 queries in numpy (exported at load)
@@ -147,6 +155,13 @@ class Recommender(CandidateStage):
         view._popular_lock = threading.Lock()
         view._popular, view._popular_at, view._live, view._live_at = np.zeros(0, dtype=np.int64), -np.inf, None, -np.inf
         return view
+
+    def _set_rerank_codes(self) -> None:
+        """Integer codes of each row's category and creator: the re-rank's caps only compare
+        them for equality, and a request gathers 500 codes from an array ~6x faster than 500
+        strings from a list (benchmarks/README.md, "Serving", round 3). One tuple, swapped
+        whole: a concurrent request sees the old or the new codes."""
+        self._rerank_codes = (_codes(self._categories_list), _codes(self._creators_list))
 
     def _index_keys(self, rows: np.ndarray, catalog=None) -> dict[str, np.ndarray]:
         """The keys ``LiveCatalog`` indexes rows by: category (fresh), creator and
@@ -196,6 +211,7 @@ class Recommender(CandidateStage):
             self._categories_list = _shared(catalog.categories.tolist())
             self._creators_list = _shared(catalog.creators.astype(str).tolist())
             self._groups_list = _shared(catalog.creator_groups.astype(str).tolist())
+            self._set_rerank_codes()
             if self.live is not None:  # before any request can see the new rows
                 self.live.extend_catalog(self._live_binding, catalog.item_ids[rows].tolist(), catalog.categories[rows].tolist())
             # liveness first: a request that sees the new catalogue must find its rows there
@@ -400,20 +416,29 @@ class Recommender(CandidateStage):
     def _rerank(self, cand: np.ndarray, cand_ids: list[str], scores: np.ndarray, order: list[int], ctx: UserContext,
                 k: int, request_id: str, explore: bool = True) -> tuple[list[int], list[float]]:
         """Apply the re-ranking policies; exploration draws are seeded by the request id.
-        Degraded tiers do not explore: they serve the safest list."""
-        idx = cand.tolist()
-        slate = Slate(
-            item_ids=cand_ids,
-            categories=_gather(self._categories_list, idx),
-            creators=_gather(self._creators_list, idx),
-            groups=_gather(self._groups_list, idx),
-            scores=np.asarray(scores, dtype=np.float64),
-            vectors=self.art.item_vectors[cand] if self.policy.mmr_lambda < 1.0 else None,
-        )
+        Degraded tiers do not explore: they serve the safest list.
+
+        Without a blocklist (which matches category and creator names) the caps see integer
+        codes for categories and creators, and the creator groups are gathered only when the
+        exposure floor is on: the same decisions as with the strings (tested)."""
         policy = self.policy
         blocklist = self.blocklists.current()
         if blocklist or not explore:
             policy = replace(policy, blocklist=blocklist, explore_epsilon=policy.explore_epsilon if explore else 0.0)
+        idx = cand.tolist()
+        codes = self._rerank_codes
+        if blocklist or len(codes[0]) < len(self._categories_list):  # names needed (or codes not yet extended)
+            categories, creators = _gather(self._categories_list, idx), _gather(self._creators_list, idx)
+        else:
+            categories, creators = codes[0][cand].tolist(), codes[1][cand].tolist()
+        slate = Slate(
+            item_ids=cand_ids,
+            categories=categories,
+            creators=creators,
+            groups=_gather(self._groups_list, idx) if policy.fairness_min_share > 0 else (),
+            scores=np.asarray(scores, dtype=np.float64),
+            vectors=self.art.item_vectors[cand] if policy.mmr_lambda < 1.0 else None,
+        )
         rng = np.random.default_rng(zlib.crc32(request_id.encode()))
         return rerank(slate, order, ctx.seen, k, policy, u=float(rng.random()), pick=int(rng.integers(1 << 30)))
 

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-FEEDBACK_STRENGTHS = (2.0, 10.0, 50.0)  # shrinkage pseudo-counts tried by the fit (best likelihood wins)
+FEEDBACK_STRENGTHS = (2.0, 20.0)  # shrinkage pseudo-counts tried by the fit (best likelihood wins)
 
 
 @dataclass(frozen=True)

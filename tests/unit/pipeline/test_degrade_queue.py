@@ -24,7 +24,7 @@ def make(clock: Clock, **kw) -> tuple[TierController, QueueDelay]:
     return TierController(clock=clock, queue=q, min_dwell_s=1.0, **kw), q
 
 
-def test_queue_delay_keeps_the_window_max_and_forgets_old_samples():
+def test_queue_delay_is_a_high_quantile_of_the_window_and_forgets_old_samples():
     clock = Clock()
     q = QueueDelay(window_s=1.0, clock=clock)
     assert q.recent_ms() == 0.0
@@ -37,8 +37,17 @@ def test_queue_delay_keeps_the_window_max_and_forgets_old_samples():
     assert q.recent_ms() == 10.0
     q.clear()
     assert q.recent_ms() == 0.0
+    for _ in range(9):
+        q.observe(2.0)
+    q.observe(500.0)  # one hiccup in ten samples: not queueing
+    assert q.recent_ms() == 2.0
+    for _ in range(5):
+        q.observe(80.0)  # the loop stays behind: it is
+    assert q.recent_ms() == 80.0
     with pytest.raises(ValueError, match="window"):
         QueueDelay(window_s=0.0)
+    with pytest.raises(ValueError, match="quantile"):
+        QueueDelay(quantile=0.0)
 
 
 def test_fast_service_but_long_queue_steps_down():
@@ -121,7 +130,7 @@ def test_loop_probe_records_a_blocked_loop_and_ticks_the_controllers():
             Spy.ticks += 1
             return "full"
 
-    lag = QueueDelay(window_s=60.0)
+    lag = QueueDelay(window_s=60.0, quantile=1.0)  # the largest sample: the blocked wake-up
 
     async def main() -> None:
         task = asyncio.create_task(probe_loop_lag(lambda: [Spy()], interval_s=0.001, lag=lag))

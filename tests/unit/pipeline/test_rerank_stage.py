@@ -98,3 +98,24 @@ def test_exploration_propensities(art: ModelArtifacts):
     a = rec.recommend(FeedRequest(user_id="replay", k=10, request_id="fixed"))
     b = _rec(art, explore_epsilon=0.5, explore_position=3).recommend(FeedRequest(user_id="replay", k=10, request_id="fixed"))
     assert [it.item_id for it in a.items] == [it.item_id for it in b.items]
+
+
+def test_rerank_on_codes_decides_as_on_names(art: ModelArtifacts):
+    """Caps over integer category/creator codes keep and order exactly what they keep over the
+    names, with exploration, MMR and the exposure floor on or off."""
+    users = [str(u) for u in art.snapshot.user_ids[:25]] + ["new-user"]
+    settings = [dict(explore_epsilon=0.3, explore_position=2), dict(mmr_lambda=0.7, max_per_creator=1),
+                dict(fairness_min_share=0.3, fairness_group="new", max_per_category=1)]
+    for extra in settings:
+        rec = _rec(art, **extra)
+        assert len(rec._rerank_codes[0]) == len(rec.catalog)
+        names = _rec(art, **extra)
+        names._rerank_codes = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))  # forces the names path
+        compared = 0
+        for j, user in enumerate(users):
+            a = rec.recommend(FeedRequest(user_id=user, k=10, request_id=f"r{j}"))
+            b = names.recommend(FeedRequest(user_id=user, k=10, request_id=f"r{j}"))
+            assert [(it.item_id, it.propensity, it.source) for it in a.items] == \
+                [(it.item_id, it.propensity, it.source) for it in b.items]
+            compared += len(a.items)
+        assert compared > 100
