@@ -14,10 +14,11 @@ Modes (``--modes``, each run ``--rounds`` times, interleaved):
 own index; the prior's pool (600 ANN hits + the 5,000 newest) gathered and sorted again on
 every request (``Uncached``) instead of kept in a ``retrieval.served.RescorePool``; the
 re-rank on category / creator / group names gathered from lists (``before_rerank``) instead
-of integer codes; ``followed_keys`` by ``np.unique`` at every history length.
+of integer codes; ``followed_keys`` by ``np.unique`` at every history length; the ranker's
+features stacked and ``np.nan_to_num``-ed (``stacked_features``). "legacy" includes these.
 
 "legacy" puts back, on the same loaded Recommender: fresh/followed/the prior's pool filtered
-from a cached recent pool of the whole catalogue (``sources.fresh_items``,
+from a cached recent pool of the whole catalogue (``sources_reference.fresh_items``,
 ``followed_items``, ``recent_pool``), the O(N) liveness checks per request, the uncached
 feature-store read of every candidate (``LiveFeatures.read_items``), the per-item merge
 loop, the two-pass re-rank (eligible + caps re-run on a 4x wider window) and FAISS with
@@ -39,14 +40,15 @@ import numpy as np
 
 import feedrank.pipeline.candidates as cands
 import feedrank.pipeline.recommender as recmod
+import feedrank.ranking.features as features
 from feedrank.rerank import policies
 from feedrank.rerank.diversity import cap_split
 from feedrank.retrieval import sources
 from feedrank.retrieval.index import FaissIndex, IndexParams, choose_kind
 from feedrank.retrieval.prior import rescore_with_prior
 from feedrank.retrieval.served import PRIOR_POOL_MAX
-from feedrank.retrieval.sources import (SourceResult, followed_items, followed_keys, fresh_items, recent_pool,
-                                         sorted_unique)
+from feedrank.retrieval.sources import SourceResult, followed_keys, sorted_unique
+from feedrank.retrieval.sources_reference import followed_items, fresh_items, merge_sources_reference, recent_pool
 from feedrank.serving.factory import build_service
 from feedrank.types import FeedRequest
 
@@ -71,7 +73,7 @@ def legacy_rerank(slate, order, seen, k, policy, u=1.0, pick=0):
     return policies.exploration_slot(top, pool, policy.explore_position, policy.explore_epsilon, u, pick)
 
 
-legacy_merge = sources.merge_sources_reference  # merge_sources before it was vectorised: a per-item loop
+legacy_merge = merge_sources_reference  # merge_sources before it was vectorised: a per-item loop
 
 
 class _GatherPool:
@@ -85,6 +87,31 @@ class _GatherPool:
         cand = sorted_unique(ann[ann >= 0], *self.parts)
         return rescore_with_prior(prior, user_vec, cand, item_vecs[cand], published_at[cand], now, k,
                                   clicks=None if clicks is None else clicks[cand])
+
+
+def stacked_features(tower_sim, category_affinity, item_impressions, item_clicks, age_s, user_clicks, ts, prior_ctr,
+                     prior_weight, engagement=None, dwell_prior=0.0):
+    """``ranking.features.ranking_features`` at the start of round 3: columns stacked, then
+    concatenated, cast and ``np.nan_to_num``-ed (the same values, tests/unit/ranking/test_features_block.py)."""
+    from feedrank.ranking.features import Engagement, engagement_features, smoothed_ctr
+
+    ts = np.asarray(ts, dtype=np.float64)
+    hours = np.remainder(ts / 3600.0, 24.0)
+    days = np.remainder(ts / 86400.0 + 3.0, 7.0)
+    n = len(tower_sim)
+    cols = [np.asarray(tower_sim, dtype=np.float64), np.asarray(category_affinity, dtype=np.float64),
+            np.log1p(np.maximum(item_impressions, 0)), np.log1p(np.maximum(item_clicks, 0)),
+            smoothed_ctr(np.asarray(item_clicks, np.float64), np.asarray(item_impressions, np.float64), prior_ctr,
+                         prior_weight),
+            np.log1p(np.maximum(age_s, 0) / 3600.0), np.log1p(np.maximum(user_clicks, 0)),
+            np.broadcast_to(np.sin(2 * np.pi * hours / 24), (n,)), np.broadcast_to(np.cos(2 * np.pi * hours / 24), (n,)),
+            np.broadcast_to(np.sin(2 * np.pi * days / 7), (n,)), np.broadcast_to(np.cos(2 * np.pi * days / 7), (n,))]
+    base = np.stack(cols, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        eng = engagement_features(engagement if engagement is not None else Engagement.zeros(n),
+                                  np.asarray(age_s, dtype=np.float64), prior_ctr, prior_weight, dwell_prior)
+    x = np.concatenate([base, eng], axis=1).astype(np.float32)
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def before_rerank(self, cand, cand_ids, scores, order, ctx, k, request_id, explore=True):
@@ -206,9 +233,11 @@ def set_mode(rec, mode: str, legacy: Legacy, saved: dict, indexes: dict) -> None
     switch(rec, legacy, mode == "legacy", saved)
     rec.__dict__.pop("_prior_pool", None)
     sources.SMALL_HISTORY = saved["small_history"]
+    recmod.ranking_features = features.ranking_features = saved["features"]
     if mode in ("legacy", "before"):
         rec._prior_pool = Uncached(rec).prior_pool
         sources.SMALL_HISTORY = 0
+        recmod.ranking_features = features.ranking_features = stacked_features
     if mode == "before":
         rec._rerank_before = functools.partial(before_rerank, rec)
     rec.art.index = indexes["current" if mode == "current" else "bundle"]
@@ -290,7 +319,8 @@ def main() -> None:
     if args.ann_only:
         ann_cost(args.model)
         return
-    saved = {"omp": faiss.omp_get_max_threads(), "small_history": sources.SMALL_HISTORY}
+    saved = {"omp": faiss.omp_get_max_threads(), "small_history": sources.SMALL_HISTORY,
+             "features": features.ranking_features}
     app, event_log, rec, cfg = build_service(args.model, "/tmp/feedrank-ab-events")
     legacy = Legacy(rec)
     acc: dict[str, float] = {}

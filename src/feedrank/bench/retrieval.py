@@ -30,6 +30,7 @@ KS = (10, 50, 100)
 PRIOR_FITS = ("newest-half", "frozen-tail")
 SERVED_PRIORS = ("two_tower_age_prior", "two_tower_prior", "two_tower_prior_ctr", "two_tower_prior_feedback")
 PRIOR_METHODS = SERVED_PRIORS
+FEEDBACK_FITS = ("holdout-tail", "same")
 
 
 def _metrics(lists: list[list[int]], relevant: list[set[int]], warm: np.ndarray) -> dict[str, float]:
@@ -60,7 +61,7 @@ def _top_lists(scores: np.ndarray, allowed_mask: np.ndarray, past: list[set[int]
 def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, max_users: int = 3000,
                 show_progress: bool = True, say: Callable[[str], None] = print, replay_requests: int = 3000,
                 served_prior: str = "two_tower_prior_feedback", prior_fit: str = "newest-half",
-                cold_user_weights: bool = False) -> dict[str, Any]:
+                cold_user_weights: bool = False, feedback_fit: str = "holdout-tail") -> dict[str, Any]:
     """Train the two-tower on the train side of ``data_dir`` and measure it against
     popularity, ALS (``implicit``) and, for synthetic worlds, the oracle: at the split
     boundary (``boundary``) and, with ``replay_requests`` > 0, replaying that many test
@@ -72,7 +73,12 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     clicks fit the prior: ``newest-half`` (what ``feedrank train`` does; each click with
     the state just before it) or ``frozen-tail`` (the last ``split.test_fraction`` of the
     train clicks, scored with the state frozen at the start of that tail, as the boundary
-    protocol scores the test side)."""
+    protocol scores the test side). ``feedback_fit``: the feedback prior's weights are fitted
+    on the last ``split.test_fraction`` of the train clicks with towers trained without them
+    (``holdout-tail``: the served towers have memorised the clicks the fit scores, so a new
+    item's clickers would add nothing there) or like the others (``same``)."""
+    if feedback_fit not in FEEDBACK_FITS:
+        raise ValueError(f"feedback_fit {feedback_fit!r}: expected one of {', '.join(FEEDBACK_FITS)}")
     if prior_fit not in PRIOR_FITS:
         raise ValueError(f"prior_fit {prior_fit!r}: expected one of {', '.join(PRIOR_FITS)}")
     if served_prior not in SERVED_PRIORS:
@@ -152,6 +158,8 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     out["users_without_history"] = int((~has_hist).sum())
     priors = {}
     fb_data = replace(base_data or PriorFitData(), feedback=fb_train)
+    if feedback_fit == "holdout-tail":
+        fb_data, out["feedback_fit"] = _holdout_tail_fit(cfg, prep, clicks, is_train, content, show_progress, say)
     fits = [("two_tower_age_prior", False, base_data), ("two_tower_prior", True, base_data),
             ("two_tower_prior_ctr", True, fit_data), ("two_tower_prior_feedback", True, fb_data)]
     if served_prior != "two_tower_prior_ctr":  # fitted w_ctr = w_creator = 0 on every dataset (docs/retrieval.md): skipped
@@ -227,6 +235,32 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         _say_methods(out["replay"]["methods"], say, f"replay of {len(reqs)} requests")
     out["headline"] = _headline(out)
     return out
+
+
+def _holdout_tail_fit(cfg: FeedrankConfig, prep, clicks, is_train: np.ndarray, content, show_progress: bool,
+                      say: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """``PriorFitData`` for the feedback prior: towers trained on the train clicks before the
+    last ``split.test_fraction`` of them (the tail), the fit on the tail, clicker vectors of
+    every train click from those towers. Only training data."""
+    from feedrank.pipeline.build import shown_not_clicked
+    from feedrank.retrieval.encode import encode_items, encode_users
+    from feedrank.retrieval.item_feedback import FeedbackEvents
+    from feedrank.retrieval.prior import PriorFitData
+    from feedrank.retrieval.train import train_two_tower
+
+    ev, catalog = prep.events, prep.catalog
+    tail_from = float(np.quantile(clicks.ts, 1.0 - cfg.split.test_fraction))
+    head = is_train & (ev.ts < tail_from)
+    t = time.perf_counter()
+    tt, _ = train_two_tower(cfg.retrieval, catalog, ev.click_log(np.flatnonzero(head)), len(prep.vocabs["category"]),
+                            len(prep.vocabs["subcategory"]), np.random.default_rng(cfg.training.seed), show_progress,
+                            content=content, shown=shown_not_clicked(ev, head))
+    vecs = encode_items(tt, catalog)
+    fb = FeedbackEvents.of_clicks(clicks, lambda h, ts: encode_users(tt, catalog, h, ts, item_vecs=vecs),
+                                  cfg.retrieval.history_len)
+    info = {"protocol": "holdout-tail", "fit_from": tail_from, "towers_s": round(time.perf_counter() - t, 1)}
+    say(f"feedback prior: towers without the train tail (from {tail_from:.0f}) trained in {info['towers_s']}s")
+    return PriorFitData(fit_from=tail_from, model=tt, item_vecs=vecs, feedback=fb), info
 
 
 def _with_feedback(counters, prior, events) -> Any:

@@ -35,6 +35,9 @@ def _ints(text: str) -> tuple[int, ...]:
               default="two_tower_prior_feedback", show_default=True,
               help="The prior the served row uses: age only, + popularity (what `feedrank train` fits), + CTR terms, "
                    "or + the item-feedback term (each item's shrunk mean clicker vector, point in time).")
+@click.option("--feedback-fit", type=click.Choice(["holdout-tail", "same"]), default="holdout-tail", show_default=True,
+              help="How the item-feedback prior is fitted: on the last test_fraction of the train clicks with towers "
+                   "trained without them ('holdout-tail', as a new item meets the served towers), or like the others.")
 @click.option("--cold-user-weights", is_flag=True,
               help="Also fit separate prior weights (incl. the tower's) for users without history (experimental; "
                    "`feedrank train` does not fit them).")
@@ -50,7 +53,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 @config_options
 def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_requests: int, prior_fit: str,
-              served_prior: str, cold_user_weights: bool, speed_items: int, speed_dim: int, speed_queries: int,
+              served_prior: str, feedback_fit: str, cold_user_weights: bool, speed_items: int, speed_dim: int, speed_queries: int,
               speed_kinds: str, speed_ef: str, speed_nprobe: str, no_progress: bool, as_json: bool,
               config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Retrieval quality (two-tower vs popularity vs ALS and item-kNN tuned on the training
@@ -91,7 +94,7 @@ def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_reque
             say(f"quality: {d}")
             result["quality"].append(run_quality(d, cfg, max_users=max_users, show_progress=not no_progress, say=say,
                                                  replay_requests=replay_requests, prior_fit=prior_fit,
-                                                 served_prior=served_prior,
+                                                 served_prior=served_prior, feedback_fit=feedback_fit,
                                                  cold_user_weights=cold_user_weights))
     if only in ("all", "speed") and speed_items:
         say(f"speed: {speed_items:,} items x {speed_dim}-d")

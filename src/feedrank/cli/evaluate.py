@@ -68,6 +68,12 @@ def ope_group() -> None:
     """
 
 
+def _interval_methods() -> tuple[str, ...]:
+    from feedrank.evaluation.ope_intervals import INTERVAL_METHODS
+
+    return INTERVAL_METHODS
+
+
 def _policy_options(f):
     f = click.option("--beta", default=1.0, show_default=True, type=float,
                      help="Target policy sharpness: pi(j) ∝ (a_j exp(noise eps_j)) ** beta.")(f)
@@ -183,13 +189,17 @@ def _print_summary(r: dict) -> None:
 @ope_group.command("summarize")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the pooled summary as one JSON object.")
-def ope_summarize_cmd(files: tuple[str, ...], as_json: bool) -> None:
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the pooled result with every run (the shape `ope check --out` writes), e.g. to join "
+              "checks run in chunks of seeds.")
+def ope_summarize_cmd(files: tuple[str, ...], as_json: bool, out_file: str | None) -> None:
     """Pool the runs of several `feedrank ope check` outputs (same settings, different seeds)
     and print their joint coverage, bias and RMSE.
 
     \b
     Examples:
       feedrank ope summarize benchmarks/results/ope_coverage.json benchmarks/results/ope_coverage_seeds50_99.json
+      feedrank ope summarize part0.json part1.json --out joined.json
     """
     from feedrank.errors import SchemaError
     from feedrank.evaluation.ope_synth import summarize, summarize_position_bias, summarize_weights
@@ -211,6 +221,11 @@ def ope_summarize_cmd(files: tuple[str, ...], as_json: bool) -> None:
             runs.append(run)
     out = {**(settings or {}), "files": list(files), "n_runs": len(runs), "summary": summarize(runs),
            "position_bias": summarize_position_bias(runs), "weights": summarize_weights(runs)}
+    if out_file:
+        joined = {**out, "runs": sorted(runs, key=lambda x: x["seed"]),
+                  "command": "feedrank ope summarize " + " ".join(files) + f" --out {out_file}"}
+        with open(out_file, "w") as f:
+            f.write(json.dumps(joined, indent=1, sort_keys=True, default=float) + "\n")
     if as_json:
         click.echo(json.dumps(out, sort_keys=True, default=float))
         return
@@ -220,7 +235,9 @@ def ope_summarize_cmd(files: tuple[str, ...], as_json: bool) -> None:
 
 @ope_group.command("main-interval")
 @click.argument("in_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--interval", "method", required=True, help="The recorded interval method to make the main one.")
+@click.option("--interval", "method", required=True,
+              type=click.Choice(list(_interval_methods())),
+              help="The recorded interval method to make the main one.")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="Where to write the result.")
 def ope_main_interval_cmd(in_file: str, method: str, out_file: str) -> None:
     """Rewrite a `feedrank ope check` output with another recorded interval as the main one

@@ -366,8 +366,9 @@ def with_main_interval(result: dict[str, Any], method: str) -> dict[str, Any]:
                 raise SchemaError(f"seed {r.get('seed')}: {name} has no recorded {method!r} interval "
                                   f"(written before that method existed?)")
             ests[name] = {**e, "lo": iv["lo"], "hi": iv["hi"], "covers": bool(iv["lo"] <= r["truth"] <= iv["hi"]),
-                          "covers_logged_sessions": bool(iv["lo"] <= r["truth_logged_sessions"] <= iv["hi"]),
                           "method": method}
+            if "truth_logged_sessions" in r:
+                ests[name]["covers_logged_sessions"] = bool(iv["lo"] <= r["truth_logged_sessions"] <= iv["hi"])
         runs.append({**r, "estimates": ests, "method": method})
     if not runs:
         raise SchemaError("not a `feedrank ope check` output (no runs)")

@@ -14,7 +14,11 @@ caches it sets up in ``_init_candidates``. Per request nothing here is O(catalog
   re-checked against the exact liveness at ``now``;
 - popular and trending lists are recomputed (O(N)) at most every ``CACHE_S``; trending is
   re-checked for liveness at ``now`` on each request (popular is the last resort: it
-  keeps items that are no longer live, after the live ones).
+  keeps items that are no longer live, after the live ones); the live set and the popular
+  list refresh on one liveness pass over the catalogue;
+- the age prior's pool (the newest live rows, at most ``PRIOR_POOL_MAX``) is walked per
+  request, but its vectors and publish times are gathered again only when its rows change
+  (``retrieval.served.RescorePool``, the same rescoring ``feedrank eval`` scores).
 """
 
 from __future__ import annotations
@@ -53,6 +57,19 @@ class CandidateStage:
         with self._popular_lock:
             self._live, self._live_at = None, -np.inf
             self._popular, self._popular_at = np.zeros(0, dtype=np.int64), -np.inf
+            self._source_cache.pop("live-mask", None)
+
+    def _catalogue_live_mask(self, now: float) -> np.ndarray:
+        """(N,) bool: every row's liveness at ``now``, O(N). The live set and the popular list
+        refresh on the same request (same ``now``): they share one computation. Call under
+        ``_popular_lock``."""
+        n = len(self.catalog)
+        hit = self._source_cache.get("live-mask")
+        if hit is not None and hit[0] == now and len(hit[1]) == n:
+            return hit[1]
+        mask = self.live_catalog.mask(np.arange(n), now)
+        self._source_cache["live-mask"] = (now, mask)
+        return mask
 
     def _user_vectors(self, hist: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
         """((B, D) user vectors, (B, C) affinities) for histories (B, L): numpy when exported."""
@@ -244,7 +261,7 @@ class CandidateStage:
             return None
         with self._popular_lock:
             if self._live is None or abs(now - self._live_at) > CACHE_S:
-                self._live = self.live_catalog.live_rows(now)
+                self._live = np.flatnonzero(self._catalogue_live_mask(now)).astype(np.int64)
                 self._live_at = now
             return self._live
 
@@ -257,7 +274,7 @@ class CandidateStage:
             if not len(self._popular) or abs(now - self._popular_at) > CACHE_S:
                 age = self.catalog.age_seconds(np.arange(len(self.catalog)), now)
                 if not self.live_catalog.always_live:  # expired, replaced or too old: no popularity
-                    age = np.where(self.live_catalog.mask(np.arange(len(self.catalog)), now), age, np.inf)
+                    age = np.where(self._catalogue_live_mask(now), age, np.inf)
                 n = max(self.cfg.pipeline.popular_k, self.cfg.pipeline.rank_max_candidates)
                 self._popular = popular_items(self.state.item_clicks, age, n)
                 if self.live is not None:  # what is hot right now (real-time clicks) goes first

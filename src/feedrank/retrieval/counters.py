@@ -126,58 +126,50 @@ def counters_at(replay: CounterReplay, ts: np.ndarray, items: np.ndarray | None 
     """Counters at each query time ``ts`` (Q,), in the query order: a dict of (Q, M) float32
     arrays (``clicks``, ``recent_clicks`` and, with impressions, ``impressions``, ``creator_clicks``,
     ``creator_impressions``) over ``items`` (M,) (default all), the same values a
-    ``CounterReplay`` advanced to each time gives (events strictly before it). Vectorised: each
-    event is binned to the first query after it and the bins are summed cumulatively over the
-    sorted queries (the decayed counter is carried forward query to query). ``replay``
-    supplies the logs and creators and is not advanced."""
+    ``CounterReplay`` advanced to each time gives (events strictly before it). One pass over
+    the sorted queries that adds only the events since the previous query, kept for the M
+    columns alone (and per creator). ``replay`` supplies the logs and creators; it is not advanced."""
     ts = np.asarray(ts, dtype=np.float64)
     cols = np.arange(replay.n_items) if items is None else np.asarray(items, dtype=np.int64)
     q_order = np.argsort(ts, kind="stable")
     q_ts = ts[q_order]
     col_of = np.full(replay.n_items, -1, dtype=np.int64)
     col_of[cols] = np.arange(len(cols))
-
-    def cumulative(ev_keys: np.ndarray, ev_ts: np.ndarray, n_keys: int) -> np.ndarray:
-        """(Q, n_keys) float64: per sorted query, events of each key strictly before it."""
-        first_q = np.searchsorted(q_ts, ev_ts, side="right")  # the first sorted query later than the event
-        keep = (first_q < len(q_ts)) & (ev_keys >= 0)
-        flat = first_q[keep] * n_keys + ev_keys[keep]
-        return np.cumsum(np.bincount(flat, minlength=len(q_ts) * n_keys).reshape(len(q_ts), n_keys), axis=0,
-                         dtype=np.float64)
-
-    def unsort(sorted_rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(ts), sorted_rows.shape[1]), dtype=np.float32)
-        out[q_order] = sorted_rows
-        return out
-
-    c_items, c_ts = replay._clicks
-    out = {"clicks": unsort(cumulative(col_of[c_items], c_ts, len(cols))), "recent_clicks": unsort(
-        _decayed(col_of[c_items], c_ts, q_ts, len(cols)))}
-    if replay._imps is not None:
-        i_items, i_ts = replay._imps
-        out["impressions"] = unsort(cumulative(col_of[i_items], i_ts, len(cols)))
-        if replay.creators is not None and replay.n_creators:
-            known = replay.creators[cols] >= 0
-            for name, (items_, ts_) in (("creator_clicks", replay._clicks), ("creator_impressions", replay._imps)):
-                per = cumulative(replay.creators[items_], ts_, replay.n_creators)
-                out[name] = unsort(np.where(known[None, :], per[:, np.maximum(replay.creators[cols], 0)], 0.0))
-    return out
-
-
-def _decayed(keys: np.ndarray, ev_ts: np.ndarray, q_ts: np.ndarray, n_keys: int) -> np.ndarray:
-    """(Q, n_keys) float64 clicks decayed by ``exp(-age / RECENT_TAU_S)`` at each sorted query
-    time ``q_ts``, events strictly before it (keys < 0 ignored)."""
-    first_q = np.searchsorted(q_ts, ev_ts, side="right")
-    out = np.zeros((len(q_ts), n_keys))
-    run = np.zeros(n_keys)
-    order = np.argsort(first_q, kind="stable")
-    bounds = np.searchsorted(first_q[order], np.arange(len(q_ts) + 1), side="left")
-    for q in range(len(q_ts)):
-        if q and np.isfinite(q_ts[q]) and np.isfinite(q_ts[q - 1]):
-            run *= np.exp(-(q_ts[q] - q_ts[q - 1]) / RECENT_TAU_S)
-        new = order[bounds[q]:bounds[q + 1]]
-        new = new[keys[new] >= 0]
-        if len(new) and np.isfinite(q_ts[q]):
-            run += np.bincount(keys[new], weights=np.exp(-(q_ts[q] - ev_ts[new]) / RECENT_TAU_S), minlength=n_keys)
-        out[q] = run
+    m = len(cols)
+    with_creators = replay._imps is not None and replay.creators is not None and replay.n_creators > 0
+    logs = {"clicks": replay._clicks} | ({"impressions": replay._imps} if replay._imps is not None else {})
+    out = {name: np.empty((len(ts), m), dtype=np.float32) for name in list(logs) + ["recent_clicks"]}
+    run = {name: np.zeros(m) for name in out}
+    keys = {name: col_of[log[0]] for name, log in logs.items()}
+    ends = {name: np.searchsorted(log[1], q_ts, side="left") for name, log in logs.items()}
+    if with_creators:
+        c_of = replay.creators[cols]
+        known = c_of >= 0
+        c_run = {name: np.zeros(replay.n_creators) for name in logs}
+        c_keys = {name: replay.creators[log[0]] for name, log in logs.items()}
+        for name in logs:
+            out["creator_" + name] = np.empty((len(ts), m), dtype=np.float32)
+    pos = dict.fromkeys(logs, 0)
+    prev_t = -np.inf
+    for r, (q, t) in enumerate(zip(q_order, q_ts)):
+        if np.isfinite(prev_t) and np.isfinite(t):
+            run["recent_clicks"] *= np.exp(-(t - prev_t) / RECENT_TAU_S)
+        for name, log in logs.items():
+            a, b = pos[name], int(ends[name][r])
+            if b > a:
+                k = keys[name][a:b]
+                hit = k >= 0
+                run[name] += np.bincount(k[hit], minlength=m)
+                if name == "clicks" and np.isfinite(t):
+                    w = np.exp(-(t - log[1][a:b][hit]) / RECENT_TAU_S)
+                    run["recent_clicks"] += np.bincount(k[hit], weights=w, minlength=m)
+                if with_creators:
+                    ck = c_keys[name][a:b]
+                    c_run[name] += np.bincount(ck[ck >= 0], minlength=replay.n_creators)
+                pos[name] = b
+            out[name][q] = run[name]
+            if with_creators:
+                out["creator_" + name][q] = np.where(known, c_run[name][np.maximum(c_of, 0)], 0.0)
+        out["recent_clicks"][q] = run["recent_clicks"]
+        prev_t = t
     return out

@@ -11,10 +11,10 @@
 
 Why IVF-Flat from 1M: serving asks for ``ann_k * ann_oversample`` (600) neighbours, and an
 HNSW search costs about efSearch >= k, where an IVF scan costs the lists it probes whatever
-k is. On the 1M x 32-d bench bundle, 1,000 real serving user vectors, k = 600, one thread
-(docs/retrieval.md, "Serving k"): HNSW efSearch 600 1.8 ms CPU per query at recall@600 0.89
-and recall@100 0.94 vs exact; IVF-Flat nlist 2048, nprobe 64 0.5-0.7 ms at recall@600 0.97
-and recall@100 0.98 (measured on a loaded machine; only 1M was measured).
+k is. On the 1M x 32-d bench bundle, 1,000 serving user vectors, k = 600, one thread
+(docs/retrieval.md, "IVF-Flat from 1M"; ``benchmarks/ann_serving_k.py``): HNSW efSearch 600
+1.34 ms CPU per query at recall@100 0.942 vs exact; IVF-Flat nlist 2000, nprobe 64 0.51 ms
+at recall@100 0.973 (loaded machine; only 1M was measured, so HNSW stays below it).
 
 ``check_recall(index, vectors, floor)`` measures recall@100 against exact search on a
 sample of item vectors used as queries, and raises ``IndexRejected`` below the floor:

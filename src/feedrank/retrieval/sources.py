@@ -5,11 +5,14 @@ arrays: no clock, no I/O):
 
     popular_items    clicks discounted by item age (3-day half-life): the fallback
     trending_items   most engaged recently: exponentially decayed click counters (6 h)
-    fresh_items      newest items in the user's top categories
-    followed_items   recent items from the creators and topics (subcategories) the user
-                     follows; follows are derived from history (``followed_keys``: a key
-                     clicked at least ``min_clicks`` times among the recent clicks) since
-                     none of the data sets has an explicit follow list
+    followed_keys    the creators and topics (subcategories) a user follows, derived from
+                     history (a key clicked at least ``min_clicks`` times among the recent
+                     clicks) since none of the data sets has an explicit follow list
+
+Fresh and followed items are served by walking ``pipeline.live_catalog.LiveCatalog``'s time
+indexes; their brute-force forms (O(catalogue)) and the per-item merge live in
+``retrieval.sources_reference``: the specifications the tests compare against, never used
+when serving.
 
 ``gather_sources`` runs source callables under per-source time budgets: a source that
 raises or runs past its budget is dropped (status ``error``/``late``), so its quota is
@@ -94,23 +97,6 @@ def trending_items(recent_clicks: np.ndarray, k: int, min_clicks: float = 1.0,
     return _top(score, k, eligible)
 
 
-def fresh_items(published_at: np.ndarray, now: float, max_age_s: float, categories: np.ndarray,
-                wanted_categories: np.ndarray | None, k: int, pool: np.ndarray | None = None) -> np.ndarray:
-    """Newest items published within ``max_age_s`` of ``now`` (and not in the future),
-    restricted to ``wanted_categories`` when given; newest first. ``pool``: consider only
-    these item indices (e.g. a cached list of recent items)."""
-    idx = np.arange(len(published_at)) if pool is None else np.asarray(pool, dtype=np.int64)
-    age = now - published_at[idx]
-    ok = (age >= 0) & (age <= max_age_s)
-    if wanted_categories is not None and len(wanted_categories):
-        ok &= np.isin(categories[idx], wanted_categories)
-    sel = np.flatnonzero(ok)
-    if len(sel) > k:
-        sel = sel[np.argpartition(age[sel], k - 1)[:k]]
-    sel = sel[np.argsort(age[sel], kind="stable")]
-    return idx[sel].astype(np.int64)
-
-
 SMALL_HISTORY = 256  # followed_keys: up to this many keys, a dict count instead of np.unique
 
 
@@ -135,36 +121,6 @@ def followed_keys(history_keys: np.ndarray, min_clicks: int, ignore: Sequence[in
     ok = (counts >= min_clicks) & ~np.isin(keys, np.asarray(ignore, dtype=np.int64))
     keys, first_rev, counts = keys[ok], first_rev[ok], counts[ok]
     return keys[np.lexsort((first_rev, -counts))].astype(np.int64)
-
-
-def followed_items(item_keys: Sequence[np.ndarray], followed: Sequence[np.ndarray], published_at: np.ndarray,
-                   now: float, max_age_s: float, k: int, pool: np.ndarray | None = None) -> np.ndarray:
-    """Items published within ``max_age_s`` of ``now`` whose key matches a followed key, for
-    any of the key kinds (``item_keys[j]`` (N,) int64, e.g. creator codes and subcategory
-    codes, with ``followed[j]`` the followed keys of that kind); newest first.
-    ``pool``: consider only these item indices."""
-    idx = np.arange(len(published_at)) if pool is None else np.asarray(pool, dtype=np.int64)
-    if not any(len(f) for f in followed) or not len(idx):
-        return np.zeros(0, dtype=np.int64)
-    age = now - published_at[idx]
-    ok = (age >= 0) & (age <= max_age_s)
-    match = np.zeros(len(idx), dtype=bool)
-    for keys, f in zip(item_keys, followed):
-        if len(f):
-            match |= np.isin(np.asarray(keys)[idx], f)
-    sel = np.flatnonzero(ok & match)
-    if len(sel) > k:
-        sel = sel[np.argpartition(age[sel], k - 1)[:k]]
-    sel = sel[np.argsort(age[sel], kind="stable")]
-    return idx[sel].astype(np.int64)
-
-
-def recent_pool(published_at: np.ndarray, now: float, max_age_s: float) -> np.ndarray:
-    """(M,) int64 indices of the items published in ``[now - max_age_s, now]``, newest
-    first: the candidate pool of fresh and followed (cache it: it changes slowly)."""
-    age = now - published_at
-    idx = np.flatnonzero((age >= 0) & (age <= max_age_s))
-    return idx[np.argsort(age[idx], kind="stable")].astype(np.int64)
 
 
 def gather_sources(fetchers: Mapping[str, Callable[[], SourceResult]], budgets_ms: Mapping[str, float],
@@ -277,39 +233,3 @@ def merge_sources(results: list[SourceResult], quotas: Mapping[str, int], total:
     for got, name, _ in parts:
         sources.extend([name] * len(got))
     return Merged(np.concatenate([p[0] for p in parts]), sources, np.concatenate([p[2] for p in parts]), taken)
-
-def merge_sources_reference(results: list[SourceResult], quotas: Mapping[str, int], total: int,
-                            fallbacks: Sequence[str] = (), exclude: set[int] | None = None) -> Merged:
-    """The straightforward per-item loop that ``merge_sources`` computes in bulk: the
-    executable specification its tests compare against (and the "before" side of
-    ``benchmarks/serve_cpu_ab.py``). Same arguments and result; not used when serving."""
-    exclude = exclude or set()
-    seen: set[int] = set()
-    out: list[int] = []
-    src: list[str] = []
-    sc: list[float] = []
-    taken: dict[str, int] = {}
-    by_name = {r.name: r for r in results}
-
-    def take(r: SourceResult, limit: int) -> None:
-        n = 0
-        for it, s in zip(r.items.tolist(), r.scores.tolist()):
-            if n >= limit or len(out) >= total:
-                break
-            if it in seen or it in exclude:
-                continue
-            seen.add(it)
-            out.append(it)
-            src.append(r.name)
-            sc.append(s)
-            n += 1
-        taken[r.name] = taken.get(r.name, 0) + n
-
-    for r in results:
-        take(r, quotas.get(r.name, total))
-    for name in fallbacks:
-        if len(out) >= total:
-            break
-        if name in by_name:
-            take(by_name[name], total)
-    return Merged(np.asarray(out, dtype=np.int64), src, np.asarray(sc, dtype=np.float32), taken)

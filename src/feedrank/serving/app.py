@@ -17,6 +17,11 @@ Only this package maps errors to HTTP: SchemaError -> 422, NotFound -> 404, anyt
 else -> 500 with the request id in the body and a structured log line. The shared HTTP
 plumbing (request ids, JSON bodies, the API key, the feed body) is in serving/http.py.
 
+While the app runs, a probe timer on the event loop (every 25 ms) records how late it
+fires into ``pipeline.degrade.LOOP_LAG``: the queue delay the degradation ladder adds to
+the pipeline's own latency (``probe_loop_lag``). Server-logged impressions are batched
+for up to ``serving.impression_linger_ms`` per append + fsync (``data/impressions.py``).
+
 Every reader inside the app sees every worker's events: the real-time counters'
 consumer and the dashboard's A/B figures read all partitions of the events folder
 (``data.partitions.PartitionedLog``), not only this worker's own.
@@ -25,6 +30,7 @@ consumer and the dashboard's A/B figures read all partitions of the events folde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -147,6 +153,8 @@ def create_app(
         probe = asyncio.create_task(probe_loop_lag(lambda: _controllers(service)), name="loop-lag-probe")
         yield
         probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
         await run_in_threadpool(items.stop)
         if live is not None:  # before the caller closes the event log
             await run_in_threadpool(live.stop)

