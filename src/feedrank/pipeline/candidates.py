@@ -114,9 +114,9 @@ class CandidateStage:
         ok = ids[0] >= 0
         ann, ann_scores = self._only_live(ids[0][ok].astype(np.int64), now, scores[0][ok])
         if prior is not None:  # freshness/popularity prior: rescore the ANN's top, recent and popular items
-            ann, ann_scores = self._prior_pool(prior, now).top(prior, user_vec, ann, self.art.item_vectors,
-                                                               self.catalog.published_at, now, p.ann_k,
-                                                               clicks=self.state.item_clicks)
+            ann, ann_scores = self._prior_pool(prior, now).top(  # clicks only count with a popularity weight
+                prior, user_vec, ann, self.art.item_vectors, self.catalog.published_at, now, p.ann_k,
+                clicks=self.state.item_clicks if prior.pop_weight else None)
         results = [SourceResult("ann", ann, ann_scores)]
         fetchers = self._source_fetchers(ctx, now, aff, live)
         if fetchers:

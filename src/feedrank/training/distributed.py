@@ -182,8 +182,8 @@ def average_gradients(dense: list[torch.nn.Parameter], sparse: list[torch.nn.Par
     indices, values). Each rank then sums the dense parts in rank order and divides by the
     world size (what an all-reduce gives: the mean gradient over the global batch, as
     ``DistributedDataParallel``), and rebuilds each table's gradient from every rank's rows
-    in rank order, divided by the world size and coalesced (a row several ranks touched is
-    summed in rank order). Every rank computes the same bits. Ranks on one machine gather through shared
+    in rank order, divided by the world size and left uncoalesced (SparseAdam sums duplicate
+    rows). Every rank computes the same bits. Ranks on one machine gather through shared
     memory (``training.local_gather``); otherwise gloo's all_gather (``_gather``)."""
     if not is_distributed():
         return extras
@@ -307,10 +307,10 @@ def _local_rows(params: list[torch.nn.Parameter], dim: int) -> tuple[torch.Tenso
 
 def _set_sparse(params: list[torch.nn.Parameter], rows_idx: list[torch.Tensor], rows_val: list[torch.Tensor],
                 all_counts: list[list[int]], w: float) -> None:
-    """Each table's gradient from every rank's rows / w, coalesced here: a row several ranks
-    touched is summed in rank order (``index_add_``, sequential on CPU), the same bits on
-    every rank, and the optimizer's ``coalesce()`` is then free (one sort of the union's row
-    ids instead of torch's coalesce over rows and values)."""
+    """Each table's gradient from every rank's rows (rank order), / w, uncoalesced: the
+    optimizer's ``coalesce()`` sums a row several ranks touched. (Coalescing here with
+    ``torch.unique`` + ``index_add_`` was measured: it moved ~0.7 ms per step from the
+    optimizer into the exchange and saved nothing, docs/training-at-scale.md.)"""
     starts = [[sum(c[:k]) for k in range(len(c))] for c in all_counts]
     for k, p in enumerate(params):
         pieces = [(starts[r][k], all_counts[r][k]) for r in range(len(all_counts))]
@@ -319,6 +319,4 @@ def _set_sparse(params: list[torch.nn.Parameter], rows_idx: list[torch.Tensor], 
             continue
         gi = torch.cat([rows_idx[r][a : a + n] for r, (a, n) in enumerate(pieces)]).long()
         gv = torch.cat([rows_val[r][a : a + n] for r, (a, n) in enumerate(pieces)]) / w
-        rows, inv = torch.unique(gi, sorted=True, return_inverse=True)
-        values = torch.zeros((len(rows), gv.shape[1]), dtype=gv.dtype).index_add_(0, inv, gv)
-        p.grad = torch.sparse_coo_tensor(rows[None, :], values, p.shape, is_coalesced=True, check_invariants=False)
+        p.grad = torch.sparse_coo_tensor(gi[None, :], gv, p.shape, check_invariants=False)
