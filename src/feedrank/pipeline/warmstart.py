@@ -43,7 +43,7 @@ from feedrank.ranking.model import Ranker, logits, predict_heads
 from feedrank.ranking.train import train_distilled, train_ranker
 from feedrank.retrieval.encode import encode_items
 from feedrank.retrieval.index import IndexParams, build_index, check_recall
-from feedrank.retrieval.train import ShownNotClicked, train_two_tower
+from feedrank.retrieval.train import ShownNotClicked, train_two_tower, warm_copy
 from feedrank.retrieval.two_tower import TwoTower
 from feedrank.training.common import seed_everything, setup_threads
 
@@ -66,15 +66,16 @@ MIN_CALIBRATION_CLICKS = 100
 
 
 def copy_two_tower(champion: TwoTower, content: np.ndarray | None) -> TwoTower:
-    """A new TwoTower with the champion's weights; ``content`` (N, Dc) for the new catalogue."""
-    model = TwoTower(champion.dims)
-    state = {k: v for k, v in champion.state_dict().items()}
-    model.load_state_dict(state)
-    if champion.dims.content_dim:
-        if content is None or content.shape[1] != champion.dims.content_dim:
-            raise SchemaError("warm start: the champion uses content vectors of dim "
-                              f"{champion.dims.content_dim}, got {None if content is None else content.shape}")
-        model.set_content(content)
+    """A new TwoTower with the champion's weights (the recipe's warm copy,
+    ``retrieval.train.warm_copy``); ``content`` (N, Dc) for the new catalogue, ignored when
+    the champion has no content input."""
+    d = champion.dims
+    if d.content_dim and (content is None or content.shape[1] != d.content_dim):
+        raise SchemaError("warm start: the champion uses content vectors of dim "
+                          f"{d.content_dim}, got {None if content is None else content.shape}")
+    content = content if d.content_dim else None
+    model = warm_copy(champion, d.n_categories, d.n_subcategories, content)
+    model.set_content(content)
     return model
 
 

@@ -276,7 +276,7 @@ def new_two_tower(cfg: RetrievalConfig, n_categories: int, n_subcategories: int,
     if init is None:
         model = build_two_tower(two_tower_dims(cfg, n_categories, n_subcategories, 0 if content is None else content.shape[1]))
     else:
-        model = _warm_copy(init, n_categories, n_subcategories, content)
+        model = warm_copy(init, n_categories, n_subcategories, content)
     model.set_content(content)
     return model
 
@@ -382,7 +382,7 @@ def _hard_negatives(cfg: RetrievalConfig, b: np.ndarray, users: np.ndarray, ts: 
     return None if not (out >= 0).any() else out
 
 
-def _warm_copy(init: TwoTower, n_categories: int, n_subcategories: int, content: np.ndarray | None) -> TwoTower:
+def warm_copy(init: TwoTower, n_categories: int, n_subcategories: int, content: np.ndarray | None) -> TwoTower:
     """A trainable copy of ``init`` (same dims and weights) after checking the data fits it."""
     d = init.dims
     if (n_categories, n_subcategories) != (d.n_categories, d.n_subcategories):
