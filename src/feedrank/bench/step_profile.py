@@ -16,7 +16,8 @@ logits, loss), backward, exchange (``average_gradients``, waiting excluded), wai
 ``RowSparseAdam``, or torch's with ``--sparse-optimizer torch``: the same results), plus
 the CPU and run-queue milliseconds per step of the process
 (``/proc/self/task/*/schedstat``: time runnable but not running = preempted by other work)
-and the coalesced sparse rows per step and rank (counted outside the timed pieces).
+and the coalesced sparse rows per step and rank (counted outside the timed pieces and
+``step_ms``, but inside ``cpu_ms``: about 1 ms per step of coalescing on the 1M world).
 ``--nproc N`` starts N ranks in this session (like ``feedrank bench scale``'s probe), one
 torch thread each; with ``--independent`` they are N separate one-process trainings (no
 process group, no exchange) whose timed loops start together, to see what two busy cores

@@ -148,6 +148,7 @@ def ope_check_cmd(seeds: int, first_seed: int, users: int, items: int, days: int
       feedrank ope check --seeds 50 --out benchmarks/results/ope_coverage.json
       feedrank ope check --seeds 50 --first-seed 50 --out benchmarks/results/ope_coverage_50_99.json
       feedrank ope check --seeds 10 --users 2000 --items 300 --days 4 --interval hall
+      feedrank ope check --seeds 10 --beta 0.5 --interval boot-t --out /tmp/beta05_boot_t.json
     """
     import time
 

@@ -29,7 +29,8 @@ Intervals (``ope_intervals.py``), chosen by ``method``:
 
 ``"el"`` is the default (``DEFAULT_METHOD``): on the synthetic world it covers at least as
 well as Hall's interval and is 11-21% shorter for IPS and DR, because ``E[w] = 1`` works as
-a control variate (docs/evaluation.md). The IPS and DR intervals are then centred on the
+a control variate; the bootstrap intervals cover like Hall's, at Hall's width, and did not
+meet the bar that would have made one of them the default (docs/evaluation.md). The IPS and DR intervals are then centred on the
 constrained estimate, so the reported IPS value can sit at an edge (it is always inside).
 
 Importance-weighted click terms are strongly right-skewed (most are 0, a few are large); see

@@ -130,60 +130,28 @@ def _eligible_capped(order: Sequence[int], slate: Slate, seen: Collection[str], 
     """``eligible`` then ``cap_split`` under the widening window of ``rerank`` (without MMR),
     in one pass: the greedy caps over a prefix are the prefix of the greedy caps over a
     longer list, so stopping at the first window that holds ``2 k`` capped entries gives
-    exactly what re-running both with a 4x wider window does, at O(entries looked at)."""
+    exactly what re-running both with a 4x wider window does, at O(entries looked at).
+
+    The eligible entries are filtered first (with unique item ids and positions, the
+    merged candidates' case, by two list comprehensions; otherwise by ``eligible``, which
+    also dedupes), then walked window by window (the stop test only runs at window ends):
+    an entry of a category already at its cap costs one set lookup, and whatever is not
+    kept in the walked prefix is skipped (every eligible entry is one or the other)."""
     b = policy.blocklist
     blocking = bool(b)  # once: Blocklist.__bool__ is a Python call
     check_seen = policy.drop_seen and bool(seen)
     ids, cats, creators = slate.item_ids, slate.categories, slate.creators
-    max_cat, max_creator = policy.max_per_category, policy.max_per_creator
-    if max_cat >= 1 and len(set(ids)) == len(ids) and len(set(order)) == len(order):
-        return _capped_unique(order, slate, seen if check_seen else (), b if blocking else None, max_cat, max_creator,
-                              k, window)
-    taken: set[str] = set()
-    per_cat: dict[str, int] = {}
-    per_creator: dict[str, int] = {}
-    kept: list[int] = []
-    skipped: list[int] = []
-    n_out = 0
-    for i in order:
-        iid = ids[i]
-        if iid in taken:
-            continue
-        if blocking and (iid in b.items or creators[i] in b.creators or cats[i] in b.categories):
-            continue
-        if check_seen and iid in seen:
-            continue
-        taken.add(iid)
-        n_out += 1
-        c, cr = cats[i], creators[i]
-        nc = per_cat.get(c, 0)
-        ncr = per_creator.get(cr, 0)
-        if nc >= max_cat or ncr >= max_creator:
-            skipped.append(i)
-        else:
-            per_cat[c] = nc + 1
-            per_creator[cr] = ncr + 1
-            kept.append(i)
-        if n_out == window:
-            if len(kept) >= 2 * k:
-                break
-            window *= 4
-    return kept, skipped
-
-
-def _capped_unique(order: Sequence[int], slate: Slate, seen: Collection[str], b: Blocklist | None, max_cat: int,
-                   max_creator: int, k: int, window: int) -> tuple[list[int], list[int]]:
-    """``_eligible_capped`` when item ids and positions are unique (no dedupe) and
-    ``max_cat >= 1``, with the same result: the eligible entries are filtered first, then
-    walked window by window (the stop test only runs at window ends); an entry of a
-    category already at its cap costs one set lookup, and whatever is not kept in the
-    walked prefix is skipped (every eligible entry is one or the other)."""
-    ids, cats, creators = slate.item_ids, slate.categories, slate.creators
     out = order if isinstance(order, list) else list(order)
-    if b is not None:
-        out = [i for i in out if not (ids[i] in b.items or creators[i] in b.creators or cats[i] in b.categories)]
-    if seen:
-        out = [i for i in out if ids[i] not in seen]
+    if len(set(ids)) == len(ids) and len(set(out)) == len(out):
+        if blocking:
+            out = [i for i in out if not (ids[i] in b.items or creators[i] in b.creators or cats[i] in b.categories)]
+        if check_seen:
+            out = [i for i in out if ids[i] not in seen]
+    else:
+        out = eligible(out, slate, seen, policy, limit=len(out))
+    max_cat, max_creator = policy.max_per_category, policy.max_per_creator
+    if max_cat < 1 or max_creator < 1:  # no entry can be kept: all of them are skipped
+        return [], out
     per_cat: dict[str, int] = {}
     per_creator: dict[str, int] = {}
     full: set[str] = set()

@@ -58,6 +58,9 @@ class RowSparseAdam(torch.optim.SparseAdam):
                     continue
                 if not p.grad.is_sparse:
                     raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
+                if p.grad.sparse_dim() != 1:
+                    raise ValueError(f"RowSparseAdam takes row-sparse gradients (sparse_dim 1, as nn.Embedding's), "
+                                     f"got sparse_dim {p.grad.sparse_dim()} for shape {tuple(p.shape)}")
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = 0

@@ -219,7 +219,7 @@ def test_one_pass_eligible_and_caps_equal_the_two_pass_reference():
 
 
 def test_one_pass_with_unique_ids_equals_the_two_pass_reference():
-    """Unique item ids and positions take ``_capped_unique`` (filter first, then the caps
+    """Unique item ids and positions take the list-comprehension filter (then the caps
     window by window); it must give what the per-entry loop of the reference gives."""
     from feedrank.rerank.policies import _eligible_capped
 

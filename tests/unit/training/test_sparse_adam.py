@@ -81,3 +81,6 @@ def test_rejects_bad_input():
     p.grad = torch.ones(4, 2)
     with pytest.raises(RuntimeError, match="dense gradients"):
         RowSparseAdam([p]).step()
+    p.grad = torch.ones(4, 2).to_sparse()  # both dims sparse: not row-sparse
+    with pytest.raises(ValueError, match="sparse_dim 2"):
+        RowSparseAdam([p]).step()
