@@ -46,7 +46,7 @@ class RetrievalConfig:
     lr: float = field(default=3e-3, metadata=_rng(0.0, 10.0))
     temperature: float = field(default=0.07, metadata=_rng(1e-4, 10.0))
     max_train_examples: int = field(default=400_000, metadata=_rng(1, None))
-    index: Literal["auto", "flat", "hnsw", "ivfpq"] = "auto"
+    index: Literal["auto", "flat", "hnsw", "ivfflat", "ivfpq"] = "auto"
     # Items older than this are not retrieved: -1 = learn it from the data (the age by
     # which 99% of training clicks happened), 0 = no limit.
     max_item_age_hours: float = field(default=-1.0, metadata=_rng(-1.0, None))
@@ -59,7 +59,8 @@ class RetrievalConfig:
     hard_negative_mix: float = field(default=0.5, metadata=_rng(0.0, 1.0))
     mined_rank_min: int = field(default=100, metadata=_rng(0, None))
     mined_rank_max: int = field(default=500, metadata=_rng(1, None))
-    # ANN: auto picks flat below flat_max_items, hnsw below hnsw_max_items, else ivfpq.
+    # ANN: auto picks flat below flat_max_items, hnsw below 1M items, ivfflat below
+    # hnsw_max_items, else ivfpq (retrieval/index.py, docs/retrieval.md "Index choice").
     flat_max_items: int = field(default=100_000, metadata=_rng(0, None))
     hnsw_max_items: int = field(default=5_000_000, metadata=_rng(0, None))
     hnsw_m: int = field(default=32, metadata=_rng(4, 256))

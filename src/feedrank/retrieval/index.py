@@ -13,8 +13,8 @@ Why IVF-Flat from 1M: serving asks for ``ann_k * ann_oversample`` (600) neighbou
 HNSW search costs about efSearch >= k, where an IVF scan costs the lists it probes whatever
 k is. On the 1M x 32-d bench bundle, 1,000 serving user vectors, k = 600, one thread
 (docs/retrieval.md, "IVF-Flat from 1M"; ``benchmarks/ann_serving_k.py``): HNSW efSearch 600
-1.34 ms CPU per query at recall@100 0.942 vs exact; IVF-Flat nlist 2000, nprobe 64 0.51 ms
-at recall@100 0.973 (loaded machine; only 1M was measured, so HNSW stays below it).
+1.14 ms CPU per query at recall@100 0.942 vs exact; IVF-Flat nlist 2000, nprobe 64 0.48 ms
+at recall@100 0.973 (load average 1.7; only 1M was measured, so HNSW stays below it).
 
 ``check_recall(index, vectors, floor)`` measures recall@100 against exact search on a
 sample of item vectors used as queries, and raises ``IndexRejected`` below the floor:
