@@ -205,10 +205,11 @@ def ope_summarize_cmd(files: tuple[str, ...], as_json: bool, out_file: str | Non
     from feedrank.errors import SchemaError
     from feedrank.evaluation.ope_synth import summarize, summarize_position_bias, summarize_weights
 
-    runs, settings, seen = [], None, set()
+    runs, settings, seen, sources = [], None, set(), []
     for path in files:
         with open(path) as f:
             r = json.load(f)
+        sources.append({"file": path, "command": r.get("command"), "seconds": r.get("seconds")})
         if "runs" not in r:
             raise click.ClickException(f"{path}: not a `feedrank ope check` output (no runs)")
         key = {k: r.get(k, "hall" if k == "method" else None) for k in ("level", "sample", "world", "policy", "method")}
@@ -223,7 +224,7 @@ def ope_summarize_cmd(files: tuple[str, ...], as_json: bool, out_file: str | Non
     out = {**(settings or {}), "files": list(files), "n_runs": len(runs), "summary": summarize(runs),
            "position_bias": summarize_position_bias(runs), "weights": summarize_weights(runs)}
     if out_file:
-        joined = {**out, "runs": sorted(runs, key=lambda x: x["seed"]),
+        joined = {**out, "runs": sorted(runs, key=lambda x: x["seed"]), "sources": sources,
                   "command": "feedrank ope summarize " + " ".join(files) + f" --out {out_file}"}
         with open(out_file, "w") as f:
             f.write(json.dumps(joined, indent=1, sort_keys=True, default=float) + "\n")
