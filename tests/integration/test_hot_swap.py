@@ -4,6 +4,7 @@ follows a rollback."""
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def test_promote_swaps_corrupt_is_refused_rollback_returns(two_models, tmp_path:
             reg.promote(1)
             assert manager.check_now().result == "swapped"
             assert version() == v1
+            assert gc.get_freeze_count() > 0  # the loaded model is out of the full collections (serving/heap.py)
     finally:
+        gc.unfreeze()
         manager.stop()
         event_log.close()
 

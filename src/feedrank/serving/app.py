@@ -48,6 +48,7 @@ from feedrank.config import PipelineConfig, ServingConfig
 from feedrank.data.impressions import ImpressionWriter
 from feedrank.errors import NotFound, SchemaError
 from feedrank.pipeline.degrade import LOOP_LAG, QueueDelay
+from feedrank.serving.heap import freeze_loaded
 from feedrank.pipeline.protocol import FeedService
 from feedrank.serving.fastfeed import FeedFastPath
 from feedrank.serving.http import JSON, RequestContext, feed_body, json_response, key_guard, request_id, valid_request_id
@@ -147,6 +148,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("serving model %s", service.model_version)
+        freeze_loaded("start")  # the loaded model out of the cyclic GC's full collections (serving/heap.py)
         if live is not None:
             live.start(source, event_log.root / "consumers" / "realtime.npz")
         items.start(cfg.item_sync_s)

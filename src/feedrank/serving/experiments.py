@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from feedrank.errors import SchemaError
+from feedrank.serving.heap import freeze_loaded
 from feedrank.types import Event, FeedRequest, FeedResponse, Item
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ class ExperimentRouter:
                         if self._added:  # items added since start: a pinned version serves them too
                             pinned.add_items(list(self._added))
                         self._pinned[arm.model_version] = pinned
+                        freeze_loaded(f"pinned model version {arm.model_version}")
                     target = self._pinned[arm.model_version]
                 view = target.with_settings(arm.settings) if arm.settings else target
             except Exception:

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from feedrank.errors import ModelLoadError
 from feedrank.pipeline.recommender import Recommender
 from feedrank.registry.store import ModelRegistry
+from feedrank.serving.heap import freeze_loaded
 from feedrank.types import Event, FeedRequest, FeedResponse, Item
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class ModelManager:
         self.swaps.labels(result="ok").inc()
         log.info("swapped model %s -> %s (registry version %s) in %.1fs", old.model_version, new.model_version, version,
                  time.perf_counter() - t0)
+        del old  # its reference cycles are collected by the freeze, not kept frozen
+        freeze_loaded(f"swap to version {version}")
         return SwapResult(True, version, "swapped")
 
     def start(self) -> ModelManager:
