@@ -60,7 +60,7 @@ def _top_lists(scores: np.ndarray, allowed_mask: np.ndarray, past: list[set[int]
 
 def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, max_users: int = 3000,
                 show_progress: bool = True, say: Callable[[str], None] = print, replay_requests: int = 3000,
-                served_prior: str = "two_tower_prior_feedback", prior_fit: str = "newest-half",
+                served_prior: str = "two_tower_prior", prior_fit: str = "newest-half",
                 cold_user_weights: bool = False, feedback_fit: str = "holdout-tail") -> dict[str, Any]:
     """Train the two-tower on the train side of ``data_dir`` and measure it against
     popularity, ALS (``implicit``) and, for synthetic worlds, the oracle: at the split

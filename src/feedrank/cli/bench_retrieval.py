@@ -32,9 +32,10 @@ def _ints(text: str) -> tuple[int, ...]:
                    "boundary protocol scores).")
 @click.option("--served-prior", type=click.Choice(["two_tower_age_prior", "two_tower_prior", "two_tower_prior_ctr",
                                                   "two_tower_prior_feedback"]),
-              default="two_tower_prior_feedback", show_default=True,
-              help="The prior the served row uses: age only, + popularity (what `feedrank train` fits), + CTR terms, "
-                   "or + the item-feedback term (each item's shrunk mean clicker vector, point in time).")
+              default="two_tower_prior", show_default=True,
+              help="The prior the served row uses: age only, + popularity (what `feedrank train` fits and serving "
+                   "uses, the default), + CTR terms, or + the item-feedback term (each item's shrunk mean clicker "
+                   "vector, point in time; bench only: not yet fitted by `feedrank train` nor kept by serving).")
 @click.option("--feedback-fit", type=click.Choice(["holdout-tail", "same"]), default="holdout-tail", show_default=True,
               help="How the item-feedback prior is fitted: on the last test_fraction of the train clicks with towers "
                    "trained without them ('holdout-tail', as a new item meets the served towers), or like the others.")

@@ -235,7 +235,14 @@ def evaluate_log(dataset_dir: str | Path, policy: TargetPolicy = TargetPolicy(),
     truth_rows = target_rows(world, policy, sess.user, sess.ts, sess.item)["truth"]
     clusters = sess.user[keep] if cluster_by_user else None  # one user's sessions are correlated
     args = (sess.click[keep], sess.propensity[keep], pi_logged, q_logged, dm)
-    by_method = {m: estimate_all(*args, level=level, clusters=clusters, method=m) for m in INTERVAL_METHODS}
+    by_method, interval_errors = {}, {}
+    for m in INTERVAL_METHODS:  # every method is recorded; one that cannot be built on this log is noted, not fatal
+        try:
+            by_method[m] = estimate_all(*args, level=level, clusters=clusters, method=m)
+        except SchemaError as exc:
+            if m == method:
+                raise
+            interval_errors[m] = str(exc)
     est = by_method[method]
     truth = float(truth_rows.mean())
     truth_logged = float(truth_rows[keep].mean())  # the same value on the logged sessions only
@@ -259,8 +266,9 @@ def evaluate_log(dataset_dir: str | Path, policy: TargetPolicy = TargetPolicy(),
         "method": method,
         "estimates": {k: {**v.to_dict(), "covers": v.covers(truth), "covers_logged_sessions": v.covers(truth_logged),
                           "intervals": {m: {"lo": by_method[m][k].lo, "hi": by_method[m][k].hi,
-                                            "covers": by_method[m][k].covers(truth)} for m in INTERVAL_METHODS}}
+                                            "covers": by_method[m][k].covers(truth)} for m in by_method}}
                       for k, v in est.items()},
+        "interval_errors": interval_errors,
         "pbm_theta": theta.round(4).tolist(),
         "harvest_theta": harvest.theta.round(4).tolist(),
         "harvest_lo": harvest.lo.round(4).tolist(),

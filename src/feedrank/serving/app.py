@@ -82,9 +82,17 @@ def item_log_paths(events_root: Path, partition: str) -> list[Path]:
 
 
 def _controllers(service: Any) -> list[Any]:
-    """The degradation-ladder controllers answering now (a model manager's active model)."""
-    c = getattr(getattr(service, "active", service), "controller", None)
-    return [c] if c is not None else []
+    """The degradation-ladder controllers answering now: the served model's (a model
+    manager's active one; under an experiment router, the model it routes to) and those of
+    the versions experiment arms pin. Settings views share their model's controller."""
+    base = getattr(service, "base", service)  # ExperimentRouter wraps the service it routes
+    models = [getattr(base, "active", base), *getattr(service, "pinned_models", lambda: [])()]
+    out: list[Any] = []
+    for m in models:
+        c = getattr(m, "controller", None)
+        if c is not None and all(c is not x for x in out):
+            out.append(c)
+    return out
 
 
 async def probe_loop_lag(controllers: Callable[[], list[Any]], interval_s: float = LAG_PROBE_S,

@@ -216,6 +216,11 @@ class ExperimentRouter:
         self.view_errors = 0
 
     # -------------------------------------------------------------- routing
+    def pinned_models(self) -> list[Any]:
+        """The model versions experiment arms pin, loaded so far. No lock: the event loop's
+        probe calls it, and a pinned version loads under the lock (one C-level copy is atomic)."""
+        return list(self._pinned.values())
+
     def _base_recommender(self) -> Any:
         return getattr(self.base, "active", self.base)
 
@@ -229,6 +234,10 @@ class ExperimentRouter:
             view = self._views.get(key)
             if view is not None:
                 return view
+            # views of a swapped-out version would keep that whole model alive: drop them
+            stale = [k for k in self._views if k[2] != base.model_version]
+            for k in stale:
+                del self._views[k]
             try:
                 target = base
                 if arm.model_version is not None:

@@ -95,3 +95,25 @@ def test_coverage_over_seeds_on_a_tiny_world():
         assert s[name]["coverage"] >= 0.7, (name, s[name])
         assert s[name]["mean_rel_width"] < 1.5, (name, s[name])  # informative, not covering by width
     assert s["dm"]["coverage"] <= 0.2  # the item-only reward model is biased: the check can fail
+
+
+def test_an_interval_method_that_cannot_be_built_is_noted_not_fatal(tmp_path, monkeypatch):
+    """A sparse-click log can leave bootstrap-t with an infinite quantile: the run keeps the
+    other methods and says which one failed; only the method asked for is fatal."""
+    import feedrank.evaluation.ope_synth as ope_synth
+    from feedrank.data.synth import WorldConfig, generate_world
+
+    real = ope_synth.estimate_all
+
+    def flaky(*args, method, **kw):
+        if method == "boot-t":
+            raise SchemaError("bootstrap-t: the studentised replicates have an infinite quantile")
+        return real(*args, method=method, **kw)
+
+    monkeypatch.setattr(ope_synth, "estimate_all", flaky)
+    generate_world(tmp_path / "w", WorldConfig(n_users=1500, n_items=200, n_days=3, seed=5), progress=False)
+    r = evaluate_log(tmp_path / "w", TargetPolicy(beta=1.0, noise=0.5, seed=5), sample=0.5, seed=5)
+    assert "infinite quantile" in r["interval_errors"]["boot-t"]
+    assert "boot-t" not in r["estimates"]["ips"]["intervals"] and "el" in r["estimates"]["ips"]["intervals"]
+    with pytest.raises(SchemaError, match="infinite quantile"):
+        evaluate_log(tmp_path / "w", TargetPolicy(beta=1.0, noise=0.5, seed=5), sample=0.5, seed=5, method="boot-t")

@@ -144,3 +144,21 @@ def test_loop_probe_records_a_blocked_loop_and_ticks_the_controllers():
     asyncio.run(main())
     assert lag.recent_ms() >= 150.0  # the probe woke at least that late
     assert Spy.ticks >= 2
+
+
+def test_probe_finds_the_controllers_behind_an_experiment_router():
+    """With experiments on, the served object is a router: the probe must still reach the
+    routed model's ladder and those of pinned versions (each once)."""
+    from types import SimpleNamespace
+
+    from feedrank.serving.app import _controllers
+
+    c_base, c_pinned = object(), object()
+    model = SimpleNamespace(controller=c_base)
+    view = SimpleNamespace(controller=c_base)  # a settings view shares its model's controller
+    manager = SimpleNamespace(active=model)
+    router = SimpleNamespace(base=manager, pinned_models=lambda: [SimpleNamespace(controller=c_pinned), view])
+    assert _controllers(router) == [c_base, c_pinned]
+    assert _controllers(manager) == [c_base]
+    assert _controllers(model) == [c_base]
+    assert _controllers(SimpleNamespace(active=SimpleNamespace(controller=None))) == []

@@ -121,3 +121,27 @@ def test_router_labels_serves_views_and_reloads(tmp_path: Path):
     os.utime(f, (time.time() + 5, time.time() + 5))
     router.source.check_every_s = 0.0
     assert all(router.recommend(FeedRequest(user_id=f"u{i}")).arm is not None for i in range(50))
+
+
+def test_views_of_a_swapped_out_model_are_dropped(tmp_path: Path):
+    """A settings view holds its model: after a hot swap the old version's views must go,
+    or the old model stays alive (and frozen: serving/heap.py) for the life of the process."""
+    import weakref
+
+    import yaml
+    from types import SimpleNamespace
+
+    f = tmp_path / "exp.yaml"
+    f.write_text(yaml.safe_dump({"experiments": [{**TWO_ARMS["experiments"][0], "traffic": 1.0}]}))
+    manager = SimpleNamespace(active=FakeRec(model_version="v1"))
+    manager.recommend = lambda req: manager.active.recommend(req)
+    router = ExperimentRouter(manager, f)
+    for i in range(40):
+        router.recommend(FeedRequest(user_id=f"u{i}"))
+    old = weakref.ref(manager.active)
+    assert router._views and all(k[2] == "v1" for k in router._views)
+    manager.active = FakeRec(model_version="v2")  # the hot swap
+    for i in range(40):
+        router.recommend(FeedRequest(user_id=f"u{i}"))
+    assert router._views and all(k[2] == "v2" for k in router._views)
+    assert old() is None
