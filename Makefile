@@ -45,7 +45,7 @@ $(STAMP): $(PY) pyproject.toml constraints.txt | redis-server
 	@echo "==> installing torch (CPU) and feedrank into $(VENV)"
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q torch==2.13.0 -c constraints.txt
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'  # bench: implicit, the CF baselines' tests
 	@# feedrank[scale] (TorchRec, tests/integration/test_torchrec.py): torchrec without its deps, which would move torch
 	$(PIP) install -q -c constraints.txt -e '.[scale]'
 	$(PIP) install -q -c constraints.txt --no-deps torchrec==1.8.0

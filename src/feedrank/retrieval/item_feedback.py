@@ -16,9 +16,10 @@ same as moving the item vector towards the mean of its clickers' vectors by a we
 grows with the click count: ``v_i' = v_i + (T w_fb) m_i``. ``w_fb`` and ``s`` are fitted with
 the other prior weights on training clicks (``retrieval/prior.py``); no test data is used.
 
-Serving keeps a running (N, D) sum and an (N,) count per item (one vector add per click,
-the user vector the request was scored with) and reads ``m`` for the rescored candidates;
-items added after the build get rows like any other (``retrieval/catalog_adds.py``).
+Used by `feedrank bench retrieval` only (`--served-prior two_tower_prior_feedback`): serving
+does not keep these sums yet. To serve it, the live state would keep a running (N, D) sum and
+an (N,) count per item (one vector add per click, the user vector the request was scored
+with) and read ``m`` for the rescored candidates (docs/retrieval.md, "Left to do").
 Pure numpy.
 """
 
