@@ -383,7 +383,7 @@ def speed_corpus(n_items: int, dim: int, n_queries: int, seed: int = 0) -> tuple
 
 
 def run_speed(n_items: int = 1_000_000, dim: int = 64, n_queries: int = 500, seed: int = 0,
-              kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq"), ef_search: tuple[int, ...] = (100, 128, 192, 256),
+              kinds: tuple[str, ...] = ("flat", "hnsw", "ivfflat", "ivfpq"), ef_search: tuple[int, ...] = (100, 128, 192, 256),
               nprobe: tuple[int, ...] = (8, 16, 32, 64, 128), hnsw_m: int = 32, ef_construction: int = 80,
               live_share: float = 0.9, target_recall: float = 0.95, ivf_refine: int = 4,
               say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -421,13 +421,15 @@ def run_speed(n_items: int = 1_000_000, dim: int = 64, n_queries: int = 500, see
         settings: list[tuple[str, int | None]] = [("-", None)]
         if kind == "hnsw":
             settings = [("efSearch", e) for e in ef_search]
-        elif kind == "ivfpq":
+        elif kind in ("ivfpq", "ivfflat"):
             settings = [("nprobe", p) for p in nprobe]
         row: dict[str, Any] = {"build_s": round(build_s, 2), "index_mb": round(nbytes / 2**20, 1), "settings": []}
         if kind == "hnsw":
             row.update(M=hnsw_m, efConstruction=ef_construction)
         elif kind == "ivfpq":
             row.update(refine_k_factor=ivf_refine)
+        elif kind == "ivfflat":
+            row.update(nlist=int(faiss.extract_index_ivf(index.index).nlist))
         for name, value in settings:
             if kind == "hnsw":
                 _set_hnsw_ef(index.index, value)
@@ -435,6 +437,8 @@ def run_speed(n_items: int = 1_000_000, dim: int = 64, n_queries: int = 500, see
             elif kind == "ivfpq":
                 faiss.extract_index_ivf(index.index).nprobe = value
                 index = type(index)(index.index, kind, IndexParams(ivf_nprobe=value, ivf_refine=ivf_refine))
+            elif kind == "ivfflat":  # the nprobe travels in the search parameters (retrieval/index.py)
+                index = type(index)(index.index, kind, IndexParams(ivf_flat_nprobe=value))
             ids, lat = _latency(index, q, 100)
             ids_f, lat_f = _latency(index, q, 100, allowed=live)
             r = {"param": name, "value": value,

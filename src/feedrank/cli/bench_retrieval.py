@@ -46,10 +46,10 @@ def _ints(text: str) -> tuple[int, ...]:
               help="Items in the synthetic speed corpus (0 skips the speed section).")
 @click.option("--speed-dim", default=64, show_default=True, type=click.IntRange(4, 1024))
 @click.option("--speed-queries", default=500, show_default=True, type=click.IntRange(10), help="Timed queries per setting.")
-@click.option("--speed-kinds", default="flat,hnsw,ivfpq", show_default=True, help="Index kinds to time (flat is the reference).")
+@click.option("--speed-kinds", default="flat,hnsw,ivfflat,ivfpq", show_default=True, help="Index kinds to time (flat is the reference).")
 @click.option("--speed-ef", default="100,128,192,256", show_default=True,
               help="HNSW efSearch values to sweep (the search uses max(efSearch, k=100)).")
-@click.option("--speed-nprobe", default="8,16,32,64,128", show_default=True, help="IVF-PQ nprobe values to sweep.")
+@click.option("--speed-nprobe", default="8,16,32,64,128", show_default=True, help="IVF-Flat and IVF-PQ nprobe values to sweep.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 @config_options
@@ -82,9 +82,9 @@ def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_reque
     from feedrank.bench.retrieval import run_quality, run_speed
 
     kinds = tuple(k.strip() for k in speed_kinds.split(",") if k.strip())
-    bad = [k for k in kinds if k not in ("flat", "hnsw", "ivfpq")]
+    bad = [k for k in kinds if k not in ("flat", "hnsw", "ivfflat", "ivfpq")]
     if bad or not kinds:
-        raise click.BadParameter(f"unknown index kind(s) {bad or speed_kinds!r}: use flat, hnsw, ivfpq", param_hint="--speed-kinds")
+        raise click.BadParameter(f"unknown index kind(s) {bad or speed_kinds!r}: use flat, hnsw, ivfflat, ivfpq", param_hint="--speed-kinds")
     ef, nprobe = _ints(speed_ef), _ints(speed_nprobe)
     if only == "quality" and not datasets:
         raise click.UsageError("--only quality needs at least one --data folder")

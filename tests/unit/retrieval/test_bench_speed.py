@@ -12,9 +12,12 @@ from feedrank.cli.bench_retrieval import retrieval
 def test_speed_section_sweeps_settings_and_picks_a_setting_above_the_recall_target():
     out = run_speed(n_items=3000, dim=16, n_queries=20, ef_search=(100, 150), nprobe=(8, 32), say=lambda m: None)
     kinds = out["kinds"]
-    assert set(kinds) == {"flat", "hnsw", "ivfpq"}
+    assert set(kinds) == {"flat", "hnsw", "ivfflat", "ivfpq"}
     assert [s["value"] for s in kinds["hnsw"]["settings"]] == [100, 150]
     assert [s["value"] for s in kinds["ivfpq"]["settings"]] == [8, 32]
+    ivf = kinds["ivfflat"]["settings"]  # the nprobe really reaches the search: more lists, no lower recall
+    assert [s["value"] for s in ivf] == [8, 32] and kinds["ivfflat"]["nlist"] > 32
+    assert ivf[1]["recall@100_vs_exact"] > ivf[0]["recall@100_vs_exact"] + 0.1
     assert kinds["flat"]["settings"][0]["recall@100_vs_exact"] == 1.0
     for row in kinds.values():
         assert row["build_s"] >= 0 and row["index_mb"] > 0
