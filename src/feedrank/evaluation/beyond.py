@@ -325,10 +325,5 @@ def load_and_prepare(model_dir: str | Path, data_dir: str | Path | None = None, 
             raise NotFound(f"{model_dir}: its training data ({data_dir!r}) is not here; pass --data")
     prep = prepare(data_dir, art.cfg, vocabs=art.vocabs, say=say)
     if len(prep.catalog) != len(art.catalog) or not np.array_equal(prep.catalog.item_ids, art.catalog.item_ids):
-        from feedrank.retrieval.encode import encode_items
-        from feedrank.retrieval.index import build_index
-
-        art.catalog = prep.catalog
-        art.item_vectors = encode_items(art.two_tower, prep.catalog)
-        art.index = build_index(art.item_vectors, art.cfg.retrieval.index)
+        art.use_catalog(prep.catalog)
     return art, prep

@@ -244,13 +244,7 @@ def evaluate_model(data_dir: str | Path, model_dir: str | Path, oracle: bool = F
     art = load_artifacts(model_dir)
     prep = prepare(data_dir, art.cfg, vocabs=art.vocabs, say=say)
     if len(prep.catalog) != len(art.catalog) or not np.array_equal(prep.catalog.item_ids, art.catalog.item_ids):
-        # evaluating on other data: re-encode its catalogue with the trained towers
-        from feedrank.retrieval.encode import encode_items
-        from feedrank.retrieval.index import build_index
-
-        art.catalog = prep.catalog
-        art.item_vectors = encode_items(art.two_tower, prep.catalog)
-        art.index = build_index(art.item_vectors, art.cfg.retrieval.index)
+        art.use_catalog(prep.catalog)  # evaluating on other data: its catalogue, the trained towers
     out = evaluate_prepared(art, prep, oracle=oracle, say=say)
     out["model_version"] = art.version
     return out

@@ -71,6 +71,17 @@ class ModelArtifacts:
     def version(self) -> str:
         return self.manifest.version if self.manifest else "unsaved"
 
+    def use_catalog(self, catalog: ItemCatalog) -> None:
+        """Serve another catalogue with the trained towers (evaluation on other data, a
+        retrain's candidate): re-encode its items and rebuild the index as the config picks it."""
+        from feedrank.retrieval.encode import encode_items
+        from feedrank.retrieval.index import build_index
+
+        self.catalog = catalog
+        self.item_vectors = encode_items(self.two_tower, catalog)
+        self.index = build_index(self.item_vectors, self.cfg.retrieval.index, seed=self.cfg.training.seed,
+                                 params=IndexParams.from_config(self.cfg.retrieval))
+
 
 def save_artifacts(art: ModelArtifacts, out: Path) -> BundleManifest:
     staging = begin_bundle(Path(out))

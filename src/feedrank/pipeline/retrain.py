@@ -359,16 +359,11 @@ def run_cycle(registry_dir: str | Path, events_dir: str | Path, cfg_override: Ca
 def evaluate_on(art, prep, evaluator: Evaluator, say: Callable[[str], None] = print) -> dict:
     """Evaluate a model on ``prep`` whose catalogue may have grown since it was trained:
     item vectors and the index are recomputed with the model's own towers."""
-    from feedrank.retrieval.encode import encode_items
-    from feedrank.retrieval.index import build_index
-
     if len(prep.catalog) != len(art.catalog) or not np.array_equal(prep.catalog.item_ids, art.catalog.item_ids):
         if art.two_tower.dims.content_dim:
             from feedrank.pipeline.build import item_content
 
             content, _ = item_content(art.cfg, prep.catalog, say)
             art.two_tower.set_content(content)
-        art.catalog = prep.catalog
-        art.item_vectors = encode_items(art.two_tower, prep.catalog)
-        art.index = build_index(art.item_vectors, art.cfg.retrieval.index)
+        art.use_catalog(prep.catalog)
     return evaluator(art, prep, say=say)

@@ -13,7 +13,8 @@ surviving object to the permanent generation (``gc.freeze``), which later collec
 Objects allocated while serving are still collected as usual, and frozen objects are still
 freed by reference counting. Before freezing again it un-freezes, so that a swapped-out
 model's reference cycles are collected rather than kept for the life of the process; that
-one collection is the price of a swap (about the pause above, in the swapping thread).
+one collection is the price of a swap: about the pause above, and since it holds the GIL,
+every thread of the worker (requests included) waits for it once per swap.
 """
 
 from __future__ import annotations

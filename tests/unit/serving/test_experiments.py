@@ -131,16 +131,22 @@ def test_views_of_a_swapped_out_model_are_dropped(tmp_path: Path):
     import yaml
     from types import SimpleNamespace
 
+    class HoldingRec(FakeRec):  # a view keeps its model alive, as Recommender.with_settings does
+        def with_settings(self, settings):
+            view = super().with_settings(settings)
+            view.model = self
+            return view
+
     f = tmp_path / "exp.yaml"
     f.write_text(yaml.safe_dump({"experiments": [{**TWO_ARMS["experiments"][0], "traffic": 1.0}]}))
-    manager = SimpleNamespace(active=FakeRec(model_version="v1"))
+    manager = SimpleNamespace(active=HoldingRec(model_version="v1"))
     manager.recommend = lambda req: manager.active.recommend(req)
     router = ExperimentRouter(manager, f)
     for i in range(40):
         router.recommend(FeedRequest(user_id=f"u{i}"))
     old = weakref.ref(manager.active)
     assert router._views and all(k[2] == "v1" for k in router._views)
-    manager.active = FakeRec(model_version="v2")  # the hot swap
+    manager.active = HoldingRec(model_version="v2")  # the hot swap
     for i in range(40):
         router.recommend(FeedRequest(user_id=f"u{i}"))
     assert router._views and all(k[2] == "v2" for k in router._views)
