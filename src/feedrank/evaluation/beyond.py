@@ -325,5 +325,5 @@ def load_and_prepare(model_dir: str | Path, data_dir: str | Path | None = None, 
             raise NotFound(f"{model_dir}: its training data ({data_dir!r}) is not here; pass --data")
     prep = prepare(data_dir, art.cfg, vocabs=art.vocabs, say=say)
     if len(prep.catalog) != len(art.catalog) or not np.array_equal(prep.catalog.item_ids, art.catalog.item_ids):
-        art.use_catalog(prep.catalog)
+        art.use_catalog(prep.catalog, say)
     return art, prep

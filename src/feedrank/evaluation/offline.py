@@ -244,7 +244,7 @@ def evaluate_model(data_dir: str | Path, model_dir: str | Path, oracle: bool = F
     art = load_artifacts(model_dir)
     prep = prepare(data_dir, art.cfg, vocabs=art.vocabs, say=say)
     if len(prep.catalog) != len(art.catalog) or not np.array_equal(prep.catalog.item_ids, art.catalog.item_ids):
-        art.use_catalog(prep.catalog)  # evaluating on other data: its catalogue, the trained towers
+        art.use_catalog(prep.catalog, say)  # evaluating on other data: its catalogue, the trained towers
     out = evaluate_prepared(art, prep, oracle=oracle, say=say)
     out["model_version"] = art.version
     return out

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -71,12 +71,19 @@ class ModelArtifacts:
     def version(self) -> str:
         return self.manifest.version if self.manifest else "unsaved"
 
-    def use_catalog(self, catalog: ItemCatalog) -> None:
+    def use_catalog(self, catalog: ItemCatalog, say: Callable[[str], None] = print) -> None:
         """Serve another catalogue with the trained towers (evaluation on other data, a
-        retrain's candidate): re-encode its items and rebuild the index as the config picks it."""
+        retrain's candidate): the title content vectors of its items (when the towers take
+        them; cached on disk by content hash), then its item vectors and the index as the
+        config picks it. The content rows must follow the new catalogue's order: the item
+        tower reads them by catalogue index."""
+        from feedrank.pipeline.build import item_content
         from feedrank.retrieval.encode import encode_items
         from feedrank.retrieval.index import build_index
 
+        if self.two_tower.dims.content_dim:
+            content, _ = item_content(self.cfg, catalog, say)
+            self.two_tower.set_content(content)
         self.catalog = catalog
         self.item_vectors = encode_items(self.two_tower, catalog)
         self.index = build_index(self.item_vectors, self.cfg.retrieval.index, seed=self.cfg.training.seed,

@@ -360,10 +360,5 @@ def evaluate_on(art, prep, evaluator: Evaluator, say: Callable[[str], None] = pr
     """Evaluate a model on ``prep`` whose catalogue may have grown since it was trained:
     item vectors and the index are recomputed with the model's own towers."""
     if len(prep.catalog) != len(art.catalog) or not np.array_equal(prep.catalog.item_ids, art.catalog.item_ids):
-        if art.two_tower.dims.content_dim:
-            from feedrank.pipeline.build import item_content
-
-            content, _ = item_content(art.cfg, prep.catalog, say)
-            art.two_tower.set_content(content)
-        art.use_catalog(prep.catalog)
+        art.use_catalog(prep.catalog, say)
     return evaluator(art, prep, say=say)
