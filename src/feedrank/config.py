@@ -81,6 +81,11 @@ class RetrievalConfig:
     # Freshness prior (retrieval/prior.py): fit w in u.v/T - w * age_days at build time and
     # apply it at serving (ANN top ann_oversample * ann_k plus recent items, rescored).
     age_prior: bool = True
+    # Which training clicks and towers fit the prior's weights: holdout_tail = the newest
+    # split.test_fraction of the train clicks, scored by a second two-tower trained without
+    # them (the served towers have memorised the clicks they would score); in_sample = the
+    # newest half, scored by the served towers (demo world replay recall@100: docs/retrieval.md).
+    prior_fit: Literal["holdout_tail", "in_sample"] = "holdout_tail"
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,9 @@ class ServingConfig:
     # server-logged impressions wait up to this long for more before one append + fsync
     # (data/impressions.py): fewer fsyncs; a crash loses at most this much, a clean stop nothing
     impression_linger_ms: float = field(default=50.0, metadata=_rng(0.0, 1000.0))
+    # with several workers, a new connection goes to the worker with the fewest open ones
+    # (serving/balance.py); false = the kernel's choice (the first idle worker to accept)
+    balance_connections: bool = True
 
 
 @dataclass(frozen=True)

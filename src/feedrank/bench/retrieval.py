@@ -27,7 +27,7 @@ from feedrank.config import FeedrankConfig
 from feedrank.evaluation.metrics import ndcg_at_k_lists, recall_at_k
 
 KS = (10, 50, 100)
-PRIOR_FITS = ("newest-half", "frozen-tail")
+PRIOR_FITS = ("train", "frozen-tail")
 SERVED_PRIORS = ("two_tower_age_prior", "two_tower_prior", "two_tower_prior_ctr", "two_tower_prior_feedback")
 PRIOR_METHODS = SERVED_PRIORS
 FEEDBACK_FITS = ("holdout-tail", "same")
@@ -60,7 +60,7 @@ def _top_lists(scores: np.ndarray, allowed_mask: np.ndarray, past: list[set[int]
 
 def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, max_users: int = 3000,
                 show_progress: bool = True, say: Callable[[str], None] = print, replay_requests: int = 3000,
-                served_prior: str = "two_tower_prior", prior_fit: str = "newest-half",
+                served_prior: str = "two_tower_prior", prior_fit: str = "train",
                 cold_user_weights: bool = False, feedback_fit: str = "holdout-tail") -> dict[str, Any]:
     """Train the two-tower on the train side of ``data_dir`` and measure it against
     popularity, ALS (``implicit``) and, for synthetic worlds, the oracle: at the split
@@ -69,14 +69,16 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     score uses the prior ``served_prior`` (a method name; ``two_tower_prior`` = age +
     popularity, what ``feedrank train`` fits; ``two_tower_prior_ctr`` adds the CTR terms;
     ``two_tower_prior_feedback`` adds the clicker-vector term of ``retrieval/item_feedback.py``);
-    ``cold_user_weights`` fits each prior's weights for users without history too. ``prior_fit``: which training
-    clicks fit the prior: ``newest-half`` (what ``feedrank train`` does; each click with
-    the state just before it) or ``frozen-tail`` (the last ``split.test_fraction`` of the
-    train clicks, scored with the state frozen at the start of that tail, as the boundary
-    protocol scores the test side). ``feedback_fit``: the feedback prior's weights are fitted
-    on the last ``split.test_fraction`` of the train clicks with towers trained without them
-    (``holdout-tail``: the served towers have memorised the clicks the fit scores, so a new
-    item's clickers would add nothing there) or like the others (``same``)."""
+    ``cold_user_weights`` fits each prior's weights for users without history too. ``prior_fit``: how the
+    prior is fitted: ``train`` (what ``feedrank train`` does, ``retrieval.prior_fit``: by default
+    on the last ``split.test_fraction`` of the train clicks with towers trained without them,
+    ``pipeline/build.fit_retrieval_prior``; ``in_sample``: the newest half with the served towers;
+    each click with the state just before it) or ``frozen-tail`` (the last
+    ``split.test_fraction`` of the train clicks, scored by the served towers with the state
+    frozen at the start of that tail, as the boundary protocol scores the test side).
+    ``feedback_fit``: the feedback prior's weights are fitted on that held-out tail with the
+    towers trained without it (``holdout-tail``) or like the others (``same``). Every prior
+    is applied to the served towers' logits."""
     if feedback_fit not in FEEDBACK_FITS:
         raise ValueError(f"feedback_fit {feedback_fit!r}: expected one of {', '.join(FEEDBACK_FITS)}")
     if prior_fit not in PRIOR_FITS:
@@ -86,11 +88,12 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     from feedrank.bench.retrieval_replay import ReplayInputs, run_replay
     from feedrank.bench.retrieval_replay import replay_requests as sample_requests
     from feedrank.evaluation.offline import live_items
-    from feedrank.pipeline.build import item_content, learn_max_item_age, prepare, shown_not_clicked
+    from feedrank.pipeline.build import (fit_retrieval_prior, holdout_tail_towers, item_content, learn_max_item_age,
+                                         prepare, shown_not_clicked)
     from feedrank.retrieval.counters import CounterReplay, creator_codes
     from feedrank.retrieval.encode import encode_items, encode_users
     from feedrank.retrieval.item_feedback import FeedbackEvents
-    from feedrank.retrieval.prior import PriorFitData, fit_age_prior
+    from feedrank.retrieval.prior import PriorFitData
     from feedrank.retrieval.train import train_two_tower
     from feedrank.training.common import seed_everything, setup_threads
 
@@ -148,7 +151,6 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         base_data = PriorFitData(fit_from=tail_from, frozen=True)
         fit_data = replace(fit_data, fit_from=tail_from, frozen=True)
         out["prior_fit_from"] = tail_from
-    out["prior_fit"] = prior_fit
     at_boundary = CounterReplay(n_items, clicks.items, clicks.ts, *fit_data.impressions, creator_codes(catalog.creators))
     at_boundary.advance(np.inf)  # it holds train events only: the counters at the boundary
     counters = at_boundary.snapshot()
@@ -157,16 +159,25 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     has_hist = (clicks.ends - clicks.starts)[users] > 0
     out["users_without_history"] = int((~has_hist).sum())
     priors = {}
+    # the held-out towers (trained once): the prior as `feedrank train` fits it, and the feedback prior's fit
+    want_holdout = (prior_fit == "train" and cfg.retrieval.prior_fit == "holdout_tail") or feedback_fit == "holdout-tail"
+    holdout = holdout_tail_towers(cfg, prep, is_train, content, show_progress, say) if want_holdout else None
+    out["prior_fit_towers"] = None if holdout is None else holdout.to_json()
+    main_holdout = holdout if prior_fit == "train" and cfg.retrieval.prior_fit == "holdout_tail" else None
+    out["prior_fit"] = prior_fit if prior_fit != "train" else f"train ({'in_sample' if main_holdout is None else 'holdout_tail'})"
+    fb_holdout = holdout if feedback_fit == "holdout-tail" else None
     fb_data = replace(base_data or PriorFitData(), feedback=fb_train)
-    if feedback_fit == "holdout-tail":
-        fb_data, out["feedback_fit"] = _holdout_tail_fit(cfg, prep, clicks, is_train, content, show_progress, say)
-    fits = [("two_tower_age_prior", False, base_data), ("two_tower_prior", True, base_data),
-            ("two_tower_prior_ctr", True, fit_data), ("two_tower_prior_feedback", True, fb_data)]
+    if fb_holdout is not None:  # clicker vectors of every train click from the held-out towers
+        fb_enc = lambda h, ts: encode_users(fb_holdout.model, catalog, h, ts, item_vecs=fb_holdout.item_vecs)  # noqa: E731
+        fb_data = PriorFitData(feedback=FeedbackEvents.of_clicks(clicks, fb_enc, cfg.retrieval.history_len))
+    out["feedback_fit"] = "holdout-tail" if fb_holdout is not None else "same"
+    fits = [("two_tower_age_prior", False, base_data, main_holdout), ("two_tower_prior", True, base_data, main_holdout),
+            ("two_tower_prior_ctr", True, fit_data, main_holdout), ("two_tower_prior_feedback", True, fb_data, fb_holdout)]
     if served_prior != "two_tower_prior_ctr":  # fitted w_ctr = w_creator = 0 on every dataset (docs/retrieval.md): skipped
         fits = [f for f in fits if f[0] != "two_tower_prior_ctr"]
-    for name, use_pop, data in fits:
-        prior = fit_age_prior(tt, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, vecs, max_age,
-                              cfg.training.seed, popularity=use_pop, data=data, cold_users=cold_user_weights)
+    for name, use_pop, data, held in fits:
+        prior = fit_retrieval_prior(cfg, tt, catalog, clicks, vecs, max_age, held, popularity=use_pop, data=data,
+                                    cold_users=cold_user_weights)
         priors[name] = prior
         out[name] = prior.to_json()
         for tag, pr in (("", prior), (" (users without history)", prior.cold_user)):
@@ -235,32 +246,6 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         _say_methods(out["replay"]["methods"], say, f"replay of {len(reqs)} requests")
     out["headline"] = _headline(out)
     return out
-
-
-def _holdout_tail_fit(cfg: FeedrankConfig, prep, clicks, is_train: np.ndarray, content, show_progress: bool,
-                      say: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-    """``PriorFitData`` for the feedback prior: towers trained on the train clicks before the
-    last ``split.test_fraction`` of them (the tail), the fit on the tail, clicker vectors of
-    every train click from those towers. Only training data."""
-    from feedrank.pipeline.build import shown_not_clicked
-    from feedrank.retrieval.encode import encode_items, encode_users
-    from feedrank.retrieval.item_feedback import FeedbackEvents
-    from feedrank.retrieval.prior import PriorFitData
-    from feedrank.retrieval.train import train_two_tower
-
-    ev, catalog = prep.events, prep.catalog
-    tail_from = float(np.quantile(clicks.ts, 1.0 - cfg.split.test_fraction))
-    head = is_train & (ev.ts < tail_from)
-    t = time.perf_counter()
-    tt, _ = train_two_tower(cfg.retrieval, catalog, ev.click_log(np.flatnonzero(head)), len(prep.vocabs["category"]),
-                            len(prep.vocabs["subcategory"]), np.random.default_rng(cfg.training.seed), show_progress,
-                            content=content, shown=shown_not_clicked(ev, head))
-    vecs = encode_items(tt, catalog)
-    fb = FeedbackEvents.of_clicks(clicks, lambda h, ts: encode_users(tt, catalog, h, ts, item_vecs=vecs),
-                                  cfg.retrieval.history_len)
-    info = {"protocol": "holdout-tail", "fit_from": tail_from, "towers_s": round(time.perf_counter() - t, 1)}
-    say(f"feedback prior: towers without the train tail (from {tail_from:.0f}) trained in {info['towers_s']}s")
-    return PriorFitData(fit_from=tail_from, model=tt, item_vecs=vecs, feedback=fb), info
 
 
 def _with_feedback(counters, prior, events) -> Any:

@@ -26,10 +26,11 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--max-users", default=3000, show_default=True, type=click.IntRange(10), help="Evaluated users per dataset.")
 @click.option("--replay-requests", default=3000, show_default=True, type=click.IntRange(0),
               help="Test requests replayed at their own time with the live state, as served (0: boundary protocol only).")
-@click.option("--prior-fit", type=click.Choice(["newest-half", "frozen-tail"]), default="newest-half", show_default=True,
-              help="Training clicks the retrieval prior is fitted on: 'newest-half' as `feedrank train` does, or "
-                   "'frozen-tail' (the last test_fraction of them, with the state frozen at its start, as the "
-                   "boundary protocol scores).")
+@click.option("--prior-fit", type=click.Choice(["train", "frozen-tail"]), default="train", show_default=True,
+              help="How the retrieval prior is fitted: 'train' as `feedrank train` does (retrieval.prior_fit: "
+                   "holdout_tail, the newest test_fraction of the train clicks scored by towers trained without "
+                   "them; retrieval.prior_fit=in_sample: the newest half, served towers), or 'frozen-tail' (that tail "
+                   "scored by the served towers with the state frozen at its start, as the boundary protocol scores).")
 @click.option("--served-prior", type=click.Choice(["two_tower_age_prior", "two_tower_prior", "two_tower_prior_ctr",
                                                   "two_tower_prior_feedback"]),
               default="two_tower_prior", show_default=True,

@@ -89,7 +89,8 @@ def _policy_options(f):
                      help="Interval: el = empirical likelihood (with E[w] = 1 for IPS/DR), hall = Wald with Hall's "
                      "skewness correction, normal = plain Wald, boot-t = studentised cluster bootstrap, bca = BCa "
                      "cluster bootstrap, boot-t-vst = studentised cluster bootstrap on a variance-stabilised scale "
-                     "(2000 seeded resamples of users). Every method's interval is kept in the JSON.")(f)
+                     "(2000 seeded resamples of users), betting = betting interval, valid by construction (needs only "
+                     "rewards in [0, 1] and E[w] = 1). Every method's interval is kept in the JSON.")(f)
     return f
 
 
@@ -149,6 +150,7 @@ def ope_check_cmd(seeds: int, first_seed: int, users: int, items: int, days: int
       feedrank ope check --seeds 50 --first-seed 50 --out benchmarks/results/ope_coverage_50_99.json
       feedrank ope check --seeds 10 --users 2000 --items 300 --days 4 --interval hall
       feedrank ope check --seeds 10 --beta 0.5 --interval boot-t --out /tmp/beta05_boot_t.json
+      feedrank ope check --seeds 10 --interval betting --out /tmp/betting.json
     """
     import time
 

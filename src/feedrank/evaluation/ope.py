@@ -26,6 +26,13 @@ Intervals (``ope_intervals.py``), chosen by ``method``:
   studentised, bias-corrected and accelerated percentile, and studentised on a
   variance-stabilised scale; every estimator is a ratio of sums (IPS, DR: terms over rounds;
   SNIPS: ``w r`` over ``w``), resampled by cluster (by round without ``clusters``).
+* ``"betting"``: the betting interval (``ope_betting.py``; Waudby-Smith & Ramdas, JRSS-B 2024,
+  in the off-policy form of Waudby-Smith et al., arXiv 2210.10768), valid at any sample size by
+  construction: it needs only rewards in [0, 1], nonnegative weights and ``E[w] = 1``. IPS,
+  SNIPS and DR share one interval for V, built from ``w r`` (lower end) and ``w (1 - r)`` (upper
+  end): the reward model's variance reduction cannot be bet on without a bound on the weights
+  (docs/evaluation.md). Each estimator's interval is widened to contain its own estimate
+  (clipped to [0, 1]), so it always lies in [0, 1].
 
 ``"el"`` is the default (``DEFAULT_METHOD``): on the synthetic world it covers at least as
 well as Hall's interval and is 11-21% shorter for IPS and DR, because ``E[w] = 1`` works as
@@ -50,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from feedrank.errors import SchemaError
+from feedrank.evaluation.ope_betting import BETTING_METHOD, dm_betting_interval, ips_betting_interval
 from feedrank.evaluation.ope_bootstrap import BOOTSTRAP_METHODS, bootstrap_interval
 from feedrank.evaluation.ope_intervals import (INTERVAL_METHODS, check_level, check_method, el_mean_interval,
                                                el_ratio_interval, hall_interval, z_value)
@@ -151,13 +159,26 @@ def _options(level: float, method: str, clusters: np.ndarray | None, n: int) -> 
     return c
 
 
+def _containing(v: float, lo: float, hi: float) -> tuple[float, float]:
+    """A betting interval (inside [0, 1]) widened to contain the estimate clipped to [0, 1]."""
+    c = min(max(v, 0.0), 1.0)
+    return min(lo, c), max(hi, c)
+
+
 def _mean_estimate(name: str, terms: np.ndarray, w: np.ndarray, level: float, clusters: np.ndarray | None,
-                   method: str, el_weights: np.ndarray | None) -> Estimate:
-    """A mean of per-round ``terms`` with its interval; EL uses ``el_weights`` for E[w] = 1."""
+                   method: str, el_weights: np.ndarray | None,
+                   betting: tuple[np.ndarray, np.ndarray] | None = None) -> Estimate:
+    """A mean of per-round ``terms`` with its interval; EL uses ``el_weights`` for E[w] = 1; the
+    betting interval is built from ``betting`` = (rewards in [0, 1], weights), or from ``terms``
+    in [0, 1] when None."""
     n = len(terms)
     v = float(np.mean(terms))
     se = _se_of_mean(terms, clusters)
-    if method == "el" and n >= 2 and float(np.std(terms)) > 0:
+    if method == BETTING_METHOD:
+        lo, hi = (dm_betting_interval(terms, level, clusters) if betting is None
+                  else ips_betting_interval(betting[0], betting[1], level, clusters))
+        lo, hi = _containing(v, lo, hi)
+    elif method == "el" and n >= 2 and float(np.std(terms)) > 0:
         lo, hi, _ = el_mean_interval(terms, level, el_weights, clusters)
         lo, hi = min(lo, v), max(hi, v)  # the estimate itself is always inside
     elif method in BOOTSTRAP_METHODS and n >= 2 and float(np.std(terms)) > 0:
@@ -177,7 +198,7 @@ def ips(reward: np.ndarray, propensity: np.ndarray, target_prob: np.ndarray, lev
     w = importance_weights(target_prob, propensity)
     n = _check("ips", ("reward", r), ("weights", w))
     clusters = _options(level, method, clusters, n)
-    return _mean_estimate("ips", w * r, w, level, clusters, method, w)
+    return _mean_estimate("ips", w * r, w, level, clusters, method, w, (r, w))
 
 
 def snips(reward: np.ndarray, propensity: np.ndarray, target_prob: np.ndarray, level: float = 0.9,
@@ -195,7 +216,9 @@ def snips(reward: np.ndarray, propensity: np.ndarray, target_prob: np.ndarray, l
     wbar = sw / n
     resid = w * (r - v)  # linearisation of the ratio (delta method): se = se(mean(resid)) / mean(w)
     se = _se_of_mean(resid, clusters) / wbar
-    if method == "el" and n >= 2 and float(np.std(resid)) > 0:
+    if method == BETTING_METHOD:  # the same V as IPS: IPS's betting interval, containing SNIPS's estimate
+        lo, hi = _containing(v, *ips_betting_interval(r, w, level, clusters))
+    elif method == "el" and n >= 2 and float(np.std(resid)) > 0:
         lo, hi = el_ratio_interval(r, w, level, v, clusters)
         lo, hi = min(lo, v), max(hi, v)
     elif method in BOOTSTRAP_METHODS and n >= 2 and float(np.std(resid)) > 0:
@@ -221,7 +244,7 @@ def doubly_robust(reward: np.ndarray, propensity: np.ndarray, target_prob: np.nd
     w = importance_weights(target_prob, propensity)
     n = _check("doubly_robust", ("reward", r), ("weights", w), ("q_logged", q), ("dm", d))
     clusters = _options(level, method, clusters, n)
-    return _mean_estimate("dr", d + w * (r - q), w, level, clusters, method, w)
+    return _mean_estimate("dr", d + w * (r - q), w, level, clusters, method, w, (r, w))
 
 
 def direct_method(dm: np.ndarray, level: float = 0.9, clusters: np.ndarray | None = None,

@@ -35,7 +35,8 @@ monotone function on each side of the estimate, found by ``scipy.optimize.brentq
 
 Also here: Hall's skewness-corrected interval (Hall, JRSS-B 1992), a second-order
 correction of the Wald interval kept for comparison. The cluster-bootstrap intervals
-(``boot-t``, ``bca``, ``boot-t-vst``) are in ``ope_bootstrap.py``.
+(``boot-t``, ``bca``, ``boot-t-vst``) are in ``ope_bootstrap.py``; the betting interval
+(``betting``, valid by construction) is in ``ope_betting.py``.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ from scipy.optimize import brentq
 from scipy.stats import chi2
 
 from feedrank.errors import SchemaError
+from feedrank.evaluation.ope_betting import BETTING_METHOD
 from feedrank.evaluation.ope_bootstrap import BOOTSTRAP_METHODS
 
-INTERVAL_METHODS = ("el", "hall", "normal", *BOOTSTRAP_METHODS)
+INTERVAL_METHODS = ("el", "hall", "normal", *BOOTSTRAP_METHODS, BETTING_METHOD)
 
 
 def z_value(level: float) -> float:

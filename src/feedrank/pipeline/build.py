@@ -3,7 +3,9 @@
     art = train_model("var/world", "var/model", cfg)
 
 Steps (each prints progress): load + validate -> time split -> vocabularies and catalogue
--> two-tower on train clicks -> item vectors + ANN index -> ranker on train impressions
+-> two-tower on train clicks -> item vectors + ANN index -> retrieval prior (by default
+fitted on the newest train clicks with a second two-tower trained without them,
+``retrieval.prior_fit``) -> ranker on train impressions
 (point-in-time features) -> offline evaluation on the test side -> online state snapshot
 over all events -> bundle.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +32,7 @@ from feedrank.ranking.calibration import Calibrator
 from feedrank.retrieval.encode import encode_items
 from feedrank.retrieval.index import IndexParams, build_index, check_recall
 from feedrank.retrieval.train import ShownNotClicked, train_two_tower
+from feedrank.training import checkpoint as ckpt
 from feedrank.training import distributed as dist
 from feedrank.training.common import seed_everything, setup_threads
 
@@ -126,6 +129,104 @@ def shown_not_clicked(ev: EventArrays, rows_mask: np.ndarray) -> ShownNotClicked
     return ShownNotClicked.build(ev.user_codes[rows], ev.ts[rows], ev.item_idx[rows], ev.n_users)
 
 
+HOLDOUT_CHECKPOINTS = "prior_holdout"  # sub-folder of the checkpoint folder for the held-out towers' step checkpoints
+MIN_HOLDOUT_CLICKS = 50  # fewer train clicks before (or in) the held-out tail: the prior is fitted in sample
+
+
+@dataclass(frozen=True)
+class HoldoutTowers:
+    """Two-tower trained on the training clicks before ``fit_from`` (the newest
+    ``split.test_fraction`` of the train clicks are held out), its item vectors, and the
+    click counts on each side. The prior's weights are fitted on the held-out tail with these
+    towers: the served towers have seen (memorised) the clicks a fit on them would score,
+    which pulls the weights of the age and popularity terms towards 0."""
+
+    fit_from: float
+    model: Any
+    item_vecs: np.ndarray
+    head_clicks: int
+    tail_clicks: int
+    seconds: float
+
+    def fit_data(self, **more: Any) -> Any:
+        """``PriorFitData`` for ``fit_age_prior``: the tail, scored by these towers (+ ``more`` fields)."""
+        from feedrank.retrieval.prior import PriorFitData
+
+        return PriorFitData(fit_from=self.fit_from, model=self.model, item_vecs=self.item_vecs, **more)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fit_from": self.fit_from, "head_clicks": self.head_clicks, "tail_clicks": self.tail_clicks,
+                "towers_s": round(self.seconds, 1)}
+
+
+def events_before(ev: EventArrays, t: float) -> EventArrays:
+    """The events strictly before ``t`` (same user codes and ids)."""
+    keep = np.flatnonzero(ev.ts < t)
+    return EventArrays(ev.ts[keep], ev.user_codes[keep], ev.user_ids, ev.item_idx[keep], ev.kind[keep],
+                       ev.position[keep], ev.request_codes[keep], None if ev.dwell_ms is None else ev.dwell_ms[keep])
+
+
+def holdout_tail_towers(cfg: FeedrankConfig, prep: Prepared, train_rows: np.ndarray, content: np.ndarray | None,
+                        show_progress: bool = True, say: Callable[[str], None] = print,
+                        checkpoint_sub: str | None = None) -> HoldoutTowers | None:
+    """Train the towers the prior is fitted with: on the events of ``train_rows`` strictly
+    before the tail start (the ``1 - split.test_fraction`` quantile of the train clicks'
+    times), same config and seed as the served towers (their own generator; torch's, numpy's
+    and python's global RNG states are restored after, so the stages that follow are
+    unchanged). No click or impression at or after the tail start reaches them. Under an
+    active checkpoint policy their step checkpoints go to ``<policy folder>/<checkpoint_sub>``
+    (never mixed with the served towers'). None (with a message) when either side has fewer
+    than ``MIN_HOLDOUT_CLICKS`` clicks: the caller then fits in sample."""
+    import contextlib
+
+    ev, catalog = prep.events, prep.catalog
+    clicks = ev.click_log(np.flatnonzero(train_rows))
+    if not len(clicks.items):
+        return None
+    fit_from = float(np.quantile(clicks.ts, 1.0 - cfg.split.test_fraction))
+    before = events_before(ev, fit_from)  # the towers' whole view: even impression labels ignore later clicks
+    head_rows = train_rows[ev.ts < fit_from]
+    head = before.click_log(np.flatnonzero(head_rows))
+    n_head, n_tail = len(head.items), int((clicks.ts >= fit_from).sum())
+    if min(n_head, n_tail) < MIN_HOLDOUT_CLICKS:
+        say(f"retrieval prior: {n_head} clicks before the held-out tail and {n_tail} in it "
+            f"(< {MIN_HOLDOUT_CLICKS}): fitted in sample instead")
+        return None
+    policy = ckpt.active_policy()
+    scope = contextlib.nullcontext() if policy is None or checkpoint_sub is None else \
+        ckpt.checkpointing(policy.directory / checkpoint_sub, policy.every_steps, policy.resume)
+    state = ckpt.global_rng_state()
+    t = time.perf_counter()
+    try:
+        with scope:
+            model, _ = train_two_tower(cfg.retrieval, catalog, head, len(prep.vocabs["category"]),
+                                       len(prep.vocabs["subcategory"]), np.random.default_rng(cfg.training.seed),
+                                       show_progress, content=content, shown=shown_not_clicked(before, head_rows))
+    finally:
+        ckpt.set_global_rng_state(state)
+    out = HoldoutTowers(fit_from, model, encode_items(model, catalog), n_head, n_tail, time.perf_counter() - t)
+    say(f"retrieval prior: towers without the newest {n_tail:,} train clicks (from {fit_from:.0f}) trained on "
+        f"{n_head:,} in {out.seconds:.1f}s")
+    return out
+
+
+def fit_retrieval_prior(cfg: FeedrankConfig, model: Any, catalog: ItemCatalog, clicks: Any, item_vecs: np.ndarray,
+                        max_age_s: float | None, holdout: HoldoutTowers | None, **fit: Any) -> Any:
+    """The retrieval prior ``feedrank train`` serves (an ``AgePrior``): age + popularity
+    weights fitted on the held-out tail with ``holdout``'s towers, or in sample (the newest
+    half of ``clicks`` with the served ``model``) when ``holdout`` is None. The weights are
+    then applied to the served towers' logits. ``fit``: further ``fit_age_prior`` arguments
+    (``popularity``, ``cold_users``...)."""
+    from feedrank.retrieval.prior import fit_age_prior
+
+    data = fit.pop("data", None)
+    if holdout is not None:
+        data = holdout.fit_data() if data is None else replace(data, fit_from=holdout.fit_from, model=holdout.model,
+                                                                item_vecs=holdout.item_vecs)
+    return fit_age_prior(model, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, item_vecs,
+                         max_age_s, cfg.training.seed, data=data, **fit)
+
+
 Evaluator = Callable[..., dict]  # (ModelArtifacts, Prepared, say=...) -> metrics dict
 
 
@@ -162,13 +263,18 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
     index = build_index(vectors, cfg.retrieval.index, seed=cfg.training.seed, params=IndexParams.from_config(cfg.retrieval))
     index_recall = check_recall(index, vectors, cfg.retrieval.recall_floor, rng)  # raises IndexRejected below the floor
     say(f"index: {index.kind} over {len(index):,} items, recall@100 vs exact {index_recall:.3f} (floor {cfg.retrieval.recall_floor})")
-    age_prior = None
-    if cfg.retrieval.age_prior:  # freshness prior of the retrieval score (retrieval/prior.py; own seed, rng untouched)
-        from feedrank.retrieval.prior import fit_age_prior
-
-        age_prior = fit_age_prior(tt, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, vectors,
-                                  max_age_s, cfg.training.seed).to_json()
-        say(f"retrieval prior: w_age = {age_prior['weight']:.4f} per day, w_pop = {age_prior['pop_weight']:.4f} per log click")
+    age_prior, prior_fit = None, None
+    if cfg.retrieval.age_prior:  # freshness prior of the retrieval score (retrieval/prior.py; own seeds, rng untouched)
+        holdout = None
+        if cfg.retrieval.prior_fit == "holdout_tail":
+            holdout = holdout_tail_towers(cfg, prep, train_rows, content, show_progress, say,
+                                          checkpoint_sub=HOLDOUT_CHECKPOINTS)
+        prior = fit_retrieval_prior(cfg, tt, catalog, clicks, vectors, max_age_s, holdout)
+        age_prior = prior.to_json()
+        prior_fit = {"fit": "in_sample" if holdout is None else "holdout_tail", "n_clicks": prior.n_clicks,
+                     **({} if holdout is None else holdout.to_json())}
+        say(f"retrieval prior ({prior_fit['fit']}): w_age = {prior.weight:.4f} per day, "
+            f"w_pop = {prior.pop_weight:.4f} per log click")
 
     imp_rows = np.flatnonzero(train_rows & ev.mask("impression"))
     n_imp_train = int(train_rows[ev.mask("impression")].sum())
@@ -195,6 +301,7 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
             "split": split_to_dict(split),
             "index_recall_at_100": index_recall,
             "age_prior": age_prior,
+            "age_prior_fit": prior_fit,
             "recall_floor": cfg.retrieval.recall_floor,
             "content_encoder": content_kind,
             "train_reports": {"two_tower": tt_report.__dict__, "ranker": rk_report},
@@ -206,5 +313,8 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
     if evaluator is not None:
         art.info["metrics"] = evaluator(art, prep, say=say)
     manifest = save_artifacts(art, Path(out))
+    policy = ckpt.active_policy()
+    if policy is not None:  # the held-out towers' step checkpoints (the caller clears the served towers')
+        ckpt.clear_step_checkpoints(policy.directory / HOLDOUT_CHECKPOINTS)
     say(f"model {manifest.version} written to {out} ({time.perf_counter() - t_all:.1f}s in all)")
     return art

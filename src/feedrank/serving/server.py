@@ -37,8 +37,10 @@ def serve_workers(spec: dict, workers: int, host: str = "127.0.0.1", port: int =
 
     from feedrank.serving.workers import write_spec
 
+    from feedrank.serving.balance import run_supervisor
+
     os.environ.update(write_spec(workers=workers, **spec))  # the spawned workers read it
-    uvicorn.run(
+    config = uvicorn.Config(
         "feedrank.serving.workers:create_worker_app",
         factory=True,
         workers=workers,
@@ -47,6 +49,11 @@ def serve_workers(spec: dict, workers: int, host: str = "127.0.0.1", port: int =
         timeout_worker_healthcheck=120,
         **_uvicorn_kwargs(host, port, log_level),
     )
+    sock = config.bind_socket()  # once, here; every worker accepts on it (serving/balance.py decides which)
+    try:
+        run_supervisor(config, [sock])
+    except KeyboardInterrupt:
+        pass
 
 
 def free_port() -> int:

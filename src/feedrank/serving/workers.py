@@ -6,8 +6,10 @@
 One Python process runs one request's pipeline at a time on one core (the GIL), so a
 server on C cores runs C worker processes. uvicorn's supervisor binds the port once,
 spawns the workers (each imports ``create_worker_app`` and builds its own app), restarts
-a worker that dies, and passes SIGINT/SIGTERM on. The kernel spreads connections over
-the workers.
+a worker that dies, and passes SIGINT/SIGTERM on. A new connection goes to the worker
+with the fewest open connections (``serving.balance_connections``, serving/balance.py);
+with it off, the kernel hands it to whichever idle worker calls ``accept()`` first, which
+splits a client's persistent connections very unevenly.
 
 What each worker owns, and the consistency that gives (docs/api.md, "Workers"):
 
@@ -111,14 +113,18 @@ def create_worker_app():
     part = partition_name(slot)
     overrides = tuple(spec.get("overrides") or ())
     if spec.get("registry_dir"):
-        app, _log, manager, _cfg = build_registry_service(spec["registry_dir"], spec.get("events_dir"), spec.get("config_path"),
+        app, _log, manager, cfg = build_registry_service(spec["registry_dir"], spec.get("events_dir"), spec.get("config_path"),
                                                           overrides, float(spec.get("poll_s", 5.0)), partition=part)
         manager.start()
         version = manager.model_version
     else:
-        app, _log, rec, _cfg = build_service(spec["model_dir"], spec.get("events_dir"), spec.get("config_path"), overrides,
+        app, _log, rec, cfg = build_service(spec["model_dir"], spec.get("events_dir"), spec.get("config_path"), overrides,
                                              partition=part)
         version = rec.model_version
+    if cfg.serving.balance_connections and int(spec["workers"]) > 1:
+        from feedrank.serving.balance import attach_board
+
+        attach_board(spec["claims_dir"], int(spec["workers"]), slot)  # serving/balance.py: least-connections accept
     log.info("worker %s (pid %d) serving model %s; event log partition %s", slot, os.getpid(), version, part)
     # Nothing to close after the server stops: every append is fsync'd when it returns, the
     # app's shutdown flushes the impression writer, and the kernel drops the flocks.
