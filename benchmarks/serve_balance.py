@@ -16,8 +16,12 @@ on each run, so every run is a fresh draw of the split. Per run and worker it re
 * ``cpu_s`` / ``busy``: the worker's CPU seconds over the run and that over the run's
   length (its utilisation of one core);
 
-and for the run: wrk's achieved rps, p50 / p99, and the server's CPU ms per request (all
-processes). ``--json`` prints everything as JSON.
+and for the run: wrk's achieved rps, p50 / p99, the server's CPU ms per request (all
+processes), and ``loop_lag``: how many of the workers' 25 ms event-loop probe timers fired
+more than 5 / 10 / 25 / 50 / 100 ms late (``feedrank_loop_lag_seconds``). With
+``--profile-dir``, py-spy samples the GIL holder of each worker during the first run
+(``--threads --gil``): each thread's share and what the background threads run.
+``--json`` prints everything as JSON.
 """
 
 from __future__ import annotations
@@ -88,6 +92,73 @@ def feed_responses_by_pid(metrics_dir: Path) -> dict[int, float]:
     return counts
 
 
+def loop_lag_buckets(metrics_dir: Path) -> dict[float, float]:
+    """``feedrank_loop_lag_seconds`` cumulative bucket counts (upper bound -> probe firings
+    at most that late), summed over the workers."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    buckets: dict[float, float] = {}
+    for f in metrics_dir.glob("histogram_*.db"):
+        for key, value, *_rest in MmapedDict.read_all_values_from_file(str(f)):
+            _metric, name, labels, _help = json.loads(key)
+            if name == "feedrank_loop_lag_seconds_bucket":
+                le = float(labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + value  # the files hold per-bucket counts
+    cumulative, run = {}, 0.0
+    for le, value in sorted(buckets.items()):
+        run += value
+        cumulative[le] = run
+    return cumulative
+
+
+def _lag_shares(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Probe firings in the run and the share later than 5 / 10 / 25 / 50 / 100 ms."""
+    d = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
+    total = d.get(float("inf"), 0.0)
+    out: dict[str, Any] = {"probes": int(total)}
+    for ms in (5, 10, 25, 50, 100):
+        le = ms / 1000.0
+        if total and le in d:
+            out[f"late_gt_{ms}ms"] = round(1.0 - d[le] / total, 4)
+    return out
+
+
+def _py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
+    exe = shutil.which("py-spy") or ("/opt/prof/bin/py-spy" if Path("/opt/prof/bin/py-spy").exists() else None)
+    if exe is None:
+        print("py-spy not found: no profile", file=sys.stderr)
+        return None
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--threads", "--gil", "--nonblocking", "-r", "250",
+                             "-d", str(seconds), "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def summarize_raw(path: Path, top: int = 12) -> dict[str, Any]:
+    """GIL-holding samples of a ``py-spy record --threads --gil -f raw`` profile: the share
+    of each thread, and the functions the non-main threads spend their samples in."""
+    threads: dict[str, int] = {}
+    frames: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        parts = stack.split(";")
+        thread = re.sub(r"\s*\(?0x[0-9a-f]+\)?", "", parts[0]).strip()
+        threads[thread] = threads.get(thread, 0) + count
+        total += count
+        if "MainThread" not in thread:
+            # the deepest feedrank frame names what the thread was doing
+            ours = [p for p in parts[1:] if "feedrank" in p] or parts[-1:]
+            key = f"{thread}: {ours[-1]}"
+            frames[key] = frames.get(key, 0) + count
+    return {"samples": total,
+            "threads": {t: round(c / max(total, 1), 4) for t, c in sorted(threads.items(), key=lambda kv: -kv[1])},
+            "background_top": {k: round(c / max(total, 1), 4)
+                               for k, c in sorted(frames.items(), key=lambda kv: -kv[1])[:top]}}
+
+
 def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
@@ -112,13 +183,21 @@ def _wrk(url: str, rate: float, seconds: int, connections: int, users: int, k: i
 
 
 def measure_run(url: str, port: int, server_pid: int, metrics_dir: Path, rate: float, seconds: int, connections: int,
-                users: int, k: int, seed: int) -> dict[str, Any]:
+                users: int, k: int, seed: int, profile_dir: Path | None = None) -> dict[str, Any]:
     workers = _children(server_pid)
+    lag0 = loop_lag_buckets(metrics_dir)
     cpu0 = {p: _cpu_s(p) for p in workers}
     tree0 = _tree_cpu_s(server_pid)
     req0 = feed_responses_by_pid(metrics_dir)
     t0 = time.monotonic()
     wrk = _wrk(url, rate, seconds, connections, users, k, seed)
+    spies = {}
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        for p in workers:
+            spy = _py_spy(p, max(1, seconds - 2), profile_dir / f"worker_{p}.raw")
+            if spy is not None:
+                spies[p] = spy
     conns: dict[int, int] = {}
     for frac in (1 / 3, 2 / 3):
         time.sleep(max(0.0, t0 + seconds * frac - time.monotonic()))
@@ -129,6 +208,12 @@ def measure_run(url: str, port: int, server_pid: int, metrics_dir: Path, rate: f
     tree1 = _tree_cpu_s(server_pid)
     req1 = feed_responses_by_pid(metrics_dir)
     res = _parse_wrk(out)
+    res["loop_lag"] = _lag_shares(lag0, loop_lag_buckets(metrics_dir))
+    for p, spy in spies.items():
+        spy.wait(timeout=60)
+        raw = profile_dir / f"worker_{p}.raw"  # type: ignore[operator]
+        if raw.exists():
+            res.setdefault("gil_profile", {})[str(p)] = summarize_raw(raw)
     per_worker = []
     for p in workers:
         cpu = _cpu_s(p) - cpu0[p]
@@ -152,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--events-dir", type=Path, default=None, help="default: a fresh temporary folder, removed at the end")
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--profile-dir", type=Path, default=None,
+                    help="py-spy (--threads --gil) each worker during the first run; raw profiles and a summary")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not (args.model / "manifest.json").exists():
@@ -180,11 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             time.sleep(2.0)  # the previous run's connections close first: each run starts from an idle server
             res = measure_run(url, port, server.pid, metrics_dir, args.rate, args.seconds, args.connections, args.users,
-                              args.k, seed=10 + i)
+                              args.k, seed=10 + i, profile_dir=args.profile_dir if i == 0 else None)
             results.append(res)
             split = " / ".join(f"{w['connections']}c {w['requests']}r {w['busy']:.0%}" for w in res["workers"])
             print(f"run {i + 1}: achieved {res['achieved_rps']} rps, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, "
-                  f"{res['server_cpu_ms_per_request']} ms CPU/request; workers {split}", file=sys.stderr)
+                  f"{res['server_cpu_ms_per_request']} ms CPU/request; workers {split}; loop lag {res['loop_lag']}",
+                  file=sys.stderr)
     except BaseException:
         print((tmp / "server.log").read_text(errors="replace")[-3000:], file=sys.stderr)
         raise

@@ -72,6 +72,22 @@ class Sessions:
 
 
 @dataclass(frozen=True)
+class OpeLog:
+    """What the estimators of one run see, aligned (n,) arrays of the logged slot-0 rounds
+    (reward, propensity, the target's probability of the logged item, the reward model's
+    ``q_logged`` and ``dm``, user ids), and the truth (over all sessions, and over the logged ones)."""
+
+    reward: np.ndarray
+    propensity: np.ndarray
+    target_prob: np.ndarray
+    q_logged: np.ndarray
+    dm: np.ndarray
+    user: np.ndarray
+    truth: float
+    truth_logged: float
+
+
+@dataclass(frozen=True)
 class Impressions:
     """Every logged impression (all positions). Arrays (n,): request, item, position, click,
     propensity (the logging policy's sequential draw probability)."""
@@ -199,12 +215,13 @@ def target_rows(world: World, policy: TargetPolicy, user: np.ndarray, ts: np.nda
 
 def evaluate_log(dataset_dir: str | Path, policy: TargetPolicy = TargetPolicy(), *, sample: float = 0.5,
                  level: float = 0.9, seed: int = 0, cluster_by_user: bool = True,
-                 method: str = DEFAULT_METHOD) -> dict[str, Any]:
+                 method: str = DEFAULT_METHOD, on_log: Callable[[OpeLog], None] | None = None) -> dict[str, Any]:
     """Estimates (IPS, SNIPS, DR, DM) of the target policy's top-slot CTR from a random
     ``sample`` share of a synthetic dataset's sessions, and the simulated truth over all.
     Intervals are cluster-robust over users unless ``cluster_by_user`` is False; the main one
     is ``method``'s, and every method's interval is kept under ``intervals``. Also: the
-    examination curve fitted by EM and the one harvested from the log's randomisation."""
+    examination curve fitted by EM and the one harvested from the log's randomisation.
+    ``on_log``, when given, receives the run's arrays (``OpeLog``) before any interval is built."""
     if method not in INTERVAL_METHODS:
         raise SchemaError(f"method: expected one of {', '.join(INTERVAL_METHODS)}, got {method!r}")
     if not 0.0 < sample <= 1.0:
@@ -235,6 +252,8 @@ def evaluate_log(dataset_dir: str | Path, policy: TargetPolicy = TargetPolicy(),
     truth_rows = target_rows(world, policy, sess.user, sess.ts, sess.item)["truth"]
     clusters = sess.user[keep] if cluster_by_user else None  # one user's sessions are correlated
     args = (sess.click[keep], sess.propensity[keep], pi_logged, q_logged, dm)
+    if on_log is not None:
+        on_log(OpeLog(*args, sess.user[keep], float(truth_rows.mean()), float(truth_rows[keep].mean())))
     by_method, interval_errors = {}, {}
     for m in INTERVAL_METHODS:  # every method is recorded; one that cannot be built on this log is noted, not fatal
         try:

@@ -37,7 +37,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Protocol
+from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 Offset = tuple[int, int]
 SINGLE = ""  # the partition name of a single-log source
 ERROR_LOG_EVERY_S = 60.0  # a poll error that repeats is logged at most this often
+YIELD_EVERY = 64  # records between two chances for a waiting foreground thread to take the GIL
+YIELD_SLEEP_S = 0.0005  # while the foreground is busy, re-check this often
+MAX_YIELD_S = 0.005  # the longest one wait for the foreground (~ a request): progress under overload
 
 
 class EventSource(Protocol):
@@ -75,8 +78,17 @@ class LogConsumer:
     ``{partition: (segment, line)}`` dict for a partitioned one."""
 
     def __init__(self, source: EventSource | PartitionedSource, sink: Sink, checkpoint: str | Path | None, *,
-                 batch_size: int = 1024, commit_every_s: float = 5.0, name: str = "consumer") -> None:
+                 batch_size: int = 1024, commit_every_s: float = 5.0, name: str = "consumer",
+                 yield_to: Callable[[], bool] | None = None, yield_every: int = YIELD_EVERY,
+                 max_yield_s: float = MAX_YIELD_S) -> None:
+        if batch_size < 1 or yield_every < 1:
+            raise ValueError(f"batch_size and yield_every must be >= 1, got {batch_size} and {yield_every}")
         self.source, self.sink, self.name = source, sink, name
+        # a foreground that must not wait for this thread (a serving worker's event loop
+        # running a request): between slices of ``yield_every`` records the consumer sleeps
+        # while ``yield_to()`` says it is busy, at most ``max_yield_s`` at a time
+        self.yield_to, self.yield_every, self.max_yield_s = yield_to, int(yield_every), float(max_yield_s)
+        self.yielded_s = 0.0  # time spent waiting for the foreground (stats)
         self.partitioned = callable(getattr(source, "read_parts", None))
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.batch_size, self.commit_every_s = int(batch_size), float(commit_every_s)
@@ -158,9 +170,9 @@ class LogConsumer:
                     if len(batch) >= self.batch_size:
                         self._apply(batch, nxt)
                         batch, nxt = [], {}
-                        # let a waiting request thread take the GIL now rather than after the
-                        # interpreter's switch interval (5 ms): a backlog is applied in slices
-                        time.sleep(0)
+                        self._yield()
+                    elif self.yield_to is not None and n % self.yield_every == 0:
+                        self._yield()
                     if max_events is not None and n >= max_events:
                         break
             finally:
@@ -172,6 +184,19 @@ class LogConsumer:
             if self.checkpoint is not None and time.monotonic() - self._last_commit >= self.commit_every_s:
                 self._commit()
             return n
+
+    def _yield(self) -> None:
+        """Between slices: let a waiting request thread take the GIL now rather than after
+        the interpreter's switch interval (5 ms), then wait while the foreground is busy."""
+        time.sleep(0)
+        if self.yield_to is None or not self.yield_to():
+            return
+        t0 = time.monotonic()
+        while self.yield_to() and not self._stop.is_set():
+            if time.monotonic() - t0 >= self.max_yield_s:  # an overloaded foreground: progress anyway
+                break
+            time.sleep(YIELD_SLEEP_S)
+        self.yielded_s += time.monotonic() - t0
 
     def _apply(self, batch: list[Event], nxt: dict[str, Offset]) -> None:
         self.applied += self.sink.apply(batch)

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 # a shared store (Redis, SQLite) is written by other processes too; a memory:// store only by
 # this object, which invalidates what it writes, so only its own expiry/eviction can go unseen
 ITEM_CACHE_S = 1.0
+CONSUMER_BATCH = 128  # events per apply: a slice of ~2 ms at ~15 us/event, then the request loop may run
 ITEM_CACHE_MEMORY_S = 60.0
 
 class CatalogBinding:
@@ -176,13 +177,20 @@ class LiveFeatures:
             self._invalidate(None if len(ids) > 1000 else ids)
 
     # ------------------------------------------------------------------ consumer
-    def start(self, source, checkpoint=None, name: str = "realtime") -> None:
-        """Tail ``source`` (an ``EventSource``) in a thread, publishing into the store."""
+    def start(self, source, checkpoint=None, name: str = "realtime", yield_to: Callable[[], bool] | None = None) -> None:
+        """Tail ``source`` (an ``EventSource``) in a thread, publishing into the store.
+        ``yield_to``: the serving loop's "busy running a request" flag; with it the consumer
+        applies in slices of ``CONSUMER_BATCH`` events and waits between slices while it is
+        set (features/consumer.py), so a request does not wait behind a whole poll."""
         from feedrank.features.consumer import LogConsumer
+
+        def consumer() -> LogConsumer:
+            return LogConsumer(source, self.publisher, checkpoint, commit_every_s=self.commit_every_s, name=name,
+                               batch_size=1024 if yield_to is None else CONSUMER_BATCH, yield_to=yield_to)
 
         self.warm_up()
         try:
-            self.consumer = LogConsumer(source, self.publisher, checkpoint, commit_every_s=self.commit_every_s, name=name)
+            self.consumer = consumer()
         except Exception as exc:  # e.g. written with other windows: set it aside, rebuild from the log's start
             from pathlib import Path
 
@@ -190,7 +198,7 @@ class LiveFeatures:
             log.warning("consumer checkpoint %s unusable (%s: %s); moved to %s, consuming from the start",
                         checkpoint, type(exc).__name__, exc, bad)
             Path(checkpoint).replace(bad)
-            self.consumer = LogConsumer(source, self.publisher, checkpoint, commit_every_s=self.commit_every_s, name=name)
+            self.consumer = consumer()
         if self.consumer.applied == 0 and self.consumer.resumed:
             try:  # resumed from a checkpoint: a fresh (e.g. memory://) store needs the state again
                 self.publisher.republish()

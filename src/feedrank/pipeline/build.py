@@ -12,6 +12,7 @@ over all events -> bundle.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -171,14 +172,13 @@ def holdout_tail_towers(cfg: FeedrankConfig, prep: Prepared, train_rows: np.ndar
                         checkpoint_sub: str | None = None) -> HoldoutTowers | None:
     """Train the towers the prior is fitted with: on the events of ``train_rows`` strictly
     before the tail start (the ``1 - split.test_fraction`` quantile of the train clicks'
-    times), same config and seed as the served towers (their own generator; torch's, numpy's
-    and python's global RNG states are restored after, so the stages that follow are
-    unchanged). No click or impression at or after the tail start reaches them. Under an
-    active checkpoint policy their step checkpoints go to ``<policy folder>/<checkpoint_sub>``
+    times), same config and seed as the served towers (every RNG re-seeded with
+    ``training.seed`` first, so they do not depend on what ran before; torch's, numpy's and
+    python's global RNG states are restored after, so the stages that follow are unchanged).
+    No click or impression at or after the tail start reaches them. Under an active
+    checkpoint policy their step checkpoints go to ``<policy folder>/<checkpoint_sub>``
     (never mixed with the served towers'). None (with a message) when either side has fewer
     than ``MIN_HOLDOUT_CLICKS`` clicks: the caller then fits in sample."""
-    import contextlib
-
     ev, catalog = prep.events, prep.catalog
     clicks = ev.click_log(np.flatnonzero(train_rows))
     if not len(clicks.items):
@@ -200,7 +200,7 @@ def holdout_tail_towers(cfg: FeedrankConfig, prep: Prepared, train_rows: np.ndar
     try:
         with scope:
             model, _ = train_two_tower(cfg.retrieval, catalog, head, len(prep.vocabs["category"]),
-                                       len(prep.vocabs["subcategory"]), np.random.default_rng(cfg.training.seed),
+                                       len(prep.vocabs["subcategory"]), seed_everything(cfg.training.seed),
                                        show_progress, content=content, shown=shown_not_clicked(before, head_rows))
     finally:
         ckpt.set_global_rng_state(state)

@@ -50,7 +50,7 @@ from feedrank.errors import NotFound, SchemaError
 from feedrank.pipeline.degrade import LOOP_LAG, QueueDelay
 from feedrank.serving.heap import freeze_loaded
 from feedrank.pipeline.protocol import FeedService
-from feedrank.serving.fastfeed import FeedFastPath
+from feedrank.serving.fastfeed import FeedFastPath, Foreground
 from feedrank.serving.http import JSON, RequestContext, feed_body, json_response, key_guard, request_id, valid_request_id
 from feedrank.serving.ingest import ITEM_LOG, ingest_router
 from feedrank.serving.item_sync import ItemSync
@@ -96,7 +96,7 @@ def _controllers(service: Any) -> list[Any]:
 
 
 async def probe_loop_lag(controllers: Callable[[], list[Any]], interval_s: float = LAG_PROBE_S,
-                         lag: QueueDelay = LOOP_LAG) -> None:
+                         lag: QueueDelay = LOOP_LAG, histogram: Any = None) -> None:
     """Until cancelled: sleep ``interval_s`` on the event loop, record how late it woke up
     (``lag``, read by the ladder: pipeline/degrade.py), and let each controller re-decide.
     The feed pipeline runs inline on the loop, so the lateness is how long a request that
@@ -105,7 +105,10 @@ async def probe_loop_lag(controllers: Callable[[], list[Any]], interval_s: float
     while True:
         t0 = loop.time()
         await asyncio.sleep(interval_s)
-        lag.observe((loop.time() - t0 - interval_s) * 1000.0)
+        late_s = loop.time() - t0 - interval_s
+        lag.observe(late_s * 1000.0)
+        if histogram is not None:  # feedrank_loop_lag_seconds: the distribution of stalls
+            histogram.observe(max(late_s, 0.0))
         try:
             for c in controllers():
                 c.tick()
@@ -149,6 +152,8 @@ def create_app(
         metrics.watch(LiveCollector(live))
     metrics.track_version(lambda: service.model_version)
     default_k = min(20, cfg.max_k)
+    inline = pipeline_cfg.rank_batch_wait_ms <= 0  # the feed pipeline on the event loop (serving/fastfeed.py)
+    foreground = Foreground()  # set while the loop runs a feed; the live consumer waits on it
     # every worker's item logs: replayed by ingest_router, then tailed while the app runs
     items = ItemSync(service, lambda: item_log_paths(events_root, partition), partition,
                      on_indexed=lambda n: metrics.events.labels(result="item_synced").inc(n))
@@ -158,9 +163,11 @@ def create_app(
         log.info("serving model %s", service.model_version)
         freeze_loaded("start")  # the loaded model out of the cyclic GC's full collections (serving/heap.py)
         if live is not None:
-            live.start(source, event_log.root / "consumers" / "realtime.npz")
+            live.start(source, event_log.root / "consumers" / "realtime.npz",
+                       yield_to=foreground.busy if cfg.consumer_yield and inline else None)
         items.start(cfg.item_sync_s)
-        probe = asyncio.create_task(probe_loop_lag(lambda: _controllers(service)), name="loop-lag-probe")
+        probe = asyncio.create_task(probe_loop_lag(lambda: _controllers(service), histogram=metrics.loop_lag),
+                                    name="loop-lag-probe")
         yield
         probe.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -283,7 +290,7 @@ def create_app(
     # the hot endpoint's direct ASGI path (serving/fastfeed.py); anything it does not accept
     # at a glance falls through to the route above. Inline unless micro-batching needs threads.
     app.add_middleware(FeedFastPath, feed=feed_bytes, metrics=metrics, max_k=cfg.max_k, default_k=default_k,
-                       valid_request_id=valid_request_id, inline=pipeline_cfg.rank_batch_wait_ms <= 0)
+                       valid_request_id=valid_request_id, inline=inline, foreground=foreground)
 
     # ------------------------------------------------------------------ events, items
     app.include_router(ingest_router(service, event_log, metrics, cfg.max_events_per_request, require_key, items))

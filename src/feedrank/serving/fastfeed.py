@@ -46,6 +46,19 @@ _TRUE = {"true": True, "1": True, "false": False, "0": False}
 FeedFn = Callable[[str, int, bool, "float | None", str], bytes]
 
 
+class Foreground:
+    """Whether this process's event loop is running a request's pipeline right now. A
+    background thread that can wait (the live consumer, features/consumer.py) checks
+    ``busy()`` between its slices and sleeps while it is true, so the request keeps the
+    GIL. Written only on the event-loop thread (inline mode)."""
+
+    def __init__(self) -> None:
+        self.active = 0
+
+    def busy(self) -> bool:
+        return self.active > 0
+
+
 class FeedFastPath:
     """Pure ASGI middleware; see the module docstring.
 
@@ -54,8 +67,10 @@ class FeedFastPath:
     route's own check."""
 
     def __init__(self, app: ASGIApp, feed: FeedFn, metrics: ServingMetrics, max_k: int, default_k: int,
-                 valid_request_id: Callable[[str], bool], inline: bool = True) -> None:
+                 valid_request_id: Callable[[str], bool], inline: bool = True,
+                 foreground: Foreground | None = None) -> None:
         self.app = app
+        self.foreground = foreground if foreground is not None else Foreground()
         self.feed = feed
         self.max_k = int(max_k)
         self.default_k = int(default_k)
@@ -118,7 +133,11 @@ class FeedFastPath:
         try:
             try:
                 if self.inline:
-                    body = self.feed(user_id, k, explain, deadline, rid)
+                    self.foreground.active += 1
+                    try:
+                        body = self.feed(user_id, k, explain, deadline, rid)
+                    finally:
+                        self.foreground.active -= 1
                 else:
                     body = await run_in_threadpool(self.feed, user_id, k, explain, deadline, rid)
                 status, counter = 200, self._ok

@@ -47,6 +47,7 @@ log = logging.getLogger("feedrank.serving")
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+LOOP_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 MIRROR_EVERY_S = 1.0
 GAUGE_MODES = {"feedrank_features_heartbeat_age_seconds": "livemax", "feedrank_features_stalled": "livemax"}
 _LIVE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
@@ -176,6 +177,10 @@ class ServingMetrics:
             "feedrank_feed_items", "Items per served feed", buckets=(0, 1, 5, 10, 20, 50, 100, 200, 500), registry=r
         )
         self.events = Counter("feedrank_events", "Client events by result", ["result"], registry=r)
+        # how late the event loop's 25 ms probe timer fires (serving/app.py): queueing behind
+        # requests, and stalls (a background thread holding the GIL, a collection) on top
+        self.loop_lag = Histogram("feedrank_loop_lag_seconds", "Lateness of the event loop's periodic probe timer",
+                                  buckets=LOOP_LAG_BUCKETS, registry=r)
         for result in ("accepted", "duplicate", "rejected"):
             self.events.labels(result=result)
         self._mirror: _Mirror | None = None

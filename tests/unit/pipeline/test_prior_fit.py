@@ -74,6 +74,7 @@ def test_holdout_towers_see_no_event_at_or_after_the_tail_start(world: Path, mon
     late = ev.ts >= held.fit_from
     moved = ev.item_idx.copy()
     moved[late] = (moved[late] + 7) % len(prep.catalog)
+    torch.rand(1000)  # and whatever drew from the global RNGs before (the towers re-seed)
     held_late = holdout_tail_towers(cfg, replace(prep, events=replace(ev, item_idx=moved)), train, None,
                                     show_progress=False, say=quiet)
     assert held_late.fit_from == held.fit_from
