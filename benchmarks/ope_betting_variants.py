@@ -8,6 +8,8 @@ computes the IPS betting interval (``ope_betting``) in several variants:
   (the default of ``method="betting"``);
 * ``rounds``: one bet per round, ignoring that a user's rounds are correlated;
 * ``time``: one bet per user, users in the order of their first logged round;
+* ``rounds-time``: one bet per round in time order (the strictly sequential form: valid with
+  adaptive logging as long as each propensity is exact given the past, no independence needed);
 * ``c=0.75``: bets truncated at 0.75 / m instead of 0.5 / m;
 * ``dr-terms``: DR's own terms (``dm + w (1 + r - q)`` and ``w (1 + q - r) + 1 - dm``), per user;
 
@@ -35,7 +37,7 @@ from feedrank.data.synth import WorldConfig, generate_world
 from feedrank.evaluation.ope_betting import dr_betting_interval, ips_betting_interval
 from feedrank.evaluation.ope_synth import OpeLog, TargetPolicy, evaluate_log
 
-VARIANTS = ("users", "rounds", "time", "c=0.75", "dr-terms")
+VARIANTS = ("users", "rounds", "time", "rounds-time", "c=0.75", "dr-terms")
 
 
 def variant_intervals(log: OpeLog, level: float) -> dict[str, tuple[float, float, float]]:
@@ -48,6 +50,7 @@ def variant_intervals(log: OpeLog, level: float) -> dict[str, tuple[float, float
         "users": (*ips_betting_interval(r, w, level, log.user), ips_v),
         "rounds": (*ips_betting_interval(r, w, level, None), ips_v),
         "time": (*ips_betting_interval(r, w, level, log.user, order="time"), ips_v),
+        "rounds-time": (*ips_betting_interval(r, w, level, None, order="time"), ips_v),
         "c=0.75": (*ips_betting_interval(r, w, level, log.user, c=0.75), ips_v),
         "dr-terms": (*dr_betting_interval(r, w, log.q_logged, log.dm, level, log.user), dr_v),
     }

@@ -24,9 +24,15 @@ target supported by the logging policy, ``E[w] = 1``, and rewards lie in [0, 1],
 * DR, ``phi = dm + w (r - q)`` with q, dm in [0, 1]: ``phi + w = dm + w (1 + r - q) >= 0`` has
   mean ``V + 1`` (since ``E[w (r - q) | x] = V(x) - dm(x)``), and
   ``w (1 + q - r) + (1 - dm) >= 0`` has mean ``1 + dm - V + 1 - dm = 2 - V``.
+  Valid, but the shift by w adds the variance of the weights themselves, so on heavy weights
+  these terms give a wider interval than IPS's (1.5 times on the synthetic world), and the
+  reward model's control variate ``w q - dm`` cannot be bet on: keeping
+  ``1 + lambda (w r - m) - gamma (w q - dm)`` positive for every ``w >= 0`` forces
+  ``gamma <= 0``. ``ope.py`` therefore gives DR the IPS terms' interval (``dr_betting_interval``
+  is here for comparison: ``benchmarks/ope_betting_variants.py``).
 * DM (``dm`` in [0, 1], no weights): ``dm`` and ``1 - dm``.
-* SNIPS estimates the same V; its interval is IPS's betting interval (``ope.py`` widens it to
-  contain SNIPS's own estimate).
+* SNIPS estimates the same V; its interval is IPS's betting interval. ``ope.py`` widens each
+  estimator's interval to contain its own estimate (clipped to [0, 1]).
 
 Bet sizes: the predictable plug-in of Waudby-Smith & Ramdas (their eq. for PrPl-EB, in the
 fixed-n form recommended for a confidence interval at a known sample size),

@@ -408,7 +408,9 @@ def with_main_interval(result: dict[str, Any], method: str) -> dict[str, Any]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Coverage share, bias, RMSE, mean width (absolute and relative to the truth) per estimator."""
+    """Coverage share, bias, RMSE, mean width (absolute and relative to the truth) per estimator;
+    per recorded interval method (``coverage_by_method``): coverage, mean width (absolute and
+    relative), and how many runs had the truth below / above the interval."""
     out: dict[str, dict[str, float]] = {}
     for name in (*ESTIMATORS, "dm"):
         rs = [r for r in runs if name in r["estimates"]]
@@ -423,8 +425,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         for m in INTERVAL_METHODS:
             iv = [r["estimates"][name].get("intervals", {}).get(m) for r in rs]
             if all(x is not None for x in iv):
+                lo_m, hi_m = np.array([x["lo"] for x in iv]), np.array([x["hi"] for x in iv])
                 by_method[m] = {"coverage": float(np.mean([x["covers"] for x in iv])),
-                                "mean_width": float(np.mean([x["hi"] - x["lo"] for x in iv]))}
+                                "mean_width": float(np.mean(hi_m - lo_m)),
+                                "mean_rel_width": float(np.mean((hi_m - lo_m) / truth)),
+                                "below": int(np.sum(truth < lo_m)), "above": int(np.sum(truth > hi_m))}
         lo_cov, hi_cov = coverage_interval(int(cov.sum()), len(rs))
         out[name] = {
             "coverage": float(cov.mean()),

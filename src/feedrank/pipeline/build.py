@@ -213,16 +213,18 @@ def holdout_tail_towers(cfg: FeedrankConfig, prep: Prepared, train_rows: np.ndar
 def fit_retrieval_prior(cfg: FeedrankConfig, model: Any, catalog: ItemCatalog, clicks: Any, item_vecs: np.ndarray,
                         max_age_s: float | None, holdout: HoldoutTowers | None, **fit: Any) -> Any:
     """The retrieval prior ``feedrank train`` serves (an ``AgePrior``): age + popularity
-    weights fitted on the held-out tail with ``holdout``'s towers, or in sample (the newest
-    half of ``clicks`` with the served ``model``) when ``holdout`` is None. The weights are
-    then applied to the served towers' logits. ``fit``: further ``fit_age_prior`` arguments
-    (``popularity``, ``cold_users``...)."""
+    weights and the tower logit's weight fitted on the held-out tail with ``holdout``'s
+    towers, or age + popularity in sample (the newest half of ``clicks`` with the served
+    ``model``, tower weight 1) when ``holdout`` is None. The weights are then applied to the
+    served towers' logits. ``fit``: further ``fit_age_prior`` arguments (``popularity``,
+    ``cold_users``, ``data``...)."""
     from feedrank.retrieval.prior import fit_age_prior
 
     data = fit.pop("data", None)
     if holdout is not None:
         data = holdout.fit_data() if data is None else replace(data, fit_from=holdout.fit_from, model=holdout.model,
                                                                 item_vecs=holdout.item_vecs)
+        fit.setdefault("fit_tower_weight", True)
     return fit_age_prior(model, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, item_vecs,
                          max_age_s, cfg.training.seed, data=data, **fit)
 
@@ -274,7 +276,7 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
         prior_fit = {"fit": "in_sample" if holdout is None else "holdout_tail", "n_clicks": prior.n_clicks,
                      **({} if holdout is None else holdout.to_json())}
         say(f"retrieval prior ({prior_fit['fit']}): w_age = {prior.weight:.4f} per day, "
-            f"w_pop = {prior.pop_weight:.4f} per log click")
+            f"w_pop = {prior.pop_weight:.4f} per log click, tower logit x{prior.tower_weight:.3f}")
 
     imp_rows = np.flatnonzero(train_rows & ev.mask("impression"))
     n_imp_train = int(train_rows[ev.mask("impression")].sum())

@@ -285,12 +285,16 @@ MIN_COLD_USER_CLICKS = 100  # fewer first clicks than this: no separate weights 
 def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
                   max_age_s: float | None, seed: int, n_clicks: int = 2000, popularity: bool = True,
                   max_items: int = 5000, data: PriorFitData | None = None, ctr: bool = True,
-                  cold_users: bool = False) -> AgePrior:
+                  cold_users: bool = False, fit_tower_weight: bool = False) -> AgePrior:
     """Fit the prior on a sample of training ``clicks`` (a ``ClickLog``; the newest half, or
     those after ``data.fit_from``), towers fixed: user vectors from each click's history
     before it, click (and, with ``data.impressions``, impression and creator) counts of every
     item before it. Above ``max_items`` items, a uniform sample of them (plus the clicked
     ones) stands for the catalogue: memory (n_clicks, max_items) per feature.
+
+    ``fit_tower_weight``: the tower logit's weight (``tower_weight``, else 1) is fitted with
+    the others; meant for a fit on clicks the scoring towers have not seen (``data.model``),
+    where their confidence is what the served towers' is on new traffic.
 
     With ``cold_users`` (off by default: it did not help on the synthetic worlds nor on
     ml-latest-small, docs/retrieval.md), a second set of weights (``AgePrior.cold_user``) is fitted on the
@@ -310,7 +314,7 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
         raise ValueError(f"fit_age_prior: no training clicks to fit on (fit_from={data.fit_from})")
     pick = np.sort(rng.choice(newest, size=min(n_clicks, len(newest)), replace=False))
     prior = _fit_on_clicks(pick, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, rng,
-                           popularity, max_items, data, ctr)
+                           popularity, max_items, data, ctr, fit_scale=fit_tower_weight)
     if cold_users and len(clicks.items):
         cold = np.flatnonzero(first)  # no click of the user before it (before the freeze)
         if data.frozen:

@@ -36,7 +36,10 @@ def test_summarize_pools_runs_and_reports_the_coverage_range(tmp_path):
     assert s["n_runs"] == 20
     ips = s["summary"]["ips"]
     assert ips["covered"] == 19 and ips["coverage"] == pytest.approx(0.95)
-    assert ips["coverage_by_method"]["el"]["coverage"] == pytest.approx(0.95)
+    el = ips["coverage_by_method"]["el"]
+    assert el["coverage"] == pytest.approx(0.95)
+    assert (el["below"], el["above"]) == (1, 0)  # the run at 0.3 has its interval above the truth
+    assert el["mean_rel_width"] == pytest.approx(0.04 / 0.2)
     lo, hi = ips["coverage_ci95"]
     assert lo < 0.95 < hi and (lo, hi) == pytest.approx(coverage_interval(19, 20))
     text = CliRunner().invoke(cli, ["ope", "summarize", a, b])

@@ -116,8 +116,9 @@ def test_train_fits_the_prior_as_configured(world: Path, tmp_path: Path, monkeyp
     assert info["age_prior_fit"]["fit"] == mode
     assert info["age_prior"]["n_clicks"] == info["age_prior_fit"]["n_clicks"] > 0
     if mode == "in_sample":
-        assert data is None
+        assert data is None and info["age_prior"]["tower_weight"] == 1.0
         return
+    assert info["age_prior"]["tower_weight"] != 1.0  # fitted with the others on the held-out tail
     assert data.model is not None and data.model is not art.two_tower  # scored by the held-out towers
     assert data.item_vecs.shape == art.item_vectors.shape and not np.allclose(data.item_vecs, art.item_vectors)
     assert data.fit_from == info["age_prior_fit"]["fit_from"]

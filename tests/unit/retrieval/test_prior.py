@@ -167,3 +167,22 @@ def test_prior_json_round_trip_and_old_manifests_still_load():
     assert back.cold_user is not None and back.cold_user.pop_weight == 0.9
     old = AgePrior.from_json({"weight": 0.3, "temperature": 0.07, "ref_ts": 0.0, "pop_weight": 0.1})
     assert old.ctr_weight == 0.0 and old.cold_user is None and old.active
+
+
+def test_fit_recovers_the_tower_weight_with_the_others():
+    """Clicks from towers that are over-confident by 2x: the fitted tower weight is ~0.5 and
+    the prior's weights are still recovered (``fit_age_prior(fit_tower_weight=True)``)."""
+    users, items, _, ts, pub, t = _world(0.0, seed=7)
+    rng = np.random.default_rng(8)
+    counts = np.broadcast_to(rng.integers(0, 50, len(items)).astype(np.float32), (len(ts), len(items))).copy()
+    age = (ts[:, None] - pub[None, :]) / DAY_S
+    logit = 0.5 * (users @ items.T / t) - 0.4 * np.maximum(age, 0) + 0.8 * np.log1p(counts)
+    logit = np.where(age >= 0, logit, -np.inf)
+    p = np.exp(logit - logit.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    pos = np.array([rng.choice(len(items), p=row) for row in p])
+    w, nll0, nll1 = fit_age_weight(users, items, pos, ts, pub, t, click_counts=counts, fit_scale=True)
+    assert w[-1] == pytest.approx(0.5, rel=0.25)
+    assert w[0] == pytest.approx(0.4, rel=0.3) and w[1] == pytest.approx(0.8, rel=0.3)
+    fixed, _, nll_fixed = fit_age_weight(users, items, pos, ts, pub, t, click_counts=counts)
+    assert nll1 < nll_fixed < nll0  # at tower weight 1 the fit is worse
