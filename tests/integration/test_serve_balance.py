@@ -40,9 +40,27 @@ def _owned(pid: int, inodes: set[str]) -> int:
     return n
 
 
+def _owner(port: int, workers: list[int]) -> int | None:
+    """The worker that answers a fresh connection (kept open while we look)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.recv(64).startswith(b"HTTP/1.1 200")
+        inodes = _established_inodes(port)
+        return next((p for p in workers if _owned(p, inodes)), None)
+
+
 def test_a_burst_of_keepalive_connections_is_split_evenly(two_workers):
     port = int(two_workers.url.rsplit(":", 1)[1])
     workers = [int(p) for p in Path(f"/proc/{two_workers.proc.pid}/task/{two_workers.proc.pid}/children").read_text().split()]
+    # /readyz answers once one worker serves; a worker still starting is (rightly) not waited
+    # for, so first see both serve
+    seen: set[int | None] = set()
+    deadline = time.monotonic() + 120
+    while len(seen - {None}) < 2:
+        assert time.monotonic() < deadline, f"both workers never answered: {seen}"
+        seen.add(_owner(port, workers))
+        time.sleep(0.05)
+    time.sleep(0.1)  # the closed probe connections leave the board
     clients = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(12)]  # all at once, as a pool does
     try:
         for c in clients:

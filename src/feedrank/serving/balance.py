@@ -25,7 +25,6 @@ one keep-alive connection still go to one worker (docs/api.md, "Workers").
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import mmap
 import os
@@ -50,7 +49,6 @@ _SLOT = struct.Struct("<qq")  # open connections, heartbeat (CLOCK_MONOTONIC ns;
 STALE_S = 1.0  # a worker silent this long is not waited for
 TICK_S = 0.02  # publish the count and re-check a paused accept this often
 MAX_ACCEPTS_PER_WAKE = 16
-_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class ConnectionBoard:
@@ -116,7 +114,8 @@ class BalancedAcceptor:
         self._open, self._board, self._ssl, self._tick_s = open_connections, board, ssl, float(tick_s)
         self._fd = sock.fileno()
         sock.setblocking(False)
-        self._warned = False
+        self._logged_at = -1e18
+        self._tasks: set[asyncio.Task] = set()  # attaching connections (the loop keeps only weak references)
         self._inflight = 0  # accepted, protocol not attached yet
         self._watching = False
         self._closed = False
@@ -156,9 +155,10 @@ class BalancedAcceptor:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:  # out of descriptors/memory (or worse): back off a tick, as asyncio does
-                if exc.errno not in _RESOURCE_ERRNOS or not self._warned:
+                now = self._loop.time()
+                if now - self._logged_at >= 1.0:  # at most once a second
+                    self._logged_at = now
                     log.error("accept failed: %s; pausing accepts for %.0f ms", exc, 1000 * self._tick_s)
-                    self._warned = exc.errno in _RESOURCE_ERRNOS
                 self._pause()
                 return
             conn.setblocking(False)
@@ -169,7 +169,9 @@ class BalancedAcceptor:
             self._inflight += 1
             self.accepted += 1
             self._board.publish(self.connections())
-            self._loop.create_task(self._attach(conn))
+            task = self._loop.create_task(self._attach(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _attach(self, conn: socket.socket) -> None:
         try:
