@@ -13,7 +13,12 @@ computes the IPS betting interval (``ope_betting``) in several variants:
 * ``c=0.75``: bets truncated at 0.75 / m instead of 0.5 / m;
 * ``dr-terms``: DR's own terms (``dm + w (1 + r - q)`` and ``w (1 + q - r) + 1 - dm``), per user;
 
-and counts, per variant, the runs whose interval (widened to contain the estimate clipped to
+It also measures the drift of the value over the period, which is what makes per-round
+time order under-cover: the IPS estimate over the first and the last quarter of the log
+(time order) over the truth, and whether the lower-side capital in time order rejects the
+truth at the end (``K_n``) or at some earlier round (``max_t K_t``, which the interval uses).
+
+Per variant it counts the runs whose interval (widened to contain the estimate clipped to
 [0, 1], as ``ope.py`` does) covers the truth, misses below / above, and the mean width / truth.
 
 Usage (about 5 s of CPU a seed):
@@ -34,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from feedrank.data.synth import WorldConfig, generate_world
-from feedrank.evaluation.ope_betting import dr_betting_interval, ips_betting_interval
+from feedrank.evaluation.ope_betting import TRUNCATION, bet_sizes, dr_betting_interval, ips_betting_interval, log_capital
 from feedrank.evaluation.ope_synth import OpeLog, TargetPolicy, evaluate_log
 
 VARIANTS = ("users", "rounds", "time", "rounds-time", "c=0.75", "dr-terms")
@@ -57,6 +62,24 @@ def variant_intervals(log: OpeLog, level: float) -> dict[str, tuple[float, float
     return {k: (min(lo, min(max(v, 0.0), 1.0)), max(hi, min(max(v, 0.0), 1.0)), v) for k, (lo, hi, v) in out.items()}
 
 
+def drift(log: OpeLog, level: float) -> dict[str, float | bool]:
+    """IPS over the first / last quarter of the log (time order) relative to the truth, and whether
+    the lower-side capital on ``w r`` per round in time order rejects the truth at the end / anywhere."""
+    x = log.target_prob / log.propensity * log.reward
+    n = len(x)
+    q = max(1, n // 4)
+    ones = np.ones(n)
+    alpha_side = (1.0 - level) / 2.0
+    lam = bet_sizes(x, ones, alpha_side)
+    bet = np.minimum(lam, TRUNCATION / log.truth)
+    terminal = float(np.sum(np.log1p(bet * (x - log.truth))))
+    crit = float(np.log(1.0 / alpha_side))
+    return {"first_quarter_over_truth": float(x[:q].mean() / log.truth),
+            "last_quarter_over_truth": float(x[-q:].mean() / log.truth),
+            "time_terminal_rejects_truth": terminal >= crit,
+            "time_running_max_rejects_truth": float(log_capital(np.array([log.truth]), x, ones, lam)[0]) >= crit}
+
+
 def run(seeds: list[int], beta: float, level: float) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="feedrank-betting-variants-"))
     runs = []
@@ -70,7 +93,7 @@ def run(seeds: list[int], beta: float, level: float) -> dict:
             shutil.rmtree(tmp / f"w{s}", ignore_errors=True)
             log = got[0]
             ivs = variant_intervals(log, level)
-            runs.append({"seed": s, "truth": log.truth,
+            runs.append({"seed": s, "truth": log.truth, "drift": drift(log, level),
                          "intervals": {k: {"lo": lo, "hi": hi, "estimate": v} for k, (lo, hi, v) in ivs.items()}})
             print(s, " ".join(f"{k} [{lo:.4f}, {hi:.4f}]" for k, (lo, hi, _) in ivs.items()), f"truth {log.truth:.4f}",
                   flush=True)
@@ -83,6 +106,11 @@ def run(seeds: list[int], beta: float, level: float) -> dict:
         t = np.array([x["truth"] for x in runs])
         summary[k] = {"covered": int(np.sum((lo <= t) & (t <= hi))), "below": int(np.sum(t < lo)),
                       "above": int(np.sum(t > hi)), "mean_rel_width": float(np.mean((hi - lo) / t))}
+    d = [x["drift"] for x in runs]
+    summary["drift"] = {"first_quarter_over_truth": float(np.mean([x["first_quarter_over_truth"] for x in d])),
+                        "last_quarter_over_truth": float(np.mean([x["last_quarter_over_truth"] for x in d])),
+                        "time_terminal_rejects_truth": int(sum(x["time_terminal_rejects_truth"] for x in d)),
+                        "time_running_max_rejects_truth": int(sum(x["time_running_max_rejects_truth"] for x in d))}
     return {"beta": beta, "level": level, "seeds": seeds, "summary": summary, "runs": runs}
 
 
@@ -102,6 +130,11 @@ def main() -> None:
     res["command"] = (f"benchmarks/ope_betting_variants.py --seeds {a.seeds} --first-seed {a.first_seed} "
                       f"--beta {a.beta} --level {a.level}")
     for k, v in res["summary"].items():
+        if k == "drift":
+            print(f"drift: IPS / truth over the first quarter {v['first_quarter_over_truth']:.3f}, last quarter "
+                  f"{v['last_quarter_over_truth']:.3f}; per-round time-order capital rejects the truth: at the end "
+                  f"in {v['time_terminal_rejects_truth']}, anywhere in {v['time_running_max_rejects_truth']} runs")
+            continue
         print(f"{k:9s} covered {v['covered']}/{len(res['runs'])}  below {v['below']}  above {v['above']}  "
               f"width / truth {v['mean_rel_width']:.1%}")
     if a.out:

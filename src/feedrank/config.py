@@ -190,10 +190,10 @@ class ServingConfig:
     # with several workers, a new connection goes to the worker with the fewest open ones
     # (serving/balance.py); false = the kernel's choice (the first idle worker to accept)
     balance_connections: bool = True
-    # the live consumer thread applies events in small slices and waits while the worker's
-    # event loop runs a request (features/consumer.py); false = whole polls, GIL shared by
-    # the interpreter's 5 ms switch interval
-    consumer_yield: bool = True
+    # true: the live consumer thread applies events in small slices and waits while the
+    # worker's event loop runs a request (features/consumer.py); off by default: no gain
+    # measured (benchmarks/README.md, round 4); false = whole polls, 5 ms GIL switching
+    consumer_yield: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Endpoints (OpenAPI at ``/docs``; details and examples in ``docs/api.md``):
                                  (on the other workers within serving.item_sync_s: serving/item_sync.py)
     GET  /v1/items/{item_id}     item metadata (404 when unknown)
     GET  /healthz                the process is alive
-    GET  /readyz                 model loaded and event log writable (503 otherwise)
+    GET  /readyz                 model loaded, event log writable, every worker started (503 otherwise)
     GET  /metrics                Prometheus text: this app's registry, or the sum over every
                                  worker process in multiprocess mode (serving/metrics.py)
     GET  /dashboard              the read-only dashboard (serving/dashboard.py)
@@ -50,6 +50,7 @@ from feedrank.errors import NotFound, SchemaError
 from feedrank.pipeline.degrade import LOOP_LAG, QueueDelay
 from feedrank.serving.heap import freeze_loaded
 from feedrank.pipeline.protocol import FeedService
+from feedrank.serving.balance import worker_board
 from feedrank.serving.fastfeed import FeedFastPath, Foreground
 from feedrank.serving.http import JSON, RequestContext, feed_body, json_response, key_guard, request_id, valid_request_id
 from feedrank.serving.ingest import ITEM_LOG, ingest_router
@@ -318,6 +319,9 @@ def create_app(
             problems.append(f"event log {event_log.root}: not writable")
         if not writer.alive():
             problems.append("impression writer: not running")
+        board = worker_board()  # several workers: ready once every one has started (serving/balance.py)
+        if board is not None and board.started() < board.workers:
+            problems.append(f"workers: {board.started()} of {board.workers} started")
         if problems:
             return json_response({"status": "not ready", "problems": problems, "model_version": version}, 503)
         return json_response({"status": "ready", "model_version": version})

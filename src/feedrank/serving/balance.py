@@ -9,13 +9,18 @@ workers, and the busier one becomes the node's bottleneck while the other idles
 (``benchmarks/serve_balance.py``; benchmarks/README.md, "Per-worker load balance").
 
 Here each worker publishes its number of open connections on a small shared board (a
-file in the run's claims folder, mmapped: one 16-byte slot per worker, the count and a
-heartbeat) and accepts only while it has no more than the least-loaded *live* worker;
+file in the run's claims folder, mmapped: one 24-byte slot per worker, the count, a
+heartbeat and a "has served" flag) and accepts only while it has no more than the least-loaded *live* worker;
 otherwise it stops watching the socket until the others catch up, and the kernel's queue
 holds the connection for a worker that does watch it. At least one live worker always
 accepts (the least loaded one), so a connection waits at most for that worker's current
 request. A worker whose heartbeat is older than ``STALE_S`` (dead, not started yet, or
 its loop stalled) is left out of the comparison, so it cannot hold the others back.
+
+The board also tells ``/readyz`` whether every worker has started (serving/app.py): a
+node whose second worker is still loading the model would otherwise be sent its whole
+share of connections by a client that waits for readiness, and they would all land on
+the first worker.
 
 Only *where* a connection is accepted changes: the HTTP protocol, keep-alive, graceful
 shutdown and uvicorn's supervisor (restarts, health checks) are uvicorn's own. Requests of
@@ -45,7 +50,9 @@ from feedrank.errors import FeedrankError
 log = logging.getLogger("feedrank.serving")
 
 BOARD_FILE = "connections.board"
-_SLOT = struct.Struct("<qq")  # open connections, heartbeat (CLOCK_MONOTONIC ns; 0 = not serving)
+# open connections, heartbeat (CLOCK_MONOTONIC ns; 0 = not serving), 1 once the slot's
+# worker has served (kept when it stops: a restart does not make the node "not started")
+_SLOT = struct.Struct("<qqq")
 STALE_S = 1.0  # a worker silent this long is not waited for
 TICK_S = 0.02  # publish the count and re-check a paused accept this often
 MAX_ACCEPTS_PER_WAKE = 16
@@ -73,12 +80,20 @@ class ConnectionBoard:
         self._others = [s for s in range(self.workers) if s != self.slot]
 
     def publish(self, connections: int, *, serving: bool = True) -> None:
-        _SLOT.pack_into(self._map, self.slot * _SLOT.size, int(connections), time.monotonic_ns() if serving else 0)
+        _SLOT.pack_into(self._map, self.slot * _SLOT.size, int(connections), time.monotonic_ns() if serving else 0,
+                        1 if serving else self._started(self.slot))
+
+    def _started(self, slot: int) -> int:
+        return _SLOT.unpack_from(self._map, slot * _SLOT.size)[2]
 
     def read(self, slot: int) -> tuple[int, float | None]:
         """(connections, seconds since its heartbeat, or None when that worker is not serving)."""
-        count, beat = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+        count, beat, _ = _SLOT.unpack_from(self._map, slot * _SLOT.size)
         return count, (None if beat == 0 else (time.monotonic_ns() - beat) / 1e9)
+
+    def started(self) -> int:
+        """How many of the workers have served at some point (all of them: the node is up)."""
+        return sum(1 for s in range(self.workers) if self._started(s))
 
     def least_other(self, stale_s: float = STALE_S) -> int | None:
         """The fewest open connections among the other live workers (None: no other is live)."""
@@ -86,7 +101,7 @@ class ConnectionBoard:
         limit = int(stale_s * 1e9)
         least = None
         for s in self._others:
-            count, beat = _SLOT.unpack_from(self._map, s * _SLOT.size)
+            count, beat, _ = _SLOT.unpack_from(self._map, s * _SLOT.size)
             if beat and now - beat <= limit and (least is None or count < least):
                 least = count
         return least

@@ -142,3 +142,37 @@ def test_a_worker_alone_accepts_everything(tmp_path):
             c.close()
         w.stop()
         listener.close()
+
+
+def test_board_counts_workers_that_started_even_after_they_stop(tmp_path):
+    a, b = ConnectionBoard(tmp_path / "board", 2, 0), ConnectionBoard(tmp_path / "board", 2, 1)
+    assert a.started() == 0
+    a.publish(0)
+    assert b.started() == 1
+    b.publish(3)
+    b.close()  # stopped (to be restarted): the node has been up, readiness stays
+    assert a.started() == 2 and a.least_other() is None
+
+
+def test_readyz_waits_for_every_worker(tmp_path):
+    from fastapi.testclient import TestClient
+
+    import feedrank.serving.balance as balance
+    from feedrank.config import PipelineConfig, ServingConfig
+    from feedrank.data.eventlog import EventLog
+    from feedrank.serving import create_app
+    from tests.unit.serving.test_fastfeed import FakeService
+
+    log = EventLog(tmp_path / "events")
+    app = create_app(FakeService(), log, ServingConfig(), PipelineConfig())
+    mine = balance.attach_board(tmp_path, 2, 0)
+    try:
+        with TestClient(app) as c:
+            mine.publish(0)
+            r = c.get("/readyz")
+            assert r.status_code == 503 and "workers: 1 of 2 started" in r.json()["problems"]
+            ConnectionBoard(tmp_path / balance.BOARD_FILE, 2, 1).publish(0)
+            assert c.get("/readyz").status_code == 200
+    finally:
+        balance._board = None
+        log.close()
