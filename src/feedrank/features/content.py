@@ -22,9 +22,10 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -203,3 +204,18 @@ def encode_titles(encoder: ContentEncoder, titles: Sequence[str], cache: Content
         if g is not None:
             out[i] = g.astype(np.float32)
     return out
+
+
+def title_content(kind: str, cache_dir: str | Path | None, titles: Sequence[str],
+                  say: Callable[[str], None] = print) -> tuple[np.ndarray | None, str]:
+    """(N, Dc) float32 content vectors of ``titles`` with the encoder ``kind`` (None when
+    ``kind`` is "none"), and the encoder's name. Vectors are cached on disk by content hash
+    (``cache_dir``, default ``default_cache_dir()``). Training and serving another catalogue
+    (``ModelArtifacts.use_catalog``) both go through here."""
+    if kind == "none":
+        return None, "none"
+    t = time.perf_counter()
+    enc = content_encoder(kind)
+    vecs = encode_titles(enc, list(titles), ContentCache(cache_dir or default_cache_dir()))
+    say(f"content vectors: {enc.name} {vecs.shape[1]}-d for {len(vecs):,} titles ({time.perf_counter() - t:.1f}s)")
+    return vecs, enc.name

@@ -77,12 +77,13 @@ class ModelArtifacts:
         them; cached on disk by content hash), then its item vectors and the index as the
         config picks it. The content rows must follow the new catalogue's order: the item
         tower reads them by catalogue index."""
-        from feedrank.pipeline.build import item_content
+        from feedrank.features.content import title_content
         from feedrank.retrieval.encode import encode_items
         from feedrank.retrieval.index import build_index
 
         if self.two_tower.dims.content_dim:
-            content, _ = item_content(self.cfg, catalog, say)
+            content, _ = title_content(self.cfg.retrieval.content_encoder, self.cfg.retrieval.content_cache_dir,
+                                       catalog.titles, say)
             self.two_tower.set_content(content)
         self.catalog = catalog
         self.item_vectors = encode_items(self.two_tower, catalog)

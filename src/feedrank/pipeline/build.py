@@ -107,18 +107,10 @@ def learn_max_item_age(hours: float, clicks, catalog: ItemCatalog) -> float | No
 
 def item_content(cfg: FeedrankConfig, catalog: ItemCatalog, say: Callable[[str], None] = print) -> tuple[np.ndarray | None, str]:
     """(N, Dc) float32 title content vectors for the catalogue (None when disabled), and
-    the encoder used. Vectors are cached on disk by content hash."""
-    from feedrank.features.content import ContentCache, content_encoder, default_cache_dir, encode_titles
+    the encoder used (``features.content.title_content``; cached on disk by content hash)."""
+    from feedrank.features.content import title_content
 
-    kind = cfg.retrieval.content_encoder
-    if kind == "none":
-        return None, "none"
-    t = time.perf_counter()
-    enc = content_encoder(kind)
-    cache = ContentCache(cfg.retrieval.content_cache_dir or default_cache_dir())
-    vecs = encode_titles(enc, list(catalog.titles), cache)
-    say(f"content vectors: {enc.name} {vecs.shape[1]}-d for {len(vecs):,} titles ({time.perf_counter() - t:.1f}s)")
-    return vecs, enc.name
+    return title_content(cfg.retrieval.content_encoder, cfg.retrieval.content_cache_dir, catalog.titles, say)
 
 
 def shown_not_clicked(ev: EventArrays, rows_mask: np.ndarray) -> ShownNotClicked | None:
