@@ -136,6 +136,8 @@ def betting_lower_bound(x: np.ndarray, alpha_side: float, clusters: np.ndarray |
         raise SchemaError(f"betting: order must be one of {', '.join(ORDERS)}, got {order!r}")
     if not 0.0 < c < 1.0:
         raise SchemaError(f"betting: truncation c must be in (0, 1), got {c!r}")
+    if not 0.0 < alpha_side < 1.0:
+        raise SchemaError(f"betting: alpha_side must be in (0, 1), got {alpha_side!r}")
     xs, ns = _grouped(x, clusters, order, seed)
     lam = bet_sizes(xs, ns, alpha_side)
     crit = float(np.log(1.0 / alpha_side))

@@ -75,8 +75,12 @@ def test_synthetic_world_single_log(tmp_path):
     from feedrank.data.synth import WorldConfig, generate_world
 
     generate_world(tmp_path / "w", WorldConfig(n_users=2000, n_items=300, n_days=4, seed=3), progress=False)
-    r = evaluate_log(tmp_path / "w", TargetPolicy(beta=1.0, noise=0.5, seed=3), sample=0.5, seed=3)
+    got = []
+    r = evaluate_log(tmp_path / "w", TargetPolicy(beta=1.0, noise=0.5, seed=3), sample=0.5, seed=3, on_log=got.append)
     assert r["truth"] > 2 * r["logging_truth"]  # the target ranker is much better than logging
+    log = got[0]  # the arrays the estimators saw, handed over by the hook
+    assert len(log.reward) == r["n_logged"] and log.truth == r["truth"]
+    assert float(np.mean(log.target_prob / log.propensity * log.reward)) == pytest.approx(r["estimates"]["ips"]["value"])
     assert r["n_logged"] == pytest.approx(r["n_sessions"] / 2, abs=1)
     for name in ("ips", "snips", "dr"):
         e = r["estimates"][name]

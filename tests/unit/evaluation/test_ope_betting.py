@@ -167,6 +167,10 @@ def test_bad_options_raise_clear_errors():
     x = np.ones(10)
     with pytest.raises(SchemaError, match="negative"):
         betting_lower_bound(-x, 0.05)
+    with pytest.raises(SchemaError, match="alpha_side"):
+        betting_lower_bound(x, 0.0)
+    with pytest.raises(SchemaError, match="truncation"):
+        betting_lower_bound(x, 0.05, c=1.0)
     with pytest.raises(SchemaError, match="order"):
         betting_lower_bound(x, 0.05, order="sorted")
     with pytest.raises(SchemaError, match="level"):
