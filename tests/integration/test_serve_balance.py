@@ -52,8 +52,7 @@ def _owner(port: int, workers: list[int]) -> int | None:
 def test_a_burst_of_keepalive_connections_is_split_evenly(two_workers):
     port = int(two_workers.url.rsplit(":", 1)[1])
     workers = [int(p) for p in Path(f"/proc/{two_workers.proc.pid}/task/{two_workers.proc.pid}/children").read_text().split()]
-    # /readyz answers once one worker serves; a worker still starting is (rightly) not waited
-    # for, so first see both serve
+    # the board does not wait for a worker that has not started, so first see both serve
     seen: set[int | None] = set()
     deadline = time.monotonic() + 120
     while len(seen - {None}) < 2:

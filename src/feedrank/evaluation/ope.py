@@ -84,6 +84,10 @@ class Estimate:
     ess: float  # effective sample size of the weights, (sum w)^2 / sum w^2
     max_weight: float
     method: str = DEFAULT_METHOD  # how the interval was built: one of INTERVAL_METHODS
+    # betting only: the raw lower end (from w r) exceeded the raw upper end (from w (1 - r)), i.e.
+    # every V was rejected by one side: E[w] = 1 fails in this log or a rare draw. [lo, hi] is
+    # then the hull of the two ends and the estimate, not a confidence set proper.
+    crossed: bool = False
 
     def covers(self, truth: float) -> bool:
         return bool(self.lo <= truth <= self.hi)
@@ -161,10 +165,11 @@ def _options(level: float, method: str, clusters: np.ndarray | None, n: int) -> 
     return c
 
 
-def _containing(v: float, lo: float, hi: float) -> tuple[float, float]:
-    """A betting interval (inside [0, 1]) widened to contain the estimate clipped to [0, 1]."""
+def _containing(v: float, lo: float, hi: float) -> tuple[float, float, bool]:
+    """A betting interval's ends (in [0, 1], possibly crossed) -> (lo, hi, crossed): the smallest
+    interval holding both ends and the estimate clipped to [0, 1]; ``crossed`` when lo > hi."""
     c = min(max(v, 0.0), 1.0)
-    return min(lo, c), max(hi, c)
+    return min(lo, hi, c), max(lo, hi, c), bool(lo > hi)
 
 
 def _mean_estimate(name: str, terms: np.ndarray, w: np.ndarray, level: float, clusters: np.ndarray | None,
@@ -179,7 +184,8 @@ def _mean_estimate(name: str, terms: np.ndarray, w: np.ndarray, level: float, cl
     if method == BETTING_METHOD:
         lo, hi = (dm_betting_interval(terms, level, clusters) if betting is None
                   else ips_betting_interval(betting[0], betting[1], level, clusters))
-        lo, hi = _containing(v, lo, hi)
+        lo, hi, crossed = _containing(v, lo, hi)
+        return Estimate(name, v, lo, hi, se, level, n, _ess(w), float(np.max(w)), method, crossed)
     elif method == "el" and n >= 2 and float(np.std(terms)) > 0:
         lo, hi, _ = el_mean_interval(terms, level, el_weights, clusters)
         lo, hi = min(lo, v), max(hi, v)  # the estimate itself is always inside
@@ -219,7 +225,8 @@ def snips(reward: np.ndarray, propensity: np.ndarray, target_prob: np.ndarray, l
     resid = w * (r - v)  # linearisation of the ratio (delta method): se = se(mean(resid)) / mean(w)
     se = _se_of_mean(resid, clusters) / wbar
     if method == BETTING_METHOD:  # the same V as IPS: IPS's betting interval, containing SNIPS's estimate
-        lo, hi = _containing(v, *ips_betting_interval(r, w, level, clusters))
+        lo, hi, crossed = _containing(v, *ips_betting_interval(r, w, level, clusters))
+        return Estimate("snips", v, lo, hi, se, level, n, _ess(w), float(np.max(w)), method, crossed)
     elif method == "el" and n >= 2 and float(np.std(resid)) > 0:
         lo, hi = el_ratio_interval(r, w, level, v, clusters)
         lo, hi = min(lo, v), max(hi, v)

@@ -50,9 +50,24 @@ the period's value at an early round, and per-round time order under-covers (39-
 synthetic world, every miss below; docs/evaluation.md).
 
 Clusters (one user's rounds are correlated): with ``clusters``, each cluster c is one bet on its
-sums, ``X_c - m n_c`` (``n_c`` its rounds), with ``lambda_c <= c / (m n_c)``. For independent
-clusters, ``E[X_c - V n_c] = 0`` when V is the per-round value (``E[sum_{i in c} X_i] = V E[n_c]``
-for a population of clusters), so the capital is again a nonnegative martingale.
+sums, ``X_c - m n_c`` (``n_c`` its rounds), with ``lambda_c <= c / (m n_max)``, ``n_max`` the
+largest cluster of the log. For independent clusters, ``E[X_c - V n_c] = 0`` when V is the
+per-round value (``E[sum_{i in c} X_i] = V E[n_c]`` for a population of clusters), so the capital
+is a nonnegative martingale *if the bets are predictable*. An earlier version capped at
+``c / (m n_c)`` with the current cluster's own size: not predictable, and when a user's value
+depends on their activity the lower end missed 20-53% of the time at a nominal 5% (review of
+issue 8; ``test_ope_betting.py`` has that setting). ``n_max`` is one number computed from the
+whole log before betting: a mild use of the data (it only sets the largest stake, not its
+direction), which the papers' fixed-batch recipe also makes with n.
+
+Memory: the end point search evaluates the capital on a grid of candidates in row chunks of at
+most ``_CHUNK`` numbers, so it needs O(N) memory whatever the log's size.
+
+Crossing: the lower end comes from ``w r`` and the upper end from ``w (1 - r)``, two separate
+one-sided bounds that rely on ``E[w] = 1``. When a log's mean weight is far from 1 they can cross
+(lower > upper: every V is rejected by one side). ``betting_interval`` returns the two ends as
+they are (clipped to [0, 1]), crossed or not; ``ope.py`` reports the crossing in
+``Estimate.crossed`` and gives the hull of the two ends and the estimate.
 """
 
 from __future__ import annotations
@@ -68,6 +83,7 @@ TRUNCATION = 0.5  # c: bet at most c / m of the capital per unit of (X - m), so 
 ORDERS = ("random", "time")
 _PRIOR_MEAN, _PRIOR_VAR = 0.5, 0.25  # the papers' regularisation of the running moments
 _GRID = 48
+_CHUNK = 1 << 21  # numbers per grid chunk of log_capital (16 MiB of float64 per temporary)
 
 
 def _check_level(level: float) -> float:
@@ -110,21 +126,33 @@ def bet_sizes(xs: np.ndarray, ns: np.ndarray, alpha_side: float) -> np.ndarray:
     return np.sqrt(2.0 * np.log(1.0 / alpha_side) / (N * sig2_prev))
 
 
-def log_capital(m: np.ndarray, xs: np.ndarray, ns: np.ndarray, lam: np.ndarray, c: float = TRUNCATION) -> np.ndarray:
-    """``max_t log K_t(m)`` for each candidate mean in ``m`` (G,): the bets are ``min(lam, c / (m n))``.
-    Nonincreasing in m. Returns (G,)."""
-    m = np.atleast_1d(np.asarray(m, dtype=np.float64))[:, None]
-    with np.errstate(divide="ignore"):
-        cap = np.where(m > 0, c / (m * ns[None, :]), np.inf)
-    bet = np.minimum(lam[None, :], cap)
-    path = np.cumsum(np.log1p(bet * (xs[None, :] - m * ns[None, :])), axis=1)
-    return np.maximum(path.max(axis=1), 0.0)  # K_0 = 1
+def log_capital(m: np.ndarray, xs: np.ndarray, ns: np.ndarray, lam: np.ndarray, c: float = TRUNCATION,
+                n_max: float | None = None) -> np.ndarray:
+    """``max_t log K_t(m)`` for each candidate mean in ``m`` (G,): the bets are
+    ``min(lam, c / (m n_max))``, ``n_max`` (default ``max(ns)``) one predictable cap for every
+    cluster, so each factor ``1 + bet (X - m n)`` is at least ``1 - c``. Nonincreasing in m.
+    Evaluated in row chunks of at most ``_CHUNK`` numbers (O(N) memory). Returns (G,)."""
+    m = np.atleast_1d(np.asarray(m, dtype=np.float64))
+    nm = float(np.max(ns)) if n_max is None else float(n_max)
+    if len(ns) and nm < float(np.max(ns)):
+        raise SchemaError(f"betting: n_max {nm} is below the largest cluster ({float(np.max(ns))})")
+    out = np.empty(len(m))
+    rows = max(1, _CHUNK // max(1, len(xs)))
+    for a in range(0, len(m), rows):
+        mm = m[a:a + rows, None]
+        with np.errstate(divide="ignore"):
+            cap = np.where(mm > 0, c / (mm * nm), np.inf)
+        bet = np.minimum(lam[None, :], cap)
+        path = np.cumsum(np.log1p(bet * (xs[None, :] - mm * ns[None, :])), axis=1)
+        out[a:a + rows] = np.maximum(path.max(axis=1), 0.0)  # K_0 = 1
+    return out
 
 
 def betting_lower_bound(x: np.ndarray, alpha_side: float, clusters: np.ndarray | None = None, *,
                         order: str = "random", seed: int = BETTING_SEED, c: float = TRUNCATION) -> float:
     """A ``1 - alpha_side`` lower confidence bound on the per-round mean of nonnegative ``x`` (n,):
-    the smallest m that the betting capital does not reject (``sup_t K_t(m) < 1 / alpha_side``)."""
+    the smallest m that the betting capital does not reject (``sup_t K_t(m) < 1 / alpha_side``).
+    With ``clusters``, every cluster's stake is capped with the log's largest cluster size."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 1 or len(x) == 0:
         raise SchemaError(f"betting: expected a non-empty (n,) array, got shape {x.shape}")
@@ -141,12 +169,13 @@ def betting_lower_bound(x: np.ndarray, alpha_side: float, clusters: np.ndarray |
     xs, ns = _grouped(x, clusters, order, seed)
     lam = bet_sizes(xs, ns, alpha_side)
     crit = float(np.log(1.0 / alpha_side))
-    f = lambda m: float(log_capital(np.array([m]), xs, ns, lam, c)[0]) - crit  # noqa: E731
+    n_max = float(np.max(ns))  # fixed before betting: a predictable cap for every cluster
+    f = lambda m: float(log_capital(np.array([m]), xs, ns, lam, c, n_max)[0]) - crit  # noqa: E731
     if f(0.0) < 0:
         return 0.0  # even m = 0 is not rejected (e.g. no positive term)
     top = float(np.max(xs / ns))  # every factor <= 1 at m >= max X_c / n_c: never rejected
     grid = np.concatenate([[0.0], top * np.geomspace(1e-9, 1.0, _GRID)])
-    vals = log_capital(grid, xs, ns, lam, c) - crit
+    vals = log_capital(grid, xs, ns, lam, c, n_max) - crit
     k = int(np.nonzero(vals >= 0)[0].max())  # last rejected grid point (vals is nonincreasing)
     if k == len(grid) - 1:
         return top
@@ -158,11 +187,13 @@ def betting_interval(lower_terms: np.ndarray, lower_shift: float, upper_terms: n
                      seed: int = BETTING_SEED, c: float = TRUNCATION) -> tuple[float, float]:
     """Two-sided interval at ``level`` for V from two nonnegative term arrays (n,): ``E[lower_terms]
     = V + lower_shift`` and ``E[upper_terms] = upper_shift - V``; each side at ``(1 - level) / 2``.
-    Returns ``(L(lower) - lower_shift, upper_shift - L(upper))``."""
+    Returns ``(L(lower) - lower_shift, upper_shift - L(upper))``, each clipped to [0, 1]. The two
+    ends come from separate one-sided bounds and can cross (lower > upper) when the log's mean
+    weight is far from 1; they are returned as they are, for the caller to report."""
     alpha = 1.0 - _check_level(level)
     lo = betting_lower_bound(lower_terms, alpha / 2.0, clusters, order=order, seed=seed, c=c) - lower_shift
     hi = upper_shift - betting_lower_bound(upper_terms, alpha / 2.0, clusters, order=order, seed=seed, c=c)
-    return lo, hi
+    return min(max(lo, 0.0), 1.0), min(max(hi, 0.0), 1.0)
 
 
 def _check_unit(name: str, a: np.ndarray) -> None:
@@ -175,7 +206,8 @@ def _check_unit(name: str, a: np.ndarray) -> None:
 def ips_betting_interval(reward: np.ndarray, weights: np.ndarray, level: float, clusters: np.ndarray | None = None,
                          **kw) -> tuple[float, float]:
     """Betting interval for ``V = E[w r]`` with r in [0, 1], w >= 0 and ``E[w] = 1``: lower bound
-    from ``w r``, upper from ``w (1 - r)``. Always inside [0, 1]."""
+    from ``w r``, upper from ``w (1 - r)``. Both ends in [0, 1]; they can cross (lower > upper)
+    when the log's mean weight is far from 1 (``betting_interval``)."""
     r, w = np.asarray(reward, dtype=np.float64), np.asarray(weights, dtype=np.float64)
     _check_unit("rewards", r)
     if np.any(w < 0):

@@ -285,7 +285,8 @@ def evaluate_log(dataset_dir: str | Path, policy: TargetPolicy = TargetPolicy(),
         "method": method,
         "estimates": {k: {**v.to_dict(), "covers": v.covers(truth), "covers_logged_sessions": v.covers(truth_logged),
                           "intervals": {m: {"lo": by_method[m][k].lo, "hi": by_method[m][k].hi,
-                                            "covers": by_method[m][k].covers(truth)} for m in by_method}}
+                                            "covers": by_method[m][k].covers(truth),
+                                            "crossed": by_method[m][k].crossed} for m in by_method}}
                       for k, v in est.items()},
         "interval_errors": interval_errors,
         "pbm_theta": theta.round(4).tolist(),

@@ -26,7 +26,9 @@ Optional further terms (fitted only when ``PriorFitData`` asks for them; 0 other
 creator's Bayesian-smoothed CTR over the global one, read from ``ItemCounters``
 (``retrieval/counters.py``); and separate weights for users without history
 (``cold_user``, incl. the tower logit's weight). None of them helped on the benchmarks
-(docs/retrieval.md), so ``feedrank train`` fits age and popularity only.
+(docs/retrieval.md), so ``feedrank train`` fits age and popularity only, plus the tower
+logit's weight (``fit_tower_weight``) when it fits on a held-out tail with towers that have
+not seen it (``pipeline/build.py``, ``retrieval.prior_fit``).
 """
 
 from __future__ import annotations

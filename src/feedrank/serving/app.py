@@ -320,8 +320,9 @@ def create_app(
         if not writer.alive():
             problems.append("impression writer: not running")
         board = worker_board()  # several workers: ready once every one has started (serving/balance.py)
-        if board is not None and board.started() < board.workers:
-            problems.append(f"workers: {board.started()} of {board.workers} started")
+        board_problem = None if board is None else board.readiness_problem()
+        if board_problem:
+            problems.append(board_problem)
         if problems:
             return json_response({"status": "not ready", "problems": problems, "model_version": version}, 503)
         return json_response({"status": "ready", "model_version": version})

@@ -50,12 +50,16 @@ from feedrank.errors import FeedrankError
 log = logging.getLogger("feedrank.serving")
 
 BOARD_FILE = "connections.board"
-# open connections, heartbeat (CLOCK_MONOTONIC ns; 0 = not serving), 1 once the slot's
-# worker has served (kept when it stops: a restart does not make the node "not started")
+# open connections, heartbeat (CLOCK_MONOTONIC ns; 0 = not serving), when the slot's worker
+# first served (CLOCK_MONOTONIC ns, 0 = never; kept when it stops: a restart does not make
+# the node "not started"). CLOCK_MONOTONIC is one clock for all processes of a boot.
 _SLOT = struct.Struct("<qqq")
 STALE_S = 1.0  # a worker silent this long is not waited for
+READY_GRACE_S = 300.0  # /readyz: after this long since the first worker served, the node is ready without the missing ones
+ACCEPT_FAILURE_S = 1.0  # after a failed accept(), the worker is not advertised as live this long
 TICK_S = 0.02  # publish the count and re-check a paused accept this often
 MAX_ACCEPTS_PER_WAKE = 16
+TESTED_UVICORN = "0.54."  # this module extends uvicorn's supervisor and Server.startup (pyproject pins it)
 
 
 class ConnectionBoard:
@@ -79,9 +83,13 @@ class ConnectionBoard:
             os.close(fd)
         self._others = [s for s in range(self.workers) if s != self.slot]
 
+    closed = False
+
     def publish(self, connections: int, *, serving: bool = True) -> None:
-        _SLOT.pack_into(self._map, self.slot * _SLOT.size, int(connections), time.monotonic_ns() if serving else 0,
-                        1 if serving else self._started(self.slot))
+        now = time.monotonic_ns()
+        first = self._started(self.slot)
+        _SLOT.pack_into(self._map, self.slot * _SLOT.size, int(connections), now if serving else 0,
+                        (first or now) if serving else first)
 
     def _started(self, slot: int) -> int:
         return _SLOT.unpack_from(self._map, slot * _SLOT.size)[2]
@@ -94,6 +102,22 @@ class ConnectionBoard:
     def started(self) -> int:
         """How many of the workers have served at some point (all of them: the node is up)."""
         return sum(1 for s in range(self.workers) if self._started(s))
+
+    def readiness_problem(self, grace_s: float = READY_GRACE_S) -> str | None:
+        """Why the node is not ready yet (None: ready). Ready once every worker has served,
+        so that a client waiting for readiness does not put all its connections on the
+        first worker up; or, ``grace_s`` after the first worker served, with those that
+        did (a worker that never starts, e.g. out of memory on load, must not keep the node
+        out of rotation forever). Also not ready while this worker shuts down."""
+        if self.closed:
+            return "worker: shutting down"
+        firsts = [self._started(s) for s in range(self.workers)]
+        up = [f for f in firsts if f]
+        if len(up) == self.workers:
+            return None
+        if up and (time.monotonic_ns() - min(up)) / 1e9 >= grace_s:
+            return None
+        return f"workers: {len(up)} of {self.workers} started"
 
     def least_other(self, stale_s: float = STALE_S) -> int | None:
         """The fewest open connections among the other live workers (None: no other is live)."""
@@ -111,9 +135,11 @@ class ConnectionBoard:
         return least is None or mine <= least
 
     def close(self) -> None:
-        if not self._map.closed:
+        """Leave the board (other workers stop waiting for this one). The map stays open:
+        /readyz still reads it while open connections drain; it goes with the process."""
+        if not self.closed:
             self.publish(0, serving=False)
-            self._map.close()
+            self.closed = True
 
 
 class BalancedAcceptor:
@@ -134,6 +160,7 @@ class BalancedAcceptor:
         self._inflight = 0  # accepted, protocol not attached yet
         self._watching = False
         self._closed = False
+        self._failed_until = 0.0  # loop time: until then this worker is not advertised as live (accept failed)
         self.accepted = 0
         self._timer: asyncio.TimerHandle | None = None
         self._tick()
@@ -145,7 +172,7 @@ class BalancedAcceptor:
         if self._closed:
             return
         n = self.connections()
-        self._board.publish(n)
+        self._board.publish(n, serving=self._loop.time() >= self._failed_until)
         if not self._watching and self._board.may_accept(n):
             self._loop.add_reader(self._fd, self._on_readable)
             self._watching = True
@@ -157,6 +184,11 @@ class BalancedAcceptor:
             self._watching = False
 
     def _on_readable(self) -> None:
+        # O_NONBLOCK belongs to the listening socket's open file description, which every
+        # worker shares: one process that dups the socket or sets a timeout on it (Python's
+        # socket.dup() does) would make this accept() block the loop when another worker
+        # took the connection first. Re-asserted on each wake-up (one fcntl pair).
+        self._sock.setblocking(False)
         for _ in range(MAX_ACCEPTS_PER_WAKE):
             if self._closed:
                 return
@@ -174,8 +206,13 @@ class BalancedAcceptor:
                 if now - self._logged_at >= 1.0:  # at most once a second
                     self._logged_at = now
                     log.error("accept failed: %s; pausing accepts for %.0f ms", exc, 1000 * self._tick_s)
+                # not live on the board for a while, so the other workers, which would wait
+                # for this one's lower count, accept instead of the whole node stalling
+                self._failed_until = now + ACCEPT_FAILURE_S
+                self._board.publish(self.connections(), serving=False)
                 self._pause()
                 return
+            self._failed_until = 0.0
             conn.setblocking(False)
             try:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -191,9 +228,11 @@ class BalancedAcceptor:
     async def _attach(self, conn: socket.socket) -> None:
         try:
             await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
-        except Exception as exc:  # the client went away between accept and attach
-            log.warning("could not attach an accepted connection: %s: %s", type(exc).__name__, exc)
+        except BaseException as exc:  # the client went away between accept and attach, or shutdown cancelled it
             conn.close()
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("could not attach an accepted connection: %s: %s", type(exc).__name__, exc)
         finally:
             self._inflight -= 1
 
@@ -205,6 +244,8 @@ class BalancedAcceptor:
         self._pause()
         if self._timer is not None:
             self._timer.cancel()
+        for task in list(self._tasks):  # still attaching: uvicorn's shutdown would not see these connections
+            task.cancel()
         self._board.close()
 
     async def wait_closed(self) -> None:
@@ -267,7 +308,8 @@ class BalancedProcess(_mp.Process):
 
 def run_supervisor(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
     """uvicorn's multi-process supervisor with ``BalancedServer`` workers (blocks)."""
-    if not isinstance(getattr(_mp, "Process", None), type) or not hasattr(_mp.Multiprocess, "keep_subprocess_alive"):
+    if (not uvicorn.__version__.startswith(TESTED_UVICORN) or not isinstance(getattr(_mp, "Process", None), type)
+            or not hasattr(_mp.Multiprocess, "keep_subprocess_alive")):
         raise FeedrankError(f"uvicorn {uvicorn.__version__}: its supervisor is not the one serving/balance.py extends "
                             "(constraints.txt pins the tested version)")
     original = _mp.Process

@@ -114,6 +114,8 @@ def test_train_fits_the_prior_as_configured(world: Path, tmp_path: Path, monkeyp
     assert served_model is art.two_tower  # the weights are applied to the served towers' logits
     info = load_artifacts(tmp_path / "model").info
     assert info["age_prior_fit"]["fit"] == mode
+    ck = tmp_path / "model.checkpoints"  # the served towers' epoch weights, and only theirs
+    assert sorted(p.name for p in ck.iterdir() if p.suffix == ".pt") == ["two_tower-epoch1.pt"]
     assert info["age_prior"]["n_clicks"] == info["age_prior_fit"]["n_clicks"] > 0
     if mode == "in_sample":
         assert data is None and info["age_prior"]["tower_weight"] == 1.0

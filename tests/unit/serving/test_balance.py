@@ -173,6 +173,70 @@ def test_readyz_waits_for_every_worker(tmp_path):
             assert r.status_code == 503 and "workers: 1 of 2 started" in r.json()["problems"]
             ConnectionBoard(tmp_path / balance.BOARD_FILE, 2, 1).publish(0)
             assert c.get("/readyz").status_code == 200
+            mine.close()  # shutting down: a draining keep-alive connection still gets an answer, not a 500
+            r = c.get("/readyz")
+            assert r.status_code == 503 and "worker: shutting down" in r.json()["problems"]
     finally:
         balance._board = None
         log.close()
+
+
+class _FailingAccept:
+    """A listening socket whose accept() fails as when the process is out of descriptors."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.failures = 0
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self._sock.setblocking(flag)
+
+    def accept(self):
+        import errno
+
+        self.failures += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_a_worker_that_cannot_accept_does_not_stall_the_others(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    busy = _Worker(listener.dup(), ConnectionBoard(tmp_path / "board", 2, 0))
+    busy.start()
+    busy.ready.wait(5)
+    failing_sock = _FailingAccept(listener.dup())
+    broken = _Worker(failing_sock, ConnectionBoard(tmp_path / "board", 2, 1))  # 0 connections: the "least loaded"
+    clients: list[socket.socket] = []
+    try:
+        clients = _connect_burst(port, 2)  # busy holds 2 before the broken worker is up
+        broken.start()
+        broken.ready.wait(5)
+        time.sleep(0.05)  # its board slot is live (0 connections): busy, with 2, now leaves new ones to it
+        clients += _connect_burst(port, 3)  # would wait forever for the broken worker's lower count
+        _wait(lambda: len(busy.live) == 5)
+        assert failing_sock.failures > 0
+    finally:
+        for c in clients:
+            c.close()
+        broken.stop()
+        busy.stop()
+        listener.close()
+
+
+def test_readiness_grace_and_shutdown(tmp_path):
+    a, b = ConnectionBoard(tmp_path / "board", 2, 0), ConnectionBoard(tmp_path / "board", 2, 1)
+    assert a.readiness_problem() == "workers: 0 of 2 started"
+    a.publish(0)
+    assert a.readiness_problem() == "workers: 1 of 2 started"
+    time.sleep(0.02)
+    assert a.readiness_problem(grace_s=0.01) is None  # the other never started: ready without it after the grace
+    b.publish(0)
+    assert a.readiness_problem() is None
+    a.close()
+    assert a.readiness_problem() == "worker: shutting down"  # the map stays readable while connections drain
+    assert b.readiness_problem() is None and b.least_other() is None
