@@ -46,7 +46,8 @@ VARIANTS = ("users", "rounds", "time", "rounds-time", "c=0.75", "dr-terms")
 
 
 def variant_intervals(log: OpeLog, level: float) -> dict[str, tuple[float, float, float]]:
-    """(lo, hi, estimate) per variant for one run's arrays."""
+    """(lo, hi, estimate) per variant for one run's arrays: as in ``ope.py``, the hull of the two
+    ends (which can cross) and the estimate clipped to [0, 1]."""
     w = log.target_prob / log.propensity
     r = log.reward
     ips_v = float(np.mean(w * r))
@@ -59,7 +60,8 @@ def variant_intervals(log: OpeLog, level: float) -> dict[str, tuple[float, float
         "c=0.75": (*ips_betting_interval(r, w, level, log.user, c=0.75), ips_v),
         "dr-terms": (*dr_betting_interval(r, w, log.q_logged, log.dm, level, log.user), dr_v),
     }
-    return {k: (min(lo, min(max(v, 0.0), 1.0)), max(hi, min(max(v, 0.0), 1.0)), v) for k, (lo, hi, v) in out.items()}
+    return {k: (min(lo, hi, min(max(v, 0.0), 1.0)), max(lo, hi, min(max(v, 0.0), 1.0)), v)
+            for k, (lo, hi, v) in out.items()}
 
 
 def drift(log: OpeLog, level: float) -> dict[str, float | bool]:
