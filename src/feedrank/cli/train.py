@@ -99,6 +99,9 @@ def train(data_dir: str, out_dir: str, no_eval: bool, no_progress: bool, fresh: 
         with checkpointing(ckpt_dir, cfg.training.checkpoint_every_steps, resume=not fresh):
             art = train_model(data_dir, out_dir, cfg, show_progress=main and not no_progress,
                               evaluator=None if no_eval else evaluate_prepared, say=say if main else _quiet)
+        # every rank leaves together: a rank that tore its process group down while rank 0
+        # was still evaluating and writing the bundle was seen to abort in gloo's teardown
+        dist.barrier()
         if not main:
             return
         cleared = clear_step_checkpoints(ckpt_dir)

@@ -25,7 +25,7 @@ target supported by the logging policy, ``E[w] = 1``, and rewards lie in [0, 1],
   mean ``V + 1`` (since ``E[w (r - q) | x] = V(x) - dm(x)``), and
   ``w (1 + q - r) + (1 - dm) >= 0`` has mean ``1 + dm - V + 1 - dm = 2 - V``.
   Valid, but the shift by w adds the variance of the weights themselves, so on heavy weights
-  these terms give a wider interval than IPS's (1.6 times on the synthetic world), and the
+  these terms give a wider interval than IPS's (1.6-1.7 times on the synthetic world), and the
   reward model's control variate ``w q - dm`` cannot be bet on: keeping
   ``1 + lambda (w r - m) - gamma (w q - dm)`` positive for every ``w >= 0`` forces
   ``gamma <= 0``. ``ope.py`` therefore gives DR the IPS terms' interval (``dr_betting_interval``
