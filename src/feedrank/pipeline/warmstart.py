@@ -166,6 +166,12 @@ def train_challenger(champion: ModelArtifacts, prep: Prepared, cfg: FeedrankConf
         info={
             "ranking": rk_info,
             "prior_ctr": prior_ctr,
+            # the retrieval prior's weights (fitted on clicks the champion's towers had not
+            # seen) carry over: the fine-tuned towers start from the champion's, and a
+            # refit on clicks they have just been trained on would give the prior no weight
+            "age_prior": champion.info.get("age_prior"),
+            "age_prior_fit": {"fit": "carried_over", "from": champion.version,
+                              "champion_fit": champion.info.get("age_prior_fit")},
             "max_item_age_s": max_age_s,
             "dataset": {"path": str(prep.dataset.root), "source": prep.dataset.meta.source, "n_items": len(catalog),
                         "n_events": len(ev)},

@@ -145,6 +145,10 @@ def test_cycle_gates_canaries_promotes_and_refuses_a_broken_challenger(scenario,
     d_fresh = sum(float((fresh.state_dict()[k] - v).norm()) for k, v in w.items())
     assert d_warm < 0.5 * d_fresh
     assert chall.info["retrain"]["gate"]["accept"] and chall.info["warm_start"]["from"] == champ.version
+    # the retrieval prior serves on: the champion's held-out weights carry over (a bundle
+    # without them would retrieve by the towers alone)
+    assert champ.info["age_prior"] and chall.info["age_prior"] == champ.info["age_prior"]
+    assert chall.info["age_prior_fit"]["fit"] == "carried_over" and chall.info["age_prior_fit"]["from"] == champ.version
 
     # the canary's arms get traffic: the challenger does as well as control -> promoted
     since = read_state(reg)["since"]
