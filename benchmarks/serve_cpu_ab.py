@@ -284,53 +284,9 @@ def ann_cost(model: str, queries: int = 300) -> None:
             print(f"threads {threads} k=ef={k}: {1000.0 * (time.process_time() - c0) / queries:.3f} ms CPU per search")
 
 
-def observe_impressions_before(st, user_id, items, positions, ts):
-    """``EngagementState.observe_impressions`` before 2026-11-22 18:00 UTC: ``np.unique`` for
-    the decay and one ``np.add.at`` per counter, also for feeds of distinct items."""
-    from feedrank.ranking.features import DECAY_TAUS_S, N_POSITIONS, USER_DECAY_TAU_S
-    from feedrank.ranking.stats import row_width
-
-    items = np.asarray(items, dtype=np.int64)
-    if not len(items):
-        return
-    C = st.n_categories
-    e = st.exam[np.clip(np.asarray(positions, dtype=np.int64), 0, N_POSITIONS - 1)]
-    with st._lock:
-        c = st.item_cat[items]
-        k = st.creator_codes[items]
-        row = st.users.get(user_id)
-        if row is None:
-            row = st.users[user_id] = np.zeros(row_width(C))
-            row[-1] = ts
-        dt = ts - row[-1]
-        if dt > 0:
-            row[4 * C + 3: 6 * C + 4] *= np.exp(-dt / USER_DECAY_TAU_S)
-            row[-1] = ts
-        u = np.unique(items)
-        dt = np.maximum(ts - st.decay_t[u], 0.0)
-        u, dt = u[dt > 0], dt[dt > 0]
-        if len(u):
-            t6, t24 = DECAY_TAUS_S
-            f6, f24 = np.exp(-dt / t6), np.exp(-dt / t24)
-            st.decay[:, u] *= np.stack([f6, f6, f24, f24])
-            st.decay_t[u] = ts
-        ones = np.ones(len(items))
-        np.add.at(row, c, ones)
-        np.add.at(row, np.full(len(items), 3 * C), ones)
-        np.add.at(row, 3 * C + 2 + c, e)
-        np.add.at(row, np.full(len(items), 4 * C + 2), e)
-        np.add.at(row, 5 * C + 3 + c, e)
-        np.add.at(st.item[0], items, e)
-        np.add.at(st.item[3], items, ones)
-        np.add.at(st.decay[1], items, e)
-        np.add.at(st.decay[3], items, e)
-        np.add.at(st.creator[0], k, e)
-
-
 def observe_cost(rec, users: list[str], rounds: int = 3) -> None:
     """CPU ms of ``Recommender.observe`` per served feed: its k impressions (one user, one
-    time), the events ``serving/app.py`` builds and folds in on the request path; the
-    engagement counters' part (``observe_impressions``) interleaved with its "before" form."""
+    time), the events ``serving/app.py`` builds and folds in on the request path."""
     from feedrank.types import Event, EventKind
 
     served = []
@@ -350,18 +306,6 @@ def observe_cost(rec, users: list[str], rounds: int = 3) -> None:
         rec.observe(events)
     print(f"observe  cpu ms/feed {1000.0 * (time.process_time() - c0) / max(len(feeds), 1):.3f} "
           f"({sum(map(len, feeds))} impressions in {len(feeds)} feeds)", flush=True)
-    st = rec.art.engagement
-    args = [(ev[0].user_id, np.array([rec.catalog.index[e.item_id] for e in ev]), np.array([e.position for e in ev]),
-             float(ev[0].ts) + 60.0) for ev in feeds if ev]
-    fns = {"before": functools.partial(observe_impressions_before, st), "current": st.observe_impressions}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            c0 = time.process_time()
-            for _rep in range(5):
-                for a in args:
-                    fn(*a)
-            print(f"observe_impressions {name:7s} cpu us/feed {1e6 * (time.process_time() - c0) / (5 * len(args)):.1f}",
-                  flush=True)
 
 
 def main() -> None:

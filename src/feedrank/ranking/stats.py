@@ -202,10 +202,6 @@ class EngagementState:
             if dt > 0:
                 row[4 * C + 3: 6 * C + 4] *= np.exp(-dt / USER_DECAY_TAU_S)
                 row[-1] = ts
-            srt = np.sort(items)
-            if len(items) == 1 or bool((srt[1:] != srt[:-1]).all()):
-                self._impressions_distinct(row, items, c, k, e, ts)
-                return
             u = np.unique(items)  # each distinct item decayed to ts once, as observe does
             dt = np.maximum(ts - self.decay_t[u], 0.0)
             u, dt = u[dt > 0], dt[dt > 0]
@@ -225,34 +221,6 @@ class EngagementState:
             np.add.at(self.decay[1], items, e)
             np.add.at(self.decay[3], items, e)
             np.add.at(self.creator[0], k, e)
-
-    def _impressions_distinct(self, row: np.ndarray, items: np.ndarray, c: np.ndarray, k: np.ndarray, e: np.ndarray,
-                              ts: float) -> None:
-        """``observe_impressions`` when no item repeats (a served feed): one gather and one
-        scatter of the items' block rows instead of a sort and four scattered ``np.add.at``,
-        and the user row's five updates in one ``np.add.at``. The same operations
-        in the same order per counter, so the values are bitwise those of ``observe``.
-        Caller holds the lock and has decayed the user row to ``ts``."""
-        C, n = self.n_categories, len(items)
-        blk = self._items[items]  # (n, _BLOCK_WIDTH) copy
-        dt = np.maximum(ts - blk[:, _DECAY_T], 0.0)
-        old = dt > 0
-        if old.any():
-            t6, t24 = DECAY_TAUS_S
-            d = dt[old]
-            f6, f24 = np.exp(-d / t6), np.exp(-d / t24)
-            blk[old, _DECAY] *= np.stack([f6, f6, f24, f24], axis=1)
-            blk[old, _DECAY_T] = ts
-        blk[:, 0] += e  # eimps
-        blk[:, 3] += 1.0  # imps
-        blk[:, _DECAY.start + 1] += e  # eimps_6h
-        blk[:, _DECAY.start + 3] += e  # eimps_24h
-        self._items[items] = blk
-        # category slots of the user row: disjoint ranges, so one add.at keeps each slot's order
-        ones = np.ones(n)
-        np.add.at(row, np.concatenate([c, np.full(n, 3 * C), 3 * C + 2 + c, np.full(n, 4 * C + 2), 5 * C + 3 + c]),
-                  np.concatenate([ones, ones, e, e, e]))
-        np.add.at(self.creator[0], k, e)  # a feed may hold two items of one creator
 
     def _decay_to(self, i: int, ts: float) -> None:
         dt = max(ts - self.decay_t[i], 0.0)
