@@ -175,7 +175,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
 
 def _wrk(url: str, rate: float, seconds: int, connections: int, users: int, k: int, seed: int) -> subprocess.Popen:
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(LUA % {"seed": seed, "users": users, "pace_ms": 1000.0 * connections / rate, "k": k})
+    script.write_text(LUA % {"seed": seed, "users": users, "gap_ms": 1000.0 / rate, "k": k})
     proc = subprocess.Popen(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", str(script),
                              url + "/v1/feed"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc.script = script  # type: ignore[attr-defined]

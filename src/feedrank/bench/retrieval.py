@@ -187,17 +187,20 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
                     f"w_fb = {pr.feedback_weight:.4f} (s {pr.feedback_strength:g}), tower x{pr.tower_weight:.3f} "
                     f"(nll {pr.nll_before:.4f} -> {pr.nll_after:.4f}, {pr.n_clicks} train clicks)")
         out["methods"][name] = _metrics(_top_lists(_prior_scores(prior, uvec, has_hist, vecs, catalog.published_at,
-                                                                 split.boundary, _with_feedback(counters, prior, fb_train)),
+                                                                 split.boundary, _with_feedback(counters, prior, fb_train),
+                                                                 prior.user_affinity(hist, catalog.cat_idx), catalog.cat_idx),
                                                    allowed_mask, past), relevant, warm)
     prior = priors[served_prior]
     out["served_prior"] = served_prior
     counters = _with_feedback(counters, prior, fb_train)
     if prior.cold_user is not None:  # the same prior without its weights for users without history, for comparison
         out["methods"]["two_tower_prior_one_weight_set"] = _metrics(_top_lists(_prior_scores(
-            replace(prior, cold_user=None), uvec, has_hist, vecs, catalog.published_at, split.boundary, counters),
+            replace(prior, cold_user=None), uvec, has_hist, vecs, catalog.published_at, split.boundary, counters,
+            prior.user_affinity(hist, catalog.cat_idx), catalog.cat_idx),
             allowed_mask, past), relevant, warm)
     out["methods"]["two_tower_prior_served"] = _metrics(
-        _served_lists(prior, uvec, has_hist, vecs, catalog.published_at, counters, split.boundary, allowed_mask, past, cfg),
+        _served_lists(prior, uvec, has_hist, vecs, catalog.published_at, counters, split.boundary, allowed_mask, past, cfg,
+                      affinity=prior.user_affinity(hist, catalog.cat_idx), categories=catalog.cat_idx),
         relevant, warm)
     out["methods"]["popularity"] = _metrics(_top_lists(np.broadcast_to(pop, (len(users), n_items)), allowed_mask, past),
                                             relevant, warm)
@@ -287,18 +290,19 @@ def _headline(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prior_scores(prior, uvec: np.ndarray, has_hist: np.ndarray, vecs: np.ndarray, published_at: np.ndarray, now: float,
-                  counters) -> np.ndarray:
+                  counters, affinity: np.ndarray, categories: np.ndarray) -> np.ndarray:
     """(U, N) exact served scores at ``now``: users without history (``has_hist`` False) get
-    the prior's cold-user weights."""
-    out = prior.scores(uvec, vecs, published_at, now, counters=counters)
+    the prior's cold-user weights; ``affinity`` (U, C) / ``categories`` (N,): the category term."""
+    out = prior.scores(uvec, vecs, published_at, now, counters=counters, affinity=affinity, categories=categories)
     if (~has_hist).any() and prior.cold_user is not None:
-        out[~has_hist] = prior.cold_user.scores(uvec[~has_hist], vecs, published_at, now, counters=counters)
+        out[~has_hist] = prior.cold_user.scores(uvec[~has_hist], vecs, published_at, now, counters=counters,
+                                                affinity=affinity[~has_hist], categories=categories)
     return out
 
 
 def _served_lists(prior, uvec: np.ndarray, has_hist: np.ndarray, vecs: np.ndarray, published_at: np.ndarray, counters,
                   now: float, allowed_mask: np.ndarray, past: list[set[int]], cfg: FeedrankConfig,
-                  k: int = 100) -> list[list[int]]:
+                  k: int = 100, affinity: np.ndarray | None = None, categories: np.ndarray | None = None) -> list[list[int]]:
     """What serving does with the prior (``retrieval/served.py``, as in ``pipeline/candidates.py``):
     the ANN's top ``ann_oversample * ann_k`` by u.v (exact here), the recent pool and the
     popular list, rescored by u.v/T + prior at ``now``, top ``k``."""
@@ -312,7 +316,8 @@ def _served_lists(prior, uvec: np.ndarray, has_hist: np.ndarray, vecs: np.ndarra
     for j, row in enumerate(over):
         past_rows = np.fromiter(past[j], dtype=np.int64, count=len(past[j]))
         out.append(served_top(prior, uvec[j], np.asarray(row, dtype=np.int64), pool, vecs, published_at, now, k, counters,
-                              past_rows, has_history=bool(has_hist[j])).tolist())
+                              past_rows, has_history=bool(has_hist[j]),
+                              affinity=None if affinity is None else affinity[j], categories=categories).tolist())
     return out
 
 

@@ -132,6 +132,8 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
     log = ev.click_log()
     hist = log.histories(reqs.users, reqs.ts, inp.cfg.retrieval.history_len)
     uvec = np.asarray(inp.encode_users(hist, reqs.ts), dtype=np.float32)
+    cats = getattr(catalog, "cat_idx", None)  # the category term's inputs (only read when the prior has one)
+    aff = prior.user_affinity(hist, cats) if prior is not None and prior.category_weight else np.full(len(reqs), None)
     ends = log.positions_before(reqs.users, reqs.ts)
     imp = ev.mask("impression")
     clk = ev.mask("click")
@@ -178,22 +180,25 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
         lists["popularity"].append(_top(counters.clicks[cand], cand, k).tolist())
         if prior is not None:
             ct, pub_c = counters.take(cand), catalog.published_at[cand]
-            exact = prior.for_user(has_history).scores(uvec[j][None], vecs[cand], pub_c, t, counters=ct)[0]
+            exact = prior.for_user(has_history).scores(uvec[j][None], vecs[cand], pub_c, t, counters=ct,
+                                                       affinity=aff[j], categories=None if cats is None else cats[cand])[0]
             lists["two_tower_prior"].append(_top(exact, cand, k).tolist())
             if "two_tower_prior_one_weight_set" in lists:
-                one = prior.scores(uvec[j][None], vecs[cand], pub_c, t, counters=ct)[0]
+                one = prior.scores(uvec[j][None], vecs[cand], pub_c, t, counters=ct, affinity=aff[j],
+                                   categories=None if cats is None else cats[cand])[0]
                 lists["two_tower_prior_one_weight_set"].append(_top(one, cand, k).tolist())
             ann = _top(tower, cand, p.ann_oversample * p.ann_k)
             pool = prior_pool(catalog.published_at, live, t, hours / 3600.0, counters.clicks, pop_n)
             lists["two_tower_prior_served"].append(
                 served_top(prior, uvec[j], ann, pool, vecs, catalog.published_at, t, k, counters,
-                           has_history=has_history).tolist())
+                           has_history=has_history, affinity=aff[j], categories=cats).tolist())
             if base is not None:
                 pool_b = prior_pool(catalog.published_at, live, t, hours / 3600.0, plain.clicks,
                                     popular_pool_size(base, p.ann_k))
                 lists["two_tower_prior_served_without_feedback"].append(
                     served_top(base, uvec[j], ann, pool_b, vecs, catalog.published_at, t, k, plain,
-                               has_history=has_history).tolist())
+                               has_history=has_history, affinity=aff[j] if base.category_weight else None,
+                               categories=cats).tolist())
         if cf_models:
             before = log.items[log.starts[u]:ends[j]]
             for name, model in cf_models.items():

@@ -6,10 +6,12 @@ endpoint in the same run.
 1. Builds (or reuses) a synthetic world and a model of the given size under ``--workdir``.
 2. Starts ``feedrank serve`` in its own process on 127.0.0.1.
 3. For each rate, runs wrk from another process for ``--seconds``. Its Lua script asks for
-   a random user's feed on every request (10% never-seen users) and paces each
-   connection with exponential gaps (Poisson arrivals) averaging ``connections / rate``
-   seconds, so the connections together offer about ``rate`` requests per second and
-   never fire in lockstep.
+   a random user's feed on every request (10% never-seen users) at the times of one
+   Poisson arrival process of ``rate`` per second (exponential gaps, a monotonic clock
+   through LuaJIT's ffi): a connection that becomes free takes the next arrival time and
+   waits for it, so the offered rate holds whatever the latency. (Before 2026-11-22 each
+   connection waited an exponential gap of ``connections / rate`` after its response, so
+   the latency itself lowered the rate: 300 offered gave ~250-275 achieved.)
 4. Records achieved rps, latency percentiles, non-2xx responses and the tier mix (read from
    the server's /metrics before and after).
 5. Does the same against a bare ASGI app that returns a feed-sized JSON body: the cost of
@@ -18,9 +20,9 @@ endpoint in the same run.
    per request, and the HTTP layer's share of it (bare CPU per request / ours). CPU per
    request is much less sensitive to a busy machine than latency.
 
-wrk is closed-loop: a connection waits for its response before the next request, so an
-overloaded server gets fewer requests than offered. The achieved rate is reported beside
-the offered one.
+wrk stays closed-loop underneath: when all ``--connections`` are waiting for responses, the
+next arrival is sent late (and timed from when it was sent), so an overloaded server gets
+fewer requests than offered. The achieved rate is reported beside the offered one.
 """
 
 from __future__ import annotations
@@ -42,14 +44,31 @@ import httpx
 LUA = """
 math.randomseed(%(seed)d)
 local n_users = %(users)d
-local pace_ms = %(pace_ms).3f
+local gap_ms = %(gap_ms).4f
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } fr_timespec;
+int clock_gettime(int clk_id, fr_timespec *tp);
+]]
+local tspec = ffi.new("fr_timespec")
+local function now_ms() ffi.C.clock_gettime(1, tspec); return tonumber(tspec.tv_sec) * 1000 + tonumber(tspec.tv_nsec) / 1e6 end
+local next_due = nil
 request = function()
   local u
   if math.random() < 0.1 then u = "bench-new-" .. math.random(1, 1000000000) else u = "u" .. math.random(0, n_users - 1) end
   return wrk.format("GET", "/v1/feed?user_id=" .. u .. "&k=%(k)d")
 end
--- exponential gaps: Poisson arrivals per connection, so connections never fire in lockstep
-delay = function() return -math.log(1 - math.random()) * pace_ms end
+-- one Poisson arrival schedule for the thread (exponential gaps of 1000/rate ms): a connection
+-- that becomes free takes the next arrival time and waits for it, so the offered rate holds
+-- whatever the latency; an arrival due while every connection is busy is sent late, at once
+delay = function()
+  local now = now_ms()
+  if next_due == nil then next_due = now end
+  next_due = next_due - math.log(1 - math.random()) * gap_ms
+  local d = next_due - now
+  if d < 0 then return 0 end
+  return d
+end
 -- the tier of every response, counted here: with several workers /metrics is per process
 local threads = {}
 setup = function(thread) table.insert(threads, thread) end
@@ -142,9 +161,9 @@ def _tree_cpu_s(pid: int) -> float:
 
 
 def _run_wrk(url: str, rate: float, seconds: int, connections: int, users: int, k: int, seed: int) -> dict[str, Any]:
-    pace_ms = max(0.0, 1000.0 * connections / rate)
+    gap_ms = 1000.0 / rate  # one wrk thread: its connections share one arrival schedule
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA % {"seed": seed, "users": users, "pace_ms": pace_ms, "k": k})
+        f.write(LUA % {"seed": seed, "users": users, "gap_ms": gap_ms, "k": k})
         script = f.name
     try:
         out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", script, url],

@@ -51,25 +51,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from feedrank.data.events import event_from_dict
+import numpy as np
+
+from feedrank.data.events import columns_from_dicts, event_from_dict
 from feedrank.data.logformat import (
     DEFAULT_SEGMENT_BYTES,
     AppendResult,
+    LogBatch,
     LogOffset,
     LogRecord,
     decode_line,
     encode_line,
+    line_body,
     fsync_dir,
     segment_files,
     segment_name,
 )
 from feedrank.data.logformat import iter_raw_lines as _iter_raw_lines  # a module global: tests spy on it
-from feedrank.errors import CorruptFile, FeedrankError
+from feedrank.errors import CorruptFile, FeedrankError, SchemaError
 from feedrank.types import Event
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SEGMENT_BYTES", "AppendResult", "EventLog", "LogOffset", "LogRecord", "decode_line", "encode_line",
+__all__ = ["DEFAULT_SEGMENT_BYTES", "AppendResult", "EventLog", "LogBatch", "LogOffset", "LogRecord", "decode_line", "encode_line",
            "partition_roots", "read_partitions", "segment_name"]
 
 
@@ -151,13 +155,20 @@ class EventLog:
 
     def _scan_segment(self, number: int, path: Path, last: bool, pos: int = 0, lines: int = 0) -> _Segment:
         """Check (and, for a writer, repair) one segment from byte ``pos`` (line ``lines``),
-        remembering its event ids; the segment's committed extent."""
+        remembering its event ids (a writer; a reader checks framing and CRC only); the
+        segment's committed extent."""
         good_end = pos
         bad: tuple[int, int] | None = None  # (1-based line, byte position)
+        reader = self.readonly  # checks framing and CRC only: read() decodes what it reads
+        eid: object = None
         for raw, terminated, end in _iter_raw_lines(path, None, pos):
-            obj = decode_line(raw) if terminated else None
-            eid = obj.get("event_id") if obj is not None else None
-            if obj is None or not isinstance(eid, str):
+            if reader:
+                good = terminated and line_body(raw) is not None
+            else:
+                obj = decode_line(raw) if terminated else None
+                eid = obj.get("event_id") if obj is not None else None
+                good = isinstance(eid, str)
+            if not good:
                 if bad is None:
                     bad = (lines + 1, good_end)
                 continue
@@ -169,7 +180,8 @@ class EventLog:
                     self._damage = (number, msg)
                     return _Segment(number, path, bad[1], bad[0] - 1)
                 raise CorruptFile(msg)
-            self._ids.add(eid)
+            if not reader:
+                self._ids.add(eid)  # type: ignore[arg-type]
             lines += 1
             good_end = end
         size = path.stat().st_size
@@ -418,6 +430,62 @@ class EventLog:
         Only batches committed before the call are read. To resume after a record
         ``rec``, pass ``rec.offset.next()``.
         """
+        runs = self._scan_runs(from_offset)
+        try:
+            for number, first, objs, ends in runs:
+                for k, obj in enumerate(objs):
+                    self._resume[number] = (first + k + 1, ends[k])  # a later read from here seeks
+                    yield LogRecord(LogOffset(number, first + k), event_from_dict(obj))
+        finally:
+            runs.close()
+
+    def read_batches(self, from_offset: LogOffset | tuple[int, int] | None = None, batch_size: int = 1024,
+                     limit: int | None = None) -> Iterator[LogBatch]:
+        """``read`` as columns: ``LogBatch``es of ``batch_size`` records (the last one may
+        be shorter), at most ``limit`` records in all, without an ``Event`` per record.
+
+        A corrupt line, or a record that is not a stored event, ends the read as in
+        ``read``: the records before it come in a last batch, then ``CorruptFile`` /
+        ``SchemaError`` is raised."""
+        if batch_size < 1 or (limit is not None and limit < 0):
+            raise ValueError(f"batch_size must be >= 1 and limit >= 0, got {batch_size} and {limit}")
+        left = -1 if limit is None else int(limit)
+        if left == 0:
+            return
+        objs: list[dict] = []
+        segs: list[np.ndarray] = []
+        nums: list[np.ndarray] = []
+        runs = self._scan_runs(from_offset, min(batch_size, left) if left > 0 else batch_size)
+        try:
+            for number, first, run, ends in runs:
+                while run:
+                    k = min(len(run), batch_size - len(objs), left if left > 0 else len(run))
+                    objs += run[:k]
+                    segs.append(np.full(k, number, dtype=np.int64))
+                    nums.append(np.arange(first, first + k, dtype=np.int64))
+                    self._resume[number] = (first + k, ends[k - 1])
+                    run, ends, first = run[k:], ends[k:], first + k
+                    left -= k if left > 0 else 0
+                    if len(objs) >= batch_size or left == 0:
+                        yield from _batches(segs, nums, objs)
+                        objs, segs, nums = [], [], []
+                        if left == 0:
+                            return
+        except CorruptFile:
+            if objs:
+                yield from _batches(segs, nums, objs)
+            raise
+        finally:
+            runs.close()
+        if objs:
+            yield from _batches(segs, nums, objs)
+
+    def _scan_runs(self, from_offset: LogOffset | tuple[int, int] | None,
+                   run: int = 256) -> Iterator[tuple[int, int, list[dict], list[int]]]:
+        """Runs of up to ``run`` committed records at or after ``from_offset``, CRC-checked
+        and decoded: ``(segment, first line, event dicts, end byte of each line)``; the one
+        reading rule of ``read`` and ``read_batches``. A corrupt line raises ``CorruptFile``
+        after a run of the lines before it."""
         with self._lock:
             if self.readonly:
                 self._refresh_readonly()
@@ -434,20 +502,26 @@ class EventLog:
             hint = self._resume.get(number)
             if hint is not None and 0 < hint[0] <= skip and hint[1] <= size:
                 line_no, pos0 = hint[0] - 1, hint[1]
-            last = None
-            try:
-                for raw, terminated, end in _iter_raw_lines(path, size, pos0):
-                    line_no += 1
-                    if line_no < skip:
-                        continue
-                    obj = decode_line(raw) if terminated else None
-                    if obj is None:
-                        raise CorruptFile(f"event log {path}: line {line_no + 1} is corrupt (changed after it was written)")
-                    last = (line_no + 1, end)
-                    yield LogRecord(LogOffset(number, line_no), event_from_dict(obj))
-            finally:
-                if last is not None:
-                    self._resume[number] = last
+            raws: list[bytes] = []
+            ends: list[int] = []
+            first = -1
+            torn = False
+            for raw, terminated, end in _iter_raw_lines(path, size, pos0):
+                line_no += 1
+                if line_no < skip:
+                    continue
+                if not raws:
+                    first = line_no
+                raws.append(raw)
+                ends.append(end)
+                if not terminated:
+                    torn = True
+                    break
+                if len(raws) >= run:
+                    yield from _run(path, number, first, raws, ends, torn)
+                    raws, ends = [], []
+            if raws:
+                yield from _run(path, number, first, raws, ends, torn)
             if damage is not None and damage[0] == number:
                 raise CorruptFile(damage[1])
 
@@ -458,6 +532,7 @@ class EventLog:
     # ------------------------------------------------------------------ state
 
     def __contains__(self, event_id: object) -> bool:
+        """Whether ``event_id`` is in the log (a writer's id set; a reader collects no ids)."""
         with self._lock:
             return event_id in self._ids
 
@@ -488,6 +563,36 @@ class EventLog:
                 return False
             tail = self._segments[-1].path
             return tail.exists() and os.access(self.root, os.W_OK) and os.access(tail, os.W_OK)
+
+
+def _run(path: Path, number: int, first: int, raws: list[bytes], ends: list[int],
+         torn: bool) -> Iterator[tuple[int, int, list[dict], list[int]]]:
+    """One run of ``_scan_runs``: the event dicts of consecutive lines from line ``first``;
+    at a corrupt one (or the last, ``torn``: not terminated) a run of the ones before it,
+    then ``CorruptFile``."""
+    objs = [decode_line(r) for r in raws]
+    if torn:
+        objs[-1] = None
+    if None in objs:
+        k = objs.index(None)
+        if k:
+            yield number, first, objs[:k], ends[:k]  # type: ignore[misc]
+        raise CorruptFile(f"event log {path}: line {first + k + 1} is corrupt (changed after it was written)")
+    yield number, first, objs, ends  # type: ignore[misc]
+
+
+def _batches(segs: list[np.ndarray], lines: list[np.ndarray], objs: list[dict]) -> Iterator[LogBatch]:
+    """The ``LogBatch`` of decoded lines; for a record that is not a stored event, a batch
+    of the records before it (applied, as ``read`` would have), then its ``SchemaError``."""
+    seg, line = np.concatenate(segs), np.concatenate(lines)
+    try:
+        batch = LogBatch(seg, line, columns_from_dicts(objs))
+    except SchemaError as exc:
+        k = int(getattr(exc, "record", 0))
+        if k > 0:
+            yield from _batches([seg[:k]], [line[:k]], objs[:k])
+        raise
+    yield batch
 
 
 # worker partitions (``root/w0``, ``root/w1``, ...) and readers over all of them: data/partitions.py

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+import numpy as np
 import orjson
 
 from feedrank.data.events import event_to_dict
-from feedrank.types import Event
+from feedrank.types import Event, EventColumns
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 SEG_RE = re.compile(r"^seg-(\d{6,})\.jsonl$")
@@ -43,6 +44,28 @@ class LogOffset(NamedTuple):
 class LogRecord(NamedTuple):
     offset: LogOffset
     event: Event
+
+
+@dataclass(frozen=True)
+class LogBatch:
+    """Consecutive records of one log as columns (``EventLog.read_batches``): record ``i``
+    is at ``(segment[i], line[i])``; ``end()`` is where a reader resumes after the batch."""
+
+    segment: np.ndarray  # (N,) int64
+    line: np.ndarray     # (N,) int64
+    events: EventColumns
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def offset_after(self, i: int) -> LogOffset:
+        """Where to resume after record ``i`` (``-1``: the last)."""
+        return LogOffset(int(self.segment[i]), int(self.line[i]) + 1)
+
+    def end(self) -> LogOffset:
+        if not len(self):
+            raise ValueError("an empty LogBatch has no end offset")
+        return self.offset_after(-1)
 
 
 @dataclass(frozen=True)
@@ -72,8 +95,9 @@ def encode_line(event: Event) -> bytes:
     return b"".join((_PREFIX, b"%08x" % crc, _MID, body, b"}\n"))
 
 
-def decode_line(line: bytes) -> dict | None:
-    """The event dict of one line (without its newline), or None if it is torn/corrupt."""
+def line_body(line: bytes) -> bytes | None:
+    """The event JSON of one line (without its newline) if its framing and CRC are intact,
+    else None (torn/corrupt)."""
     if len(line) < _HEAD + 2 or not line.startswith(_PREFIX) or line[_HEAD - len(_MID) : _HEAD] != _MID:
         return None
     if not line.endswith(b"}"):
@@ -84,6 +108,14 @@ def decode_line(line: bytes) -> dict | None:
     except ValueError:
         return None
     if zlib.crc32(body) & 0xFFFFFFFF != crc:
+        return None
+    return body
+
+
+def decode_line(line: bytes) -> dict | None:
+    """The event dict of one line (without its newline), or None if it is torn/corrupt."""
+    body = line_body(line)
+    if body is None:
         return None
     try:
         obj = orjson.loads(body)

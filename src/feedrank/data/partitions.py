@@ -11,12 +11,16 @@ see all of them:
     offsets = {}                                          # partition name -> next (segment, line)
     for rec in log.read_parts(offsets):                   # rec.partition, rec.offset, rec.event
         offsets[rec.partition] = rec.offset.next()
+    for batch in log.read_batches(offsets, 1024):         # the same as columns (live consumer)
+        batch.events; offsets.update(batch.ends)          # EventColumns; partition -> next offset
 
 Partition names: ``""`` for the root folder's own segments, ``"w0"``, ``"w1"``, ... for
 the worker folders. ``read_parts`` looks for partitions on every call, so one that
 appears later (a worker added) is read from its start. Records of one partition come in
 log order; partitions are interleaved by event time (a k-way merge), so a consumer sees
-roughly one global time order.
+roughly one global time order. ``read_batches`` keeps that order a slice at a time
+(data/partmerge.py: every batch is time-sorted, and no partition runs ahead of another
+one's unread records), without an ``Event`` per record.
 
 A corrupt record in one partition stops reading *that* partition at that record; the
 others are read to their end first, then ``PartitionCorrupt`` names the partition, the
@@ -40,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, NamedTuple
 
 from feedrank.data.logformat import SEG_RE, LogOffset
+from feedrank.data.partmerge import PartBatch, PartitionCorrupt, merge_batches
 from feedrank.errors import CorruptFile
 from feedrank.types import Event
 
@@ -56,16 +61,6 @@ class PartRecord(NamedTuple):
     partition: str
     offset: LogOffset
     event: Event
-
-
-class PartitionCorrupt(CorruptFile):
-    """A record of one partition cannot be read; the other partitions were read."""
-
-    def __init__(self, partition: str, offset: LogOffset, detail: str) -> None:
-        self.partition, self.offset, self.detail = partition, offset, detail
-        name = partition or "(root)"
-        super().__init__(f"event log partition {name!r}: cannot read the record at offset (segment {offset.segment}, "
-                         f"line {offset.line}); that partition stops there, the others were read: {detail}")
 
 
 def partition_name(root: Path, path: Path) -> str:
@@ -137,36 +132,58 @@ class PartitionedLog:
             reader = self._readers[name] = EventLog(self.root / name if name else self.root, readonly=True)
         return reader
 
+    def _open(self, offsets: Mapping[str, tuple[int, int]], only: Iterable[str] | None,
+              errors: list[Exception]) -> list[tuple[str, "EventLog", LogOffset]]:
+        """Under ``_lock``: (name, log, start offset) of every partition to read; one that
+        cannot be opened goes to ``errors`` as ``PartitionCorrupt``."""
+        names = self.partitions()
+        for name in self.own:  # an own log with nothing written may have no segment yet
+            if name not in names and (self.root / name if name else self.root).is_dir():
+                names.append(name)
+        if only is not None:
+            keep = set(only)
+            names = [n for n in names if n in keep]
+        out = []
+        for name in names:
+            start = LogOffset(*offsets.get(name, (0, 0)))
+            try:
+                out.append((name, self._log(name), start))
+            except CorruptFile as exc:
+                errors.append(PartitionCorrupt(name, start, str(exc)))
+        return out
+
     def read_parts(self, offsets: Mapping[str, tuple[int, int]] | None = None,
                    only: Iterable[str] | None = None) -> Iterator[PartRecord]:
         """Records after each partition's offset (absent: from its start), interleaved by
         event time; ``only``: just these partitions. Raises ``PartitionCorrupt`` after the
         healthy partitions are read."""
-        offsets = offsets or {}
-        errors: list[PartitionCorrupt] = []
+        errors: list[Exception] = []
         with self._lock:
-            names = self.partitions()
-            for name in self.own:  # an own log with nothing written may have no segment yet
-                if name not in names and (self.root / name if name else self.root).is_dir():
-                    names.append(name)
-            if only is not None:
-                keep = set(only)
-                names = [n for n in names if n in keep]
-            streams = []
-            for name in names:
-                start = LogOffset(*offsets.get(name, (0, 0)))
-                try:
-                    log = self._log(name)
-                except CorruptFile as exc:
-                    errors.append(PartitionCorrupt(name, start, str(exc)))
-                    continue
-                streams.append(self._stream(name, log, start, errors))
+            streams = [self._stream(name, log, start, errors) for name, log, start in self._open(offsets or {}, only, errors)]
         yield from heapq.merge(*streams, key=lambda r: r.event.ts)
         if errors:
             raise errors[0]
 
+    def read_batches(self, offsets: Mapping[str, tuple[int, int]] | None = None, batch_size: int = 1024,
+                     limit: int | None = None, only: Iterable[str] | None = None) -> Iterator[PartBatch]:
+        """``read_parts`` as columns (the live consumer's path): ``PartBatch``es of
+        ``batch_size`` records (the last may be shorter), at most ``limit`` in all. Each
+        batch takes a prefix of every partition (``ends``: where each resumes) and is in
+        time order across them: merged a slice at a time (data/partmerge.py), so a
+        partition is never read ahead of the others by more than one slice. A corrupt
+        record stops its partition; the error is raised after the others are read."""
+        if batch_size < 1 or (limit is not None and limit < 0):
+            raise ValueError(f"batch_size must be >= 1 and limit >= 0, got {batch_size} and {limit}")
+        errors: list[Exception] = []
+        with self._lock:
+            opened = self._open(offsets or {}, only, errors)
+        yield from merge_batches([(name, log.read_batches(start, batch_size), start) for name, log, start in opened],
+                                 batch_size, limit, errors)
+        if errors:
+            raise errors[0]
+
     @staticmethod
-    def _stream(name: str, log: "EventLog", start: LogOffset, errors: list[PartitionCorrupt]) -> Iterator[PartRecord]:
+    def _stream(name: str, log: "EventLog", start: LogOffset, errors: list[Exception]) -> Iterator[PartRecord]:
         at = start
         try:
             for rec in log.read(start):

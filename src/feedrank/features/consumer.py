@@ -33,6 +33,7 @@ kept, then the error is raised: the healthy partitions keep progressing on every
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -41,7 +42,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from feedrank.types import Event
+from feedrank.types import Event, EventColumns
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ class LogConsumer:
         self.yield_to, self.yield_every, self.max_yield_s = yield_to, int(yield_every), float(max_yield_s)
         self.yielded_s = 0.0  # time spent waiting for the foreground (stats)
         self.partitioned = callable(getattr(source, "read_parts", None))
+        # columns end to end when both sides can (data/partitions.py ``read_batches``,
+        # RealtimeFeatures / StorePublisher ``apply_columns``): no ``Event`` per record
+        self.columnar = callable(getattr(source, "read_batches", None)) and callable(getattr(sink, "apply_columns", None))
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.batch_size, self.commit_every_s = int(batch_size), float(commit_every_s)
         self.offsets: dict[str, Offset] = {}
@@ -153,37 +157,84 @@ class LogConsumer:
             for off, ev in self.source.read(self.offsets.get(SINGLE, (0, 0))):  # type: ignore[union-attr]
                 yield SINGLE, off, ev
 
+    def _batches(self, size: int, limit: int | None) -> Iterator[tuple[dict[str, Offset], EventColumns]]:
+        """The columnar read: (next offset per partition, records) of ``size`` records."""
+        if self.partitioned:
+            for b in self.source.read_batches(dict(self.offsets), size, limit):  # type: ignore[union-attr]
+                yield b.ends, b.events
+        else:
+            for b in self.source.read_batches(self.offsets.get(SINGLE, (0, 0)), size, limit):  # type: ignore[union-attr]
+                yield {SINGLE: b.end()}, b.events
+
     def poll(self, max_events: int | None = None) -> int:
         """Apply every record after the offset(s) (at most ``max_events``); returns how many
         records were read. Commits when ``commit_every_s`` has passed. A source error is
         raised after the records read before it are applied."""
         with self._lock:
-            n = 0
-            batch: list[Event] = []
-            nxt: dict[str, Offset] = {}
-            records = self._records()
-            try:
-                for part, off, ev in records:
-                    batch.append(ev)
-                    nxt[part] = (int(off[0]), int(off[1]) + 1)
-                    n += 1
-                    if len(batch) >= self.batch_size:
-                        self._apply(batch, nxt)
-                        batch, nxt = [], {}
-                        self._yield()
-                    elif self.yield_to is not None and n % self.yield_every == 0:
-                        self._yield()
-                    if max_events is not None and n >= max_events:
-                        break
-            finally:
-                if hasattr(records, "close"):
-                    records.close()
-                if batch:
-                    self._apply(batch, nxt)
+            n = self._poll_columns(max_events) if self.columnar else self._poll_events(max_events)
             self.sink.heartbeat()
             if self.checkpoint is not None and time.monotonic() - self._last_commit >= self.commit_every_s:
                 self._commit()
             return n
+
+    def _poll_columns(self, max_events: int | None) -> int:
+        """``poll`` through the source's ``read_batches`` and the sink's ``apply_columns``:
+        the same batches, yields and offsets as record by record, without an ``Event`` per
+        record. Read in slices of ``gcd(batch_size, yield_every)`` records (with
+        ``yield_to``), so both counts fall on slice boundaries."""
+        size = math.gcd(self.batch_size, self.yield_every) if self.yield_to is not None else self.batch_size
+        n = 0
+        pending: list[EventColumns] = []
+        have = 0
+        nxt: dict[str, Offset] = {}
+        batches = self._batches(size, max_events)
+        try:
+            for ends, cols in batches:
+                pending.append(cols)
+                nxt.update(ends)
+                n += len(cols)
+                have += len(cols)
+                if have >= self.batch_size:
+                    self._apply_columns(pending, nxt)
+                    pending, nxt, have = [], {}, 0
+                    self._yield()
+                elif self.yield_to is not None and n % self.yield_every == 0:
+                    self._yield()
+        finally:
+            batches.close()
+            if pending:
+                self._apply_columns(pending, nxt)
+        return n
+
+    def _apply_columns(self, pending: list[EventColumns], nxt: dict[str, Offset]) -> None:
+        self.applied += self.sink.apply_columns(EventColumns.concat(pending))  # type: ignore[attr-defined]
+        self.offsets.update((p, (int(o[0]), int(o[1]))) for p, o in nxt.items())
+
+    def _poll_events(self, max_events: int | None) -> int:
+        """``poll`` record by record (a source or sink without the columnar path)."""
+        n = 0
+        batch: list[Event] = []
+        nxt: dict[str, Offset] = {}
+        records = self._records()
+        try:
+            for part, off, ev in records:
+                batch.append(ev)
+                nxt[part] = (int(off[0]), int(off[1]) + 1)
+                n += 1
+                if len(batch) >= self.batch_size:
+                    self._apply(batch, nxt)
+                    batch, nxt = [], {}
+                    self._yield()
+                elif self.yield_to is not None and n % self.yield_every == 0:
+                    self._yield()
+                if max_events is not None and n >= max_events:
+                    break
+        finally:
+            if hasattr(records, "close"):
+                records.close()
+            if batch:
+                self._apply(batch, nxt)
+        return n
 
     def _yield(self) -> None:
         """Between slices: let a waiting request thread take the GIL now rather than after

@@ -18,7 +18,7 @@ import numpy as np
 
 from feedrank.features.realtime import RealtimeFeatures
 from feedrank.features.validation import FeatureSpec
-from feedrank.types import Event, EventKind
+from feedrank.types import CLICK_CODE, IMPRESSION_CODE, Event, EventColumns
 
 log = logging.getLogger("feedrank.features.live")
 
@@ -178,38 +178,36 @@ class StorePublisher:
         self.on_publish: Callable[[list[str]], None] | None = None  # called with the item ids just written
 
     def apply(self, events: Iterable[Event]) -> int:
-        events = list(events)
-        n = self.rt.apply(events)
-        items: dict[str, None] = {}
-        users: dict[str, None] = {}
-        newest = self.stream_now
-        imp, click = EventKind.IMPRESSION, EventKind.CLICK
-        for ev in events:
-            kind = ev.kind
-            if kind is imp or kind is click:
-                items[ev.item_id] = None
-                if ev.ts > newest:
-                    newest = ev.ts
-                if kind is click:
-                    users[ev.user_id] = None
-        self.stream_now = float(newest)
-        if items or users:
-            self._publish(list(items), list(users))
+        return self.apply_columns(EventColumns.from_events(events))
+
+    def apply_columns(self, cols: EventColumns) -> int:
+        """Apply a batch to the real-time state, then publish every item it has an
+        impression or click of (repeats included) and every clicking user."""
+        n = self.rt.apply_columns(cols)
+        kind = cols.kind
+        click = kind == CLICK_CODE
+        touched = np.flatnonzero(click | (kind == IMPRESSION_CODE))
+        if len(touched):
+            self.stream_now = float(max(self.stream_now, float(cols.ts[touched].max())))
+            items = list(dict.fromkeys(map(cols.item_id.__getitem__, touched.tolist())))
+            users = list(dict.fromkeys(map(cols.user_id.__getitem__, np.flatnonzero(click).tolist())))
+            self._publish(items, users)
         return n
 
-    def records(self, item_ids: Sequence[str], user_ids: Sequence[str]) -> tuple[dict, dict]:
-        """The item and user records for ``item_ids`` / ``user_ids`` at the stream time."""
-        now = self.stream_now if np.isfinite(self.stream_now) else self.clock()
-        rows: dict[str, dict[str, float]] = {}
-        if item_ids:
-            imps, clks = self.rt.counts(item_ids, now)
-            trend = self.rt.trending(clks)
-            # one (N, 2W + 1) table in the fields' order, to Python floats in one call
-            table = np.empty((len(item_ids), len(self._fields)))
-            table[:, 0:-1:2], table[:, 1:-1:2], table[:, -1] = imps, clks, trend
-            fields = self._fields
-            for iid, vals in zip(item_ids, table.tolist()):
-                rows[iid] = dict(zip(fields, vals))
+    def _now(self) -> float:
+        return self.stream_now if np.isfinite(self.stream_now) else self.clock()
+
+    def item_table(self, item_ids: Sequence[str]) -> np.ndarray:
+        """(N, 2W + 1) float64: ``item_ids``' record fields (``window_fields`` order) at the
+        stream time."""
+        imps, clks = self.rt.counts(item_ids, self._now())
+        table = np.empty((len(item_ids), len(self._fields)))
+        table[:, 0:-1:2], table[:, 1:-1:2], table[:, -1] = imps, clks, self.rt.trending(clks)
+        return table
+
+    def user_records(self, user_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """The user records of ``user_ids`` at the stream time."""
+        now = self._now()
         users: dict[str, dict[str, float]] = {}
         for uid in user_ids:
             uf = self.rt.user_features(uid, now)
@@ -219,17 +217,35 @@ class StorePublisher:
             rec.update({f"c{k}": item_hash(iid) for k, iid in enumerate(hist)})
             rec.update({f"aff:{c}": float(v) for c, v in uf.category_affinity.items()})
             users[uid] = rec
-        return rows, users
+        return users
+
+    def records(self, item_ids: Sequence[str], user_ids: Sequence[str]) -> tuple[dict, dict]:
+        """The item and user records for ``item_ids`` / ``user_ids`` at the stream time."""
+        rows: dict[str, dict[str, float]] = {}
+        if item_ids:
+            fields = self._fields
+            for iid, vals in zip(item_ids, self.item_table(item_ids).tolist()):
+                rows[iid] = dict(zip(fields, vals))
+        return rows, self.user_records(user_ids)
 
     def _publish(self, item_ids: list[str], user_ids: list[str]) -> None:
-        rows, users = self.records(item_ids, user_ids)
+        put_table = getattr(self.store, "put_item_table", None)
+        if put_table is not None:  # one write, no dict per item where the store can
+            table = self.item_table(item_ids) if item_ids else np.zeros((0, len(self._fields)))
+            users = self.user_records(user_ids)
+        else:
+            rows, users = self.records(item_ids, user_ids)
         wall = self.clock()
-        rows[STREAM_KEY] = {"heartbeat": wall, "stream_now": float(self.stream_now)}
+        beat = {STREAM_KEY: {"heartbeat": wall, "stream_now": float(self.stream_now)}}
         try:
-            self.store.put_items(rows, ts=wall)
+            if put_table is not None:
+                put_table(item_ids, self._fields, table, ts=wall, extra=beat)
+            else:
+                rows.update(beat)
+                self.store.put_items(rows, ts=wall)
             for uid, rec in users.items():
                 self.store.put_user(uid, rec, ts=wall)
-            self.published += len(rows) - 1
+            self.published += len(item_ids)
             self._last_beat = wall
             if self.on_publish is not None:  # readers' caches of these items are out of date now
                 self.on_publish(item_ids)

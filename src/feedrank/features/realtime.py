@@ -32,6 +32,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
+from itertools import compress
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -39,7 +40,7 @@ import numpy as np
 import orjson
 
 from feedrank.config import FeaturesConfig
-from feedrank.types import Event, EventKind
+from feedrank.types import CLICK_CODE, IMPRESSION_CODE, Event, EventColumns
 
 DEFAULT_WINDOWS: tuple[int, ...] = (300, 3600, 86400)
 
@@ -131,8 +132,9 @@ class RealtimeFeatures:
         self._slots: dict[str, int] = {}
         self._free: list[int] = list(range(cap - 1, -1, -1))
         self._users: OrderedDict[str, _User] = OrderedDict()
-        self._seen_ids: set[str] = set()
-        self._seen_order: deque[str] = deque()
+        self._seen_ids: dict[str, int] = {}  # id -> its number in the order remembered
+        self._seen_order: deque[str] = deque()  # the newest dedupe_ids; the last is number _seen_next - 1
+        self._seen_next = 0
         self._stats = {"applied": 0, "duplicates": 0, "late": 0, "evicted_items": 0, "evicted_users": 0}
         self._heartbeat = -math.inf
 
@@ -157,61 +159,85 @@ class RealtimeFeatures:
         self._free.extend(victims.tolist())
         self._stats["evicted_items"] += n
 
-    def _slot(self, item_id: str, ts: float) -> int:
-        s = self._slots.get(item_id)
-        if s is None:
-            if not self._free:
-                self._grow_or_evict()
-            s = self._free.pop()
-            self._slots[item_id] = s
-        if ts > self._active[s]:  # at once: an eviction later in the same batch must spare it
-            self._active[s] = ts
-        return s
-
     # ------------------------------------------------------------------ applying events
     def apply(self, events: Iterable[Event]) -> int:
         """Count ``events`` (impressions and clicks into item windows; clicks into the
         user's history and affinities). Returns how many were new (not seen ids)."""
+        return self.apply_columns(EventColumns.from_events(events))
+
+    def apply_columns(self, cols: EventColumns) -> int:
+        """``apply`` for a batch as columns (the live consumer's path): dedupe by event id,
+        then item slots and window counts in a few vectorised calls; clicks (rare) also
+        update their user, in batch order. Returns how many events were new."""
         with self._lock:
-            slots: list[int] = []
-            tss: list[float] = []
-            is_click: list[bool] = []
-            n_new = 0
-            for ev in events:
-                eid = ev.event_id
-                if eid in self._seen_ids:
-                    self._stats["duplicates"] += 1
-                    continue
-                self._remember(eid)
-                n_new += 1
-                kind = ev.kind
-                if kind is EventKind.CLICK:
-                    self._user_click(ev)
-                elif kind is not EventKind.IMPRESSION:
-                    continue
-                if ev.item_id not in self._slots and not self._free and self._imp.shape[1] >= self.max_items:
-                    self._flush(slots, tss, is_click)  # an eviction may reuse slots still pending
-                slots.append(self._slot(ev.item_id, ev.ts))
-                tss.append(ev.ts)
-                is_click.append(kind is EventKind.CLICK)
-            self._flush(slots, tss, is_click)
+            new = self._dedupe(cols.event_id)
+            n_new = int(new.sum())
+            self._stats["duplicates"] += len(cols) - n_new
+            if n_new:
+                kind = cols.kind
+                click = new & (kind == CLICK_CODE)
+                for i in np.flatnonzero(click).tolist():
+                    self._user_click(cols.user_id[i], cols.item_id[i], float(cols.ts[i]))
+                rows = np.flatnonzero(click | (new & (kind == IMPRESSION_CODE)))
+                if len(rows):
+                    self._count([cols.item_id[i] for i in rows.tolist()], cols.ts[rows], click[rows])
             self._stats["applied"] += n_new
             self._heartbeat = self.clock()
             return n_new
 
-    def _flush(self, slots: list[int], tss: list[float], is_click: list[bool]) -> None:
-        if slots:
-            self._add(np.asarray(slots, dtype=np.int64), np.asarray(tss, dtype=np.float64),
-                      np.asarray(is_click, dtype=bool))
-            slots.clear()
-            tss.clear()
-            is_click.clear()
+    def _dedupe(self, ids: list[str]) -> np.ndarray:
+        """(N,) bool: the ids not remembered at their turn (the newest ``dedupe_ids`` ids
+        before them, this batch's included); remembers them."""
+        seen, cap, k = self._seen_ids, self.dedupe_ids, self._seen_next
+        if len(set(ids)) == len(ids) and not any(map(seen.__contains__, ids)):  # the usual case
+            new = [True] * len(ids)
+            seen.update(zip(ids, range(k, k + len(ids))))
+            self._seen_order.extend(ids)
+            k += len(ids)
+        else:  # a repeat: one at a time, as the window slides
+            new = []
+            for e in ids:
+                s = seen.get(e)
+                if s is not None and s >= k - cap:
+                    new.append(False)
+                    continue
+                new.append(True)
+                seen[e] = k
+                self._seen_order.append(e)
+                k += 1
+        self._seen_next = k
+        order = self._seen_order
+        while len(order) > cap:
+            e = order.popleft()
+            if seen.get(e) == k - len(order) - 1:  # not remembered again since
+                del seen[e]
+        return np.fromiter(new, dtype=bool, count=len(ids))
 
-    def _remember(self, eid: str) -> None:
-        self._seen_ids.add(eid)
-        self._seen_order.append(eid)
-        if len(self._seen_order) > self.dedupe_ids:
-            self._seen_ids.discard(self._seen_order.popleft())
+    def _count(self, items: list[str], ts: np.ndarray, click: np.ndarray) -> None:
+        """Count impressions/clicks of ``items`` at ``ts`` into the windows. New items get
+        slots in order of first appearance; when a slot must be evicted for one, the
+        records before it are counted first (their slots active at their time, so the
+        eviction spares them) and the rest after the eviction."""
+        slots = self._slots
+        pos, n = 0, len(items)
+        while pos < n:
+            rest = items[pos:] if pos else items
+            cut = n
+            for it in [i for i in dict.fromkeys(rest) if i not in slots]:
+                if not self._free and self._imp.shape[1] < self.max_items:
+                    self._grow_or_evict()  # grows: slots already given stay valid
+                if not self._free:
+                    cut = pos + rest.index(it)
+                    break
+                slots[it] = self._free.pop()
+            if cut > pos:
+                s = np.fromiter(map(slots.__getitem__, items[pos:cut]), dtype=np.int64, count=cut - pos)
+                t = ts[pos:cut]
+                np.maximum.at(self._active, s, t)  # an eviction later in the batch must spare them
+                self._add(s, t, click[pos:cut])
+            if cut < n:
+                self._grow_or_evict()  # full: evicts the least recently active
+            pos = cut
 
     def _add(self, slots: np.ndarray, ts: np.ndarray, click: np.ndarray) -> None:
         for w in range(len(self.windows)):
@@ -234,20 +260,20 @@ class RealtimeFeatures:
             c = keep & click
             np.add.at(self._clk[w], (slots[c], (g % self.buckets)[c]), 1.0)
 
-    def _user_click(self, ev: Event) -> None:
-        u = self._users.get(ev.user_id)
+    def _user_click(self, user_id: str, item_id: str, ts: float) -> None:
+        u = self._users.get(user_id)
         if u is None:
-            u = self._users[ev.user_id] = _User(self.history_len)
+            u = self._users[user_id] = _User(self.history_len)
             if len(self._users) > self.max_users:
                 self._users.popitem(last=False)
                 self._stats["evicted_users"] += 1
         else:
-            self._users.move_to_end(ev.user_id)
-        u.clicks.append(ev.item_id)
+            self._users.move_to_end(user_id)
+        u.clicks.append(item_id)
         u.n_clicks += 1
-        cat = self._category(ev.item_id)
+        cat = self._category(item_id)
         if cat is not None:
-            self._decay(u, ev.ts)
+            self._decay(u, ts)
             u.aff[cat] = u.aff.get(cat, 0.0) + 1.0
             if len(u.aff) > self.max_categories:
                 del u.aff[min(u.aff, key=u.aff.__getitem__)]
@@ -354,5 +380,6 @@ class RealtimeFeatures:
                 u.n_clicks, u.aff, u.aff_ts = int(n), {c: float(v) for c, v in aff.items()}, float(aff_ts)
                 self._users[k] = u
             self._seen_order = deque(meta["seen"])
-            self._seen_ids = set(self._seen_order)
+            self._seen_ids = {e: i for i, e in enumerate(self._seen_order)}
+            self._seen_next = len(self._seen_order)
             self._stats = {k: int(v) for k, v in meta["stats"].items()}

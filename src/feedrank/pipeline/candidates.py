@@ -116,7 +116,8 @@ class CandidateStage:
         if prior is not None:  # freshness/popularity prior: rescore the ANN's top, recent and popular items
             ann, ann_scores = self._prior_pool(prior, now).top(  # clicks only count with a popularity weight
                 prior, user_vec, ann, self.art.item_vectors, self.catalog.published_at, now, p.ann_k,
-                clicks=self.state.item_clicks if prior.pop_weight else None)
+                clicks=self.state.item_clicks if prior.pop_weight else None,
+                affinity=aff, categories=self.catalog.cat_idx)  # the category term's inputs (when fitted)
         results = [SourceResult("ann", ann, ann_scores)]
         fetchers = self._source_fetchers(ctx, now, aff, live)
         if fetchers:

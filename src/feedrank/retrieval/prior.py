@@ -39,6 +39,7 @@ import numpy as np
 
 from feedrank.retrieval.counters import CounterReplay, ItemCounters, counters_at, creator_codes
 from feedrank.retrieval.item_feedback import FEEDBACK_STRENGTHS, FeedbackEvents, feedback_feature
+from feedrank.retrieval.prior_terms import NewItemTerms, fit_prior_weights
 
 DAY_S = 86400.0
 ITEM_CTR_STRENGTH = 20.0      # an item's CTR counts as much as the global one after 20 impressions
@@ -64,6 +65,9 @@ class AgePrior:
     tower_weight: float = 1.0    # multiplies u.v/T (fitted for users without history, whose u is context only)
     feedback_weight: float = 0.0    # w_fb, per unit of u . (shrunk mean clicker vector of the item)
     feedback_strength: float = 0.0  # s of that mean: sum / (clicks + s); 0 = the term is off
+    new: NewItemTerms | None = None  # extra terms for items published after the towers' training (None: off)
+    category_weight: float = 0.0  # w_cat, per unit of log(the user's smoothed history share of the item's category)
+    n_categories: int = 0         # C of that share (the towers' category vocabulary; 0: no category term)
 
     def to_json(self) -> dict:
         return {"weight": self.weight, "pop_weight": self.pop_weight, "temperature": self.temperature,
@@ -73,7 +77,9 @@ class AgePrior:
                 "trend_weight": self.trend_weight,
                 "cold_user": None if self.cold_user is None else self.cold_user.to_json(),
                 "tower_weight": self.tower_weight, "feedback_weight": self.feedback_weight,
-                "feedback_strength": self.feedback_strength}
+                "feedback_strength": self.feedback_strength,
+                "new_items": None if self.new is None else self.new.to_json(),
+                "category_weight": self.category_weight, "n_categories": self.n_categories}
 
     @classmethod
     def from_json(cls, raw: dict) -> AgePrior:
@@ -86,12 +92,14 @@ class AgePrior:
                    cold_user=cls.from_json(raw["cold_user"]) if raw.get("cold_user") else None,
                    tower_weight=float(raw.get("tower_weight", 1.0)),
                    feedback_weight=float(raw.get("feedback_weight", 0.0)),
-                   feedback_strength=float(raw.get("feedback_strength", 0.0)))
+                   feedback_strength=float(raw.get("feedback_strength", 0.0)),
+                   new=NewItemTerms.from_json(raw["new_items"]) if raw.get("new_items") else None,
+                   category_weight=float(raw.get("category_weight", 0.0)), n_categories=int(raw.get("n_categories", 0)))
 
     @property
     def active(self) -> bool:
         own = any(w > 0.0 for w in (self.weight, self.pop_weight, self.ctr_weight, self.creator_weight, self.trend_weight,
-                                    self.feedback_weight))
+                                    self.feedback_weight, self.category_weight)) or (self.new is not None and self.new.active)
         return own or (self.cold_user is not None and self.cold_user.active)
 
     def for_user(self, has_history: bool) -> AgePrior:
@@ -107,8 +115,11 @@ class AgePrior:
         out = -self.weight * age
         if clicks is None and counters is not None:
             clicks = counters.clicks
-        if clicks is not None and self.pop_weight:
-            out = out + self.pop_weight * np.log1p(np.maximum(clicks, 0.0))
+        log_clicks = None if clicks is None else np.log1p(np.maximum(clicks, 0.0))
+        if log_clicks is not None and self.pop_weight:
+            out = out + self.pop_weight * log_clicks
+        if self.new is not None:
+            out = out + self.new.bias(published_at, age, log_clicks)
         if counters is not None and self.trend_weight and counters.recent_clicks is not None:
             out = out + self.trend_weight * np.log1p(np.maximum(counters.recent_clicks, 0.0))
         if counters is not None and self.ctr0 > 0:
@@ -120,15 +131,39 @@ class AgePrior:
                                                                      self.ctr0, self.creator_strength)
         return out
 
+    def tower_weights(self, published_at: np.ndarray) -> np.ndarray:
+        """(N,) the weight of each item's tower logit u.v/T: ``tower_weight``, plus
+        ``new.tower_weight`` for items new to the towers."""
+        out = np.full(len(published_at), self.tower_weight)
+        if self.new is not None and self.new.tower_weight:
+            out = out + self.new.tower_weight * self.new.is_new(published_at)
+        return out
+
+    def user_affinity(self, histories: np.ndarray, item_cat: np.ndarray) -> np.ndarray:
+        """(U, C) the users' smoothed category shares of ``histories`` (U, L) item rows (-1
+        padding), as the towers' user input computes them (what serving passes as ``affinity``)."""
+        from feedrank.features.history import category_affinity
+
+        return category_affinity(histories, item_cat, max(self.n_categories, int(np.max(item_cat, initial=0)) + 1))
+
     def scores(self, user_vecs: np.ndarray, item_vecs: np.ndarray, published_at: np.ndarray, now: float,
-               clicks: np.ndarray | None = None, counters: ItemCounters | None = None) -> np.ndarray:
+               clicks: np.ndarray | None = None, counters: ItemCounters | None = None,
+               affinity: np.ndarray | None = None, categories: np.ndarray | None = None) -> np.ndarray:
         """(U, N) retrieval logits u.v/T + prior at ``now``; ``clicks`` (N,) click counts so far
         (or ``counters``, which also carries impressions and, for the feedback term, the
-        items' mean clicker vectors)."""
-        out = self.tower_weight * (user_vecs @ item_vecs.T / self.temperature) + \
+        items' mean clicker vectors); ``affinity`` (U, C) the users' category shares
+        (``user_affinity``) and ``categories`` (N,) the items' category codes: needed when
+        ``category_weight`` is set."""
+        out = self.tower_weights(published_at)[None, :] * (user_vecs @ item_vecs.T / self.temperature) + \
             self.bias(published_at, clicks, now, counters)[None, :]
         if self.feedback_weight and counters is not None and counters.feedback is not None:
             out = out + self.feedback_weight * (user_vecs @ counters.feedback.T)
+        if self.category_weight:
+            if affinity is None or categories is None:
+                raise ValueError("AgePrior.scores: the prior has a category term (category_weight "
+                                 f"{self.category_weight:g}) but no user affinity / item categories were passed")
+            aff = np.asarray(affinity, dtype=np.float64).reshape(len(out), -1)
+            out = out + self.category_weight * np.log(aff[:, np.asarray(categories, dtype=np.int64)])
         return out
 
 
@@ -138,69 +173,6 @@ def smoothed_ctr_ratio(clicks: np.ndarray, impressions: np.ndarray, ctr0: float,
     c = np.maximum(np.asarray(clicks, dtype=np.float64), 0.0)
     n = np.maximum(np.asarray(impressions, dtype=np.float64), c)  # clicks without a logged impression count as seen
     return np.log((c + strength * ctr0) / (n + strength) / ctr0)
-
-
-def fit_prior_weights(base: np.ndarray, feats: list[np.ndarray], live: np.ndarray, positives: np.ndarray,
-                      iters: int = 25, chunk: int = 512) -> tuple[np.ndarray, float, float]:
-    """Maximum-likelihood ``w >= 0`` (F,) of ``softmax_j(base_qj + sum_f w_f feats[f]_qj)`` over
-    ``live`` (Q, N) bool candidates, target ``positives`` (Q,) column per row.
-
-    base (Q, N) float32 tower logits; feats F arrays (Q, N) float32. Convex: projected,
-    damped Newton. Returns (w (F,), nll at w = 0, nll at w), per row."""
-    q, f = len(positives), len(feats)
-    rows = np.arange(q)
-    live = live.copy()
-    live[rows, positives] = True
-
-    def stats(w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        nll, grad, hess = 0.0, np.zeros(f), np.zeros((f, f))
-        for s in range(0, q, chunk):
-            sl = slice(s, s + chunk)
-            r = rows[sl] - s
-            z = base[sl].astype(np.float64)
-            for k in range(f):
-                z = z + w[k] * feats[k][sl]
-            z = np.where(live[sl], z, -np.inf)
-            m = z.max(axis=1, keepdims=True)
-            p = np.exp(z - m)
-            tot = p.sum(axis=1, keepdims=True)
-            p /= tot
-            x = [np.where(live[sl], feats[k][sl], 0.0) for k in range(f)]
-            ex = np.stack([(p * x[k]).sum(1) for k in range(f)], axis=1)          # (c, F)
-            nll += float((np.log(tot[:, 0]) + m[:, 0] - z[r, positives[sl]]).sum())
-            grad += (ex - np.stack([x[k][r, positives[sl]] for k in range(f)], axis=1)).sum(0)
-            for a in range(f):
-                for b in range(a, f):
-                    v = float(((p * x[a] * x[b]).sum(1) - ex[:, a] * ex[:, b]).sum())
-                    hess[a, b] = hess[b, a] = v
-        return nll / q, grad / q, hess / q
-
-    w = np.zeros(f)
-    nll0, g, h = stats(w)
-    nll = nll0
-    for _ in range(iters):
-        # active set: a weight at its bound whose gradient pushes it below stays there; Newton on the rest
-        free = ~((w <= 0.0) & (g > 0.0))
-        if not free.any():
-            break
-        step = np.zeros(f)
-        try:
-            step[free] = np.linalg.solve(h[np.ix_(free, free)] + 1e-12 * np.eye(int(free.sum())), g[free])
-        except np.linalg.LinAlgError:
-            break
-        for _ in range(30):
-            cand = np.maximum(w - step, 0.0)
-            nll_c, g_c, h_c = stats(cand)
-            if nll_c <= nll + 1e-12:
-                break
-            step /= 2
-        else:
-            break
-        done = float(np.abs(cand - w).max()) < 1e-6
-        w, nll, g, h = cand, nll_c, g_c, h_c
-        if done:
-            break
-    return w, float(nll0), float(nll)
 
 
 def _age_feature(ts: np.ndarray, published_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +188,8 @@ def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.n
                    max_items: int = 5000, rng: np.random.Generator | None = None,
                    click_counts: np.ndarray | None = None,
                    more_feats: list[np.ndarray] | None = None,
-                   live_until: float | None = None, fit_scale: bool = False) -> tuple[np.ndarray, float, float]:
+                   live_until: float | None = None, fit_scale: bool = False,
+                   new_from: float | None = None) -> tuple[np.ndarray, float, float]:
     """Fit the prior weights on clicks: user_vecs (Q, D) at click times ``ts`` (Q,), item_vecs
     (N, D), positives (Q,) clicked rows, published_at (N,) (NaN = unknown), optional
     ``click_counts`` (Q, N) point-in-time click counts (adds the popularity term) and
@@ -226,7 +199,9 @@ def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.n
     click's positive. ``live_until``: candidates are the items published by then instead
     (ages at ``ts`` clamped at 0; the boundary protocol's view). Returns (w: [w_age, (w_pop),
     *more], nll at 0, nll at w). ``fit_scale``: the tower logit gets a fitted weight too,
-    returned last (else it is fixed at 1)."""
+    returned last (else it is fixed at 1). ``new_from``: items published at or after it are
+    new to the towers and get the ``NewItemTerms`` weights of any sign (intercept, age,
+    (popularity), (tower logit, with ``fit_scale``)), returned before the tower weight."""
     more_feats = list(more_feats or [])
     if len(item_vecs) > max_items:
         rng = rng or np.random.default_rng(0)
@@ -248,9 +223,15 @@ def fit_age_weight(user_vecs: np.ndarray, item_vecs: np.ndarray, positives: np.n
     if click_counts is not None:
         feats.append(np.log1p(click_counts).astype(np.float32))
     feats.extend(np.asarray(f, dtype=np.float32) for f in more_feats)
+    lower = [0.0] * len(feats)
+    if new_from is not None:
+        new = (np.nan_to_num(published_at, nan=-np.inf) >= new_from).astype(np.float32)[None, :]
+        extra = [np.broadcast_to(new, base.shape), new * neg_age] + \
+            ([new * feats[1]] if click_counts is not None else []) + ([new * base] if fit_scale else [])
+        feats, lower = feats + extra, lower + [-np.inf] * len(extra)
     if fit_scale:
-        return fit_prior_weights(np.zeros_like(base), feats + [base], live, positives)
-    return fit_prior_weights(base, feats, live, positives)
+        return fit_prior_weights(np.zeros_like(base), feats + [base], live, positives, lower=np.array(lower + [0.0]))
+    return fit_prior_weights(base, feats, live, positives, lower=np.array(lower))
 
 
 def point_in_time_counts(click_items: np.ndarray, click_ts: np.ndarray, ts: np.ndarray, n_items: int) -> np.ndarray:
@@ -287,7 +268,8 @@ MIN_COLD_USER_CLICKS = 100  # fewer first clicks than this: no separate weights 
 def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
                   max_age_s: float | None, seed: int, n_clicks: int = 2000, popularity: bool = True,
                   max_items: int = 5000, data: PriorFitData | None = None, ctr: bool = True,
-                  cold_users: bool = False, fit_tower_weight: bool = False) -> AgePrior:
+                  cold_users: bool = False, fit_tower_weight: bool = False, new_items: bool = False,
+                  category: bool = False) -> AgePrior:
     """Fit the prior on a sample of training ``clicks`` (a ``ClickLog``; the newest half, or
     those after ``data.fit_from``), towers fixed: user vectors from each click's history
     before it, click (and, with ``data.impressions``, impression and creator) counts of every
@@ -302,8 +284,17 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
     ml-latest-small, docs/retrieval.md), a second set of weights (``AgePrior.cold_user``) is fitted on the
     clicks made with an empty history (each user's first clicks): a user the towers know
     nothing about gets a context-only vector, whose weight (``tower_weight``) is fitted too
-    (used by ``rescore_with_prior(..., has_history=False)``)."""
+    (used by ``rescore_with_prior(..., has_history=False)``).
+
+    ``new_items`` (needs ``data.model``, towers trained before ``data.fit_from``): the
+    ``NewItemTerms`` are fitted too, items published in the tail being new to those towers;
+    the prior serves them with ``new_from`` just after the newest of ``clicks`` (what the
+    served towers were trained on). ``category``: the category term ``w_cat * log(share of
+    the item's category in the user's history)`` (``AgePrior.user_affinity``) is fitted too."""
     data = data or PriorFitData()
+    if new_items and (data.model is None or data.fit_from is None):
+        raise ValueError("fit_age_prior(new_items=True) needs towers trained before the fitted tail "
+                         "(PriorFitData.model and fit_from): in sample, no fitted click is on an item new to the towers")
     rng = np.random.default_rng(seed)
     order = np.argsort(clicks.ts, kind="stable")
     newest = order[len(order) // 2 :] if data.fit_from is None else order[clicks.ts[order] >= data.fit_from]
@@ -316,7 +307,10 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
         raise ValueError(f"fit_age_prior: no training clicks to fit on (fit_from={data.fit_from})")
     pick = np.sort(rng.choice(newest, size=min(n_clicks, len(newest)), replace=False))
     prior = _fit_on_clicks(pick, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, rng,
-                           popularity, max_items, data, ctr, fit_scale=fit_tower_weight)
+                           popularity, max_items, data, ctr, fit_scale=fit_tower_weight, new_items=new_items,
+                           category=category)
+    if prior.new is not None:  # served: new = published after the newest click the served towers were trained on
+        prior = replace(prior, new=replace(prior.new, new_from=float(np.nextafter(clicks.ts.max(), np.inf))))
     if cold_users and len(clicks.items):
         cold = np.flatnonzero(first)  # no click of the user before it (before the freeze)
         if data.frozen:
@@ -331,9 +325,12 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
 
 def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
                    max_age_s: float | None, rng: np.random.Generator, popularity: bool, max_items: int,
-                   data: PriorFitData, ctr: bool, fit_scale: bool = False) -> AgePrior:
+                   data: PriorFitData, ctr: bool, fit_scale: bool = False, new_items: bool = False,
+                   category: bool = False) -> AgePrior:
     """The prior's weights fitted on the clicks ``pick`` (indices into the ``ClickLog``);
-    ``fit_scale``: the weight of the tower logit too (``tower_weight``)."""
+    ``fit_scale``: the weight of the tower logit too (``tower_weight``); ``new_items``: the
+    ``NewItemTerms`` for items published at or after ``data.fit_from``; ``category``: the
+    category term."""
     from feedrank.retrieval.encode import encode_users
 
     fit_model = model if data.model is None else data.model
@@ -369,42 +366,56 @@ def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float,
                 more.append(smoothed_ctr_ratio(mats["creator_clicks"], mats["creator_impressions"], ctr0,
                                                CREATOR_CTR_STRENGTH))
                 names.append("creator_weight")
+    n_cats = 0
+    if category:
+        n_cats = int(fit_model.dims.n_categories)
+        aff = AgePrior(0.0, temperature, 0.0, n_categories=n_cats).user_affinity(hist, catalog.cat_idx)
+        more.append(np.log(aff[:, catalog.cat_idx[keep]]).astype(np.float32))
+        names.append("category_weight")
     live_until = float(clicks.ts[pick].max()) if data.frozen else None
     fb_strength, fits = 0.0, []
     for strength in (FEEDBACK_STRENGTHS if data.feedback is not None else (0.0,)):
         feats = more if not strength else more + [feedback_feature(data.feedback, len(catalog), ts, uvec, keep, strength)]
         fits.append(fit_age_weight(uvec, fit_vecs[keep], remap[pos], ts, catalog.published_at[keep], temperature, max_age_s,
                                    max_items=len(keep), rng=rng, click_counts=counts, more_feats=feats,
-                                   live_until=live_until, fit_scale=fit_scale) + (strength,))
+                                   live_until=live_until, fit_scale=fit_scale,
+                                   new_from=data.fit_from if new_items else None) + (strength,))
     w, nll0, nll1, fb_strength = min(fits, key=lambda f: f[2])
     if fb_strength:
         names = names + ["feedback_weight"]
-    tower_weight = 1.0
+    tower_weight, new = 1.0, None
     if fit_scale:
         w, tower_weight = w[:-1], float(w[-1])
+    if new_items:
+        n_new = 2 + (counts is not None) + fit_scale
+        nw, w = [float(v) for v in w[len(w) - n_new:]], w[:len(w) - n_new]
+        new = NewItemTerms(float(data.fit_from), nw[0], nw[1], nw[2] if counts is not None else 0.0,
+                           nw[-1] if fit_scale else 0.0)
     ref = float(np.nanmax(catalog.published_at)) if np.isfinite(catalog.published_at).any() else 0.0
     extra = {n: float(v) for n, v in zip(names, w[len(w) - len(names):])}
     return AgePrior(float(w[0]), temperature, ref, float(w[1]) if counts is not None else 0.0, len(pick),
                     round(nll0, 5), round(nll1, 5), ctr0=ctr0, tower_weight=tower_weight,
-                    feedback_strength=fb_strength if extra.get("feedback_weight") else 0.0, **extra)
+                    feedback_strength=fb_strength if extra.get("feedback_weight") else 0.0, new=new,
+                    n_categories=n_cats, **extra)
 
 
 def rescore_with_prior(prior: AgePrior, user_vec: np.ndarray, cand: np.ndarray, cand_vecs: np.ndarray,
                        published_at: np.ndarray, now: float, k: int,
                        clicks: np.ndarray | None = None, counters: ItemCounters | None = None,
-                       has_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of candidates (M,) by ``u.v/T + prior`` at ``now``: cand_vecs (M, D),
-    published_at (M,), clicks (M,) counts so far, or ``counters`` (the candidates' live
-    counters incl. impressions and creator totals: the smoothed-CTR terms need them; without
-    them those terms are left out). ``has_history`` False (the user has no clicks): the
-    prior's ``cold_user`` weights, when fitted. Returns (items (k,), scores (k,) float32),
-    best first, ties by item index."""
+                       has_history: bool = True, affinity: np.ndarray | None = None,
+                       categories: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of candidates (M,) by ``u.v/T + prior`` at ``now`` (``AgePrior.scores``):
+    cand_vecs (M, D), published_at (M,), clicks (M,) counts so far, or ``counters`` (the
+    candidates' live counters incl. impressions and creator totals: the smoothed-CTR terms
+    need them; without them those terms are left out); ``affinity`` (C,) the user's category
+    shares and ``categories`` (M,) the candidates' category codes (the category term).
+    ``has_history`` False (the user has no clicks): the prior's ``cold_user`` weights, when
+    fitted. Returns (items (k,), scores (k,) float32), best first, ties by item index."""
     if not len(cand):
         return cand.astype(np.int64), np.zeros(0, dtype=np.float32)
     prior = prior.for_user(has_history)
-    s = prior.tower_weight * (cand_vecs @ user_vec / prior.temperature) + prior.bias(published_at, clicks, now, counters)
-    if prior.feedback_weight and counters is not None and counters.feedback is not None:
-        s = s + prior.feedback_weight * (counters.feedback @ user_vec)
+    s = prior.scores(user_vec[None, :], cand_vecs, published_at, now, clicks, counters,
+                     None if affinity is None else np.asarray(affinity)[None, :], categories)[0]
     k = min(k, len(cand))
     top = np.argpartition(-s, k - 1)[:k] if k < len(cand) else np.arange(len(cand))
     top = top[np.lexsort((cand[top], -s[top]))]

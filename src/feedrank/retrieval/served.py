@@ -15,7 +15,8 @@ stay the same, so a request does not gather the pool's vectors again).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -59,6 +60,9 @@ class RescorePool:
     rows: np.ndarray            # (M,) int64, sorted unique
     vectors: np.ndarray         # (M, D) float32
     published_at: np.ndarray    # (M,) float64
+    # per thread: (M + room, D) float32 whose first M rows are ``vectors``; a request writes the
+    # ANN's extra rows after them instead of concatenating a copy of the whole pool
+    _scratch: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
 
     @classmethod
     def build(cls, parts: tuple[np.ndarray, ...], item_vecs: np.ndarray, published_at: np.ndarray) -> RescorePool:
@@ -74,11 +78,13 @@ class RescorePool:
     def top(self, prior: AgePrior, user_vec: np.ndarray, ann_rows: np.ndarray, item_vecs: np.ndarray,
             published_at: np.ndarray, now: float, k: int, clicks: np.ndarray | None = None,
             counters: ItemCounters | None = None, past: np.ndarray | None = None,
-            has_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
+            has_history: bool = True, affinity: np.ndarray | None = None,
+            categories: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``rescore_with_prior`` over the union of ``ann_rows`` (-1 padding ignored) and the
         pool, minus ``past``: the best ``k`` (rows, scores), best first, ties by row.
         ``clicks`` (N,) / ``counters`` (N rows) are catalogue-wide; only the union's rows are
-        read. The union is the pool followed by the ANN rows not in it (a copy, not a gather
+        read; so are ``categories`` (N,) category codes (with ``affinity`` (C,), the user's
+        category shares: the prior's category term). The union is the pool followed by the ANN rows not in it (a copy, not a gather
         of the whole union): the same rows and scores as rescoring the sorted union afresh,
         up to float32 rounding of the dot products (BLAS may round a row differently at
         another position) and which of exactly tied scores at the k-th place is kept."""
@@ -91,7 +97,7 @@ class RescorePool:
         if len(ann):
             extra = sorted_unique(ann)
             cand = np.concatenate([pool, extra])
-            vecs = np.concatenate([self.vectors, item_vecs[extra]])
+            vecs = self._with_rows(item_vecs, extra)
             pub = np.concatenate([self.published_at, np.asarray(published_at, dtype=np.float64)[extra]])
         else:
             cand, vecs, pub = pool, self.vectors, self.published_at
@@ -100,14 +106,32 @@ class RescorePool:
             cand, vecs, pub = cand[keep], vecs[keep], pub[keep]
         return rescore_with_prior(prior, user_vec, cand, vecs, pub, now, k,
                                   clicks=None if clicks is None else np.asarray(clicks)[cand],
-                                  counters=None if counters is None else counters.take(cand), has_history=has_history)
+                                  counters=None if counters is None else counters.take(cand), has_history=has_history,
+                                  affinity=affinity, categories=None if categories is None else np.asarray(categories)[cand])
+
+
+    def _with_rows(self, item_vecs: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        """(M + len(extra), D): the pool's vectors then ``item_vecs[extra]``, in this thread's
+        scratch buffer (the pool's rows are copied in once per thread, not per request). The
+        view is valid until this thread's next call."""
+        m, n = len(self.rows), len(extra)
+        buf = getattr(self._scratch, "buf", None)
+        if buf is None or buf.shape[0] < m + n or buf.shape[1:] != self.vectors.shape[1:] or buf.dtype != item_vecs.dtype:
+            buf = np.empty((m + max(n, 1024), *self.vectors.shape[1:]), dtype=item_vecs.dtype)
+            buf[:m] = self.vectors
+            self._scratch.buf = buf
+        np.take(item_vecs, extra, axis=0, out=buf[m:m + n])
+        return buf[:m + n]
 
 
 def served_top(prior: AgePrior, user_vec: np.ndarray, ann_rows: np.ndarray, pool: np.ndarray, item_vecs: np.ndarray,
                published_at: np.ndarray, now: float, k: int, counters: ItemCounters, past: np.ndarray | None = None,
-               has_history: bool = True) -> np.ndarray:
+               has_history: bool = True, affinity: np.ndarray | None = None,
+               categories: np.ndarray | None = None) -> np.ndarray:
     """The best ``k`` rows of ANN rows (``ann_rows``, -1 padding ignored) and ``pool``, minus
-    ``past`` (rows the user already clicked), by ``u.v/T + prior`` at ``now``."""
+    ``past`` (rows the user already clicked), by ``u.v/T + prior`` at ``now`` (``affinity``
+    (C,) and ``categories`` (N,): the category term's inputs, as ``RescorePool.top``)."""
     got, _ = RescorePool.build((np.asarray(pool, dtype=np.int64),), item_vecs, published_at).top(
-        prior, user_vec, ann_rows, item_vecs, published_at, now, k, counters=counters, past=past, has_history=has_history)
+        prior, user_vec, ann_rows, item_vecs, published_at, now, k, counters=counters, past=past, has_history=has_history,
+        affinity=affinity, categories=categories)
     return got

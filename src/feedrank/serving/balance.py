@@ -274,6 +274,19 @@ class BalancedServer(uvicorn.Server):
     else (lifespan, protocol, main loop, graceful shutdown) is uvicorn's."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._startup(sockets)
+        if self.started:  # per-request hand-off between workers (serving/offload.py), when attached
+            from feedrank.serving.offload import start_worker_offload
+
+            await start_worker_offload()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        from feedrank.serving.offload import close_worker_offload
+
+        close_worker_offload()  # peers stop handing requests to this worker first
+        await super().shutdown(sockets=sockets)
+
+    async def _startup(self, sockets: list[socket.socket] | None) -> None:
         board = worker_board()
         if sockets is None or board is None:
             await super().startup(sockets=sockets)

@@ -23,6 +23,7 @@ CPU goes").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -37,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from feedrank.serving.logs import request_id_var
 from feedrank.serving.metrics import ServingMetrics
+from feedrank.serving.offload import Offload, worker_offload
 
 log = logging.getLogger("feedrank.serving")
 
@@ -68,7 +70,7 @@ class FeedFastPath:
 
     def __init__(self, app: ASGIApp, feed: FeedFn, metrics: ServingMetrics, max_k: int, default_k: int,
                  valid_request_id: Callable[[str], bool], inline: bool = True,
-                 foreground: Foreground | None = None) -> None:
+                 foreground: Foreground | None = None, offload: Offload | None = None) -> None:
         self.app = app
         self.foreground = foreground if foreground is not None else Foreground()
         self.feed = feed
@@ -79,7 +81,12 @@ class FeedFastPath:
         self._latency = metrics.request_latency.labels(endpoint=PATH)
         self._ok = metrics.responses.labels(endpoint=PATH, status="200")
         self._responses = metrics.responses  # the 500 series appears only when one happens
+        self._offload = metrics.offload
         self.served = 0  # requests answered here (tests read it)
+        # per-request hand-off to an idle worker (serving/offload.py): inline workers only
+        self.offload = (offload if offload is not None else worker_offload()) if inline else None
+        if self.offload is not None:
+            self.offload.compute = self._compute_handed_over
 
     def parse(self, scope: Scope) -> tuple[str, int, bool, float | None, str | None] | None:
         """(user_id, k, explain, x_deadline_ms, request id or None) of a request the fast path
@@ -131,21 +138,14 @@ class FeedFastPath:
         token = request_id_var.set(rid)
         counter = None
         try:
-            try:
-                if self.inline:
-                    self.foreground.active += 1
-                    try:
-                        body = self.feed(user_id, k, explain, deadline, rid)
-                    finally:
-                        self.foreground.active -= 1
-                else:
-                    body = await run_in_threadpool(self.feed, user_id, k, explain, deadline, rid)
-                status, counter = 200, self._ok
-            except Exception as exc:  # same contract as the route: a logged 500 with the request id
-                log.exception("unhandled error: %s", type(exc).__name__,
-                              extra={"request_id": rid, "path": PATH, "method": "GET"})
-                body = orjson.dumps({"detail": "internal server error", "error": type(exc).__name__, "request_id": rid})
-                status = 500
+            if self.offload is not None:
+                status, body = await self._offload_or_compute(self.offload, (user_id, k, explain, deadline, rid))
+            elif self.inline:
+                status, body = self._compute(user_id, k, explain, deadline, rid)
+            else:
+                status, body = await run_in_threadpool(self._compute, user_id, k, explain, deadline, rid)
+            if status == 200:
+                counter = self._ok
             await send({"type": "http.response.start", "status": status,
                         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                     (b"x-request-id", rid.encode("latin-1"))]})
@@ -155,3 +155,51 @@ class FeedFastPath:
             self._latency.observe(time.perf_counter() - t0)
             (counter or self._responses.labels(endpoint=PATH, status="500")).inc()
             request_id_var.reset(token)
+
+    def _compute(self, user_id: str, k: int, explain: bool, deadline: float | None, rid: str) -> tuple[int, bytes]:
+        """(status, body) of one feed computed in this process (also for requests handed
+        over by another worker)."""
+        try:
+            if self.inline:
+                self.foreground.active += 1
+                try:
+                    return 200, self.feed(user_id, k, explain, deadline, rid)
+                finally:
+                    self.foreground.active -= 1
+            return 200, self.feed(user_id, k, explain, deadline, rid)
+        except Exception as exc:  # same contract as the route: a logged 500 with the request id
+            log.exception("unhandled error: %s", type(exc).__name__,
+                          extra={"request_id": rid, "path": PATH, "method": "GET"})
+            return 500, orjson.dumps({"detail": "internal server error", "error": type(exc).__name__, "request_id": rid})
+
+    def _compute_handed_over(self, user_id: str, k: int, explain: bool, deadline: float | None, rid: str) -> tuple[int, bytes]:
+        """``_compute`` for a request another worker handed over, with its request id in the logs."""
+        token = request_id_var.set(rid)
+        try:
+            return self._compute(user_id, k, explain, deadline, rid)
+        finally:
+            request_id_var.reset(token)
+            self._offload.labels(result="received").inc()
+
+    async def _offload_or_compute(self, off: Offload, args: tuple) -> tuple[int, bytes]:
+        """Count the request in, let the requests read with it count in too (one loop turn),
+        then hand it to an idle worker if another request waits behind it here, else
+        compute it (serving/offload.py)."""
+        off.arrive()
+        held = True
+        try:
+            await asyncio.sleep(0)
+            peer = off.should_send()
+            if peer is not None:
+                off.depart()
+                held = False
+                got = await off.send(peer, args)
+                self._offload.labels(result="failed" if got is None else "sent").inc()
+                if got is not None:
+                    return got
+                off.arrive()  # the peer could not answer: computed here after all
+                held = True
+            return self._compute(*args)
+        finally:
+            if held:
+                off.depart()

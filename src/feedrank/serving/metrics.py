@@ -11,6 +11,7 @@ Names:
     feedrank_impressions_total{result}             counter, written|duplicate|dropped|failed
     feedrank_impression_queue_depth                gauge, impressions waiting to be written
     feedrank_model_version_info{version}           the model answering now (1)
+    feedrank_offload_total{result}                 feed requests handed between workers: sent|received|failed
 
 Multiprocess mode (``feedrank serve --workers N``; serving/workers.py): the supervisor
 points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before the workers start, so every
@@ -183,6 +184,9 @@ class ServingMetrics:
                                   buckets=LOOP_LAG_BUCKETS, registry=r)
         for result in ("accepted", "duplicate", "rejected"):
             self.events.labels(result=result)
+        # feed requests handed between workers (serving/offload.py): sent to an idle worker,
+        # received from a busy one, or failed (computed by the sender after all)
+        self.offload = Counter("feedrank_offload", "Feed requests handed between worker processes", ["result"], registry=r)
         self._mirror: _Mirror | None = None
         self._version_of: Callable[[], str] | None = None
         self._stop = threading.Event()

@@ -125,6 +125,10 @@ def create_worker_app():
         from feedrank.serving.balance import attach_board
 
         attach_board(spec["claims_dir"], int(spec["workers"]), slot)  # serving/balance.py: least-connections accept
+    if cfg.serving.offload and int(spec["workers"]) > 1:
+        from feedrank.serving.offload import attach_offload
+
+        attach_offload(spec["claims_dir"], int(spec["workers"]), slot)  # serving/offload.py: per-request hand-off
     log.info("worker %s (pid %d) serving model %s; event log partition %s", slot, os.getpid(), version, part)
     # Nothing to close after the server stops: every append is fsync'd when it returns, the
     # app's shutdown flushes the impression writer, and the kernel drops the flocks.

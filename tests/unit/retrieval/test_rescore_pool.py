@@ -85,3 +85,35 @@ def test_empty_pool_empty_ann_and_same():
     assert not pool.same((np.array([3, 5, 9]),)) and not pool.same((rows, rows)) and not pool.same((rows[:2],))
     rows[0] = 7  # the pool keeps its own copy of what it was made from
     assert pool.same((np.array([5, 3, 9]),))
+
+
+def test_scratch_reuse_across_sizes_and_threads_gives_fresh_results():
+    """The per-thread scratch buffer (pool rows + this request's ANN rows) is reused and
+    regrown across calls of changing ANN sizes, and two threads never see each other's rows."""
+    import threading
+
+    rng, vecs, pub, clicks = _world(11)
+    prior = AgePrior(weight=0.2, temperature=0.07, ref_ts=0.0, pop_weight=0.1)
+    newest = np.argsort(-np.nan_to_num(pub, nan=-1.0))[:300]
+    pool = RescorePool.build((newest,), vecs, pub)
+    sizes = [40, 1500, 7, 2500, 600, 2]
+    cases = [(vecs[rng.integers(N)], rng.choice(N, n, replace=False)) for n in sizes * 3]
+    wants = [_reference(prior, u, ann, (newest,), vecs, pub, 5 * 86400.0, 50, clicks=clicks) for u, ann in cases]
+    errors: list[BaseException] = []
+
+    def run(order):
+        try:
+            for i in order:
+                u, ann = cases[i]
+                got, s = pool.top(prior, u, ann, vecs, pub, 5 * 86400.0, 50, clicks=clicks)
+                np.testing.assert_array_equal(got, wants[i][0])
+                np.testing.assert_allclose(s, wants[i][1], rtol=1e-6, atol=1e-6)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(list(range(len(cases)))[::step],)) for step in (1, -1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors

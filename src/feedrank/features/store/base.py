@@ -28,6 +28,7 @@ from feedrank.features.store.protocol import (
     batch_from_records,
     bucket_of,
     check_features,
+    check_table,
     is_cold,
     live_buckets,
     read_snapshot,
@@ -77,6 +78,16 @@ class StoreBase:
         checked = {str(k): check_features(v) for k, v in rows.items()}  # validate all before writing any
         if checked:
             self._put_records("items", checked, float(ts))
+
+    def put_item_table(self, item_ids: Sequence[str], names: Sequence[str], values: np.ndarray, ts: float,
+                       extra: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        """``put_items`` of a table: row ``i`` of ``values`` (N, F) holds ``names`` of
+        ``item_ids[i]``; ``extra``: more records in the same write. This default builds the
+        records and calls ``put_items`` (one round trip); a backend may write it columnar."""
+        table = check_table(item_ids, names, values)
+        rows: dict[str, Mapping[str, float]] = {str(i): dict(zip(names, r)) for i, r in zip(item_ids, table.tolist())}
+        rows.update(extra or {})
+        self.put_items(rows, ts)
 
     def get_items(self, item_ids: Sequence[str], names: Sequence[str], now: float) -> FeatureBatch:
         return batch_from_records(self._item_records([str(i) for i in item_ids], names), names, now, self.ttl_s)

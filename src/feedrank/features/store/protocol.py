@@ -3,6 +3,7 @@
     store = open_store("memory://")          # or sqlite:///var/f.db, redis://127.0.0.1:6379/0
     store.put_user("u1", {"n_clicks": 3.0}, ts=now)
     store.put_items({"n1": {"ctr": 0.1}, "n2": {"ctr": 0.2}}, ts=now)
+    store.put_item_table(["n1", "n2"], ["ctr"], np.array([[0.1], [0.2]]), ts=now)   # the same, columnar
     batch = store.get_items(["n1", "n2", "n9"], ["ctr"], now=now)
     batch.values            # (3, 1) float64, NaN where missing
     batch.found             # (3,) bool
@@ -81,6 +82,12 @@ class OnlineStore(Protocol):
         """Merge ``{item_id: {name: value}}`` into the item records (one round trip)."""
         ...
 
+    def put_item_table(self, item_ids: Sequence[str], names: Sequence[str], values: np.ndarray, ts: float,
+                       extra: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        """``put_items`` of an (N, F) table of ``names`` for N ``item_ids`` (plus ``extra``
+        records), without a dict per item where the backend can (``StoreBase`` builds them)."""
+        ...
+
     def get_items(self, item_ids: Sequence[str], names: Sequence[str], now: float) -> FeatureBatch:
         """Batched read of ``names`` for ``item_ids`` (one round trip)."""
         ...
@@ -127,6 +134,22 @@ def check_features(features: Mapping[str, float]) -> Record:
             raise TypeError(f"feature {k!r}: expected a number, got {type(v).__name__}")
         out[k] = float(v)
     return out
+
+
+def check_table(item_ids: Sequence[str], names: Sequence[str], values: Any) -> np.ndarray:
+    """``values`` as an (N, F) float64 array for N ``item_ids`` and F ``names`` (str);
+    raises TypeError / ValueError naming what does not fit."""
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"feature names must be str, got {type(bad[0]).__name__}")
+    try:
+        table = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"feature table: expected numbers ({exc})") from None
+    if table.shape != (len(item_ids), len(names)):
+        raise ValueError(f"feature table has shape {table.shape}, expected ({len(item_ids)}, {len(names)}): "
+                         "one row per item id, one column per name")
+    return table
 
 
 def bucket_of(ts: float, window_s: int) -> int:

@@ -1,0 +1,179 @@
+"""Merging worker partitions a slice at a time, as columns (``PartitionedLog.read_batches``).
+
+    for batch in merge_batches([(name, log.read_batches(start, 1024), start), ...], 1024, None, errors):
+        batch.events          # EventColumns, in time order across the partitions
+        batch.ends            # {partition: LogOffset}: where each partition resumes after it
+
+``read_parts`` merges records one at a time (``heapq.merge`` by event time). Here each
+partition is read ahead by up to one slice (``batch_size`` records) into a buffer, and a
+step takes, from every buffer, the records up to a watermark ``T``: the smallest "newest
+time read so far" (running maximum of ``ts``) among the partitions that still have
+unread records. No record after ``T`` of any partition is taken before every other
+partition has been read past ``T``: the same global order a k-way merge gives, up to
+ties, for partitions whose records are in time order (a serving worker's are, nearly),
+and a partition never runs ahead of the others by more than a slice. The records taken
+are sorted by that running maximum (stable: a partition's records keep their log order,
+ties go to the earlier partition, as in ``heapq.merge``), so what a batch takes from a
+partition is always a prefix of it, and ``ends`` is exact.
+
+A partition whose read fails (``CorruptFile``, or a record that is not a stored event)
+stops at the failing record: the records before it are merged as usual, the error goes
+to ``errors`` (``PartitionCorrupt`` for a corrupt record) and the caller raises it after
+the healthy partitions are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from feedrank.data.logformat import LogBatch, LogOffset
+from feedrank.errors import CorruptFile, SchemaError
+from feedrank.types import EventColumns
+
+
+class PartitionCorrupt(CorruptFile):
+    """A record of one partition cannot be read; the other partitions were read."""
+
+    def __init__(self, partition: str, offset: LogOffset, detail: str) -> None:
+        self.partition, self.offset, self.detail = partition, offset, detail
+        name = partition or "(root)"
+        super().__init__(f"event log partition {name!r}: cannot read the record at offset (segment {offset.segment}, "
+                         f"line {offset.line}); that partition stops there, the others were read: {detail}")
+
+
+@dataclass(frozen=True)
+class PartBatch:
+    """Records of several partitions as columns: ``ends`` names every partition with
+    records in the batch and the offset it resumes at (the batch holds a prefix of each)."""
+
+    events: EventColumns
+    ends: dict[str, LogOffset]
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+def take_columns(cols: EventColumns, order: np.ndarray) -> EventColumns:
+    """The records of ``cols`` at positions ``order``."""
+    idx = order.tolist()
+    return EventColumns(list(map(cols.event_id.__getitem__, idx)), cols.ts[order], list(map(cols.user_id.__getitem__, idx)),
+                        list(map(cols.item_id.__getitem__, idx)), cols.kind[order])
+
+
+def _head(cols: EventColumns, k: int) -> EventColumns:
+    return EventColumns(cols.event_id[:k], cols.ts[:k], cols.user_id[:k], cols.item_id[:k], cols.kind[:k])
+
+
+def _tail(cols: EventColumns, k: int) -> EventColumns:
+    return EventColumns(cols.event_id[k:], cols.ts[k:], cols.user_id[k:], cols.item_id[k:], cols.kind[k:])
+
+
+class _Buffer:
+    """One partition's records read ahead and not yet taken."""
+
+    def __init__(self, name: str, batches: Iterator[LogBatch], start: LogOffset, errors: list[Exception]) -> None:
+        self.name, self.batches, self.errors = name, batches, errors
+        self.read_to = start            # offset after the last record read (where an error is)
+        self.done = False               # nothing more to read (end of the log, or an error)
+        self.cols: EventColumns | None = None
+        self.seg = self.line = self.top = np.zeros(0)
+        self.n = 0
+
+    def fill(self, want: int) -> None:
+        """Read until ``want`` records are buffered or the partition is done."""
+        got: list[LogBatch] = []
+        while self.n + sum(len(b) for b in got) < want and not self.done:
+            try:
+                b = next(self.batches)
+            except StopIteration:
+                self.done = True
+            except CorruptFile as exc:
+                self.done = True
+                self.errors.append(exc if isinstance(exc, PartitionCorrupt) else PartitionCorrupt(self.name, self.read_to, str(exc)))
+            except SchemaError as exc:
+                self.done = True
+                self.errors.append(PartitionCorrupt(self.name, self.read_to, str(exc)))
+            else:
+                if len(b):
+                    got.append(b)
+                    self.read_to = b.end()
+        if not got:
+            return
+        cols = [self.cols] if self.cols is not None and self.n else []
+        self.cols = EventColumns.concat(cols + [b.events for b in got])
+        self.seg = np.concatenate(([self.seg] if self.n else []) + [b.segment for b in got])
+        self.line = np.concatenate(([self.line] if self.n else []) + [b.line for b in got])
+        self.top = np.maximum.accumulate(self.cols.ts)  # running max: non-decreasing, the merge key
+        self.n = len(self.cols)
+
+    def take(self, k: int) -> tuple[EventColumns, np.ndarray, LogOffset]:
+        """The first ``k`` buffered records, their merge keys, and where the partition resumes."""
+        assert self.cols is not None and 0 < k <= self.n
+        head, keys = _head(self.cols, k), self.top[:k]
+        end = LogOffset(int(self.seg[k - 1]), int(self.line[k - 1]) + 1)
+        self.cols, self.seg, self.line, self.top = _tail(self.cols, k), self.seg[k:], self.line[k:], self.top[k:]
+        self.n -= k
+        return head, keys, end
+
+    def close(self) -> None:
+        close = getattr(self.batches, "close", None)
+        if close is not None:
+            close()
+
+
+def merge_batches(streams: list[tuple[str, Iterator[LogBatch], LogOffset]], batch_size: int, limit: int | None,
+                  errors: list[Exception]) -> Iterator[PartBatch]:
+    """``PartBatch``es of ``batch_size`` records (the last may be shorter; at most
+    ``limit`` in all) merged from each partition's ``LogBatch`` stream (module docstring);
+    read errors go to ``errors``."""
+    bufs = [_Buffer(name, it, start, errors) for name, it, start in streams]
+    left = -1 if limit is None else int(limit)
+    try:
+        pieces: list[EventColumns] = []
+        ends: dict[str, LogOffset] = {}
+        have = 0
+        while left != 0:
+            for b in bufs:
+                b.fill(batch_size)
+            live = [b for b in bufs if b.n]
+            if not live:
+                break
+            bounds = [b.top[-1] for b in live if not b.done]
+            cut = min(bounds) if bounds else np.inf
+            room = batch_size - have if left < 0 else min(batch_size - have, left)
+            ks = [int(np.searchsorted(b.top, cut, side="right")) for b in live]
+            if len(live) == 1:
+                ks = [min(ks[0], room)]
+                col, _keys, end = live[0].take(ks[0])
+                piece = col
+                ends[live[0].name] = end
+            else:
+                if sum(ks) > room:  # the first ``room`` in merge order: still a prefix of each partition
+                    keys = np.concatenate([b.top[:k] for b, k in zip(live, ks)])
+                    src = np.repeat(np.arange(len(live)), ks)
+                    first = np.argsort(keys, kind="stable")[:room]
+                    ks = np.bincount(src[first], minlength=len(live)).tolist()
+                taken = [(b, b.take(k)) for b, k in zip(live, ks) if k]
+                for b, (_c, _k, end) in taken:
+                    ends[b.name] = end
+                if len(taken) == 1:
+                    piece = taken[0][1][0]
+                else:
+                    merged = EventColumns.concat([t[0] for _b, t in taken])
+                    order = np.argsort(np.concatenate([t[1] for _b, t in taken]), kind="stable")
+                    piece = take_columns(merged, order)
+            pieces.append(piece)
+            have += len(piece)
+            if left > 0:
+                left -= len(piece)
+            if have >= batch_size or left == 0:
+                yield PartBatch(EventColumns.concat(pieces), ends)
+                pieces, ends, have = [], {}, 0
+        if have:
+            yield PartBatch(EventColumns.concat(pieces), ends)
+    finally:
+        for b in bufs:
+            b.close()

@@ -1,0 +1,297 @@
+"""Per-request hand-off between the worker processes of ``feedrank serve --workers N``
+(``serving.offload``): a feed request that would wait behind another one in a busy worker
+is computed by an idle worker instead.
+
+Why: a client's keep-alive connection stays on the worker that accepted it, and a worker
+runs one feed pipeline at a time (inline on its event loop). Two workers are then two
+separate queues: a burst on one connection set waits behind the busy worker while the
+other idles. At the same CPU per request, two separate M/G/1 queues have about 1.5x the
+p99 of one shared queue over both workers (benchmarks/README.md, "Per-request hand-off").
+
+How:
+
+* Every worker publishes on a small shared board (a file in the run's claims folder,
+  mmapped; one 16-byte slot per worker: the number of feed requests it holds, waiting or
+  running, and a heartbeat) and listens on a Unix socket ``offload-w<slot>.sock`` there.
+* A feed request that reaches the fast path (serving/fastfeed.py) counts itself in, then
+  yields to the event loop once, so that the requests read in the same loop iteration
+  count themselves too. When its turn comes and at least one more request waits behind it
+  in this worker while another live worker holds none, it is sent to that worker over the
+  socket (user id, k, explain, deadline, request id) and the loop moves on to the next
+  one. The peer computes it with the same ``feed`` function as its own requests (its model,
+  its impression log and metrics) and returns the JSON body; this worker writes it to
+  the client.
+* A request handed over is never handed on. A peer that is dead, silent for
+  ``STALE_S``, refuses the connection, or breaks it, costs one failed attempt: the
+  request is computed here (no error reaches the client). A reply slower than
+  ``timeout_s`` is abandoned and the request computed here too; if the peer still
+  finishes it, its impressions are logged twice with the same event ids, and readers
+  drop repeats by ``event_id`` (data/partitions.py).
+
+Frames on the socket (both directions): a 4-byte little-endian length, then the payload.
+Request payload: JSON ``[user_id, k, explain, deadline_ms | null, request_id]``. Reply:
+a 2-byte status (200 or 500) then the body bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("feedrank.serving")
+
+BOARD_FILE = "offload.board"
+_SLOT = struct.Struct("<qq")  # requests held (waiting or running), heartbeat (CLOCK_MONOTONIC ns; 0 = not serving)
+_LEN = struct.Struct("<I")
+_STATUS = struct.Struct("<H")
+STALE_S = 1.0  # a worker whose heartbeat is older is not sent requests
+TICK_S = 0.05  # heartbeat period
+TIMEOUT_S = 2.0  # a reply slower than this is abandoned: the request is computed locally
+MAX_FRAME = 1 << 24  # 16 MiB: a feed body is a few KiB
+RETRY_AFTER_S = 1.0  # after a failed connect or exchange, a peer is left alone this long
+
+Args = tuple[str, int, bool, "float | None", str]
+Compute = Callable[[str, int, bool, "float | None", str], tuple[int, bytes]]
+
+
+def socket_path(claims_dir: str | Path, slot: int) -> Path:
+    return Path(claims_dir) / f"offload-w{slot}.sock"
+
+
+class OffloadBoard:
+    """Held-request counts of the N workers in one shared, mmapped file; this process
+    writes only its own slot (8-byte aligned words: a reader never sees a torn value)."""
+
+    def __init__(self, path: str | Path, workers: int, slot: int) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if not 0 <= slot < workers:
+            raise ValueError(f"slot must be in 0..{workers - 1}, got {slot}")
+        self.path, self.workers, self.slot = Path(path), int(workers), int(slot)
+        size = _SLOT.size * self.workers
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._others = [s for s in range(self.workers) if s != self.slot]
+
+    def publish(self, held: int, *, serving: bool = True) -> None:
+        _SLOT.pack_into(self._map, self.slot * _SLOT.size, int(held), time.monotonic_ns() if serving else 0)
+
+    def read(self, slot: int) -> tuple[int, float | None]:
+        """(requests held, seconds since its heartbeat or None when that worker is not serving)."""
+        held, beat = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+        return held, (None if beat == 0 else (time.monotonic_ns() - beat) / 1e9)
+
+    def idle_peer(self, skip: Callable[[int], bool] = lambda _s: False, stale_s: float = STALE_S) -> int | None:
+        """A live other worker that holds no request (the first such slot after this one,
+        so that N workers spread their hand-offs), or None."""
+        now = time.monotonic_ns()
+        limit = int(stale_s * 1e9)
+        n = self.workers
+        for step in range(1, n):
+            s = (self.slot + step) % n
+            held, beat = _SLOT.unpack_from(self._map, s * _SLOT.size)
+            if beat and now - beat <= limit and held == 0 and not skip(s):
+                return s
+        return None
+
+
+class Offload:
+    """One worker's side of the hand-off: the board, its own socket server and its
+    connections to the peers. Created in the worker before the server starts
+    (``attach_offload``); ``start`` runs on the worker's event loop. The fast path calls
+    ``arrive`` / ``depart`` around each feed request, ``should_send`` when its turn comes,
+    and ``send`` to hand it over."""
+
+    def __init__(self, claims_dir: str | Path, workers: int, slot: int, timeout_s: float = TIMEOUT_S) -> None:
+        self.claims_dir, self.workers, self.slot = Path(claims_dir), int(workers), int(slot)
+        self.board = OffloadBoard(self.claims_dir / BOARD_FILE, workers, slot)
+        self.timeout_s = float(timeout_s)
+        self.held = 0            # feed requests in this process: waiting or running here
+        self.compute: Compute | None = None  # the fast path's pipeline call (registered by it)
+        self.sent = self.received = self.failed = 0
+        self._idle: dict[int, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._avoid_until: dict[int, float] = {}
+        self._in_flight: dict[int, int] = {}  # requests sent to a peer and not answered yet
+        self._server: asyncio.AbstractServer | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Listen on this worker's socket and start the heartbeat (on the worker's loop)."""
+        self._loop = asyncio.get_running_loop()
+        path = socket_path(self.claims_dir, self.slot)
+        try:
+            path.unlink()  # a socket file left by a dead worker of this slot
+        except FileNotFoundError:
+            pass
+        self._server = await asyncio.start_unix_server(self._serve, path=str(path))
+        self._tick()
+        log.info("worker %d: request hand-off on %s", self.slot, path)
+
+    def _tick(self) -> None:
+        if self.closed or self._loop is None:
+            return
+        self.board.publish(self.held)
+        self._timer = self._loop.call_later(TICK_S, self._tick)
+
+    def close(self) -> None:
+        """Leave the board and stop listening (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.board.publish(0, serving=False)
+        if self._server is not None:
+            self._server.close()
+        for conns in self._idle.values():
+            for _r, w in conns:
+                w.close()
+        self._idle.clear()
+
+    # ------------------------------------------------------------------ counting
+    def arrive(self) -> None:
+        self.held += 1
+        self.board.publish(self.held)
+
+    def depart(self) -> None:
+        self.held -= 1
+        self.board.publish(self.held)
+
+    def should_send(self) -> int | None:
+        """The peer to hand the request at the head of this worker's queue to: only when
+        another request waits behind it here and a live peer holds none (and has none of
+        ours on the way: its count rises only once it has read the request)."""
+        if self.held < 2 or self.closed or self._loop is None or self.compute is None:
+            return None
+        now = self._loop.time()
+        return self.board.idle_peer(skip=lambda s: self._in_flight.get(s, 0) > 0 or self._avoid_until.get(s, 0.0) > now)
+
+    # ------------------------------------------------------------------ client side
+    async def send(self, peer: int, args: Args) -> tuple[int, bytes] | None:
+        """Have ``peer`` compute the feed for ``args``: (status, body), or None when the
+        peer could not answer in time (the caller computes it)."""
+        conn = None
+        self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
+        try:
+            conn = await asyncio.wait_for(self._connection(peer), self.timeout_s)
+            reader, writer = conn
+            payload = orjson.dumps(list(args))
+            writer.write(_LEN.pack(len(payload)) + payload)
+            reply = await asyncio.wait_for(_read_frame(reader), self.timeout_s)
+            if len(reply) < _STATUS.size:
+                raise ConnectionError(f"short reply ({len(reply)} bytes)")
+            status = _STATUS.unpack_from(reply)[0]
+            self._idle.setdefault(peer, []).append(conn)
+            self.sent += 1
+            return status, reply[_STATUS.size:]
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            if conn is not None:
+                conn[1].close()
+            self.failed += 1
+            if self._loop is not None:
+                self._avoid_until[peer] = self._loop.time() + RETRY_AFTER_S
+            log.warning("request hand-off to worker %d failed (%s: %s); computing it here", peer, type(exc).__name__, exc)
+            return None
+        except BaseException:  # cancelled mid-exchange: the connection's next reply is not ours
+            if conn is not None:
+                conn[1].close()
+            raise
+        finally:
+            self._in_flight[peer] -= 1
+
+    async def _connection(self, peer: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        idle = self._idle.get(peer)
+        while idle:
+            reader, writer = idle.pop()
+            if not writer.is_closing() and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return await asyncio.open_unix_connection(str(socket_path(self.claims_dir, peer)))
+
+    # ------------------------------------------------------------------ server side
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    payload = await _read_frame(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return  # the peer closed the connection
+                try:
+                    user_id, k, explain, deadline, rid = orjson.loads(payload)
+                    args: Args = (str(user_id), int(k), bool(explain), None if deadline is None else float(deadline), str(rid))
+                except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+                    log.error("request hand-off: malformed frame from a peer (%s); closing the connection", exc)
+                    return
+                compute = self.compute
+                if compute is None:
+                    return
+                self.arrive()
+                try:
+                    status, body = compute(*args)
+                finally:
+                    self.depart()
+                self.received += 1
+                reply = _STATUS.pack(status) + body
+                writer.write(_LEN.pack(len(reply)) + reply)
+                await writer.drain()
+        except Exception:  # never let one peer connection take the worker down
+            log.exception("request hand-off: serving a peer failed")
+        finally:
+            writer.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {"slot": self.slot, "held": self.held, "sent": self.sent, "received": self.received, "failed": self.failed}
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readexactly(_LEN.size)
+    (n,) = _LEN.unpack(head)
+    if n > MAX_FRAME:
+        raise ValueError(f"frame of {n} bytes (limit {MAX_FRAME})")
+    return await reader.readexactly(n)
+
+
+# --- the worker side: set by serving/workers.py once the worker knows its slot ----------
+
+_offload: Offload | None = None
+
+
+def attach_offload(claims_dir: str | Path, workers: int, slot: int) -> Offload:
+    """Join the run's hand-off board as ``slot`` (called in the worker before its server starts)."""
+    global _offload
+    _offload = Offload(claims_dir, workers, slot)
+    return _offload
+
+
+def worker_offload() -> Offload | None:
+    return _offload
+
+
+async def start_worker_offload() -> None:
+    """Start this worker's hand-off (listener + heartbeat) if one is attached (serving/balance.py
+    calls it after the app's startup, on the worker's loop)."""
+    if _offload is not None and not _offload.closed and _offload._server is None:
+        await _offload.start()
+
+
+def close_worker_offload() -> None:
+    if _offload is not None:
+        _offload.close()
+
