@@ -97,6 +97,23 @@ def test_items_from_another_worker_are_retrievable_and_survive_a_hot_swap(two_mo
             rows, at = len(third.catalog.item_ids), third.catalog.index["from-w1"]
             manager._replay_items(third)
             assert len(third.catalog.item_ids) == rows and third.catalog.index["from-w1"] == at
+
+            # an update that only sets the expiry reaches a later version as well
+            other.append([dict(twin, title=src.title + " (updated)", expires_at=now + 30)])
+            sync.poll()
+            assert third.catalog.index["from-w1"] not in third._live_items(now + 60).tolist()
+            reg.publish(m2, promote=True)
+            assert manager.check_now().result == "swapped"
+            fourth = manager.active
+            row = fourth.catalog.index["from-w1"]
+            assert row in fourth._live_items(now).tolist() and row not in fourth._live_items(now + 60).tolist()
+            rows = len(fourth.catalog.item_ids)
+            manager._replay_items(fourth)
+            assert len(fourth.catalog.item_ids) == rows
+            fourth.add_items([dict(twin, title=src.title + " (updated)")])  # as a bundle made before the expiry has it
+            assert fourth.catalog.index["from-w1"] in fourth._live_items(now + 60).tolist()
+            manager._replay_items(fourth)  # same fields, another expiry: re-added
+            assert fourth.catalog.index["from-w1"] not in fourth._live_items(now + 60).tolist()
     finally:
         manager.stop()
         event_log.close()

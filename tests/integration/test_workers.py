@@ -90,5 +90,8 @@ def test_two_workers_metrics_sum_and_readers_see_both_partitions(two_workers):
         assert _sample_sum(t, "feedrank_stage_latency_seconds_count", stage="total") == sent
         assert _sample_sum(t, "feedrank_model_version_info", version=version) == 1.0
         assert _sample_sum(t, "feedrank_http_responses_total", endpoint="/v1/events", status="202") == 3
+        # feeds handed between the workers (serving/offload.py): each one answered by the peer
+        assert _sample_sum(t, "feedrank_offload_total", result="sent") == _sample_sum(t, "feedrank_offload_total", result="received")
+        assert _sample_sum(t, "feedrank_offload_total", result="failed") == 0
     live = httpx.get(f"{url}/dashboard/api/live").json()
     assert live["feeds_total"] == sent and live["events_total"] == 7 and live["counter_lag"] == 0

@@ -61,7 +61,8 @@ def _top_lists(scores: np.ndarray, allowed_mask: np.ndarray, past: list[set[int]
 def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, max_users: int = 3000,
                 show_progress: bool = True, say: Callable[[str], None] = print, replay_requests: int = 3000,
                 served_prior: str = "two_tower_prior", prior_fit: str = "train",
-                cold_user_weights: bool = False, feedback_fit: str = "holdout-tail") -> dict[str, Any]:
+                cold_user_weights: bool = False, feedback_fit: str = "holdout-tail", category_term: bool = True,
+                new_item_terms: bool = False) -> dict[str, Any]:
     """Train the two-tower on the train side of ``data_dir`` and measure it against
     popularity, ALS (``implicit``) and, for synthetic worlds, the oracle: at the split
     boundary (``boundary``) and, with ``replay_requests`` > 0, replaying that many test
@@ -78,7 +79,9 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     frozen at the start of that tail, as the boundary protocol scores the test side).
     ``feedback_fit``: the feedback prior's weights are fitted on that held-out tail with the
     towers trained without it (``holdout-tail``) or like the others (``same``). Every prior
-    is applied to the served towers' logits."""
+    but the age-only one has the category term with ``category_term`` (what ``feedrank
+    train`` fits) and, with ``new_item_terms``, the ``NewItemTerms`` (needs the held-out
+    towers). Every prior is applied to the served towers' logits."""
     if feedback_fit not in FEEDBACK_FITS:
         raise ValueError(f"feedback_fit {feedback_fit!r}: expected one of {', '.join(FEEDBACK_FITS)}")
     if prior_fit not in PRIOR_FITS:
@@ -177,14 +180,16 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         fits = [f for f in fits if f[0] != "two_tower_prior_ctr"]
     for name, use_pop, data, held in fits:
         prior = fit_retrieval_prior(cfg, tt, catalog, clicks, vecs, max_age, held, popularity=use_pop, data=data,
-                                    cold_users=cold_user_weights)
+                                    cold_users=cold_user_weights, category=category_term and use_pop,
+                                    new_items=new_item_terms and use_pop and held is not None)
         priors[name] = prior
         out[name] = prior.to_json()
         for tag, pr in (("", prior), (" (users without history)", prior.cold_user)):
             if pr is not None:
                 say(f"{name}{tag}: w_age = {pr.weight:.4f} per day, w_pop = {pr.pop_weight:.4f}, w_trend = "
                     f"{pr.trend_weight:.4f}, w_ctr = {pr.ctr_weight:.4f}, w_creator = {pr.creator_weight:.4f}, "
-                    f"w_fb = {pr.feedback_weight:.4f} (s {pr.feedback_strength:g}), tower x{pr.tower_weight:.3f} "
+                    f"w_fb = {pr.feedback_weight:.4f} (s {pr.feedback_strength:g}), w_cat = {pr.category_weight:.4f}, "
+                    f"new items {None if pr.new is None else pr.new.to_json()}, tower x{pr.tower_weight:.3f} "
                     f"(nll {pr.nll_before:.4f} -> {pr.nll_after:.4f}, {pr.n_clicks} train clicks)")
         out["methods"][name] = _metrics(_top_lists(_prior_scores(prior, uvec, has_hist, vecs, catalog.published_at,
                                                                  split.boundary, _with_feedback(counters, prior, fb_train),

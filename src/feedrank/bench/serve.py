@@ -12,8 +12,9 @@ endpoint in the same run.
    waits for it, so the offered rate holds whatever the latency. (Before 2026-11-22 each
    connection waited an exponential gap of ``connections / rate`` after its response, so
    the latency itself lowered the rate: 300 offered gave ~250-275 achieved.)
-4. Records achieved rps, latency percentiles, non-2xx responses and the tier mix (read from
-   the server's /metrics before and after).
+4. Records achieved rps, latency percentiles, non-2xx responses, the tier mix (counted by
+   the Lua script from every response) and the share of requests one worker handed to
+   another (``serving.offload``; from /metrics before and after).
 5. Does the same against a bare ASGI app that returns a feed-sized JSON body: the cost of
    the HTTP layer alone (uvicorn + httptools + uvloop, no framework, no pipeline).
 6. Reads the server's CPU time (all worker processes) before and after each rate: CPU ms
@@ -175,6 +176,23 @@ def _run_wrk(url: str, rate: float, seconds: int, connections: int, users: int, 
     return res
 
 
+def _offloaded(url: str) -> tuple[float, float] | None:
+    """(feeds handed to another worker, failed hand-overs) so far, summed over the workers
+    (/metrics), or None when the server does not say."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    got = {"sent": 0.0, "failed": 0.0}
+    seen = False
+    for line in text.splitlines():
+        m = re.match(r'^feedrank_offload_total\{result="(\w+)"\} (\S+)$', line)
+        if m and m.group(1) in got:
+            got[m.group(1)] += float(m.group(2))
+            seen = True
+    return (got["sent"], got["failed"]) if seen else None
+
+
 def ensure_model(workdir: Path, users: int, items: int, days: int, activity: float, say: Callable[[str], None]) -> Path:
     """Synthesize and train once per size; later runs reuse the model."""
     from feedrank.config import load_config
@@ -227,9 +245,14 @@ def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: 
         # warm-up, then one measurement per rate
         _run_wrk(url, 50, 3, 4, users, k, seed=1)
         for i, rate in enumerate(rates):
+            off0 = _offloaded(url)
             cpu0 = _tree_cpu_s(server.pid)
             res = _run_wrk(url, rate, seconds, connections, users, k, seed=10 + i)
             cpu1 = _tree_cpu_s(server.pid)
+            off1 = _offloaded(url)
+            if off0 is not None and off1 is not None and res["requests"]:  # serving.offload (serving/offload.py)
+                res["handed_over_share"] = round((off1[0] - off0[0]) / res["requests"], 4)
+                res["hand_over_failures"] = int(off1[1] - off0[1])
             counts = {t: v for t, v in (res.get("tier_counts") or {}).items() if v}
             total = sum(counts.values()) or 1
             res["tier_share"] = {t: round(v / total, 4) for t, v in counts.items()}
@@ -246,7 +269,8 @@ def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: 
                 res["http_layer_share_cpu"] = round(bare_cpu / res["server_cpu_ms_per_request"], 4)
             out["rates"].append(res)
             say(f"offered {rate:.0f} rps: achieved {res['achieved_rps']}, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, "
-                f"tiers {res['tier_share']}, server CPU {res['server_cpu_ms_per_request']} ms/request, "
+                f"tiers {res['tier_share']}, handed over {res.get('handed_over_share', 0.0):.1%}, "
+                f"server CPU {res['server_cpu_ms_per_request']} ms/request, "
                 f"bare p50 {bare_res['p50_ms']} ms, bare CPU {bare_cpu:.3f} ms/request")
     finally:
         for p in (server, bare):

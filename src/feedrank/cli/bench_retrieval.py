@@ -43,6 +43,12 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--cold-user-weights", is_flag=True,
               help="Also fit separate prior weights (incl. the tower's) for users without history (experimental; "
                    "`feedrank train` does not fit them).")
+@click.option("--category-term/--no-category-term", default=True, show_default=True,
+              help="Fit the prior's category term (w_cat * log of the user's history share of the item's category), "
+                   "as `feedrank train` does; --no-category-term gives the prior without it, for comparison.")
+@click.option("--new-item-terms", is_flag=True,
+              help="Also fit the prior's terms for items new to the towers (own intercept, age, popularity and tower "
+                   "weights; experimental, `feedrank train` does not fit them).")
 @click.option("--speed-items", default=1_000_000, show_default=True, type=click.IntRange(0),
               help="Items in the synthetic speed corpus (0 skips the speed section).")
 @click.option("--speed-dim", default=64, show_default=True, type=click.IntRange(4, 1024))
@@ -55,7 +61,8 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 @config_options
 def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_requests: int, prior_fit: str,
-              served_prior: str, feedback_fit: str, cold_user_weights: bool, speed_items: int, speed_dim: int, speed_queries: int,
+              served_prior: str, feedback_fit: str, cold_user_weights: bool, category_term: bool, new_item_terms: bool,
+              speed_items: int, speed_dim: int, speed_queries: int,
               speed_kinds: str, speed_ef: str, speed_nprobe: str, no_progress: bool, as_json: bool,
               config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Retrieval quality (two-tower vs popularity vs ALS and item-kNN tuned on the training
@@ -74,6 +81,8 @@ def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_reque
       feedrank bench retrieval --data var/ml100k --only quality retrieval.content_encoder=minilm
       feedrank bench retrieval --data var/world --only quality --served-prior two_tower_prior --replay-requests 1000
       feedrank bench retrieval --data var/mlsmall --only quality --replay-requests 0 --prior-fit frozen-tail --cold-user-weights
+      feedrank bench retrieval --data var/demo/full/world --only quality --speed-items 0 --no-category-term
+      feedrank bench retrieval --data var/demo/full/world --only quality --speed-items 0 --new-item-terms
       feedrank bench retrieval --only speed --speed-items 1000000 --speed-dim 64
       feedrank bench retrieval --only speed --speed-items 200000 --speed-kinds flat,hnsw --speed-ef 100,192
     """
@@ -97,7 +106,8 @@ def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_reque
             result["quality"].append(run_quality(d, cfg, max_users=max_users, show_progress=not no_progress, say=say,
                                                  replay_requests=replay_requests, prior_fit=prior_fit,
                                                  served_prior=served_prior, feedback_fit=feedback_fit,
-                                                 cold_user_weights=cold_user_weights))
+                                                 cold_user_weights=cold_user_weights, category_term=category_term,
+                                                 new_item_terms=new_item_terms))
     if only in ("all", "speed") and speed_items:
         say(f"speed: {speed_items:,} items x {speed_dim}-d")
         result["speed"] = run_speed(speed_items, speed_dim, n_queries=speed_queries, kinds=kinds, ef_search=ef,

@@ -62,7 +62,7 @@ from feedrank.data.logformat import (
     LogRecord,
     decode_line,
     encode_line,
-    line_body,
+    line_event_id,
     fsync_dir,
     segment_files,
     segment_name,
@@ -155,20 +155,12 @@ class EventLog:
 
     def _scan_segment(self, number: int, path: Path, last: bool, pos: int = 0, lines: int = 0) -> _Segment:
         """Check (and, for a writer, repair) one segment from byte ``pos`` (line ``lines``),
-        remembering its event ids (a writer; a reader checks framing and CRC only); the
-        segment's committed extent."""
+        remembering its event ids; the segment's committed extent."""
         good_end = pos
         bad: tuple[int, int] | None = None  # (1-based line, byte position)
-        reader = self.readonly  # checks framing and CRC only: read() decodes what it reads
-        eid: object = None
         for raw, terminated, end in _iter_raw_lines(path, None, pos):
-            if reader:
-                good = terminated and line_body(raw) is not None
-            else:
-                obj = decode_line(raw) if terminated else None
-                eid = obj.get("event_id") if obj is not None else None
-                good = isinstance(eid, str)
-            if not good:
+            eid = line_event_id(raw) if terminated else None  # CRC-checked; read() decodes the rest
+            if eid is None:
                 if bad is None:
                     bad = (lines + 1, good_end)
                 continue
@@ -180,8 +172,7 @@ class EventLog:
                     self._damage = (number, msg)
                     return _Segment(number, path, bad[1], bad[0] - 1)
                 raise CorruptFile(msg)
-            if not reader:
-                self._ids.add(eid)  # type: ignore[arg-type]
+            self._ids.add(eid)
             lines += 1
             good_end = end
         size = path.stat().st_size
@@ -532,7 +523,6 @@ class EventLog:
     # ------------------------------------------------------------------ state
 
     def __contains__(self, event_id: object) -> bool:
-        """Whether ``event_id`` is in the log (a writer's id set; a reader collects no ids)."""
         with self._lock:
             return event_id in self._ids
 

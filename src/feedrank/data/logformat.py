@@ -112,6 +112,32 @@ def line_body(line: bytes) -> bytes | None:
     return body
 
 
+_ID_HEAD = b'{"event_id":"'
+
+
+def line_event_id(line: bytes) -> str | None:
+    """The ``event_id`` of one intact line (framing and CRC checked), or None when it is
+    torn/corrupt or has none. Reads the id where the writer puts it (first) without
+    decoding the rest; anything else (an escape in it, another key order) is decoded."""
+    body = line_body(line)
+    if body is None:
+        return None
+    if body.startswith(_ID_HEAD):
+        end = body.find(b'"', len(_ID_HEAD))
+        raw = body[len(_ID_HEAD):end]
+        if end > len(_ID_HEAD) and b"\\" not in raw:
+            try:
+                return raw.decode()
+            except UnicodeDecodeError:
+                return None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    eid = obj.get("event_id") if isinstance(obj, dict) else None
+    return eid if isinstance(eid, str) else None
+
+
 def decode_line(line: bytes) -> dict | None:
     """The event dict of one line (without its newline), or None if it is torn/corrupt."""
     body = line_body(line)

@@ -135,7 +135,9 @@ def evaluate_prepared(art: ModelArtifacts, prep, oracle: bool = False, seed: int
             tower.append(row)
             if prior is not None:
                 row = served_top(prior, uvec[j], ids[j], pool, art.item_vectors, catalog.published_at, split.boundary, 100,
-                                 counters, past_rows, has_history=len(past_rows) > 0).tolist()
+                                 counters, past_rows, has_history=len(past_rows) > 0,
+                                 affinity=prior.user_affinity(hist[j:j + 1], catalog.cat_idx)[0],
+                                 categories=catalog.cat_idx).tolist()
             retrieved.append(row)
             relevant.append(set(tc_items[lo[j]:hi[j]].tolist()))
         out["retrieval"] = {

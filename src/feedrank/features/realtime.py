@@ -222,16 +222,25 @@ class RealtimeFeatures:
         pos, n = 0, len(items)
         while pos < n:
             rest = items[pos:] if pos else items
+            got = list(map(slots.get, rest))
             cut = n
-            for it in [i for i in dict.fromkeys(rest) if i not in slots]:
-                if not self._free and self._imp.shape[1] < self.max_items:
-                    self._grow_or_evict()  # grows: slots already given stay valid
-                if not self._free:
-                    cut = pos + rest.index(it)
-                    break
-                slots[it] = self._free.pop()
+            if None in got:  # new items: slots in order of first appearance
+                new = [i for i in dict.fromkeys(rest) if i not in slots]
+                free = self._free
+                if len(free) >= len(new):  # the usual case: one update
+                    slots.update(zip(new, reversed(free[len(free) - len(new):])))
+                    del free[len(free) - len(new):]
+                else:
+                    for it in new:
+                        if not self._free and self._imp.shape[1] < self.max_items:
+                            self._grow_or_evict()  # grows: slots already given stay valid
+                        if not self._free:
+                            cut = pos + rest.index(it)
+                            break
+                        slots[it] = self._free.pop()
+                got = list(map(slots.__getitem__, rest[:cut - pos] if cut < n else rest))
             if cut > pos:
-                s = np.fromiter(map(slots.__getitem__, items[pos:cut]), dtype=np.int64, count=cut - pos)
+                s = np.fromiter(got[:cut - pos] if cut < n else got, dtype=np.int64, count=cut - pos)
                 t = ts[pos:cut]
                 np.maximum.at(self._active, s, t)  # an eviction later in the batch must spare them
                 self._add(s, t, click[pos:cut])
@@ -240,12 +249,15 @@ class RealtimeFeatures:
             pos = cut
 
     def _add(self, slots: np.ndarray, ts: np.ndarray, click: np.ndarray) -> None:
+        cap, b = self._imp.shape[1], self.buckets
+        flat: list[np.ndarray] = []  # into (windows, slots, buckets) raveled: one add.at per kind
+        flat_click: list[np.ndarray] = []
         for w in range(len(self.windows)):
             g = np.floor(ts / self.width[w]).astype(np.int64)
             newest = max(int(self._epoch[w].max()), int(g.max()))
-            keep = g > newest - self.buckets  # older than the ring: late for this window
-            for gb in np.unique(g[keep]):  # ascending: a newer bucket on the same ring position wins
-                pos = int(gb % self.buckets)
+            keep = g > newest - b  # older than the ring: late for this window
+            for gb in np.unique(g[keep]).tolist():  # ascending: a newer bucket on the same ring position wins
+                pos = gb % b
                 held = self._epoch[w, pos]
                 if held < gb:
                     self._imp[w, :, pos] = 0.0
@@ -253,12 +265,15 @@ class RealtimeFeatures:
                     self._epoch[w, pos] = gb
                 elif held > gb:
                     keep &= g != gb
-            if not keep.all() and w == 0:  # counted once, for the shortest window
+            if w == 0 and not keep.all():  # counted once, for the shortest window
                 self._stats["late"] += int((~keep).sum())
-            pos = (g % self.buckets)[keep]
-            np.add.at(self._imp[w], (slots[keep], pos), 1.0)
-            c = keep & click
-            np.add.at(self._clk[w], (slots[c], (g % self.buckets)[c]), 1.0)
+            idx = (w * cap + slots) * b + g % b
+            flat.append(idx[keep])
+            flat_click.append(idx[keep & click])
+        np.add.at(self._imp.reshape(-1), np.concatenate(flat), 1.0)
+        clicked = np.concatenate(flat_click)
+        if len(clicked):
+            np.add.at(self._clk.reshape(-1), clicked, 1.0)
 
     def _user_click(self, user_id: str, item_id: str, ts: float) -> None:
         u = self._users.get(user_id)
@@ -300,14 +315,16 @@ class RealtimeFeatures:
         """Streamed (impressions, clicks), each (N, W) float64, over ``(now - window, now]``."""
         n, nw = len(item_ids), len(self.windows)
         imps, clks = np.zeros((n, nw)), np.zeros((n, nw))
+        get = self._slots.get
         with self._lock:
-            idx = np.array([self._slots.get(str(i), -1) for i in item_ids], dtype=np.int64)
+            idx = np.fromiter((-1 if s is None else s for s in map(get, map(str, item_ids))), dtype=np.int64, count=n)
             have = idx >= 0
-            for w in range(nw):
-                gnow = math.floor(now / self.width[w])
-                live = (self._epoch[w] > gnow - self.buckets) & (self._epoch[w] <= gnow)
-                imps[have, w] = self._imp[w][idx[have]][:, live].sum(axis=1)
-                clks[have, w] = self._clk[w][idx[have]][:, live].sum(axis=1)
+            rows = idx[have]
+            gnow = np.floor(now / self.width).astype(np.int64)[:, None]
+            live = ((self._epoch > gnow - self.buckets) & (self._epoch <= gnow)).astype(np.float32)  # (W, B)
+            # (W, n, B) x (W, B) -> (W, n): sums over the live buckets of each window
+            imps[have] = np.einsum("wnb,wb->nw", self._imp[:, rows, :], live)
+            clks[have] = np.einsum("wnb,wb->nw", self._clk[:, rows, :], live)
         return imps, clks
 
     def item_features(self, item_ids: Sequence[str], now: float, now_wall: float | None = None) -> ItemRealtime:

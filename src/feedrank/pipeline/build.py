@@ -207,12 +207,14 @@ def fit_retrieval_prior(cfg: FeedrankConfig, model: Any, catalog: ItemCatalog, c
     """The retrieval prior ``feedrank train`` serves (an ``AgePrior``): age + popularity
     weights and the tower logit's weight fitted on the held-out tail with ``holdout``'s
     towers, or age + popularity in sample (the newest half of ``clicks`` with the served
-    ``model``, tower weight 1) when ``holdout`` is None. The weights are then applied to the
+    ``model``, tower weight 1) when ``holdout`` is None; both with the category term
+    (``category``, on unless ``fit`` turns it off). The weights are then applied to the
     served towers' logits. ``fit``: further ``fit_age_prior`` arguments (``popularity``,
-    ``cold_users``, ``data``...)."""
+    ``cold_users``, ``new_items``, ``category``, ``data``...)."""
     from feedrank.retrieval.prior import fit_age_prior
 
     data = fit.pop("data", None)
+    fit.setdefault("category", True)  # the user's category-share term (docs/retrieval.md, "Category term")
     if holdout is not None:
         data = holdout.fit_data() if data is None else replace(data, fit_from=holdout.fit_from, model=holdout.model,
                                                                 item_vecs=holdout.item_vecs)
@@ -268,7 +270,8 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
         prior_fit = {"fit": "in_sample" if holdout is None else "holdout_tail", "n_clicks": prior.n_clicks,
                      **({} if holdout is None else holdout.to_json())}
         say(f"retrieval prior ({prior_fit['fit']}): w_age = {prior.weight:.4f} per day, "
-            f"w_pop = {prior.pop_weight:.4f} per log click, tower logit x{prior.tower_weight:.3f}")
+            f"w_pop = {prior.pop_weight:.4f} per log click, w_cat = {prior.category_weight:.4f} per log category share, "
+            f"tower logit x{prior.tower_weight:.3f}")
 
     imp_rows = np.flatnonzero(train_rows & ev.mask("impression"))
     n_imp_train = int(train_rows[ev.mask("impression")].sum())

@@ -25,10 +25,16 @@ Optional further terms (fitted only when ``PriorFitData`` asks for them; 0 other
 ``w_trend * log1p(decayed clicks)``, ``w_ctr`` / ``w_creator`` times the log of the item's /
 creator's Bayesian-smoothed CTR over the global one, read from ``ItemCounters``
 (``retrieval/counters.py``); and separate weights for users without history
-(``cold_user``, incl. the tower logit's weight). None of them helped on the benchmarks
-(docs/retrieval.md), so ``feedrank train`` fits age and popularity only, plus the tower
-logit's weight (``fit_tower_weight``) when it fits on a held-out tail with towers that have
-not seen it (``pipeline/build.py``, ``retrieval.prior_fit``).
+(``cold_user``, incl. the tower logit's weight); terms for items new to the towers
+(``NewItemTerms``, ``retrieval/prior_terms.py``: own intercept, age, popularity and tower
+weights of any sign). None of them helped on the benchmarks (docs/retrieval.md).
+
+The category term ``w_cat * log(a_u[cat_i])`` (``a_u``: the smoothed share of each category
+in the user's history, the towers' own user input ``category_affinity``; serving passes it
+as ``affinity`` with the candidates' ``categories``) did: ``feedrank train`` fits age,
+popularity and category, plus the tower logit's weight (``fit_tower_weight``) when it fits
+on a held-out tail with towers that have not seen it (``pipeline/build.py``,
+``retrieval.prior_fit``).
 """
 
 from __future__ import annotations

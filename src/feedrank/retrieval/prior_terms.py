@@ -82,14 +82,12 @@ def fit_prior_weights(base: np.ndarray, feats: list[np.ndarray], live: np.ndarra
             p = np.exp(z - m)
             tot = p.sum(axis=1, keepdims=True)
             p /= tot
-            x = [np.where(live[sl], feats[k][sl], 0.0) for k in range(f)]
-            ex = np.stack([(p * x[k]).sum(1) for k in range(f)], axis=1)          # (c, F)
+            x = np.stack([np.where(live[sl], feats[k][sl], 0.0) for k in range(f)], axis=-1)  # (c, N, F)
+            px = p[:, :, None] * x
+            ex = px.sum(1)                                                        # (c, F)
             nll += float((np.log(tot[:, 0]) + m[:, 0] - z[r, positives[sl]]).sum())
-            grad += (ex - np.stack([x[k][r, positives[sl]] for k in range(f)], axis=1)).sum(0)
-            for a in range(f):
-                for b in range(a, f):
-                    v = float(((p * x[a] * x[b]).sum(1) - ex[:, a] * ex[:, b]).sum())
-                    hess[a, b] = hess[b, a] = v
+            grad += (ex - x[r, positives[sl]]).sum(0)
+            hess += px.reshape(-1, f).T @ x.reshape(-1, f) - ex.T @ ex  # sum over rows of Cov_p(x)
         return nll / q, grad / q, hess / q
 
     w = np.zeros(f)

@@ -158,7 +158,8 @@ class ModelManager:
 
     def _replay_items(self, rec: Recommender) -> None:
         with self._lock:
-            records = [r for r in self._added_items.values() if _differs(rec.get_item(str(r["item_id"])), r)]
+            records = [r for r in self._added_items.values()
+                       if _differs(rec.get_item(str(r["item_id"])), r) or _expiry_differs(rec, r)]
         if records:
             rec.add_items(records)
             log.info("added %d live items the new version lacked or had an older record of", len(records))
@@ -171,6 +172,19 @@ class ModelManager:
 
     def ready(self) -> bool:
         return self._active is not None
+
+
+def _expiry_differs(rec: Recommender, record: dict) -> bool:
+    """Whether the model serves ``record``'s item with another expiry than the record's
+    (``expires_at``; none = never): an update that only set or moved the expiry must reach a
+    version swapped in later too."""
+    idx = rec.catalog.index.get(str(record["item_id"]))
+    if idx is None:
+        return True
+    want = record.get("expires_at")
+    want = float("inf") if want is None else float(want)
+    have = float(rec.live_catalog.expires_at[idx])
+    return not (want == have or abs(want - have) <= 1e-3)
 
 
 def _differs(item: Item | None, record: dict) -> bool:

@@ -24,9 +24,7 @@ def _clicks(seed: int, intercept: float, tower_extra: float, n_items: int = 200,
     tower = users @ items.T / t
     logit = (1.0 + tower_extra * new) * tower - 0.3 * np.maximum(age, 0) + intercept * new
     logit = np.where(age >= 0, logit, -np.inf)
-    p = np.exp(logit - logit.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    pos = np.array([rng.choice(n_items, p=row) for row in p])
+    pos = np.argmax(logit + rng.gumbel(size=logit.shape), axis=1)  # a softmax draw per row (Gumbel-max)
     return users, items, pos, ts, pub, t, new_from
 
 
@@ -84,3 +82,69 @@ def test_new_item_terms_apply_to_new_items_only_and_served_matches_exact():
     assert prior.active and not AgePrior(0.0, 1.0, 0.0, new=NewItemTerms(0.0)).active
     assert AgePrior.from_json(prior.to_json()) == prior
     assert AgePrior.from_json(plain.to_json()).new is None
+
+
+def _category_clicks(seed: int, w_cat: float, n_items: int = 200, n_users: int = 1200, d: int = 8, t: float = 0.2,
+                     n_cats: int = 6, hist_len: int = 10):
+    """Users with histories (-1 padded) of items from their favourite categories; clicks from
+    softmax(u.v/T + w_cat * log(share of the item's category in the history))."""
+    rng = np.random.default_rng(seed)
+    items = rng.standard_normal((n_items, d)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    cats = rng.integers(0, n_cats, n_items)
+    users = rng.standard_normal((n_users, d)).astype(np.float32)
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    fav = rng.dirichlet(np.full(n_cats, 0.5), n_users)
+    hist = np.full((n_users, hist_len), -1, dtype=np.int64)
+    for u in range(n_users):
+        n = rng.integers(0, hist_len + 1)
+        c = rng.choice(n_cats, size=n, p=fav[u])
+        hist[u, :n] = [rng.choice(np.flatnonzero(cats == k)) for k in c]
+    prior = AgePrior(0.0, t, 0.0, n_categories=n_cats)
+    aff = prior.user_affinity(hist, cats)
+    logit = users @ items.T / t + w_cat * np.log(aff[:, cats])
+    pos = np.argmax(logit + rng.gumbel(size=logit.shape), axis=1)
+    return users, items, cats, hist, aff, pos, t
+
+
+def test_user_affinity_is_the_towers_category_share():
+    from feedrank.features.history import category_affinity
+
+    hist = np.array([[0, 1, 1, -1], [-1, -1, -1, -1]])
+    cats = np.array([2, 0, 1])
+    got = AgePrior(0.0, 1.0, 0.0, n_categories=4).user_affinity(hist, cats)
+    assert np.allclose(got, category_affinity(hist, cats, 4))
+    assert got.shape == (2, 4) and np.allclose(got[1], 0.25)  # no history: uniform shares, the term is a constant
+    assert got[0, 0] > got[0, 2] > got[0, 3]
+
+
+def test_fit_recovers_the_category_weight_and_serving_scores_it_like_exact():
+    users, items, cats, hist, aff, pos, t = _category_clicks(4, 0.8)
+    feat = np.log(aff[:, cats]).astype(np.float32)
+    ts = np.zeros(len(users))
+    w, nll0, nll1 = fit_age_weight(users, items, pos, ts, np.zeros(len(items)), t, more_feats=[feat])
+    assert w[1] == pytest.approx(0.8, abs=0.2) and nll1 < nll0
+    prior = AgePrior(0.0, t, 0.0, category_weight=float(w[1]), n_categories=int(cats.max()) + 1)
+    exact = prior.scores(users[:5], items, np.zeros(len(items)), 0.0, affinity=aff[:5], categories=cats)
+    plain = AgePrior(0.0, t, 0.0).scores(users[:5], items, np.zeros(len(items)), 0.0)
+    assert np.allclose(exact - plain, w[1] * feat[:5], atol=1e-4)
+    for j in range(5):
+        top, _ = rescore_with_prior(prior, users[j], np.arange(len(items)), items, np.zeros(len(items)), 0.0, 10,
+                                    affinity=aff[j], categories=cats)
+        assert top.tolist() == np.lexsort((np.arange(len(items)), -exact[j]))[:10].tolist()
+    with pytest.raises(ValueError, match="category"):
+        rescore_with_prior(prior, users[0], np.arange(len(items)), items, np.zeros(len(items)), 0.0, 10)
+    assert AgePrior.from_json(prior.to_json()) == prior and prior.active
+
+
+def test_rescore_pool_passes_the_category_term_through():
+    from feedrank.retrieval.served import RescorePool
+
+    users, items, cats, hist, aff, _, t = _category_clicks(5, 0.8, n_users=3)
+    pub = np.zeros(len(items))
+    prior = AgePrior(0.0, t, 0.0, category_weight=1.5, n_categories=int(cats.max()) + 1)
+    pool = RescorePool.build((np.arange(0, len(items), 2),), items, pub)
+    got, _ = pool.top(prior, users[0], np.arange(1, 40, 2), items, pub, 0.0, 15, affinity=aff[0], categories=cats)
+    cand = np.union1d(np.arange(0, len(items), 2), np.arange(1, 40, 2))
+    exact = prior.scores(users[:1], items[cand], pub[cand], 0.0, affinity=aff[:1], categories=cats[cand])[0]
+    assert got.tolist() == cand[np.lexsort((cand, -exact))][:15].tolist()

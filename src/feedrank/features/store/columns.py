@@ -24,7 +24,7 @@ class ItemColumns:
 
     def __init__(self) -> None:
         self.index: dict[str, int] = {}      # item id -> row
-        self.keys: list[str | None] = []     # row -> item id (None: free)
+        self.keys = np.empty(0, dtype=object)  # row -> item id (None: free)
         self.free: list[int] = []
         self.ts = np.zeros(0)                # write time per row
         self.seq = np.zeros(0, dtype=np.int64)  # write order per row (the store's counter)
@@ -37,7 +37,7 @@ class ItemColumns:
     def _grow(self, need: int) -> None:
         cap = len(self.keys)
         new = max(1024, 2 * cap, cap + need)
-        self.keys.extend([None] * (new - cap))
+        self.keys = np.concatenate([self.keys, np.full(new - cap, None, dtype=object)])
         self.free.extend(range(new - 1, cap - 1, -1))
         self.ts = np.concatenate([self.ts, np.zeros(new - cap)])
         self.seq = np.concatenate([self.seq, np.zeros(new - cap, dtype=np.int64)])
@@ -47,19 +47,17 @@ class ItemColumns:
 
     def rows(self, keys: Sequence[str]) -> np.ndarray:
         """The rows of ``keys``, new rows for the new ones."""
-        get = self.index.get
-        rows = list(map(get, keys))
+        index = self.index
+        rows = list(map(index.get, keys))
         if None in rows:
-            index = self.index
-            for i, r in enumerate(rows):
-                if r is None:
-                    r = index.get(keys[i])  # a key twice in ``keys``
-                    if r is None:
-                        if not self.free:
-                            self._grow(1)
-                        r = index[keys[i]] = self.free.pop()
-                        self.keys[r] = keys[i]
-                    rows[i] = r
+            new = [k for k in dict.fromkeys(keys) if k not in index]
+            if len(self.free) < len(new):
+                self._grow(len(new) - len(self.free))
+            got = self.free[len(self.free) - len(new):][::-1]
+            del self.free[len(self.free) - len(new):]
+            index.update(zip(new, got))
+            self.keys[np.asarray(got, dtype=np.int64)] = new
+            rows = list(map(index.__getitem__, keys))
         return np.fromiter(rows, dtype=np.int64, count=len(rows))
 
     def _column(self, name: str) -> tuple[np.ndarray, np.ndarray]:
