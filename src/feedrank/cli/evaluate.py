@@ -121,7 +121,8 @@ def ope_estimate_cmd(data_dir: str, beta: float, noise: float, sample: float, le
                f"{r['n_logged']} of {r['n_sessions']} sessions logged")
     for name, e in r["estimates"].items():
         click.echo(f"{name:<6} {e['value']:.4f}  {int(level * 100)}% [{e['lo']:.4f}, {e['hi']:.4f}]  "
-                   f"{'covers' if e['covers'] else 'MISSES'}  ess {e['ess']:.0f}  max w {e['max_weight']:.1f}")
+                   f"{'covers' if e['covers'] else 'MISSES'}  ess {e['ess']:.0f}  max w {e['max_weight']:.1f}"
+                   + ("  (crossed: the interval's raw ends crossed; widened to hold both)" if e.get("crossed") else ""))
 
 
 @ope_group.command("check")

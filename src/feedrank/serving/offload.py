@@ -140,7 +140,12 @@ class Offload:
             path.unlink()  # a socket file left by a dead worker of this slot
         except FileNotFoundError:
             pass
-        self._server = await asyncio.start_unix_server(self._serve, path=str(path))
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(path))
+        except OSError as exc:  # e.g. a path over the 107-byte limit of Unix sockets: serve without hand-off
+            log.warning("worker %d: request hand-off off, cannot listen on %s: %s", self.slot, path, exc)
+            self.close()
+            return
         self._tick()
         log.info("worker %d: request hand-off on %s", self.slot, path)
 

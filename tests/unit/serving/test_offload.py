@@ -155,3 +155,18 @@ def test_fast_path_hands_over_only_requests_that_would_wait_and_only_to_an_idle_
             b.close()
 
     asyncio.run(run())
+
+
+def test_a_socket_path_that_cannot_be_bound_turns_hand_off_off_without_failing(tmp_path):
+    deep = tmp_path / ("d" * 120)  # over the Unix socket path limit
+    deep.mkdir()
+
+    async def run():
+        off = Offload(deep, 2, 0)
+        await off.start()
+        assert off.closed and off.should_send() is None
+        off.arrive()
+        off.arrive()
+        assert off.should_send() is None
+
+    asyncio.run(run())
