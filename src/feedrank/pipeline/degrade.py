@@ -65,13 +65,15 @@ class QueueDelay:
             self._samples.append((now, max(0.0, float(delay_ms))))
             self._trim(now)
 
-    def recent_ms(self) -> float:
+    def recent_ms(self, since: float | None = None) -> float:
+        """The quantile of the delays observed in the window (and after ``since``, a
+        time of this object's clock, when given); 0 when there are none."""
         now = self.clock()
         with self._lock:
             self._trim(now)
-            if not self._samples:
-                return 0.0
-            ms = sorted(x for _, x in self._samples)
+            ms = sorted(x for t, x in self._samples if since is None or t > since)
+        if not ms:
+            return 0.0
         return ms[max(0, math.ceil(self.quantile * len(ms)) - 1)]
 
     def clear(self) -> None:
@@ -109,6 +111,7 @@ class TierController:
         self._lat: deque[float] = deque(maxlen=window)
         self._calm_since: float | None = None
         self._moved_at = -np.inf
+        self._queue_from: float | None = None  # queue delays before this (the queue's clock) predate the last move
         self._lock = threading.Lock()
         self.transitions: list[tuple[float, str, str]] = []
 
@@ -134,7 +137,7 @@ class TierController:
             return self._decide()
 
     def _decide(self) -> str:
-        queued = self.queue.recent_ms()
+        queued = self.queue.recent_ms(since=self._queue_from)
         now = self.clock()
         enough = len(self._lat) >= self.min_samples
         service = float(np.percentile(np.fromiter(self._lat, dtype=np.float64), 99)) if enough else 0.0
@@ -158,6 +161,8 @@ class TierController:
         self.transitions.append((now, LEVELS[self.level], LEVELS[level]))
         self.level = level
         self._lat.clear()
-        self.queue.clear()
+        # the delays before the move do not count for this controller any more; the queue is
+        # shared by the process's controllers (LOOP_LAG), so it is not cleared for the others
+        self._queue_from = self.queue.clock()
         self._calm_since = None
         self._moved_at = now

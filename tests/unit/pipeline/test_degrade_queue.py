@@ -162,3 +162,24 @@ def test_probe_finds_the_controllers_behind_an_experiment_router():
     assert _controllers(manager) == [c_base]
     assert _controllers(model) == [c_base]
     assert _controllers(SimpleNamespace(active=SimpleNamespace(controller=None))) == []
+
+
+def test_a_move_forgets_the_queue_delay_for_that_controller_only():
+    """Two controllers reading one queue (the process's LOOP_LAG: during a hot swap, or one
+    per settings view): one stepping down must not erase the delay the other still sees."""
+    clock = Clock()
+    q = QueueDelay(window_s=1.0, clock=clock)
+    kw = {"slo_ms": 25.0, "window": 50, "min_samples": 10, "recover_ratio": 0.5, "cooldown_s": 5.0}
+    a = TierController(clock=clock, queue=q, min_dwell_s=1.0, **kw)
+    b = TierController(clock=clock, queue=q, min_dwell_s=1.0, **kw)
+    for _ in range(5):
+        q.observe(80.0)
+    assert a.tick() == "reduced"  # the queue alone steps it down
+    assert q.recent_ms() == 80.0  # still there for b
+    assert b.tick() == "reduced"
+    clock.t += 0.1
+    assert a.tick() == "reduced" and a.queue.recent_ms(since=a._queue_from) == 0.0  # a forgot it
+    clock.t += 1.0  # a's dwell passed; new delays count for a again
+    for _ in range(5):
+        q.observe(90.0)
+    assert a.tick() == "fallback"
