@@ -84,6 +84,24 @@ class OnlineState:
                 rec.seen.popitem(last=False)
             self.item_impressions[item_idx] += 1
 
+    def record_impressions(self, user_id: str, item_ids: list[str], item_rows: np.ndarray, ts: float | None = None) -> None:
+        """``record_impression`` for each (item id, row) of one user at one time (a served
+        feed), in order: one lock and one user lookup."""
+        if not item_ids:
+            return
+        if len(item_ids) != len(item_rows):
+            raise ValueError(f"record_impressions: {len(item_ids)} item ids but {len(item_rows)} rows")
+        when = math.inf if ts is None else float(ts)
+        with self._lock:
+            rec = self._record(user_id)
+            seen = rec.seen
+            for iid in item_ids:
+                seen[iid] = when
+                seen.move_to_end(iid)
+            while len(seen) > self.seen_memory:
+                seen.popitem(last=False)
+            np.add.at(self.item_impressions, np.asarray(item_rows, dtype=np.int64), 1.0)
+
     def context(self, user_id: str, now: float | None = None) -> UserContext:
         """The user's state at ``now``: seen items older than the TTL are dropped."""
         with self._lock:

@@ -258,12 +258,12 @@ class Recommender(CandidateStage):
     def _observe_impressions(self, run: list[tuple[Event, int]]) -> None:
         """Impressions (event, catalogue row) of one user at one time, in order."""
         first = run[0][0]
+        rows = np.fromiter((i for _, i in run), np.int64, len(run))
         if self.art.engagement is not None:
-            self.art.engagement.observe_impressions(first.user_id, np.fromiter((i for _, i in run), np.int64, len(run)),
+            self.art.engagement.observe_impressions(first.user_id, rows,
                                                     np.fromiter((ev.position or 0 for ev, _ in run), np.int64, len(run)),
                                                     float(first.ts))
-        for ev, idx in run:
-            self.state.record_impression(ev.user_id, ev.item_id, idx, ev.ts)
+        self.state.record_impressions(first.user_id, [ev.item_id for ev, _ in run], rows, first.ts)
 
     def warm_up(self) -> None:
         """Run one request through every stage so the first real one is not slow."""

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from feedrank.features.history import ClickLog, category_affinity, counts_before
 from feedrank.features.online import OnlineState
@@ -69,3 +70,24 @@ def test_online_state_is_bounded():
     st.record_click("c", 1)
     assert len(st) == 2 and not st.context("a").known
     assert st.item_clicks[1] == 3  # "a" clicked it once, "b" and "c" once each
+
+
+def test_record_impressions_equals_one_record_impression_each():
+    rng = np.random.default_rng(4)
+    a = OnlineState(n_items=50, history_len=3, seen_memory=7, max_users=4, seen_ttl_s=100.0)
+    b = OnlineState(n_items=50, history_len=3, seen_memory=7, max_users=4, seen_ttl_s=100.0)
+    for j in range(40):
+        user = f"u{rng.integers(0, 6)}"  # more users than kept: evictions
+        rows = rng.integers(0, 50, int(rng.integers(0, 12)))  # repeats included
+        ids = [f"i{r}" for r in rows]
+        ts = 1000.0 + 10.0 * j
+        for iid, r in zip(ids, rows.tolist()):
+            a.record_impression(user, iid, r, ts)
+        b.record_impressions(user, ids, rows, ts)
+    np.testing.assert_array_equal(a.item_impressions, b.item_impressions)
+    assert list(a._users) == list(b._users)
+    for user in a._users:
+        assert list(a._users[user].seen.items()) == list(b._users[user].seen.items())
+        assert a.context(user, 1300.0).seen == b.context(user, 1300.0).seen
+    with pytest.raises(ValueError, match="2 item ids but 1 rows"):
+        b.record_impressions("u1", ["i1", "i2"], np.array([1]))
