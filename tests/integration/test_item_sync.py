@@ -111,9 +111,19 @@ def test_items_from_another_worker_are_retrievable_and_survive_a_hot_swap(two_mo
             manager._replay_items(fourth)
             assert len(fourth.catalog.item_ids) == rows
             fourth.add_items([dict(twin, title=src.title + " (updated)")])  # as a bundle made before the expiry has it
-            assert fourth.catalog.index["from-w1"] in fourth._live_items(now + 60).tolist()
-            manager._replay_items(fourth)  # same fields, another expiry: re-added
-            assert fourth.catalog.index["from-w1"] not in fourth._live_items(now + 60).tolist()
+            row = fourth.catalog.index["from-w1"]
+            assert row in fourth._live_items(now + 60).tolist()
+            fourth.state.item_impressions[row] = 7.0  # counters it has gathered
+            rows = len(fourth.catalog.item_ids)
+            manager._replay_items(fourth)  # same fields, another expiry: moved in place, counters kept
+            assert fourth.catalog.index["from-w1"] == row and len(fourth.catalog.item_ids) == rows
+            assert row not in fourth._live_items(now + 60).tolist() and fourth.state.item_impressions[row] == 7.0
+            gone = dict(twin, item_id="expired-w1", expires_at=now - 5)  # expired before the swap: no row for it
+            other.append([gone])
+            sync.poll()
+            reg.publish(m1, promote=True)
+            assert manager.check_now().result == "swapped"
+            assert not manager.active.has_item("expired-w1") and manager.active.has_item("from-w1")
     finally:
         manager.stop()
         event_log.close()

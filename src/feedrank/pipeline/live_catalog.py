@@ -152,6 +152,21 @@ class LiveCatalog:
                 if name in self.indexes:
                     self.indexes[name].insert(np.asarray(k, dtype=np.int64), pub, rows)
 
+    def set_expiry(self, rows: np.ndarray, expires_at: np.ndarray) -> None:
+        """Change the expiry of existing ``rows`` in place (``inf``: never), e.g. an item
+        update that only moved its expiry: the row, its vectors and counters stay."""
+        rows = np.asarray(rows, dtype=np.int64)
+        exp = np.asarray(expires_at, dtype=np.float64)
+        if len(rows) != len(exp):
+            raise ValueError(f"set_expiry: {len(rows)} rows but {len(exp)} expiries")
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise ValueError(f"set_expiry: rows must be in 0..{len(self) - 1}")
+        with self._lock:
+            new = self.expires_at.copy()  # readers keep the array they hold
+            new[rows] = exp
+            self.expires_at = new
+            self.n_expiring = int(np.isfinite(new).sum())
+
     # ------------------------------------------------------------------ reads
     def mask(self, rows: np.ndarray, now: float) -> np.ndarray:
         """(n,) bool: which of ``rows`` are live at ``now``."""

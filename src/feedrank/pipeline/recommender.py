@@ -222,6 +222,17 @@ class Recommender(CandidateStage):
             self._reset_caches()
         return {"created": int(len(rows) - len(replaced)), "updated": int(len(replaced))}
 
+    def set_expiry(self, expiries: dict[str, float | None]) -> int:
+        """Move the expiry of existing items in place (item id -> epoch seconds, None = never):
+        same rows, vectors and counters. Unknown ids are skipped; returns how many were set."""
+        index = self.catalog.index
+        known = [(index[i], np.inf if e is None else float(e)) for i, e in expiries.items() if i in index]
+        if known:
+            rows, exp = zip(*known)
+            self.live_catalog.set_expiry(np.asarray(rows, dtype=np.int64), np.asarray(exp, dtype=np.float64))
+            self._reset_caches()
+        return len(known)
+
     def has_item(self, item_id: str) -> bool:
         return item_id in self.catalog.index
 

@@ -288,10 +288,26 @@ def create_app(
         _log_impressions(resp, user_id, resp.request_id or rid, now)
         return orjson.dumps(feed_body(resp))
 
+    def _observe_handed_over(user_id: str, rid: str, body: bytes) -> None:
+        """A feed another worker computed for a request that reached this one (serving/offload.py):
+        that worker logged its impressions; this one records them in its own state, so the
+        user's next feed from here does not repeat them."""
+        data = orjson.loads(body)
+        now = time.time()
+        arm = data.get("arm")
+        rid = str(data.get("request_id") or rid)
+        impressions = [Event(event_id=f"{rid}:{it['rank']}", ts=now, user_id=user_id, item_id=str(it["item_id"]),
+                             kind=EventKind.IMPRESSION, position=int(it["rank"]) - 1, request_id=rid,
+                             propensity=it.get("propensity"), arm=arm)
+                       for it in data.get("items") or ()]
+        if impressions:
+            service.observe(impressions)
+
     # the hot endpoint's direct ASGI path (serving/fastfeed.py); anything it does not accept
     # at a glance falls through to the route above. Inline unless micro-batching needs threads.
     app.add_middleware(FeedFastPath, feed=feed_bytes, metrics=metrics, max_k=cfg.max_k, default_k=default_k,
-                       valid_request_id=valid_request_id, inline=inline, foreground=foreground)
+                       valid_request_id=valid_request_id, inline=inline, foreground=foreground,
+                       deadline_ms=pipeline_cfg.deadline_ms, observe_handed_over=_observe_handed_over)
 
     # ------------------------------------------------------------------ events, items
     app.include_router(ingest_router(service, event_log, metrics, cfg.max_events_per_request, require_key, items))

@@ -70,7 +70,9 @@ class FeedFastPath:
 
     def __init__(self, app: ASGIApp, feed: FeedFn, metrics: ServingMetrics, max_k: int, default_k: int,
                  valid_request_id: Callable[[str], bool], inline: bool = True,
-                 foreground: Foreground | None = None, offload: Offload | None = None) -> None:
+                 foreground: Foreground | None = None, offload: Offload | None = None,
+                 deadline_ms: float | None = None,
+                 observe_handed_over: Callable[[str, str, bytes], None] | None = None) -> None:
         self.app = app
         self.foreground = foreground if foreground is not None else Foreground()
         self.feed = feed
@@ -87,6 +89,10 @@ class FeedFastPath:
         self.offload = (offload if offload is not None else worker_offload()) if inline else None
         if self.offload is not None:
             self.offload.compute = self._compute_handed_over
+        self.deadline_ms = deadline_ms  # the server's default deadline (a header can only lower it)
+        # (user_id, request id, body) of a feed another worker computed for this one: this
+        # worker's state records what the user was shown (seen items, engagement counters)
+        self.observe_handed_over = observe_handed_over
 
     def parse(self, scope: Scope) -> tuple[str, int, bool, float | None, str | None] | None:
         """(user_id, k, explain, x_deadline_ms, request id or None) of a request the fast path
@@ -193,13 +199,26 @@ class FeedFastPath:
             if peer is not None:
                 off.depart()
                 held = False
-                got = await off.send(peer, args)
+                got = await off.send(peer, args, budget_s=self._hand_off_budget_s(args[3]))
                 self._offload.labels(result="failed" if got is None else "sent").inc()
                 if got is not None:
+                    if self.observe_handed_over is not None:
+                        try:
+                            self.observe_handed_over(args[0], args[4], got[1])
+                        except Exception:  # the client still gets its feed
+                            log.exception("recording a handed-over feed failed", extra={"request_id": args[4]})
                     return got
-                off.arrive()  # the peer could not answer: computed here after all
+                off.arrive()  # the peer could not answer with a feed: computed here after all
                 held = True
+            if off.waiting_reply():  # let a peer's reply be read before this pipeline holds the loop
+                await asyncio.sleep(0)
             return self._compute(*args)
         finally:
             if held:
                 off.depart()
+
+    def _hand_off_budget_s(self, header_deadline_ms: float | None) -> float | None:
+        """How long a handed-over request may take at the peer: half its deadline (the other
+        half is left for computing it here if the peer does not answer)."""
+        ms = [d for d in (header_deadline_ms, self.deadline_ms) if d is not None]
+        return None if not ms else 0.5 * min(ms) / 1000.0

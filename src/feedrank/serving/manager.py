@@ -157,12 +157,24 @@ class ModelManager:
         return self._active.add_items(records, now)
 
     def _replay_items(self, rec: Recommender) -> None:
+        now = time.time()
         with self._lock:
-            records = [r for r in self._added_items.values()
-                       if _differs(rec.get_item(str(r["item_id"])), r) or _expiry_differs(rec, r)]
+            pending = list(self._added_items.values())
+        # an expired item the new version lacks is not worth a row; one it has with other fields
+        # is added again (a new row); one that differs only in its expiry gets it in place
+        # (bundles do not keep expiries: re-adding would reset its counters at every swap)
+        records = [r for r in pending if _differs(rec.get_item(str(r["item_id"])), r)
+                   and not (rec.get_item(str(r["item_id"])) is None and _expired(r, now))]
+        changed = {str(r["item_id"]) for r in records}
+        expiries = {str(r["item_id"]): r.get("expires_at") for r in pending
+                    if str(r["item_id"]) not in changed and _expiry_differs(rec, r)}
         if records:
             rec.add_items(records)
             log.info("added %d live items the new version lacked or had an older record of", len(records))
+        if expiries:
+            n = rec.set_expiry(expiries)
+            if n:
+                log.info("moved the expiry of %d posted items in place", n)
 
     def get_item(self, item_id: str) -> Item | None:
         return self._active.get_item(item_id)
@@ -172,6 +184,11 @@ class ModelManager:
 
     def ready(self) -> bool:
         return self._active is not None
+
+
+def _expired(record: dict, now: float) -> bool:
+    exp = record.get("expires_at")
+    return exp is not None and float(exp) <= now
 
 
 def _expiry_differs(rec: Recommender, record: dict) -> bool:

@@ -187,6 +187,8 @@ class ServingMetrics:
         # feed requests handed between workers (serving/offload.py): sent to an idle worker,
         # received from a busy one, or failed (computed by the sender after all)
         self.offload = Counter("feedrank_offload", "Feed requests handed between worker processes", ["result"], registry=r)
+        for result in ("sent", "received", "failed"):
+            self.offload.labels(result=result)
         self._mirror: _Mirror | None = None
         self._version_of: Callable[[], str] | None = None
         self._stop = threading.Event()

@@ -63,6 +63,10 @@ Args = tuple[str, int, bool, "float | None", str]
 Compute = Callable[[str, int, bool, "float | None", str], tuple[int, bytes]]
 
 
+class PeerDeclined(ConnectionError):
+    """The peer answered without a feed (it failed, shut down, or the request expired there)."""
+
+
 def socket_path(claims_dir: str | Path, slot: int) -> Path:
     return Path(claims_dir) / f"offload-w{slot}.sock"
 
@@ -122,10 +126,11 @@ class Offload:
         self.timeout_s = float(timeout_s)
         self.held = 0            # feed requests in this process: waiting or running here
         self.compute: Compute | None = None  # the fast path's pipeline call (registered by it)
-        self.sent = self.received = self.failed = 0
+        self.sent = self.received = self.failed = self.expired = 0
         self._idle: dict[int, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self._avoid_until: dict[int, float] = {}
         self._in_flight: dict[int, int] = {}  # requests sent to a peer and not answered yet
+        self._serving: set[asyncio.StreamWriter] = set()  # peers' connections to this worker
         self._server: asyncio.AbstractServer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,6 +170,8 @@ class Offload:
         self.board.publish(0, serving=False)
         if self._server is not None:
             self._server.close()
+        for w in list(self._serving):  # their handlers see the end of input and return
+            w.close()
         for conns in self._idle.values():
             for _r, w in conns:
                 w.close()
@@ -189,49 +196,78 @@ class Offload:
         return self.board.idle_peer(skip=lambda s: self._in_flight.get(s, 0) > 0 or self._avoid_until.get(s, 0.0) > now)
 
     # ------------------------------------------------------------------ client side
-    async def send(self, peer: int, args: Args) -> tuple[int, bytes] | None:
-        """Have ``peer`` compute the feed for ``args``: (status, body), or None when the
-        peer could not answer in time (the caller computes it)."""
-        conn = None
+    def waiting_reply(self) -> bool:
+        """Whether a request of this worker is at a peer now (its reply is read between two
+        turns of the loop, so a local pipeline should not start in the same turn)."""
+        return any(self._in_flight.values())
+
+    async def send(self, peer: int, args: Args, budget_s: float | None = None) -> tuple[int, bytes] | None:
+        """Have ``peer`` compute the feed for ``args`` within ``budget_s`` (at most
+        ``timeout_s``): (200, body), or None when the peer could not answer with a feed in
+        time (the caller computes it). The frame carries the absolute expiry, so a peer that
+        reads it too late drops it without computing or logging anything."""
+        limit = self.timeout_s if budget_s is None else max(0.001, min(self.timeout_s, float(budget_s)))
+        expiry_ns = time.monotonic_ns() + int(limit * 1e9)
+        payload = orjson.dumps([*args, expiry_ns])
+        frame = _LEN.pack(len(payload)) + payload
         self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
         try:
-            conn = await asyncio.wait_for(self._connection(peer), self.timeout_s)
-            reader, writer = conn
-            payload = orjson.dumps(list(args))
-            writer.write(_LEN.pack(len(payload)) + payload)
-            reply = await asyncio.wait_for(_read_frame(reader), self.timeout_s)
-            if len(reply) < _STATUS.size:
-                raise ConnectionError(f"short reply ({len(reply)} bytes)")
-            status = _STATUS.unpack_from(reply)[0]
-            self._idle.setdefault(peer, []).append(conn)
-            self.sent += 1
-            return status, reply[_STATUS.size:]
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
-            if conn is not None:
-                conn[1].close()
-            self.failed += 1
-            if self._loop is not None:
-                self._avoid_until[peer] = self._loop.time() + RETRY_AFTER_S
-            log.warning("request hand-off to worker %d failed (%s: %s); computing it here", peer, type(exc).__name__, exc)
+            for attempt in (0, 1):  # a pooled connection may be to a peer that restarted: one fresh retry
+                conn, reused = None, False
+                try:
+                    async with asyncio.timeout(max(0.0, (expiry_ns - time.monotonic_ns()) / 1e9)):
+                        conn, reused = await self._connection(peer)
+                        conn[1].write(frame)  # a pooled connection writes at once, before this turn's local work
+                        reply = await _read_frame(conn[0])
+                    if len(reply) < _STATUS.size:
+                        raise ConnectionError(f"short reply ({len(reply)} bytes)")
+                    status = _STATUS.unpack_from(reply)[0]
+                    if self.closed:
+                        conn[1].close()
+                    else:
+                        self._idle.setdefault(peer, []).append(conn)
+                    if status != 200:  # the peer failed or dropped it: never a client error, computed here
+                        return self._failed(peer, PeerDeclined(f"the peer answered status {status}"))
+                    self.sent += 1
+                    return status, reply[_STATUS.size:]
+                except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                    if conn is not None:
+                        conn[1].close()
+                    if reused and attempt == 0:
+                        continue  # the peer never read it (a dead connection): nothing was computed there
+                    return self._failed(peer, exc)
+                except (OSError, TimeoutError, ValueError) as exc:
+                    if conn is not None:
+                        conn[1].close()
+                    return self._failed(peer, exc)
+                except BaseException:  # cancelled mid-exchange: the connection's next reply is not ours
+                    if conn is not None:
+                        conn[1].close()
+                    raise
             return None
-        except BaseException:  # cancelled mid-exchange: the connection's next reply is not ours
-            if conn is not None:
-                conn[1].close()
-            raise
         finally:
             self._in_flight[peer] -= 1
 
-    async def _connection(self, peer: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    def _failed(self, peer: int, exc: BaseException) -> None:
+        self.failed += 1
+        if self._loop is not None:
+            self._avoid_until[peer] = self._loop.time() + RETRY_AFTER_S
+        log.warning("request hand-off to worker %d failed (%s: %s); computing it here", peer, type(exc).__name__, exc)
+        return None
+
+    async def _connection(self, peer: int) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], bool]:
+        """(reader, writer) to ``peer``, and whether it is a pooled one."""
         idle = self._idle.get(peer)
         while idle:
             reader, writer = idle.pop()
             if not writer.is_closing() and not reader.at_eof():
-                return reader, writer
+                return (reader, writer), True
             writer.close()
-        return await asyncio.open_unix_connection(str(socket_path(self.claims_dir, peer)))
+        return await asyncio.open_unix_connection(str(socket_path(self.claims_dir, peer))), False
 
     # ------------------------------------------------------------------ server side
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._serving.add(writer)
         try:
             while True:
                 try:
@@ -239,30 +275,42 @@ class Offload:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return  # the peer closed the connection
                 try:
-                    user_id, k, explain, deadline, rid = orjson.loads(payload)
+                    user_id, k, explain, deadline, rid, expiry_ns = orjson.loads(payload)
                     args: Args = (str(user_id), int(k), bool(explain), None if deadline is None else float(deadline), str(rid))
+                    expiry_ns = int(expiry_ns)
                 except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
                     log.error("request hand-off: malformed frame from a peer (%s); closing the connection", exc)
                     return
                 compute = self.compute
-                if compute is None:
-                    return
-                self.arrive()
-                try:
-                    status, body = compute(*args)
-                finally:
-                    self.depart()
-                self.received += 1
+                if compute is None or self.closed:
+                    status, body = 503, b""
+                elif time.monotonic_ns() >= expiry_ns:  # the sender has given up on it: not computed, not logged
+                    self.expired += 1
+                    status, body = 504, b""
+                else:
+                    self.arrive()
+                    try:
+                        status, body = compute(*args)
+                    finally:
+                        self.depart()
+                    self.received += 1
                 reply = _STATUS.pack(status) + body
                 writer.write(_LEN.pack(len(reply)) + reply)
                 await writer.drain()
+        except ConnectionError:  # the sender went away (it gave up on the request, or shut down)
+            log.debug("request hand-off: a peer connection closed mid-reply")
         except Exception:  # never let one peer connection take the worker down
             log.exception("request hand-off: serving a peer failed")
         finally:
-            writer.close()
+            self._serving.discard(writer)
+            try:
+                writer.close()
+            except RuntimeError:  # the loop is already closed (process exit)
+                pass
 
     def stats(self) -> dict[str, Any]:
-        return {"slot": self.slot, "held": self.held, "sent": self.sent, "received": self.received, "failed": self.failed}
+        return {"slot": self.slot, "held": self.held, "sent": self.sent, "received": self.received, "failed": self.failed,
+                "expired": self.expired}
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:

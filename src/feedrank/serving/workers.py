@@ -125,7 +125,8 @@ def create_worker_app():
         from feedrank.serving.balance import attach_board
 
         attach_board(spec["claims_dir"], int(spec["workers"]), slot)  # serving/balance.py: least-connections accept
-    if cfg.serving.offload and int(spec["workers"]) > 1:
+    # the hand-off needs the pipeline inline on the loop (no micro-batching thread pool)
+    if cfg.serving.offload and int(spec["workers"]) > 1 and cfg.pipeline.rank_batch_wait_ms <= 0:
         from feedrank.serving.offload import attach_offload
 
         attach_offload(spec["claims_dir"], int(spec["workers"]), slot)  # serving/offload.py: per-request hand-off

@@ -170,3 +170,91 @@ def test_a_socket_path_that_cannot_be_bound_turns_hand_off_off_without_failing(t
         assert off.should_send() is None
 
     asyncio.run(run())
+
+
+def test_a_peer_error_or_an_expired_request_is_not_a_feed_and_nothing_is_computed_late(tmp_path):
+    async def run():
+        a, b = _pair(tmp_path)
+        await a.start()
+        await b.start()
+        try:
+            b.compute = lambda *args: (500, b'{"detail":"internal server error"}')
+            assert await a.send(1, ("u1", 5, False, None, "r1")) is None  # the caller computes it instead
+            assert a.failed == 1 and a.sent == 0
+            a._avoid_until.clear()
+            calls = []
+            b.compute = lambda *args: calls.append(args) or (200, b"{}")
+            # a frame read after its expiry (the sender gave up on it) is dropped: not computed, 504
+            reader, writer = await asyncio.open_unix_connection(str(tmp_path / "offload-w1.sock"))
+            payload = orjson.dumps(["u2", 5, False, None, "r2", time.monotonic_ns() - 1])
+            writer.write(len(payload).to_bytes(4, "little") + payload)
+            n = int.from_bytes(await reader.readexactly(4), "little")
+            reply = await reader.readexactly(n)
+            writer.close()
+            assert int.from_bytes(reply[:2], "little") == 504 and calls == [] and b.expired == 1
+            assert await a.send(1, ("u3", 5, False, None, "r3"), budget_s=1.0) == (200, b"{}")
+            assert [c[0] for c in calls] == ["u3"]
+        finally:
+            a.close()
+            b.close()
+
+    asyncio.run(run())
+
+
+def test_the_frame_reaches_the_peer_while_this_worker_computes_its_next_request(tmp_path):
+    """The hand-off overlaps the two workers: the request is written to the peer (here a
+    thread with its own event loop, as another process would be) before this worker's next
+    local pipeline starts, so the peer computes it meanwhile; the handed-over feed is
+    recorded here."""
+    import threading
+
+    order: list[str] = []
+    b = Offload(tmp_path, 2, 1)
+    b.compute = lambda u, k, e, d, r: (order.append(f"b:{u}"),
+                                       (200, orjson.dumps({"by": "b", "request_id": r, "items": [{"item_id": "i9", "rank": 1}]})))[1]
+    peer_loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def peer():
+        asyncio.set_event_loop(peer_loop)
+        peer_loop.run_until_complete(b.start())
+        started.set()
+        peer_loop.run_forever()
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    assert started.wait(10)
+
+    def feed_a(user_id, k, explain, deadline, rid):
+        order.append(f"a:{user_id}:start")
+        time.sleep(0.2)  # a slow local pipeline (the peer thread runs meanwhile)
+        order.append(f"a:{user_id}:end")
+        return orjson.dumps({"by": "a"})
+
+    async def run():
+        a = Offload(tmp_path, 2, 0)
+        recorded = []
+        fast = FeedFastPath(_route, feed_a, ServingMetrics(), max_k=50, default_k=20, valid_request_id=lambda r: True,
+                            offload=a, deadline_ms=2000.0, observe_handed_over=lambda u, r, body: recorded.append(u))
+        await a.start()
+        try:
+            for burst in ("u", "v"):  # the second burst goes through the pooled connection
+                got = await asyncio.gather(*[_call(fast, f"{burst}{i}") for i in range(2)])
+                assert sorted(orjson.loads(body)["by"] for _s, body in got) == ["a", "b"]
+            assert recorded == ["u0", "v0"]
+            v = order[order.index("a:u1:end") + 1:]
+            assert v.index("b:v0") < v.index("a:v1:end")  # computed by the peer during the local pipeline
+        finally:
+            a.close()
+
+    async def stop_peer():
+        b.close()
+        await asyncio.sleep(0.05)  # the peer's connection handlers see the end of input
+        peer_loop.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run_coroutine_threadsafe(stop_peer(), peer_loop)
+        thread.join(10)
+        peer_loop.close()
