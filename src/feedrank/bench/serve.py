@@ -23,7 +23,10 @@ endpoint in the same run.
 
 wrk stays closed-loop underneath: when all ``--connections`` are waiting for responses, the
 next arrival is sent late (and timed from when it was sent), so an overloaded server gets
-fewer requests than offered. The achieved rate is reported beside the offered one.
+fewer requests than offered. The achieved rate is reported beside the offered one, and the
+share of arrivals sent more than 5 ms late with the largest lateness (``late_sends_share``,
+``late_max_ms``): latency percentiles do not include that wait. A wrk that fails (a Lua
+error, no result line) stops the bench instead of yielding figures.
 """
 
 from __future__ import annotations
@@ -67,13 +70,16 @@ delay = function()
   if next_due == nil then next_due = now end
   next_due = next_due - math.log(1 - math.random()) * gap_ms
   local d = next_due - now
+  n_sched = n_sched + 1
+  if d < -5 then n_late = n_late + 1 end  -- sent more than 5 ms after its arrival time
+  if -d > late_max then late_max = -d end
   if d < 0 then return 0 end
   return d
 end
 -- the tier of every response, counted here: with several workers /metrics is per process
 local threads = {}
 setup = function(thread) table.insert(threads, thread) end
-init = function(args) n_full, n_reduced, n_fallback, n_other = 0, 0, 0, 0 end
+init = function(args) n_full, n_reduced, n_fallback, n_other, n_sched, n_late, late_max = 0, 0, 0, 0, 0, 0, 0 end
 response = function(status, headers, body)
   local t = string.match(body or "", '"tier":"(%%a+)"')
   if t == "full" then n_full = n_full + 1 elseif t == "reduced" then n_reduced = n_reduced + 1
@@ -86,6 +92,11 @@ done = function(summary, latency, requests)
     b = b + (t:get("n_fallback") or 0); o = o + (t:get("n_other") or 0)
   end
   io.write(string.format("TIERS full=%%d reduced=%%d fallback=%%d other=%%d\\n", f, r, b, o))
+  local ns, nl, lm = 0, 0, 0
+  for _, t in ipairs(threads) do
+    ns = ns + (t:get("n_sched") or 0); nl = nl + (t:get("n_late") or 0); lm = math.max(lm, t:get("late_max") or 0)
+  end
+  io.write(string.format("LATE scheduled=%%d late=%%d max_ms=%%.1f\\n", ns, nl, lm))
 end
 """
 
@@ -138,6 +149,11 @@ def _parse_wrk(out: str) -> dict[str, Any]:
     m = re.search(r"TIERS full=(\d+) reduced=(\d+) fallback=(\d+) other=(\d+)", out)
     if m:
         res["tier_counts"] = dict(zip(("full", "reduced", "fallback", "other"), map(int, m.groups())))
+    m = re.search(r"LATE scheduled=(\d+) late=(\d+) max_ms=([\d.]+)", out)
+    if m:  # arrivals sent > 5 ms after their time because every connection was busy (overload)
+        sched, late = int(m.group(1)), int(m.group(2))
+        res["late_sends_share"] = round(late / sched, 4) if sched else 0.0
+        res["late_max_ms"] = float(m.group(3))
     return res
 
 
@@ -167,10 +183,13 @@ def _run_wrk(url: str, rate: float, seconds: int, connections: int, users: int, 
         f.write(LUA % {"seed": seed, "users": users, "gap_ms": gap_ms, "k": k})
         script = f.name
     try:
-        out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", script, url],
-                             capture_output=True, text=True, timeout=seconds + 60).stdout
+        proc = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", script, url],
+                              capture_output=True, text=True, timeout=seconds + 60)
     finally:
         os.unlink(script)
+    out = proc.stdout
+    if proc.returncode != 0 or "TIERS " not in out or proc.stderr.strip():  # e.g. a Lua error: never a silent result
+        raise RuntimeError(f"wrk failed (exit {proc.returncode}): {proc.stderr.strip() or out.strip()[-500:]}")
     res = _parse_wrk(out)
     res["offered_rps"] = rate
     return res
@@ -270,6 +289,7 @@ def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: 
             out["rates"].append(res)
             say(f"offered {rate:.0f} rps: achieved {res['achieved_rps']}, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, "
                 f"tiers {res['tier_share']}, handed over {res.get('handed_over_share', 0.0):.1%}, "
+                f"sent late {res.get('late_sends_share', 0.0):.1%} (max {res.get('late_max_ms', 0.0):.0f} ms), "
                 f"server CPU {res['server_cpu_ms_per_request']} ms/request, "
                 f"bare p50 {bare_res['p50_ms']} ms, bare CPU {bare_cpu:.3f} ms/request")
     finally:

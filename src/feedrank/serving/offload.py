@@ -4,9 +4,10 @@ is computed by an idle worker instead.
 
 Why: a client's keep-alive connection stays on the worker that accepted it, and a worker
 runs one feed pipeline at a time (inline on its event loop). Two workers are then two
-separate queues: a burst on one connection set waits behind the busy worker while the
-other idles. At the same CPU per request, two separate M/G/1 queues have about 1.5x the
-p99 of one shared queue over both workers (benchmarks/README.md, "Per-request hand-off").
+separate queues: a burst on one worker's connections waits behind its pipeline while the
+other worker idles. Queueing theory (and a simulation with this server's service times,
+benchmarks/README.md, "Round 5") puts the p99 of two separate queues at about 1.5x that of
+one queue shared by both at the same CPU per request.
 
 How:
 
@@ -21,16 +22,22 @@ How:
   one. The peer computes it with the same ``feed`` function as its own requests (its model,
   its impression log and metrics) and returns the JSON body; this worker writes it to
   the client.
-* A request handed over is never handed on. A peer that is dead, silent for
-  ``STALE_S``, refuses the connection, or breaks it, costs one failed attempt: the
-  request is computed here (no error reaches the client). A reply slower than
-  ``timeout_s`` is abandoned and the request computed here too; if the peer still
-  finishes it, its impressions are logged twice with the same event ids, and readers
-  drop repeats by ``event_id`` (data/partitions.py).
+* The sender records the returned feed's items in its own state (``observe_handed_over``
+  in serving/app.py: seen items, engagement counters; not logged again), so the next feed
+  on that connection does not repeat them.
+* A request handed over is never handed on. Workers not serving or silent for
+  ``STALE_S`` are never chosen. A peer that refuses the connection, breaks it, answers
+  anything but a feed, or does not answer within the budget (half the request's deadline,
+  at most ``timeout_s``) costs one failed attempt and is left alone for ``RETRY_AFTER_S``:
+  the request is computed here (no error reaches the client). The frame carries an
+  absolute expiry (CLOCK_MONOTONIC, one clock for all processes of a boot): a peer that
+  reads it later drops it unanswered-for (504) without computing or logging it. A pooled
+  connection that turns out dead (the peer restarted) is retried once on a fresh one.
 
 Frames on the socket (both directions): a 4-byte little-endian length, then the payload.
-Request payload: JSON ``[user_id, k, explain, deadline_ms | null, request_id]``. Reply:
-a 2-byte status (200 or 500) then the body bytes.
+Request payload: JSON ``[user_id, k, explain, deadline_ms | null, request_id, expiry_ns]``.
+Reply: a 2-byte status (200; 500 when the pipeline failed; 503 shutting down; 504
+expired) then the body bytes.
 """
 
 from __future__ import annotations

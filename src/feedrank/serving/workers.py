@@ -31,7 +31,8 @@ What each worker owns, and the consistency that gives (docs/api.md, "Workers"):
   of them (serving/metrics.py). The folder is removed when the supervisor exits normally (a fresh
   one is made per run in any case).
 * **Online state** (recent clicks, seen items): per worker. A client's keep-alive
-  connection stays on one worker, but separate connections of one user may hit either,
+  connection stays on one worker (a feed another worker computed for it, serving/offload.py,
+  is recorded there too), but separate connections of one user may hit either,
   so "never show a seen item again" holds per worker; with ``features.live`` and a shared
   ``features.store_url`` (Redis) history and counters are shared.
 """
