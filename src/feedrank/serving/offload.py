@@ -31,7 +31,7 @@ How:
   at most ``timeout_s``) costs one failed attempt and is left alone for ``RETRY_AFTER_S``:
   the request is computed here (no error reaches the client). The frame carries an
   absolute expiry (CLOCK_MONOTONIC, one clock for all processes of a boot): a peer that
-  reads it later drops it unanswered-for (504) without computing or logging it. A pooled
+  reads it later answers 504 without computing or logging it. A pooled
   connection that turns out dead (the peer restarted) is retried once on a fresh one.
 
 Frames on the socket (both directions): a 4-byte little-endian length, then the payload.
