@@ -21,6 +21,8 @@ Examples:
     .venv/bin/python benchmarks/consumer_cpu.py                      # ~100k events, tailing
     .venv/bin/python benchmarks/consumer_cpu.py --events 20000 --rounds 1
     .venv/bin/python benchmarks/consumer_cpu.py --per-poll 0 --json  # one catch-up poll
+    .venv/bin/python benchmarks/consumer_cpu.py --consumer-yield     # as serving.consumer_yield=true
+    .venv/bin/python benchmarks/consumer_cpu.py --save                # + benchmarks/results/consumer_cpu.json
 """
 
 from __future__ import annotations
@@ -77,13 +79,15 @@ def build_live(n_items: int, snapshot: OnlineSnapshot, ids: list[str], cats: lis
     return live
 
 
-def run_round(root: Path, requests: list[tuple[str, list[Event]]], per_poll: int, live: LiveFeatures) -> tuple[int, float]:
+def run_round(root: Path, requests: list[tuple[str, list[Event]]], per_poll: int, live: LiveFeatures,
+              consumer_yield: bool) -> tuple[int, float]:
     shutil.rmtree(root, ignore_errors=True)
     logs = {p: EventLog(root / p) for p in ("w0", "w1")}
     source = PartitionedLog(root, own={"w0": logs["w0"]})
-    # as LiveFeatures.start with a serving loop's yield flag (never busy here)
-    consumer = LogConsumer(source, live.publisher, None, batch_size=CONSUMER_BATCH, yield_to=lambda: False,
-                           commit_every_s=1e9, name="bench")
+    # as LiveFeatures.start: 1,024-record batches, or with serving.consumer_yield=true the
+    # serving loop's yield flag (never busy here) and CONSUMER_BATCH-record batches
+    consumer = LogConsumer(source, live.publisher, None, batch_size=CONSUMER_BATCH if consumer_yield else 1024,
+                           yield_to=(lambda: False) if consumer_yield else None, commit_every_s=1e9, name="bench")
     step = per_poll if per_poll > 0 else len(requests)
     n, cpu = 0, 0.0
     try:
@@ -118,9 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds; the best is reported (default 3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir, removed)")
+    ap.add_argument("--consumer-yield", action="store_true",
+                    help="wire it as serving.consumer_yield=true does (128-record batches, 64-record slices)")
     ap.add_argument("--no-freeze", action="store_true",
                     help="leave the catalogue binding to the cyclic GC (serving freezes it: serving/heap.py)")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
+    ap.add_argument("--save", action="store_true",
+                    help="also write the result to $FEEDRANK_BENCH_RESULTS/consumer_cpu.json (default benchmarks/results)")
     args = ap.parse_args(argv)
     if args.events < 1 or args.items < 1 or args.users < 1 or args.rounds < 1 or args.per_poll < 0:
         ap.error("--events, --items, --users and --rounds must be >= 1, --per-poll >= 0")
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 gc.unfreeze()
                 gc.collect()
                 gc.freeze()
-            n, cpu = run_round(tmp / "events", requests, args.per_poll, live)
+            n, cpu = run_round(tmp / "events", requests, args.per_poll, live, args.consumer_yield)
             del live
             per_event.append(1e6 * cpu / max(n, 1))
             if not args.json:
@@ -150,10 +158,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
     out = {"bench": "consumer_cpu", "events": n, "per_poll": args.per_poll, "items": args.items,
+           "consumer_yield": args.consumer_yield,
            "us_per_event_best": round(min(per_event), 3), "us_per_event": [round(x, 3) for x in per_event],
            "load_avg": os.getloadavg()[0]}
     print(json.dumps(out) if args.json else f"best: {out['us_per_event_best']:.2f} us/event "
           f"(rounds {out['us_per_event']}; load {out['load_avg']:.2f})")
+    if args.save:
+        out["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        dest = Path(os.environ.get("FEEDRANK_BENCH_RESULTS", "benchmarks/results")) / "consumer_cpu.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 

@@ -4,6 +4,8 @@
     res = log.append(events)            # durable (fsync'd) when this returns
     for rec in log.read(from_offset=LogOffset(1, 0)):
         rec.offset, rec.event
+    for batch in log.read_batches(LogOffset(1, 0), 1024):   # the same as columns (data/logread.py)
+        batch.events, batch.end()                          # EventColumns; where to resume
 
 Layout: ``root/seg-000001.jsonl``, ``seg-000002.jsonl``, ... Each line is one JSON
 object ``{"crc":"<8 hex>","e":{...event...}}`` where ``crc`` is the CRC32 of the exact
@@ -51,9 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import numpy as np
-
-from feedrank.data.events import columns_from_dicts, event_from_dict
+from feedrank.data.events import event_from_dict
+from feedrank.data.groupcommit import GroupCommit
 from feedrank.data.logformat import (
     DEFAULT_SEGMENT_BYTES,
     AppendResult,
@@ -68,10 +69,12 @@ from feedrank.data.logformat import (
     segment_name,
 )
 from feedrank.data.logformat import iter_raw_lines as _iter_raw_lines  # a module global: tests spy on it
-from feedrank.errors import CorruptFile, FeedrankError, SchemaError
+from feedrank.data.logread import batches_from_runs, decode_run
+from feedrank.errors import CorruptFile, FeedrankError
 from feedrank.types import Event
 
 log = logging.getLogger(__name__)
+FRESH_BYTES = 8 << 20  # readers keep at most this much of a refresh's checked lines for the next read
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "AppendResult", "EventLog", "LogBatch", "LogOffset", "LogRecord", "decode_line", "encode_line",
            "partition_roots", "read_partitions", "segment_name"]
@@ -91,7 +94,7 @@ class _Segment:
             self.written, self.written_lines = self.size, self.lines
 
 
-class EventLog:
+class EventLog(GroupCommit):
     """Append-only, fsync'd, idempotent event log in ``root`` (see module docstring)."""
 
     def __init__(self, root: str | Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES, *, readonly: bool = False) -> None:
@@ -111,6 +114,9 @@ class EventLog:
         # readers: segment -> (line, byte position where it starts), so a consumer resuming
         # mid-segment seeks there instead of re-reading the segment from its start
         self._resume: dict[int, tuple[int, int]] = {}
+        # readers: segment -> (first line, lines, end byte of each) checked by the last refresh,
+        # so the read that follows decodes them without reading and CRC-checking them again
+        self._fresh: dict[int, tuple[int, list[bytes], list[int]]] = {}
         # group commit: appends get a sequence number; an fsync makes all up to one durable
         self._sync_cond = threading.Condition(threading.Lock())
         self._write_seq = 0
@@ -153,11 +159,16 @@ class EventLog:
             if self._damage is not None:  # readers stop at the first damaged segment
                 return
 
-    def _scan_segment(self, number: int, path: Path, last: bool, pos: int = 0, lines: int = 0) -> _Segment:
+    def _scan_segment(self, number: int, path: Path, last: bool, pos: int = 0, lines: int = 0,
+                      keep: bool = False) -> _Segment:
         """Check (and, for a writer, repair) one segment from byte ``pos`` (line ``lines``),
-        remembering its event ids; the segment's committed extent."""
+        remembering its event ids; the segment's committed extent. ``keep`` (a reader's
+        refresh): the checked lines stay in ``_fresh`` for the ``read`` that follows."""
         good_end = pos
         bad: tuple[int, int] | None = None  # (1-based line, byte position)
+        raws: list[bytes] = []
+        ends: list[int] = []
+        first = lines
         for raw, terminated, end in _iter_raw_lines(path, None, pos):
             eid = line_event_id(raw) if terminated else None  # CRC-checked; read() decodes the rest
             if eid is None:
@@ -175,6 +186,14 @@ class EventLog:
             self._ids.add(eid)
             lines += 1
             good_end = end
+            if keep:
+                raws.append(raw)
+                ends.append(end)
+                if end - pos > FRESH_BYTES:
+                    keep = False
+                    raws, ends = [], []
+        if keep and raws:
+            self._fresh[number] = (first, raws, ends)
         size = path.stat().st_size
         if bad is not None or good_end != size:
             if not last:
@@ -304,87 +323,6 @@ class EventLog:
         self._pending.append((self._write_seq, accepted))
         return self._write_seq
 
-    # ------------------------------------------------------------------ group commit
-
-    def _wait_durable(self, seq: int) -> None:
-        """Return once append ``seq`` is fsync'd (leading an fsync if none is running)."""
-        while True:
-            with self._sync_cond:
-                while True:
-                    for lo, hi, exc in self._failures:
-                        if lo <= seq <= hi:
-                            raise OSError(f"event log {self.root}: fsync failed, batch not written: {exc}") from exc
-                    if self._durable_seq >= seq:
-                        return
-                    if not self._syncing:
-                        self._syncing = True
-                        break
-                    self._sync_cond.wait()
-            self._lead_sync()
-
-    def _lead_sync(self) -> None:
-        """fsync everything written so far (outside the append lock), then publish it."""
-        try:
-            with self._lock:
-                target = self._write_seq
-                seg = self._segments[-1] if self._segments else None
-                fd = os.dup(self._fd) if self._fd is not None and seg is not None else None
-                size, lines = (seg.written, seg.written_lines) if seg is not None else (0, 0)
-            if fd is not None:
-                try:
-                    os.fsync(fd)  # a dup: safe even if a roll or close closes self._fd meanwhile
-                finally:
-                    os.close(fd)
-                with self._lock:
-                    self._publish_locked(seg, size, lines, target)  # type: ignore[arg-type]
-        except BaseException as exc:
-            with self._lock:
-                self._fail_pending_locked(exc)
-        finally:
-            with self._sync_cond:
-                self._syncing = False
-                self._sync_cond.notify_all()
-
-    def _publish_locked(self, seg: _Segment, size: int, lines: int, target: int) -> None:
-        """Appends up to ``target`` are durable: readers may see ``seg`` up to ``size``."""
-        if size > seg.size:
-            seg.size, seg.lines = size, lines
-        self._pending = [(s, ids) for s, ids in self._pending if s > target]
-        with self._sync_cond:
-            self._durable_seq = max(self._durable_seq, target)
-            self._sync_cond.notify_all()
-
-    def _sync_pending_locked(self) -> None:
-        """Under ``_lock``: fsync the tail now if it has written-but-not-durable bytes."""
-        tail = self._segments[-1]
-        if tail.written == tail.size and not self._pending:
-            return
-        try:
-            os.fsync(self._fd)  # type: ignore[arg-type]
-        except BaseException as exc:
-            self._fail_pending_locked(exc)
-            raise
-        self._publish_locked(tail, tail.written, tail.written_lines, self._write_seq)
-
-    def _fail_pending_locked(self, exc: BaseException) -> None:
-        """Under ``_lock``: an fsync failed; every not-yet-durable batch fails and is
-        truncated away, its ids forgotten (a retry may write them again)."""
-        tail = self._segments[-1] if self._segments else None
-        if tail is not None and self._fd is not None:
-            try:
-                os.ftruncate(self._fd, tail.size)
-            except OSError:
-                log.exception("event log %s: could not roll back failed appends", tail.path)
-            tail.written, tail.written_lines = tail.size, tail.lines
-        lo = self._pending[0][0] if self._pending else self._write_seq + 1
-        for _s, ids in self._pending:
-            self._ids.difference_update(ids)
-        self._pending = []
-        log.error("event log %s: fsync failed (%s); %d pending append(s) failed", self.root, exc, self._write_seq - lo + 1)
-        with self._sync_cond:
-            self._failures.append((lo, self._write_seq, exc))
-            self._sync_cond.notify_all()
-
     # ------------------------------------------------------------------ reading
 
     def _refresh_readonly(self) -> None:
@@ -392,11 +330,12 @@ class EventLog:
         the last look. Incremental: a segment before the tail never changes, so only the
         last known segment (from its committed end) and new segments are scanned; a
         segment that shrank (a writer rolled back a failed fsync) triggers a full rescan."""
+        self._fresh = {}
         files = segment_files(self.root)
         known = {s.number: s for s in self._segments}
         present = dict(files)
-        if self._damage is not None or any(s.number not in present or s.path.stat().st_size < s.size
-                                           for s in self._segments):
+        sizes = {s.number: s.path.stat().st_size for s in self._segments if s.number in present}
+        if self._damage is not None or any(s.number not in sizes or sizes[s.number] < s.size for s in self._segments):
             self._damage = None
             self._ids.clear()
             self._segments.clear()
@@ -409,9 +348,11 @@ class EventLog:
                 continue
             if number == tail:
                 old = known[number]
-                self._segments[-1] = self._scan_segment(number, path, last, old.size, old.lines)
+                if sizes[number] == old.size:  # nothing written since (it ends on a line boundary)
+                    continue
+                self._segments[-1] = self._scan_segment(number, path, last, old.size, old.lines, keep=True)
             else:
-                self._segments.append(self._scan_segment(number, path, last))
+                self._segments.append(self._scan_segment(number, path, last, keep=True))
             if self._damage is not None:
                 return
 
@@ -440,36 +381,10 @@ class EventLog:
         ``SchemaError`` is raised."""
         if batch_size < 1 or (limit is not None and limit < 0):
             raise ValueError(f"batch_size must be >= 1 and limit >= 0, got {batch_size} and {limit}")
-        left = -1 if limit is None else int(limit)
-        if left == 0:
+        if limit == 0:
             return
-        objs: list[dict] = []
-        segs: list[np.ndarray] = []
-        nums: list[np.ndarray] = []
-        runs = self._scan_runs(from_offset, min(batch_size, left) if left > 0 else batch_size)
-        try:
-            for number, first, run, ends in runs:
-                while run:
-                    k = min(len(run), batch_size - len(objs), left if left > 0 else len(run))
-                    objs += run[:k]
-                    segs.append(np.full(k, number, dtype=np.int64))
-                    nums.append(np.arange(first, first + k, dtype=np.int64))
-                    self._resume[number] = (first + k, ends[k - 1])
-                    run, ends, first = run[k:], ends[k:], first + k
-                    left -= k if left > 0 else 0
-                    if len(objs) >= batch_size or left == 0:
-                        yield from _batches(segs, nums, objs)
-                        objs, segs, nums = [], [], []
-                        if left == 0:
-                            return
-        except CorruptFile:
-            if objs:
-                yield from _batches(segs, nums, objs)
-            raise
-        finally:
-            runs.close()
-        if objs:
-            yield from _batches(segs, nums, objs)
+        run = batch_size if limit is None else min(batch_size, limit)
+        yield from batches_from_runs(self._scan_runs(from_offset, run), batch_size, limit, self._resume)
 
     def _scan_runs(self, from_offset: LogOffset | tuple[int, int] | None,
                    run: int = 256) -> Iterator[tuple[int, int, list[dict], list[int]]]:
@@ -481,7 +396,7 @@ class EventLog:
             if self.readonly:
                 self._refresh_readonly()
             snapshot = [(s.number, s.path, s.size) for s in self._segments]
-            damage = self._damage
+            damage, fresh = self._damage, self._fresh
         start = LogOffset(*from_offset) if from_offset is not None else LogOffset(0, 0)
         for number, path, size in snapshot:
             if number < start.segment or size == 0:
@@ -489,6 +404,16 @@ class EventLog:
                     raise CorruptFile(damage[1])
                 continue
             skip = start.line if number == start.segment else 0
+            got = fresh.get(number)
+            if got is not None and got[0] <= skip <= got[0] + len(got[1]) and got[2][-1] == size:
+                k = skip - got[0]  # the refresh just checked these lines: decode them
+                fresh.pop(number, None)  # once: not kept alive until the next refresh
+                for j in range(k, len(got[1]), run):
+                    yield from decode_run(path, number, got[0] + j, got[1][j:j + run], got[2][j:j + run], False,
+                                    checked=True)
+                if damage is not None and damage[0] == number:
+                    raise CorruptFile(damage[1])
+                continue
             line_no, pos0 = -1, 0
             hint = self._resume.get(number)
             if hint is not None and 0 < hint[0] <= skip and hint[1] <= size:
@@ -497,9 +422,11 @@ class EventLog:
             ends: list[int] = []
             first = -1
             torn = False
-            for raw, terminated, end in _iter_raw_lines(path, size, pos0):
+            for raw, terminated, end in _iter_raw_lines(path, size, pos0) if pos0 < size else ():
                 line_no += 1
                 if line_no < skip:
+                    if line_no == skip - 1 and terminated:  # the next read from ``skip`` seeks here
+                        self._resume[number] = (skip, end)
                     continue
                 if not raws:
                     first = line_no
@@ -509,10 +436,10 @@ class EventLog:
                     torn = True
                     break
                 if len(raws) >= run:
-                    yield from _run(path, number, first, raws, ends, torn)
+                    yield from decode_run(path, number, first, raws, ends, torn)
                     raws, ends = [], []
             if raws:
-                yield from _run(path, number, first, raws, ends, torn)
+                yield from decode_run(path, number, first, raws, ends, torn)
             if damage is not None and damage[0] == number:
                 raise CorruptFile(damage[1])
 
@@ -553,36 +480,6 @@ class EventLog:
                 return False
             tail = self._segments[-1].path
             return tail.exists() and os.access(self.root, os.W_OK) and os.access(tail, os.W_OK)
-
-
-def _run(path: Path, number: int, first: int, raws: list[bytes], ends: list[int],
-         torn: bool) -> Iterator[tuple[int, int, list[dict], list[int]]]:
-    """One run of ``_scan_runs``: the event dicts of consecutive lines from line ``first``;
-    at a corrupt one (or the last, ``torn``: not terminated) a run of the ones before it,
-    then ``CorruptFile``."""
-    objs = [decode_line(r) for r in raws]
-    if torn:
-        objs[-1] = None
-    if None in objs:
-        k = objs.index(None)
-        if k:
-            yield number, first, objs[:k], ends[:k]  # type: ignore[misc]
-        raise CorruptFile(f"event log {path}: line {first + k + 1} is corrupt (changed after it was written)")
-    yield number, first, objs, ends  # type: ignore[misc]
-
-
-def _batches(segs: list[np.ndarray], lines: list[np.ndarray], objs: list[dict]) -> Iterator[LogBatch]:
-    """The ``LogBatch`` of decoded lines; for a record that is not a stored event, a batch
-    of the records before it (applied, as ``read`` would have), then its ``SchemaError``."""
-    seg, line = np.concatenate(segs), np.concatenate(lines)
-    try:
-        batch = LogBatch(seg, line, columns_from_dicts(objs))
-    except SchemaError as exc:
-        k = int(getattr(exc, "record", 0))
-        if k > 0:
-            yield from _batches([seg[:k]], [line[:k]], objs[:k])
-        raise
-    yield batch
 
 
 # worker partitions (``root/w0``, ``root/w1``, ...) and readers over all of them: data/partitions.py

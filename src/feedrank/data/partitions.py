@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from feedrank.data.eventlog import EventLog
 
 _PART_RE = re.compile(r"^w(\d+)$")
+READ_AHEAD = 512  # records read from a partition at a time by ``read_batches`` (its slices may be smaller)
 ROOT_PARTITION = ""
 
 
@@ -177,7 +178,9 @@ class PartitionedLog:
         errors: list[Exception] = []
         with self._lock:
             opened = self._open(offsets or {}, only, errors)
-        yield from merge_batches([(name, log.read_batches(start, batch_size), start) for name, log, start in opened],
+        # read ahead a little more than a slice per partition (fewer, larger reads); not past ``limit``
+        ahead = max(batch_size, READ_AHEAD) if limit is None else batch_size
+        yield from merge_batches([(name, log.read_batches(start, ahead), start) for name, log, start in opened],
                                  batch_size, limit, errors)
         if errors:
             raise errors[0]

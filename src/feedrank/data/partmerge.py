@@ -5,13 +5,14 @@
         batch.ends            # {partition: LogOffset}: where each partition resumes after it
 
 ``read_parts`` merges records one at a time (``heapq.merge`` by event time). Here each
-partition is read ahead by up to one slice (``batch_size`` records) into a buffer, and a
+partition is read ahead into a buffer (the caller's read size, at least a slice), and a
 step takes, from every buffer, the records up to a watermark ``T``: the smallest "newest
 time read so far" (running maximum of ``ts``) among the partitions that still have
 unread records. No record after ``T`` of any partition is taken before every other
 partition has been read past ``T``: the same global order a k-way merge gives, up to
-ties, for partitions whose records are in time order (a serving worker's are, nearly),
-and a partition never runs ahead of the others by more than a slice. The records taken
+ties at slice boundaries, for partitions whose records are in time order (a serving
+worker's are, nearly), so no partition's records are applied ahead of another's
+unread ones (the real-time windows would count those as late). The records taken
 are sorted by that running maximum (stable: a partition's records keep their log order,
 ties go to the earlier partition, as in ``heapq.merge``), so what a batch takes from a
 partition is always a prefix of it, and ``ends`` is exact.
@@ -63,16 +64,12 @@ def take_columns(cols: EventColumns, order: np.ndarray) -> EventColumns:
                         list(map(cols.item_id.__getitem__, idx)), cols.kind[order])
 
 
-def _head(cols: EventColumns, k: int) -> EventColumns:
-    return EventColumns(cols.event_id[:k], cols.ts[:k], cols.user_id[:k], cols.item_id[:k], cols.kind[:k])
-
-
-def _tail(cols: EventColumns, k: int) -> EventColumns:
-    return EventColumns(cols.event_id[k:], cols.ts[k:], cols.user_id[k:], cols.item_id[k:], cols.kind[k:])
+def _slice(cols: EventColumns, a: int, b: int | None) -> EventColumns:
+    return EventColumns(cols.event_id[a:b], cols.ts[a:b], cols.user_id[a:b], cols.item_id[a:b], cols.kind[a:b])
 
 
 class _Buffer:
-    """One partition's records read ahead and not yet taken."""
+    """One partition's records read ahead; those before ``pos`` are taken."""
 
     def __init__(self, name: str, batches: Iterator[LogBatch], start: LogOffset, errors: list[Exception]) -> None:
         self.name, self.batches, self.errors = name, batches, errors
@@ -80,12 +77,19 @@ class _Buffer:
         self.done = False               # nothing more to read (end of the log, or an error)
         self.cols: EventColumns | None = None
         self.seg = self.line = self.top = np.zeros(0)
-        self.n = 0
+        self.pos = 0
+        self.n = 0                      # records not taken
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Merge keys of the records not taken: running max of ``ts`` (non-decreasing)."""
+        return self.top[self.pos:]
 
     def fill(self, want: int) -> None:
         """Read until ``want`` records are buffered or the partition is done."""
         got: list[LogBatch] = []
-        while self.n + sum(len(b) for b in got) < want and not self.done:
+        have = self.n
+        while have < want and not self.done:
             try:
                 b = next(self.batches)
             except StopIteration:
@@ -99,23 +103,25 @@ class _Buffer:
             else:
                 if len(b):
                     got.append(b)
+                    have += len(b)
                     self.read_to = b.end()
         if not got:
             return
-        cols = [self.cols] if self.cols is not None and self.n else []
-        self.cols = EventColumns.concat(cols + [b.events for b in got])
-        self.seg = np.concatenate(([self.seg] if self.n else []) + [b.segment for b in got])
-        self.line = np.concatenate(([self.line] if self.n else []) + [b.line for b in got])
-        self.top = np.maximum.accumulate(self.cols.ts)  # running max: non-decreasing, the merge key
-        self.n = len(self.cols)
+        rest = self.n > 0 and self.cols is not None
+        p = self.pos
+        self.cols = EventColumns.concat(([_slice(self.cols, p, None)] if rest else []) + [b.events for b in got])  # type: ignore[arg-type]
+        self.seg = np.concatenate(([self.seg[p:]] if rest else []) + [b.segment for b in got])
+        self.line = np.concatenate(([self.line[p:]] if rest else []) + [b.line for b in got])
+        self.top = np.maximum.accumulate(self.cols.ts)  # the untaken keep their keys (module docstring)
+        self.pos, self.n = 0, len(self.cols)
 
     def take(self, k: int) -> tuple[EventColumns, np.ndarray, LogOffset]:
-        """The first ``k`` buffered records, their merge keys, and where the partition resumes."""
+        """The first ``k`` records not taken, their merge keys, and where the partition resumes."""
         assert self.cols is not None and 0 < k <= self.n
-        head, keys = _head(self.cols, k), self.top[:k]
-        end = LogOffset(int(self.seg[k - 1]), int(self.line[k - 1]) + 1)
-        self.cols, self.seg, self.line, self.top = _tail(self.cols, k), self.seg[k:], self.line[k:], self.top[k:]
-        self.n -= k
+        p, q = self.pos, self.pos + k
+        head, keys = _slice(self.cols, p, q), self.top[p:q]
+        end = LogOffset(int(self.seg[q - 1]), int(self.line[q - 1]) + 1)
+        self.pos, self.n = q, self.n - k
         return head, keys, end
 
     def close(self) -> None:
@@ -141,10 +147,10 @@ def merge_batches(streams: list[tuple[str, Iterator[LogBatch], LogOffset]], batc
             live = [b for b in bufs if b.n]
             if not live:
                 break
-            bounds = [b.top[-1] for b in live if not b.done]
+            bounds = [b.top[-1] for b in live if not b.done]  # the last key of what is buffered
             cut = min(bounds) if bounds else np.inf
             room = batch_size - have if left < 0 else min(batch_size - have, left)
-            ks = [int(np.searchsorted(b.top, cut, side="right")) for b in live]
+            ks = [b.n if cut >= b.top[-1] else int(b.keys.searchsorted(cut, "right")) for b in live]
             if len(live) == 1:
                 ks = [min(ks[0], room)]
                 col, _keys, end = live[0].take(ks[0])
@@ -152,7 +158,7 @@ def merge_batches(streams: list[tuple[str, Iterator[LogBatch], LogOffset]], batc
                 ends[live[0].name] = end
             else:
                 if sum(ks) > room:  # the first ``room`` in merge order: still a prefix of each partition
-                    keys = np.concatenate([b.top[:k] for b, k in zip(live, ks)])
+                    keys = np.concatenate([b.keys[:k] for b, k in zip(live, ks)])
                     src = np.repeat(np.arange(len(live)), ks)
                     first = np.argsort(keys, kind="stable")[:room]
                     ks = np.bincount(src[first], minlength=len(live)).tolist()

@@ -28,6 +28,12 @@ workers): the ids it remembers are part of its checkpointed state.
 If the source fails mid-read (e.g. ``data.partitions.PartitionCorrupt``: one partition
 has a corrupt record), the records read before the failure are applied and their offsets
 kept, then the error is raised: the healthy partitions keep progressing on every poll.
+
+Columns end to end: when the source also has ``read_batches`` (``EventLog``: batches with
+an ``end()`` offset; ``PartitionedLog``: batches with ``ends`` per partition) and the sink
+``apply_columns`` (``RealtimeFeatures``, ``StorePublisher``), records travel as
+``types.EventColumns``, without an ``Event`` each. Batches, yields, offsets and commits
+are the same as record by record (``poll`` picks the path; ``columnar`` says which).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ trending scores, users' recent clicks and category affinities. Bounded memory.
 
     rt = RealtimeFeatures(item_category={"n1": "sports", ...})
     rt.apply(events)                              # from a LogConsumer (features/consumer.py)
+    rt.apply_columns(cols)                        # the same for types.EventColumns (its fast path)
     f = rt.item_features(["n1", "n2"], now=time.time())
     f.impressions, f.clicks, f.ctr                # (N, W) over windows (300, 3600, 86400) s
     f.trending                                    # (N,) log1p(clicks 1h) - log1p(clicks 24h / 24)
@@ -10,8 +11,8 @@ trending scores, users' recent clicks and category affinities. Bounded memory.
     rt.user_features("u1", now)                   # recent clicks, n_clicks, category shares
 
 Item counters live in one ring of ``buckets`` time buckets per window, shared by all items
-(``(slots, buckets)`` float32 arrays per window and kind), so applying a batch is a few
-vectorised ``np.add.at`` calls. The ring is global: moving into a new bucket clears that
+(``(slots, buckets)`` float32 arrays per window and kind), so applying a batch is one
+vectorised ``np.add.at`` per kind, after one dict lookup per event for its item's slot. The ring is global: moving into a new bucket clears that
 column for every item. Counts therefore have one bucket of resolution (25 s for 5 min,
 5 min for 1 h, 2 h for 24 h). Events older than a window's ring are ignored for that
 window (counted in ``stats()["late"]``).
@@ -32,7 +33,6 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from itertools import compress
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -143,8 +143,11 @@ class RealtimeFeatures:
         cap = self._imp.shape[1]
         if cap < self.max_items:
             new = min(cap * 2, self.max_items)
-            pad = ((0, 0), (0, new - cap), (0, 0))
-            self._imp, self._clk = np.pad(self._imp, pad), np.pad(self._clk, pad)
+            for name in ("_imp", "_clk"):  # zeros (lazily zeroed pages) + a copy of the old slots
+                old = getattr(self, name)
+                grown = np.zeros((old.shape[0], new, old.shape[2]), dtype=old.dtype)
+                grown[:, :cap] = old
+                setattr(self, name, grown)
             self._active = np.concatenate([self._active, np.full(new - cap, -np.inf)])
             self._free.extend(range(new - 1, cap - 1, -1))
             return

@@ -125,3 +125,36 @@ def test_open_store_rejects_bad_urls():
     for url in ("mysql://x", "sqlite://", "redis:///0", "nothing"):
         with pytest.raises(ConfigError):
             open_store(url)
+
+
+def test_item_table_puts_merge_like_put_items(store: OnlineStore):
+    store.put_items({"i1": {"base": 7.0, "ctr": 0.5}}, ts=T0)
+    table = np.array([[1.0, 0.1], [2.0, 0.2], [3.0, float("nan")]])
+    store.put_item_table(["i1", "i2", "i1"], ["imps", "ctr"], table, ts=T0 + 1, extra={"__beat__": {"hb": T0 + 1}})
+    batch = store.get_items(["i1", "i2", "__beat__"], ["imps", "ctr", "base", "hb"], now=T0 + 1)
+    assert batch.found.tolist() == [True, True, True]
+    np.testing.assert_allclose(batch.values[0, :3], [3.0, np.nan, 7.0])  # the last row of i1 wins; base kept
+    np.testing.assert_allclose(batch.values[1, :2], [2.0, 0.2])
+    assert batch.values[2, 3] == T0 + 1 and batch.ts[1] == T0 + 1
+    assert store.export_state()["items"]["i2"] == [T0 + 1, {"imps": 2.0, "ctr": 0.2}]
+    with pytest.raises(ValueError, match="shape"):
+        store.put_item_table(["i1"], ["imps", "ctr"], np.zeros((2, 2)), ts=T0)
+    with pytest.raises(TypeError):
+        store.put_item_table(["i9"], ["imps"], np.zeros((1, 1)), ts=T0, extra={"x": {"y": "no"}})  # type: ignore[dict-item]
+    assert not store.get_items(["i9"], ["imps"], now=T0 + 1).found[0]
+
+
+def test_memory_store_drops_the_oldest_writes_over_max_records():
+    from feedrank.features.store.memory import MemoryStore
+
+    s = MemoryStore(ttl_s=TTL, max_records=5)
+    s.put_user("u1", {"x": 1.0}, ts=T0)
+    s.put_item_table([f"i{k}" for k in range(4)], ["x"], np.arange(4.0)[:, None], ts=T0 + 1)
+    s.put_items({"i0": {"x": 9.0}}, ts=T0 + 2)                    # i0 written again: now the newest
+    s.put_item_table(["i4", "i5"], ["x"], np.array([[4.0], [5.0]]), ts=T0 + 3)
+    assert len(s) == 5 and s.evicted == 2
+    state = s.export_state()
+    # the larger table (items) loses its oldest writes, i1 then i2; the user stays
+    assert list(state["users"]) == ["u1"]
+    assert list(state["items"]) == ["i3", "i0", "i4", "i5"]  # in write order
+    assert s.get_items(["i0", "i1"], ["x"], now=T0 + 3).values[:, 0].tolist()[0] == 9.0

@@ -19,9 +19,10 @@ from feedrank.types import Event, EventKind
 NOW = float(os.environ["FEEDRANK_TEST_NOW"])
 
 
-def _cfg(art: ModelArtifacts, **pipeline):
+def _cfg(art: ModelArtifacts, age_prior: bool = True, **pipeline):
     raw = config_to_dict(art.cfg)
     raw["pipeline"].update(pipeline)
+    raw["retrieval"]["age_prior"] = age_prior and raw["retrieval"]["age_prior"]
     return config_from_dict(raw)
 
 
@@ -38,7 +39,8 @@ def _live_recent(rec: Recommender, now: float = NOW) -> np.ndarray:
 
 
 def test_trending_follows_observed_clicks(art: ModelArtifacts):
-    rec = Recommender(art, _cfg(art, trending_k=20), clock=lambda: NOW)
+    # plain ANN: on this 300-item world the prior's popularity term would rank the clicked item into "ann" first
+    rec = Recommender(art, _cfg(art, age_prior=False, trending_k=20), clock=lambda: NOW)
     later = NOW + 2 * 3600.0
     target = int(_live_recent(rec, later)[-1])  # an old item, still live then: not trending before
     iid = str(rec.catalog.item_ids[target])
@@ -73,7 +75,9 @@ def test_followed_source_returns_recent_items_of_followed_creators(art: ModelArt
 
 
 def test_a_late_source_is_dropped_and_its_quota_filled(art: ModelArtifacts, monkeypatch):
-    rec = Recommender(art, _cfg(art, source_budget_ms=5.0, fresh_k=40, trending_k=0, followed_k=0), clock=lambda: NOW)
+    # plain ANN: the prior's recent pool and category share would take the fresh items into "ann" first
+    rec = Recommender(art, _cfg(art, age_prior=False, source_budget_ms=5.0, fresh_k=40, trending_k=0, followed_k=0),
+                      clock=lambda: NOW)
     user = str(art.snapshot.user_ids[int(np.argmax(art.snapshot.user_clicks))])
     ctx = rec.state.context(user, NOW)
     cand, sources, _, _, _ = _retrieve(rec, ctx, NOW)

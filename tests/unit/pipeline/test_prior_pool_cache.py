@@ -49,13 +49,14 @@ def test_prior_pool_is_reused_then_rebuilt_after_an_item_add(model_dir: Path):
     user = str(rec.art.snapshot.user_ids[int(np.argmax(rec.art.snapshot.user_clicks))])
     ctx = rec.state.context(user, NOW)
     with torch.inference_mode():
-        cand, sources, scores, user_vec, _ = rec._retrieve(ctx, NOW)
+        cand, sources, scores, user_vec, aff = rec._retrieve(ctx, NOW)
     p = rec.cfg.pipeline
     _, ids = rec.art.index.search(user_vec[None, :], p.ann_k * p.ann_oversample, allowed=rec._live_items(NOW))
     ann = rec._only_live(ids[0][ids[0] >= 0].astype(np.int64), NOW)
     union = sorted_unique(ann, _pool_rows(rec, prior, NOW))
     want, want_s = rescore_with_prior(prior, user_vec, union, rec.art.item_vectors[union], rec.catalog.published_at[union],
-                                      NOW, p.ann_k, clicks=rec.state.item_clicks[union])
+                                      NOW, p.ann_k, clicks=rec.state.item_clicks[union],
+                                      affinity=aff, categories=rec.catalog.cat_idx[union])  # the category term's inputs
     is_ann = np.array([s == "ann" for s in sources])
     kept = np.isin(want, cand[is_ann])  # the merge drops seen items; the rest keep their order and scores
     np.testing.assert_array_equal(cand[is_ann], want[kept])

@@ -1,5 +1,7 @@
-"""The prior's terms for items new to the towers (``NewItemTerms``): signed weights are
-recovered by the fit, serving scores them like exact scoring, and they round-trip."""
+"""The prior's further terms: for items new to the towers (``NewItemTerms``: signed weights
+recovered by the fit, bounds validated) and the user's category share (``category_weight``:
+recovered by the fit, the towers' own affinity input); serving (``rescore_with_prior``,
+``RescorePool.top``) scores both like exact scoring, and both round-trip through JSON."""
 
 from __future__ import annotations
 
