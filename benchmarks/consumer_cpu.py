@@ -72,7 +72,7 @@ def make_requests(n_events: int, n_items: int, n_users: int, click_rate: float, 
     return out
 
 
-def build_live(n_items: int, snapshot: OnlineSnapshot, ids: list[str], cats: list[str]) -> LiveFeatures:
+def build_live(snapshot: OnlineSnapshot, ids: list[str], cats: list[str]) -> LiveFeatures:
     live = LiveFeatures(MemoryStore(), RealtimeFeatures())
     binding = live.bind(snapshot, ids, cats)
     binding.cached_at[:] = 0.0  # every row cached: publishing invalidates as in serving
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     per_event: list[float] = []
     try:
         for r in range(args.rounds):
-            live = build_live(args.items, snapshot, ids, cats)
+            live = build_live(snapshot, ids, cats)
             if not args.no_freeze:  # as serving/heap.py freeze_loaded does after a model is loaded
                 gc.unfreeze()
                 gc.collect()

@@ -76,7 +76,8 @@ from feedrank.types import Event
 log = logging.getLogger(__name__)
 FRESH_BYTES = 8 << 20  # readers keep at most this much of a refresh's checked lines for the next read
 
-__all__ = ["DEFAULT_SEGMENT_BYTES", "AppendResult", "EventLog", "LogBatch", "LogOffset", "LogRecord", "decode_line", "encode_line",
+__all__ = ["DEFAULT_SEGMENT_BYTES", "AppendResult", "EventLog", "LogBatch", "LogOffset", "LogRecord", "decode_line",
+           "encode_line",
            "partition_roots", "read_partitions", "segment_name"]
 
 

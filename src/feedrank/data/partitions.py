@@ -160,7 +160,8 @@ class PartitionedLog:
         healthy partitions are read."""
         errors: list[Exception] = []
         with self._lock:
-            streams = [self._stream(name, log, start, errors) for name, log, start in self._open(offsets or {}, only, errors)]
+            opened = self._open(offsets or {}, only, errors)
+            streams = [self._stream(name, log, start, errors) for name, log, start in opened]
         yield from heapq.merge(*streams, key=lambda r: r.event.ts)
         if errors:
             raise errors[0]

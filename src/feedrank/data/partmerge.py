@@ -96,7 +96,8 @@ class _Buffer:
                 self.done = True
             except CorruptFile as exc:
                 self.done = True
-                self.errors.append(exc if isinstance(exc, PartitionCorrupt) else PartitionCorrupt(self.name, self.read_to, str(exc)))
+                err = exc if isinstance(exc, PartitionCorrupt) else PartitionCorrupt(self.name, self.read_to, str(exc))
+                self.errors.append(err)
             except SchemaError as exc:
                 self.done = True
                 self.errors.append(PartitionCorrupt(self.name, self.read_to, str(exc)))
@@ -109,7 +110,8 @@ class _Buffer:
             return
         rest = self.n > 0 and self.cols is not None
         p = self.pos
-        self.cols = EventColumns.concat(([_slice(self.cols, p, None)] if rest else []) + [b.events for b in got])  # type: ignore[arg-type]
+        old = [_slice(self.cols, p, None)] if rest and self.cols is not None else []
+        self.cols = EventColumns.concat(old + [b.events for b in got])
         self.seg = np.concatenate(([self.seg[p:]] if rest else []) + [b.segment for b in got])
         self.line = np.concatenate(([self.line[p:]] if rest else []) + [b.line for b in got])
         self.top = np.maximum.accumulate(self.cols.ts)  # the untaken keep their keys (module docstring)

@@ -12,8 +12,8 @@ trending scores, users' recent clicks and category affinities. Bounded memory.
 
 Item counters live in one ring of ``buckets`` time buckets per window, shared by all items
 (``(slots, buckets)`` float32 arrays per window and kind), so applying a batch is one
-vectorised ``np.add.at`` per kind, after one dict lookup per event for its item's slot. The ring is global: moving into a new bucket clears that
-column for every item. Counts therefore have one bucket of resolution (25 s for 5 min,
+vectorised ``np.add.at`` per kind, after one dict lookup per event for its item's slot.
+The ring is global: moving into a new bucket clears that column for every item. Counts therefore have one bucket of resolution (25 s for 5 min,
 5 min for 1 h, 2 h for 24 h). Events older than a window's ring are ignored for that
 window (counted in ``stats()["late"]``).
 

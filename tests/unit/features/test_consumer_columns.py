@@ -168,7 +168,8 @@ def test_read_batches_merges_by_time_and_ends_are_exact(tmp_path: Path):
 def test_eventlog_read_batches_equals_read(tmp_path: Path):
     with EventLog(tmp_path / "log", segment_bytes=2048) as log:
         for i in range(60):
-            log.append([Event(f"e{i}", T0 + i, f"u{i % 3}", f"i{i % 7}", EventKind.CLICK if i % 5 == 0 else EventKind.IMPRESSION)])
+            kind = EventKind.CLICK if i % 5 == 0 else EventKind.IMPRESSION
+            log.append([Event(f"e{i}", T0 + i, f"u{i % 3}", f"i{i % 7}", kind)])
         recs = list(log.read((1, 3)))
         batches = list(log.read_batches((1, 3), batch_size=7))
         assert [len(b) for b in batches[:-1]] == [7] * (len(batches) - 1)
