@@ -191,13 +191,16 @@ class FeedFastPath:
         """Count the request in, let the requests read with it count in too (one loop turn),
         then hand it to an idle worker if another request waits behind it here, else
         compute it (serving/offload.py)."""
-        off.arrive()
+        ticket = off.arrive()
         held = True
         try:
-            await asyncio.sleep(0)
-            peer = off.should_send()
+            await asyncio.sleep(0)  # the requests read with this one count in too
+            peer = off.peer_to_join(ticket)  # shorter queue at a peer than ahead of it here
+            if peer is None:
+                await asyncio.sleep(0)  # every request of the burst decides before the first one runs
+                peer = off.should_send()  # at its turn: another waits behind it and a peer idles
             if peer is not None:
-                off.depart()
+                off.depart(ticket)
                 held = False
                 got = await off.send(peer, args, budget_s=self._hand_off_budget_s(args[3]))
                 self._offload.labels(result="failed" if got is None else "sent").inc()
@@ -208,14 +211,14 @@ class FeedFastPath:
                         except Exception:  # the client still gets its feed
                             log.exception("recording a handed-over feed failed", extra={"request_id": args[4]})
                     return got
-                off.arrive()  # the peer could not answer with a feed: computed here after all
+                ticket = off.arrive()  # the peer could not answer with a feed: computed here after all
                 held = True
             if off.waiting_reply():  # let a peer's reply be read before this pipeline holds the loop
                 await asyncio.sleep(0)
             return self._compute(*args)
         finally:
             if held:
-                off.depart()
+                off.depart(ticket)
 
     def _hand_off_budget_s(self, header_deadline_ms: float | None) -> float | None:
         """How long a handed-over request may take at the peer: half its deadline (the other

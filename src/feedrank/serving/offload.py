@@ -106,6 +106,23 @@ class OffloadBoard:
         held, beat = _SLOT.unpack_from(self._map, slot * _SLOT.size)
         return held, (None if beat == 0 else (time.monotonic_ns() - beat) / 1e9)
 
+    def least_loaded_peer(self, extra: dict[int, int], skip: Callable[[int], bool] = lambda _s: False,
+                          stale_s: float = STALE_S) -> tuple[int, int] | None:
+        """(slot, load) of the live other worker with the smallest load: requests it holds
+        plus ``extra[slot]`` (ours on the way to it); ties to the first slot after this one."""
+        now = time.monotonic_ns()
+        limit = int(stale_s * 1e9)
+        n = self.workers
+        best = None
+        for step in range(1, n):
+            s = (self.slot + step) % n
+            held, beat = _SLOT.unpack_from(self._map, s * _SLOT.size)
+            if beat and now - beat <= limit and not skip(s):
+                load = max(int(held), 0) + extra.get(s, 0)
+                if best is None or load < best[1]:
+                    best = (s, load)
+        return best
+
     def idle_peer(self, skip: Callable[[int], bool] = lambda _s: False, stale_s: float = STALE_S) -> int | None:
         """A live other worker that holds no request (the first such slot after this one,
         so that N workers spread their hand-offs), or None."""
@@ -132,6 +149,8 @@ class Offload:
         self.board = OffloadBoard(self.claims_dir / BOARD_FILE, workers, slot)
         self.timeout_s = float(timeout_s)
         self.held = 0            # feed requests in this process: waiting or running here
+        self._queue: list[int] = []  # tickets of this worker's own requests held here, in arrival order
+        self._seq = 0
         self.compute: Compute | None = None  # the fast path's pipeline call (registered by it)
         self.sent = self.received = self.failed = self.expired = 0
         self._idle: dict[int, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
@@ -185,13 +204,32 @@ class Offload:
         self._idle.clear()
 
     # ------------------------------------------------------------------ counting
-    def arrive(self) -> None:
+    def arrive(self) -> int:
+        """Count a request in; returns its ticket (its place in this worker's queue)."""
+        self._seq += 1
+        self._queue.append(self._seq)
         self.held += 1
         self.board.publish(self.held)
+        return self._seq
 
-    def depart(self) -> None:
+    def depart(self, ticket: int | None = None) -> None:
+        if ticket is not None:
+            self._queue.remove(ticket)
         self.held -= 1
         self.board.publish(self.held)
+
+    def peer_to_join(self, ticket: int) -> int | None:
+        """Join the shortest queue: the peer to hand this request to when fewer requests are
+        at that peer (held there, or ours on the way) than ahead of it here. Decided before
+        any of the requests read with it starts (serving/fastfeed.py)."""
+        if self.closed or self._loop is None or self.compute is None:
+            return None
+        ahead = self._queue.index(ticket)
+        if ahead < 1:
+            return None
+        now = self._loop.time()
+        best = self.board.least_loaded_peer(self._in_flight, skip=lambda s: self._avoid_until.get(s, 0.0) > now)
+        return best[0] if best is not None and best[1] < ahead else None
 
     def should_send(self) -> int | None:
         """The peer to hand the request at the head of this worker's queue to: only when
@@ -295,11 +333,11 @@ class Offload:
                     self.expired += 1
                     status, body = 504, b""
                 else:
-                    self.arrive()
+                    ticket = self.arrive()
                     try:
                         status, body = compute(*args)
                     finally:
-                        self.depart()
+                        self.depart(ticket)
                     self.received += 1
                 reply = _STATUS.pack(status) + body
                 writer.write(_LEN.pack(len(reply)) + reply)
