@@ -14,14 +14,16 @@ How:
 * Every worker publishes on a small shared board (a file in the run's claims folder,
   mmapped; one 16-byte slot per worker: the number of feed requests it holds, waiting or
   running, and a heartbeat) and listens on a Unix socket ``offload-w<slot>.sock`` there.
-* A feed request that reaches the fast path (serving/fastfeed.py) counts itself in, then
-  yields to the event loop once, so that the requests read in the same loop iteration
-  count themselves too. When its turn comes and at least one more request waits behind it
-  in this worker while another live worker holds none, it is sent to that worker over the
-  socket (user id, k, explain, deadline, request id) and the loop moves on to the next
-  one. The peer computes it with the same ``feed`` function as its own requests (its model,
-  its impression log and metrics) and returns the JSON body; this worker writes it to
-  the client.
+* A feed request that reaches the fast path (serving/fastfeed.py) counts itself in (a
+  ticket: its place in this worker's queue), then yields to the event loop once, so that
+  the requests read in the same loop iteration count themselves too. Before any of them
+  runs, each joins the shortest queue (``peer_to_join``): when a live peer has fewer
+  requests (held there plus ours on the way) than are ahead of it here, it is written to
+  that peer over the socket (user id, k, explain, deadline, request id, expiry) and the
+  loop moves on. A request that stayed is still handed over at its turn when another one
+  waits behind it and a peer holds none (``should_send``). The peer computes it with the
+  same ``feed`` function as its own requests (its model, its impression log and metrics)
+  and returns the JSON body; this worker writes it to the client.
 * The sender records the returned feed's items in its own state (``observe_handed_over``
   in serving/app.py: seen items, engagement counters; not logged again), so the next feed
   on that connection does not repeat them.
