@@ -190,9 +190,11 @@ class ServingConfig:
     # with several workers, a new connection goes to the worker with the fewest open ones
     # (serving/balance.py); false = the kernel's choice (the first idle worker to accept)
     balance_connections: bool = True
-    # with several workers, a feed request that would wait behind another one in its worker
-    # is computed by an idle worker instead, over a Unix socket (serving/offload.py)
-    offload: bool = True
+    # true: with several workers, a feed request that would wait behind others in its worker
+    # joins a shorter queue at another worker, over a Unix socket (serving/offload.py). Off by
+    # default: a paired A/B on the 1M world at 300 rps showed no p99 gain (benchmarks/README.md,
+    # round 5)
+    offload: bool = False
     # true: the live consumer thread applies events in small slices and waits while the
     # worker's event loop runs a request (features/consumer.py); off by default: no gain
     # measured (benchmarks/README.md, round 4); false = whole polls, 5 ms GIL switching

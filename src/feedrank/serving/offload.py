@@ -1,13 +1,15 @@
 """Per-request hand-off between the worker processes of ``feedrank serve --workers N``
-(``serving.offload``): a feed request that would wait behind another one in a busy worker
-is computed by an idle worker instead.
+(``serving.offload``, off by default: no p99 gain measured on the 2-core bench machine,
+benchmarks/README.md round 5): a feed request that would wait behind others in a busy
+worker is computed by a worker with a shorter queue instead.
 
 Why: a client's keep-alive connection stays on the worker that accepted it, and a worker
 runs one feed pipeline at a time (inline on its event loop). Two workers are then two
 separate queues: a burst on one worker's connections waits behind its pipeline while the
-other worker idles. Queueing theory (and a simulation with this server's service times,
-benchmarks/README.md, "Round 5") puts the p99 of two separate queues at about 1.5x that of
-one queue shared by both at the same CPU per request.
+other worker idles. A queueing model (``benchmarks/queue_sim.py``) puts the p99 of two
+separate queues at about 1.5x that of the hand-off at the same CPU per request; on the
+bench machine the measured p99 did not move (its tail comes from elsewhere: both workers
+slow down together), hence off by default.
 
 How:
 
