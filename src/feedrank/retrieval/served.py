@@ -84,8 +84,9 @@ class RescorePool:
         pool, minus ``past``: the best ``k`` (rows, scores), best first, ties by row.
         ``clicks`` (N,) / ``counters`` (N rows) are catalogue-wide; only the union's rows are
         read; so are ``categories`` (N,) category codes (with ``affinity`` (C,), the user's
-        category shares: the prior's category term). The union is the pool followed by the ANN rows not in it (a copy, not a gather
-        of the whole union): the same rows and scores as rescoring the sorted union afresh,
+        category shares: the prior's category term). The union is the pool followed by the
+        ANN rows not in it (the pool's vectors stay in a per-thread buffer, only the ANN rows
+        are gathered): the same rows and scores as rescoring the sorted union afresh,
         up to float32 rounding of the dot products (BLAS may round a row differently at
         another position) and which of exactly tied scores at the k-th place is kept."""
         ann = np.asarray(ann_rows, dtype=np.int64)
@@ -108,7 +109,6 @@ class RescorePool:
                                   clicks=None if clicks is None else np.asarray(clicks)[cand],
                                   counters=None if counters is None else counters.take(cand), has_history=has_history,
                                   affinity=affinity, categories=None if categories is None else np.asarray(categories)[cand])
-
 
     def _with_rows(self, item_vecs: np.ndarray, extra: np.ndarray) -> np.ndarray:
         """(M + len(extra), D): the pool's vectors then ``item_vecs[extra]``, in this thread's
