@@ -62,25 +62,31 @@ MAX_ACCEPTS_PER_WAKE = 16
 TESTED_UVICORN = "0.54."  # this module extends uvicorn's supervisor and Server.startup (pyproject pins it)
 
 
+def map_board(path: Path, workers: int, slot: int, slot_size: int) -> mmap.mmap:
+    """A shared board of ``workers`` slots of ``slot_size`` bytes in the file ``path``
+    (created, zero-filled), mapped read-write; ``slot`` is this process's own."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if not 0 <= slot < workers:
+        raise ValueError(f"slot must be in 0..{workers - 1}, got {slot}")
+    size = slot_size * workers
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)  # zeros; several workers doing it at once is harmless
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
 class ConnectionBoard:
     """Open-connection counts of the N workers in one shared, mmapped file; this process
     writes only its own slot. Counts are 8-byte aligned words: a reader sees an old or a
     new value, never a torn one, and a stale value only delays a decision by a tick."""
 
     def __init__(self, path: str | Path, workers: int, slot: int) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        if not 0 <= slot < workers:
-            raise ValueError(f"slot must be in 0..{workers - 1}, got {slot}")
         self.path, self.workers, self.slot = Path(path), int(workers), int(slot)
-        size = _SLOT.size * self.workers
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)  # zeros; several workers doing it at once is harmless
-            self._map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
+        self._map = map_board(self.path, workers, slot, _SLOT.size)
         self._others = [s for s in range(self.workers) if s != self.slot]
 
     closed = False

@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import mmap
-import os
 import struct
 import time
 from collections.abc import Callable
@@ -87,19 +85,10 @@ class OffloadBoard:
     writes only its own slot (8-byte aligned words: a reader never sees a torn value)."""
 
     def __init__(self, path: str | Path, workers: int, slot: int) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        if not 0 <= slot < workers:
-            raise ValueError(f"slot must be in 0..{workers - 1}, got {slot}")
+        from feedrank.serving.balance import map_board  # one board file format (uvicorn is imported there)
+
         self.path, self.workers, self.slot = Path(path), int(workers), int(slot)
-        size = _SLOT.size * self.workers
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            self._map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
+        self._map = map_board(self.path, workers, slot, _SLOT.size)
         self._others = [s for s in range(self.workers) if s != self.slot]
 
     def publish(self, held: int, *, serving: bool = True) -> None:
