@@ -74,7 +74,7 @@ from feedrank.errors import CorruptFile, FeedrankError
 from feedrank.types import Event
 
 log = logging.getLogger(__name__)
-FRESH_BYTES = 8 << 20  # readers keep at most this much of a refresh's checked lines for the next read
+FRESH_BYTES = 8 << 20  # readers keep at most this much of a refresh's checked lines (the newest segment's) for the next read
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "AppendResult", "EventLog", "LogBatch", "LogOffset", "LogRecord", "decode_line",
            "encode_line",
@@ -351,9 +351,9 @@ class EventLog(GroupCommit):
                 old = known[number]
                 if sizes[number] == old.size:  # nothing written since (it ends on a line boundary)
                     continue
-                self._segments[-1] = self._scan_segment(number, path, last, old.size, old.lines, keep=True)
-            else:
-                self._segments.append(self._scan_segment(number, path, last, keep=True))
+                self._segments[-1] = self._scan_segment(number, path, last, old.size, old.lines, keep=last)
+            else:  # only the newest segment's checked lines are kept: a backlog of many is not held in memory
+                self._segments.append(self._scan_segment(number, path, last, keep=last))
             if self._damage is not None:
                 return
 

@@ -114,7 +114,10 @@ class _Buffer:
         self.cols = EventColumns.concat(old + [b.events for b in got])
         self.seg = np.concatenate(([self.seg[p:]] if rest else []) + [b.segment for b in got])
         self.line = np.concatenate(([self.line[p:]] if rest else []) + [b.line for b in got])
-        self.top = np.maximum.accumulate(self.cols.ts)  # the untaken keep their keys (module docstring)
+        # merge keys: the running max of the times (module docstring); recomputed over the
+        # untaken records, so after a limit cut a late record may sort before keys already
+        # emitted (order only; offsets stay exact)
+        self.top = np.maximum.accumulate(self.cols.ts)
         self.pos, self.n = 0, len(self.cols)
 
     def take(self, k: int) -> tuple[EventColumns, np.ndarray, LogOffset]:

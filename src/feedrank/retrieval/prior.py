@@ -169,7 +169,15 @@ class AgePrior:
                 raise ValueError("AgePrior.scores: the prior has a category term (category_weight "
                                  f"{self.category_weight:g}) but no user affinity / item categories were passed")
             aff = np.asarray(affinity, dtype=np.float64).reshape(len(out), -1)
-            out = out + self.category_weight * np.log(aff[:, np.asarray(categories, dtype=np.int64)])
+            cats = np.asarray(categories, dtype=np.int64)
+            if self.n_categories and aff.shape[1] != self.n_categories:
+                raise ValueError(f"AgePrior.scores: affinity has {aff.shape[1]} categories, the prior was fitted "
+                                 f"with {self.n_categories}")
+            if len(cats) and (cats.min() < 0 or cats.max() >= aff.shape[1]):
+                raise ValueError(f"AgePrior.scores: item category codes must be in 0..{aff.shape[1] - 1}")
+            if not (aff > 0).all():  # smoothed shares are > 0; a raw share of 0 would give -inf and drop items
+                raise ValueError("AgePrior.scores: category shares must be > 0 (smoothed, as user_affinity gives them)")
+            out = out + self.category_weight * np.log(aff[:, cats])
         return out
 
 

@@ -141,6 +141,9 @@ def test_item_table_puts_merge_like_put_items(store: OnlineStore):
         store.put_item_table(["i1"], ["imps", "ctr"], np.zeros((2, 2)), ts=T0)
     with pytest.raises(TypeError):
         store.put_item_table(["i9"], ["imps"], np.zeros((1, 1)), ts=T0, extra={"x": {"y": "no"}})  # type: ignore[dict-item]
+    for bad in (np.array([[True]]), np.array([["1.5"]]), [[None]]):  # as put_items: numbers only
+        with pytest.raises(TypeError, match="expected numbers"):
+            store.put_item_table(["i9"], ["imps"], bad, ts=T0)
     assert not store.get_items(["i9"], ["imps"], now=T0 + 1).found[0]
 
 

@@ -71,6 +71,10 @@ class ItemColumns:
         """Merge row ``i`` of ``table`` (N, F) into the record of ``keys[i]`` at ``ts``; a key
         twice keeps its last row. ``seq``: (N,) write order of each."""
         rows = self.rows(keys)
+        if len(np.unique(rows)) < len(rows):  # a key twice: its last row wins (numpy leaves repeated assignment order open)
+            _, last = np.unique(rows[::-1], return_index=True)
+            pick = len(rows) - 1 - last
+            rows, table, seq = rows[pick], table[pick], np.asarray(seq)[pick]
         self.ts[rows] = ts
         self.seq[rows] = seq
         for j, name in enumerate(names):

@@ -142,10 +142,10 @@ def check_table(item_ids: Sequence[str], names: Sequence[str], values: Any) -> n
     bad = [n for n in names if not isinstance(n, str)]
     if bad:
         raise TypeError(f"feature names must be str, got {type(bad[0]).__name__}")
-    try:
-        table = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"feature table: expected numbers ({exc})") from None
+    raw = np.asarray(values)
+    if raw.dtype.kind not in "iuf":  # as put_items: no strings, bools or objects
+        raise TypeError(f"feature table: expected numbers, got dtype {raw.dtype}")
+    table = raw.astype(np.float64, copy=False)
     if table.shape != (len(item_ids), len(names)):
         raise ValueError(f"feature table has shape {table.shape}, expected ({len(item_ids)}, {len(names)}): "
                          "one row per item id, one column per name")
