@@ -188,9 +188,10 @@ class FeedFastPath:
             self._offload.labels(result="received").inc()
 
     async def _offload_or_compute(self, off: Offload, args: tuple) -> tuple[int, bytes]:
-        """Count the request in, let the requests read with it count in too (one loop turn),
-        then hand it to an idle worker if another request waits behind it here, else
-        compute it (serving/offload.py)."""
+        """Count the request in and let the requests read with it count in too (one loop
+        turn); hand it to a peer with fewer requests than are ahead of it here (or, at its
+        turn, to an idle peer when another request waits behind it), else compute it here
+        (serving/offload.py)."""
         ticket = off.arrive()
         held = True
         try:
