@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
             if dist.is_main():
                 print(json.dumps({k: result[k] for k in ("sharding", "seconds", "examples_per_s", "world_size")}
                                  | {"loss_first": result["losses"][0], "loss_last": result["losses"][-1]}), flush=True)
+        # every rank leaves together (as `feedrank train` does): a rank that tore its process
+        # group down while another still wrote its result aborted in gloo's teardown (CI, 22:09 UTC)
+        dist.barrier()
     finally:
         dist.shutdown()
 
