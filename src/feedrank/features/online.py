@@ -76,13 +76,7 @@ class OnlineState:
 
     def record_impression(self, user_id: str, item_id: str, item_idx: int, ts: float | None = None) -> None:
         """``ts`` is when it was shown (None: never expires from the seen memory)."""
-        with self._lock:
-            rec = self._record(user_id)
-            rec.seen[item_id] = math.inf if ts is None else float(ts)
-            rec.seen.move_to_end(item_id)
-            while len(rec.seen) > self.seen_memory:
-                rec.seen.popitem(last=False)
-            self.item_impressions[item_idx] += 1
+        self.record_impressions(user_id, [item_id], np.array([item_idx], dtype=np.int64), ts)
 
     def record_impressions(self, user_id: str, item_ids: list[str], item_rows: np.ndarray, ts: float | None = None) -> None:
         """``record_impression`` for each (item id, row) of one user at one time (a served

@@ -217,21 +217,15 @@ def create_app(
 
     # ------------------------------------------------------------------ feed
 
+    def _impressions(user_id: str, rid: str, now: float, arm: str | None,
+                     items: list[tuple[str, int, float | None]]) -> list[Event]:
+        """The impression events of one served feed: (item id, rank, propensity) per item."""
+        return [Event(event_id=f"{rid}:{rank}", ts=now, user_id=user_id, item_id=item_id, kind=EventKind.IMPRESSION,
+                      position=rank - 1, request_id=rid, propensity=propensity, arm=arm)
+                for item_id, rank, propensity in items]
+
     def _log_impressions(resp: FeedResponse, user_id: str, rid: str, now: float) -> None:
-        impressions = [
-            Event(
-                event_id=f"{rid}:{it.rank}",
-                ts=now,
-                user_id=user_id,
-                item_id=it.item_id,
-                kind=EventKind.IMPRESSION,
-                position=it.rank - 1,
-                request_id=rid,
-                propensity=it.propensity,
-                arm=resp.arm,
-            )
-            for it in resp.items
-        ]
+        impressions = _impressions(user_id, rid, now, resp.arm, [(it.item_id, it.rank, it.propensity) for it in resp.items])
         if not impressions:
             return
         if not writer.submit(impressions):
@@ -293,13 +287,10 @@ def create_app(
         that worker logged its impressions; this one records them in its own state, so the
         user's next feed from here does not repeat them."""
         data = orjson.loads(body)
-        now = time.time()
-        arm = data.get("arm")
         rid = str(data.get("request_id") or rid)
-        impressions = [Event(event_id=f"{rid}:{it['rank']}", ts=now, user_id=user_id, item_id=str(it["item_id"]),
-                             kind=EventKind.IMPRESSION, position=int(it["rank"]) - 1, request_id=rid,
-                             propensity=it.get("propensity"), arm=arm)
-                       for it in data.get("items") or ()]
+        impressions = _impressions(user_id, rid, time.time(), data.get("arm"),
+                                   [(str(it["item_id"]), int(it["rank"]), it.get("propensity"))
+                                    for it in data.get("items") or ()])
         if impressions:
             service.observe(impressions)
 

@@ -163,8 +163,9 @@ class ModelManager:
         # an expired item the new version lacks is not worth a row; one it has with other fields
         # is added again (a new row); one that differs only in its expiry gets it in place
         # (bundles do not keep expiries: re-adding would reset its counters at every swap)
-        records = [r for r in pending if _differs(rec.get_item(str(r["item_id"])), r)
-                   and not (rec.get_item(str(r["item_id"])) is None and _expired(r, now))]
+        have = {str(r["item_id"]): rec.get_item(str(r["item_id"])) for r in pending}
+        records = [r for r in pending if _differs(have[str(r["item_id"])], r)
+                   and not (have[str(r["item_id"])] is None and _expired(r, now))]
         changed = {str(r["item_id"]) for r in records}
         expiries = {str(r["item_id"]): r.get("expires_at") for r in pending
                     if str(r["item_id"]) not in changed and _expiry_differs(rec, r)}

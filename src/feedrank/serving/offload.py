@@ -119,15 +119,8 @@ class OffloadBoard:
     def idle_peer(self, skip: Callable[[int], bool] = lambda _s: False, stale_s: float = STALE_S) -> int | None:
         """A live other worker that holds no request (the first such slot after this one,
         so that N workers spread their hand-offs), or None."""
-        now = time.monotonic_ns()
-        limit = int(stale_s * 1e9)
-        n = self.workers
-        for step in range(1, n):
-            s = (self.slot + step) % n
-            held, beat = _SLOT.unpack_from(self._map, s * _SLOT.size)
-            if beat and now - beat <= limit and held == 0 and not skip(s):
-                return s
-        return None
+        best = self.least_loaded_peer({}, skip, stale_s)
+        return best[0] if best is not None and best[1] == 0 else None
 
 
 class Offload:
@@ -141,8 +134,7 @@ class Offload:
         self.claims_dir, self.workers, self.slot = Path(claims_dir), int(workers), int(slot)
         self.board = OffloadBoard(self.claims_dir / BOARD_FILE, workers, slot)
         self.timeout_s = float(timeout_s)
-        self.held = 0            # feed requests in this process: waiting or running here
-        self._queue: list[int] = []  # tickets of this worker's own requests held here, in arrival order
+        self._queue: list[int] = []  # tickets of the feed requests held here (waiting or running), in arrival order
         self._seq = 0
         self.compute: Compute | None = None  # the fast path's pipeline call (registered by it)
         self.sent = self.received = self.failed = self.expired = 0
@@ -201,15 +193,17 @@ class Offload:
         """Count a request in; returns its ticket (its place in this worker's queue)."""
         self._seq += 1
         self._queue.append(self._seq)
-        self.held += 1
         self.board.publish(self.held)
         return self._seq
 
-    def depart(self, ticket: int | None = None) -> None:
-        if ticket is not None:
-            self._queue.remove(ticket)
-        self.held -= 1
+    def depart(self, ticket: int) -> None:
+        self._queue.remove(ticket)
         self.board.publish(self.held)
+
+    @property
+    def held(self) -> int:
+        """Feed requests in this process: waiting or running here."""
+        return len(self._queue)
 
     def peer_to_join(self, ticket: int) -> int | None:
         """Join the shortest queue: the peer to hand this request to when fewer requests are
@@ -231,7 +225,8 @@ class Offload:
         if self.held < 2 or self.closed or self._loop is None or self.compute is None:
             return None
         now = self._loop.time()
-        return self.board.idle_peer(skip=lambda s: self._in_flight.get(s, 0) > 0 or self._avoid_until.get(s, 0.0) > now)
+        best = self.board.least_loaded_peer(self._in_flight, skip=lambda s: self._avoid_until.get(s, 0.0) > now)
+        return best[0] if best is not None and best[1] == 0 else None
 
     # ------------------------------------------------------------------ client side
     def waiting_reply(self) -> bool:
