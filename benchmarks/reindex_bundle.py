@@ -1,6 +1,8 @@
 """Write a copy of a model bundle with its ANN index rebuilt as ``retrieval.index`` (auto:
 by catalogue size, ``retrieval/index.py``) picks it now, e.g. after the index choice for a
-corpus size changed. Every other file is hard-linked (or copied) unchanged; the manifest
+corpus size changed. Every other file is hard-linked (or copied) unchanged but
+``config.json``, written again by this release (so a release that predates the index kind
+refuses the bundle at load instead of serving it wrongly); the manifest
 gets the new ``index_kind`` and the index's own recall@100 vs exact (``check_recall``,
 below ``retrieval.recall_floor`` nothing is written) and a new version.
 
@@ -20,14 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from feedrank.registry.bundle import MANIFEST, begin_bundle, finalize_bundle, open_bundle
-from feedrank.retrieval.index import IndexParams, build_index, check_recall
+from feedrank.retrieval.index import KINDS, IndexParams, build_index, check_recall
 
 
 def reindex(model: Path, out: Path, kind: str = "auto", seed: int = 0) -> dict:
     """Rebuild ``model``'s index into a new bundle at ``out``; returns what changed."""
     import json
 
-    from feedrank.config import config_from_dict
+    from feedrank.config import config_from_dict, config_to_dict
 
     manifest = open_bundle(model)  # verifies every file's hash
     cfg = config_from_dict(json.loads(manifest.path("config.json").read_text()))
@@ -40,13 +42,17 @@ def reindex(model: Path, out: Path, kind: str = "auto", seed: int = 0) -> dict:
     staging = begin_bundle(out)
     try:
         for name in manifest.files:
-            if name == "index.faiss":
+            if name in ("index.faiss", "config.json"):
                 continue
             try:
                 os.link(manifest.path(name), staging / name)
             except OSError:
                 shutil.copy2(manifest.path(name), staging / name)
         index.save(staging / "index.faiss")
+        # the config is written out again by this release, with every key it has (e.g.
+        # retrieval.ivf_sq_nprobe): an older release then refuses the bundle at load
+        # ("unknown config key") instead of serving an index kind it does not know
+        (staging / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
         skip = {"format", "version", "created_at", "files", "content_hash"}
         body = {k: v for k, v in manifest.body.items() if k not in skip and k != MANIFEST}
         before = body.get("index_kind")
@@ -63,7 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path)
     ap.add_argument("--out", type=Path, required=True, help="the new bundle's folder (may be MODEL itself)")
-    ap.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivfflat", "ivfpq"])
+    ap.add_argument("--kind", default="auto", choices=["auto", *KINDS])
     args = ap.parse_args()
     print(reindex(args.model, args.out, args.kind))
 

@@ -3,12 +3,15 @@ paths, interleaved in one process (A/B on the same model, users and machine stat
 CPU ms per request and the CPU of the main pieces.
 
     .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --requests 1000
-    .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --modes before,current \
-        --index /tmp/ivf.faiss          # "current" searches this index (e.g. the bundle re-indexed), "before" the bundle's
+    .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --modes current \
+        --index /tmp/ivf.faiss          # "current" searches this index (e.g. the bundle re-indexed)
     .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --ann-only
     .venv/bin/python benchmarks/serve_cpu_ab.py var/bench/serve/u20000-i5000-d14/model --requests 300 --rounds 1 --observe
 
-Modes (``--modes``, each run ``--rounds`` times, interleaved):
+Modes (``--modes``, each run ``--rounds`` times, interleaved). Only "current" runs on today's
+code: "legacy" and "before" patch internals that later rounds changed, so they run from the
+commit ``REENACTED_AT`` (the command says how); to compare two code trees, use
+``benchmarks/request_cpu_ab.py``.
 
 "before" is the pipeline at the start of issue #5 round 3 (2026-11-22 15:00 UTC): the bundle's
 own index; the prior's pool (600 ANN hits + the 5,000 newest) gathered and sorted again on
@@ -53,6 +56,7 @@ from feedrank.serving.factory import build_service
 from feedrank.types import FeedRequest
 
 CACHE_S = cands.CACHE_S
+REENACTED_AT = "fb4d46c"  # the last commit whose internals the "legacy" and "before" modes patch correctly
 MERGE = cands.merge_sources
 
 
@@ -314,7 +318,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--ann-only", action="store_true", help="only time the HNSW search by k and threads")
-    ap.add_argument("--modes", default="legacy,before,current", help="comma-separated: legacy, before, current")
+    ap.add_argument("--modes", default="current", help="comma-separated: legacy, before, current")
     ap.add_argument("--index", default="", help="an index file of the bundle's item vectors for the current mode")
     ap.add_argument("--index-kind", default="", help="its kind (default: what index: auto picks for the catalogue)")
     ap.add_argument("--profile", action="store_true", help="then cProfile (CPU time) 300 current requests")
@@ -351,6 +355,12 @@ def main() -> None:
     for index in {id(i): i for i in indexes.values()}.values():
         timed(index, "search", "ann")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    stale = [m for m in modes if m in ("legacy", "before")]
+    if stale:  # they patch internals that later rounds changed (the category term, rows in the re-rank)
+        raise SystemExit(f"--modes {','.join(stale)}: these re-enactments patch the internals of the code of "
+                         f"commit {REENACTED_AT} and no longer fit the current ones; run them from that commit "
+                         f"(git worktree add /tmp/at {REENACTED_AT}; PYTHONPATH=/tmp/at/src python /tmp/at/benchmarks/"
+                         f"serve_cpu_ab.py ...), or compare code trees with benchmarks/request_cpu_ab.py")
     bad = [m for m in modes if m not in ("legacy", "before", "current")]
     if bad:
         raise SystemExit(f"unknown --modes {bad}: legacy, before, current")

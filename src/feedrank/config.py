@@ -44,9 +44,10 @@ class RetrievalConfig:
     epochs: int = field(default=3, metadata=_rng(1, 1000))
     batch_size: int = field(default=512, metadata=_rng(2, None))
     lr: float = field(default=3e-3, metadata=_rng(0.0, 10.0))
-    temperature: float = field(default=0.07, metadata=_rng(1e-4, 10.0))
+    # 0.15 (was 0.07) with id_dropout 0.3: served replay recall@100 +0.002-0.003 on 3 seeds (docs/retrieval.md)
+    temperature: float = field(default=0.15, metadata=_rng(1e-4, 10.0))
     max_train_examples: int = field(default=400_000, metadata=_rng(1, None))
-    index: Literal["auto", "flat", "hnsw", "ivfflat", "ivfpq"] = "auto"
+    index: Literal["auto", "flat", "hnsw", "ivfflat", "ivfsq", "ivfpq"] = "auto"
     # Items older than this are not retrieved: -1 = learn it from the data (the age by
     # which 99% of training clicks happened), 0 = no limit.
     max_item_age_hours: float = field(default=-1.0, metadata=_rng(-1.0, None))
@@ -59,8 +60,8 @@ class RetrievalConfig:
     hard_negative_mix: float = field(default=0.5, metadata=_rng(0.0, 1.0))
     mined_rank_min: int = field(default=100, metadata=_rng(0, None))
     mined_rank_max: int = field(default=500, metadata=_rng(1, None))
-    # ANN: auto picks flat below flat_max_items, hnsw below 1M items, ivfflat below
-    # hnsw_max_items, else ivfpq (retrieval/index.py, docs/retrieval.md "Index choice").
+    # ANN: auto picks flat below flat_max_items, hnsw below 1M items, ivfsq below
+    # hnsw_max_items, else ivfpq (retrieval/index.py, docs/retrieval.md "Index").
     flat_max_items: int = field(default=100_000, metadata=_rng(0, None))
     hnsw_max_items: int = field(default=5_000_000, metadata=_rng(0, None))
     # auto: IVF-Flat from this many items up to hnsw_max_items (HNSW below): serving asks for
@@ -68,6 +69,9 @@ class RetrievalConfig:
     # does not (1M: 0.48 vs 1.14 ms CPU at recall@100 0.973 vs 0.942; docs/retrieval.md)
     ivf_flat_min_items: int = field(default=1_000_000, metadata=_rng(0, None))
     ivf_flat_nprobe: int = field(default=64, metadata=_rng(1, None))
+    # auto from ivf_flat_min_items: IVF with float16 residuals, nlist 2*sqrt(N): the recall of
+    # ivfflat at ~15-25% less CPU per query and half the memory (docs/retrieval.md "IVF-SQ from 1M")
+    ivf_sq_nprobe: int = field(default=64, metadata=_rng(1, None))
     hnsw_m: int = field(default=32, metadata=_rng(4, 256))
     # efSearch 128 at 1M x 64-d: recall@100 0.9975, p50 0.40 ms vs exact 29.5 ms (docs/retrieval.md);
     # a search uses max(efSearch, k)
@@ -86,6 +90,14 @@ class RetrievalConfig:
     # them (the served towers have memorised the clicks they would score); in_sample = the
     # newest half, scored by the served towers (demo world replay recall@100: docs/retrieval.md).
     prior_fit: Literal["holdout_tail", "in_sample"] = "holdout_tail"
+    # The prior's terms as offsets of the two-tower training logit, each with a learned weight
+    # (retrieval/train_offsets.py): none; category (log share of the item's category in the
+    # user's history); prior (category + log1p point-in-time clicks - age, and items not yet
+    # published at the click are no negatives of it). u.v then learns what they do not explain.
+    train_offsets: Literal["none", "category", "prior"] = "none"
+    # Share of item occurrences in training whose hashed-id row is dropped (the item tower then
+    # learns vectors from category, creator and title alone, as it must for a new item).
+    id_dropout: float = field(default=0.3, metadata=_rng(0.0, 0.95))
 
 
 @dataclass(frozen=True)

@@ -66,9 +66,11 @@ def test_posted_item_is_retrievable_expires_and_updates(model: Path, tmp_path: P
             _, ids = rec.art.index.search(rec.art.item_vectors[[row, gone]], 5, allowed=live)
             assert ids[0, 0] == row
             assert gone not in ids[1].tolist() and gone not in live.tolist()
-            # and it lands near its twin (same title, category, creator), not at random
+            # and it lands near its twin (same title, category, creator), not at random (top 15%:
+            # at retrieval.temperature 0.15 a category's items sit closer together; the twin ranks
+            # at about the 90th percentile, at the 94th with T 0.07)
             sims = rec.art.item_vectors @ rec.art.item_vectors[row]
-            assert sims[twin] > np.quantile(sims[:300], 0.9)
+            assert sims[twin] > np.quantile(sims[:300], 0.85)
             # an update moves the id to a new row; the old row is never retrieved again
             r = client.post("/v1/items", json={"items": [dict(new, title=src.title + " (updated)")]})
             assert r.json() == {"created": 0, "updated": 1}

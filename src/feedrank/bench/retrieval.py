@@ -416,14 +416,14 @@ def run_speed(n_items: int = 1_000_000, dim: int = 64, n_queries: int = 500, see
         settings: list[tuple[str, int | None]] = [("-", None)]
         if kind == "hnsw":
             settings = [("efSearch", e) for e in ef_search]
-        elif kind in ("ivfpq", "ivfflat"):
+        elif kind in ("ivfpq", "ivfflat", "ivfsq"):
             settings = [("nprobe", p) for p in nprobe]
         row: dict[str, Any] = {"build_s": round(build_s, 2), "index_mb": round(nbytes / 2**20, 1), "settings": []}
         if kind == "hnsw":
             row.update(M=hnsw_m, efConstruction=ef_construction)
         elif kind == "ivfpq":
             row.update(refine_k_factor=ivf_refine)
-        elif kind == "ivfflat":
+        elif kind in ("ivfflat", "ivfsq"):
             row.update(nlist=int(faiss.extract_index_ivf(index.index).nlist))
         for name, value in settings:
             if kind == "hnsw":
@@ -434,6 +434,8 @@ def run_speed(n_items: int = 1_000_000, dim: int = 64, n_queries: int = 500, see
                 index = type(index)(index.index, kind, IndexParams(ivf_nprobe=value, ivf_refine=ivf_refine))
             elif kind == "ivfflat":  # the nprobe travels in the search parameters (retrieval/index.py)
                 index = type(index)(index.index, kind, IndexParams(ivf_flat_nprobe=value))
+            elif kind == "ivfsq":
+                index = type(index)(index.index, kind, IndexParams(ivf_sq_nprobe=value))
             ids, lat = _latency(index, q, 100)
             ids_f, lat_f = _latency(index, q, 100, allowed=live)
             r = {"param": name, "value": value,

@@ -56,7 +56,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--speed-kinds", default="flat,hnsw,ivfflat,ivfpq", show_default=True, help="Index kinds to time (flat is the reference).")
 @click.option("--speed-ef", default="100,128,192,256", show_default=True,
               help="HNSW efSearch values to sweep (the search uses max(efSearch, k=100)).")
-@click.option("--speed-nprobe", default="8,16,32,64,128", show_default=True, help="IVF-Flat and IVF-PQ nprobe values to sweep.")
+@click.option("--speed-nprobe", default="8,16,32,64,128", show_default=True, help="IVF-Flat, IVF-SQ and IVF-PQ nprobe values to sweep.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 @config_options
@@ -92,9 +92,9 @@ def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_reque
     from feedrank.bench.retrieval import run_quality, run_speed
 
     kinds = tuple(k.strip() for k in speed_kinds.split(",") if k.strip())
-    bad = [k for k in kinds if k not in ("flat", "hnsw", "ivfflat", "ivfpq")]
+    bad = [k for k in kinds if k not in ("flat", "hnsw", "ivfflat", "ivfsq", "ivfpq")]
     if bad or not kinds:
-        raise click.BadParameter(f"unknown index kind(s) {bad or speed_kinds!r}: use flat, hnsw, ivfflat, ivfpq", param_hint="--speed-kinds")
+        raise click.BadParameter(f"unknown index kind(s) {bad or speed_kinds!r}: use flat, hnsw, ivfflat, ivfsq, ivfpq", param_hint="--speed-kinds")
     ef, nprobe = _ints(speed_ef), _ints(speed_nprobe)
     if only == "quality" and not datasets:
         raise click.UsageError("--only quality needs at least one --data folder")

@@ -75,7 +75,10 @@ class CandidateStage:
         """((B, D) user vectors, (B, C) affinities) for histories (B, L): numpy when exported."""
         if self._user_tower is not None:
             return self._user_tower(hist, np.array([now]), self.catalog.cat_idx, self.art.item_vectors)
-        u, aff = user_vectors(self.art.two_tower, self.catalog, hist, np.array([now]), self.art.item_vectors)
+        import torch
+
+        with torch.inference_mode():  # per call: grad mode is thread-local and servers use pools
+            u, aff = user_vectors(self.art.two_tower, self.catalog, hist, np.array([now]), self.art.item_vectors)
         return u.numpy(), aff
 
     def _newest(self, index: str | None, keys, now: float, max_age_s: float, k: int,

@@ -205,7 +205,7 @@ class LiveCatalog:
             idx = self.indexes.get(index)
             if idx is None:
                 raise ValueError(f"no time index {index!r}; this catalogue has {sorted(self.indexes)}")
-            for key in np.unique(np.asarray(keys, dtype=np.int64)).tolist():
+            for key in sorted(set(np.asarray(keys, dtype=np.int64).ravel().tolist())):  # np.unique's order, without its fixed cost
                 got = self._walk(idx, int(key), start, now, k)
                 if len(got):
                     parts.append(got)

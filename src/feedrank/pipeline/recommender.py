@@ -39,7 +39,7 @@ from feedrank.pipeline.candidates import CACHE_S, PRIOR_POOL_MAX, CandidateStage
 from feedrank.pipeline.degrade import TierController
 from feedrank.pipeline.live_catalog import LiveCatalog
 from feedrank.pipeline.policy_source import BlocklistSource
-from feedrank.ranking.features import FEATURE_NAMES, ranking_features
+from feedrank.pipeline.rank_stage import RankStage
 from feedrank.ranking.runtime import RankerRuntime, limit_blas_threads
 from feedrank.rerank.policies import RerankPolicy, Slate, rerank
 from feedrank.retrieval.fast_user import numpy_user_tower
@@ -93,9 +93,10 @@ def policy_from_config(rc) -> RerankPolicy:
                         explore_position=rc.explore_position)
 
 
-class Recommender(CandidateStage):
+class Recommender(CandidateStage, RankStage):
     """Implements ``pipeline.protocol.FeedService`` over loaded ``ModelArtifacts``; the
-    retrieve stage is ``pipeline.candidates.CandidateStage``."""
+    retrieve stage is ``pipeline.candidates.CandidateStage``, enrich and rank are
+    ``pipeline.rank_stage.RankStage``."""
 
     def __init__(self, art: ModelArtifacts, cfg: FeedrankConfig | None = None, clock=time.time) -> None:
         self.art = art
@@ -127,6 +128,7 @@ class Recommender(CandidateStage):
         self._creators_list = _shared(self.catalog.creators.astype(str).tolist())
         self._groups_list = _shared(self.catalog.creator_groups.astype(str).tolist())
         self._categories_list = _shared(self.catalog.categories.tolist())
+        self._titles_list = [str(t) for t in self.catalog.titles.tolist()]  # the response's titles, by row
         self._set_rerank_codes()
         rk = art.info.get("ranking") or {}
         self.dwell_prior = float((rk.get("spec") or {}).get("dwell_prior", 0.0))
@@ -211,6 +213,7 @@ class Recommender(CandidateStage):
             self._categories_list = _shared(catalog.categories.tolist())
             self._creators_list = _shared(catalog.creators.astype(str).tolist())
             self._groups_list = _shared(catalog.creator_groups.astype(str).tolist())
+            self._titles_list = [str(t) for t in catalog.titles.tolist()]
             self._set_rerank_codes()
             if self.live is not None:  # before any request can see the new rows
                 self.live.extend_catalog(self._live_binding, catalog.item_ids[rows].tolist(), catalog.categories[rows].tolist())
@@ -282,8 +285,10 @@ class Recommender(CandidateStage):
 
     # ------------------------------------------------------------------ the pipeline
     def recommend(self, request: FeedRequest) -> FeedResponse:
-        with torch.inference_mode():  # per call: grad mode is thread-local and servers use pools
-            return self._recommend(request)
+        # no torch.inference_mode() here: the request path is numpy (user tower and ranker
+        # exported at load); the torch fallbacks (``_user_vectors`` without the numpy tower,
+        # ``RankerRuntime.score`` for a variant without a numpy form) enter it themselves
+        return self._recommend(request)
 
     def _recommend(self, request: FeedRequest) -> FeedResponse:
         t_start = time.perf_counter()
@@ -337,9 +342,10 @@ class Recommender(CandidateStage):
                 tier = "reduced"
             if m < len(cand):  # rank the first m (retrieval order is best-first per source)
                 cand, sources, retr_scores = cand[:m], list(sources)[:m], retr_scores[:m]
-            dense = self._enrich(cand, ctx, now, user_vec, aff, request.user_id, live_status=live_status)
+            cats, ages = self.catalog.cat_idx[cand], self.catalog.age_seconds(cand, now)  # once: enrich and rank read both
+            dense = self._enrich(cand, ctx, now, user_vec, aff, request.user_id, live_status=live_status, cats=cats, ages=ages)
             t = lap("enrich", t)
-            scores = self._score(variant, dense, self.catalog.cat_idx[cand], self.catalog.age_seconds(cand, now))
+            scores = self._score(variant, dense, cats, ages)
             t = lap("rank", t)
             order = np.argsort(-scores, kind="stable").tolist()
         else:
@@ -348,10 +354,9 @@ class Recommender(CandidateStage):
             if tier != "fallback":
                 scores = np.linspace(1.0, 0.0, num=max(len(cand), 1))[: len(cand)]
 
-        cand_ids = _gather(self._item_ids_list, cand.tolist())
-        kept, props = self._rerank(cand, cand_ids, scores, order, ctx, k, request_id, explore=tier == "full")
+        kept, props = self._rerank(cand, None, scores, order, ctx, k, request_id, explore=tier == "full")
         if len(kept) < k:  # the user has seen nearly everything: top up from popular
-            have = set(cand_ids[j] for j in kept)
+            have = set(_gather(self._item_ids_list, cand[kept].tolist()))
             extra = [int(i) for i in self._popular_list(now)
                      if self._item_ids_list[i] not in have and self._item_ids_list[i] not in ctx.seen][: k - len(kept)]
             base = len(cand)
@@ -366,13 +371,14 @@ class Recommender(CandidateStage):
         if request.explain and dense is not None:
             explanations = self._explain([j for j in kept if j < len(dense)], dense, cand, variant, now, scores)
         items = []
-        for rank, (j, prop) in enumerate(zip(kept, props), start=1):
-            idx = int(cand[j])
-            items.append(ScoredItem(item_id=self._item_ids_list[idx], score=round(float(scores[j]), 6), rank=rank,
-                                    source="explore" if prop < 1.0 - self.policy.explore_epsilon - 1e-9 else sources[j],
-                                    title=str(self.catalog.titles[idx]), category=self._categories_list[idx],
-                                    creator=str(self.catalog.creators[idx]), propensity=round(float(prop), 6),
-                                    explanation=explanations.get(j, ())))
+        ids, titles, categories, creators = self._item_ids_list, self._titles_list, self._categories_list, self._creators_list
+        explored = 1.0 - self.policy.explore_epsilon - 1e-9
+        for rank, (j, idx, score, prop) in enumerate(zip(kept, cand[kept].tolist(), scores[kept].tolist(), props), start=1):
+            items.append(ScoredItem(item_id=ids[idx], score=round(score, 6), rank=rank,
+                                    source="explore" if prop < explored else sources[j],
+                                    title=titles[idx], category=categories[idx], creator=creators[idx],
+                                    propensity=1.0 if prop == 1.0 else round(float(prop), 6),
+                                    explanation=explanations.get(j, ()) if explanations else ()))
         timings["total"] = round((time.perf_counter() - t_start) * 1000.0, 3)
         if self.controller is not None:
             self.controller.record(timings["total"])
@@ -382,56 +388,19 @@ class Recommender(CandidateStage):
                             funnel={**funnel, "ranked": len(order) if dense is not None else 0, "shown": len(items)} if request.explain else {})
 
     # ------------------------------------------------------------------ stages
-    def _explain(self, rows: list[int], dense: np.ndarray, cand: np.ndarray, variant: str, now: float,
-                 scores: np.ndarray, top: int = 4) -> dict[int, tuple[tuple[str, float], ...]]:
-        """Per kept candidate, the features that moved its score most: contribution of
-        feature f = score - score with f set to its training mean (one ablation each)."""
-        if not rows:
-            return {}
-        model = self.ranker_rt.variants["full"]
-        baseline = model.mean.detach().numpy() if hasattr(model, "mean") else dense.mean(axis=0)
-        x = dense[rows]
-        n, f = x.shape
-        ablated = np.repeat(x[None, :, :], f, axis=0)          # (F, n, F)
-        ablated[np.arange(f), :, np.arange(f)] = baseline[:f][:, None]
-        idx = cand[rows]
-        flat = self.ranker_rt.score(variant, ablated.reshape(f * n, f), np.tile(self.catalog.cat_idx[idx], f),
-                                    np.tile(self.catalog.age_seconds(idx, now), f), self.cfg.ranking).reshape(f, n)
-        contrib = scores[rows][None, :] - flat                  # (F, n)
-        names = FEATURE_NAMES[:f]
-        out = {}
-        for col, j in enumerate(rows):
-            order = np.argsort(-np.abs(contrib[:, col]))[:top]
-            out[j] = tuple((names[i], round(float(contrib[i, col]), 6)) for i in order)
-        return out
-
-    def _score(self, variant: str, dense: np.ndarray, category: np.ndarray, age_s: np.ndarray) -> np.ndarray:
-        """Ranker scores (N,), through the micro-batcher when it is on."""
-        if self.batcher is None:
-            return self.ranker_rt.score(variant, dense, category, age_s, self.cfg.ranking)
-        return self.batcher.submit((variant, dense, category, age_s))
-
-    def _score_many(self, calls: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """One ranker call per variant for a batch of requests; results split back per call."""
-        out: list[np.ndarray | None] = [None] * len(calls)
-        for variant in {c[0] for c in calls}:
-            idx = [i for i, c in enumerate(calls) if c[0] == variant]
-            sizes = [len(calls[i][1]) for i in idx]
-            scores = self.ranker_rt.score(variant, np.concatenate([calls[i][1] for i in idx]),
-                                          np.concatenate([calls[i][2] for i in idx]),
-                                          np.concatenate([calls[i][3] for i in idx]), self.cfg.ranking)
-            for i, part in zip(idx, np.split(scores, np.cumsum(sizes)[:-1])):
-                out[i] = part
-        return out  # type: ignore[return-value]
-
-    def _rerank(self, cand: np.ndarray, cand_ids: list[str], scores: np.ndarray, order: list[int], ctx: UserContext,
-                k: int, request_id: str, explore: bool = True) -> tuple[list[int], list[float]]:
+    def _rerank(self, cand: np.ndarray, cand_ids: list[str] | None, scores: np.ndarray, order: list[int],
+                ctx: UserContext, k: int, request_id: str, explore: bool = True) -> tuple[list[int], list[float]]:
         """Apply the re-ranking policies; exploration draws are seeded by the request id.
-        Degraded tiers do not explore: they serve the safest list.
+        Degraded tiers do not explore: they serve the safest list. ``cand`` holds distinct
+        rows (the merged candidates); ``cand_ids``: their item ids (None: gathered here when
+        needed).
 
         Without a blocklist (which matches category and creator names) the caps see integer
         codes for categories and creators, and the creator groups are gathered only when the
-        exposure floor is on: the same decisions as with the strings (tested)."""
+        exposure floor is on: the same decisions as with the strings (tested). When every
+        item id has one catalogue row (no item was updated while serving), items are told
+        apart by row and the seen items become rows (O(seen)) instead of 500 ids being
+        gathered per request: the same decisions (an id is seen iff its one row is)."""
         policy = self.policy
         blocklist = self.blocklists.current()
         if blocklist or not explore:
@@ -442,7 +411,19 @@ class Recommender(CandidateStage):
             categories, creators = _gather(self._categories_list, idx), _gather(self._creators_list, idx)
         else:
             categories, creators = codes[0][cand].tolist(), codes[1][cand].tolist()
+        catalog = self.catalog
+        seen = ctx.seen
+        if cand_ids is None and not blocklist and len(catalog.index) == len(catalog) and len(codes[0]) == len(catalog):
+            cand_ids, distinct = idx, True  # rows stand for the ids: one row per id
+            if seen and policy.drop_seen:
+                index = catalog.index
+                seen = {index[s] for s in seen if s in index}
+        else:
+            if cand_ids is None:
+                cand_ids = _gather(self._item_ids_list, idx)
+            distinct = False
         slate = Slate(
+            distinct=distinct,
             item_ids=cand_ids,
             categories=categories,
             creators=creators,
@@ -451,7 +432,7 @@ class Recommender(CandidateStage):
             vectors=self.art.item_vectors[cand] if policy.mmr_lambda < 1.0 else None,
         )
         rng = np.random.default_rng(zlib.crc32(request_id.encode()))
-        return rerank(slate, order, ctx.seen, k, policy, u=float(rng.random()), pick=int(rng.integers(1 << 30)))
+        return rerank(slate, order, seen, k, policy, u=float(rng.random()), pick=int(rng.integers(1 << 30)))
 
     def attach_live(self, live) -> None:
         """Read real-time features from ``live`` (a ``features.live.LiveFeatures``) and bind
@@ -475,35 +456,3 @@ class Recommender(CandidateStage):
                 hist[-len(rows):] = rows
                 ctx = UserContext(hist, ctx.seen, user.n_clicks, True)
         return ctx, [status]
-
-    def _enrich(self, cand: np.ndarray, ctx: UserContext, now: float, user_vec: np.ndarray, aff: np.ndarray,
-                user_id: str = "", live_status: list[str] | None = None) -> np.ndarray:
-        """(n, N_FEATURES) float32 ranker features of the candidates for this user at ``now``.
-
-        With live features attached, the item counters are the larger of the in-process
-        cumulative counts and the store's validated longest-window counts (both are lower
-        bounds of the true count; the store's includes what other replicas saw). One
-        batched store read for all candidates; on a slow or dead store the in-process
-        counts stand and ``live_status`` gets "default"."""
-        n = len(cand)
-        eng = None if self.art.engagement is None else self.art.engagement.engagement(user_id, cand, now)
-        sim = self.art.item_vectors[cand] @ user_vec
-        imps, clicks = self.state.item_impressions[cand], self.state.item_clicks[cand]
-        if self.live is not None:  # max(in-process, store) per candidate, through the per-row cache
-            li = self.live.read_rows(self._live_binding, cand, now, imps, clicks)
-            imps, clicks = li.impressions, li.clicks
-            if live_status is not None:
-                live_status.append(li.status)
-        return ranking_features(
-            tower_sim=sim,
-            category_affinity=aff[self.catalog.cat_idx[cand]],
-            item_impressions=imps,
-            item_clicks=clicks,
-            age_s=self.catalog.age_seconds(cand, now),
-            user_clicks=np.full(n, ctx.n_clicks, dtype=np.float64),
-            ts=np.full(n, now),
-            prior_ctr=self.prior_ctr,
-            prior_weight=self.cfg.ranking.ctr_prior,
-            engagement=eng,
-            dwell_prior=self.dwell_prior,
-        )[:, : getattr(self.art.ranker, "n_features", None)]  # a bundle trained before later features: its own

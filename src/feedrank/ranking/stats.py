@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feedrank.ranking.features import DECAY_TAUS_S, N_POSITIONS, USER_DECAY_TAU_S, Engagement
+from feedrank.ranking.features import DECAY_TAUS_S, N_POSITIONS, USER_DECAY_TAU_S, CategoryEngagement, Engagement
 
 ITEM_FIELDS = ("eimps", "clicks", "hides", "imps", "dwell_sum", "dwell_n")
 DECAY_FIELDS = ("clicks_6h", "eimps_6h", "clicks_24h", "eimps_24h")
@@ -38,6 +38,9 @@ _DECAY = slice(len(ITEM_FIELDS), len(ITEM_FIELDS) + len(DECAY_FIELDS))
 _DECAY_T = _DECAY.stop
 _NEW, _CAT, _CODE = _DECAY_T + 1, _DECAY_T + 2, _DECAY_T + 3
 _BLOCK_WIDTH = _CODE + 1
+# the block's columns an impression adds to: item eimps, item imps, decayed eimps (6 h, 24 h)
+_IMPRESSION_COLS = np.array([_ITEM.start + ITEM_FIELDS.index("eimps"), _ITEM.start + ITEM_FIELDS.index("imps"),
+                             _DECAY.start + DECAY_FIELDS.index("eimps_6h"), _DECAY.start + DECAY_FIELDS.index("eimps_24h")])
 
 
 def _item_block(n: int, item_cat: np.ndarray, creator_codes: np.ndarray, creator_new: np.ndarray) -> np.ndarray:
@@ -189,8 +192,12 @@ class EngagementState:
         items = np.asarray(items, dtype=np.int64)
         if not len(items):
             return
+        if items.ndim != 1 or items.min() < 0 or items.max() >= len(self.item_cat):
+            # a negative row would alias another (-1 is the last) and defeat the distinct check below
+            raise ValueError(f"observe_impressions: item rows must be a 1-D array in [0, {len(self.item_cat)}), "
+                             f"got shape {items.shape}, min {items.min()}, max {items.max()}")
         C = self.n_categories
-        e = self.exam[np.clip(np.asarray(positions, dtype=np.int64), 0, N_POSITIONS - 1)]
+        e = self.exam[np.minimum(np.maximum(np.asarray(positions, dtype=np.int64), 0), N_POSITIONS - 1)]
         with self._lock:
             c = self.item_cat[items]
             k = self.creator_codes[items]
@@ -202,7 +209,10 @@ class EngagementState:
             if dt > 0:
                 row[4 * C + 3: 6 * C + 4] *= np.exp(-dt / USER_DECAY_TAU_S)
                 row[-1] = ts
-            u = np.unique(items)  # each distinct item decayed to ts once, as observe does
+            u = np.sort(items)  # each distinct item decayed to ts once, as observe does
+            distinct = bool((u[1:] != u[:-1]).all())
+            if not distinct:
+                u = np.unique(u)
             dt = np.maximum(ts - self.decay_t[u], 0.0)
             u, dt = u[dt > 0], dt[dt > 0]
             if len(u):
@@ -210,16 +220,20 @@ class EngagementState:
                 f6, f24 = np.exp(-dt / t6), np.exp(-dt / t24)
                 self.decay[:, u] *= np.stack([f6, f6, f24, f24])
                 self.decay_t[u] = ts
-            ones = np.ones(len(items))
-            np.add.at(row, c, ones)
-            np.add.at(row, np.full(len(items), 3 * C), ones)
-            np.add.at(row, 3 * C + 2 + c, e)
-            np.add.at(row, np.full(len(items), 4 * C + 2), e)
-            np.add.at(row, 5 * C + 3 + c, e)
-            np.add.at(self.item[0], items, e)
-            np.add.at(self.item[3], items, ones)
-            np.add.at(self.decay[1], items, e)
-            np.add.at(self.decay[3], items, e)
+            n = len(items)
+            ones = np.ones(n)
+            # the user's row in one unbuffered add: category impressions, total impressions, category
+            # and total weighted impressions, decayed category weighted impressions; the groups hit
+            # disjoint cells and each cell gets its adds in item order, as five separate adds did
+            np.add.at(row, np.concatenate([c, np.full(n, 3 * C), 3 * C + 2 + c, np.full(n, 4 * C + 2), 5 * C + 3 + c]),
+                      np.concatenate([ones, ones, e, e, e]))
+            if distinct:  # a feed's distinct items: one add per cell, all four columns at once
+                self._items[items[:, None], _IMPRESSION_COLS] += np.stack([e, ones, e, e], axis=1)
+            else:
+                np.add.at(self.item[0], items, e)
+                np.add.at(self.item[3], items, ones)
+                np.add.at(self.decay[1], items, e)
+                np.add.at(self.decay[3], items, e)
             np.add.at(self.creator[0], k, e)
 
     def _decay_to(self, i: int, ts: float) -> None:
@@ -230,6 +244,50 @@ class EngagementState:
             self.decay_t[i] = ts
 
     # ------------------------------------------------------------------ reads
+    def engagement_by_category(self, user_id: str, items: np.ndarray, now: float) -> CategoryEngagement:
+        """``engagement`` split for serving (``features.CategoryEngagement``): the user's
+        fields once per category code (slices of a copy of the user's row, no per-candidate
+        gathers) and the item and creator fields per candidate; the features computed from
+        it are bitwise those of ``engagement`` (tested)."""
+        items = np.asarray(items, dtype=np.int64)
+        C = self.n_categories
+        one = np.zeros(1)
+        with self._lock:
+            row = self.users.get(user_id)
+            r = np.zeros(row_width(C)) if row is None else row.copy()  # a copy: observe updates rows in place
+            blk = np.ascontiguousarray(self._items[items].T)  # (_BLOCK_WIDTH, n): one row gather per item
+            cr = self._creators[blk[_CODE].astype(np.int64)].T
+        cats = blk[_CAT].astype(np.int64)
+        dt = np.maximum(now - blk[_DECAY_T], 0.0)
+        d6, d24 = np.exp(-dt / DECAY_TAUS_S[0]), np.exp(-dt / DECAY_TAUS_S[1])
+        dec, it = blk[_DECAY], blk[_ITEM]
+        du = 1.0 if row is None else float(np.exp(-max(now - r[-1], 0.0) / USER_DECAY_TAU_S))
+        zc = np.zeros(C)
+        per_category = Engagement(
+            user_cat_imps=r[:C], user_cat_clicks=r[C:2 * C], user_cat_hides=r[2 * C:3 * C],
+            user_imps=r[3 * C:3 * C + 1], user_clicks=r[3 * C + 1:3 * C + 2],
+            item_eimps=one, item_clicks=one, item_hides=one, item_imps=one, item_clicks_6h=one, item_eimps_6h=one,
+            item_clicks_24h=one, item_eimps_24h=one, item_dwell_sum=one, item_dwell_n=one,
+            creator_eimps=one, creator_clicks=one, creator_dwell_sum=one, creator_dwell_n=one, creator_is_new=one,
+            user_cat_eimps=r[3 * C + 2:4 * C + 2], user_eimps=r[4 * C + 2:4 * C + 3],
+            category_ctr=self.category_ctr if len(self.category_ctr) == C else zc,
+            category_click_share=self.category_share if len(self.category_share) == C else zc,
+            user_cat_clicks_3d=zc if row is None else r[4 * C + 3:5 * C + 3] * du,
+            user_cat_eimps_3d=zc if row is None else r[5 * C + 3:6 * C + 3] * du,
+            user_clicks_3d=one if row is None else r[6 * C + 3:6 * C + 4] * du,
+        )
+        per_item = Engagement(
+            user_cat_imps=one, user_cat_clicks=one, user_cat_hides=one, user_imps=one, user_clicks=one,
+            item_eimps=it[0], item_clicks=it[1], item_hides=it[2], item_imps=it[3],
+            item_clicks_6h=dec[0] * d6, item_eimps_6h=dec[1] * d6,
+            item_clicks_24h=dec[2] * d24, item_eimps_24h=dec[3] * d24,
+            item_dwell_sum=it[4], item_dwell_n=it[5],
+            creator_eimps=cr[0], creator_clicks=cr[1], creator_dwell_sum=cr[2], creator_dwell_n=cr[3],
+            creator_is_new=blk[_NEW], user_cat_eimps=one, user_eimps=one, category_ctr=one, category_click_share=one,
+            user_cat_clicks_3d=one, user_cat_eimps_3d=one, user_clicks_3d=one,
+        )
+        return CategoryEngagement(per_category, per_item, cats)
+
     def engagement(self, user_id: str, items: np.ndarray, now: float) -> Engagement:
         """The raw counters for (n,) candidate item indices of one user at ``now``."""
         items = np.asarray(items, dtype=np.int64)
@@ -247,9 +305,9 @@ class EngagementState:
             zero = np.zeros(n)
             du = 1.0 if row is None else float(np.exp(-max(now - row[-1], 0.0) / USER_DECAY_TAU_S))
             return Engagement(
-                user_cat_imps=zero if row is None else row[cats].copy(),
-                user_cat_clicks=zero if row is None else row[C + cats].copy(),
-                user_cat_hides=zero if row is None else row[2 * C + cats].copy(),
+                user_cat_imps=zero if row is None else row[cats],
+                user_cat_clicks=zero if row is None else row[C + cats],
+                user_cat_hides=zero if row is None else row[2 * C + cats],
                 user_imps=np.full(n, 0.0 if row is None else row[3 * C]),
                 user_clicks=np.full(n, 0.0 if row is None else row[3 * C + 1]),
                 item_eimps=it[0], item_clicks=it[1], item_hides=it[2], item_imps=it[3],
@@ -258,7 +316,7 @@ class EngagementState:
                 item_dwell_sum=it[4], item_dwell_n=it[5],
                 creator_eimps=cr[0], creator_clicks=cr[1], creator_dwell_sum=cr[2], creator_dwell_n=cr[3],
                 creator_is_new=blk[_NEW],
-                user_cat_eimps=zero if row is None else row[3 * C + 2 + cats].copy(),
+                user_cat_eimps=zero if row is None else row[3 * C + 2 + cats],
                 user_eimps=np.full(n, 0.0 if row is None else row[4 * C + 2]),
                 category_ctr=self.category_ctr[cats] if len(self.category_ctr) == C else zero,
                 category_click_share=self.category_share[cats] if len(self.category_share) == C else zero,

@@ -45,6 +45,10 @@ class Slate:
     groups: Sequence[str]
     scores: np.ndarray                 # (n,) ranking scores
     vectors: np.ndarray | None = None  # (n, d) unit vectors, for MMR
+    # the caller guarantees that ``item_ids`` are pairwise distinct and that the ``order`` passed
+    # to ``rerank`` repeats no entry (the merged candidates' case): the re-rank then skips its
+    # own O(n) check (two sets per request). False: checked.
+    distinct: bool = False
 
 
 def drop_seen(order: Sequence[int], item_ids: Sequence[str], seen: Collection[str]) -> list[int]:
@@ -142,7 +146,7 @@ def _eligible_capped(order: Sequence[int], slate: Slate, seen: Collection[str], 
     check_seen = policy.drop_seen and bool(seen)
     ids, cats, creators = slate.item_ids, slate.categories, slate.creators
     out = order if isinstance(order, list) else list(order)
-    if len(set(ids)) == len(ids) and len(set(out)) == len(out):
+    if slate.distinct or (len(set(ids)) == len(ids) and len(set(out)) == len(out)):
         if blocking:
             out = [i for i in out if not (ids[i] in b.items or creators[i] in b.creators or cats[i] in b.categories)]
         if check_seen:

@@ -54,6 +54,14 @@ class NumpyUserTower:
         cat_idx (N,) category index per catalogue row, item_vecs (N, D) float32.
         Returns ((B, D) float32 unit vectors, (B, C) float32 category affinities)."""
         histories = np.asarray(histories, dtype=np.int64)
+        if histories.shape[0] == 1:
+            return self._one(histories, ts, cat_idx, item_vecs)
+        return self._batch(histories, ts, cat_idx, item_vecs)
+
+    def _batch(self, histories: np.ndarray, ts: np.ndarray, cat_idx: np.ndarray,
+               item_vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``__call__`` for any batch size (the reference ``_one`` is tested against)."""
+        histories = np.asarray(histories, dtype=np.int64)
         b, length = histories.shape
         valid = histories >= 0
         safe = np.where(valid, histories, 0)
@@ -75,6 +83,45 @@ class NumpyUserTower:
         h = np.maximum(x @ self.w1 + self.b1, 0.0)
         u = np.float32(self.skip) * pooled + (h @ self.w2 + self.b2)
         norm = np.maximum(np.linalg.norm(u, axis=1, keepdims=True), np.float32(1e-12))  # F.normalize's eps
+        return (u / norm).astype(np.float32, copy=False), aff
+
+
+    def _one(self, histories: np.ndarray, ts: np.ndarray, cat_idx: np.ndarray,
+             item_vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``__call__`` for one history (a serving request), the same operations on the same
+        (1, ...) shapes, minus the work a batch of one does not need: the history's rows,
+        categories and counts are gathered once (``category_affinity`` would gather them
+        again; its counts are small integers, exact in float32 either way), and padding is
+        zeroed in place. Bitwise equal to the batch path (tested)."""
+        h = histories[0]
+        valid = h >= 0
+        safe = h.clip(min=0)
+        hist_vec = item_vecs[safe].astype(np.float32, copy=False)           # (L, D), a fresh gather
+        cats = cat_idx[safe]
+        if not valid.all():
+            hist_vec[~valid] = 0.0
+            cats[~valid] = 0
+        hist_vec = hist_vec[None]                                           # (1, L, D)
+        c = self.n_categories
+        counts = np.bincount(cats[valid], minlength=c).astype(np.float32)[None, :]
+        aff = (counts + 1.0 / c) / (counts.sum(axis=1, keepdims=True) + 1.0)  # category_affinity, smoothing 1
+        ctx = context_features_np(ts)
+        mask = np.abs(hist_vec).sum(-1) > 0                                 # (1, L)
+        logits = self.recency[None, -len(h):] + hist_vec @ self.attn_w + np.float32(self.attn_b)
+        logits = np.where(mask, logits, np.float32(-1e9))
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        w = (e / e.sum(axis=1, keepdims=True)) * mask
+        w = w.astype(np.float32, copy=False)
+        pooled = np.einsum("bl,bld->bd", w, hist_vec)
+        pooled_cat = np.einsum("bl,ble->be", w, self.cat_emb[cats][None])
+        n_hist = np.log1p(mask.sum(1, keepdims=True).astype(np.float32))
+        x = np.concatenate([pooled, pooled_cat, aff, ctx, n_hist], axis=1)
+        hid = x @ self.w1
+        hid += self.b1
+        np.maximum(hid, 0.0, out=hid)
+        u = np.float32(self.skip) * pooled + (hid @ self.w2 + self.b2)
+        norm = np.maximum(np.linalg.norm(u, axis=1, keepdims=True), np.float32(1e-12))
         return (u / norm).astype(np.float32, copy=False), aff
 
 

@@ -5,16 +5,31 @@
 
     N < flat_max_items       (100k)  Flat     exact; ~1 ms per query at 100k x 32-d on one core
     N < ivf_flat_min_items   (1M)    HNSW     M=32, efConstruction=80, efSearch=128
-    N < hnsw_max_items       (5M)    IVF-Flat nlist=2*sqrt(N), nprobe=ivf_flat_nprobe (64), full vectors
+    N < hnsw_max_items       (5M)    IVF-SQ   nlist=2*sqrt(N), nprobe=ivf_sq_nprobe (64), residuals to
+                                     the list centroid stored as float16 (64 bytes per 32-d vector)
     otherwise                        IVF-PQ   nlist=4*sqrt(N), m=out_dim/4 sub-quantisers, nprobe=32,
                                      re-ranked from 8-bit scalar-quantised vectors (k_factor ivf_refine=4)
 
-Why IVF-Flat from 1M: serving asks for ``ann_k * ann_oversample`` (600) neighbours, and an
-HNSW search costs about efSearch >= k, where an IVF scan costs the lists it probes whatever
-k is. On the 1M x 32-d bench bundle, 1,000 serving user vectors, k = 600, one thread
-(docs/retrieval.md, "IVF-Flat from 1M"; ``benchmarks/ann_serving_k.py``): HNSW efSearch 600
-1.14 ms CPU per query at recall@100 0.942 vs exact; IVF-Flat nlist 2000, nprobe 64 0.48 ms
-at recall@100 0.973 (load average 1.7; only 1M was measured, so HNSW stays below it).
+``ivfflat`` (the same lists, float32 vectors, nprobe=ivf_flat_nprobe) is what auto picked from
+1M before ``ivfsq``; bundles holding one keep loading and serving it, and
+``retrieval.index=ivfflat`` still builds it.
+
+Why an IVF from 1M: serving asks for ``ann_k * ann_oversample`` (600) neighbours, and an HNSW
+search costs about efSearch >= k, where an IVF scan costs the lists it probes whatever k is
+(1M x 32-d bench bundle, 1,000 serving user vectors, k = 600, one thread: HNSW efSearch 600
+1.14 ms CPU per query at recall@100 0.942 vs exact; IVF-Flat nlist 2000, nprobe 64 0.48 ms at
+0.973 in that run (0.72 ms in the interleaved run below, at another load: compare figures
+within one run only); only 1M was measured, so HNSW stays below it).
+
+Why float16 residuals (``ivfsq``): the scan streams the probed lists' codes (33k vectors per
+query at nprobe 64), so half the bytes per vector is ~25% less CPU per query at k = 600
+(0.54 vs 0.72 ms, interleaved) at the same recall (0.973 vs exact, identical served lists) and
+half the memory; float16 keeps ~11 bits per component, which the neighbours of these
+embeddings need: on the bench bundle a serving query's top 600 exact scores lie within ~0.006
+(ranks 100 and 600 within 0.002), and 8-bit scalar codes (recall@100 0.935),
+4-bit PQ FastScan (at most 0.76, with a 4x float re-rank), RaBitQ and more lists behind an
+HNSW or flat coarse quantiser all lost recall or CPU (docs/retrieval.md, "IVF-SQ from 1M";
+``benchmarks/ann_serving_k.py``).
 
 ``check_recall(index, vectors, floor)`` measures recall@100 against exact search on a
 sample of item vectors used as queries, and raises ``IndexRejected`` below the floor:
@@ -37,9 +52,11 @@ import numpy as np
 from feedrank.errors import CorruptFile, FeedrankError
 
 FLAT_MAX = 100_000
-IVF_FLAT_MIN = 1_000_000  # from here to HNSW_MAX: IVF-Flat (module docstring)
+IVF_FLAT_MIN = 1_000_000  # from here to HNSW_MAX: IVF-SQ (module docstring)
 HNSW_MAX = 5_000_000
 IVF_FLAT_NPROBE = 64
+IVF_SQ_NPROBE = 64
+KINDS = ("flat", "hnsw", "ivfflat", "ivfsq", "ivfpq")
 
 
 class IndexRejected(FeedrankError):
@@ -55,14 +72,26 @@ class IndexParams:
     hnsw_ef_search: int = 128
     ivf_nprobe: int = 32
     ivf_refine: int = 4  # IVF-PQ: re-rank k * ivf_refine PQ hits with 8-bit scalar-quantised vectors (0 = off)
-    ivf_flat_min_items: int = IVF_FLAT_MIN  # IVF-Flat from here up to hnsw_max_items (HNSW below)
-    ivf_flat_nprobe: int = IVF_FLAT_NPROBE
+    ivf_flat_min_items: int = IVF_FLAT_MIN  # IVF-SQ (auto) from here up to hnsw_max_items (HNSW below)
+    ivf_flat_nprobe: int = IVF_FLAT_NPROBE  # lists an ``ivfflat`` search probes
+    ivf_sq_nprobe: int = IVF_SQ_NPROBE  # lists an ``ivfsq`` search probes
+
+    def __post_init__(self) -> None:
+        for name in ("hnsw_m", "hnsw_ef_search", "ivf_nprobe", "ivf_flat_nprobe", "ivf_sq_nprobe"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"IndexParams.{name} must be >= 1, got {getattr(self, name)!r}")
 
     @classmethod
     def from_config(cls, cfg) -> IndexParams:
         """From a ``RetrievalConfig``."""
-        return cls(cfg.flat_max_items, cfg.hnsw_max_items, cfg.hnsw_m, 80, cfg.hnsw_ef_search, cfg.ivf_nprobe, cfg.ivf_refine,
-                   cfg.ivf_flat_min_items, cfg.ivf_flat_nprobe)
+        return cls(flat_max_items=cfg.flat_max_items, hnsw_max_items=cfg.hnsw_max_items, hnsw_m=cfg.hnsw_m,
+                   hnsw_ef_construction=80, hnsw_ef_search=cfg.hnsw_ef_search, ivf_nprobe=cfg.ivf_nprobe,
+                   ivf_refine=cfg.ivf_refine, ivf_flat_min_items=cfg.ivf_flat_min_items,
+                   ivf_flat_nprobe=cfg.ivf_flat_nprobe, ivf_sq_nprobe=cfg.ivf_sq_nprobe)
+
+    def nprobe(self, kind: str) -> int | None:
+        """The lists a search of an IVF ``kind`` probes (None for the other kinds)."""
+        return {"ivfflat": self.ivf_flat_nprobe, "ivfsq": self.ivf_sq_nprobe, "ivfpq": self.ivf_nprobe}.get(kind)
 
 
 class AnnIndex(Protocol):
@@ -105,16 +134,16 @@ class FaissIndex:
         if allowed is None:
             if self.kind == "hnsw":  # efSearch below k would return fewer good neighbours than asked
                 return self.index.search(q, k, params=faiss.SearchParametersHNSW(efSearch=max(self.params.hnsw_ef_search, k)))
-            if self.kind == "ivfflat":
-                return self.index.search(q, k, params=faiss.SearchParametersIVF(nprobe=self.params.ivf_flat_nprobe))
+            if self.kind in ("ivfflat", "ivfsq"):  # the nprobe travels with each search
+                return self.index.search(q, k, params=faiss.SearchParametersIVF(nprobe=self.params.nprobe(self.kind)))
             return self.index.search(q, k)
         if len(allowed) == 0:
             return np.zeros((len(q), k), dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64)
         selector = self._selector(allowed)
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.params.hnsw_ef_search, k))
-        elif self.kind == "ivfflat":
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.params.ivf_flat_nprobe)
+        elif self.kind in ("ivfflat", "ivfsq"):
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.params.nprobe(self.kind))
         elif self.kind == "ivfpq":
             params = faiss.SearchParametersIVF(sel=selector, nprobe=self.params.ivf_nprobe)
             if isinstance(self.index, faiss.IndexRefine):
@@ -159,16 +188,20 @@ class FaissIndex:
     @classmethod
     def load(cls, path: Path, kind: str, params: IndexParams | None = None) -> FaissIndex:
         params = params or IndexParams()
+        if kind not in KINDS:
+            raise CorruptFile(f"{path}: unknown index kind {kind!r} (one of {', '.join(KINDS)})")
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise CorruptFile(f"{path}: not a readable FAISS index: {exc}") from exc
         if kind == "hnsw":
             _set_hnsw_ef(index, params.hnsw_ef_search)
-        elif kind == "ivfpq":
-            faiss.extract_index_ivf(index).nprobe = params.ivf_nprobe
-        elif kind == "ivfflat":
-            faiss.extract_index_ivf(index).nprobe = params.ivf_flat_nprobe
+        elif kind in ("ivfpq", "ivfflat", "ivfsq"):
+            try:
+                faiss.extract_index_ivf(index).nprobe = params.nprobe(kind)
+            except RuntimeError as exc:
+                raise CorruptFile(f"{path}: the manifest says {kind!r} but the file holds a "
+                                  f"{type(faiss.downcast_index(index)).__name__}, no IVF index") from exc
         return cls(index, kind, params)
 
 
@@ -188,11 +221,11 @@ def choose_kind(n: int, requested: str = "auto", params: IndexParams | None = No
     if n < min(p.ivf_flat_min_items, p.hnsw_max_items):
         return "hnsw"
     if n < p.hnsw_max_items:
-        return "ivfflat"
+        return "ivfsq"
     return "ivfpq"
 
 
-def _train_sample(x: np.ndarray, nlist: int, seed: int) -> np.ndarray:
+def train_sample(x: np.ndarray, nlist: int, seed: int) -> np.ndarray:
     """The k-means training sample of an IVF index: 39 points per list (FAISS's minimum
     without a warning), at least 256 * 39, at most all of ``x``."""
     n = len(x)
@@ -215,11 +248,15 @@ def build_index(vectors: np.ndarray, kind: str = "auto", ids: np.ndarray | None 
         hnsw = faiss.IndexHNSWFlat(d, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = p.hnsw_ef_construction
         index = faiss.IndexIDMap2(hnsw)
-    elif kind == "ivfflat":
+    elif kind in ("ivfflat", "ivfsq"):
         nlist = int(max(16, min(65536, 2 * np.sqrt(max(n, 1)))))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(_train_sample(x, nlist, seed))
-        index.nprobe = p.ivf_flat_nprobe
+        if kind == "ivfflat":
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:  # float16 residuals to the list centroid (module docstring: why not 8 bits or PQ)
+            index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                                  faiss.METRIC_INNER_PRODUCT, True)
+        index.train(train_sample(x, nlist, seed))
+        index.nprobe = p.nprobe(kind)
     elif kind == "ivfpq":
         nlist = int(max(16, min(65536, 4 * np.sqrt(max(n, 1)))))
         m = max(1, d // 4)
@@ -227,7 +264,7 @@ def build_index(vectors: np.ndarray, kind: str = "auto", ids: np.ndarray | None 
             m -= 1
         quant = faiss.IndexFlatIP(d)
         ivf = faiss.IndexIVFPQ(quant, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-        sample = _train_sample(x, nlist, seed)
+        sample = train_sample(x, nlist, seed)
         ivf.nprobe = p.ivf_nprobe
         index = ivf
         if p.ivf_refine > 0:  # PQ codes alone cap recall@100 (~0.6 at 1M x 64-d): re-rank with SQ8 vectors
@@ -236,7 +273,7 @@ def build_index(vectors: np.ndarray, kind: str = "auto", ids: np.ndarray | None 
             index.k_factor = float(p.ivf_refine)
         index.train(sample)
     else:
-        raise ValueError(f"unknown index kind {kind!r} (flat, hnsw, ivfflat, ivfpq, auto)")
+        raise ValueError(f"unknown index kind {kind!r} ({', '.join(KINDS)}, auto)")
     out = FaissIndex(index, kind, p)
     if kind == "hnsw":
         _set_hnsw_ef(index, p.hnsw_ef_search)
@@ -266,6 +303,6 @@ def check_recall(index: FaissIndex, vectors: np.ndarray, floor: float, rng: np.r
     recall = recall_against_exact(index, vectors, sample, k=k)
     if recall < floor:
         raise IndexRejected(f"{index.kind} index recall@{k} vs exact is {recall:.3f}, below the floor {floor:.3f}; "
-                            "not published (raise retrieval.hnsw_ef_search / ivf_nprobe / ivf_flat_nprobe, "
+                            "not published (raise retrieval.hnsw_ef_search / ivf_nprobe / ivf_flat_nprobe / ivf_sq_nprobe, "
                             "or use retrieval.index=flat)")
     return recall

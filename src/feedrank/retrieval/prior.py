@@ -117,7 +117,9 @@ class AgePrior:
         """(N,) the prior's additive term at ``now`` (unknown publish time = no age term; a
         not-yet-published item counts as age 0). ``counters`` (the same N items) adds the
         smoothed-CTR terms when it has impressions; without them those terms are 0."""
-        age = np.nan_to_num(np.maximum(now - published_at, 0.0) / DAY_S, nan=0.0)
+        age = np.maximum(now - published_at, 0.0) / DAY_S
+        if not np.isfinite(age).all():  # unknown publish times: np.nan_to_num only then (its cost is per call)
+            age = np.nan_to_num(age, nan=0.0)
         out = -self.weight * age
         if clicks is None and counters is not None:
             clicks = counters.clicks

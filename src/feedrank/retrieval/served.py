@@ -105,6 +105,8 @@ class RescorePool:
         if past is not None and len(past):
             keep = ~np.isin(cand, past)
             cand, vecs, pub = cand[keep], vecs[keep], pub[keep]
+        if categories is not None and not prior.for_user(has_history).category_weight:
+            categories = None  # no category term: nothing reads them (a gather of the whole union saved)
         return rescore_with_prior(prior, user_vec, cand, vecs, pub, now, k,
                                   clicks=None if clicks is None else np.asarray(clicks)[cand],
                                   counters=None if counters is None else counters.take(cand), has_history=has_history,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -185,6 +186,30 @@ def sorted_unique(*arrays: np.ndarray) -> np.ndarray:
     return c[keep]
 
 
+class _Marks(threading.local):
+    """Per-thread scratch of ``merge_sources``: one int32 stamp per item row (4 bytes per
+    catalogue row and serving thread; up to twice that after the catalogue grew, as the array
+    doubles when it must grow); a row is "used" in the current merge when its stamp
+    equals the merge's token, so nothing is cleared between merges."""
+
+    stamps: np.ndarray = np.zeros(0, dtype=np.int32)
+    token: int = 0
+
+    def next(self, n: int) -> tuple[np.ndarray, int]:
+        """(stamps covering rows 0..n-1, a token no stamp holds yet)."""
+        if len(self.stamps) < n:
+            self.stamps, self.token = np.zeros(max(n, 2 * len(self.stamps)), dtype=np.int32), 0
+        self.token += 1
+        if self.token >= np.iinfo(np.int32).max:  # after ~2e9 merges: start over
+            self.stamps[:] = 0
+            self.token = 1
+        return self.stamps, self.token
+
+
+_MARKS = _Marks()
+MARKS_MAX_ROWS = 1 << 28  # larger row numbers (or negative ones) merge through sorted arrays instead
+
+
 def merge_sources(results: list[SourceResult], quotas: Mapping[str, int], total: int,
                   fallbacks: Sequence[str] = (), exclude: set[int] | None = None) -> Merged:
     """Merge sources under quotas; dedupe (first source wins); fill from ``fallbacks``.
@@ -193,7 +218,73 @@ def merge_sources(results: list[SourceResult], quotas: Mapping[str, int], total:
     then, while fewer than ``total``, the fallback sources in order contribute the items
     they have left (beyond their quota). A source that is short, late or failed (absent
     from ``results``) thus has its share filled from the fallbacks. Items in ``exclude``
-    never appear; no item appears twice. Vectorised per source (no per-item Python)."""
+    never appear; no item appears twice. Vectorised per source (no per-item Python).
+
+    The items taken so far are stamped in a per-thread array indexed by row (``_Marks``):
+    a membership test is one gather, with no sorted "used" array rebuilt per source (the
+    request path's case). Rows outside ``0..MARKS_MAX_ROWS`` use the sorted-array form
+    (``_merge_sorted``); both give the same result (tested)."""
+    arrays = [np.asarray(r.items, dtype=np.int64) for r in results]
+    ex = np.fromiter(exclude, dtype=np.int64, count=len(exclude)) if exclude else np.zeros(0, dtype=np.int64)
+    every = np.concatenate(arrays + [ex]) if arrays else ex
+    hi = -1
+    if len(every):
+        lo, hi = int(every.min()), int(every.max())
+        if lo < 0 or hi >= MARKS_MAX_ROWS:
+            return _merge_sorted(results, quotas, total, fallbacks, exclude)
+    stamps, token = _MARKS.next(hi + 1)
+    if len(ex):
+        stamps[ex] = token
+    parts: list[tuple[np.ndarray, str, np.ndarray]] = []
+    taken: dict[str, int] = {}
+    by_name = {r.name: (r, a) for r, a in zip(results, arrays)}
+    count = 0
+
+    def take(r: SourceResult, items: np.ndarray, limit: int) -> None:
+        nonlocal count
+        n = 0
+        room = min(limit, total - count)
+        if room > 0 and len(items):
+            sel = (stamps[items] != token).nonzero()[0][:room]
+            got = items[sel]
+            if len(got) > 1:  # an item twice within the source: keep its first occurrence only
+                srt = got.copy()
+                srt.sort()
+                if not np.not_equal(srt[1:], srt[:-1]).all():
+                    ok = np.zeros(len(items), dtype=bool)
+                    ok[np.unique(items, return_index=True)[1]] = True
+                    ok &= stamps[items] != token
+                    sel = np.flatnonzero(ok)[:room]
+                    got = items[sel]
+            n = len(got)
+            if n:
+                parts.append((got, r.name, np.asarray(r.scores, dtype=np.float32)[sel]))
+                stamps[got] = token
+                count += n
+        taken[r.name] = taken.get(r.name, 0) + n
+
+    for r, a in zip(results, arrays):
+        take(r, a, quotas.get(r.name, total))
+    for name in fallbacks:
+        if count >= total:
+            break
+        if name in by_name:
+            take(*by_name[name], total)
+    return _merged(parts, taken)
+
+
+def _merged(parts: list[tuple[np.ndarray, str, np.ndarray]], taken: dict[str, int]) -> Merged:
+    if not parts:
+        return Merged(np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.float32), taken)
+    sources: list[str] = []
+    for got, name, _ in parts:
+        sources.extend([name] * len(got))
+    return Merged(np.concatenate([p[0] for p in parts]), sources, np.concatenate([p[2] for p in parts]), taken)
+
+
+def _merge_sorted(results: list[SourceResult], quotas: Mapping[str, int], total: int,
+                  fallbacks: Sequence[str] = (), exclude: set[int] | None = None) -> Merged:
+    """``merge_sources`` with the items taken so far in a sorted array (any int64 rows)."""
     used = sorted_unique(np.fromiter(exclude, dtype=np.int64, count=len(exclude))) if exclude else np.zeros(0, dtype=np.int64)
     parts: list[tuple[np.ndarray, str, np.ndarray]] = []
     taken: dict[str, int] = {}
@@ -227,9 +318,4 @@ def merge_sources(results: list[SourceResult], quotas: Mapping[str, int], total:
             break
         if name in by_name:
             take(by_name[name], total)
-    if not parts:
-        return Merged(np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.float32), taken)
-    sources: list[str] = []
-    for got, name, _ in parts:
-        sources.extend([name] * len(got))
-    return Merged(np.concatenate([p[0] for p in parts]), sources, np.concatenate([p[2] for p in parts]), taken)
+    return _merged(parts, taken)

@@ -16,6 +16,12 @@ Hard negatives are, mixed by ``hard_negative_mix``: items the user was shown nea
 time of the click and did not click (when the data has impressions), and items the current
 model ranks between ``mined_rank_min`` and ``mined_rank_max`` for that user (mined after
 every epoch from the first).
+
+Options: ``retrieval.train_offsets`` adds the retrieval prior's terms (category share,
+popularity, age) to every logit with learned weights (``retrieval/train_offsets.py``; off by
+default: no gain measured); ``retrieval.id_dropout`` (0.3) encodes that share of the item
+occurrences without their hashed-id row in training, so the item tower also learns vectors
+from metadata alone, as a new item gets them (docs/retrieval.md, "Third round").
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from feedrank.config import RetrievalConfig
 from feedrank.features.catalog import ItemCatalog
 from feedrank.features.history import ClickLog
 from feedrank.retrieval.encode import encode_items, encode_users, item_vectors_of, user_vectors
+from feedrank.retrieval.train_offsets import TrainOffsets, initial_weights, offset_terms, parse_terms
 from feedrank.retrieval.two_tower import TwoTower, TwoTowerDims, build_two_tower
 from feedrank.training import checkpoint as ckpt
 from feedrank.training import distributed as dist
@@ -42,6 +49,7 @@ from feedrank.training.common import progress
 from feedrank.training.sparse_adam import RowSparseAdam
 
 MAX_MINED_QUERIES = 50_000  # mined negatives are refreshed for at most this many clicks per epoch
+OFFSET_LR_SCALE = 10.0  # the offsets' scalar weights learn at 10x the towers' lr (a few hundred steps must move them by ~1)
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ def two_tower_dims(cfg: RetrievalConfig, n_categories: int, n_subcategories: int
         out_dim=cfg.out_dim,
         history_len=cfg.history_len,
         content_dim=content_dim,
+        offset_terms=",".join(offset_terms(cfg.train_offsets)),
     )
 
 
@@ -231,6 +240,7 @@ def train_two_tower(
             ck.save(snapshot(epoch + 1, 0, epoch + 1 == cfg.epochs))
     train_seconds, train_cpu = time.perf_counter() - t_loop, time.process_time() - cpu_loop
     dist.broadcast_module(model)
+    model.item.id_dropout = 0.0  # training only: the returned model encodes with every id row, whatever its mode
     model.eval()
     seconds = time.perf_counter() - t0
     return model, RetrievalTrainReport(examples=len(pos), epochs=cfg.epochs, final_loss=float(last),
@@ -254,6 +264,7 @@ class TwoTowerExamples:
     pos: np.ndarray  # (E,) the clicked catalogue row
     ts: np.ndarray  # (E,) click time, epoch seconds
     log_q: torch.Tensor  # (N,) float32 log of each item's share of the positives (logQ correction)
+    offsets: TrainOffsets | None = None  # the prior's terms in the logit (``retrieval.train_offsets``; None: off)
 
     @classmethod
     def build(cls, cfg: RetrievalConfig, catalog: ItemCatalog, clicks: ClickLog) -> TwoTowerExamples:
@@ -267,7 +278,9 @@ class TwoTowerExamples:
         hist = clicks.histories(users, ts, cfg.history_len)
         freq = np.bincount(pos, minlength=len(catalog)).astype(np.float64)
         log_q = torch.from_numpy(np.log(np.maximum(freq, 1.0) / len(pos)).astype(np.float32))
-        return cls(users, hist, pos, ts, log_q)
+        terms = offset_terms(cfg.train_offsets)
+        offsets = TrainOffsets.build(terms, catalog, clicks) if terms else None  # counts over every train click
+        return cls(users, hist, pos, ts, log_q, offsets)
 
 
 def new_two_tower(cfg: RetrievalConfig, n_categories: int, n_subcategories: int, content: np.ndarray | None,
@@ -277,14 +290,26 @@ def new_two_tower(cfg: RetrievalConfig, n_categories: int, n_subcategories: int,
         model = build_two_tower(two_tower_dims(cfg, n_categories, n_subcategories, 0 if content is None else content.shape[1]))
     else:
         model = warm_copy(init, n_categories, n_subcategories, content)
+        want = ",".join(offset_terms(cfg.train_offsets))
+        if model.dims.offset_terms != want:
+            raise ValueError(f"two-tower warm start: init was trained with offsets {model.dims.offset_terms!r}, "
+                             f"retrieval.train_offsets asks for {want!r} (use the init's setting)")
+    model.item.id_dropout = cfg.id_dropout
+    if model.offset_weights is not None and init is None:
+        with torch.no_grad():
+            model.offset_weights.copy_(initial_weights(parse_terms(model.dims.offset_terms)))
     model.set_content(content)
     return model
 
 
 def two_tower_optimizers(model: TwoTower, cfg: RetrievalConfig) -> tuple[torch.optim.Adam, RowSparseAdam]:
     """Adam for the dense parameters; for the hashed tables SparseAdam's arithmetic and state
-    with row-indexed updates (``training/sparse_adam.py``: the same bits, faster)."""
-    return torch.optim.Adam(model.dense_parameters(), lr=cfg.lr), RowSparseAdam(model.sparse_parameters(), lr=cfg.lr)
+    with row-indexed updates (``training/sparse_adam.py``: the same bits, faster). The
+    offsets' weights (``retrieval.train_offsets``) learn at ``OFFSET_LR_SCALE`` x lr."""
+    off = model.offset_weights
+    dense = [p for p in model.dense_parameters() if p is not off]
+    groups: list[dict] = [{"params": dense}] + ([{"params": [off], "lr": cfg.lr * OFFSET_LR_SCALE}] if off is not None else [])
+    return torch.optim.Adam(groups, lr=cfg.lr), RowSparseAdam(model.sparse_parameters(), lr=cfg.lr)
 
 
 class TwoTowerStep:
@@ -319,10 +344,15 @@ class TwoTowerStep:
         hist_b, ts_b = ex.hist[b], ex.ts[b]
         if marks is not None:
             marks.append(time.perf_counter())
-        u, _ = user_vectors(model, catalog, hist_b, ts_b)
+        u, aff = user_vectors(model, catalog, hist_b, ts_b)
         v = item_vectors_of(model, catalog, items_b)
         logits = u @ v.T / cfg.temperature - ex.log_q[torch.from_numpy(items_b)][None, :]
         same = torch.from_numpy(items_b[:, None] == items_b[None, :])
+        off = ex.offsets if model.offset_weights is not None else None
+        if off is not None:  # the prior's terms in the logit; items not yet published are no negatives
+            feats, dead = off.pairs(aff, ts_b, items_b)
+            logits = logits + torch.einsum("k,kbm->bm", model.offset_weights, feats)
+            same = same | dead
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, -1e9)
         step_hard = 0
@@ -331,6 +361,10 @@ class TwoTowerStep:
             step_hard = int(has.sum())
             hv = item_vectors_of(model, catalog, np.where(has, hard, 0))
             extra = (u * hv).sum(-1, keepdim=True) / cfg.temperature
+            if off is not None:
+                hfeats, hdead = off.rows(aff, ts_b, np.where(has, hard, 0))
+                extra = extra + (model.offset_weights @ hfeats)[:, None]
+                has = has & ~hdead.numpy()
             extra = extra.masked_fill(~torch.from_numpy(has)[:, None], -1e9)
             logits = torch.cat([logits, extra], dim=1)
         loss = F.cross_entropy(logits, torch.arange(len(b)))

@@ -3,7 +3,9 @@
 Item tower: hashed item id + category + subcategory + hashed creator + hashed title
 bag-of-words + a frozen content vector of the title (MiniLM or hashed, see
 ``features/content.py``) -> MLP -> L2-normalised vector. An item never seen in training
-still gets a useful vector from its content and metadata (its id row stays near zero).
+still gets a useful vector from its content and metadata (its id row stays near zero; in
+training a share ``id_dropout`` of the items is encoded without its id row, so the tower
+learns such vectors: ``retrieval.id_dropout``).
 
 User tower: the item-tower vectors of the user's recent clicks, pooled with learned
 recency weights plus a content-based attention score, then a residual MLP over the pooled
@@ -34,6 +36,9 @@ class TwoTowerDims:
     out_dim: int
     history_len: int
     content_dim: int = 0  # 0: no content vector input
+    # prior terms added to the training logit ("category,popularity,age"; "": none), each
+    # with a learned weight (``offset_weights``; training only: retrieval/train_offsets.py)
+    offset_terms: str = ""
 
 
 class ItemTower(nn.Module):
@@ -46,6 +51,9 @@ class ItemTower(nn.Module):
         self.text = nn.EmbeddingBag(d.text_buckets, d.embed_dim, mode="mean", padding_idx=0, sparse=True)
         self.content = nn.Linear(d.content_dim, d.embed_dim) if d.content_dim else None
         n_in = 5 + (1 if d.content_dim else 0)
+        # training only: the share of item occurrences whose id row is dropped (as for an item
+        # never trained on), so the tower learns vectors from metadata alone (cold items)
+        self.id_dropout = 0.0
         self.mlp = nn.Sequential(nn.Linear(n_in * d.embed_dim, 2 * d.out_dim), nn.ReLU(), nn.Linear(2 * d.out_dim, d.out_dim))
 
     def forward(
@@ -60,6 +68,8 @@ class ItemTower(nn.Module):
     ) -> torch.Tensor:
         """Inputs (B,) int64, EmbeddingBag tokens (T,)/offsets (B,), content (B, Dc) float32.
         Returns (B, out_dim) float32, unit norm."""
+        if self.training and self.id_dropout > 0:
+            id_hash = id_hash * (torch.rand(id_hash.shape) >= self.id_dropout).to(id_hash.dtype)  # row 0: zero vector
         parts = [self.id_emb(id_hash), self.cat_emb(cat), self.sub_emb(sub), self.creator_emb(creator),
                  self.text(text_tokens, text_offsets)]
         if self.content is not None:
@@ -112,6 +122,9 @@ class TwoTower(nn.Module):
         self.item = ItemTower(dims, id_emb, cat_emb)
         self.user = UserTower(dims, cat_emb)
         self.content: torch.Tensor = torch.zeros((0, max(dims.content_dim, 1)), dtype=torch.float32)
+        n_off = len([t for t in dims.offset_terms.split(",") if t])
+        # the weights of the training logit's offsets; not used to encode users or items
+        self.offset_weights = nn.Parameter(torch.zeros(n_off)) if n_off else None
 
     def set_content(self, content: np.ndarray | None) -> None:
         """Attach the (N, Dc) content table (rows = catalogue indices)."""

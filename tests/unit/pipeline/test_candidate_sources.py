@@ -39,8 +39,9 @@ def _live_recent(rec: Recommender, now: float = NOW) -> np.ndarray:
 
 
 def test_trending_follows_observed_clicks(art: ModelArtifacts):
-    # plain ANN: on this 300-item world the prior's popularity term would rank the clicked item into "ann" first
-    rec = Recommender(art, _cfg(art, age_prior=False, trending_k=20), clock=lambda: NOW)
+    # plain ANN: on this 300-item world the prior's popularity term would rank the clicked item into "ann" first;
+    # a short ANN list (20 of 300) so that the context-only vector of a new user does not propose it either
+    rec = Recommender(art, _cfg(art, age_prior=False, trending_k=20, ann_k=20), clock=lambda: NOW)
     later = NOW + 2 * 3600.0
     target = int(_live_recent(rec, later)[-1])  # an old item, still live then: not trending before
     iid = str(rec.catalog.item_ids[target])

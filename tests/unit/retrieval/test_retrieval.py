@@ -42,8 +42,8 @@ def test_index_allowed_filter_and_incremental_add(tmp_path):
 def test_choose_kind_thresholds():
     assert choose_kind(10) == "flat"
     assert choose_kind(999_999) == "hnsw"
-    assert choose_kind(1_000_000) == "ivfflat"
-    assert choose_kind(4_999_999) == "ivfflat"
+    assert choose_kind(1_000_000) == "ivfsq"
+    assert choose_kind(4_999_999) == "ivfsq"
     assert choose_kind(50_000_000) == "ivfpq"
     assert choose_kind(10, "hnsw") == "hnsw"
 
