@@ -237,7 +237,10 @@ def ensure_model(workdir: Path, users: int, items: int, days: int, activity: flo
 
 def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: float, rates: list[float], seconds: int,
                     connections: int, k: int, say: Callable[[str], None], settings: tuple[str, ...] = (),
-                    workers: int = 1) -> dict[str, Any]:
+                    workers: int = 1, warmup_s: int = 10) -> dict[str, Any]:
+    """``warmup_s``: seconds of unmeasured load at the first rate before the measured rates
+    (0: only a 3 s trickle): a fresh server's first seconds touch the bundle's pages and run
+    slower than its steady state."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found: apt-get install -y wrk")
     from feedrank.serving.server import free_port
@@ -256,13 +259,16 @@ def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: 
     url, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
     out: dict[str, Any] = {"users": users, "items": items, "k": k, "connections": connections, "seconds_per_rate": seconds,
                            "server": f"feedrank serve --workers {workers}", "workers": workers, "settings": list(settings),
-                           "rates": []}
+                           "warmup_seconds": warmup_s, "rates": []}
     try:
         say("waiting for the server (loading the model)")
         _wait_http(url + "/readyz", timeout=1800.0, proc=server)  # N workers each load the bundle (1M items: minutes)
         _wait_http(bare_url + "/")
         # warm-up, then one measurement per rate
         _run_wrk(url, 50, 3, 4, users, k, seed=1)
+        if warmup_s > 0 and rates:
+            say(f"warming up: {warmup_s} s at {rates[0]:.0f} rps (not measured)")
+            _run_wrk(url, rates[0], warmup_s, connections, users, k, seed=2)
         for i, rate in enumerate(rates):
             off0 = _offloaded(url)
             cpu0 = _tree_cpu_s(server.pid)

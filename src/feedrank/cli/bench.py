@@ -57,6 +57,9 @@ def feed(model_dir: str, requests: int, k: int, no_http: bool, as_json: bool) ->
 @click.option("--activity", default=0.15, show_default=True, type=float, help="Sessions per user per day in the world.")
 @click.option("--rates", default="100,200,300,400", show_default=True, help="Offered request rates (rps), comma-separated.")
 @click.option("--seconds", default=15, show_default=True, type=click.IntRange(3, 300), help="Duration of each rate.")
+@click.option("--warmup-seconds", default=10, show_default=True, type=click.IntRange(0, 300),
+              help="Unmeasured load at the first rate before the measured ones (a fresh server touches the "
+                   "bundle's pages for the first time: its first seconds are slower than its steady state).")
 @click.option("--connections", default=32, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--k", default=20, show_default=True, type=click.IntRange(1, 200))
 @click.option("--workdir", default="var/bench/serve", show_default=True, type=click.Path(file_okay=False),
@@ -66,8 +69,8 @@ def feed(model_dir: str, requests: int, k: int, no_http: bool, as_json: bool) ->
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Server processes (feedrank serve --workers): one per core.")
 @click.option("--json", "as_json", is_flag=True)
-def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, seconds: int, connections: int, k: int,
-              workdir: str, settings: tuple[str, ...], workers: int, as_json: bool) -> None:
+def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, seconds: int, warmup_seconds: int,
+              connections: int, k: int, workdir: str, settings: tuple[str, ...], workers: int, as_json: bool) -> None:
     """Load test the HTTP server with wrk at fixed offered rates (127.0.0.1 only, bounded in
     time): achieved rps, p50/p75/p90/p99, non-2xx, tier mix, and a bare ASGI endpoint in the
     same run for the cost of the HTTP layer. Writes benchmarks/results/serve.json.
@@ -78,6 +81,7 @@ def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, se
       feedrank bench serve --users 20000 --items 5000 --rates 100,300 --seconds 10
       feedrank bench serve --users 20000 --items 5000 --set pipeline.rank_batch_wait_ms=1.5
       feedrank bench serve --users 20000 --items 5000 --days 14 --workers 1
+      feedrank bench serve --rates 300,300,300 --warmup-seconds 20
     """
     import json
     from pathlib import Path
@@ -89,7 +93,7 @@ def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, se
     rate_list = [float(r) for r in rates.split(",") if r.strip()]
     size_dir = Path(workdir) / f"u{users}-i{items}-d{days}"
     result = run_serve_bench(size_dir, users, items, days, activity, rate_list, seconds, connections, k, say, settings,
-                             workers=workers)
+                             workers=workers, warmup_s=warmup_seconds)
     path = write_result("serve", result)
     say(f"written {path}")
     if as_json:
