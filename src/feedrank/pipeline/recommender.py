@@ -24,6 +24,7 @@ import operator
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Sequence
 from dataclasses import replace
@@ -48,6 +49,9 @@ from feedrank.types import Event, EventKind, FeedRequest, FeedResponse, Item, Sc
 log = logging.getLogger(__name__)
 
 STAGES = ("context", "retrieve", "enrich", "rank", "rerank")
+# what a settings view (``Recommender.with_settings``) keeps its own when the base's catalogue
+# state is copied onto it (``_sync_views``): its settings and the caches made with them
+VIEW_OWN = frozenset({"cfg", "policy", "_popular_lock", "_popular", "_popular_at", "_live", "_live_at", "_source_pool"})
 
 
 class _Shed(Exception):
@@ -125,6 +129,7 @@ class Recommender(CandidateStage, RankStage):
                                         max_age_s=self.max_item_age_s)
         self._item_ids_list = self.catalog.item_ids.tolist()
         self._add_lock = threading.Lock()
+        self._views: weakref.WeakSet[Recommender] = weakref.WeakSet()  # settings views (with_settings)
         self._creators_list = _shared(self.catalog.creators.astype(str).tolist())
         self._groups_list = _shared(self.catalog.creator_groups.astype(str).tolist())
         self._categories_list = _shared(self.catalog.categories.tolist())
@@ -156,7 +161,22 @@ class Recommender(CandidateStage, RankStage):
         view.policy = policy_from_config(view.cfg.rerank)
         view._popular_lock = threading.Lock()
         view._popular, view._popular_at, view._live, view._live_at = np.zeros(0, dtype=np.int64), -np.inf, None, -np.inf
+        view._source_pool = None
+        self._views.add(view)  # one set, shared by the base and its views (copy.copy)
         return view
+
+    def _sync_views(self) -> None:
+        """After the catalogue changed (``add_items``, ``set_expiry``): every settings view takes
+        the base's new catalogue state (everything but its own settings and caches,
+        ``VIEW_OWN``) and forgets its cached live set and popular list, so a view made before
+        the change never mixes the old catalogue's arrays with the grown counters."""
+        for view in list(self._views):
+            if view is self:
+                continue
+            for key, value in list(self.__dict__.items()):
+                if key not in VIEW_OWN:
+                    view.__dict__[key] = value
+            view._reset_caches()
 
     def _set_rerank_codes(self) -> None:
         """Integer codes of each row's category and creator: the re-rank's caps only compare
@@ -223,6 +243,7 @@ class Recommender(CandidateStage, RankStage):
             self.art.catalog = catalog
             self.art.index.add(vectors, rows)
             self._reset_caches()
+            self._sync_views()
         return {"created": int(len(rows) - len(replaced)), "updated": int(len(replaced))}
 
     def set_expiry(self, expiries: dict[str, float | None]) -> int:
@@ -234,6 +255,7 @@ class Recommender(CandidateStage, RankStage):
             rows, exp = zip(*known)
             self.live_catalog.set_expiry(np.asarray(rows, dtype=np.int64), np.asarray(exp, dtype=np.float64))
             self._reset_caches()
+            self._sync_views()
         return len(known)
 
     def has_item(self, item_id: str) -> bool:
