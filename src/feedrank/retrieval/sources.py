@@ -222,16 +222,19 @@ def merge_sources(results: list[SourceResult], quotas: Mapping[str, int], total:
 
     The items taken so far are stamped in a per-thread array indexed by row (``_Marks``):
     a membership test is one gather, with no sorted "used" array rebuilt per source (the
-    request path's case). Rows outside ``0..MARKS_MAX_ROWS`` use the sorted-array form
-    (``_merge_sorted``); both give the same result (tested)."""
+    request path's case). Rows outside ``0..MARKS_MAX_ROWS`` (negative or huge) are first
+    renumbered densely (``np.unique``'s inverse) and mapped back: the same merge (tested
+    against the per-item reference)."""
     arrays = [np.asarray(r.items, dtype=np.int64) for r in results]
     ex = np.fromiter(exclude, dtype=np.int64, count=len(exclude)) if exclude else np.zeros(0, dtype=np.int64)
     every = np.concatenate(arrays + [ex]) if arrays else ex
-    hi = -1
+    hi, decode = -1, None
     if len(every):
-        lo, hi = int(every.min()), int(every.max())
-        if lo < 0 or hi >= MARKS_MAX_ROWS:
-            return _merge_sorted(results, quotas, total, fallbacks, exclude)
+        hi = int(every.max())
+        if int(every.min()) < 0 or hi >= MARKS_MAX_ROWS:
+            decode, codes = np.unique(every, return_inverse=True)
+            *arrays, ex = np.split(codes.astype(np.int64), np.cumsum([len(a) for a in arrays]))
+            hi = len(decode) - 1
     stamps, token = _MARKS.next(hi + 1)
     if len(ex):
         stamps[ex] = token
@@ -270,6 +273,8 @@ def merge_sources(results: list[SourceResult], quotas: Mapping[str, int], total:
             break
         if name in by_name:
             take(*by_name[name], total)
+    if decode is not None:
+        parts = [(decode[got], name, scores) for got, name, scores in parts]
     return _merged(parts, taken)
 
 
@@ -280,42 +285,3 @@ def _merged(parts: list[tuple[np.ndarray, str, np.ndarray]], taken: dict[str, in
     for got, name, _ in parts:
         sources.extend([name] * len(got))
     return Merged(np.concatenate([p[0] for p in parts]), sources, np.concatenate([p[2] for p in parts]), taken)
-
-
-def _merge_sorted(results: list[SourceResult], quotas: Mapping[str, int], total: int,
-                  fallbacks: Sequence[str] = (), exclude: set[int] | None = None) -> Merged:
-    """``merge_sources`` with the items taken so far in a sorted array (any int64 rows)."""
-    used = sorted_unique(np.fromiter(exclude, dtype=np.int64, count=len(exclude))) if exclude else np.zeros(0, dtype=np.int64)
-    parts: list[tuple[np.ndarray, str, np.ndarray]] = []
-    taken: dict[str, int] = {}
-    by_name = {r.name: r for r in results}
-    count = 0
-
-    def take(r: SourceResult, limit: int) -> None:
-        nonlocal used, count
-        n = 0
-        room = min(limit, total - count)
-        items = np.asarray(r.items, dtype=np.int64)
-        if room > 0 and len(items):
-            ok = np.zeros(len(items), dtype=bool)
-            ok[np.unique(items, return_index=True)[1]] = True  # first occurrence within the source
-            if len(used):
-                pos = np.minimum(np.searchsorted(used, items), len(used) - 1)
-                ok &= used[pos] != items
-            sel = np.flatnonzero(ok)[:room]
-            n = len(sel)
-            if n:
-                got = items[sel]
-                parts.append((got, r.name, np.asarray(r.scores, dtype=np.float32)[sel]))
-                used = sorted_unique(used, got)
-                count += n
-        taken[r.name] = taken.get(r.name, 0) + n
-
-    for r in results:
-        take(r, quotas.get(r.name, total))
-    for name in fallbacks:
-        if count >= total:
-            break
-        if name in by_name:
-            take(by_name[name], total)
-    return _merged(parts, taken)

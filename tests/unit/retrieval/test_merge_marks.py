@@ -1,5 +1,4 @@
-"""``merge_sources`` through per-thread row stamps equals the sorted-array form and the
-per-item reference, across merges in one thread (stamps are never cleared) and in threads."""
+"""``merge_sources`` through per-thread row stamps equals the per-item reference, across merges in one thread (stamps are never cleared) and in threads."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 
 import feedrank.retrieval.sources as src
-from feedrank.retrieval.sources import SourceResult, _merge_sorted, merge_sources
+from feedrank.retrieval.sources import SourceResult, merge_sources
 from feedrank.retrieval.sources_reference import merge_sources_reference
 
 NAMES = ["ann", "fresh", "followed", "trending", "popular"]
@@ -32,22 +31,25 @@ def _same(a, b) -> None:
     assert a.items.dtype == b.items.dtype == np.int64 and a.scores.dtype == b.scores.dtype == np.float32
 
 
-def test_stamped_merge_equals_sorted_and_reference_over_many_merges():
+def test_stamped_merge_equals_the_reference_over_many_merges():
     rng = np.random.default_rng(7)
     for _ in range(300):  # one thread: each merge's token must ignore every earlier merge's stamps
         results, quotas, total, exclude = _case(rng)
         got = merge_sources(results, quotas, total, fallbacks=FALLBACKS, exclude=exclude)
-        _same(got, _merge_sorted(results, quotas, total, FALLBACKS, exclude))
         _same(got, merge_sources_reference(results, quotas, total, FALLBACKS, exclude))
 
 
-def test_stamps_grow_with_larger_rows_and_odd_rows_use_the_sorted_form():
+def test_stamps_grow_with_larger_rows_and_odd_rows_are_renumbered():
     big = SourceResult("ann", np.array([5, 2_000_000, 5, 7], dtype=np.int64), np.arange(4, dtype=np.float32))
     pop = SourceResult("popular", np.array([7, 9, 2_000_000], dtype=np.int64), np.zeros(3, dtype=np.float32))
     got = merge_sources([big, pop], {"ann": 3, "popular": 5}, 10, fallbacks=("popular",), exclude={9})
     assert got.items.tolist() == [5, 2_000_000, 7] and got.sources == ["ann"] * 3
     neg = SourceResult("ann", np.array([3, -4, 3, 8], dtype=np.int64), np.arange(4, dtype=np.float32))
-    _same(merge_sources([neg], {"ann": 4}, 4), _merge_sorted([neg], {"ann": 4}, 4))
+    _same(merge_sources([neg], {"ann": 4}, 4), merge_sources_reference([neg], {"ann": 4}, 4))
+    huge = SourceResult("trending", np.array([1 << 40, -1, 6], dtype=np.int64), np.ones(3, dtype=np.float32))
+    args = ([neg, huge, pop], {"ann": 2, "trending": 2, "popular": 1}, 7)
+    _same(merge_sources(*args, fallbacks=("popular", "ann"), exclude={8, -1}),
+          merge_sources_reference(*args, fallbacks=("popular", "ann"), exclude={8, -1}))
     assert merge_sources([neg], {"ann": 4}, 4).items.tolist() == [3, -4, 8]
 
 
