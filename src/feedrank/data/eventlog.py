@@ -23,14 +23,17 @@ Guarantees:
   one fsync per batch. If an fsync fails, every batch not yet durable fails (OSError),
   is truncated away and its ids are forgotten. An append whose events duplicate a batch
   still awaiting its fsync returns only after that fsync (and fails with it).
-* Idempotent by ``event_id``: an id already in the log (from this process or an earlier
-  one; the id set is rebuilt by scanning segments on open) or repeated within the batch
-  is reported in ``duplicates`` and not written again.
+* Idempotent by ``event_id``: an id among the newest ``id_window`` ids of the log (from
+  this process or an earlier one; rebuilt by scanning segments on open; default
+  500,000, ``data/idwindow.py``) or repeated within the batch is reported in
+  ``duplicates`` and not written again. The window bounds the writer's memory (~160 bytes
+  an id); a retry of anything older is written again (the live consumer dedupes by id too).
 * On open, a torn tail of the last segment (a crash mid-write) is truncated and logged;
   a bad line followed by good lines (corruption, not a crash) raises ``CorruptFile``
   naming the segment and line.
 * One writer per directory (an ``flock`` on ``root/LOCK``); any number of
-  ``EventLog(root, readonly=True)`` readers, which never repair anything. A reader
+  ``EventLog(root, readonly=True)`` readers, which never repair anything and keep no
+  event ids (``event_id in reader`` scans the segments). A reader
   refreshes incrementally on each ``read`` (only the tail segment's new bytes and new
   segments are scanned). A reader that finds a corrupt line reads every record before
   it, then ``read`` raises ``CorruptFile`` naming the segment and line. A reader sees
@@ -55,6 +58,7 @@ from typing import Iterable, Iterator
 
 from feedrank.data.events import event_from_dict
 from feedrank.data.groupcommit import GroupCommit
+from feedrank.data.idwindow import DEFAULT_ID_WINDOW, IdWindow
 from feedrank.data.logformat import (
     DEFAULT_SEGMENT_BYTES,
     AppendResult,
@@ -63,6 +67,7 @@ from feedrank.data.logformat import (
     LogRecord,
     decode_line,
     encode_line,
+    line_body,
     line_event_id,
     fsync_dir,
     segment_files,
@@ -98,14 +103,16 @@ class _Segment:
 class EventLog(GroupCommit):
     """Append-only, fsync'd, idempotent event log in ``root`` (see module docstring)."""
 
-    def __init__(self, root: str | Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES, *, readonly: bool = False) -> None:
+    def __init__(self, root: str | Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES, *, readonly: bool = False,
+                 id_window: int = DEFAULT_ID_WINDOW) -> None:
         if segment_bytes < 1:
             raise ValueError("segment_bytes must be >= 1")
         self.root = Path(root)
         self.segment_bytes = int(segment_bytes)
         self.readonly = readonly
         self._lock = threading.RLock()
-        self._ids: set[str] = set()
+        # a writer's newest event ids (idempotent appends); readers keep none
+        self._ids = IdWindow(id_window)
         self._segments: list[_Segment] = []
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -163,15 +170,19 @@ class EventLog(GroupCommit):
     def _scan_segment(self, number: int, path: Path, last: bool, pos: int = 0, lines: int = 0,
                       keep: bool = False) -> _Segment:
         """Check (and, for a writer, repair) one segment from byte ``pos`` (line ``lines``),
-        remembering its event ids; the segment's committed extent. ``keep`` (a reader's
+        a writer remembering its event ids; the segment's committed extent. ``keep`` (a reader's
         refresh): the checked lines stay in ``_fresh`` for the ``read`` that follows."""
         good_end = pos
         bad: tuple[int, int] | None = None  # (1-based line, byte position)
         raws: list[bytes] = []
         ends: list[int] = []
         first = lines
+        reader = self.readonly
         for raw, terminated, end in _iter_raw_lines(path, None, pos):
-            eid = line_event_id(raw) if terminated else None  # CRC-checked; read() decodes the rest
+            if reader:  # framing and CRC only (read() decodes the rest); a reader keeps no ids
+                eid = "" if terminated and line_body(raw) is not None else None
+            else:
+                eid = line_event_id(raw) if terminated else None  # CRC-checked; read() decodes the rest
             if eid is None:
                 if bad is None:
                     bad = (lines + 1, good_end)
@@ -184,7 +195,8 @@ class EventLog(GroupCommit):
                     self._damage = (number, msg)
                     return _Segment(number, path, bad[1], bad[0] - 1)
                 raise CorruptFile(msg)
-            self._ids.add(eid)
+            if not reader:
+                self._ids.add(eid)
             lines += 1
             good_end = end
             if keep:
@@ -451,8 +463,17 @@ class EventLog(GroupCommit):
     # ------------------------------------------------------------------ state
 
     def __contains__(self, event_id: object) -> bool:
+        """Whether the log holds ``event_id``: a writer's id window; a reader (which keeps no
+        ids) scans its committed lines, O(log size)."""
+        if not self.readonly:
+            with self._lock:
+                return event_id in self._ids
         with self._lock:
-            return event_id in self._ids
+            self._refresh_readonly()
+            self._fresh = {}
+            snapshot = [(s.path, s.size) for s in self._segments]
+        return any(line_event_id(raw) == event_id
+                   for path, size in snapshot for raw, terminated, _end in _iter_raw_lines(path, size) if terminated)
 
     def __len__(self) -> int:
         with self._lock:
