@@ -118,6 +118,8 @@ class Recommender(CandidateStage, RankStage):
         self.controller = TierController(slo_ms=slo) if slo > 0 else None
         ttl = self.cfg.rerank.seen_ttl_hours * 3600.0 or None
         self.state = OnlineState(len(self.catalog), self.cfg.retrieval.history_len, self.cfg.pipeline.seen_memory, seen_ttl_s=ttl)
+        if art.engagement is not None:  # the ranker's per-user counters: bounded like the online state's users
+            art.engagement.limit_users(self.state.max_users)
         snap = art.snapshot
         self.state.item_impressions[:] = snap.item_impressions
         self.state.item_clicks[:] = snap.item_clicks

@@ -8,13 +8,17 @@ bundle as ``ranker_state.npz``), then updated by ``observe`` as events arrive.
     st.observe(user_id, item_idx, "click", position=2, ts=t)
     eng = st.engagement(user_id, cand, now)      # an ``Engagement`` for (n,) candidates
 
-Memory: items x 14 + creators x 4 float64 and, per known user, 6 x n_categories + 5.
+Memory: items x 14 + creators x 4 float64 and, per known user, 6 x n_categories + 5
+(~650 bytes a user at 13 categories, ids and dict included). Serving caps the users kept
+(``limit_users``: the least recently updated go first; their next feed starts from zeros,
+as a new user's), so a server that meets millions of new users stays bounded.
 Decayed counters keep (value, last update time) and decay lazily: exact, O(1) per event.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +79,9 @@ class EngagementState:
         self._items = _item_block(n_items, self.item_cat, self.creator_codes, np.asarray(creator_new, np.float64))
         self._creators = np.zeros((int(self.creator_codes.max(initial=-1)) + 1, len(CREATOR_FIELDS)))
         self._bind_views()
-        self.users: dict[str, np.ndarray] = {}
+        # user id -> counter row, least recently updated first (``limit_users``)
+        self.users: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.max_users: int | None = None  # None: keep every user (training, offline tools)
         self._lock = threading.Lock()
 
     def _bind_views(self) -> None:
@@ -100,8 +106,40 @@ class EngagementState:
         w = row_width(self.n_categories)
         if user_rows.ndim == 2 and user_rows.shape[1] < w:  # a state saved before the weighted columns: zeros
             user_rows = np.concatenate([user_rows, np.zeros((len(user_rows), w - user_rows.shape[1]))], axis=1)
-        self.users = {str(u): row.astype(np.float64).copy() for u, row in zip(user_ids.tolist(), user_rows)}
+        self.users = OrderedDict((str(u), row.astype(np.float64).copy()) for u, row in zip(user_ids.tolist(), user_rows))
+        if self.max_users is not None:
+            self._evict_users()
         return self
+
+    def limit_users(self, max_users: int | None) -> None:
+        """Keep at most ``max_users`` users' rows (None: all): beyond it, the least recently
+        updated user's row is dropped when a new user's is made (now, if already over)."""
+        if max_users is not None and int(max_users) < 1:
+            raise ValueError(f"EngagementState.limit_users: max_users must be >= 1 or None, got {max_users}")
+        with self._lock:
+            self.max_users = None if max_users is None else int(max_users)
+            if self.max_users is not None:
+                self._evict_users()
+
+    def _evict_users(self) -> None:
+        """Under ``_lock`` (or before sharing): drop the least recently updated rows over the cap."""
+        users = self.users
+        while len(users) > self.max_users:
+            users.popitem(last=False)
+
+    def _row_to_update(self, user_id: str, ts: float) -> np.ndarray:
+        """Under ``_lock``: the user's row, made (last update ``ts``) if new, and marked as
+        the most recently updated."""
+        users = self.users
+        row = users.get(user_id)
+        if row is None:
+            row = users[user_id] = np.zeros(row_width(self.n_categories))
+            row[-1] = ts
+            if self.max_users is not None and len(users) > self.max_users:
+                self._evict_users()
+        elif self.max_users is not None:
+            users.move_to_end(user_id)
+        return row
 
     def save(self, path: Path) -> None:
         ids = np.asarray(list(self.users), dtype=str)
@@ -146,10 +184,7 @@ class EngagementState:
         k = int(self.creator_codes[i])
         e = float(self.exam[min(max(position or 0, 0), N_POSITIONS - 1)])
         with self._lock:
-            row = self.users.get(user_id)
-            if row is None:
-                row = self.users[user_id] = np.zeros(row_width(self.n_categories))
-                row[-1] = ts
+            row = self._row_to_update(user_id, ts)
             C = self.n_categories
             dt = ts - row[-1]
             if dt > 0:  # decay the user's recent counters to now
@@ -201,10 +236,7 @@ class EngagementState:
         with self._lock:
             c = self.item_cat[items]
             k = self.creator_codes[items]
-            row = self.users.get(user_id)
-            if row is None:
-                row = self.users[user_id] = np.zeros(row_width(C))
-                row[-1] = ts
+            row = self._row_to_update(user_id, ts)
             dt = ts - row[-1]
             if dt > 0:
                 row[4 * C + 3: 6 * C + 4] *= np.exp(-dt / USER_DECAY_TAU_S)
