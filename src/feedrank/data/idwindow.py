@@ -7,8 +7,8 @@
 
 An event log that remembered every id it ever held grows without bound: a serving worker
 appends ~20 impressions per feed, i.e. millions of ids an hour at a few hundred feeds a
-second (~5 GB an hour per worker at 300 feeds/s on two workers, its consumer's reader
-of both partitions included: ``benchmarks/eventlog_id_memory.py``). A window of the newest ids keeps what idempotency is for (a client
+second (~3.3 GB an hour per worker at 300 feeds/s on two workers, its consumer's reader
+of the other partition included: ``benchmarks/eventlog_id_memory.py``). A window of the newest ids keeps what idempotency is for (a client
 retry, a replayed batch: seconds) at a fixed cost, ~160 bytes an id.
 
 Exact: an id is a member if and only if it was added among the newest ``cap`` additions
