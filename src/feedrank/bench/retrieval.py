@@ -91,8 +91,8 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
     from feedrank.bench.retrieval_replay import ReplayInputs, run_replay
     from feedrank.bench.retrieval_replay import replay_requests as sample_requests
     from feedrank.evaluation.offline import live_items
-    from feedrank.pipeline.build import (fit_retrieval_prior, holdout_tail_towers, item_content, learn_max_item_age,
-                                         prepare, shown_not_clicked)
+    from feedrank.pipeline.build import (describe_category_share, fit_retrieval_prior, holdout_tail_towers, item_content,
+                                         learn_max_item_age, prepare, shown_not_clicked)
     from feedrank.retrieval.counters import CounterReplay, creator_codes
     from feedrank.retrieval.encode import encode_items, encode_users
     from feedrank.retrieval.item_feedback import FeedbackEvents
@@ -190,7 +190,8 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
                     f"{pr.trend_weight:.4f}, w_ctr = {pr.ctr_weight:.4f}, w_creator = {pr.creator_weight:.4f}, "
                     f"w_fb = {pr.feedback_weight:.4f} (s {pr.feedback_strength:g}), w_cat = {pr.category_weight:.4f}, "
                     f"new items {None if pr.new is None else pr.new.to_json()}, tower x{pr.tower_weight:.3f} "
-                    f"(nll {pr.nll_before:.4f} -> {pr.nll_after:.4f}, {pr.n_clicks} train clicks)")
+                    f"(nll {pr.nll_before:.4f} -> {pr.nll_after:.4f}, {pr.n_clicks} train clicks), category share: "
+                    f"{describe_category_share(pr)}")
         out["methods"][name] = _metrics(_top_lists(_prior_scores(prior, uvec, has_hist, vecs, catalog.published_at,
                                                                  split.boundary, _with_feedback(counters, prior, fb_train),
                                                                  prior.user_affinity(hist, catalog.cat_idx), catalog.cat_idx),

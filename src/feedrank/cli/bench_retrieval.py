@@ -83,6 +83,7 @@ def retrieval(datasets: tuple[str, ...], only: str, max_users: int, replay_reque
       feedrank bench retrieval --data var/mlsmall --only quality --replay-requests 0 --prior-fit frozen-tail --cold-user-weights
       feedrank bench retrieval --data var/demo/full/world --only quality --speed-items 0 --no-category-term
       feedrank bench retrieval --data var/demo/full/world --only quality --speed-items 0 --new-item-terms
+      feedrank bench retrieval --data var/demo/full/world --only quality --speed-items 0 retrieval.category_estimator=uniform
       feedrank bench retrieval --only speed --speed-items 1000000 --speed-dim 64
       feedrank bench retrieval --only speed --speed-items 200000 --speed-kinds flat,hnsw --speed-ef 100,192
     """

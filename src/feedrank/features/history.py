@@ -86,6 +86,60 @@ def category_affinity(histories: np.ndarray, item_cat: np.ndarray, n_cats: int, 
     return (counts + smoothing / n_cats) / (total + smoothing)
 
 
+def category_share(histories: np.ndarray, item_cat: np.ndarray, n_cats: int, strength: float = 1.0,
+                   decay: float = 1.0, population: np.ndarray | None = None) -> np.ndarray:
+    """(Q, n_cats) float64: each history's category preference, a recency-weighted and
+    population-smoothed share of its categories::
+
+        a[c] = (sum_k decay**r_k [cat_k = c] + strength * pi[c]) / (sum_k decay**r_k + strength)
+
+    ``histories`` (Q, L) item rows (-1 padding on the left, most recent last), ``r_k`` = 0
+    for the newest click, 1 for the one before...; ``pi`` = ``population`` (n_cats,), > 0,
+    summing to 1 (None: uniform 1/n_cats). ``decay`` 1 and ``strength`` 1 with a uniform
+    ``pi`` is ``category_affinity`` (in float64). Every row is > 0 and sums to 1; an empty
+    history gives ``pi``. Cost O(Q * L): nothing per catalogue item."""
+    h = np.asarray(histories, dtype=np.int64)
+    if h.ndim != 2:
+        raise ValueError(f"category_share: histories must be (Q, L), got shape {h.shape}")
+    if n_cats < 1:
+        raise ValueError(f"category_share: n_cats must be >= 1, got {n_cats}")
+    if not (strength > 0 and np.isfinite(strength)):
+        raise ValueError(f"category_share: strength must be > 0, got {strength}")
+    if not 0 < decay <= 1:
+        raise ValueError(f"category_share: decay must be in (0, 1], got {decay}")
+    if population is None:
+        pi = np.full(n_cats, 1.0 / n_cats)
+    else:
+        pi = np.asarray(population, dtype=np.float64)
+        if pi.shape != (n_cats,) or not (pi > 0).all() or abs(pi.sum() - 1.0) > 1e-6:
+            raise ValueError(f"category_share: population must be {n_cats} shares > 0 summing to 1, "
+                             f"got shape {pi.shape}, min {pi.min(initial=np.inf):g}, sum {pi.sum():g}")
+    q, length = h.shape
+    valid = h >= 0
+    cats = np.asarray(item_cat)[np.where(valid, h, 0)] if h.size else np.zeros((q, length), dtype=np.int64)
+    if valid.any():
+        bad = cats[valid]
+        if bad.min() < 0 or bad.max() >= n_cats:
+            raise ValueError(f"category_share: history item categories must be in 0..{n_cats - 1}, "
+                             f"got {int(bad.min())}..{int(bad.max())}")
+    w = np.where(valid, float(decay) ** np.arange(length - 1, -1, -1, dtype=np.float64)[None, :], 0.0)
+    counts = np.zeros((q, n_cats), dtype=np.float64)
+    rows = np.broadcast_to(np.arange(q)[:, None], (q, length))
+    np.add.at(counts, (rows[valid], cats[valid]), w[valid])
+    return (counts + strength * pi[None, :]) / (w.sum(axis=1, keepdims=True) + strength)
+
+
+def population_shares(click_items: np.ndarray, item_cat: np.ndarray, n_cats: int) -> np.ndarray:
+    """(n_cats,) float64: each category's share of ``click_items`` (item rows), smoothed like
+    one history of all of them (``+ 1/n_cats`` per category, ``/ (n + 1)``): > 0 for a
+    category nobody clicked, sums to 1."""
+    cats = np.asarray(item_cat)[np.asarray(click_items, dtype=np.int64)]
+    if len(cats) and (cats.min() < 0 or cats.max() >= n_cats):
+        raise ValueError(f"population_shares: item categories must be in 0..{n_cats - 1}")
+    counts = np.bincount(cats, minlength=n_cats).astype(np.float64)
+    return (counts + 1.0 / n_cats) / (len(cats) + 1.0)
+
+
 def counts_before(groups: np.ndarray, ts: np.ndarray, query_groups: np.ndarray, query_ts: np.ndarray, n_groups: int) -> np.ndarray:
     """(Q,) int64: number of (group, ts) events with the query's group and ts < query ts.
 

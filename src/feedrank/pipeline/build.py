@@ -210,17 +210,30 @@ def fit_retrieval_prior(cfg: FeedrankConfig, model: Any, catalog: ItemCatalog, c
     ``model``, tower weight 1) when ``holdout`` is None; both with the category term
     (``category``, on unless ``fit`` turns it off). The weights are then applied to the
     served towers' logits. ``fit``: further ``fit_age_prior`` arguments (``popularity``,
-    ``cold_users``, ``new_items``, ``category``, ``data``...)."""
+    ``cold_users``, ``new_items``, ``category``, ``category_estimator`` (default:
+    ``retrieval.category_estimator``), ``data``...)."""
     from feedrank.retrieval.prior import fit_age_prior
 
     data = fit.pop("data", None)
     fit.setdefault("category", True)  # the user's category-share term (docs/retrieval.md, "Category term")
+    fit.setdefault("category_estimator", cfg.retrieval.category_estimator)  # how that share is estimated
     if holdout is not None:
         data = holdout.fit_data() if data is None else replace(data, fit_from=holdout.fit_from, model=holdout.model,
                                                                 item_vecs=holdout.item_vecs)
         fit.setdefault("fit_tower_weight", True)
     return fit_age_prior(model, catalog, clicks, cfg.retrieval.temperature, cfg.retrieval.history_len, item_vecs,
                          max_age_s, cfg.training.seed, data=data, **fit)
+
+
+def describe_category_share(prior: Any) -> str:
+    """How the prior's category term estimates the user's category preference, in words."""
+    share = prior.category_estimator
+    if not prior.category_weight:
+        return "no category term"
+    if share is None:
+        return "the towers' (every click 1, uniform smoothing 1)"
+    return (f"recency decay {share.decay:g} per click, smoothing {share.strength:g} towards "
+            f"{'uniform' if share.population is None else 'the population'}")
 
 
 Evaluator = Callable[..., dict]  # (ModelArtifacts, Prepared, say=...) -> metrics dict
@@ -271,7 +284,7 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
                      **({} if holdout is None else holdout.to_json())}
         say(f"retrieval prior ({prior_fit['fit']}): w_age = {prior.weight:.4f} per day, "
             f"w_pop = {prior.pop_weight:.4f} per log click, w_cat = {prior.category_weight:.4f} per log category share, "
-            f"tower logit x{prior.tower_weight:.3f}")
+            f"tower logit x{prior.tower_weight:.3f}; category share: {describe_category_share(prior)}")
 
     imp_rows = np.flatnonzero(train_rows & ev.mask("impression"))
     n_imp_train = int(train_rows[ev.mask("impression")].sum())

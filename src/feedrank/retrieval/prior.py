@@ -29,9 +29,10 @@ creator's Bayesian-smoothed CTR over the global one, read from ``ItemCounters``
 (``NewItemTerms``, ``retrieval/prior_terms.py``: own intercept, age, popularity and tower
 weights of any sign). None of them helped on the benchmarks (docs/retrieval.md).
 
-The category term ``w_cat * log(a_u[cat_i])`` (``a_u``: the smoothed share of each category
-in the user's history, the towers' own user input ``category_affinity``; serving passes it
-as ``affinity`` with the candidates' ``categories``) did: ``feedrank train`` fits age,
+The category term ``w_cat * log(a_u[cat_i])`` (``a_u``: the user's category preference from
+the history, ``AgePrior.user_affinity``: a recency-weighted smoothed share, ``CategoryShare``,
+fitted with the weights; in older bundles the towers' own input ``category_affinity``;
+serving passes ``AgePrior.category_share`` as ``affinity`` with the candidates' ``categories``) did: ``feedrank train`` fits age,
 popularity and category, plus the tower logit's weight (``fit_tower_weight``) when it fits
 on a held-out tail with towers that have not seen it (``pipeline/build.py``,
 ``retrieval.prior_fit``).
@@ -43,11 +44,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from feedrank.features.history import population_shares
 from feedrank.retrieval.counters import CounterReplay, ItemCounters, counters_at, creator_codes
 from feedrank.retrieval.item_feedback import FEEDBACK_STRENGTHS, FeedbackEvents, feedback_feature
-from feedrank.retrieval.prior_terms import NewItemTerms, fit_prior_weights
+from feedrank.retrieval.prior_terms import (CategoryShare, NewItemTerms, category_share_fields, fit_prior_weights,
+                                           search_category_share)
 
 DAY_S = 86400.0
+CATEGORY_ESTIMATORS = ("uniform", "fitted")  # how the category term's share is estimated (fit_age_prior)
+CATEGORY_SEARCH_CLICKS = 500  # at most this many of the fit's clicks pick the fitted estimator (its cost)
 ITEM_CTR_STRENGTH = 20.0      # an item's CTR counts as much as the global one after 20 impressions
 CREATOR_CTR_STRENGTH = 200.0  # a creator's, after 200
 
@@ -74,6 +79,8 @@ class AgePrior:
     new: NewItemTerms | None = None  # extra terms for items published after the towers' training (None: off)
     category_weight: float = 0.0  # w_cat, per unit of log(the user's smoothed history share of the item's category)
     n_categories: int = 0         # C of that share (the towers' category vocabulary; 0: no category term)
+    category_estimator: CategoryShare | None = None  # how that share is estimated (None: category_affinity's)
+    category_search: dict | None = None  # how the estimator was picked (CategoryShareFit.to_json(); None: not fitted)
 
     def to_json(self) -> dict:
         return {"weight": self.weight, "pop_weight": self.pop_weight, "temperature": self.temperature,
@@ -85,7 +92,9 @@ class AgePrior:
                 "tower_weight": self.tower_weight, "feedback_weight": self.feedback_weight,
                 "feedback_strength": self.feedback_strength,
                 "new_items": None if self.new is None else self.new.to_json(),
-                "category_weight": self.category_weight, "n_categories": self.n_categories}
+                "category_weight": self.category_weight, "n_categories": self.n_categories,
+                "category_share": None if self.category_estimator is None else {
+                    **self.category_estimator.to_json(), "search": self.category_search}}
 
     @classmethod
     def from_json(cls, raw: dict) -> AgePrior:
@@ -100,7 +109,8 @@ class AgePrior:
                    feedback_weight=float(raw.get("feedback_weight", 0.0)),
                    feedback_strength=float(raw.get("feedback_strength", 0.0)),
                    new=NewItemTerms.from_json(raw["new_items"]) if raw.get("new_items") else None,
-                   category_weight=float(raw.get("category_weight", 0.0)), n_categories=int(raw.get("n_categories", 0)))
+                   category_weight=float(raw.get("category_weight", 0.0)), n_categories=int(raw.get("n_categories", 0)),
+                   **category_share_fields(raw.get("category_share")))
 
     @property
     def active(self) -> bool:
@@ -148,11 +158,24 @@ class AgePrior:
         return out
 
     def user_affinity(self, histories: np.ndarray, item_cat: np.ndarray) -> np.ndarray:
-        """(U, C) the users' smoothed category shares of ``histories`` (U, L) item rows (-1
-        padding), as the towers' user input computes them (what serving passes as ``affinity``)."""
+        """(U, C) the users' category preferences from ``histories`` (U, L) item rows (-1
+        padding, most recent last), the category term's ``affinity``: ``category_estimator``'s
+        recency-weighted, population-smoothed share, or without one (older bundles) the
+        towers' own user input ``category_affinity``. O(U * L) when ``n_categories`` is set."""
         from feedrank.features.history import category_affinity
 
-        return category_affinity(histories, item_cat, max(self.n_categories, int(np.max(item_cat, initial=0)) + 1))
+        n = self.n_categories if self.n_categories > 0 else int(np.max(item_cat, initial=0)) + 1
+        if self.category_estimator is None:
+            return category_affinity(histories, item_cat, n)
+        return self.category_estimator.shares(histories, item_cat, n)
+
+    def category_share(self, history: np.ndarray, item_cat: np.ndarray) -> np.ndarray | None:
+        """(C,) one user's ``affinity`` for ``scores`` / ``rescore_with_prior`` from its history
+        (L,) item rows (-1 padding, most recent last; serving's ``UserContext.history``); None
+        when the prior has no category term (nothing reads it then)."""
+        if not self.category_weight:
+            return None
+        return self.user_affinity(np.asarray(history, dtype=np.int64).reshape(1, -1), item_cat)[0]
 
     def scores(self, user_vecs: np.ndarray, item_vecs: np.ndarray, published_at: np.ndarray, now: float,
                clicks: np.ndarray | None = None, counters: ItemCounters | None = None,
@@ -285,7 +308,7 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
                   max_age_s: float | None, seed: int, n_clicks: int = 2000, popularity: bool = True,
                   max_items: int = 5000, data: PriorFitData | None = None, ctr: bool = True,
                   cold_users: bool = False, fit_tower_weight: bool = False, new_items: bool = False,
-                  category: bool = False) -> AgePrior:
+                  category: bool = False, category_estimator: str = "uniform") -> AgePrior:
     """Fit the prior on a sample of training ``clicks`` (a ``ClickLog``; the newest half, or
     those after ``data.fit_from``), towers fixed: user vectors from each click's history
     before it, click (and, with ``data.impressions``, impression and creator) counts of every
@@ -306,7 +329,16 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
     ``NewItemTerms`` are fitted too, items published in the tail being new to those towers;
     the prior serves them with ``new_from`` just after the newest of ``clicks`` (what the
     served towers were trained on). ``category``: the category term ``w_cat * log(share of
-    the item's category in the user's history)`` (``AgePrior.user_affinity``) is fitted too."""
+    the item's category in the user's history)`` (``AgePrior.user_affinity``) is fitted too;
+    ``category_estimator`` says how that share is estimated: ``uniform`` (the towers' own
+    ``category_affinity``: every click weighs 1, uniform smoothing of strength 1) or ``fitted``
+    (``CategoryShare``: a per-click recency decay, the smoothing strength and a uniform or
+    population prior, picked by this fit's own likelihood on at most ``CATEGORY_SEARCH_CLICKS``
+    of its clicks, ``search_category_share``; the population shares of that search come from
+    the clicks before every fitted click, the served ones from all of ``clicks``)."""
+    if category_estimator not in CATEGORY_ESTIMATORS:
+        raise ValueError(f"fit_age_prior: category_estimator {category_estimator!r}: expected one of "
+                         f"{', '.join(CATEGORY_ESTIMATORS)}")
     data = data or PriorFitData()
     if new_items and (data.model is None or data.fit_from is None):
         raise ValueError("fit_age_prior(new_items=True) needs towers trained before the fitted tail "
@@ -324,7 +356,7 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
     pick = np.sort(rng.choice(newest, size=min(n_clicks, len(newest)), replace=False))
     prior = _fit_on_clicks(pick, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, rng,
                            popularity, max_items, data, ctr, fit_scale=fit_tower_weight, new_items=new_items,
-                           category=category)
+                           category=category, category_estimator=category_estimator)
     if prior.new is not None:  # served: new = published after the newest click the served towers were trained on
         prior = replace(prior, new=replace(prior.new, new_from=float(np.nextafter(clicks.ts.max(), np.inf))))
     if cold_users and len(clicks.items):
@@ -342,7 +374,7 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
 def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
                    max_age_s: float | None, rng: np.random.Generator, popularity: bool, max_items: int,
                    data: PriorFitData, ctr: bool, fit_scale: bool = False, new_items: bool = False,
-                   category: bool = False) -> AgePrior:
+                   category: bool = False, category_estimator: str = "uniform") -> AgePrior:
     """The prior's weights fitted on the clicks ``pick`` (indices into the ``ClickLog``);
     ``fit_scale``: the weight of the tower logit too (``tower_weight``); ``new_items``: the
     ``NewItemTerms`` for items published at or after ``data.fit_from``; ``category``: the
@@ -382,13 +414,32 @@ def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float,
                 more.append(smoothed_ctr_ratio(mats["creator_clicks"], mats["creator_impressions"], ctr0,
                                                CREATOR_CTR_STRENGTH))
                 names.append("creator_weight")
-    n_cats = 0
+    live_until = float(clicks.ts[pick].max()) if data.frozen else None
+    n_cats, share, share_fit = 0, None, None
     if category:
         n_cats = int(fit_model.dims.n_categories)
-        aff = AgePrior(0.0, temperature, 0.0, n_categories=n_cats).user_affinity(hist, catalog.cat_idx)
-        more.append(np.log(aff[:, catalog.cat_idx[keep]]).astype(np.float32))
+
+        def cat_feat(sh: CategoryShare | None, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+            aff = AgePrior(0.0, temperature, 0.0, n_categories=n_cats, category_estimator=sh).user_affinity(
+                hist[rows], catalog.cat_idx)
+            return np.log(aff[:, catalog.cat_idx[keep]]).astype(np.float32)
+
+        if category_estimator == "fitted":  # picked by this fit's likelihood, on a subsample of its clicks
+            sub = np.arange(0, len(pick), max(1, -(-len(pick) // CATEGORY_SEARCH_CLICKS)))
+
+            def nll_of(sh: CategoryShare) -> float:
+                return fit_age_weight(uvec[sub], fit_vecs[keep], remap[pos[sub]], ts[sub], catalog.published_at[keep],
+                                      temperature, max_age_s, max_items=len(keep), rng=rng,
+                                      click_counts=None if counts is None else counts[sub],
+                                      more_feats=[f[sub] for f in more] + [cat_feat(sh, sub)], live_until=live_until,
+                                      fit_scale=fit_scale, new_from=data.fit_from if new_items else None)[2]
+
+            # the population prior's shares: the clicks before every fitted one (point in time)
+            share_fit = search_category_share(nll_of, population_shares(clicks.items[clicks.ts < ts.min()],
+                                                                        catalog.cat_idx, n_cats))
+            share = share_fit.share
+        more.append(cat_feat(share))
         names.append("category_weight")
-    live_until = float(clicks.ts[pick].max()) if data.frozen else None
     fb_strength, fits = 0.0, []
     for strength in (FEEDBACK_STRENGTHS if data.feedback is not None else (0.0,)):
         feats = more if not strength else more + [feedback_feature(data.feedback, len(catalog), ts, uvec, keep, strength)]
@@ -409,10 +460,14 @@ def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float,
                            nw[-1] if fit_scale else 0.0)
     ref = float(np.nanmax(catalog.published_at)) if np.isfinite(catalog.published_at).any() else 0.0
     extra = {n: float(v) for n, v in zip(names, w[len(w) - len(names):])}
+    if share is not None and share.population is not None:  # served: the shares of all the training clicks
+        share = replace(share, population=tuple(population_shares(clicks.items, catalog.cat_idx, n_cats).tolist()))
     return AgePrior(float(w[0]), temperature, ref, float(w[1]) if counts is not None else 0.0, len(pick),
                     round(nll0, 5), round(nll1, 5), ctr0=ctr0, tower_weight=tower_weight,
                     feedback_strength=fb_strength if extra.get("feedback_weight") else 0.0, new=new,
-                    n_categories=n_cats, **extra)
+                    n_categories=n_cats, category_estimator=share,
+                    category_search=None if share_fit is None else share_fit.to_json(),
+                    **extra)
 
 
 def rescore_with_prior(prior: AgePrior, user_vec: np.ndarray, cand: np.ndarray, cand_vecs: np.ndarray,

@@ -1,11 +1,14 @@
 """Pieces of the retrieval prior (``retrieval/prior.py``): the terms for items new to the
-towers (``NewItemTerms``) and the maximum-likelihood solver of every prior weight
-(``fit_prior_weights``: projected, damped Newton on the convex softmax likelihood). Pure numpy.
+towers (``NewItemTerms``), the estimator of the user's category preference read by the
+category term (``CategoryShare``, ``search_category_share``) and the maximum-likelihood solver
+of every prior weight (``fit_prior_weights``: projected, damped Newton on the convex softmax
+likelihood). Pure numpy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -51,6 +54,115 @@ class NewItemTerms:
     def from_json(cls, raw: dict) -> NewItemTerms:
         return cls(float(raw["new_from"]), float(raw.get("intercept", 0.0)), float(raw.get("age_weight", 0.0)),
                    float(raw.get("pop_weight", 0.0)), float(raw.get("tower_weight", 0.0)))
+
+
+CATEGORY_DECAYS = (0.85, 0.7, 0.5)   # per-click recency decays tried (after 1, the towers' share)
+CATEGORY_STRENGTHS = (0.5, 2.0, 4.0)  # smoothing strengths tried at the best decay (after 1)
+
+
+@dataclass(frozen=True)
+class CategoryShare:
+    """How the category term estimates a user's category preference from the history rows
+    (``features/history.category_share``)::
+
+        a[c] = (sum_k decay**r_k [cat_k = c] + strength * pi[c]) / (sum_k decay**r_k + strength)
+
+    ``r_k``: 0 for the newest click, 1 for the one before...; ``population`` = ``pi``, the
+    categories' share of the training clicks (None: uniform 1/C). A prior without one (old
+    bundles) uses strength 1, decay 1, uniform: the towers' ``category_affinity``."""
+
+    strength: float = 1.0
+    decay: float = 1.0
+    population: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.strength > 0 and np.isfinite(self.strength)):
+            raise ValueError(f"CategoryShare: strength must be > 0, got {self.strength}")
+        if not 0 < self.decay <= 1:
+            raise ValueError(f"CategoryShare: decay must be in (0, 1], got {self.decay}")
+        if self.population is not None:
+            pi = np.asarray(self.population, dtype=np.float64)
+            if pi.ndim != 1 or not len(pi) or not (pi > 0).all() or abs(pi.sum() - 1.0) > 1e-6:
+                raise ValueError("CategoryShare: population must be category shares > 0 summing to 1")
+
+    def shares(self, histories: np.ndarray, item_cat: np.ndarray, n_cats: int) -> np.ndarray:
+        """(Q, n_cats) float64 preferences of ``histories`` (Q, L) item rows (-1 padded left)."""
+        from feedrank.features.history import category_share
+
+        if self.population is not None and len(self.population) != n_cats:
+            raise ValueError(f"CategoryShare: population has {len(self.population)} categories, expected {n_cats}")
+        return category_share(histories, item_cat, n_cats, self.strength, self.decay,
+                              None if self.population is None else np.asarray(self.population))
+
+    def to_json(self) -> dict:
+        return {"strength": self.strength, "decay": self.decay,
+                "population": None if self.population is None else [float(v) for v in self.population]}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> CategoryShare:
+        pop = raw.get("population")
+        return cls(float(raw.get("strength", 1.0)), float(raw.get("decay", 1.0)),
+                   None if pop is None else tuple(float(v) for v in pop))
+
+
+def category_share_fields(raw: dict | None) -> dict:
+    """``AgePrior`` keyword arguments from the manifest's ``age_prior.category_share`` JSON
+    (absent: none, i.e. the defaults: an older bundle keeps ``category_affinity``'s share)."""
+    if not raw:
+        return {}
+    return {"category_estimator": CategoryShare.from_json(raw), "category_search": raw.get("search")}
+
+
+@dataclass(frozen=True)
+class CategoryShareFit:
+    """The estimator ``search_category_share`` picked, the prior fit's negative log-likelihood
+    per click with it (``nll``) and with the towers' share (``nll_uniform``: strength 1, decay
+    1, uniform), and every candidate tried as (``CategoryShare.to_json()``, nll)."""
+
+    share: CategoryShare
+    nll: float
+    nll_uniform: float
+    tried: tuple[tuple[dict, float], ...]
+
+    def to_json(self) -> dict:
+        """JSON-native (what the manifest's ``age_prior.category_share.search`` holds)."""
+        return {"nll": round(self.nll, 6), "nll_uniform": round(self.nll_uniform, 6),
+                "tried": [[share, nll] for share, nll in self.tried]}
+
+
+def search_category_share(nll_of: Callable[[CategoryShare], float], population: np.ndarray,
+                          decays: tuple[float, ...] = CATEGORY_DECAYS,
+                          strengths: tuple[float, ...] = CATEGORY_STRENGTHS) -> CategoryShareFit:
+    """Pick the ``CategoryShare`` by the prior fit's own likelihood: ``nll_of(share)`` is the
+    negative log-likelihood per click of the retrieval softmax with every weight refitted for
+    that share (what the category term is for; the likelihood of the clicked *category* alone
+    favours a population prior that the item softmax penalises: more items already carry a
+    popular category). Coordinate search from the towers' share (strength 1, decay 1,
+    uniform): the recency ``decays``, then the ``strengths`` at the best decay, then the
+    ``population`` prior (the categories' click shares, > 0, summing to 1) at the best of
+    those. A candidate replaces the best only with a lower nll (ties keep the simpler one)."""
+    pop = tuple(float(v) for v in np.asarray(population, dtype=np.float64))
+    base = CategoryShare()
+    tried: list[tuple[dict, float]] = []
+
+    def run(share: CategoryShare) -> float:
+        nll = float(nll_of(share))
+        if not np.isfinite(nll):
+            raise ValueError(f"search_category_share: the fit's nll is {nll} for {share.to_json()}")
+        tried.append((share.to_json(), round(nll, 6)))
+        return nll
+
+    nll_uniform = run(base)
+    best, best_nll = base, nll_uniform
+    stages = (lambda b: [CategoryShare(1.0, d) for d in decays if d != 1.0],        # recency
+              lambda b: [CategoryShare(st, b.decay) for st in strengths if st != 1.0],  # smoothing strength
+              lambda b: [CategoryShare(b.strength, b.decay, pop)])                  # population prior
+    for stage in stages:
+        for cand in stage(best):
+            nll = run(cand)
+            if nll < best_nll:
+                best, best_nll = cand, nll
+    return CategoryShareFit(best, best_nll, nll_uniform, tuple(tried))
 
 
 def fit_prior_weights(base: np.ndarray, feats: list[np.ndarray], live: np.ndarray, positives: np.ndarray,

@@ -56,7 +56,8 @@ def test_prior_pool_is_reused_then_rebuilt_after_an_item_add(model_dir: Path):
     union = sorted_unique(ann, _pool_rows(rec, prior, NOW))
     want, want_s = rescore_with_prior(prior, user_vec, union, rec.art.item_vectors[union], rec.catalog.published_at[union],
                                       NOW, p.ann_k, clicks=rec.state.item_clicks[union],
-                                      affinity=aff, categories=rec.catalog.cat_idx[union])  # the category term's inputs
+                                      affinity=prior.category_share(ctx.history, rec.catalog.cat_idx),  # the prior's
+                                      categories=rec.catalog.cat_idx[union])  # category term's inputs
     is_ann = np.array([s == "ann" for s in sources])
     kept = np.isin(want, cand[is_ann])  # the merge drops seen items; the rest keep their order and scores
     np.testing.assert_array_equal(cand[is_ann], want[kept])
