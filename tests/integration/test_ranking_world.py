@@ -72,6 +72,12 @@ def test_serving_counters_equal_point_in_time_counters(world):
     sub = type(ev)(*(getattr(ev, f)[first] if getattr(ev, f) is not None and f != "user_ids" else getattr(ev, f)
                      for f in ev.__dataclass_fields__))
     st = engagement_state(sub, catalog, n_cat, spec)
+    last: dict[str, float] = {}  # user id -> time of its last event in the first half
+    for code, t in zip(sub.user_codes.tolist(), sub.ts.tolist()):
+        uid = str(ev.user_ids[code])
+        last[uid] = max(t, last.get(uid, -np.inf))
+    seen = [last[u] for u in st.users]  # least recently active first (what a capped server drops first)
+    assert len(seen) > 100 and seen == sorted(seen)
     kinds = {0: "impression", 1: "click", 2: "dwell", 3: "hide"}
     rest = np.flatnonzero(ev.ts >= t_mid)
     for r in rest[:3000]:

@@ -25,9 +25,11 @@ Guarantees:
   still awaiting its fsync returns only after that fsync (and fails with it).
 * Idempotent by ``event_id``: an id among the newest ``id_window`` ids of the log (from
   this process or an earlier one; rebuilt by scanning segments on open; default
-  500,000, ``data/idwindow.py``) or repeated within the batch is reported in
-  ``duplicates`` and not written again. The window bounds the writer's memory (~160 bytes
-  an id); a retry of anything older is written again (the live consumer dedupes by id too).
+  500,000 impressions and 500,000 other events, ``data/idwindow.py``) or repeated within
+  the batch is reported in ``duplicates`` and not written again. The windows bound the
+  writer's memory (~160 bytes an id); a retry of anything older is written again. At 300
+  feeds/s on two workers the impression window spans ~2.5 minutes of a worker's feeds; the
+  other events' (clients' clicks, dwell, hides, ~1-3% of the volume) hours.
 * On open, a torn tail of the last segment (a crash mid-write) is truncated and logged;
   a bad line followed by good lines (corruption, not a crash) raises ``CorruptFile``
   naming the segment and line.
@@ -58,7 +60,7 @@ from typing import Iterable, Iterator
 
 from feedrank.data.events import event_from_dict
 from feedrank.data.groupcommit import GroupCommit
-from feedrank.data.idwindow import DEFAULT_ID_WINDOW, IdWindow
+from feedrank.data.idwindow import DEFAULT_ID_WINDOW, IMPRESSION_MARK, EventIds
 from feedrank.data.logformat import (
     DEFAULT_SEGMENT_BYTES,
     AppendResult,
@@ -67,7 +69,6 @@ from feedrank.data.logformat import (
     LogRecord,
     decode_line,
     encode_line,
-    line_body,
     line_event_id,
     fsync_dir,
     segment_files,
@@ -76,7 +77,7 @@ from feedrank.data.logformat import (
 from feedrank.data.logformat import iter_raw_lines as _iter_raw_lines  # a module global: tests spy on it
 from feedrank.data.logread import batches_from_runs, decode_run
 from feedrank.errors import CorruptFile, FeedrankError
-from feedrank.types import Event
+from feedrank.types import Event, EventKind
 
 log = logging.getLogger(__name__)
 FRESH_BYTES = 8 << 20  # readers keep at most this much of a refresh's checked lines (the newest segment's) for the next read
@@ -111,8 +112,8 @@ class EventLog(GroupCommit):
         self.segment_bytes = int(segment_bytes)
         self.readonly = readonly
         self._lock = threading.RLock()
-        # a writer's newest event ids (idempotent appends); readers keep none
-        self._ids = IdWindow(id_window)
+        # a writer's newest event ids (idempotent appends), impressions apart; readers keep none
+        self._ids = EventIds(id_window)
         self._segments: list[_Segment] = []
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -179,10 +180,8 @@ class EventLog(GroupCommit):
         first = lines
         reader = self.readonly
         for raw, terminated, end in _iter_raw_lines(path, None, pos):
-            if reader:  # framing and CRC only (read() decodes the rest); a reader keeps no ids
-                eid = "" if terminated and line_body(raw) is not None else None
-            else:
-                eid = line_event_id(raw) if terminated else None  # CRC-checked; read() decodes the rest
+            # CRC-checked, with an id (read() decodes the rest); a reader checks the same but keeps no ids
+            eid = line_event_id(raw) if terminated else None
             if eid is None:
                 if bad is None:
                     bad = (lines + 1, good_end)
@@ -196,7 +195,7 @@ class EventLog(GroupCommit):
                     return _Segment(number, path, bad[1], bad[0] - 1)
                 raise CorruptFile(msg)
             if not reader:
-                self._ids.add(eid)
+                self._ids.add(eid, IMPRESSION_MARK in raw)
             lines += 1
             good_end = end
             if keep:
@@ -288,6 +287,7 @@ class EventLog(GroupCommit):
             duplicates: list[str] = []
             seen: set[str] = set()
             parts: list[bytes] = []
+            impression: list[bool] = []
             for ev in events:
                 eid = ev.event_id
                 if eid in self._ids or eid in seen:
@@ -295,6 +295,7 @@ class EventLog(GroupCommit):
                     continue
                 seen.add(eid)
                 accepted.append(eid)
+                impression.append(ev.kind is EventKind.IMPRESSION)
                 parts.append(encode_line(ev))
             # a duplicate of a batch still awaiting its fsync is only "in the log" once that
             # fsync is done: wait for it too (and fail with it)
@@ -302,12 +303,12 @@ class EventLog(GroupCommit):
             if not parts:
                 seq = dup_wait
             else:
-                seq = self._write_batch(parts, accepted)
+                seq = self._write_batch(parts, accepted, impression)
         if seq:
             self._wait_durable(seq)
         return AppendResult(accepted, duplicates)
 
-    def _write_batch(self, parts: list[bytes], accepted: list[str]) -> int:
+    def _write_batch(self, parts: list[bytes], accepted: list[str], impression: list[bool]) -> int:
         """Under ``_lock``: write the encoded lines to the tail; its append sequence number."""
         tail = self._segments[-1]
         if tail.written >= self.segment_bytes:
@@ -331,7 +332,7 @@ class EventLog(GroupCommit):
             raise
         tail.written += len(data)
         tail.written_lines += len(parts)
-        self._ids.update(accepted)
+        self._ids.update(accepted, impression)
         self._write_seq += 1
         self._pending.append((self._write_seq, accepted))
         return self._write_seq

@@ -74,3 +74,46 @@ class IdWindow:
             e = order.popleft()
             if number.get(e) == self._next - len(order) - 1:
                 del number[e]
+
+
+IMPRESSION_MARK = b'"kind":"impression"'  # how a logged line of an impression reads (data/events.py)
+
+
+class EventIds:
+    """A log writer's remembered ids, in two windows of ``cap`` each: impressions (~20 per
+    served feed, written by the server) and every other event (clicks, dwell, hides: what
+    clients post and retry, ~1-3% of the volume). So the impressions' volume never pushes
+    a client's click out of the window: at 300 feeds/s on two workers the impression window
+    spans ~2.5 minutes of a worker's feeds, the other one hours of its clients' events."""
+
+    def __init__(self, cap: int = DEFAULT_ID_WINDOW) -> None:
+        self.events = IdWindow(cap)
+        self.impressions = IdWindow(cap)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self.events or event_id in self.impressions
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.impressions)
+
+    def add(self, event_id: str, impression: bool = False) -> None:
+        (self.impressions if impression else self.events).add(event_id)
+
+    def update(self, ids: list[str], impression: list[bool]) -> None:
+        """``ids`` in append order; ``impression[k]``: whether ``ids[k]`` is an impression."""
+        if not any(impression):
+            self.events.update(ids)
+        elif all(impression):
+            self.impressions.update(ids)
+        else:
+            for e, imp in zip(ids, impression):
+                self.add(e, imp)
+
+    def difference_update(self, ids) -> None:
+        ids = list(ids)
+        self.events.difference_update(ids)
+        self.impressions.difference_update(ids)
+
+    def clear(self) -> None:
+        self.events.clear()
+        self.impressions.clear()

@@ -31,7 +31,7 @@ import numpy as np
 from feedrank.features.online import UserContext
 from feedrank.retrieval.encode import user_vectors
 from feedrank.retrieval.prior import AgePrior
-from feedrank.retrieval.served import PRIOR_POOL_MAX, RescorePool
+from feedrank.retrieval.served import PRIOR_POOL_MAX, RescorePool, popular_pool_size
 from feedrank.retrieval.sources import (SourceResult, decayed_counts, followed_keys, gather_sources, merge_sources,
                                          popular_items, trending_items)
 
@@ -117,9 +117,11 @@ class CandidateStage:
         ok = ids[0] >= 0
         ann, ann_scores = self._only_live(ids[0][ok].astype(np.int64), now, scores[0][ok])
         if prior is not None:  # freshness/popularity prior: rescore the ANN's top, recent and popular items
+            has_history = bool(len(ctx.history) and ctx.history.max() >= 0)  # else the cold_user weights, when fitted
+            pop = prior.for_user(has_history).pop_weight
             ann, ann_scores = self._prior_pool(prior, now).top(  # clicks only count with a popularity weight
                 prior, user_vec, ann, self.art.item_vectors, self.catalog.published_at, now, p.ann_k,
-                clicks=self.state.item_clicks if prior.pop_weight else None,
+                clicks=self.state.item_clicks if pop else None, has_history=has_history,
                 affinity=prior.category_share(ctx.history, self.catalog.cat_idx),  # the category term's inputs
                 categories=self.catalog.cat_idx)  # (the prior's own estimate of the user's category preference)
         results = [SourceResult("ann", ann, ann_scores)]
@@ -154,8 +156,9 @@ class CandidateStage:
         p = self.cfg.pipeline
         hours = max(p.fresh_hours, p.followed_hours)
         parts = (self._newest(None, None, now, hours * 3600.0, PRIOR_POOL_MAX),)
-        if prior.pop_weight > 0:
-            parts += (self._only_live(self._popular_list(now)[: p.ann_k], now),)
+        n_pop = popular_pool_size(prior, p.ann_k)  # with a popularity weight (the cold users' included)
+        if n_pop > 0:
+            parts += (self._only_live(self._popular_list(now)[:n_pop], now),)
         key = f"prior-pool:{hours}:{len(parts)}:{p.ann_k}"  # settings views (with_settings) share the cache
         hit = self._source_cache.get(key)
         if hit is None or not hit.same(parts):

@@ -393,7 +393,12 @@ def engagement_state(ev: EventArrays, catalog: ItemCatalog, n_categories: int, s
                                  bc(clk, uc, nu * n_categories, du).reshape(nu, n_categories),
                                  bc(imp, uc, nu * n_categories, ew * du).reshape(nu, n_categories),
                                  bc(clk, ev.user_codes, nu, du)[:, None], np.full((nu, 1), end)], axis=1)
-    active = rows[:, : 3 * n_categories + 2].sum(axis=1) > 0
+    active = np.flatnonzero(rows[:, : 3 * n_categories + 2].sum(axis=1) > 0)
+    # least recently active first: a server that keeps fewer users (``EngagementState.limit_users``)
+    # drops the rows of the users seen longest ago, not of those seen first
+    last = np.full(nu, -np.inf)
+    np.maximum.at(last, ev.user_codes, ev.ts)
+    active = active[np.argsort(last[active], kind="stable")]
     return st.load_arrays(item, decay, np.full(n_items, end), creator, ev.user_ids[active].astype(str), rows[active])
 
 

@@ -9,7 +9,7 @@ bundle as ``ranker_state.npz``), then updated by ``observe`` as events arrive.
     eng = st.engagement(user_id, cand, now)      # an ``Engagement`` for (n,) candidates
 
 Memory: items x 14 + creators x 4 float64 and, per known user, 6 x n_categories + 5
-(~650 bytes a user at 13 categories, ids and dict included). Serving caps the users kept
+(~850 bytes a user at 13 categories plus its id: ~0.9 GB at the 1M-user cap). Serving caps the users kept
 (``limit_users``: the least recently updated go first; their next feed starts from zeros,
 as a new user's), so a server that meets millions of new users stays bounded.
 Decayed counters keep (value, last update time) and decay lazily: exact, O(1) per event.

@@ -15,8 +15,8 @@ from feedrank.types import Event, EventKind
 T0 = 1_714_000_000.0
 
 
-def ev(i: int) -> Event:
-    return Event(event_id=f"e{i}", ts=T0 + i, user_id="u1", item_id="n1", kind=EventKind.IMPRESSION, position=0)
+def ev(i: int, kind: EventKind = EventKind.IMPRESSION) -> Event:
+    return Event(event_id=f"e{i}", ts=T0 + i, user_id="u1", item_id="n1", kind=kind, position=0)
 
 
 def test_window_matches_a_reference_of_the_newest_additions() -> None:
@@ -78,3 +78,14 @@ def test_reader_keeps_no_ids_but_answers_membership(tmp_path: Path) -> None:
         assert len(reader._ids) == 0  # a consumer's reader would otherwise hold every id it ever read
         assert "e50" in reader and "e0" in reader and "e99" not in reader
         reader.close()
+
+
+def test_impressions_never_push_a_client_event_out_of_its_window(tmp_path: Path) -> None:
+    with EventLog(tmp_path, id_window=4) as log:
+        log.append([ev(0, EventKind.CLICK), ev(1, EventKind.DWELL)])
+        log.append([ev(i) for i in range(100, 130)])  # a flood of server impressions
+        res = log.append([ev(0, EventKind.CLICK), ev(1, EventKind.DWELL), ev(129), ev(100)])
+        assert res.duplicates == ["e0", "e1", "e129"] and res.accepted == ["e100"]  # e100 left the impression window
+    with EventLog(tmp_path, id_window=4) as log:  # reopened: each line back in its own window
+        assert log.append([ev(0, EventKind.CLICK), ev(100)]).duplicates == ["e0", "e100"]
+        assert len(log._ids.events) == 2 and len(log._ids.impressions) == 4
