@@ -56,8 +56,15 @@ class NewItemTerms:
                    float(raw.get("pop_weight", 0.0)), float(raw.get("tower_weight", 0.0)))
 
 
-CATEGORY_DECAYS = (0.85, 0.7, 0.5)   # per-click recency decays tried (after 1, the towers' share)
-CATEGORY_STRENGTHS = (0.5, 2.0, 4.0)  # smoothing strengths tried at the best decay (after 1)
+# Ladders the search walks, outward from 1 (the towers' share), one step at a time while the
+# held-out loss falls: recency decays downwards from 1, smoothing strengths upwards from 1 (then
+# downwards when 2 does not help). Only the steps up to the first rise are fitted. Wider ladders
+# (decays 0.95 .. 0.3, strengths 0.25 .. 16) were measured (docs/retrieval.md, "Category preference
+# estimate"): on the demo world the loss rises past 0.85 and 4 on each side, on MovieLens it keeps
+# falling to 0.3 / 16 without a served-recall gain; so these.
+CATEGORY_DECAYS = (0.85, 0.7, 0.5)
+CATEGORY_STRENGTHS = (0.5, 2.0, 4.0)
+CATEGORY_NLL_TOL = 1e-7  # nll changes below this are the refit's rounding: a flat stretch, no gain
 
 
 @dataclass(frozen=True)
@@ -138,11 +145,19 @@ def search_category_share(nll_of: Callable[[CategoryShare], float], population: 
     that share (what the category term is for; the likelihood of the clicked *category* alone
     favours a population prior that the item softmax penalises: more items already carry a
     popular category). Coordinate search from the towers' share (strength 1, decay 1,
-    uniform): the recency ``decays``, then the ``strengths`` at the best decay, then the
-    ``population`` prior (the categories' click shares, > 0, summing to 1) at the best of
-    those. A candidate replaces the best only with a lower nll (ties keep the simpler one)."""
+    uniform): the recency ``decays`` walked down from 1, then the ``strengths`` at the best
+    decay walked up from 1 (down when no step up helps), each walk stopping at the first
+    candidate whose nll rises above the lowest before it (the loss is taken to be unimodal along
+    a ladder: an ordered search costs the steps to the optimum plus one, not the whole grid), then
+    the ``population`` prior (the categories' click shares, > 0, summing to 1) at the best of
+    those. A candidate replaces the best only with an nll lower by more than ``CATEGORY_NLL_TOL``
+    (ties, up to the refit's rounding, keep the simpler one)."""
+    for name, ladder, ok in (("decays", decays, lambda v: 0 < v < 1), ("strengths", strengths,
+                                                                       lambda v: 0 < v != 1 and np.isfinite(v))):
+        if len(set(ladder)) != len(ladder) or not all(ok(float(v)) for v in ladder):
+            raise ValueError(f"search_category_share: {name} must be distinct values "
+                             f"{'in (0, 1)' if name == 'decays' else '> 0 other than 1'}, got {ladder}")
     pop = tuple(float(v) for v in np.asarray(population, dtype=np.float64))
-    base = CategoryShare()
     tried: list[tuple[dict, float]] = []
 
     def run(share: CategoryShare) -> float:
@@ -152,16 +167,27 @@ def search_category_share(nll_of: Callable[[CategoryShare], float], population: 
         tried.append((share.to_json(), round(nll, 6)))
         return nll
 
-    nll_uniform = run(base)
-    best, best_nll = base, nll_uniform
-    stages = (lambda b: [CategoryShare(1.0, d) for d in decays if d != 1.0],        # recency
-              lambda b: [CategoryShare(st, b.decay) for st in strengths if st != 1.0],  # smoothing strength
-              lambda b: [CategoryShare(b.strength, b.decay, pop)])                  # population prior
-    for stage in stages:
-        for cand in stage(best):
+    best = CategoryShare()
+    best_nll = nll_uniform = run(best)
+
+    def walk(steps: list[CategoryShare]) -> bool:
+        """Try ``steps`` in order until the nll rises above the lowest before it (a flat stretch,
+        e.g. a category weight held at its bound, is walked through); True when one lowered it."""
+        nonlocal best, best_nll
+        prev, start = best_nll, best_nll
+        for cand in steps:
             nll = run(cand)
-            if nll < best_nll:
+            if nll < best_nll - CATEGORY_NLL_TOL:
                 best, best_nll = cand, nll
+            if nll > prev + CATEGORY_NLL_TOL:
+                break
+            prev = min(prev, nll)
+        return best_nll < start
+
+    walk([CategoryShare(1.0, d) for d in sorted(decays, reverse=True)])                        # recency
+    if not walk([CategoryShare(st, best.decay) for st in sorted(v for v in strengths if v > 1)]):  # smoothing
+        walk([CategoryShare(st, best.decay) for st in sorted((v for v in strengths if v < 1), reverse=True)])
+    walk([CategoryShare(best.strength, best.decay, pop)])                                       # population prior
     return CategoryShareFit(best, best_nll, nll_uniform, tuple(tried))
 
 
@@ -180,25 +206,34 @@ def fit_prior_weights(base: np.ndarray, feats: list[np.ndarray], live: np.ndarra
     rows = np.arange(q)
     live = live.copy()
     live[rows, positives] = True
+    # per chunk of rows, only the columns live for one of its rows: the others carry p = 0 (they add
+    # nothing to the nll, gradient or Hessian), and every Newton step skips them
+    chunks = []
+    for s in range(0, q, chunk):
+        sl = slice(s, s + chunk)
+        cols: np.ndarray | slice = np.flatnonzero(live[sl].any(axis=0))
+        pos = np.searchsorted(cols, positives[sl])
+        if len(cols) == live.shape[1]:
+            cols = slice(None)
+        chunks.append((sl, cols, live[sl][:, cols], pos))
 
     def stats(w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         nll, grad, hess = 0.0, np.zeros(f), np.zeros((f, f))
-        for s in range(0, q, chunk):
-            sl = slice(s, s + chunk)
-            r = rows[sl] - s
-            z = base[sl].astype(np.float64)
+        for sl, cols, lv, pos in chunks:
+            r = np.arange(len(pos))
+            z = base[sl][:, cols].astype(np.float64)
             for k in range(f):
-                z = z + w[k] * feats[k][sl]
-            z = np.where(live[sl], z, -np.inf)
+                z = z + w[k] * feats[k][sl][:, cols]
+            z = np.where(lv, z, -np.inf)
             m = z.max(axis=1, keepdims=True)
             p = np.exp(z - m)
             tot = p.sum(axis=1, keepdims=True)
             p /= tot
-            x = np.stack([np.where(live[sl], feats[k][sl], 0.0) for k in range(f)], axis=-1)  # (c, N, F)
+            x = np.stack([np.where(lv, feats[k][sl][:, cols], 0.0) for k in range(f)], axis=-1)  # (c, N', F)
             px = p[:, :, None] * x
             ex = px.sum(1)                                                        # (c, F)
-            nll += float((np.log(tot[:, 0]) + m[:, 0] - z[r, positives[sl]]).sum())
-            grad += (ex - x[r, positives[sl]]).sum(0)
+            nll += float((np.log(tot[:, 0]) + m[:, 0] - z[r, pos]).sum())
+            grad += (ex - x[r, pos]).sum(0)
             hess += px.reshape(-1, f).T @ x.reshape(-1, f) - ex.T @ ex  # sum over rows of Cov_p(x)
         return nll / q, grad / q, hess / q
 

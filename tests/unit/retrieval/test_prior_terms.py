@@ -150,3 +150,25 @@ def test_rescore_pool_passes_the_category_term_through():
     cand = np.union1d(np.arange(0, len(items), 2), np.arange(1, 40, 2))
     exact = prior.scores(users[:1], items[cand], pub[cand], 0.0, affinity=aff[:1], categories=cats[cand])[0]
     assert got.tolist() == cand[np.lexsort((cand, -exact))][:15].tolist()
+
+
+def test_newton_skips_columns_no_row_of_a_chunk_can_pick():
+    # items live only in a window around each click (time-sorted rows): a chunk of rows sees a slice
+    # of the columns; the others (garbage features there) must not move the fit, whatever the chunking
+    rng = np.random.default_rng(5)
+    q, n = 120, 60
+    base = rng.standard_normal((q, n)).astype(np.float32)
+    feats = [rng.standard_normal((q, n)).astype(np.float32) for _ in range(2)]
+    centre = np.linspace(0, n - 1, q)
+    live = np.abs(np.arange(n)[None, :] - centre[:, None]) < 8
+    pos = np.array([rng.choice(np.flatnonzero(row)) for row in live])
+    garbage = [np.where(live, f, np.float32(1e6)) for f in feats]  # finite, huge where nothing is live
+    want = fit_prior_weights(base, feats, live, pos, lower=np.array([-np.inf, 0.0]))
+    for chunk in (7, 32, 512):
+        got = fit_prior_weights(base, garbage, live, pos, chunk=chunk, lower=np.array([-np.inf, 0.0]))
+        assert np.allclose(got[0], want[0], atol=1e-9) and got[1:] == pytest.approx(want[1:], abs=1e-12)
+    # a positive outside the live mask still counts (it is made live), as before
+    pos2 = pos.copy()
+    pos2[0] = n - 1
+    w2 = fit_prior_weights(base, feats, live, pos2, chunk=16)
+    assert np.isfinite(w2[2]) and w2[2] != pytest.approx(want[2])
