@@ -143,6 +143,9 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
         raise ValueError("run_replay: the prior has a feedback term but ReplayInputs.feedback is None")
     fb_replay = FeedbackReplay(n, inp.feedback) if fb_strength else None
     base = inp.prior_without_feedback
+    # the prior without feedback has its own fitted category estimator: its own users' shares
+    aff_base = (base.user_affinity(hist, cats) if base is not None and base.category_weight
+                else np.full(len(reqs), None))
     pub = np.nan_to_num(catalog.published_at, nan=-np.inf)
     hours = max(p.fresh_hours, p.followed_hours) * 3600.0
     pop_n = 0 if prior is None else popular_pool_size(prior, p.ann_k)
@@ -197,7 +200,7 @@ def run_replay(inp: ReplayInputs, reqs: ReplayRequests, k: int = 100) -> dict[st
                                     popular_pool_size(base, p.ann_k))
                 lists["two_tower_prior_served_without_feedback"].append(
                     served_top(base, uvec[j], ann, pool_b, vecs, catalog.published_at, t, k, plain,
-                               has_history=has_history, affinity=aff[j] if base.category_weight else None,
+                               has_history=has_history, affinity=aff_base[j],
                                categories=cats).tolist())
         if cf_models:
             before = log.items[log.starts[u]:ends[j]]

@@ -122,7 +122,7 @@ class CandidateStage:
             ann, ann_scores = self._prior_pool(prior, now).top(  # clicks only count with a popularity weight
                 prior, user_vec, ann, self.art.item_vectors, self.catalog.published_at, now, p.ann_k,
                 clicks=self.state.item_clicks if pop else None, has_history=has_history,
-                affinity=prior.category_share(ctx.history, self.catalog.cat_idx),  # the category term's inputs
+                affinity=prior.category_share(ctx.history, self.catalog.cat_idx, towers=aff),  # the category term's inputs
                 categories=self.catalog.cat_idx)  # (the prior's own estimate of the user's category preference)
         results = [SourceResult("ann", ann, ann_scores)]
         fetchers = self._source_fetchers(ctx, now, aff, live)

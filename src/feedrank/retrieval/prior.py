@@ -98,6 +98,17 @@ class AgePrior:
 
     @classmethod
     def from_json(cls, raw: dict) -> AgePrior:
+        """The prior a bundle's manifest records; a category estimator whose population does not
+        have the prior's ``n_categories`` entries is refused here (at load, not per request)."""
+        prior = cls._from_json(raw)
+        est, n = prior.category_estimator, prior.n_categories
+        if est is not None and est.population is not None and n and len(est.population) != n:
+            raise ValueError(f"age_prior.category_share.population has {len(est.population)} categories, "
+                             f"the prior has n_categories {n}")
+        return prior
+
+    @classmethod
+    def _from_json(cls, raw: dict) -> AgePrior:
         return cls(float(raw["weight"]), float(raw["temperature"]), float(raw.get("ref_ts", 0.0)),
                    float(raw.get("pop_weight", 0.0)), int(raw.get("n_clicks", 0)),
                    ctr_weight=float(raw.get("ctr_weight", 0.0)), creator_weight=float(raw.get("creator_weight", 0.0)),
@@ -169,13 +180,22 @@ class AgePrior:
             return category_affinity(histories, item_cat, n)
         return self.category_estimator.shares(histories, item_cat, n)
 
-    def category_share(self, history: np.ndarray, item_cat: np.ndarray) -> np.ndarray | None:
+    def category_share(self, history: np.ndarray, item_cat: np.ndarray,
+                       towers: np.ndarray | None = None) -> np.ndarray | None:
         """(C,) one user's ``affinity`` for ``scores`` / ``rescore_with_prior`` from its history
-        (L,) item rows (-1 padding, most recent last; serving's ``UserContext.history``); None
-        when the prior has no category term (nothing reads it then)."""
+        (L,) item rows (-1 padding, most recent last; serving's ``UserContext.history``),
+        ``user_affinity``'s row through the one-history path (``CategoryShare.one``); None
+        when the prior has no category term (nothing reads it then). Without an estimator
+        (older bundles) it is the towers' ``category_affinity``: ``towers``, that share as the
+        user tower already computed it for this history, when given."""
         if not self.category_weight:
             return None
-        return self.user_affinity(np.asarray(history, dtype=np.int64).reshape(1, -1), item_cat)[0]
+        if self.category_estimator is None:
+            if towers is not None:
+                return towers
+            return self.user_affinity(np.asarray(history, dtype=np.int64).reshape(1, -1), item_cat)[0]
+        n = self.n_categories if self.n_categories > 0 else int(np.max(item_cat, initial=0)) + 1
+        return self.category_estimator.one(history, item_cat, n)
 
     def scores(self, user_vecs: np.ndarray, item_vecs: np.ndarray, published_at: np.ndarray, now: float,
                clicks: np.ndarray | None = None, counters: ItemCounters | None = None,

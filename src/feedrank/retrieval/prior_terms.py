@@ -7,10 +7,13 @@ likelihood). Pure numpy.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,24 @@ class CategoryShare:
             if pi.ndim != 1 or not len(pi) or not (pi > 0).all() or abs(pi.sum() - 1.0) > 1e-6:
                 raise ValueError("CategoryShare: population must be category shares > 0 summing to 1")
 
+    def one(self, history: np.ndarray, item_cat: np.ndarray, n_cats: int) -> np.ndarray:
+        """(n_cats,) ``shares`` of one history (L,) (serving's per-request call), bitwise the
+        same row at a fraction of the cost: the smoothing shares and the decay's powers are
+        made once per estimator and length."""
+        from feedrank.features.history import category_share_one
+
+        cache = self.__dict__.setdefault("_one_cache", {})  # not a field: equality and JSON ignore it
+        h = np.asarray(history, dtype=np.int64)
+        key = (n_cats, len(h))
+        got = cache.get(key)
+        if got is None:
+            if self.population is not None and len(self.population) != n_cats:
+                raise ValueError(f"CategoryShare: population has {len(self.population)} categories, expected {n_cats}")
+            pi = (np.full(n_cats, 1.0 / n_cats) if self.population is None
+                  else np.asarray(self.population, dtype=np.float64))
+            got = cache[key] = (pi, float(self.decay) ** np.arange(len(h) - 1, -1, -1, dtype=np.float64))
+        return category_share_one(h, item_cat, got[0], self.strength, got[1])
+
     def shares(self, histories: np.ndarray, item_cat: np.ndarray, n_cats: int) -> np.ndarray:
         """(Q, n_cats) float64 preferences of ``histories`` (Q, L) item rows (-1 padded left)."""
         from feedrank.features.history import category_share
@@ -129,7 +150,7 @@ class CategoryShareFit:
     share: CategoryShare
     nll: float
     nll_uniform: float
-    tried: tuple[tuple[dict, float], ...]
+    tried: tuple[tuple[dict, float | None], ...]  # None: the fit failed (non-finite nll) for that one
 
     def to_json(self) -> dict:
         """JSON-native (what the manifest's ``age_prior.category_share.search`` holds)."""
@@ -158,12 +179,17 @@ def search_category_share(nll_of: Callable[[CategoryShare], float], population: 
             raise ValueError(f"search_category_share: {name} must be distinct values "
                              f"{'in (0, 1)' if name == 'decays' else '> 0 other than 1'}, got {ladder}")
     pop = tuple(float(v) for v in np.asarray(population, dtype=np.float64))
-    tried: list[tuple[dict, float]] = []
+    tried: list[tuple[dict, float | None]] = []
 
     def run(share: CategoryShare) -> float:
         nll = float(nll_of(share))
         if not np.isfinite(nll):
-            raise ValueError(f"search_category_share: the fit's nll is {nll} for {share.to_json()}")
+            if not tried:  # the towers' own share: without it there is no fit to compare with
+                raise ValueError(f"search_category_share: the fit's nll is {nll} for {share.to_json()}")
+            log.warning("category share search: the fit's nll is %s for %s; that candidate is skipped",
+                        nll, share.to_json())
+            tried.append((share.to_json(), None))
+            return np.inf  # never picked; a walk stops at it
         tried.append((share.to_json(), round(nll, 6)))
         return nll
 
