@@ -136,8 +136,16 @@ def _launch(argv: list[str], nproc: int, independent: bool) -> int:
                         "MASTER_PORT": str(free_port())})
             envs = [{**env, "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(nproc)]
         cmd = [sys.executable, "-m", "feedrank.bench.step_profile", *argv, "--nproc", "1"]
-        procs = [subprocess.Popen(cmd, env=e) for e in envs]
-        return max(abs(p.wait()) for p in procs)
+        # each process's stdout apart, relayed whole when it ends: N processes printing their
+        # result line into one shared pipe at the same moment could splice two lines into one
+        procs = [subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, text=True) for e in envs]
+        rc = 0
+        for p in procs:
+            out, _ = p.communicate()
+            sys.stdout.write(out)
+            sys.stdout.flush()
+            rc = max(rc, abs(p.returncode))
+        return rc
 
 
 def main(argv: list[str] | None = None) -> None:
