@@ -116,19 +116,11 @@ def category_share(histories: np.ndarray, item_cat: np.ndarray, n_cats: int, str
                              f"got shape {pi.shape}, min {pi.min(initial=np.inf):g}, sum {pi.sum():g}")
     q, length = h.shape
     valid = h >= 0
-    if h.size and h.max() >= len(item_cat):
-        raise ValueError(f"category_share: history item rows must be < {len(item_cat)} (the catalogue's size), "
-                         f"got {int(h.max())}")
-    cats = np.asarray(item_cat)[np.where(valid, h, 0)] if h.size else np.zeros((q, length), dtype=np.int64)
-    if valid.any():
-        bad = cats[valid]
-        if bad.min() < 0 or bad.max() >= n_cats:
-            raise ValueError(f"category_share: history item categories must be in 0..{n_cats - 1}, "
-                             f"got {int(bad.min())}..{int(bad.max())}")
+    cats = _history_categories(h[valid], item_cat, n_cats, "category_share")
     w = np.where(valid, float(decay) ** np.arange(length - 1, -1, -1, dtype=np.float64)[None, :], 0.0)
     counts = np.zeros((q, n_cats), dtype=np.float64)
     rows = np.broadcast_to(np.arange(q)[:, None], (q, length))
-    np.add.at(counts, (rows[valid], cats[valid]), w[valid])
+    np.add.at(counts, (rows[valid], cats), w[valid])
     return (counts + strength * pi[None, :]) / (w.sum(axis=1, keepdims=True) + strength)
 
 
@@ -143,17 +135,22 @@ def category_share_one(history: np.ndarray, item_cat: np.ndarray, pi: np.ndarray
     if h.ndim != 1 or len(h) > len(powers):
         raise ValueError(f"category_share_one: history must be (L,) with L <= {len(powers)}, got shape {h.shape}")
     valid = h >= 0
-    rows = h[valid]
-    if len(rows) and rows.max() >= len(item_cat):
-        raise ValueError(f"category_share_one: history item rows must be < {len(item_cat)} (the catalogue's size), "
-                         f"got {int(rows.max())}")
+    cats = _history_categories(h[valid], item_cat, len(pi), "category_share_one")
     w = np.where(valid, powers[len(powers) - len(h):], 0.0)
-    cats = np.asarray(item_cat)[rows]
-    if len(cats) and (cats.min() < 0 or cats.max() >= len(pi)):
-        raise ValueError(f"category_share_one: history item categories must be in 0..{len(pi) - 1}, "
-                         f"got {int(cats.min())}..{int(cats.max())}")
     counts = np.bincount(cats, weights=w[valid], minlength=len(pi))
     return (counts + strength * pi) / (w.sum() + strength)
+
+
+def _history_categories(rows: np.ndarray, item_cat: np.ndarray, n_cats: int, who: str) -> np.ndarray:
+    """The category codes of history item ``rows`` (>= 0), checked: every row in the
+    catalogue and every code in 0..n_cats-1, else a ValueError naming ``who``."""
+    if len(rows) and rows.max() >= len(item_cat):
+        raise ValueError(f"{who}: history item rows must be < {len(item_cat)} (the catalogue's size), got {int(rows.max())}")
+    cats = np.asarray(item_cat)[rows]
+    if len(cats) and (cats.min() < 0 or cats.max() >= n_cats):
+        raise ValueError(f"{who}: history item categories must be in 0..{n_cats - 1}, "
+                         f"got {int(cats.min())}..{int(cats.max())}")
+    return cats
 
 
 def population_shares(click_items: np.ndarray, item_cat: np.ndarray, n_cats: int) -> np.ndarray:

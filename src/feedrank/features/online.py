@@ -24,6 +24,11 @@ class UserContext:
     n_clicks: int
     known: bool
 
+    @property
+    def has_history(self) -> bool:
+        """Whether the history holds a click (what the sources and the prior's cold-user weights read)."""
+        return bool(len(self.history) and self.history.max() >= 0)
+
 
 @dataclass
 class _UserRecord:

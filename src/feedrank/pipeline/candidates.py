@@ -117,7 +117,7 @@ class CandidateStage:
         ok = ids[0] >= 0
         ann, ann_scores = self._only_live(ids[0][ok].astype(np.int64), now, scores[0][ok])
         if prior is not None:  # freshness/popularity prior: rescore the ANN's top, recent and popular items
-            has_history = bool(len(ctx.history) and ctx.history.max() >= 0)  # else the cold_user weights, when fitted
+            has_history = ctx.has_history  # else the cold_user weights, when fitted
             pop = prior.for_user(has_history).pop_weight
             ann, ann_scores = self._prior_pool(prior, now).top(  # clicks only count with a popularity weight
                 prior, user_vec, ann, self.art.item_vectors, self.catalog.published_at, now, p.ann_k,
@@ -182,7 +182,7 @@ class CandidateStage:
         sources besides ANN and popular (fresh, followed, trending; in priority order)."""
         p = self.cfg.pipeline
         fetchers = {}
-        has_history = bool(ctx.history.max() >= 0) if len(ctx.history) else False
+        has_history = ctx.has_history
         zeros = lambda n: np.zeros(n, dtype=np.float32)  # noqa: E731
         if p.fresh_k:
             def fresh() -> SourceResult:
