@@ -13,6 +13,7 @@ CPU per request (``time.process_time``) and the mean of each stage's wall time
     python benchmarks/request_cpu_ab.py var/bench/serve/u1000000-i1000000-d5/model --a /tmp/base-src --b src \\
         --rounds 6 --requests 1000 --warmup-rounds 2
     python benchmarks/request_cpu_ab.py MODEL --model-a /tmp/model-old-index --a /tmp/base-src --b src   # index too
+    python benchmarks/request_cpu_ab.py MODEL --set-a features.live=false     # one tree, two configs
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import json, sys, tempfile, time
 import numpy as np
 from feedrank.serving.factory import build_service
 from feedrank.types import Event, EventKind, FeedRequest
-_, _, rec, _ = build_service(sys.argv[1], tempfile.mkdtemp(prefix="cpu-ab-events-"))
+_, _, rec, _ = build_service(sys.argv[1], tempfile.mkdtemp(prefix="cpu-ab-events-"), overrides=tuple(json.loads(sys.argv[2])))
 known = rec.art.snapshot.user_ids
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
@@ -50,11 +51,11 @@ for line in sys.stdin:
 """
 
 
-def _start(model: str, src: str) -> subprocess.Popen:
+def _start(model: str, src: str, overrides: list[str]) -> subprocess.Popen:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = str(Path(src).resolve()) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, model], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, model, json.dumps(overrides)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, env=env)
     ready = proc.stdout.readline()
     if not ready:
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--b", default="", help="src folder of arm B (default: the installed package)")
     ap.add_argument("--model-a", default="", help="arm A's bundle when it differs (e.g. the same bundle with its "
                                                   "previous index file; default: MODEL)")
+    ap.add_argument("--set-a", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a config override for arm A only (repeatable), e.g. features.live=false")
+    ap.add_argument("--set-b", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a config override for arm B only (repeatable)")
     ap.add_argument("--rounds", type=int, default=6, help="measured rounds per arm")
     ap.add_argument("--requests", type=int, default=1000, help="requests per round")
     ap.add_argument("--warmup-rounds", type=int, default=2, help="rounds per arm run first and not reported")
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     model_a = args.model_a or args.model
     if not Path(model_a, "manifest.json").is_file():
         ap.error(f"--model-a {model_a}: not a model bundle (no manifest.json)")
-    arms = {"A": _start(model_a, args.a), "B": _start(args.model, args.b)}
+    arms = {"A": _start(model_a, args.a, args.set_a), "B": _start(args.model, args.b, args.set_b)}
     rows: dict[str, list[dict]] = {"A": [], "B": []}
     try:
         for r in range(args.warmup_rounds + args.rounds):

@@ -69,6 +69,7 @@ class CatalogBinding:
     def __init__(self, ids: list[str]) -> None:
         self.ids = ids
         self.hash_rows = {item_hash(i): r for r, i in enumerate(ids)}
+        self.id_rows = {i: r for r, i in enumerate(ids)}  # what the consumer's invalidation looks up (no hashing)
         self._lock = threading.Lock()
         n = len(ids)
         self.cached = np.zeros((n, 4))
@@ -79,6 +80,7 @@ class CatalogBinding:
         with self._lock:
             for iid in item_ids:
                 self.hash_rows[item_hash(str(iid))] = len(self.ids)
+                self.id_rows[str(iid)] = len(self.ids)
                 self.ids.append(str(iid))
             m = len(self.ids) - len(self.cached_at)
             self.cached = np.concatenate([self.cached, np.zeros((m, 4))])
@@ -90,7 +92,8 @@ class CatalogBinding:
         if item_ids is None:
             self.cached_at[:] = -np.inf
             return
-        rows = [r for r in (self.hash_rows.get(item_hash(str(i))) for i in item_ids) if r is not None]
+        get = self.id_rows.get
+        rows = [r for r in map(get, item_ids) if r is not None]
         if rows:
             self.cached_at[np.asarray(rows, dtype=np.int64)] = -np.inf
 

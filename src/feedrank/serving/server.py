@@ -25,8 +25,10 @@ def serve_forever(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, lo
 
 
 def _uvicorn_kwargs(host: str, port: int, log_level: str) -> dict:
+    # uvicorn formats each request's access-log arguments (client address, quoted path) before
+    # the logger's level check: above "info" nothing would be written, so it is off there
     return {"host": host, "port": port, "log_config": log_config(log_level), "log_level": log_level,
-            "access_log": True, "timeout_graceful_shutdown": 10}
+            "access_log": log_level in ("debug", "info"), "timeout_graceful_shutdown": 10}
 
 
 def serve_workers(spec: dict, workers: int, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:

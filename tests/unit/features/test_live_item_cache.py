@@ -95,6 +95,9 @@ def test_a_stalled_stream_switches_to_cached_baselines_and_extend_grows_the_cach
     assert len(b.cached_at) == 11
     assert live.read_rows(b, np.array([10]), T0 + 31.0, np.zeros(1), np.array([2.0])).clicks.tolist() == [2.0]
     assert live.stats()["item_cache"]["misses"] == 3  # n5 (live, then baseline from the cache), n5 again, n10
+    wall[0] = T0
+    _clicks(live, "n10", 4, "c")  # an item added while serving: its cached row is dropped on publish too
+    assert live.read_rows(b, np.array([10]), T0, np.zeros(1), np.zeros(1)).clicks.tolist() == [4.0]
 
 
 def test_no_cache_reads_give_max_of_store_and_local_and_cache_nothing():

@@ -16,3 +16,11 @@ def test_bad_arguments_are_refused(tmp_path: Path):
         start_serve(tmp_path, workers=0)
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         start_serve(tmp_path / "no-such-model")
+
+
+def test_access_log_only_where_its_level_is_written():
+    from feedrank.serving.server import _uvicorn_kwargs
+
+    assert _uvicorn_kwargs("127.0.0.1", 8000, "info")["access_log"] is True
+    assert _uvicorn_kwargs("127.0.0.1", 8000, "debug")["access_log"] is True
+    assert _uvicorn_kwargs("127.0.0.1", 8000, "warning")["access_log"] is False
