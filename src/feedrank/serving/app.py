@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -225,7 +226,10 @@ def create_app(
                 for item_id, rank, propensity in items]
 
     def _log_impressions(resp: FeedResponse, user_id: str, rid: str, now: float) -> None:
-        impressions = _impressions(user_id, rid, now, resp.arm, [(it.item_id, it.rank, it.propensity) for it in resp.items])
+        _log(_impressions(user_id, rid, now, resp.arm, [(it.item_id, it.rank, it.propensity) for it in resp.items]))
+
+    def _log(impressions: list[Event]) -> None:
+        """Write one served feed's impressions to the log and fold them into this worker's state."""
         if not impressions:
             return
         if not writer.submit(impressions):
@@ -272,33 +276,36 @@ def create_app(
             raise SchemaError("invalid request", ["user_id: must be a non-empty string"])
         return Response(feed_bytes(user_id, k, explain, x_deadline_ms, request_id(request)), media_type=JSON)
 
-    def feed_bytes(user_id: str, k: int, explain: bool, x_deadline_ms: float | None, rid: str) -> bytes:
-        """The feed JSON for validated inputs: shared by the route and ``FeedFastPath``."""
+    def feed_bytes(user_id: str, k: int, explain: bool, x_deadline_ms: float | None, rid: str, log: bool = True) -> bytes:
+        """The feed JSON for validated inputs: shared by the route and ``FeedFastPath``.
+        ``log=False``: the impressions are neither logged nor recorded here (a feed computed for
+        another worker, which logs it once it has it: ``_log_handed_over``)."""
         now = time.time()
         deadline = pipeline_cfg.deadline_ms if x_deadline_ms is None else min(x_deadline_ms, pipeline_cfg.deadline_ms)
         resp = service.recommend(FeedRequest(user_id=user_id, k=k, now=now, deadline_ms=deadline, request_id=rid,
                                              explain=explain))
         metrics.observe_feed(resp.timings_ms, str(resp.tier), len(resp.items))
-        _log_impressions(resp, user_id, resp.request_id or rid, now)
+        if log:
+            _log_impressions(resp, user_id, resp.request_id or rid, now)
         return orjson.dumps(feed_body(resp))
 
-    def _observe_handed_over(user_id: str, rid: str, body: bytes) -> None:
-        """A feed another worker computed for a request that reached this one (serving/offload.py):
-        that worker logged its impressions; this one records them in its own state, so the
-        user's next feed from here does not repeat them."""
+    def _log_handed_over(user_id: str, rid: str, body: bytes) -> None:
+        """A feed another worker computed for a request that reached this one (serving/offload.py),
+        about to be sent to the client: its impressions are logged here, in this worker's
+        partition, and recorded in this worker's state (the user's next feed from here does not
+        repeat them). The peer logs nothing: it cannot know whether this worker still waits for
+        its answer, and a feed that came too late is computed here again and never shown."""
         data = orjson.loads(body)
         rid = str(data.get("request_id") or rid)
-        impressions = _impressions(user_id, rid, time.time(), data.get("arm"),
-                                   [(str(it["item_id"]), int(it["rank"]), it.get("propensity"))
-                                    for it in data.get("items") or ()])
-        if impressions:
-            service.observe(impressions)
+        _log(_impressions(user_id, rid, time.time(), data.get("arm"),
+                          [(str(it["item_id"]), int(it["rank"]), it.get("propensity")) for it in data.get("items") or ()]))
 
     # the hot endpoint's direct ASGI path (serving/fastfeed.py); anything it does not accept
     # at a glance falls through to the route above. Inline unless micro-batching needs threads.
     app.add_middleware(FeedFastPath, feed=feed_bytes, metrics=metrics, max_k=cfg.max_k, default_k=default_k,
                        valid_request_id=valid_request_id, inline=inline, foreground=foreground,
-                       deadline_ms=pipeline_cfg.deadline_ms, observe_handed_over=_observe_handed_over)
+                       deadline_ms=pipeline_cfg.deadline_ms, log_handed_over=_log_handed_over,
+                       feed_for_peer=functools.partial(feed_bytes, log=False))
 
     # ------------------------------------------------------------------ events, items
     app.include_router(ingest_router(service, event_log, metrics, cfg.max_events_per_request, require_key, items))

@@ -66,16 +66,22 @@ class FeedFastPath:
 
     ``feed(user_id, k, explain, x_deadline_ms | None, request_id) -> JSON bytes`` is the
     same function the FastAPI route calls. ``valid_request_id(rid) -> bool`` is the
-    route's own check."""
+    route's own check. With hand-off (serving/offload.py): ``feed_for_peer`` (same
+    arguments; default ``feed``) computes a feed another worker handed over without
+    logging its impressions, and ``log_handed_over(user_id, request_id, body)`` logs a
+    feed a peer computed for this worker once it is here, about to be sent: a feed is
+    logged only where it reaches the client, never for an answer that came too late."""
 
     def __init__(self, app: ASGIApp, feed: FeedFn, metrics: ServingMetrics, max_k: int, default_k: int,
                  valid_request_id: Callable[[str], bool], inline: bool = True,
                  foreground: Foreground | None = None, offload: Offload | None = None,
                  deadline_ms: float | None = None,
-                 observe_handed_over: Callable[[str, str, bytes], None] | None = None) -> None:
+                 log_handed_over: Callable[[str, str, bytes], None] | None = None,
+                 feed_for_peer: FeedFn | None = None) -> None:
         self.app = app
         self.foreground = foreground if foreground is not None else Foreground()
         self.feed = feed
+        self.feed_for_peer = feed if feed_for_peer is None else feed_for_peer
         self.max_k = int(max_k)
         self.default_k = int(default_k)
         self.valid_request_id = valid_request_id
@@ -91,8 +97,9 @@ class FeedFastPath:
             self.offload.compute = self._compute_handed_over
         self.deadline_ms = deadline_ms  # the server's default deadline (a header can only lower it)
         # (user_id, request id, body) of a feed another worker computed for this one: this
-        # worker's state records what the user was shown (seen items, engagement counters)
-        self.observe_handed_over = observe_handed_over
+        # worker logs its impressions and records what the user was shown (seen items,
+        # engagement counters)
+        self.log_handed_over = log_handed_over
 
     def parse(self, scope: Scope) -> tuple[str, int, bool, float | None, str | None] | None:
         """(user_id, k, explain, x_deadline_ms, request id or None) of a request the fast path
@@ -162,17 +169,19 @@ class FeedFastPath:
             (counter or self._responses.labels(endpoint=PATH, status="500")).inc()
             request_id_var.reset(token)
 
-    def _compute(self, user_id: str, k: int, explain: bool, deadline: float | None, rid: str) -> tuple[int, bytes]:
-        """(status, body) of one feed computed in this process (also for requests handed
-        over by another worker)."""
+    def _compute(self, user_id: str, k: int, explain: bool, deadline: float | None, rid: str,
+                 feed: FeedFn | None = None) -> tuple[int, bytes]:
+        """(status, body) of one feed computed in this process with ``feed`` (default
+        ``self.feed``; ``feed_for_peer`` for requests handed over by another worker)."""
+        feed = self.feed if feed is None else feed
         try:
             if self.inline:
                 self.foreground.active += 1
                 try:
-                    return 200, self.feed(user_id, k, explain, deadline, rid)
+                    return 200, feed(user_id, k, explain, deadline, rid)
                 finally:
                     self.foreground.active -= 1
-            return 200, self.feed(user_id, k, explain, deadline, rid)
+            return 200, feed(user_id, k, explain, deadline, rid)
         except Exception as exc:  # same contract as the route: a logged 500 with the request id
             log.exception("unhandled error: %s", type(exc).__name__,
                           extra={"request_id": rid, "path": PATH, "method": "GET"})
@@ -182,7 +191,7 @@ class FeedFastPath:
         """``_compute`` for a request another worker handed over, with its request id in the logs."""
         token = request_id_var.set(rid)
         try:
-            return self._compute(user_id, k, explain, deadline, rid)
+            return self._compute(user_id, k, explain, deadline, rid, self.feed_for_peer)
         finally:
             request_id_var.reset(token)
             self._offload.labels(result="received").inc()
@@ -206,11 +215,11 @@ class FeedFastPath:
                 got = await off.send(peer, args, budget_s=self._hand_off_budget_s(args[3]))
                 self._offload.labels(result="failed" if got is None else "sent").inc()
                 if got is not None:
-                    if self.observe_handed_over is not None:
+                    if self.log_handed_over is not None:
                         try:
-                            self.observe_handed_over(args[0], args[4], got[1])
+                            self.log_handed_over(args[0], args[4], got[1])
                         except Exception:  # the client still gets its feed
-                            log.exception("recording a handed-over feed failed", extra={"request_id": args[4]})
+                            log.exception("logging a handed-over feed failed", extra={"request_id": args[4]})
                     return got
                 ticket = off.arrive()  # the peer could not answer with a feed: computed here after all
                 held = True

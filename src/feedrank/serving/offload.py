@@ -23,12 +23,14 @@ How:
   requests (held there plus ours on the way) than are ahead of it here, it is written to
   that peer over the socket (user id, k, explain, deadline, request id, expiry) and the
   loop moves on. A request that stayed is still handed over at its turn when another one
-  waits behind it and a peer holds none (``should_send``). The peer computes it with the
-  same ``feed`` function as its own requests (its model, its impression log and metrics)
-  and returns the JSON body; this worker writes it to the client.
-* The sender records the returned feed's items in its own state (``observe_handed_over``
-  in serving/app.py: seen items, engagement counters; not logged again), so the next feed
-  on that connection does not repeat them.
+  waits behind it and a peer holds none (``should_send``). The peer computes it with its
+  own pipeline (its model and metrics) but logs nothing, and returns the JSON body; this
+  worker writes it to the client.
+* The sender logs the returned feed's impressions in its own partition and records its
+  items in its own state (``_log_handed_over`` in serving/app.py: seen items, engagement
+  counters), so the next feed on that connection does not repeat them. Impressions are
+  logged only where the feed reaches the client: an answer that comes after the sender
+  gave up (the request is then computed, and logged, by the sender) is never logged.
 * A request handed over is never handed on. Workers not serving or silent for
   ``STALE_S`` are never chosen. A peer that refuses the connection, breaks it, answers
   anything but a feed, or does not answer within the budget (half the request's deadline,

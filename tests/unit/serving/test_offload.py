@@ -160,6 +160,23 @@ def test_fast_path_hands_over_only_requests_that_would_wait_and_only_to_an_idle_
     asyncio.run(run())
 
 
+def test_a_request_handed_over_by_a_peer_is_computed_with_the_feed_for_peers(tmp_path):
+    """The peer's side of a hand-off uses ``feed_for_peer`` (serving/app.py: no impressions
+    logged there), its own requests ``feed``."""
+    async def run():
+        a = Offload(tmp_path, 2, 0)
+        calls: list[str] = []
+        fast = FeedFastPath(_route, lambda u, k, e, d, r: (calls.append(f"own:{u}"), b"{}")[1], ServingMetrics(),
+                            max_k=50, default_k=20, valid_request_id=lambda r: True, offload=a,
+                            feed_for_peer=lambda u, k, e, d, r: (calls.append(f"peer:{u}"), b"{}")[1])
+        assert a.compute("p1", 5, False, None, "r1") == (200, b"{}")  # what a.start()'s server side calls
+        assert await _call(fast, "o1") == (200, b"{}")
+        assert calls == ["peer:p1", "own:o1"]
+        a.close()
+
+    asyncio.run(run())
+
+
 def test_a_socket_path_that_cannot_be_bound_turns_hand_off_off_without_failing(tmp_path):
     deep = tmp_path / ("d" * 120)  # over the Unix socket path limit
     deep.mkdir()
@@ -238,7 +255,7 @@ def test_the_frame_reaches_the_peer_while_this_worker_computes_its_next_request(
         a = Offload(tmp_path, 2, 0)
         recorded = []
         fast = FeedFastPath(_route, feed_a, ServingMetrics(), max_k=50, default_k=20, valid_request_id=lambda r: True,
-                            offload=a, deadline_ms=2000.0, observe_handed_over=lambda u, r, body: recorded.append(u))
+                            offload=a, deadline_ms=2000.0, log_handed_over=lambda u, r, body: recorded.append(u))
         await a.start()
         try:
             for burst in ("u", "v"):  # the second burst goes through the pooled connection
