@@ -89,13 +89,14 @@ class CatalogBinding:
 
     def invalidate(self, item_ids: Sequence[str] | None = None) -> None:
         """Forget the cached fields of these items (all: None); they were just written."""
-        if item_ids is None:
-            self.cached_at[:] = -np.inf
-            return
-        get = self.id_rows.get
-        rows = [r for r in map(get, item_ids) if r is not None]
-        if rows:
-            self.cached_at[np.asarray(rows, dtype=np.int64)] = -np.inf
+        with self._lock:  # extend (another thread) grows the maps before it swaps the arrays
+            if item_ids is None:
+                self.cached_at[:] = -np.inf
+                return
+            get = self.id_rows.get
+            rows = [r for r in map(get, item_ids) if r is not None]
+            if rows:
+                self.cached_at[np.asarray(rows, dtype=np.int64)] = -np.inf
 
     def rows(self, hashes: Sequence[float]) -> list[int]:
         """Catalogue rows of ``hashes`` (unknown items dropped), in order."""

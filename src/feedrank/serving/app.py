@@ -225,14 +225,15 @@ def create_app(
                       position=rank - 1, request_id=rid, propensity=propensity, arm=arm)
                 for item_id, rank, propensity in items]
 
-    def _log_impressions(resp: FeedResponse, user_id: str, rid: str, now: float) -> None:
-        _log(_impressions(user_id, rid, now, resp.arm, [(it.item_id, it.rank, it.propensity) for it in resp.items]))
+    def _log_impressions(resp: FeedResponse, user_id: str, rid: str, now: float, write: bool = True) -> None:
+        _log(_impressions(user_id, rid, now, resp.arm, [(it.item_id, it.rank, it.propensity) for it in resp.items]), write)
 
-    def _log(impressions: list[Event]) -> None:
-        """Write one served feed's impressions to the log and fold them into this worker's state."""
+    def _log(impressions: list[Event], write: bool = True) -> None:
+        """Write one served feed's impressions to the log (``write``) and fold them into this
+        worker's state (seen items, engagement counters)."""
         if not impressions:
             return
-        if not writer.submit(impressions):
+        if write and not writer.submit(impressions):
             log.warning("impression writer full or closed: dropped %d impressions", len(impressions))
         try:
             service.observe(impressions)
@@ -278,26 +279,27 @@ def create_app(
 
     def feed_bytes(user_id: str, k: int, explain: bool, x_deadline_ms: float | None, rid: str, log: bool = True) -> bytes:
         """The feed JSON for validated inputs: shared by the route and ``FeedFastPath``.
-        ``log=False``: the impressions are neither logged nor recorded here (a feed computed for
-        another worker, which logs it once it has it: ``_log_handed_over``)."""
+        ``log=False``: a feed computed for another worker, which logs it once it has it
+        (``_log_handed_over``): recorded in this worker's state (the user's next feed from here
+        does not repeat it), not written to the log."""
         now = time.time()
         deadline = pipeline_cfg.deadline_ms if x_deadline_ms is None else min(x_deadline_ms, pipeline_cfg.deadline_ms)
         resp = service.recommend(FeedRequest(user_id=user_id, k=k, now=now, deadline_ms=deadline, request_id=rid,
                                              explain=explain))
         metrics.observe_feed(resp.timings_ms, str(resp.tier), len(resp.items))
-        if log:
-            _log_impressions(resp, user_id, resp.request_id or rid, now)
+        _log_impressions(resp, user_id, resp.request_id or rid, now, write=log)
         return orjson.dumps(feed_body(resp))
 
-    def _log_handed_over(user_id: str, rid: str, body: bytes) -> None:
-        """A feed another worker computed for a request that reached this one (serving/offload.py),
-        about to be sent to the client: its impressions are logged here, in this worker's
-        partition, and recorded in this worker's state (the user's next feed from here does not
-        repeat them). The peer logs nothing: it cannot know whether this worker still waits for
-        its answer, and a feed that came too late is computed here again and never shown."""
+    def _log_handed_over(user_id: str, rid: str, body: bytes, arrived: float) -> None:
+        """A feed another worker computed for a request that reached this one at ``arrived``
+        (epoch s; serving/offload.py), about to be sent to the client: its impressions are
+        logged here, in this worker's partition, and recorded in this worker's state (the user's
+        next feed from here does not repeat them). The peer records it in its own state but
+        writes nothing to the log: it cannot know whether this worker still waits for its
+        answer, and a feed that came too late is computed here again and never shown."""
         data = orjson.loads(body)
         rid = str(data.get("request_id") or rid)
-        _log(_impressions(user_id, rid, time.time(), data.get("arm"),
+        _log(_impressions(user_id, rid, arrived, data.get("arm"),
                           [(str(it["item_id"]), int(it["rank"]), it.get("propensity")) for it in data.get("items") or ()]))
 
     # the hot endpoint's direct ASGI path (serving/fastfeed.py); anything it does not accept

@@ -68,15 +68,16 @@ class FeedFastPath:
     same function the FastAPI route calls. ``valid_request_id(rid) -> bool`` is the
     route's own check. With hand-off (serving/offload.py): ``feed_for_peer`` (same
     arguments; default ``feed``) computes a feed another worker handed over without
-    logging its impressions, and ``log_handed_over(user_id, request_id, body)`` logs a
-    feed a peer computed for this worker once it is here, about to be sent: a feed is
-    logged only where it reaches the client, never for an answer that came too late."""
+    writing its impressions to the log, and ``log_handed_over(user_id, request_id, body,
+    arrived)`` logs a feed a peer computed for this worker once it is here, about to be
+    sent (``arrived``: when the request reached this worker, epoch s): a feed is logged
+    only where it reaches the client, never for an answer that came too late."""
 
     def __init__(self, app: ASGIApp, feed: FeedFn, metrics: ServingMetrics, max_k: int, default_k: int,
                  valid_request_id: Callable[[str], bool], inline: bool = True,
                  foreground: Foreground | None = None, offload: Offload | None = None,
                  deadline_ms: float | None = None,
-                 log_handed_over: Callable[[str, str, bytes], None] | None = None,
+                 log_handed_over: Callable[[str, str, bytes, float], None] | None = None,
                  feed_for_peer: FeedFn | None = None) -> None:
         self.app = app
         self.foreground = foreground if foreground is not None else Foreground()
@@ -96,9 +97,9 @@ class FeedFastPath:
         if self.offload is not None:
             self.offload.compute = self._compute_handed_over
         self.deadline_ms = deadline_ms  # the server's default deadline (a header can only lower it)
-        # (user_id, request id, body) of a feed another worker computed for this one: this
-        # worker logs its impressions and records what the user was shown (seen items,
-        # engagement counters)
+        # (user_id, request id, body, arrival time) of a feed another worker computed for this
+        # one: this worker logs its impressions and records what the user was shown (seen
+        # items, engagement counters)
         self.log_handed_over = log_handed_over
 
     def parse(self, scope: Scope) -> tuple[str, int, bool, float | None, str | None] | None:
@@ -201,6 +202,7 @@ class FeedFastPath:
         turn); hand it to a peer with fewer requests than are ahead of it here (or, at its
         turn, to an idle peer when another request waits behind it), else compute it here
         (serving/offload.py)."""
+        arrived = time.time()  # the impressions' time if a peer computes it (the local pipeline's ``now``)
         ticket = off.arrive()
         held = True
         try:
@@ -217,7 +219,7 @@ class FeedFastPath:
                 if got is not None:
                     if self.log_handed_over is not None:
                         try:
-                            self.log_handed_over(args[0], args[4], got[1])
+                            self.log_handed_over(args[0], args[4], got[1], arrived)
                         except Exception:  # the client still gets its feed
                             log.exception("logging a handed-over feed failed", extra={"request_id": args[4]})
                     return got

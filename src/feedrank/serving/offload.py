@@ -24,7 +24,8 @@ How:
   that peer over the socket (user id, k, explain, deadline, request id, expiry) and the
   loop moves on. A request that stayed is still handed over at its turn when another one
   waits behind it and a peer holds none (``should_send``). The peer computes it with its
-  own pipeline (its model and metrics) but logs nothing, and returns the JSON body; this
+  own pipeline (its model and metrics), records the feed in its own state (seen items,
+  engagement counters) but writes nothing to the log, and returns the JSON body; this
   worker writes it to the client.
 * The sender logs the returned feed's impressions in its own partition and records its
   items in its own state (``_log_handed_over`` in serving/app.py: seen items, engagement

@@ -139,8 +139,10 @@ def test_impressions_logged_and_observed(env) -> None:
 
 
 def test_a_handed_over_feed_is_logged_by_the_worker_that_sends_it_not_by_the_one_that_computed_it(env) -> None:
-    """serving/offload.py: the peer computes without logging (its answer may come too late to
-    be shown); the worker that sends the body to the client logs it and records it."""
+    """serving/offload.py: the peer computes and records the feed in its own state but does
+    not log it (its answer may come too late to be shown); the worker that sends the body to
+    the client logs it, stamped with the time the request arrived there, and records it.
+    (One app plays both workers here: each side's calls are checked apart.)"""
     from feedrank.serving.fastfeed import FeedFastPath
 
     client, service, log = env
@@ -148,13 +150,17 @@ def test_a_handed_over_feed_is_logged_by_the_worker_that_sends_it_not_by_the_one
     body = fast.kwargs["feed_for_peer"]("u7", 3, False, None, "rid-peer")  # the peer's side
     assert [it["item_id"] for it in json.loads(body)["items"]] == ["n0", "n1", "n2"]
     assert client.app.state.impression_writer.flush(5.0)
-    assert list(log.read()) == [] and service.observed == []  # computed, not logged
-    fast.kwargs["log_handed_over"]("u7", "rid-peer", body)  # the sender's side, about to answer
+    assert list(log.read()) == []  # computed, not logged
+    assert [e.event_id for e in service.observed] == [f"rid-peer:{k}" for k in range(1, 4)]  # but recorded there
+    service.observed.clear()
+    arrived = NOW - 0.25
+    fast.kwargs["log_handed_over"]("u7", "rid-peer", body, arrived)  # the sender's side, about to answer
     assert client.app.state.impression_writer.flush(5.0)
     imps = [r.event for r in log.read()]
     assert [e.event_id for e in imps] == [f"rid-peer:{k}" for k in range(1, 4)]
     assert [e.item_id for e in imps] == ["n0", "n1", "n2"] and [e.position for e in imps] == [0, 1, 2]
     assert all(e.kind is EventKind.IMPRESSION and e.user_id == "u7" and e.propensity == 1.0 for e in imps)
+    assert all(e.ts == arrived for e in imps)
     assert [e.event_id for e in service.observed] == [e.event_id for e in imps]
 
 

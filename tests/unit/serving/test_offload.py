@@ -255,7 +255,7 @@ def test_the_frame_reaches_the_peer_while_this_worker_computes_its_next_request(
         a = Offload(tmp_path, 2, 0)
         recorded = []
         fast = FeedFastPath(_route, feed_a, ServingMetrics(), max_k=50, default_k=20, valid_request_id=lambda r: True,
-                            offload=a, deadline_ms=2000.0, log_handed_over=lambda u, r, body: recorded.append(u))
+                            offload=a, deadline_ms=2000.0, log_handed_over=lambda u, r, body, arrived: recorded.append(u))
         await a.start()
         try:
             for burst in ("u", "v"):  # the second burst goes through the pooled connection
