@@ -202,7 +202,7 @@ class FeedFastPath:
         turn); hand it to a peer with fewer requests than are ahead of it here (or, at its
         turn, to an idle peer when another request waits behind it), else compute it here
         (serving/offload.py)."""
-        arrived = time.time()  # the impressions' time if a peer computes it (the local pipeline's ``now``)
+        arrived = time.time()  # when the request reached this worker: its impressions' time if a peer computes it
         ticket = off.arrive()
         held = True
         try:
