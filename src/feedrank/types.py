@@ -132,6 +132,9 @@ class FeedRequest:
     deadline_ms: float | None = None
     request_id: str | None = None
     explain: bool = False     # add per-item feature contributions (costs one extra ranker call)
+    # item ids the caller knows the user was shown, excluded like the user's own seen items
+    # (another worker's seen items for a feed handed over to this one: serving/offload.py)
+    also_seen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -263,6 +263,10 @@ class Recommender(CandidateStage, RankStage):
     def has_item(self, item_id: str) -> bool:
         return item_id in self.catalog.index
 
+    def seen_items(self, user_id: str, now: float | None = None) -> tuple[str, ...]:
+        """The item ids the user was shown and this process remembers (within the seen TTL)."""
+        return tuple(self.state.context(user_id, float(self.clock()) if now is None else float(now)).seen)
+
     def get_item(self, item_id: str) -> Item | None:
         idx = self.catalog.index.get(item_id)
         return None if idx is None else self.catalog.item(idx)
@@ -329,6 +333,8 @@ class Recommender(CandidateStage, RankStage):
 
         t = time.perf_counter()
         ctx = self.state.context(request.user_id, now)
+        if request.also_seen:
+            ctx = replace(ctx, seen=ctx.seen | frozenset(request.also_seen))
         ctx, live_status = self._live_context(ctx, request.user_id, now)
         t = lap("context", t)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -277,15 +276,17 @@ def create_app(
             raise SchemaError("invalid request", ["user_id: must be a non-empty string"])
         return Response(feed_bytes(user_id, k, explain, x_deadline_ms, request_id(request)), media_type=JSON)
 
-    def feed_bytes(user_id: str, k: int, explain: bool, x_deadline_ms: float | None, rid: str, log: bool = True) -> bytes:
+    def feed_bytes(user_id: str, k: int, explain: bool, x_deadline_ms: float | None, rid: str, log: bool = True,
+                   also_seen: tuple[str, ...] = ()) -> bytes:
         """The feed JSON for validated inputs: shared by the route and ``FeedFastPath``.
         ``log=False``: a feed computed for another worker, which logs it once it has it
         (``_log_handed_over``): recorded in this worker's state (the user's next feed from here
-        does not repeat it), not written to the log."""
+        does not repeat it), not written to the log. ``also_seen``: item ids the user was shown
+        by that worker, left out as this worker's own seen items are."""
         now = time.time()
         deadline = pipeline_cfg.deadline_ms if x_deadline_ms is None else min(x_deadline_ms, pipeline_cfg.deadline_ms)
         resp = service.recommend(FeedRequest(user_id=user_id, k=k, now=now, deadline_ms=deadline, request_id=rid,
-                                             explain=explain))
+                                             explain=explain, also_seen=also_seen))
         metrics.observe_feed(resp.timings_ms, str(resp.tier), len(resp.items))
         _log_impressions(resp, user_id, resp.request_id or rid, now, write=log)
         return orjson.dumps(feed_body(resp))
@@ -307,7 +308,8 @@ def create_app(
     app.add_middleware(FeedFastPath, feed=feed_bytes, metrics=metrics, max_k=cfg.max_k, default_k=default_k,
                        valid_request_id=valid_request_id, inline=inline, foreground=foreground,
                        deadline_ms=pipeline_cfg.deadline_ms, log_handed_over=_log_handed_over,
-                       feed_for_peer=functools.partial(feed_bytes, log=False))
+                       feed_for_peer=lambda u, k, e, d, r, seen: feed_bytes(u, k, e, d, r, log=False, also_seen=seen),
+                       seen_of=getattr(service, "seen_items", None))
 
     # ------------------------------------------------------------------ events, items
     app.include_router(ingest_router(service, event_log, metrics, cfg.max_events_per_request, require_key, items))

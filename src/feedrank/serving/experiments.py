@@ -299,6 +299,11 @@ class ExperimentRouter:
     def has_item(self, item_id: str) -> bool:
         return self.base.has_item(item_id)
 
+    def seen_items(self, user_id: str, now: float | None = None) -> tuple[str, ...]:
+        """What the base model's state remembers showing the user (every arm's feeds are
+        observed there, and settings views share it)."""
+        return self.base.seen_items(user_id, now)
+
     def get_item(self, item_id: str) -> Item | None:
         return self.base.get_item(item_id)
 

@@ -29,7 +29,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import parse_qsl
 
 import orjson
@@ -66,9 +66,11 @@ class FeedFastPath:
 
     ``feed(user_id, k, explain, x_deadline_ms | None, request_id) -> JSON bytes`` is the
     same function the FastAPI route calls. ``valid_request_id(rid) -> bool`` is the
-    route's own check. With hand-off (serving/offload.py): ``feed_for_peer`` (same
-    arguments; default ``feed``) computes a feed another worker handed over without
-    writing its impressions to the log, and ``log_handed_over(user_id, request_id, body,
+    route's own check. With hand-off (serving/offload.py): ``feed_for_peer`` (the same
+    arguments, then the sender's seen item ids for the user, which the feed leaves out;
+    default ``feed``, which ignores them) computes a feed another worker handed over
+    without writing its impressions to the log; ``seen_of(user_id)`` gives this worker's
+    seen item ids for a request it hands over; and ``log_handed_over(user_id, request_id, body,
     arrived)`` logs a feed a peer computed for this worker once it is here, about to be
     sent (``arrived``: when the request reached this worker, epoch s): a feed is logged
     only where it reaches the client, never for an answer that came too late."""
@@ -78,11 +80,13 @@ class FeedFastPath:
                  foreground: Foreground | None = None, offload: Offload | None = None,
                  deadline_ms: float | None = None,
                  log_handed_over: Callable[[str, str, bytes, float], None] | None = None,
-                 feed_for_peer: FeedFn | None = None) -> None:
+                 feed_for_peer: Callable[[str, int, bool, "float | None", str, tuple[str, ...]], bytes] | None = None,
+                 seen_of: Callable[[str], Sequence[str]] | None = None) -> None:
         self.app = app
         self.foreground = foreground if foreground is not None else Foreground()
         self.feed = feed
-        self.feed_for_peer = feed if feed_for_peer is None else feed_for_peer
+        self.feed_for_peer = (lambda u, k, e, d, r, _seen: feed(u, k, e, d, r)) if feed_for_peer is None else feed_for_peer
+        self.seen_of = seen_of
         self.max_k = int(max_k)
         self.default_k = int(default_k)
         self.valid_request_id = valid_request_id
@@ -188,11 +192,14 @@ class FeedFastPath:
                           extra={"request_id": rid, "path": PATH, "method": "GET"})
             return 500, orjson.dumps({"detail": "internal server error", "error": type(exc).__name__, "request_id": rid})
 
-    def _compute_handed_over(self, user_id: str, k: int, explain: bool, deadline: float | None, rid: str) -> tuple[int, bytes]:
-        """``_compute`` for a request another worker handed over, with its request id in the logs."""
+    def _compute_handed_over(self, user_id: str, k: int, explain: bool, deadline: float | None, rid: str,
+                             seen: tuple[str, ...] = ()) -> tuple[int, bytes]:
+        """``_compute`` for a request another worker handed over (``seen``: the item ids that
+        worker showed the user), with its request id in the logs."""
         token = request_id_var.set(rid)
         try:
-            return self._compute(user_id, k, explain, deadline, rid, self.feed_for_peer)
+            return self._compute(user_id, k, explain, deadline, rid,
+                                 lambda u, k_, e, d, r: self.feed_for_peer(u, k_, e, d, r, seen))
         finally:
             request_id_var.reset(token)
             self._offload.labels(result="received").inc()
@@ -214,7 +221,13 @@ class FeedFastPath:
             if peer is not None:
                 off.depart(ticket)
                 held = False
-                got = await off.send(peer, args, budget_s=self._hand_off_budget_s(args[3]))
+                seen: tuple[str, ...] = ()
+                if self.seen_of is not None:
+                    try:
+                        seen = tuple(self.seen_of(args[0]))
+                    except Exception:  # the hand-off still goes; the peer's own seen items apply
+                        log.exception("reading the seen items for a hand-off failed", extra={"request_id": args[4]})
+                got = await off.send(peer, args, budget_s=self._hand_off_budget_s(args[3]), seen=seen)
                 self._offload.labels(result="failed" if got is None else "sent").inc()
                 if got is not None:
                     if self.log_handed_over is not None:

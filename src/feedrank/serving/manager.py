@@ -144,6 +144,9 @@ class ModelManager:
     def has_item(self, item_id: str) -> bool:
         return self._active.has_item(item_id)
 
+    def seen_items(self, user_id: str, now: float | None = None) -> tuple[str, ...]:
+        return self._active.seen_items(user_id, now)
+
     def add_items(self, records: list[dict], now: float | None = None) -> dict:
         """Add items to the serving model (``POST /v1/items``). The newest record of each
         item id is remembered and added again to every version swapped in later: a bundle

@@ -43,7 +43,9 @@ How:
   connection that turns out dead (the peer restarted) is retried once on a fresh one.
 
 Frames on the socket (both directions): a 4-byte little-endian length, then the payload.
-Request payload: JSON ``[user_id, k, explain, deadline_ms | null, request_id, expiry_ns]``.
+Request payload: JSON ``[user_id, k, explain, deadline_ms | null, request_id, expiry_ns, seen]``
+(``seen``: the item ids the sender's state remembers showing the user, at most ``MAX_SEEN``;
+a frame without it means none).
 Reply: a 2-byte status (200; 500 when the pipeline failed; 503 shutting down; 504
 expired) then the body bytes.
 """
@@ -73,7 +75,9 @@ MAX_FRAME = 1 << 24  # 16 MiB: a feed body is a few KiB
 RETRY_AFTER_S = 1.0  # after a failed connect or exchange, a peer is left alone this long
 
 Args = tuple[str, int, bool, "float | None", str]
-Compute = Callable[[str, int, bool, "float | None", str], tuple[int, bytes]]
+# (user_id, k, explain, deadline, request id, the sender's seen item ids for the user) -> (status, body)
+Compute = Callable[[str, int, bool, "float | None", str, "tuple[str, ...]"], tuple[int, bytes]]
+MAX_SEEN = 2000  # seen item ids a frame carries at most (pipeline.seen_memory is 500 by default)
 
 
 class PeerDeclined(ConnectionError):
@@ -238,14 +242,16 @@ class Offload:
         turns of the loop, so a local pipeline should not start in the same turn)."""
         return any(self._in_flight.values())
 
-    async def send(self, peer: int, args: Args, budget_s: float | None = None) -> tuple[int, bytes] | None:
+    async def send(self, peer: int, args: Args, budget_s: float | None = None,
+                   seen: tuple[str, ...] = ()) -> tuple[int, bytes] | None:
         """Have ``peer`` compute the feed for ``args`` within ``budget_s`` (at most
         ``timeout_s``): (200, body), or None when the peer could not answer with a feed in
         time (the caller computes it). The frame carries the absolute expiry, so a peer that
-        reads it too late drops it without computing or logging anything."""
+        reads it too late drops it without computing or logging anything, and ``seen``
+        (the item ids this worker showed the user), which the peer's feed leaves out."""
         limit = self.timeout_s if budget_s is None else max(0.001, min(self.timeout_s, float(budget_s)))
         expiry_ns = time.monotonic_ns() + int(limit * 1e9)
-        payload = orjson.dumps([*args, expiry_ns])
+        payload = orjson.dumps([*args, expiry_ns, list(seen[-MAX_SEEN:])])
         frame = _LEN.pack(len(payload)) + payload
         self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
         try:
@@ -312,9 +318,12 @@ class Offload:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return  # the peer closed the connection
                 try:
-                    user_id, k, explain, deadline, rid, expiry_ns = orjson.loads(payload)
+                    user_id, k, explain, deadline, rid, expiry_ns, *rest = orjson.loads(payload)
                     args: Args = (str(user_id), int(k), bool(explain), None if deadline is None else float(deadline), str(rid))
                     expiry_ns = int(expiry_ns)
+                    if len(rest) > 1 or (rest and not isinstance(rest[0], list)):
+                        raise ValueError("the seen items must be one list")
+                    seen = tuple(str(s) for s in rest[0][:MAX_SEEN]) if rest else ()
                 except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
                     log.error("request hand-off: malformed frame from a peer (%s); closing the connection", exc)
                     return
@@ -327,7 +336,7 @@ class Offload:
                 else:
                     ticket = self.arrive()
                     try:
-                        status, body = compute(*args)
+                        status, body = compute(*args, seen)
                     finally:
                         self.depart(ticket)
                     self.received += 1

@@ -84,6 +84,20 @@ def test_impressions_are_never_served_again(rec: Recommender, art: ModelArtifact
     _valid(other, K, rec)
 
 
+def test_items_another_worker_showed_are_left_out_like_own_seen_items(rec: Recommender, art: ModelArtifacts):
+    """``FeedRequest.also_seen`` (a feed handed over by another worker, serving/offload.py):
+    those items are not served, and the request does not add them to this state."""
+    user = _known_user(art)
+    first = rec.recommend(FeedRequest(user_id=user, k=K))
+    shown = tuple(it.item_id for it in first.items)
+    again = rec.recommend(FeedRequest(user_id=user, k=K, also_seen=shown))
+    _valid(again, K, rec)
+    assert not {it.item_id for it in again.items} & set(shown)
+    assert rec.seen_items(user) == ()  # nothing observed here: the other worker's items stayed with the request
+    rec.observe([_imp(user, i) for i in shown])
+    assert set(rec.seen_items(user)) == set(shown)
+
+
 def test_seen_filter_holds_in_the_fallback_tier_too(rec: Recommender, monkeypatch: pytest.MonkeyPatch):
     user = "fallback-user"
     first = rec.recommend(FeedRequest(user_id=user, k=K))

@@ -147,8 +147,9 @@ def test_a_handed_over_feed_is_logged_by_the_worker_that_sends_it_not_by_the_one
 
     client, service, log = env
     fast = next(m for m in client.app.user_middleware if m.cls is FeedFastPath)
-    body = fast.kwargs["feed_for_peer"]("u7", 3, False, None, "rid-peer")  # the peer's side
+    body = fast.kwargs["feed_for_peer"]("u7", 3, False, None, "rid-peer", ("n40", "n41"))  # the peer's side
     assert [it["item_id"] for it in json.loads(body)["items"]] == ["n0", "n1", "n2"]
+    assert service.requests[-1].also_seen == ("n40", "n41")  # what the sender showed the user: left out there
     assert client.app.state.impression_writer.flush(5.0)
     assert list(log.read()) == []  # computed, not logged
     assert [e.event_id for e in service.observed] == [f"rid-peer:{k}" for k in range(1, 4)]  # but recorded there

@@ -36,8 +36,9 @@ def test_board_idle_peer_skips_busy_stale_and_stopped_workers(tmp_path):
 
 def _pair(tmp_path):
     a, b = Offload(tmp_path, 2, 0, timeout_s=1.0), Offload(tmp_path, 2, 1, timeout_s=1.0)
-    a.compute = lambda u, k, e, d, r: (200, orjson.dumps({"by": "a", "user": u}))
-    b.compute = lambda u, k, e, d, r: (200, orjson.dumps({"by": "b", "user": u, "k": k, "explain": e, "deadline": d, "rid": r}))
+    a.compute = lambda u, k, e, d, r, seen: (200, orjson.dumps({"by": "a", "user": u}))
+    b.compute = lambda u, k, e, d, r, seen: (200, orjson.dumps({"by": "b", "user": u, "k": k, "explain": e, "deadline": d,
+                                                                 "rid": r, "seen": list(seen)}))
     return a, b
 
 
@@ -52,10 +53,11 @@ def test_a_request_handed_over_is_computed_by_the_peer_and_the_connection_reused
             a.arrive()
             assert a.should_send() == 1
             for i in range(3):
-                status, body = await a.send(1, (f"u{i}", 7, True, 120.0, f"rid{i}"))
+                seen = tuple(f"n{j}" for j in range(i))  # the sender's seen items travel with the request
+                status, body = await a.send(1, (f"u{i}", 7, True, 120.0, f"rid{i}"), seen=seen)
                 assert status == 200
                 assert orjson.loads(body) == {"by": "b", "user": f"u{i}", "k": 7, "explain": True, "deadline": 120.0,
-                                              "rid": f"rid{i}"}
+                                              "rid": f"rid{i}", "seen": list(seen)}
             assert (a.sent, b.received, a.failed) == (3, 3, 0)
             assert len(a._idle[1]) == 1  # one connection, reused
             assert b.held == 0
@@ -135,7 +137,7 @@ def test_fast_path_hands_over_only_requests_that_would_wait_and_only_to_an_idle_
 
         fast = FeedFastPath(_route, feed_a, ServingMetrics(), max_k=50, default_k=20, valid_request_id=lambda r: True,
                             offload=a)
-        b.compute = lambda u, k, e, d, r: (200, orjson.dumps({"by": "b"}))
+        b.compute = lambda u, k, e, d, r, seen: (200, orjson.dumps({"by": "b"}))
         await a.start()
         await b.start()
         try:
@@ -168,10 +170,10 @@ def test_a_request_handed_over_by_a_peer_is_computed_with_the_feed_for_peers(tmp
         calls: list[str] = []
         fast = FeedFastPath(_route, lambda u, k, e, d, r: (calls.append(f"own:{u}"), b"{}")[1], ServingMetrics(),
                             max_k=50, default_k=20, valid_request_id=lambda r: True, offload=a,
-                            feed_for_peer=lambda u, k, e, d, r: (calls.append(f"peer:{u}"), b"{}")[1])
-        assert a.compute("p1", 5, False, None, "r1") == (200, b"{}")  # what a.start()'s server side calls
+                            feed_for_peer=lambda u, k, e, d, r, seen: (calls.append(f"peer:{u}:{','.join(seen)}"), b"{}")[1])
+        assert a.compute("p1", 5, False, None, "r1", ("n1", "n2")) == (200, b"{}")  # what a.start()'s server side calls
         assert await _call(fast, "o1") == (200, b"{}")
-        assert calls == ["peer:p1", "own:o1"]
+        assert calls == ["peer:p1:n1,n2", "own:o1"]
         a.close()
 
     asyncio.run(run())
@@ -229,9 +231,11 @@ def test_the_frame_reaches_the_peer_while_this_worker_computes_its_next_request(
     import threading
 
     order: list[str] = []
+    peer_seen: list[tuple[str, ...]] = []
     b = Offload(tmp_path, 2, 1)
-    b.compute = lambda u, k, e, d, r: (order.append(f"b:{u}"),
-                                       (200, orjson.dumps({"by": "b", "request_id": r, "items": [{"item_id": "i9", "rank": 1}]})))[1]
+    b.compute = lambda u, k, e, d, r, seen: (order.append(f"b:{u}"), peer_seen.append(seen),
+                                             (200, orjson.dumps({"by": "b", "request_id": r,
+                                                                 "items": [{"item_id": "i9", "rank": 1}]})))[2]
     peer_loop = asyncio.new_event_loop()
     started = threading.Event()
 
@@ -255,13 +259,15 @@ def test_the_frame_reaches_the_peer_while_this_worker_computes_its_next_request(
         a = Offload(tmp_path, 2, 0)
         recorded = []
         fast = FeedFastPath(_route, feed_a, ServingMetrics(), max_k=50, default_k=20, valid_request_id=lambda r: True,
-                            offload=a, deadline_ms=2000.0, log_handed_over=lambda u, r, body, arrived: recorded.append(u))
+                            offload=a, deadline_ms=2000.0, log_handed_over=lambda u, r, body, arrived: recorded.append(u),
+                            seen_of=lambda u: (f"shown-to-{u}",))
         await a.start()
         try:
             for burst in ("u", "v"):  # the second burst goes through the pooled connection
                 got = await asyncio.gather(*[_call(fast, f"{burst}{i}") for i in range(2)])
                 assert sorted(orjson.loads(body)["by"] for _s, body in got) == ["a", "b"]
             assert recorded == ["u1", "v1"]  # the second of each burst joins the peer's (empty) queue
+            assert peer_seen == [("shown-to-u1",), ("shown-to-v1",)]  # this worker's seen items went along
             v = order[order.index("a:u0:end") + 1:]
             assert v.index("b:v1") < v.index("a:v0:end")  # computed by the peer during the local pipeline
         finally:
