@@ -211,10 +211,8 @@ class ServingConfig:
     balance_connections: bool = True
     # true: with several workers, a feed request that would wait behind others in its worker
     # joins a shorter queue at another worker, over a Unix socket (serving/offload.py). Off by
-    # default: it lowers the tail (benchmarks/README.md, round 8: median p99 67 vs 90 ms at 300
-    # rps, event-loop lag > 25 ms in 0.3-4.7% vs 8-26% of probes), but the worker that computes
-    # a handed-over feed does not know what the user was shown by the other one, so a follow-up
-    # feed can repeat the previous one (seen items are per worker)
+    # default: of two A/Bs of ten and six servers on the 1M world at 300 rps (benchmarks/README.md,
+    # round 8) the first favoured it (median p99 67 vs 90 ms), the second did not (94 vs 67 ms)
     offload: bool = False
     # true: the live consumer thread applies events in small slices and waits while the
     # worker's event loop runs a request (features/consumer.py); off by default: no gain

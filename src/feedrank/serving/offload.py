@@ -1,16 +1,15 @@
 """Per-request hand-off between the worker processes of ``feedrank serve --workers N``
-(``serving.offload``, off by default: seen items are per worker, so a handed-over feed can
-repeat what the other worker showed the user; benchmarks/README.md round 8): a feed
-request that would wait behind others in a busy worker is computed by a worker with a
-shorter queue instead.
+(``serving.offload``, off by default: its p99 gain did not hold up from one A/B to the next
+on the 2-core bench machine, benchmarks/README.md rounds 5 and 8): a feed request that would
+wait behind others in a busy worker is computed by a worker with a shorter queue instead.
 
 Why: a client's keep-alive connection stays on the worker that accepted it, and a worker
 runs one feed pipeline at a time (inline on its event loop). Two workers are then two
 separate queues: a burst on one worker's connections waits behind its pipeline while the
 other worker idles. A queueing model (``benchmarks/queue_sim.py``) puts the p99 of two
 separate queues at about 1.5x that of the hand-off at the same CPU per request; on the
-bench machine a paired A/B of round 5 did not move p99, an A/B of ten servers in round 8
-lowered it (median 90 -> 67 ms at 300 rps) and cut the event-loop lag.
+bench machine a paired A/B of round 5 did not move p99; in round 8 one A/B of ten servers
+lowered it (median 90 -> 67 ms at 300 rps) and the next, of six, did not (67 -> 94 ms).
 
 How:
 
@@ -22,7 +21,9 @@ How:
   the requests read in the same loop iteration count themselves too. Before any of them
   runs, each joins the shortest queue (``peer_to_join``): when a live peer has fewer
   requests (held there plus ours on the way) than are ahead of it here, it is written to
-  that peer over the socket (user id, k, explain, deadline, request id, expiry) and the
+  that peer over the socket (user id, k, explain, deadline, request id, expiry, and the
+  item ids this worker's state remembers showing the user, which the peer's feed leaves
+  out as it does its own seen items) and the
   loop moves on. A request that stayed is still handed over at its turn when another one
   waits behind it and a peer holds none (``should_send``). The peer computes it with its
   own pipeline (its model and metrics), records the feed in its own state (seen items,
