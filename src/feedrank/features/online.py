@@ -101,6 +101,17 @@ class OnlineState:
                 seen.popitem(last=False)
             np.add.at(self.item_impressions, np.asarray(item_rows, dtype=np.int64), 1.0)
 
+    def seen_items(self, user_id: str, now: float | None = None) -> tuple[str, ...]:
+        """The user's seen item ids at ``now`` (as ``context``), least recently shown first."""
+        with self._lock:
+            rec = self._users.get(user_id)
+            if rec is None:
+                return ()
+            if self.seen_ttl_s is not None and now is not None:
+                cutoff = now - self.seen_ttl_s
+                return tuple(i for i, t in rec.seen.items() if t >= cutoff)
+            return tuple(rec.seen)
+
     def context(self, user_id: str, now: float | None = None) -> UserContext:
         """The user's state at ``now``: seen items older than the TTL are dropped."""
         with self._lock:

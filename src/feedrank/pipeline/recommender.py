@@ -264,8 +264,9 @@ class Recommender(CandidateStage, RankStage):
         return item_id in self.catalog.index
 
     def seen_items(self, user_id: str, now: float | None = None) -> tuple[str, ...]:
-        """The item ids the user was shown and this process remembers (within the seen TTL)."""
-        return tuple(self.state.context(user_id, float(self.clock()) if now is None else float(now)).seen)
+        """The item ids the user was shown and this process remembers (within the seen TTL),
+        least recently shown first."""
+        return self.state.seen_items(user_id, float(self.clock()) if now is None else float(now))
 
     def get_item(self, item_id: str) -> Item | None:
         idx = self.catalog.index.get(item_id)

@@ -87,6 +87,9 @@ class FeedFastPath:
         self.feed = feed
         self.feed_for_peer = (lambda u, k, e, d, r, _seen: feed(u, k, e, d, r)) if feed_for_peer is None else feed_for_peer
         self.seen_of = seen_of
+        # per user, the (future of the) last hand-off-path request that came in: one user's requests
+        # are decided and answered in order, so each knows what the ones before it showed
+        self._user_tail: dict[str, asyncio.Future] = {}
         self.max_k = int(max_k)
         self.default_k = int(default_k)
         self.valid_request_id = valid_request_id
@@ -208,11 +211,19 @@ class FeedFastPath:
         """Count the request in and let the requests read with it count in too (one loop
         turn); hand it to a peer with fewer requests than are ahead of it here (or, at its
         turn, to an idle peer when another request waits behind it), else compute it here
-        (serving/offload.py)."""
+        (serving/offload.py). A request first waits for the user's previous one in this worker
+        to be answered (here or by a peer), so that the seen items it computes with, or sends
+        along, include that feed's."""
         arrived = time.time()  # when the request reached this worker: its impressions' time if a peer computes it
+        user = args[0]
+        prev = self._user_tail.get(user)
+        mine = asyncio.get_running_loop().create_future()
+        self._user_tail[user] = mine
         ticket = off.arrive()
         held = True
         try:
+            if prev is not None and not prev.done():
+                await asyncio.wait((prev,))  # not cancelled with this task: the earlier request owns it
             await asyncio.sleep(0)  # the requests read with this one count in too
             peer = off.peer_to_join(ticket)  # shorter queue at a peer than ahead of it here
             if peer is None:
@@ -244,6 +255,9 @@ class FeedFastPath:
         finally:
             if held:
                 off.depart(ticket)
+            mine.set_result(None)
+            if self._user_tail.get(user) is mine:
+                del self._user_tail[user]
 
     def _hand_off_budget_s(self, header_deadline_ms: float | None) -> float | None:
         """How long a handed-over request may take at the peer: half its deadline (the other

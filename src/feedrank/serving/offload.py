@@ -23,7 +23,8 @@ How:
   requests (held there plus ours on the way) than are ahead of it here, it is written to
   that peer over the socket (user id, k, explain, deadline, request id, expiry, and the
   item ids this worker's state remembers showing the user, which the peer's feed leaves
-  out as it does its own seen items) and the
+  out as it does its own seen items; the fast path answers one user's requests in order,
+  so these include every feed this worker answered for the user before) and the
   loop moves on. A request that stayed is still handed over at its turn when another one
   waits behind it and a peer holds none (``should_send``). The peer computes it with its
   own pipeline (its model and metrics), records the feed in its own state (seen items,
@@ -45,8 +46,8 @@ How:
 
 Frames on the socket (both directions): a 4-byte little-endian length, then the payload.
 Request payload: JSON ``[user_id, k, explain, deadline_ms | null, request_id, expiry_ns, seen]``
-(``seen``: the item ids the sender's state remembers showing the user, at most ``MAX_SEEN``;
-a frame without it means none).
+(``seen``: the item ids the sender's state remembers showing the user, least recently shown
+first, the newest ``MAX_SEEN`` at most; a frame without it means none).
 Reply: a 2-byte status (200; 500 when the pipeline failed; 503 shutting down; 504
 expired) then the body bytes.
 """
@@ -324,7 +325,7 @@ class Offload:
                     expiry_ns = int(expiry_ns)
                     if len(rest) > 1 or (rest and not isinstance(rest[0], list)):
                         raise ValueError("the seen items must be one list")
-                    seen = tuple(str(s) for s in rest[0][:MAX_SEEN]) if rest else ()
+                    seen = tuple(str(s) for s in rest[0][-MAX_SEEN:]) if rest else ()  # the newest
                 except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
                     log.error("request hand-off: malformed frame from a peer (%s); closing the connection", exc)
                     return

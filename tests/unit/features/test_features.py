@@ -91,3 +91,20 @@ def test_record_impressions_equals_one_record_impression_each():
         assert a.context(user, 1300.0).seen == b.context(user, 1300.0).seen
     with pytest.raises(ValueError, match="2 item ids but 1 rows"):
         b.record_impressions("u1", ["i1", "i2"], np.array([1]))
+
+
+def test_seen_items_come_least_recently_shown_first_within_the_ttl():
+    """What a worker hands over with a request (serving/offload.py keeps the newest end)."""
+    import numpy as np
+
+    from feedrank.features.online import OnlineState
+
+    st = OnlineState(10, history_len=3, seen_memory=4, seen_ttl_s=100.0)
+    st.record_impressions("u", ["a", "b", "c"], np.array([0, 1, 2]), ts=1000.0)
+    st.record_impressions("u", ["a"], np.array([0]), ts=1050.0)  # shown again: now the newest
+    assert st.seen_items("u", 1060.0) == ("b", "c", "a")
+    assert set(st.seen_items("u", 1060.0)) == set(st.context("u", 1060.0).seen)
+    assert st.seen_items("u", 1120.0) == ("a",)  # b and c older than the TTL
+    st.record_impressions("u", ["d", "e", "f", "g"], np.array([3, 4, 5, 6]), ts=1130.0)
+    assert st.seen_items("u", 1130.0) == ("d", "e", "f", "g")  # seen_memory 4: the oldest dropped
+    assert st.seen_items("nobody", 1130.0) == ()

@@ -179,6 +179,53 @@ def test_a_request_handed_over_by_a_peer_is_computed_with_the_feed_for_peers(tmp
     asyncio.run(run())
 
 
+def test_one_users_requests_are_answered_in_order_and_a_hand_off_carries_what_the_earlier_ones_showed(tmp_path):
+    """Two requests of one user read together: the second waits until the first is answered
+    (here the first goes to the idle peer, since the second waits behind it) and its feed
+    recorded, so it never runs with a seen list that lacks the first's items; another user's
+    request still joins the idle peer, carrying what this worker showed that user."""
+    async def run():
+        a, b = Offload(tmp_path, 2, 0), Offload(tmp_path, 2, 1)
+        shown: dict[str, list[str]] = {"u": [], "w": ["w-old"]}
+        at_peer: list[tuple[str, tuple[str, ...]]] = []
+
+        def feed_a(user_id, k, explain, deadline, rid):
+            shown[user_id].append(rid)
+            return orjson.dumps({"by": "a", "rid": rid})
+
+        fast = FeedFastPath(_route, feed_a, ServingMetrics(), max_k=50, default_k=20, valid_request_id=lambda r: True,
+                            offload=a, seen_of=lambda u: tuple(shown[u]),
+                            log_handed_over=lambda u, rid, body, arrived: shown[u].append(f"peer:{rid}"))
+        b.compute = lambda u, k, e, d, r, seen: (at_peer.append((u, seen)), (200, orjson.dumps({"by": "b"})))[1]
+        await a.start()
+        await b.start()
+        try:
+            async def call(user, rid):
+                sent: list[dict] = []
+
+                async def receive():
+                    return {"type": "http.request", "body": b"", "more_body": False}
+
+                async def send(msg):
+                    sent.append(msg)
+
+                scope = dict(_scope(user), headers=[(b"x-request-id", rid.encode())])
+                await fast(scope, receive, send)
+                return orjson.loads(sent[1]["body"])["by"]
+
+            by = await asyncio.gather(call("u", "r1"), call("u", "r2"))
+            assert by == ["b", "a"] and at_peer == [("u", ())]
+            assert shown["u"] == ["peer:r1", "r2"]  # the second ran once the first's feed was recorded here
+            by = await asyncio.gather(call("u", "r3"), call("w", "r4"))  # another user: to the idle peer
+            assert by == ["a", "b"] and at_peer[1:] == [("w", ("w-old",))]
+            assert fast._user_tail == {}  # nothing left behind
+        finally:
+            a.close()
+            b.close()
+
+    asyncio.run(run())
+
+
 def test_a_socket_path_that_cannot_be_bound_turns_hand_off_off_without_failing(tmp_path):
     deep = tmp_path / ("d" * 120)  # over the Unix socket path limit
     deep.mkdir()
