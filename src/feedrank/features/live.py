@@ -193,6 +193,11 @@ class LiveFeatures:
                                batch_size=1024 if yield_to is None else CONSUMER_BATCH, yield_to=yield_to)
 
         self.warm_up()
+        open_readers = getattr(source, "open_readers", None)
+        if open_readers is not None:  # the other workers' partitions: checked now, at start, not by the first poll
+            t0 = time.monotonic()
+            n = open_readers()
+            log.info("consumer %s: %d partition readers opened in %.1f s", name, n, time.monotonic() - t0)
         try:
             self.consumer = consumer()
         except Exception as exc:  # e.g. written with other windows: set it aside, rebuild from the log's start

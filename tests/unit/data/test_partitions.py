@@ -107,3 +107,20 @@ def test_readonly_reader_refreshes_incrementally(tmp_path: Path):
         assert [r.offset for r in recs] == [r.offset for r in writer.read()]
         assert len(reader) == 60 and "e59" in reader
         reader.close()
+
+
+def test_open_readers_checks_the_other_partitions_up_front(tmp_path: Path):
+    """A serving worker opens its readers while it starts (features/live.py), so that its
+    consumer's first poll does not CRC-check every segment of the other partitions; its own
+    partition is read through its writer, never opened as a reader."""
+    write_concurrently(tmp_path, n=40)
+    with EventLog(tmp_path / "w0") as own:
+        log = PartitionedLog(tmp_path, own={"w0": own})
+        assert log.open_readers() == 1 and set(log._readers) == {"w1"}
+        reader = log._readers["w1"]
+        assert log.open_readers() == 1 and log._readers["w1"] is reader  # idempotent: the same reader
+        recs = list(log.read_parts())
+        assert log._readers["w1"] is reader  # the read used it
+        assert sorted(r.event.event_id for r in recs) == sorted([f"w0-{i}" for i in range(0, 40, 2)] +
+                                                                [f"w1-{i}" for i in range(1, 40, 2)])
+        log.close()
