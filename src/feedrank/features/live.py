@@ -196,8 +196,12 @@ class LiveFeatures:
         open_readers = getattr(source, "open_readers", None)
         if open_readers is not None:  # the other workers' partitions: checked now, at start, not by the first poll
             t0 = time.monotonic()
-            n = open_readers()
-            log.info("consumer %s: %d partition readers opened in %.1f s", name, n, time.monotonic() - t0)
+            try:
+                n = open_readers()
+                log.info("consumer %s: %d partition readers opened in %.1f s", name, n, time.monotonic() - t0)
+            except Exception as exc:  # only an early start of what the first poll does (and reports)
+                log.warning("consumer %s: opening the partition readers at start failed (%s: %s); the first poll "
+                            "opens them", name, type(exc).__name__, exc)
         try:
             self.consumer = consumer()
         except Exception as exc:  # e.g. written with other windows: set it aside, rebuild from the log's start

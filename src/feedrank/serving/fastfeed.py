@@ -219,11 +219,14 @@ class FeedFastPath:
         prev = self._user_tail.get(user)
         mine = asyncio.get_running_loop().create_future()
         self._user_tail[user] = mine
-        ticket = off.arrive()
-        held = True
+        ticket, held = 0, False
         try:
             if prev is not None and not prev.done():
-                await asyncio.wait((prev,))  # not cancelled with this task: the earlier request owns it
+                # not cancelled with this task (the earlier request owns it); counted in only after
+                # it: a request blocked behind its user's earlier one is no work this worker can do
+                await asyncio.wait((prev,))
+            ticket = off.arrive()
+            held = True
             await asyncio.sleep(0)  # the requests read with this one count in too
             peer = off.peer_to_join(ticket)  # shorter queue at a peer than ahead of it here
             if peer is None:
@@ -255,9 +258,17 @@ class FeedFastPath:
         finally:
             if held:
                 off.depart(ticket)
+            if prev is not None and not prev.done():  # cancelled while it waited: the next one still follows prev
+                prev.add_done_callback(lambda _f: self._release_user(user, mine))
+            else:
+                self._release_user(user, mine)
+
+    def _release_user(self, user: str, mine: asyncio.Future) -> None:
+        """Let the user's next request in this worker go on (``_offload_or_compute``)."""
+        if not mine.done():
             mine.set_result(None)
-            if self._user_tail.get(user) is mine:
-                del self._user_tail[user]
+        if self._user_tail.get(user) is mine:
+            del self._user_tail[user]
 
     def _hand_off_budget_s(self, header_deadline_ms: float | None) -> float | None:
         """How long a handed-over request may take at the peer: half its deadline (the other

@@ -18,8 +18,10 @@ How:
   running, and a heartbeat) and listens on a Unix socket ``offload-w<slot>.sock`` there.
 * A feed request that reaches the fast path (serving/fastfeed.py) counts itself in (a
   ticket: its place in this worker's queue), then yields to the event loop once, so that
-  the requests read in the same loop iteration count themselves too. Before any of them
-  runs, each joins the shortest queue (``peer_to_join``): when a live peer has fewer
+  the requests read in the same loop iteration count themselves too (a request of a user
+  whose earlier request here is not answered yet counts in, and decides, only once it is:
+  serving/fastfeed.py). Before any of them runs, each joins the shortest queue
+  (``peer_to_join``): when a live peer has fewer
   requests (held there plus ours on the way) than are ahead of it here, it is written to
   that peer over the socket (user id, k, explain, deadline, request id, expiry, and the
   item ids this worker's state remembers showing the user, which the peer's feed leaves

@@ -180,10 +180,11 @@ def test_a_request_handed_over_by_a_peer_is_computed_with_the_feed_for_peers(tmp
 
 
 def test_one_users_requests_are_answered_in_order_and_a_hand_off_carries_what_the_earlier_ones_showed(tmp_path):
-    """Two requests of one user read together: the second waits until the first is answered
-    (here the first goes to the idle peer, since the second waits behind it) and its feed
-    recorded, so it never runs with a seen list that lacks the first's items; another user's
-    request still joins the idle peer, carrying what this worker showed that user."""
+    """Two requests of one user read together: the second waits, uncounted, until the first is
+    answered and its feed recorded, so it is not handed to the idle peer with a seen list that
+    lacks the first's items (both run here, in order); another user's request still joins the
+    idle peer, carrying what this worker showed that user. A request cancelled while it waits
+    does not let the user's next one overtake the earlier one."""
     async def run():
         a, b = Offload(tmp_path, 2, 0), Offload(tmp_path, 2, 1)
         shown: dict[str, list[str]] = {"u": [], "w": ["w-old"]}
@@ -214,11 +215,23 @@ def test_one_users_requests_are_answered_in_order_and_a_hand_off_carries_what_th
                 return orjson.loads(sent[1]["body"])["by"]
 
             by = await asyncio.gather(call("u", "r1"), call("u", "r2"))
-            assert by == ["b", "a"] and at_peer == [("u", ())]
-            assert shown["u"] == ["peer:r1", "r2"]  # the second ran once the first's feed was recorded here
+            assert by == ["a", "a"] and at_peer == [] and shown["u"] == ["r1", "r2"]  # in order, both here
             by = await asyncio.gather(call("u", "r3"), call("w", "r4"))  # another user: to the idle peer
-            assert by == ["a", "b"] and at_peer[1:] == [("w", ("w-old",))]
+            assert by == ["a", "b"] and at_peer == [("w", ("w-old",))]
             assert fast._user_tail == {}  # nothing left behind
+
+            gate = asyncio.get_running_loop().create_future()  # the user's earlier request, still running
+            fast._user_tail["x"] = gate
+            waiting = asyncio.ensure_future(call("x", "r5"))
+            await asyncio.sleep(0.01)
+            waiting.cancel()  # e.g. shutdown: cancelled while it waits behind the earlier one
+            await asyncio.gather(waiting, return_exceptions=True)
+            later = asyncio.ensure_future(call("x", "r6"))
+            await asyncio.sleep(0.01)
+            assert not later.done() and "r6" not in shown.get("x", [])  # still behind the earlier request
+            gate.set_result(None)
+            shown["x"] = []
+            assert await later == "a" and shown["x"] == ["r6"] and fast._user_tail == {}
         finally:
             a.close()
             b.close()
