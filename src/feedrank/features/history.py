@@ -157,9 +157,7 @@ def population_shares(click_items: np.ndarray, item_cat: np.ndarray, n_cats: int
     """(n_cats,) float64: each category's share of ``click_items`` (item rows), smoothed like
     one history of all of them (``+ 1/n_cats`` per category, ``/ (n + 1)``): > 0 for a
     category nobody clicked, sums to 1."""
-    cats = np.asarray(item_cat)[np.asarray(click_items, dtype=np.int64)]
-    if len(cats) and (cats.min() < 0 or cats.max() >= n_cats):
-        raise ValueError(f"population_shares: item categories must be in 0..{n_cats - 1}")
+    cats = _history_categories(np.asarray(click_items, dtype=np.int64), item_cat, n_cats, "population_shares")
     counts = np.bincount(cats, minlength=n_cats).astype(np.float64)
     return (counts + 1.0 / n_cats) / (len(cats) + 1.0)
 

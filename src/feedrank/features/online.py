@@ -105,12 +105,7 @@ class OnlineState:
         """The user's seen item ids at ``now`` (as ``context``), least recently shown first."""
         with self._lock:
             rec = self._users.get(user_id)
-            if rec is None:
-                return ()
-            if self.seen_ttl_s is not None and now is not None:
-                cutoff = now - self.seen_ttl_s
-                return tuple(i for i, t in rec.seen.items() if t >= cutoff)
-            return tuple(rec.seen)
+            return () if rec is None else tuple(self._seen(rec, now))
 
     def context(self, user_id: str, now: float | None = None) -> UserContext:
         """The user's state at ``now``: seen items older than the TTL are dropped."""
@@ -122,11 +117,14 @@ class OnlineState:
             clicks = list(rec.clicks)
             if clicks:
                 hist[-len(clicks):] = clicks
-            if self.seen_ttl_s is not None and now is not None:
-                cutoff = now - self.seen_ttl_s
-                while rec.seen and next(iter(rec.seen.values())) < cutoff:
-                    rec.seen.popitem(last=False)
-                seen = frozenset(i for i, t in rec.seen.items() if t >= cutoff)
-            else:
-                seen = frozenset(rec.seen)
-            return UserContext(hist, seen, rec.n_clicks, True)
+            return UserContext(hist, frozenset(self._seen(rec, now)), rec.n_clicks, True)
+
+    def _seen(self, rec: _UserRecord, now: float | None) -> list[str]:
+        """Under ``_lock``: the record's seen item ids shown within the TTL of ``now``, least
+        recently shown first (the expired ones at the front are dropped from the record)."""
+        if self.seen_ttl_s is None or now is None:
+            return list(rec.seen)
+        cutoff = now - self.seen_ttl_s
+        while rec.seen and next(iter(rec.seen.values())) < cutoff:
+            rec.seen.popitem(last=False)
+        return [i for i, t in rec.seen.items() if t >= cutoff]

@@ -168,6 +168,10 @@ class AgePrior:
             out = out + self.new.tower_weight * self.new.is_new(published_at)
         return out
 
+    def _category_count(self, item_cat: np.ndarray) -> int:
+        """C of the category shares: the prior's ``n_categories``, else (unset) the catalogue's codes."""
+        return self.n_categories if self.n_categories > 0 else int(np.max(item_cat, initial=0)) + 1
+
     def user_affinity(self, histories: np.ndarray, item_cat: np.ndarray) -> np.ndarray:
         """(U, C) the users' category preferences from ``histories`` (U, L) item rows (-1
         padding, most recent last), the category term's ``affinity``: ``category_estimator``'s
@@ -175,7 +179,7 @@ class AgePrior:
         towers' own user input ``category_affinity``. O(U * L) when ``n_categories`` is set."""
         from feedrank.features.history import category_affinity
 
-        n = self.n_categories if self.n_categories > 0 else int(np.max(item_cat, initial=0)) + 1
+        n = self._category_count(item_cat)
         if self.category_estimator is None:
             return category_affinity(histories, item_cat, n)
         return self.category_estimator.shares(histories, item_cat, n)
@@ -194,7 +198,7 @@ class AgePrior:
             if towers is not None:
                 return towers
             return self.user_affinity(np.asarray(history, dtype=np.int64).reshape(1, -1), item_cat)[0]
-        n = self.n_categories if self.n_categories > 0 else int(np.max(item_cat, initial=0)) + 1
+        n = self._category_count(item_cat)
         return self.category_estimator.one(history, item_cat, n)
 
     def scores(self, user_vecs: np.ndarray, item_vecs: np.ndarray, published_at: np.ndarray, now: float,

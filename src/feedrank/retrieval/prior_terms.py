@@ -106,21 +106,23 @@ class CategoryShare:
         key = (n_cats, len(h))
         got = cache.get(key)
         if got is None:
-            if self.population is not None and len(self.population) != n_cats:
-                raise ValueError(f"CategoryShare: population has {len(self.population)} categories, expected {n_cats}")
-            pi = (np.full(n_cats, 1.0 / n_cats) if self.population is None
-                  else np.asarray(self.population, dtype=np.float64))
-            got = cache[key] = (pi, float(self.decay) ** np.arange(len(h) - 1, -1, -1, dtype=np.float64))
+            powers = float(self.decay) ** np.arange(len(h) - 1, -1, -1, dtype=np.float64)
+            got = cache[key] = (self._prior_shares(n_cats), powers)
         return category_share_one(h, item_cat, got[0], self.strength, got[1])
+
+    def _prior_shares(self, n_cats: int) -> np.ndarray:
+        """(n_cats,) the shares the estimate is smoothed towards: ``population``, or uniform."""
+        if self.population is None:
+            return np.full(n_cats, 1.0 / n_cats)
+        if len(self.population) != n_cats:
+            raise ValueError(f"CategoryShare: population has {len(self.population)} categories, expected {n_cats}")
+        return np.asarray(self.population, dtype=np.float64)
 
     def shares(self, histories: np.ndarray, item_cat: np.ndarray, n_cats: int) -> np.ndarray:
         """(Q, n_cats) float64 preferences of ``histories`` (Q, L) item rows (-1 padded left)."""
         from feedrank.features.history import category_share
 
-        if self.population is not None and len(self.population) != n_cats:
-            raise ValueError(f"CategoryShare: population has {len(self.population)} categories, expected {n_cats}")
-        return category_share(histories, item_cat, n_cats, self.strength, self.decay,
-                              None if self.population is None else np.asarray(self.population))
+        return category_share(histories, item_cat, n_cats, self.strength, self.decay, self._prior_shares(n_cats))
 
     def to_json(self) -> dict:
         return {"strength": self.strength, "decay": self.decay,
