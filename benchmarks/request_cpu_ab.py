@@ -14,6 +14,12 @@ CPU per request (``time.process_time``) and the mean of each stage's wall time
         --rounds 6 --requests 1000 --warmup-rounds 2
     python benchmarks/request_cpu_ab.py MODEL --model-a /tmp/model-old-index --a /tmp/base-src --b src   # index too
     python benchmarks/request_cpu_ab.py MODEL --set-a features.live=false     # one tree, two configs
+    python benchmarks/request_cpu_ab.py MODEL --mirror-b    # B reads live features from a node mirror
+
+``--mirror-b``: arm B runs with ``features.consumer=node`` and reads a shared-memory mirror
+(features/mirror.py) that this script creates empty and keeps beating, as a node consumer
+would (arm A's memory:// store is empty too: neither arm runs a consumer here), so the two
+arms differ only in how the request path reads the live features.
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 WORKER = r"""
-import json, sys, tempfile, time
+import json, os, sys, tempfile, time
 import numpy as np
 from feedrank.serving.factory import build_service
 from feedrank.types import Event, EventKind, FeedRequest
-_, _, rec, _ = build_service(sys.argv[1], tempfile.mkdtemp(prefix="cpu-ab-events-"), overrides=tuple(json.loads(sys.argv[2])))
+_, _, rec, _ = build_service(sys.argv[1], tempfile.mkdtemp(prefix="cpu-ab-events-"), overrides=tuple(json.loads(sys.argv[2])),
+                             mirror_path=os.environ.get("FEEDRANK_AB_MIRROR") or None)
 known = rec.art.snapshot.user_ids
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
@@ -51,8 +60,8 @@ for line in sys.stdin:
 """
 
 
-def _start(model: str, src: str, overrides: list[str]) -> subprocess.Popen:
-    env = dict(os.environ)
+def _start(model: str, src: str, overrides: list[str], mirror: str = "") -> subprocess.Popen:
+    env = dict(os.environ, FEEDRANK_AB_MIRROR=mirror)
     if src:
         env["PYTHONPATH"] = str(Path(src).resolve()) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen([sys.executable, "-c", WORKER, model, json.dumps(overrides)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -86,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=6, help="measured rounds per arm")
     ap.add_argument("--requests", type=int, default=1000, help="requests per round")
     ap.add_argument("--warmup-rounds", type=int, default=2, help="rounds per arm run first and not reported")
+    ap.add_argument("--mirror-b", action="store_true",
+                    help="arm B reads the live features from a node consumer's mirror (features.consumer=node)")
     ap.add_argument("--json", action="store_true", help="one JSON object at the end instead of a table")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.requests < 1 or args.warmup_rounds < 0:
@@ -95,11 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     model_a = args.model_a or args.model
     if not Path(model_a, "manifest.json").is_file():
         ap.error(f"--model-a {model_a}: not a model bundle (no manifest.json)")
-    arms = {"A": _start(model_a, args.a, args.set_a), "B": _start(args.model, args.b, args.set_b)}
+    writer = None
+    if args.mirror_b:
+        from feedrank.features.live_io import window_fields
+        from feedrank.features.mirror import MirrorWriter
+
+        mirror = str(Path(tempfile.mkdtemp(prefix="cpu-ab-mirror-")) / "features.mirror")
+        writer = MirrorWriter.create(mirror, window_fields((300, 3600, 86400)), max_items=200_000, max_users=200_000)
+        writer.heartbeat(time.time())
+    arms = {"A": _start(model_a, args.a, args.set_a),
+            "B": _start(args.model, args.b, args.set_b + (["features.consumer=node"] if writer else []),
+                        mirror if writer else "")}
     rows: dict[str, list[dict]] = {"A": [], "B": []}
     try:
         for r in range(args.warmup_rounds + args.rounds):
             for name, proc in arms.items():
+                if writer is not None:
+                    writer.heartbeat(time.time())  # a live node: not stalled
                 got = _round(proc, 1000 + r, args.requests)
                 if r >= args.warmup_rounds:
                     got["load"] = os.getloadavg()[0]

@@ -41,17 +41,14 @@ from typing import Any
 
 import httpx
 
-from feedrank.bench.serve import LUA, _parse_wrk, _tree_cpu_s
+from feedrank.bench.serve import LUA, _parse_wrk, _tree_cpu_s, child_pids
 from feedrank.serving.server import free_port
 
 _SS_PID = re.compile(r"pid=(\d+)")
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    return child_pids(pid)
 
 
 def _cpu_s(pid: int) -> float:
@@ -219,8 +216,8 @@ def measure_run(url: str, port: int, server_pid: int, metrics_dir: Path, rate: f
         cpu = _cpu_s(p) - cpu0[p]
         per_worker.append({"pid": p, "connections": conns.get(p, 0), "requests": int(req1.get(p, 0) - req0.get(p, 0)),
                            "cpu_s": round(cpu, 2), "busy": round(cpu / wall, 3)})
-    per_worker = [w for w in per_worker if w["requests"] or w["connections"]]  # drop helper processes
-    res["workers"] = per_worker
+    res["helpers"] = [w for w in per_worker if not (w["requests"] or w["connections"])]  # e.g. the node consumer
+    res["workers"] = [w for w in per_worker if w["requests"] or w["connections"]]
     res["server_cpu_ms_per_request"] = round(1000.0 * (tree1 - tree0) / max(res.get("requests") or 1, 1), 3)
     return res
 
@@ -270,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
                               args.k, seed=10 + i, profile_dir=args.profile_dir if i == 0 else None)
             results.append(res)
             split = " / ".join(f"{w['connections']}c {w['requests']}r {w['busy']:.0%}" for w in res["workers"])
+            helpers = " / ".join(f"{h['busy']:.0%}" for h in res["helpers"]) or "-"
             print(f"run {i + 1}: achieved {res['achieved_rps']} rps, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, "
-                  f"{res['server_cpu_ms_per_request']} ms CPU/request; workers {split}; loop lag {res['loop_lag']}",
+                  f"{res['server_cpu_ms_per_request']} ms CPU/request; workers {split}; "
+                  f"other processes {helpers}; "
+                  f"loop lag {res['loop_lag']}",
                   file=sys.stderr)
     except BaseException:
         print((tmp / "server.log").read_text(errors="replace")[-3000:], file=sys.stderr)

@@ -233,6 +233,14 @@ class FeaturesConfig:
     poll_s: float = field(default=0.1, metadata=_rng(0.001, None))  # consumer poll interval
     commit_every_s: float = field(default=5.0, metadata=_rng(0.0, None))  # consumer checkpoint interval
     live: bool = True  # serving: consume the event log into the store; read it in the request path
+    # who consumes the event log into the live features when serving.workers > 1: "node" = one
+    # consumer process per node publishing into shared memory that the workers read
+    # (features/mirror.py, serving/node_consumer.py; embedded event log and memory:// store
+    # only, else as "worker"); "worker" = every worker its own consumer thread, each reading
+    # every event. Node by default: in two A/Bs of 4 servers each (1M world, 300 rps,
+    # benchmarks/README.md round 9) it won every pair, median p99 47 vs 110 ms, less CPU
+    consumer: Literal["worker", "node"] = "node"
+    mirror_user_fields: int = field(default=96, metadata=_rng(8, 4096))  # fields per user record in the mirror
     read_timeout_ms: float = field(default=50.0, metadata=_rng(0.1, None))  # budget per store read; over -> defaults
 
 

@@ -37,9 +37,10 @@ def two_models(tmp_path_factory) -> tuple[Path, Path]:
 def two_workers(two_models, tmp_path: Path) -> Iterator[ServeProcess]:
     """`feedrank serve --workers 2` on the first of `two_models`, events under
     ``tmp_path/events`` (partitions w0 and w1), stderr in ``tmp_path/serve.err``."""
-    # with the per-request hand-off on (off by default), so that its two-process paths run here too
+    # with the per-request hand-off on (off by default), so that its two-process paths run here
+    # too, and a consumer per worker (the node consumer, the default: test_node_consumer.py)
     with start_serve(two_models[0], workers=2, events_dir=tmp_path / "events", errlog=tmp_path / "serve.err",
-                     overrides=("serving.offload=true",)) as srv:
+                     overrides=("serving.offload=true", "features.consumer=worker")) as srv:
         yield srv
 
 

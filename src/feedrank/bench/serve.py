@@ -157,17 +157,25 @@ def _parse_wrk(out: str) -> dict[str, Any]:
     return res
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid``, started by any of its threads (``/proc/PID/task/*/
+    children``: the uvicorn workers from the main thread, the node consumer from its keeper)."""
+    out: list[int] = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")) if Path(f"/proc/{pid}/task").is_dir() else []:
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 def _tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by ``pid`` and its live children (the
-    uvicorn workers). Less sensitive to a busy machine than latency: the cost per request."""
+    uvicorn workers, the node consumer). Less sensitive to a busy machine than latency: the
+    cost per request."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
-    except OSError:
-        pass
+    pids = [pid] + child_pids(pid)
     for p in pids:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()

@@ -45,6 +45,7 @@ import numpy as np
 from feedrank.features.live_io import (BASE_FIELDS, HASH_BITS, STATUSES, STREAM_KEY, LiveItems, LiveUser,  # noqa: F401
                                        ReadGuard, StorePublisher, baselines_from_daily, item_hash, live_specs,
                                        window_fields, worst, write_baselines)
+from feedrank.features.mirror import keys_from_hashes
 from feedrank.features.realtime import RealtimeFeatures
 from feedrank.features.validation import FeatureValidator
 
@@ -68,24 +69,34 @@ class CatalogBinding:
 
     def __init__(self, ids: list[str]) -> None:
         self.ids = ids
-        self.hash_rows = {item_hash(i): r for r, i in enumerate(ids)}
+        hashes = [item_hash(i) for i in ids]
+        self.hash_rows = dict(zip(hashes, range(len(ids))))
+        self.keys = keys_from_hashes(hashes)  # row -> mirror key (features/mirror.py)
         self.id_rows = {i: r for r, i in enumerate(ids)}  # what the consumer's invalidation looks up (no hashing)
         self._lock = threading.Lock()
         n = len(ids)
         self.cached = np.zeros((n, 4))
         self.cached_base = np.zeros(n, dtype=bool)
         self.cached_at = np.full(n, -np.inf)
+        # with the node consumer's mirror (no store write here): the model's batch baselines per
+        # row, imps and clicks per day (``LiveFeatures.load_baselines``)
+        self.base = np.zeros((n, 2))
+        self.has_base = np.zeros(n, dtype=bool)
 
     def extend(self, item_ids: Sequence[str]) -> None:
         with self._lock:
-            for iid in item_ids:
-                self.hash_rows[item_hash(str(iid))] = len(self.ids)
+            hashes = [item_hash(str(iid)) for iid in item_ids]
+            for iid, h in zip(item_ids, hashes):
+                self.hash_rows[h] = len(self.ids)
                 self.id_rows[str(iid)] = len(self.ids)
                 self.ids.append(str(iid))
+            self.keys = np.concatenate([self.keys, keys_from_hashes(hashes)])
             m = len(self.ids) - len(self.cached_at)
             self.cached = np.concatenate([self.cached, np.zeros((m, 4))])
             self.cached_base = np.concatenate([self.cached_base, np.zeros(m, dtype=bool)])
             self.cached_at = np.concatenate([self.cached_at, np.full(m, -np.inf)])
+            self.base = np.concatenate([self.base, np.zeros((m, 2))])
+            self.has_base = np.concatenate([self.has_base, np.zeros(m, dtype=bool)])
 
     def invalidate(self, item_ids: Sequence[str] | None = None) -> None:
         """Forget the cached fields of these items (all: None); they were just written."""
@@ -103,6 +114,45 @@ class CatalogBinding:
         return [self.hash_rows[h] for h in hashes if h in self.hash_rows]
 
 
+def hot_item_ids(rt: RealtimeFeatures, stream_now: float, now: float, k: int) -> list[str]:
+    """Up to ``k`` item ids of ``rt`` with the most clicks in the middle window (trending
+    score breaks ties) at ``max(now, stream_now)``; only items with such clicks."""
+    with rt._lock:
+        ids = list(rt._slots)
+    if not ids or k <= 0:
+        return []
+    t = max(now, stream_now) if np.isfinite(stream_now) else now
+    _, clks = rt.counts(ids, t)
+    mid = 1 if len(rt.windows) > 2 else 0
+    score = clks[:, mid] + 1e-3 * rt.trending(clks)
+    order = np.argsort(-score, kind="stable")[:k]
+    return [ids[i] for i in order.tolist() if clks[i, mid] > 0]
+
+
+class _RowIds:
+    """``ids[rows[i]]`` on demand (the validator names an item only when it reports one)."""
+
+    def __init__(self, ids: list[str], rows: np.ndarray) -> None:
+        self.ids, self.rows = ids, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> str:
+        return self.ids[int(self.rows[i])]
+
+
+class _NodeConsumerView:
+    """The node consumer's counters (``MirrorStore.stats()``) where ``stats()`` reads a consumer's."""
+
+    def __init__(self, node: dict) -> None:
+        self.applied, self.errors, self.node = int(node["applied"]), int(node["errors"]), node
+
+    def offset_json(self, committed: bool = False) -> dict:
+        return {"node_consumer_pid": self.node["writer_pid"], "mirror_items": self.node["items"],
+                "mirror_users": self.node["users"], "torn_reads": self.node["torn_reads"]}
+
+
 # ---------------------------------------------------------------------- the process-level object
 
 
@@ -116,7 +166,9 @@ class LiveFeatures:
         self.history_len = int(history_len)
         self.stall_s, self.ttl_s, self.poll_s, self.commit_every_s = float(stall_s), float(ttl_s), float(poll_s), float(commit_every_s)
         self.clock = clock
-        inline = type(store).__name__ == "MemoryStore"  # in-process dicts cannot be slow or down
+        # in-process dicts and the node's shared memory cannot be slow or down
+        inline = type(store).__name__ in ("MemoryStore", "MirrorStore")
+        self.mirror = callable(getattr(store, "get_keyed", None))  # the node consumer publishes; no consumer here
         self.guard = ReadGuard(read_timeout_s, inline=inline)
         self.windows = tuple(rt.windows)
         wl = max(self.windows)
@@ -128,8 +180,8 @@ class LiveFeatures:
         self._base_ids: list[str] = []
         self._item_cat: dict[str, str] = {}
         self.publisher = StorePublisher(rt, store, self.history_len, base_user=self._base_user, clock=clock)
-        if item_cache_s is None:
-            item_cache_s = ITEM_CACHE_MEMORY_S if inline else ITEM_CACHE_S
+        if item_cache_s is None:  # only what this object writes invalidates rows; others' writes age out
+            item_cache_s = ITEM_CACHE_MEMORY_S if type(store).__name__ == "MemoryStore" else ITEM_CACHE_S
         self.item_cache_s = float(item_cache_s)
         self._bindings: weakref.WeakSet[CatalogBinding] = weakref.WeakSet()
         self.publisher.on_publish = self._invalidate
@@ -175,6 +227,15 @@ class LiveFeatures:
         real-time state's stall fallback. Returns how many items were written."""
         ids = [str(i) for i in item_ids]
         self.rt.load_baseline(ids, imps_per_day, clicks_per_day)
+        if self.mirror:  # the store is the node's: the baselines go onto the catalogue rows
+            table = np.stack([np.asarray(imps_per_day, dtype=np.float64), np.asarray(clicks_per_day, dtype=np.float64)], 1)
+            for binding in list(self._bindings):
+                with binding._lock:
+                    pairs = [(r, k) for k, r in enumerate(map(binding.id_rows.get, ids)) if r is not None]
+                    if pairs:
+                        rows, src = np.asarray(pairs, dtype=np.int64).T
+                        binding.base[rows], binding.has_base[rows] = table[src], True
+            return len(ids)
         try:
             return write_baselines(self.store, ids, imps_per_day, clicks_per_day, self.clock() if ts is None else ts)
         finally:
@@ -187,6 +248,11 @@ class LiveFeatures:
         applies in slices of ``CONSUMER_BATCH`` events and waits between slices while it is
         set (features/consumer.py), so a request does not wait behind a whole poll."""
         from feedrank.features.consumer import LogConsumer
+
+        if self.mirror:  # the node consumer process reads the log and publishes into the mirror
+            self.warm_up()
+            log.info("live features from the node consumer's mirror %s (no consumer in this process)", self.store.url)
+            return
 
         def consumer() -> LogConsumer:
             return LogConsumer(source, self.publisher, checkpoint, commit_every_s=self.commit_every_s, name=name,
@@ -286,6 +352,8 @@ class LiveFeatures:
         rows = np.asarray(rows, dtype=np.int64)
         fb_imps = np.asarray(fallback_imps, dtype=np.float64)
         fb_clicks = np.asarray(fallback_clicks, dtype=np.float64)
+        if self.mirror:
+            return self._read_rows_mirror(binding, rows, now, fb_imps, fb_clicks)
         cache = self.item_cache_s > 0
         t = time.monotonic()
         stalled = self.stream_stalled()
@@ -315,6 +383,32 @@ class LiveFeatures:
         with self._lock:
             self.cache_hits += len(rows) - n_stale
             self.cache_misses += n_read
+            self.served[status] += 1
+        return LiveItems(np.maximum(imps, fb_imps), np.maximum(clicks, fb_clicks), np.zeros(len(rows)), status, replaced)
+
+    def _read_rows_mirror(self, binding: CatalogBinding, rows: np.ndarray, now: float, fb_imps: np.ndarray,
+                          fb_clicks: np.ndarray) -> LiveItems:
+        """``read_rows`` from the node consumer's mirror: every row read (a few vectorised
+        lookups; no cache, so nothing is stale), the baselines from the binding's rows."""
+        replaced, status = 0, "live"
+        if self.stream_stalled():
+            status = "baseline"
+            scale = max(self.windows) / 86400.0
+            has = binding.has_base[rows]
+            imps = np.where(has, binding.base[rows, 0] * scale, 0.0)
+            clicks = np.where(has, binding.base[rows, 1] * scale, 0.0)
+        else:
+            names = self._item_names[:2]
+            batch, outcome = self.guard.call(self.store.get_keyed, binding.keys[rows], names, now)
+            if outcome != "ok":
+                status = "default"
+                imps = clicks = np.zeros(len(rows))
+            else:
+                clean, replaced = self.validator.clean(_RowIds(binding.ids, rows), names, batch.values, batch.present,
+                                                       ts=batch.ts, now=now, fallback=np.zeros((len(rows), 2)))
+                imps, clicks = clean[:, 0], clean[:, 1]
+        with self._lock:
+            self.cache_misses += len(rows)
             self.served[status] += 1
         return LiveItems(np.maximum(imps, fb_imps), np.maximum(clicks, fb_clicks), np.zeros(len(rows)), status, replaced)
 
@@ -373,17 +467,12 @@ class LiveFeatures:
 
     def hot_items(self, now: float, k: int) -> list[str]:
         """Up to ``k`` item ids with the most clicks in the middle window (trending score
-        breaks ties), from this process's real-time state; [] when nothing is streaming."""
-        with self.rt._lock:
-            ids = list(self.rt._slots)
-        if not ids or k <= 0:
-            return []
-        t = max(now, self.publisher.stream_now) if np.isfinite(self.publisher.stream_now) else now
-        _, clks = self.rt.counts(ids, t)
-        mid = 1 if len(self.windows) > 2 else 0
-        score = clks[:, mid] + 1e-3 * self.rt.trending(clks)
-        order = np.argsort(-score, kind="stable")[:k]
-        return [ids[i] for i in order.tolist() if clks[i, mid] > 0]
+        breaks ties), from this process's real-time state (with the node consumer: the list
+        it published); [] when nothing is streaming."""
+        if self.mirror:
+            got, outcome = self.guard.call(self.store.hot_items)
+            return list(got[:k]) if outcome == "ok" and k > 0 else []
+        return hot_item_ids(self.rt, self.publisher.stream_now, now, k)
 
     def _served(self, status: str) -> None:
         with self._lock:
@@ -393,6 +482,13 @@ class LiveFeatures:
     def stats(self) -> dict[str, Any]:
         c = self.consumer
         beat = self.rt._heartbeat
+        if self.mirror:  # the node consumer's figures, as its mirror says them
+            try:
+                node = self.store.stats()
+                c = _NodeConsumerView(node)
+                beat = node["heartbeat"]
+            except Exception:
+                c, beat = None, -np.inf
         return {
             "store": getattr(self.store, "url", type(self.store).__name__),
             "reads": dict(self.guard.outcomes),
@@ -404,6 +500,6 @@ class LiveFeatures:
             "published": self.publisher.published,
             "publish_errors": self.publisher.publish_errors,
             "heartbeat_age_s": None if not np.isfinite(beat) else round(self.clock() - beat, 3),
-            "stalled": self.rt.stalled(),
+            "stalled": self.stream_stalled() if self.mirror else self.rt.stalled(),
             "realtime": self.rt.stats(),
         }

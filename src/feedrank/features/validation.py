@@ -155,6 +155,15 @@ class FeatureValidator:
         if ts is not None and now is not None and self.ttl_s > 0:
             with np.errstate(invalid="ignore"):
                 stale = (now - np.asarray(ts, dtype=np.float64)) > self.ttl_s
+        if bad_type is None and not stale.any():  # the usual read: every column at once, nothing to report
+            specs = [self.specs.get(name) or FeatureSpec(name) for name in names]
+            lo = np.asarray([sp.lo for sp in specs])
+            hi = np.asarray([sp.hi for sp in specs])
+            with np.errstate(invalid="ignore"):
+                fine = ~present | ((vals >= lo) & (vals <= hi) & np.isfinite(vals))
+            if fine.all():
+                fill = fallback if fallback is not None else np.broadcast_to([sp.default for sp in specs], (n, f))
+                return np.where(present, vals, fill), 0
         out = np.empty((n, f), dtype=np.float64)
         replaced = 0
         for j, name in enumerate(names):

@@ -58,7 +58,8 @@ def scrape(registry, local=None) -> dict[str, Any]:
     worker's events, so its own figures are the ones to compare with the totals."""
     out: dict[str, Any] = {"feeds": {}, "events_accepted": 0.0, "buckets": {}, "impressions_written": 0.0,
                            "consumer_applied": None, "heartbeat_age_s": None}
-    consumer_names = ("feedrank_features_consumer_applied_total", "feedrank_features_heartbeat_age_seconds")
+    consumer_names = ("feedrank_features_consumer_applied_total", "feedrank_features_node_consumer_applied",
+                      "feedrank_features_heartbeat_age_seconds")
     samples = [s for metric in registry.collect() for s in metric.samples
                if local is None or local is registry or s.name not in consumer_names]
     if local is not None and local is not registry:
@@ -73,7 +74,7 @@ def scrape(registry, local=None) -> dict[str, Any]:
             out["impressions_written"] = value
         elif name == "feedrank_stage_latency_seconds_bucket" and labels.get("stage") == "total":
             out["buckets"][float(labels["le"])] = value
-        elif name == "feedrank_features_consumer_applied_total":
+        elif name in ("feedrank_features_consumer_applied_total", "feedrank_features_node_consumer_applied"):
             out["consumer_applied"] = value
         elif name == "feedrank_features_heartbeat_age_seconds":
             out["heartbeat_age_s"] = None if value != value else value

@@ -47,16 +47,18 @@ def with_experiments(service, cfg: FeedrankConfig, load_version=None):
 
 
 def build_service(model_dir: str, events_dir: str | None, config_path: str | None = None, overrides: tuple[str, ...] = (),
-                  partition: str = ""):
+                  partition: str = "", mirror_path: str | None = None):
     """Serve one fixed bundle. Returns (app, event_log, recommender, effective config);
     the caller closes the log. ``partition``: this worker's sub-folder of the embedded event
-    log (serving/workers.py), "" for a single process."""
+    log (serving/workers.py), "" for a single process. ``mirror_path``: the node consumer's
+    mirror of the live features, used when the config asks for it (``features.consumer``)."""
     from feedrank.serving.live_features import build_live, load_model_baselines
+    from feedrank.serving.node_consumer import wants_node_consumer
 
     recommender = load_recommender(model_dir, config_path, overrides)
     cfg = recommender.cfg
     event_log = open_event_log(cfg.serving.events_url, Path(events_dir or cfg.serving.events_dir or (Path(model_dir).parent / "events")) / partition)
-    live = build_live(cfg)
+    live = build_live(cfg, mirror_path if mirror_path and wants_node_consumer(cfg) else None)
     if live is not None:
         recommender.attach_live(live)
         load_model_baselines(live, recommender.art)
@@ -65,7 +67,8 @@ def build_service(model_dir: str, events_dir: str | None, config_path: str | Non
 
 
 def build_registry_service(registry_dir: str, events_dir: str | None, config_path: str | None = None,
-                           overrides: tuple[str, ...] = (), poll_s: float = 5.0, partition: str = ""):
+                           overrides: tuple[str, ...] = (), poll_s: float = 5.0, partition: str = "",
+                           mirror_path: str | None = None):
     """Serve a registry's ``current`` version and hot-swap when it changes.
 
     Returns (app, event_log, manager, effective config of the first version). The app's
@@ -76,6 +79,7 @@ def build_registry_service(registry_dir: str, events_dir: str | None, config_pat
     from feedrank.serving.manager import ModelManager
 
     from feedrank.serving.live_features import build_live, load_model_baselines
+    from feedrank.serving.node_consumer import wants_node_consumer
 
     metrics_registry = CollectorRegistry()
     live_box: list = []  # one LiveFeatures for the process, built with the first version's config
@@ -83,7 +87,7 @@ def build_registry_service(registry_dir: str, events_dir: str | None, config_pat
     def build(path):
         rec = load_recommender(path, config_path, overrides)
         if not live_box:
-            live_box.append(build_live(rec.cfg))
+            live_box.append(build_live(rec.cfg, mirror_path if mirror_path and wants_node_consumer(rec.cfg) else None))
         if live_box[0] is not None:
             rec.attach_live(live_box[0])
             load_model_baselines(live_box[0], rec.art)

@@ -8,7 +8,9 @@ model's batch baselines into it, and export its state to Prometheus.
 Metrics (all prefixed ``feedrank_features_``): ``store_reads_total{outcome}`` (ok, timeout,
 error, open), ``served_total{status}`` (live, baseline, default), ``invalid_total{feature,
 reason}``, ``consumer_applied_total``, ``consumer_errors_total``, ``publish_errors_total``,
-``heartbeat_age_seconds``, ``stalled``.
+``heartbeat_age_seconds``, ``stalled``; with the node consumer (``features.consumer=node``)
+``node_consumer_applied`` and ``node_consumer_errors`` (gauges: the one process's totals)
+instead of the consumer counters.
 """
 
 from __future__ import annotations
@@ -27,17 +29,25 @@ from feedrank.features.store.factory import open_store
 log = logging.getLogger(__name__)
 
 
-def build_live(cfg: FeedrankConfig) -> LiveFeatures | None:
+def build_live(cfg: FeedrankConfig, mirror_path: str | None = None) -> LiveFeatures | None:
     """The process's ``LiveFeatures`` for ``cfg.features`` (None when ``features.live`` is off).
 
     The store is opened even when it is down (Redis: no initial PING; its calls time out
-    after 4x the read budget and are not retried), so the service starts and serves defaults."""
+    after 4x the read budget and are not retried), so the service starts and serves defaults.
+    ``mirror_path``: the node consumer's shared-memory mirror (serving/node_consumer.py);
+    when given, the process reads the live features there and runs no consumer."""
     fc = cfg.features
     if not fc.live:
         return None
     budget_s = fc.read_timeout_ms / 1000.0
     # records live 2 x ttl in the store, so the validator sees (and counts) stale ones in between
-    store = open_store(fc.store_url, ttl_s=2 * fc.ttl_s, socket_timeout=max(0.05, 4 * budget_s), retries=0, connect=False)
+    if mirror_path:
+        from feedrank.features.mirror import MirrorStore
+
+        store = MirrorStore(mirror_path, ttl_s=2 * fc.ttl_s)
+    else:
+        store = open_store(fc.store_url, ttl_s=2 * fc.ttl_s, socket_timeout=max(0.05, 4 * budget_s), retries=0,
+                           connect=False)
     rt = build_realtime(fc, history_len=cfg.retrieval.history_len, prior_weight=cfg.ranking.ctr_prior)
     return LiveFeatures(store, rt, history_len=cfg.retrieval.history_len, read_timeout_s=budget_s, stall_s=fc.stall_s,
                         ttl_s=fc.ttl_s, poll_s=fc.poll_s, commit_every_s=fc.commit_every_s)
@@ -93,9 +103,15 @@ class LiveCollector:
             invalid.add_metric([f, r], v)
         yield invalid
         c = s["consumer"] or {}
-        yield CounterMetricFamily("feedrank_features_consumer_applied", "Events applied by the real-time consumer",
-                                  value=c.get("applied", 0))
-        yield CounterMetricFamily("feedrank_features_consumer_errors", "Failed consumer polls", value=c.get("errors", 0))
+        if self.live.mirror:  # one node consumer that every worker reports: a gauge, max over the workers
+            yield GaugeMetricFamily("feedrank_features_node_consumer_applied",
+                                    "Events applied by the node's consumer process", value=c.get("applied", 0))
+            yield GaugeMetricFamily("feedrank_features_node_consumer_errors", "Failed polls of the node's consumer process",
+                                    value=c.get("errors", 0))
+        else:
+            yield CounterMetricFamily("feedrank_features_consumer_applied", "Events applied by the real-time consumer",
+                                      value=c.get("applied", 0))
+            yield CounterMetricFamily("feedrank_features_consumer_errors", "Failed consumer polls", value=c.get("errors", 0))
         yield CounterMetricFamily("feedrank_features_publish_errors", "Failed writes into the feature store",
                                   value=s["publish_errors"])
         age = s["heartbeat_age_s"]

@@ -50,7 +50,8 @@ STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 LOOP_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 MIRROR_EVERY_S = 1.0
-GAUGE_MODES = {"feedrank_features_heartbeat_age_seconds": "livemax", "feedrank_features_stalled": "livemax"}
+GAUGE_MODES = {"feedrank_features_heartbeat_age_seconds": "livemax", "feedrank_features_stalled": "livemax",
+               "feedrank_features_node_consumer_applied": "livemax", "feedrank_features_node_consumer_errors": "livemax"}
 _LIVE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
 
 

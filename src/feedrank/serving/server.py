@@ -41,7 +41,11 @@ def serve_workers(spec: dict, workers: int, host: str = "127.0.0.1", port: int =
 
     from feedrank.serving.balance import run_supervisor
 
-    os.environ.update(write_spec(workers=workers, **spec))  # the spawned workers read it
+    from feedrank.serving.node_consumer import NodeKeeper
+
+    os.environ.update(write_spec(workers=workers, log_level=log_level, **spec))  # the spawned workers read it
+    # features.consumer=node: one consumer process for the node (it exits at once when not configured)
+    node = NodeKeeper(dict(os.environ)).start() if workers > 1 else None
     config = uvicorn.Config(
         "feedrank.serving.workers:create_worker_app",
         factory=True,
@@ -56,6 +60,9 @@ def serve_workers(spec: dict, workers: int, host: str = "127.0.0.1", port: int =
         run_supervisor(config, [sock])
     except KeyboardInterrupt:
         pass
+    finally:
+        if node is not None:
+            node.stop()
 
 
 def free_port() -> int:

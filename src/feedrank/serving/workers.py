@@ -100,6 +100,11 @@ def write_spec(**spec: Any) -> dict[str, str]:
     if "claims_dir" not in spec:
         spec["claims_dir"] = tempfile.mkdtemp(prefix="feedrank-workers-")
         atexit.register(shutil.rmtree, spec["claims_dir"], True)
+    if int(spec.get("workers", 1)) > 1 and "mirror_path" not in spec:  # where a node consumer would publish
+        from feedrank.serving.node_consumer import mirror_path_for
+
+        spec["mirror_path"] = mirror_path_for(spec["claims_dir"])
+        atexit.register(shutil.rmtree, str(Path(spec["mirror_path"]).parent), True)
     mdir = metrics_dir(spec["claims_dir"])
     return {SPEC_ENV: json.dumps(spec), MULTIPROC_ENV: str(mdir), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1"}
@@ -115,12 +120,13 @@ def create_worker_app():
     overrides = tuple(spec.get("overrides") or ())
     if spec.get("registry_dir"):
         app, _log, manager, cfg = build_registry_service(spec["registry_dir"], spec.get("events_dir"), spec.get("config_path"),
-                                                          overrides, float(spec.get("poll_s", 5.0)), partition=part)
+                                                          overrides, float(spec.get("poll_s", 5.0)), partition=part,
+                                                          mirror_path=spec.get("mirror_path"))
         manager.start()
         version = manager.model_version
     else:
         app, _log, rec, cfg = build_service(spec["model_dir"], spec.get("events_dir"), spec.get("config_path"), overrides,
-                                             partition=part)
+                                             partition=part, mirror_path=spec.get("mirror_path"))
         version = rec.model_version
     if cfg.serving.balance_connections and int(spec["workers"]) > 1:
         from feedrank.serving.balance import attach_board
