@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from feedrank.data.eventlog import EventLog
-from feedrank.features.mirror import MirrorReader
+from feedrank.features.mirror_reader import MirrorReader
 from feedrank.serving.serve_process import start_serve
 
 
@@ -43,6 +43,13 @@ def _node_pids(group: int) -> list[int]:
         except (OSError, ProcessLookupError):
             continue
     return pids
+
+
+def _writer_pid(reader: MirrorReader) -> int | None:
+    try:
+        return int(reader.stats()["writer_pid"])
+    except (ConnectionError, ValueError, OSError):  # another run's mirror, gone or being replaced
+        return None
 
 
 def _feed(url: str, user: str) -> dict:
@@ -104,8 +111,8 @@ def test_one_node_consumer_feeds_both_workers_and_comes_back(two_models, tmp_pat
         new_pid = _node_pids(srv.proc.pid)[0]
         deadline = time.monotonic() + 60
         while True:
-            mirrors = [MirrorReader(p) for p in Path("/dev/shm").glob("feedrank-*/features.mirror")]
-            mine = [m for m in mirrors if m.stats()["writer_pid"] == new_pid]
+            mine = [m for m in map(MirrorReader, Path("/dev/shm").glob("feedrank-*/features.mirror"))
+                    if _writer_pid(m) == new_pid]
             u1 = mine[0].get_user("u1", time.time()) if mine else None
             u2 = mine[0].get_user("u2", time.time()) if mine else None
             if u1 and u2 and u2["n_clicks"] >= 3 and u1["n_clicks"] >= 5:
@@ -113,7 +120,13 @@ def test_one_node_consumer_feeds_both_workers_and_comes_back(two_models, tmp_pat
             assert time.monotonic() < deadline, (len(mine), u1, u2)
             time.sleep(0.5)
         assert _feed(url, "u2")["items"]
-    assert "exited with status" in (tmp_path / "serve.err").read_text()
+        # a SIGTERM to the consumer alone (not a server stop) is a failure too: started again
+        os.kill(new_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while not (_node_pids(srv.proc.pid) and _node_pids(srv.proc.pid) != [new_pid]):
+            assert time.monotonic() < deadline, "the node consumer was not started again after a SIGTERM"
+            time.sleep(0.2)
+    assert (tmp_path / "serve.err").read_text().count("exited with status") >= 2
 
 
 def test_node_consumer_follows_the_registry_and_posted_items(two_models, tmp_path: Path) -> None:

@@ -126,6 +126,36 @@ def _wait_http(url: str, timeout: float = 600.0, proc: subprocess.Popen | None =
     raise RuntimeError(f"server at {url} did not come up in {timeout:.0f}s")
 
 
+def _metric(text: str, name: str) -> float | None:
+    m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    return None if m is None else float(m.group(1))
+
+
+def wait_consumers_idle(url: str, timeout: float = 900.0, quiet_s: float = 2.0) -> float:
+    """Before any load: wait until the live features' consumer (the node's, or each
+    worker's) has opened the log and applied what it holds: a heartbeat, and the applied
+    count unchanged over ``quiet_s``. A server started on a large events folder (the bench
+    reuses one) otherwise spends its first minute catching up inside the measured runs.
+    Returns the seconds waited (at most ``timeout``; no live features: at once)."""
+    t0, last = time.time(), None
+    while time.time() - t0 < timeout:
+        try:
+            text = httpx.get(url + "/metrics", timeout=5.0).text
+        except httpx.HTTPError:
+            text = ""
+        applied = _metric(text, "feedrank_features_node_consumer_applied")
+        if applied is None:
+            applied = _metric(text, "feedrank_features_consumer_applied_total")
+        age = _metric(text, "feedrank_features_heartbeat_age_seconds")
+        if applied is None and "feedrank_features_served_total" not in text and text:
+            return time.time() - t0  # features.live off
+        if age is not None and age == age and applied is not None and applied == last:
+            return time.time() - t0
+        last = applied if age is not None and age == age else None
+        time.sleep(quiet_s)
+    return time.time() - t0
+
+
 def _parse_wrk(out: str) -> dict[str, Any]:
     def ms(text: str) -> float:
         m = re.match(r"([\d.]+)(us|ms|s)", text)
@@ -272,6 +302,8 @@ def run_serve_bench(workdir: Path, users: int, items: int, days: int, activity: 
         say("waiting for the server (loading the model)")
         _wait_http(url + "/readyz", timeout=1800.0, proc=server)  # N workers each load the bundle (1M items: minutes)
         _wait_http(bare_url + "/")
+        say("waiting for the live features' consumer to catch up with the events folder")
+        out["consumer_catch_up_s"] = round(wait_consumers_idle(url), 1)
         # warm-up, then one measurement per rate
         _run_wrk(url, 50, 3, 4, users, k, seed=1)
         if warmup_s > 0 and rates:

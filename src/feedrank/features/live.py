@@ -46,6 +46,7 @@ from feedrank.features.live_io import (BASE_FIELDS, HASH_BITS, STATUSES, STREAM_
                                        ReadGuard, StorePublisher, baselines_from_daily, item_hash, live_specs,
                                        window_fields, worst, write_baselines)
 from feedrank.features.mirror import keys_from_hashes
+from feedrank.features.mirror_reader import MirrorStore
 from feedrank.features.realtime import RealtimeFeatures
 from feedrank.features.validation import FeatureValidator
 
@@ -86,6 +87,7 @@ class CatalogBinding:
     def extend(self, item_ids: Sequence[str]) -> None:
         with self._lock:
             hashes = [item_hash(str(iid)) for iid in item_ids]
+            before = [self.id_rows.get(str(iid)) for iid in item_ids]  # an update of an item keeps its baseline
             for iid, h in zip(item_ids, hashes):
                 self.hash_rows[h] = len(self.ids)
                 self.id_rows[str(iid)] = len(self.ids)
@@ -95,8 +97,13 @@ class CatalogBinding:
             self.cached = np.concatenate([self.cached, np.zeros((m, 4))])
             self.cached_base = np.concatenate([self.cached_base, np.zeros(m, dtype=bool)])
             self.cached_at = np.concatenate([self.cached_at, np.full(m, -np.inf)])
-            self.base = np.concatenate([self.base, np.zeros((m, 2))])
-            self.has_base = np.concatenate([self.has_base, np.zeros(m, dtype=bool)])
+            base, has_base = np.zeros((m, 2)), np.zeros(m, dtype=bool)
+            old = [(k, r) for k, r in enumerate(before) if r is not None]
+            if old:
+                at, rows = np.asarray(old, dtype=np.int64).T
+                base[at], has_base[at] = self.base[rows], self.has_base[rows]
+            self.base = np.concatenate([self.base, base])
+            self.has_base = np.concatenate([self.has_base, has_base])
 
     def invalidate(self, item_ids: Sequence[str] | None = None) -> None:
         """Forget the cached fields of these items (all: None); they were just written."""
@@ -150,7 +157,8 @@ class _NodeConsumerView:
 
     def offset_json(self, committed: bool = False) -> dict:
         return {"node_consumer_pid": self.node["writer_pid"], "mirror_items": self.node["items"],
-                "mirror_users": self.node["users"], "torn_reads": self.node["torn_reads"]}
+                "mirror_users": self.node["users"], "torn_reads": self.node["torn_reads"],
+                "truncated": self.node["truncated"], "dropped": self.node["dropped"], "evicted": self.node["evicted"]}
 
 
 # ---------------------------------------------------------------------- the process-level object
@@ -168,7 +176,8 @@ class LiveFeatures:
         self.clock = clock
         # in-process dicts and the node's shared memory cannot be slow or down
         inline = type(store).__name__ in ("MemoryStore", "MirrorStore")
-        self.mirror = callable(getattr(store, "get_keyed", None))  # the node consumer publishes; no consumer here
+        self.mirror = isinstance(store, MirrorStore)  # the node consumer publishes; no consumer here
+        self._mirror_fields_ok: tuple | None = None  # (mirror's item fields, carries the ones read)
         self.guard = ReadGuard(read_timeout_s, inline=inline)
         self.windows = tuple(rt.windows)
         wl = max(self.windows)
@@ -391,26 +400,40 @@ class LiveFeatures:
         """``read_rows`` from the node consumer's mirror: every row read (a few vectorised
         lookups; no cache, so nothing is stale), the baselines from the binding's rows."""
         replaced, status = 0, "live"
-        if self.stream_stalled():
+        names = self._item_names[:2]
+        batch, outcome = self.guard.call(self.store.get_keyed, binding.keys[rows], names, now)
+        if outcome != "ok" or not self._mirror_has(names):  # no mirror (yet), or one of other windows
+            status = "default"
+            imps = clicks = np.zeros(len(rows))
+        elif self.stream_stalled():
             status = "baseline"
             scale = max(self.windows) / 86400.0
             has = binding.has_base[rows]
             imps = np.where(has, binding.base[rows, 0] * scale, 0.0)
             clicks = np.where(has, binding.base[rows, 1] * scale, 0.0)
         else:
-            names = self._item_names[:2]
-            batch, outcome = self.guard.call(self.store.get_keyed, binding.keys[rows], names, now)
-            if outcome != "ok":
-                status = "default"
-                imps = clicks = np.zeros(len(rows))
-            else:
-                clean, replaced = self.validator.clean(_RowIds(binding.ids, rows), names, batch.values, batch.present,
-                                                       ts=batch.ts, now=now, fallback=np.zeros((len(rows), 2)))
-                imps, clicks = clean[:, 0], clean[:, 1]
+            clean, replaced = self.validator.clean(_RowIds(binding.ids, rows), names, batch.values, batch.present,
+                                                   ts=batch.ts, now=now, fallback=np.zeros((len(rows), 2)))
+            imps, clicks = clean[:, 0], clean[:, 1]
         with self._lock:
             self.cache_misses += len(rows)
             self.served[status] += 1
         return LiveItems(np.maximum(imps, fb_imps), np.maximum(clicks, fb_clicks), np.zeros(len(rows)), status, replaced)
+
+    def _mirror_has(self, names: Sequence[str]) -> bool:
+        """Whether the node's mirror carries ``names`` (a node consumer running another
+        config's windows does not): checked once per mirror file, logged when not."""
+        try:
+            have = self.store.item_names()
+        except Exception:
+            return False
+        if self._mirror_fields_ok is None or self._mirror_fields_ok[0] != have:
+            ok = all(n in have for n in names)
+            if not ok:
+                log.error("the node consumer's mirror %s carries %s, not %s (features.windows_s differ between the "
+                          "workers and the node consumer?): serving defaults", self.store.url, list(have), list(names))
+            self._mirror_fields_ok = (have, ok)
+        return self._mirror_fields_ok[1]
 
     def _invalidate(self, item_ids: list[str] | None = None) -> None:
         for binding in list(self._bindings):
@@ -469,9 +492,9 @@ class LiveFeatures:
         """Up to ``k`` item ids with the most clicks in the middle window (trending score
         breaks ties), from this process's real-time state (with the node consumer: the list
         it published); [] when nothing is streaming."""
-        if self.mirror:
+        if self.mirror:  # a stalled node's list would never decay: none then
             got, outcome = self.guard.call(self.store.hot_items)
-            return list(got[:k]) if outcome == "ok" and k > 0 else []
+            return list(got[:k]) if outcome == "ok" and k > 0 and not self.stream_stalled() else []
         return hot_item_ids(self.rt, self.publisher.stream_now, now, k)
 
     def _served(self, status: str) -> None:
@@ -498,7 +521,7 @@ class LiveFeatures:
                                                 "committed": c.offset_json(committed=True)},
             "item_cache": {"ttl_s": self.item_cache_s, "hits": self.cache_hits, "misses": self.cache_misses},
             "published": self.publisher.published,
-            "publish_errors": self.publisher.publish_errors,
+            "publish_errors": c.node["publish_errors"] if isinstance(c, _NodeConsumerView) else self.publisher.publish_errors,
             "heartbeat_age_s": None if not np.isfinite(beat) else round(self.clock() - beat, 3),
             "stalled": self.stream_stalled() if self.mirror else self.rt.stalled(),
             "realtime": self.rt.stats(),

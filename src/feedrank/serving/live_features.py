@@ -42,7 +42,7 @@ def build_live(cfg: FeedrankConfig, mirror_path: str | None = None) -> LiveFeatu
     budget_s = fc.read_timeout_ms / 1000.0
     # records live 2 x ttl in the store, so the validator sees (and counts) stale ones in between
     if mirror_path:
-        from feedrank.features.mirror import MirrorStore
+        from feedrank.features.mirror_reader import MirrorStore
 
         store = MirrorStore(mirror_path, ttl_s=2 * fc.ttl_s)
     else:

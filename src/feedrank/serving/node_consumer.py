@@ -5,8 +5,8 @@ several workers.
     # the supervisor runs beside its workers:  python -m feedrank.serving.node_consumer
     # (the serve command's spec in $FEEDRANK_SERVE_SPEC, as the workers read it)
 
-With ``features.consumer = worker`` (the default) every worker runs its own consumer
-thread over every worker's event partition: the node reads, decodes and applies each
+With ``features.consumer = worker`` every worker runs its own consumer thread over every
+worker's event partition: the node reads, decodes and applies each
 event once per worker, and a worker's consumer holds that worker's GIL while its requests
 wait (benchmarks/README.md, round 8: ~13% of a worker's GIL samples at 300 rps). Here one
 process does it once and publishes into a shared-memory mirror (features/mirror.py) that
@@ -51,6 +51,8 @@ log = logging.getLogger("feedrank.serving.node")
 
 HOT_ITEMS = 1000        # hot items published (the trending source asks for far fewer)
 PUBLISH_EVERY_S = 1.0   # hot list and counters
+NOT_USED = 3            # exit status: this configuration has no node consumer (not restarted)
+SHM_MIN_FREE = 2 << 30  # /dev/shm must have this much free for the mirror (1.1 GiB at the defaults)
 
 
 def wants_node_consumer(cfg) -> bool:
@@ -60,11 +62,19 @@ def wants_node_consumer(cfg) -> bool:
     return bool(f.live and f.consumer == "node" and not cfg.serving.events_url and f.store_url.startswith("memory://"))
 
 
-def mirror_path_for(claims_dir: str | Path) -> str:
-    """The mirror file of a server run: in ``/dev/shm`` (tmpfs) when it is writable, else
-    in the run's claims folder."""
+def mirror_path_for(claims_dir: str | Path, need_bytes: int = SHM_MIN_FREE) -> str:
+    """The mirror file of a server run: in ``/dev/shm`` (tmpfs) when it is writable and has
+    ``need_bytes`` free (a container's default 64 MiB does not: writing past it would kill
+    the writer with SIGBUS), else in the run's claims folder (a file the page cache keeps)."""
     shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(claims_dir)
+    base = Path(claims_dir)
+    try:
+        if shm.is_dir() and os.access(shm, os.W_OK):
+            st = os.statvfs(shm)
+            if st.f_bavail * st.f_frsize >= need_bytes:
+                base = shm
+    except OSError:
+        pass
     return str(base / f"feedrank-{Path(claims_dir).name}" / "features.mirror")
 
 
@@ -185,8 +195,8 @@ class NodeConsumer:
             return
         v = self.registry.current()
         if v is not None and v != self.version:
-            self.version = v
             self.bind(self.registry.path(v))
+            self.version = v  # after the bind: one that failed is tried again next round
 
     # ------------------------------------------------------------------ the stream
     def start(self, stop: threading.Event) -> bool:
@@ -204,6 +214,8 @@ class NodeConsumer:
         # (baselines), not a missing mirror (defaults)
         self.writer = MirrorWriter.create(self.spec["mirror_path"], window_fields(self.rt.windows), max_items=fc.max_items,
                                           max_users=fc.max_users, user_fields=fc.mirror_user_fields)
+        if not self.events_root.is_dir():
+            log.info("node consumer: waiting for the workers to create %s", self.events_root)
         while not self.events_root.is_dir():
             if stop.wait(0.2):
                 return False
@@ -247,7 +259,7 @@ class NodeConsumer:
         self.writer.set_hot(self.hot_items())
         c = self.consumer
         if c is not None:
-            self.writer.set_stats(c.applied, c.errors)
+            self.writer.set_stats(c.applied, c.errors, self.publisher.publish_errors if self.publisher else 0)
 
     def run(self, stop: threading.Event) -> None:
         if not self.start(stop):
@@ -274,8 +286,9 @@ class NodeConsumer:
 
 class NodeKeeper:
     """The supervisor's side: runs ``python -m feedrank.serving.node_consumer`` with the
-    workers' environment and starts it again (after ``restart_s``) whenever it exits with
-    a failure; an exit status of 0 (not used by the configuration, or stopped) ends it."""
+    workers' environment and starts it again whenever it exits (a crash, a kill, a SIGTERM
+    sent to it alone), after ``restart_s`` doubling up to 30 s while it keeps dying within
+    a minute; only ``NOT_USED`` (this configuration has no node consumer) or ``stop`` end it."""
 
     def __init__(self, env: dict[str, str], restart_s: float = 1.0) -> None:
         from feedrank.serving.workers import MULTIPROC_ENV
@@ -285,6 +298,7 @@ class NodeKeeper:
         self.proc = None
         self.starts = 0
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._keep, name="node-consumer-keeper", daemon=True)
 
     def start(self) -> "NodeKeeper":
@@ -294,19 +308,27 @@ class NodeKeeper:
     def _keep(self) -> None:
         import subprocess
 
-        while not self._stop.is_set():
-            self.starts += 1
-            self.proc = subprocess.Popen([sys.executable, "-m", "feedrank.serving.node_consumer"], env=self.env)
+        wait = self.restart_s
+        while True:
+            with self._lock:  # stop() either sees this process or prevents it
+                if self._stop.is_set():
+                    return
+                self.starts += 1
+                self.proc = subprocess.Popen([sys.executable, "-m", "feedrank.serving.node_consumer"], env=self.env)
+            t0 = time.monotonic()
             log.info("node consumer started (pid %d)", self.proc.pid)
             rc = self.proc.wait()
-            if rc == 0 or self._stop.is_set():
+            if rc == NOT_USED or self._stop.is_set():
                 return
-            log.error("node consumer (pid %d) exited with status %d; starting it again in %.0f s (the workers serve "
-                      "their defaults meanwhile)", self.proc.pid, rc, self.restart_s)
-            self._stop.wait(self.restart_s)
+            wait = self.restart_s if time.monotonic() - t0 > 60 else min(30.0, wait * 2 if self.starts > 1 else wait)
+            if self._stop.wait(wait):  # the server is stopping (its signal reached the consumer first)
+                return
+            log.error("node consumer (pid %d) exited with status %d %.0f s ago; starting it again (the workers served "
+                      "baselines or defaults meanwhile)", self.proc.pid, rc, wait)
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
         p = self.proc
         if p is not None and p.poll() is None:
             p.terminate()
@@ -344,7 +366,7 @@ def main() -> int:
     if not wants_node_consumer(node.cfg):
         log.info("node consumer: not used by this configuration (features.consumer=%s); exiting",
                  node.cfg.features.consumer)
-        return 0
+        return NOT_USED
 
     def watch_parent() -> None:
         while not stop.wait(1.0):
@@ -357,6 +379,10 @@ def main() -> int:
         node.run(stop)
     finally:
         node.close()
+        if os.getppid() != parent:  # the supervisor died without its clean-up: the mirror goes with us
+            import shutil
+
+            shutil.rmtree(Path(spec["mirror_path"]).parent, ignore_errors=True)
     return 0
 
 

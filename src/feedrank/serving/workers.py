@@ -22,8 +22,11 @@ What each worker owns, and the consistency that gives (docs/api.md, "Workers"):
   client retry that lands on the other worker is written twice and readers drop the
   repeat by ``event_id``. With ``serving.events_url=redis://...`` all workers share one
   stream instead.
-* **Readers** see every worker's events: each worker's real-time counters consume every
-  partition (``data.partitions.PartitionedLog``, an offset per partition), and so do
+* **Readers** see every worker's events: the real-time counters consume every partition
+  (``data.partitions.PartitionedLog``, an offset per partition), by default in one consumer
+  process for the node that publishes into shared memory the workers read
+  (``features.consumer=node``: serving/node_consumer.py, features/mirror.py; the
+  supervisor starts it, restarts it when it dies and stops it), else in each worker; so do
   ``feedrank retrain``, the offline exporter and ``feedrank ab report``.
 * **Metrics**: the supervisor creates a fresh folder for prometheus_client's multiprocess
   mode (``PROMETHEUS_MULTIPROC_DIR``; an existing one given in the environment is emptied

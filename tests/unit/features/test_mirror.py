@@ -14,8 +14,8 @@ import pytest
 
 from feedrank.features.live import LiveFeatures
 from feedrank.features.live_io import STREAM_KEY, StorePublisher, item_hash, window_fields
-from feedrank.features.mirror import (C_ITEMS, MirrorReader, MirrorStore, MirrorWriter, item_key, item_keys,
-                                      keys_from_hashes)
+from feedrank.features.mirror import C_DROPPED, C_ITEMS, MirrorWriter, _Mapped, item_key, item_keys, keys_from_hashes
+from feedrank.features.mirror_reader import MirrorReader, MirrorStore
 from feedrank.features.realtime import RealtimeFeatures
 
 NAMES = ("imps_86400", "clicks_86400", "trending")
@@ -86,7 +86,7 @@ def test_a_slot_being_written_reads_as_missing(tmp_path: Path) -> None:
     w = _writer(tmp_path / "m")
     w.put_item_table(["a", "b"], ["imps_86400"], np.array([[1.0], [2.0]]), ts=10.0)
     r = MirrorReader(tmp_path / "m")
-    t = w.m.items
+    t = w.m.item_bank()[0].table
     slot = int(t.find(np.asarray([item_key("a")]))[0])
     t.seq[slot] += 1  # the writer is in the middle of this slot
     b = r.get_items(["a", "b"], ["imps_86400"], now=11.0)
@@ -122,32 +122,63 @@ def test_not_a_mirror_is_named(tmp_path: Path) -> None:
 
 
 def _hammer(path: str, seconds: float) -> None:
-    w = MirrorWriter(MirrorReader(path)._map().__class__(Path(path), writable=True))
-    ids = [f"n{i}" for i in range(64)]
+    """Writes items whose first value is their own number and whose second is the write's
+    version (= its time), into tables small enough to be rebuilt again and again."""
+    w = MirrorWriter(_Mapped(Path(path), writable=True))
+    ids = [f"n{i}" for i in range(300)]
     v, end = 0.0, time.monotonic() + seconds
+    rng = np.random.default_rng(0)
     while time.monotonic() < end:
         v += 1.0
-        w.put_item_table(ids, ["imps_86400", "clicks_86400"], np.full((64, 2), v), ts=v)
-        w.put_user("u", {"n_clicks": v, "c0": v}, ts=v)
+        pick = rng.choice(300, 40, replace=False)
+        table = np.stack([pick.astype(float), np.full(40, v)], 1)
+        w.put_item_table([ids[i] for i in pick], ["imps_86400", "clicks_86400"], table, ts=v)
+        u = int(rng.integers(0, 200))
+        w.put_user(f"u{u}", {"n_clicks": float(u), "c0": v}, ts=v)
 
 
-def test_reads_are_consistent_while_another_process_writes(tmp_path: Path) -> None:
+def test_reads_are_consistent_while_another_process_writes_and_rebuilds(tmp_path: Path) -> None:
     path = tmp_path / "m"
-    _writer(path).close()
-    proc = mp.get_context("fork").Process(target=_hammer, args=(str(path), 1.5))
+    _writer(path, max_items=60, max_users=30).close()
+    proc = mp.get_context("fork").Process(target=_hammer, args=(str(path), 2.0))
     proc.start()
     r = MirrorReader(path)
-    seen, end = 0, time.monotonic() + 1.5
-    ids = [f"n{i}" for i in range(64)]
+    seen = users = 0
+    end = time.monotonic() + 2.0
+    ids = [f"n{i}" for i in range(300)]
     while time.monotonic() < end:
         b = r.get_items(ids, ["imps_86400", "clicks_86400"], now=0.0)
         ok = b.found
-        assert (b.values[ok, 0] == b.values[ok, 1]).all() and (b.ts[ok] == b.values[ok, 0]).all()
-        u = r.get_user("u", now=0.0)
-        assert u is None or u["n_clicks"] == u["c0"]
+        assert (b.values[ok, 0] == np.flatnonzero(ok)).all()  # never another item's record
+        assert (b.ts[ok] == b.values[ok, 1]).all()             # never half of one write
+        for u in range(0, 200, 7):
+            rec = r.get_user(f"u{u}", now=0.0)
+            if rec is not None:
+                assert rec["n_clicks"] == float(u) and rec["c0"] >= 1.0
+                users += 1
         seen += int(ok.sum())
     proc.join(10)
-    assert proc.exitcode == 0 and seen > 0
+    assert proc.exitcode == 0 and seen > 0 and users > 0
+    assert r.stats()["evicted"] > 0  # the tables were rebuilt under the reads
+
+
+def test_a_batch_larger_than_the_table_keeps_what_fits(tmp_path: Path) -> None:
+    w = _writer(tmp_path / "m", max_items=10)
+    ids = [f"n{i}" for i in range(100)]
+    w.put_item_table(ids, ["imps_86400"], np.arange(100, dtype=float)[:, None], ts=1.0)
+    r = MirrorReader(tmp_path / "m")
+    b = r.get_items(ids, ["imps_86400"], now=2.0)
+    found = np.flatnonzero(b.found)
+    assert len(found) == r.stats()["items"] > 0 and (b.values[found, 0] == found).all()
+    assert int(r._map().ci[C_DROPPED]) == 100 - len(found)
+
+
+def test_a_long_user_record_keeps_its_newest_clicks(tmp_path: Path) -> None:
+    w = _writer(tmp_path / "m", user_fields=16)
+    rec = {"n_clicks": 30.0, **{f"c{k}": float(100 + k) for k in range(30)}, "aff:a": 0.5}
+    w.put_user("u", rec, ts=1.0)
+    got = MirrorReader(tmp_path / "m").get_user("u", now=2.0)
+    assert got == {"n_clicks": 30.0, **{f"c{k}": float(115 + k) for k in range(15)}}  # oldest first, renumbered
 
 
 # ---------------------------------------------------------------------- a worker reading it
@@ -209,3 +240,34 @@ def test_mirror_store_is_read_only(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="item records"):
         store.put_items({"n1": {"base_imps_day": 1.0}}, ts=0.0)
     assert int(MirrorReader(tmp_path / "m")._map().ci[C_ITEMS]) == 0
+
+
+def test_a_missing_or_stalled_node_reads_as_the_per_worker_path_would(tmp_path: Path) -> None:
+    ids = [f"n{i}" for i in range(6)]
+    cats = ["a"] * 6
+    live = LiveFeatures(MirrorStore(tmp_path / "m"), RealtimeFeatures((300, 3600, 86400)), stall_s=60.0)
+    binding = live.bind(_Snap(len(ids)), ids, cats)
+    live.load_baselines(ids, np.full(6, 24.0), np.full(6, 2.0))
+    now = time.time()
+    # no mirror yet (the node consumer is starting): defaults, for users and items alike
+    assert live.read_user("u", now, binding) == (None, "default")
+    got = live.read_rows(binding, np.asarray([0, 1]), now, np.full(2, 3.0), np.zeros(2))
+    assert got.status == "default" and got.impressions.tolist() == [3.0, 3.0]
+    w = MirrorWriter.create(tmp_path / "m", window_fields((300, 3600, 86400)), max_items=100, max_users=100)
+    w.heartbeat(now - 3600.0)  # a node that stopped beating an hour ago
+    w.set_hot(["n1"])
+    live2 = LiveFeatures(MirrorStore(tmp_path / "m"), RealtimeFeatures((300, 3600, 86400)), stall_s=60.0)
+    b2 = live2.bind(_Snap(len(ids)), ids, cats)
+    live2.load_baselines(ids, np.full(6, 24.0), np.full(6, 2.0))
+    assert live2.hot_items(now, 5) == []  # a stalled node's hot list does not decay: not served
+    live2.extend_catalog(b2, ["n2", "new"], ["a", "a"])  # an update of n2 keeps its baseline
+    got = live2.read_rows(b2, np.asarray([6, 7]), now, np.zeros(2), np.zeros(2))
+    assert got.status == "baseline" and got.impressions.tolist() == [24.0, 0.0]
+    w.heartbeat(time.time())
+    live2.heartbeat_check_s = 0.0  # read the heartbeat again now
+    assert live2.hot_items(now, 5) == ["n1"]
+    # a node consumer publishing other windows than these workers read: defaults, not zeros as live
+    MirrorWriter.create(tmp_path / "m", window_fields((60,)), max_items=100, max_users=100).heartbeat(time.time())
+    live3 = LiveFeatures(MirrorStore(tmp_path / "m"), RealtimeFeatures((300, 3600, 86400)), stall_s=60.0)
+    b3 = live3.bind(_Snap(len(ids)), ids, cats)
+    assert live3.read_rows(b3, np.asarray([0]), now, np.zeros(1), np.zeros(1)).status == "default"
