@@ -73,7 +73,9 @@ def serve_cmd(users: int, items: int, days: int, activity: float, rates: str, se
               connections: int, k: int, workdir: str, settings: tuple[str, ...], workers: int, as_json: bool) -> None:
     """Load test the HTTP server with wrk at fixed offered rates (127.0.0.1 only, bounded in
     time): achieved rps, p50/p75/p90/p99, non-2xx, tier mix, and a bare ASGI endpoint in the
-    same run for the cost of the HTTP layer. Writes benchmarks/results/serve.json.
+    same run for the cost of the HTTP layer. Before any load it waits until the live
+    features' consumer has caught up with the (reused) events folder (``consumer_catch_up_s``
+    in the JSON). Writes benchmarks/results/serve.json.
 
     \b
     Examples:

@@ -33,19 +33,21 @@ Consistency: each slot has a sequence number the writer makes odd while it write
 slot and even after; a reader reads the numbers, copies the slots, reads the numbers
 again and keeps a slot only if its number was even and unchanged and its key is the one
 asked for (else it reads again, then reports the slot missing). Keys never move in the
-serving bank. When it is over ``LOAD_MAX`` full, the writer copies the newest
-``LOAD_KEEP`` of its records into the spare bank (under the spare's generation number,
-odd while it is written) and then makes the spare the serving bank: readers never see a
-table being rebuilt. Missing is never an error here: the request path serves its
+serving bank. When it is over ``LOAD_MAX`` of its slots full, the writer copies its newest
+records, up to ``LOAD_KEEP`` of the slots (more than ``max_items`` / ``max_users``, what the
+real-time state holds), into the spare bank (under the spare's generation number, odd
+while it is written) and then makes the spare the serving bank: readers never see a table
+being rebuilt. Sequence and generation numbers are set to absolute values (never
+incremented), so an exception in the middle of a write cannot flip what parity means. Missing is never an error here: the request path serves its
 defaults (features/live.py).
 
 A user record of more than ``user_fields`` fields keeps its other fields, its newest
 clicks (renumbered ``c0``.., oldest first, as the reader expects) and its largest category
 shares; the fields left out are counted (``truncated``). A batch with more new items than
-the table has room for keeps what fits (the rest counted, ``dropped``). Sizes at the
-defaults (200,000 items and users, 3 windows): items 2 x 512 Ki slots x 80 B = 80 MiB,
-users 2 x 512 Ki slots x 1 KiB = 1 GiB, sparse files in ``/dev/shm`` (tmpfs): only touched
-pages take memory, and a bank is touched once it has served.
+the table has room for (up to ``LOAD_MAX``) keeps what fits (the rest counted,
+``dropped``). Sizes at the defaults (200,000 items and users, 3 windows): items 2 x 512 Ki
+slots x 80 B = 80 MiB, users 2 x 512 Ki slots x ~1 KiB = ~1 GiB (``MirrorWriter.bytes_needed``),
+a sparse file: only touched pages take memory (the spare bank's from its first rebuild).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ LAYOUT_AT, LAYOUT_MAX = 16, 60_000
 COUNTERS_AT, N_COUNTERS = 64 * 1024, 64
 NAMES_AT, NAME_BYTES, MAX_NAMES = 128 * 1024, 64, 4096          # 256 KiB
 HOT_AT, HOT_MAX = 384 * 1024, 512 * 1024                         # JSON bytes (length and seq in the counters)
-LOAD_MAX, LOAD_KEEP = 0.6, 0.3
+LOAD_MAX, LOAD_KEEP = 0.6, 0.45  # a rebuild keeps up to 0.45 of the slots: more than max_items/max_users
 KEY_BIT = np.int64(1 << 62)
 RETRIES = 4
 _HISTORY = re.compile(r"c(\d+)")
@@ -290,6 +292,7 @@ class MirrorWriter:
         self._names = mapped.read_names()
         self._name_id = {n: i for i, n in enumerate(self._names)}
         self._keys: dict[str, int] = {}
+        self.hold_heartbeat = False
 
     @classmethod
     def create(cls, path: str | Path, item_names: Sequence[str], *, max_items: int, max_users: int,
@@ -382,16 +385,20 @@ class MirrorWriter:
             bank = self._rebuild_items(n_new)
             slots = bank.table.find(keys)
             new = slots < 0
+        room = int(LOAD_MAX * len(bank.table.keys)) - int(m.ci[C_ITEMS])
+        if int(new.sum()) > room:  # more new items than the table has room for: keep what fits
+            over = np.flatnonzero(new)[max(0, room):]
+            keep = np.ones(len(keys), dtype=bool)
+            keep[over] = False
+            m.ci[C_DROPPED] += len(over)
+            keys, table, slots, new = keys[keep], table[keep], slots[keep], new[keep]
         if new.any():
             slots[new] = bank.table.claim(keys[new])
-            if (slots < 0).any():  # more new items than the table has room for: keep what fits
-                fits = slots >= 0
-                m.ci[C_DROPPED] += int((~fits).sum())
-                keys, table, slots, new = keys[fits], table[fits], slots[fits], new[fits]
         t = bank.table
         src = [j for j, _ in cols]
         dst = [c for _, c in cols]
-        t.seq[slots] += 1                          # odd: being written
+        odd = t.seq[slots] | 1                     # absolute values: a slot's parity always means the same
+        t.seq[slots] = odd                         # odd: being written
         if new.any():
             bank.vals[slots[new]] = np.nan          # a reused slot's old columns are not this item's
         block = bank.vals[slots]
@@ -399,7 +406,7 @@ class MirrorWriter:
         bank.vals[slots] = block
         t.ts[slots] = ts
         t.keys[slots[new]] = keys[new]              # a new key becomes findable with its values in place
-        t.seq[slots] += 1                          # even: consistent
+        t.seq[slots] = odd + 1                     # even: consistent
         m.ci[C_ITEMS] += int(new.sum())
 
     def _rebuild_items(self, incoming: int) -> _ItemBank:
@@ -413,11 +420,14 @@ class MirrorWriter:
         keep_n = max(0, min(int(LOAD_KEEP * cap), int(LOAD_MAX * cap) - incoming))
         order = occ[np.argsort(-src.table.ts[occ], kind="stable")][:keep_n]
         rows = src.rows[order].copy()
-        rows[:, 1] += 2  # even, and unlike any number a reader of the old bank copied
-        m.ci[gen] += 1   # odd: a reader still in this bank (from two rebuilds ago) retries
-        dst.table.keys[:] = 0
-        dst.rows[dst.table.claim(rows[:, 0].copy())] = rows
-        m.ci[gen] += 1
+        rows[:, 1] = (rows[:, 1] | 1) + 1  # even, and unlike any number a reader of the old bank copied
+        g = int(m.ci[gen]) | 1
+        m.ci[gen] = g    # odd: a reader still in this bank (from two rebuilds ago) retries
+        try:
+            dst.table.keys[:] = 0
+            dst.rows[dst.table.claim(rows[:, 0].copy())] = rows
+        finally:
+            m.ci[gen] = g + 1
         m.ci[C_ITEM_ACTIVE] = 1 - a
         m.ci[C_ITEMS] = len(rows)
         m.ci[C_EVICTED] += len(occ) - len(rows)
@@ -448,6 +458,7 @@ class MirrorWriter:
 
     def put_user(self, user_id: str, features: Mapping[str, float], ts: float) -> None:
         m = self.m
+        ts = float(ts)  # everything that can raise before the slot is marked
         rec = check_features(features)
         fitted = self._fit(rec)
         fields = [(self._name(n), v) for n, v in fitted.items()]
@@ -464,17 +475,18 @@ class MirrorWriter:
                 bank = self._rebuild_users()
             slot = int(bank.table.claim(np.asarray([key], dtype=np.int64))[0])
         t = bank.table
-        t.seq[slot] += 1
+        odd = int(t.seq[slot]) | 1
+        t.seq[slot] = odd
         k = len(fields)
         if k:
             bank.ids[slot, :k] = [i for i, _ in fields]
             bank.vals[slot, :k] = [v for _, v in fields]
         bank.n[slot] = k
-        t.ts[slot] = float(ts)
+        t.ts[slot] = ts
         if new:
             t.keys[slot] = key
             m.ci[C_USERS] += 1
-        t.seq[slot] += 1
+        t.seq[slot] = odd + 1
 
     def _rebuild_users(self) -> _UserBank:
         m = self.m
@@ -483,13 +495,16 @@ class MirrorWriter:
         occ = src.table.occupied()
         order = occ[np.argsort(-src.table.ts[occ], kind="stable")][: int(LOAD_KEEP * len(src.table.keys))]
         keys = src.table.keys[order].copy()
-        m.ci[gen] += 1
-        dst.table.keys[:] = 0
-        slots = dst.table.claim(keys)
-        dst.n[slots], dst.ids[slots], dst.vals[slots] = src.n[order], src.ids[order], src.vals[order]
-        dst.table.ts[slots], dst.table.seq[slots] = src.table.ts[order], src.table.seq[order] + 2
-        dst.table.keys[slots] = keys
-        m.ci[gen] += 1
+        g = int(m.ci[gen]) | 1
+        m.ci[gen] = g
+        try:
+            dst.table.keys[:] = 0
+            slots = dst.table.claim(keys)
+            dst.n[slots], dst.ids[slots], dst.vals[slots] = src.n[order], src.ids[order], src.vals[order]
+            dst.table.ts[slots], dst.table.seq[slots] = src.table.ts[order], (src.table.seq[order] | 1) + 1
+            dst.table.keys[slots] = keys
+        finally:
+            m.ci[gen] = g + 1
         m.ci[C_USER_ACTIVE] = 1 - a
         m.ci[C_USERS] = len(keys)
         m.ci[C_EVICTED] += len(occ) - len(keys)
@@ -497,6 +512,10 @@ class MirrorWriter:
 
     # ------------------------------------------------------------------ node state
     def heartbeat(self, wall: float | None, stream_now: float | None = None) -> None:
+        """The stream's heartbeat (held back while ``hold_heartbeat``: a republish in
+        progress is not yet the whole state, and a fresh heartbeat would say it is)."""
+        if self.hold_heartbeat:
+            return
         m = self.m
         if stream_now is not None:
             m.cf[F_STREAM_NOW] = float(stream_now)

@@ -115,19 +115,41 @@ class _Categories:
             self.cats[str(r["item_id"])] = str(r.get("category", ""))
 
 
+def spec_config(spec: dict[str, Any]):
+    """(effective config, bundle folder, registry version or None) of the serve command's
+    ``spec``: the bundle's config with the command's file and overrides on top, as the
+    workers build it (serving/factory.py), read without loading the model."""
+    from feedrank.config import config_from_dict
+    from feedrank.registry.bundle import open_bundle
+    from feedrank.serving.factory import effective_config
+
+    version = None
+    if spec.get("registry_dir"):
+        from feedrank.registry.store import ModelRegistry
+
+        registry = ModelRegistry(spec["registry_dir"], create=False)
+        version = registry.current()
+        if version is None:
+            raise RuntimeError(f"registry {spec['registry_dir']} has no current version")
+        model = registry.path(version)
+    else:
+        model = Path(spec["model_dir"])
+    manifest = open_bundle(model, verify=False)
+    bundle_cfg = config_from_dict(json.loads(manifest.path("config.json").read_text()))
+    return effective_config(bundle_cfg, spec.get("config_path"), tuple(spec.get("overrides") or ())), model, version
+
+
 class NodeConsumer:
     """The process's work (module docstring); ``run(stop)`` until ``stop`` is set."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
+        self.cfg, model, self.version = spec_config(spec)
         self.registry = None
         if spec.get("registry_dir"):
             from feedrank.registry.store import ModelRegistry
 
             self.registry = ModelRegistry(spec["registry_dir"], create=False)
-        self.version: int | None = None
-        model = self._model_dir()
-        self.cfg = self._config(model)
         if spec.get("registry_dir"):
             default_root = Path(spec["registry_dir"]) / "events"
         else:
@@ -139,31 +161,14 @@ class NodeConsumer:
         self.rt = build_realtime(fc, history_len=self.cfg.retrieval.history_len, prior_weight=self.cfg.ranking.ctr_prior)
         self.writer = None
         self.cats: dict[str, str] = {}
-        self._users_base: dict[str, tuple[int, np.ndarray]] = {}
-        self._base_ids: list[str] = []
+        # (item ids, user -> (clicks, history rows)) of the bound model, swapped as one object
+        self._bound: tuple[list[str], dict[str, tuple[int, np.ndarray]]] = ([], {})
+        self._failed: int | None = None  # a registry version whose bind failed (logged once)
         self.bind(model)
         self.consumer = None
         self.publisher = None
 
     # ------------------------------------------------------------------ the model
-    def _model_dir(self) -> Path:
-        if self.registry is None:
-            return Path(self.spec["model_dir"])
-        v = self.registry.current()
-        if v is None:
-            raise RuntimeError(f"registry {self.spec['registry_dir']} has no current version")
-        self.version = v
-        return self.registry.path(v)
-
-    def _config(self, model: Path):
-        from feedrank.config import config_from_dict
-        from feedrank.registry.bundle import open_bundle
-        from feedrank.serving.factory import effective_config
-
-        manifest = open_bundle(model, verify=False)
-        bundle_cfg = config_from_dict(json.loads(manifest.path("config.json").read_text()))
-        return effective_config(bundle_cfg, self.spec.get("config_path"), tuple(self.spec.get("overrides") or ()))
-
     def bind(self, model: Path) -> None:
         """Item categories and users' training state of the bundle at ``model`` (the
         towers and the index are not loaded)."""
@@ -177,17 +182,17 @@ class NodeConsumer:
         cats = {**self.cats, **dict(zip(ids, (str(c) for c in tbl.column("category").to_pylist())))}
         with np.load(manifest.path("state.npz"), allow_pickle=False) as z:
             users = {str(u): (int(n), h) for u, n, h in zip(z["user_ids"].tolist(), z["user_clicks"].tolist(), z["histories"])}
-        self.cats, self._base_ids, self._users_base = cats, ids, users
+        self.cats, self._bound = cats, (ids, users)
         self.rt._category = self.cats.get
         if hasattr(self, "sync"):
             self.sync.service.cats = self.cats
         log.info("node consumer: bound to %s (%d items, %d users)", model, len(ids), len(users))
 
     def _base_user(self, user_id: str) -> tuple[int, list[str]]:
-        b = self._users_base.get(user_id)
+        ids, users = self._bound
+        b = users.get(user_id)
         if b is None:
             return 0, []
-        ids = self._base_ids
         return b[0], [ids[r] for r in b[1].tolist() if 0 <= r < len(ids)]
 
     def _follow_registry(self) -> None:
@@ -195,7 +200,14 @@ class NodeConsumer:
             return
         v = self.registry.current()
         if v is not None and v != self.version:
-            self.bind(self.registry.path(v))
+            try:
+                self.bind(self.registry.path(v))
+            except Exception as exc:  # tried again next round (the old model's state serves meanwhile)
+                if self._failed != v:
+                    log.error("node consumer: could not bind registry version %s (%s: %s); retrying every %.0f s",
+                              v, type(exc).__name__, exc, PUBLISH_EVERY_S)
+                self._failed = v
+                return
             self.version = v  # after the bind: one that failed is tried again next round
 
     # ------------------------------------------------------------------ the stream
@@ -205,15 +217,13 @@ class NodeConsumer:
         from feedrank.data.partitions import PartitionedLog
         from feedrank.features.consumer import LogConsumer
         from feedrank.features.live_io import StorePublisher, window_fields
-        from feedrank.features.mirror import MirrorWriter
         from feedrank.serving.app import item_log_paths
         from feedrank.serving.item_sync import ItemSync
 
-        fc = self.cfg.features
         # the mirror first: until the log is open and read, workers see a stalled stream
         # (baselines), not a missing mirror (defaults)
-        self.writer = MirrorWriter.create(self.spec["mirror_path"], window_fields(self.rt.windows), max_items=fc.max_items,
-                                          max_users=fc.max_users, user_fields=fc.mirror_user_fields)
+        fc = self.cfg.features
+        self.writer = self._create_mirror(window_fields(self.rt.windows))
         if not self.events_root.is_dir():
             log.info("node consumer: waiting for the workers to create %s", self.events_root)
         while not self.events_root.is_dir():
@@ -234,18 +244,49 @@ class NodeConsumer:
         try:
             self.consumer = consumer()
         except Exception as exc:  # written with other windows: set it aside, rebuild from the log's start
+            if not checkpoint.exists():
+                raise
             bad = checkpoint.with_name(checkpoint.name + ".unusable")
             log.warning("node consumer checkpoint %s unusable (%s: %s); moved to %s, consuming from the start",
                         checkpoint, type(exc).__name__, exc, bad)
             checkpoint.replace(bad)
             self.consumer = consumer()
-        if self.consumer.resumed:  # a fresh mirror needs the resumed state
-            self.publisher.republish()
+        if self.consumer.resumed:  # a fresh mirror needs the resumed state, then a heartbeat
+            self.writer.hold_heartbeat = True
+            try:
+                self.publisher.republish()
+            finally:
+                self.writer.hold_heartbeat = False
+            self.writer.heartbeat(time.time(), self.publisher.stream_now)
         self.sync = ItemSync(_Categories(self.cats), lambda: item_log_paths(self.events_root, ""))
         self.sync.replay()
         self.consumer.start(fc.poll_s)
         log.info("node consumer: consuming %s into %s (pid %d)", self.events_root, self.writer.url, os.getpid())
         return True
+
+    def _create_mirror(self, names: tuple[str, ...]):
+        """The mirror at the spec's path; where that file system (``/dev/shm``) has less room
+        than the file's full size, in the run's claims folder behind a link at that path."""
+        from feedrank.features.mirror import MirrorWriter
+
+        fc = self.cfg.features
+        path = Path(self.spec["mirror_path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        need = MirrorWriter.bytes_needed(len(names), fc.max_items, fc.max_users, fc.mirror_user_fields)
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize >= need or not self.spec.get("claims_dir"):
+            return MirrorWriter.create(path, names, max_items=fc.max_items, max_users=fc.max_users,
+                                       user_fields=fc.mirror_user_fields)
+        target = Path(self.spec["claims_dir"]) / "node-mirror" / "features.mirror"
+        log.warning("node consumer: %s has %.1f GiB free, the mirror needs up to %.1f GiB: writing it to %s",
+                    path.parent, st.f_bavail * st.f_frsize / 2**30, need / 2**30, target)
+        writer = MirrorWriter.create(target, names, max_items=fc.max_items, max_users=fc.max_users,
+                                     user_fields=fc.mirror_user_fields)
+        link = path.with_name(f".{path.name}.link.tmp")
+        link.unlink(missing_ok=True)
+        os.symlink(target, link)
+        os.replace(link, path)  # readers map the target: its inode changes with each new file
+        return writer
 
     def hot_items(self, k: int = HOT_ITEMS) -> list[str]:
         from feedrank.features.live import hot_item_ids
@@ -290,10 +331,11 @@ class NodeKeeper:
     sent to it alone), after ``restart_s`` doubling up to 30 s while it keeps dying within
     a minute; only ``NOT_USED`` (this configuration has no node consumer) or ``stop`` end it."""
 
-    def __init__(self, env: dict[str, str], restart_s: float = 1.0) -> None:
+    def __init__(self, env: dict[str, str], restart_s: float = 1.0, argv: list[str] | None = None) -> None:
         from feedrank.serving.workers import MULTIPROC_ENV
 
         self.env = {k: v for k, v in env.items() if k != MULTIPROC_ENV}  # it serves no metrics of its own
+        self.argv = argv or [sys.executable, "-m", "feedrank.serving.node_consumer"]
         self.restart_s = float(restart_s)
         self.proc = None
         self.starts = 0
@@ -314,7 +356,7 @@ class NodeKeeper:
                 if self._stop.is_set():
                     return
                 self.starts += 1
-                self.proc = subprocess.Popen([sys.executable, "-m", "feedrank.serving.node_consumer"], env=self.env)
+                self.proc = subprocess.Popen(self.argv, env=self.env)
             t0 = time.monotonic()
             log.info("node consumer started (pid %d)", self.proc.pid)
             rc = self.proc.wait()
@@ -362,11 +404,11 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    node = NodeConsumer(spec)
-    if not wants_node_consumer(node.cfg):
-        log.info("node consumer: not used by this configuration (features.consumer=%s); exiting",
-                 node.cfg.features.consumer)
+    cfg = spec_config(spec)[0]
+    if not wants_node_consumer(cfg):  # decided before the bundle's users and items are loaded
+        log.info("node consumer: not used by this configuration (features.consumer=%s); exiting", cfg.features.consumer)
         return NOT_USED
+    node = NodeConsumer(spec)
 
     def watch_parent() -> None:
         while not stop.wait(1.0):

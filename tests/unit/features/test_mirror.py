@@ -134,7 +134,7 @@ def _hammer(path: str, seconds: float) -> None:
         table = np.stack([pick.astype(float), np.full(40, v)], 1)
         w.put_item_table([ids[i] for i in pick], ["imps_86400", "clicks_86400"], table, ts=v)
         u = int(rng.integers(0, 200))
-        w.put_user(f"u{u}", {"n_clicks": float(u), "c0": v}, ts=v)
+        w.put_user(f"u{u}", {"n_clicks": float(u), "c0": v, "c1": v, "aff:a": v}, ts=v)
 
 
 def test_reads_are_consistent_while_another_process_writes_and_rebuilds(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_reads_are_consistent_while_another_process_writes_and_rebuilds(tmp_path
         for u in range(0, 200, 7):
             rec = r.get_user(f"u{u}", now=0.0)
             if rec is not None:
-                assert rec["n_clicks"] == float(u) and rec["c0"] >= 1.0
+                assert rec["n_clicks"] == float(u) and rec["c0"] == rec["c1"] == rec["aff:a"] >= 1.0  # one write
                 users += 1
         seen += int(ok.sum())
     proc.join(10)
@@ -170,6 +170,7 @@ def test_a_batch_larger_than_the_table_keeps_what_fits(tmp_path: Path) -> None:
     b = r.get_items(ids, ["imps_86400"], now=2.0)
     found = np.flatnonzero(b.found)
     assert len(found) == r.stats()["items"] > 0 and (b.values[found, 0] == found).all()
+    assert len(found) <= 0.6 * r.stats()["cap_items"]  # never fuller than a table may be
     assert int(r._map().ci[C_DROPPED]) == 100 - len(found)
 
 

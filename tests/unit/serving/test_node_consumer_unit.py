@@ -40,3 +40,37 @@ def test_the_newest_checkpoint_of_the_node_is_adopted(tmp_path: Path) -> None:
     assert adopt_freshest_checkpoint(tmp_path, node) is None and node.read_bytes() == b"node"
     _write(tmp_path / "w0" / "consumers" / "realtime.npz", b"w0-later", 400.0)  # worker consumers ran since
     assert adopt_freshest_checkpoint(tmp_path, node) is not None and node.read_bytes() == b"w0-later"
+
+
+def _keeper(code: str, restart_s: float = 0.05):
+    import sys
+
+    from feedrank.serving.node_consumer import NodeKeeper
+
+    return NodeKeeper(dict(os.environ), restart_s=restart_s, argv=[sys.executable, "-c", code]).start()
+
+
+def test_the_keeper_restarts_on_any_exit_but_not_used_and_stops() -> None:
+    import time
+
+    k = _keeper("import sys; sys.exit(3)")  # NOT_USED: this configuration has no node consumer
+    k._thread.join(10)
+    assert not k._thread.is_alive() and k.starts == 1
+    k = _keeper("import sys; sys.exit(0)")  # a clean exit the keeper did not ask for: started again
+    deadline = time.monotonic() + 10
+    while k.starts < 3:
+        assert time.monotonic() < deadline, k.starts
+        time.sleep(0.05)
+    k.stop(timeout_s=10)
+    assert not k._thread.is_alive()
+    k = _keeper("import time; time.sleep(60)")
+    deadline = time.monotonic() + 10
+    while k.proc is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    k.stop(timeout_s=10)  # terminates the running one, starts no other
+    assert k.proc.poll() is not None and k.starts == 1 and not k._thread.is_alive()
+
+
+def test_mirror_goes_to_the_run_folder_without_room_in_shm(tmp_path: Path) -> None:
+    assert mirror_path_for(tmp_path / "run", need_bytes=1 << 60).startswith(str(tmp_path / "run"))
