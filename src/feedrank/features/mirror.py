@@ -59,7 +59,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -409,29 +409,41 @@ class MirrorWriter:
         t.seq[slots] = odd + 1                     # even: consistent
         m.ci[C_ITEMS] += int(new.sum())
 
-    def _rebuild_items(self, incoming: int) -> _ItemBank:
-        """The newest ``LOAD_KEEP`` of the serving bank's records (fewer if ``incoming``
-        needs the room) into the spare bank, which then serves; returns it."""
+    def _into_spare(self, active: int, gens: tuple[int, int], count: int, fill: Callable[[int, int], tuple[int, int]]) -> int:
+        """Rebuild into the spare bank and make it serve: ``fill(serving, spare)`` copies the
+        records kept and returns (kept, occupied before), under the spare's generation
+        number (odd meanwhile: a reader still in that bank from two rebuilds ago retries).
+        Returns the new serving bank's index."""
         m = self.m
-        a = int(m.ci[C_ITEM_ACTIVE]) & 1
-        src, dst, gen = m.item_banks[a], m.item_banks[1 - a], C_ITEM_GEN[1 - a]
-        cap = len(src.table.keys)
-        occ = src.table.occupied()
-        keep_n = max(0, min(int(LOAD_KEEP * cap), int(LOAD_MAX * cap) - incoming))
-        order = occ[np.argsort(-src.table.ts[occ], kind="stable")][:keep_n]
-        rows = src.rows[order].copy()
-        rows[:, 1] = (rows[:, 1] | 1) + 1  # even, and unlike any number a reader of the old bank copied
-        g = int(m.ci[gen]) | 1
-        m.ci[gen] = g    # odd: a reader still in this bank (from two rebuilds ago) retries
+        a = int(m.ci[active]) & 1
+        g = int(m.ci[gens[1 - a]]) | 1
+        m.ci[gens[1 - a]] = g
         try:
+            kept, occupied = fill(a, 1 - a)
+        finally:
+            m.ci[gens[1 - a]] = g + 1
+        m.ci[active] = 1 - a
+        m.ci[count] = kept
+        m.ci[C_EVICTED] += occupied - kept
+        return 1 - a
+
+    def _rebuild_items(self, incoming: int) -> _ItemBank:
+        """The serving bank's newest records, up to ``LOAD_KEEP`` of its slots (fewer if
+        ``incoming`` needs the room), into the spare bank, which then serves; returns it."""
+        banks = self.m.item_banks
+
+        def fill(a: int, b: int) -> tuple[int, int]:
+            src, dst = banks[a], banks[b]
+            cap = len(src.table.keys)
+            occ = src.table.occupied()
+            keep_n = max(0, min(int(LOAD_KEEP * cap), int(LOAD_MAX * cap) - incoming))
+            rows = src.rows[occ[np.argsort(-src.table.ts[occ], kind="stable")][:keep_n]].copy()
+            rows[:, 1] = (rows[:, 1] | 1) + 1  # even, and unlike any number a reader of the old bank copied
             dst.table.keys[:] = 0
             dst.rows[dst.table.claim(rows[:, 0].copy())] = rows
-        finally:
-            m.ci[gen] = g + 1
-        m.ci[C_ITEM_ACTIVE] = 1 - a
-        m.ci[C_ITEMS] = len(rows)
-        m.ci[C_EVICTED] += len(occ) - len(rows)
-        return dst
+            return len(rows), len(occ)
+
+        return banks[self._into_spare(C_ITEM_ACTIVE, C_ITEM_GEN, C_ITEMS, fill)]
 
     # ------------------------------------------------------------------ users
     def _fit(self, rec: Record) -> Record:
@@ -489,26 +501,21 @@ class MirrorWriter:
         t.seq[slot] = odd + 1
 
     def _rebuild_users(self) -> _UserBank:
-        m = self.m
-        a = int(m.ci[C_USER_ACTIVE]) & 1
-        src, dst, gen = m.user_banks[a], m.user_banks[1 - a], C_USER_GEN[1 - a]
-        occ = src.table.occupied()
-        order = occ[np.argsort(-src.table.ts[occ], kind="stable")][: int(LOAD_KEEP * len(src.table.keys))]
-        keys = src.table.keys[order].copy()
-        g = int(m.ci[gen]) | 1
-        m.ci[gen] = g
-        try:
+        banks = self.m.user_banks
+
+        def fill(a: int, b: int) -> tuple[int, int]:
+            src, dst = banks[a], banks[b]
+            occ = src.table.occupied()
+            order = occ[np.argsort(-src.table.ts[occ], kind="stable")][: int(LOAD_KEEP * len(src.table.keys))]
+            keys = src.table.keys[order].copy()
             dst.table.keys[:] = 0
             slots = dst.table.claim(keys)
             dst.n[slots], dst.ids[slots], dst.vals[slots] = src.n[order], src.ids[order], src.vals[order]
             dst.table.ts[slots], dst.table.seq[slots] = src.table.ts[order], (src.table.seq[order] | 1) + 1
             dst.table.keys[slots] = keys
-        finally:
-            m.ci[gen] = g + 1
-        m.ci[C_USER_ACTIVE] = 1 - a
-        m.ci[C_USERS] = len(keys)
-        m.ci[C_EVICTED] += len(occ) - len(keys)
-        return dst
+            return len(keys), len(occ)
+
+        return banks[self._into_spare(C_USER_ACTIVE, C_USER_GEN, C_USERS, fill)]
 
     # ------------------------------------------------------------------ node state
     def heartbeat(self, wall: float | None, stream_now: float | None = None) -> None:

@@ -20,7 +20,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -29,6 +29,18 @@ from feedrank.features.mirror import (C_APPLIED, C_DROPPED, C_ERRORS, C_EVICTED,
                                       C_PUBLISH_ERRORS, C_TRUNCATED, C_USERS, F_HEARTBEAT, F_STREAM_NOW, RETRIES,
                                       _Mapped, item_keys, user_key)
 from feedrank.features.store.protocol import FeatureBatch, Record
+
+
+def _serving(m: _Mapped, bank_of: Callable[[], tuple[Any, int]]) -> Iterator[tuple[Any, int, int]]:
+    """Up to ``RETRIES`` times: (serving bank, its generation's counter slot, the generation),
+    skipping a bank while it is being written (its generation odd)."""
+    for _ in range(RETRIES):
+        bank, gen = bank_of()
+        g = int(m.ci[gen])
+        if g % 2:
+            time.sleep(0)
+            continue
+        yield bank, gen, g
 
 
 class MirrorReader:
@@ -71,12 +83,7 @@ class MirrorReader:
     def get_user(self, user_id: str, now: float) -> Record | None:
         m = self._map()
         key = user_key(str(user_id))
-        for _ in range(RETRIES):
-            bank, gen = m.user_bank()
-            g = int(m.ci[gen])
-            if g % 2:
-                time.sleep(0)
-                continue
+        for bank, gen, g in _serving(m, m.user_bank):
             t = bank.table
             slot = t.find_one(key)
             if slot < 0:
@@ -122,12 +129,7 @@ class MirrorReader:
         present = np.zeros((n, f), dtype=bool)
         found = np.zeros(n, dtype=bool)
         ts = np.full(n, np.nan)
-        for _ in range(RETRIES):
-            bank, gen = m.item_bank()
-            g = int(m.ci[gen])
-            if g % 2:
-                time.sleep(0)
-                continue
+        for bank, gen, g in _serving(m, m.item_bank):
             t, rows_of = bank.table, bank.rows
             slots = t.find(keys)
             hit = np.flatnonzero(slots >= 0)
