@@ -64,6 +64,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from feedrank.features.live_io import STREAM_KEY, item_hash
+from feedrank.features.open_table import OpenTable as _Table
 from feedrank.features.store.protocol import Record, check_features, check_table
 
 MAGIC = b"FRMIRR03"
@@ -105,80 +106,6 @@ def user_key(user_id: str) -> int:
 
 def _pow2(n: int) -> int:
     return 1 << max(4, int(np.ceil(np.log2(max(2, n)))))
-
-
-class _Table:
-    """Open addressing (linear probing) over numpy views: ``keys`` (cap,) int64,
-    ``seq`` (cap,) int64, ``ts`` (cap,) float64, plus the caller's value arrays."""
-
-    def __init__(self, keys: np.ndarray, seq: np.ndarray, ts: np.ndarray) -> None:
-        self.keys, self.seq, self.ts = keys, seq, ts
-        self.mask = len(keys) - 1
-
-    def find(self, want: np.ndarray) -> np.ndarray:
-        """Slot of each key, -1 where absent: vectorised probing while many keys are still
-        probing, then one key at a time (``find_one``) for the few long probe runs."""
-        n = len(want)
-        out = np.full(n, -1, dtype=np.int64)
-        if n == 0:
-            return out
-        pos = want & self.mask
-        todo = np.arange(n)
-        for _ in range(len(self.keys)):
-            k = self.keys[pos]
-            hit = k == want[todo]
-            out[todo[hit]] = pos[hit]
-            go = ~hit & (k != 0)
-            if not go.any():
-                break
-            todo, pos = todo[go], (pos[go] + 1) & self.mask
-            if len(todo) <= 8:
-                for i, p in zip(todo.tolist(), pos.tolist()):
-                    out[i] = self.find_one(int(want[i]), p)
-                break
-        return out
-
-    def find_one(self, key: int, pos: int | None = None) -> int:
-        """The slot of one key (-1: absent), probing from ``pos`` (default: its home slot)."""
-        keys, mask = self.keys, self.mask
-        p = key & mask if pos is None else pos
-        for _ in range(len(keys)):
-            k = int(keys[p])
-            if k == key:
-                return p
-            if k == 0:
-                return -1
-            p = (p + 1) & mask
-        return -1
-
-    def claim(self, want: np.ndarray) -> np.ndarray:
-        """Slots for keys not in the table (distinct): the first empty slot of each probe
-        sequence, -1 for keys that find none (a full table). The key is written by the
-        caller last, after the slot's values."""
-        n = len(want)
-        out = np.full(n, -1, dtype=np.int64)
-        pos = want & self.mask
-        todo = np.arange(n)
-        taken: set[int] = set()
-        for _ in range(len(self.keys)):
-            if not len(todo):
-                break
-            free = self.keys[pos] == 0
-            # one key per free slot in this round; the others probe on
-            _, first = np.unique(np.where(free, pos, -1 - np.arange(len(pos))), return_index=True)
-            win = np.zeros(len(todo), dtype=bool)
-            win[first] = True
-            win &= free
-            if taken:
-                win &= ~np.isin(pos, np.fromiter(taken, dtype=np.int64))
-            out[todo[win]] = pos[win]
-            taken.update(pos[win].tolist())
-            go = ~win
-            todo, pos = todo[go], (pos[go] + 1) & self.mask
-        return out
-
-    def occupied(self) -> np.ndarray:
-        return np.flatnonzero(self.keys != 0)
 
 
 class _ItemBank:
