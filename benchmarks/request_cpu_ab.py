@@ -108,11 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--model-a {model_a}: not a model bundle (no manifest.json)")
     writer = None
     if args.mirror_b:
+        from feedrank.config import FeaturesConfig
         from feedrank.features.live_io import window_fields
         from feedrank.features.mirror import MirrorWriter
 
         mirror = str(Path(tempfile.mkdtemp(prefix="cpu-ab-mirror-")) / "features.mirror")
-        writer = MirrorWriter.create(mirror, window_fields((300, 3600, 86400)), max_items=200_000, max_users=200_000)
+        fc = FeaturesConfig()  # the windows and bounds arm B's workers read with
+        writer = MirrorWriter.create(mirror, window_fields(fc.windows_s), max_items=fc.max_items, max_users=fc.max_users)
         writer.heartbeat(time.time())
     arms = {"A": _start(model_a, args.a, args.set_a),
             "B": _start(args.model, args.b, args.set_b + (["features.consumer=node"] if writer else []),

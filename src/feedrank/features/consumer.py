@@ -320,3 +320,19 @@ class LogConsumer:
             self._thread = None
         if commit:
             self.commit()
+
+
+def open_consumer(make: Callable[[], "LogConsumer"], checkpoint: str | Path | None) -> "LogConsumer":
+    """``make()``; when that fails on an existing checkpoint (e.g. written with other
+    windows), the checkpoint is set aside as ``<name>.unusable`` (logged) and ``make()``
+    runs again, consuming from the log's start. Any other failure is raised."""
+    try:
+        return make()
+    except Exception as exc:
+        if checkpoint is None or not Path(checkpoint).exists():
+            raise
+        bad = Path(checkpoint).with_name(Path(checkpoint).name + ".unusable")
+        log.warning("consumer checkpoint %s unusable (%s: %s); moved to %s, consuming from the start",
+                    checkpoint, type(exc).__name__, exc, bad)
+        Path(checkpoint).replace(bad)
+        return make()

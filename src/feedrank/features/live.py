@@ -256,7 +256,7 @@ class LiveFeatures:
         ``yield_to``: the serving loop's "busy running a request" flag; with it the consumer
         applies in slices of ``CONSUMER_BATCH`` events and waits between slices while it is
         set (features/consumer.py), so a request does not wait behind a whole poll."""
-        from feedrank.features.consumer import LogConsumer
+        from feedrank.features.consumer import LogConsumer, open_consumer
 
         if self.mirror:  # the node consumer process reads the log and publishes into the mirror
             self.warm_up()
@@ -277,16 +277,7 @@ class LiveFeatures:
             except Exception as exc:  # only an early start of what the first poll does (and reports)
                 log.warning("consumer %s: opening the partition readers at start failed (%s: %s); the first poll "
                             "opens them", name, type(exc).__name__, exc)
-        try:
-            self.consumer = consumer()
-        except Exception as exc:  # e.g. written with other windows: set it aside, rebuild from the log's start
-            from pathlib import Path
-
-            bad = Path(checkpoint).with_name(Path(checkpoint).name + ".unusable")
-            log.warning("consumer checkpoint %s unusable (%s: %s); moved to %s, consuming from the start",
-                        checkpoint, type(exc).__name__, exc, bad)
-            Path(checkpoint).replace(bad)
-            self.consumer = consumer()
+        self.consumer = open_consumer(consumer, checkpoint)
         if self.consumer.applied == 0 and self.consumer.resumed:
             try:  # resumed from a checkpoint: a fresh (e.g. memory://) store needs the state again
                 self.publisher.republish()

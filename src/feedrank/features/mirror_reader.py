@@ -185,9 +185,6 @@ class MirrorReader:
         return batch
 
     # ------------------------------------------------------------------ node state
-    def heartbeat(self) -> float:
-        return float(self._map().cf[F_HEARTBEAT])
-
     def hot_items(self) -> list[str]:
         """The writer's latest hot list (cached until it changes)."""
         m = self._map()

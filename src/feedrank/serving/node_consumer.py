@@ -215,7 +215,7 @@ class NodeConsumer:
         """Open the event log (waiting for the workers to create it) and start consuming;
         False when ``stop`` was set first."""
         from feedrank.data.partitions import PartitionedLog
-        from feedrank.features.consumer import LogConsumer
+        from feedrank.features.consumer import LogConsumer, open_consumer
         from feedrank.features.live_io import StorePublisher, window_fields
         from feedrank.serving.app import item_log_paths
         from feedrank.serving.item_sync import ItemSync
@@ -241,16 +241,7 @@ class NodeConsumer:
             return LogConsumer(source, self.publisher, checkpoint, commit_every_s=fc.commit_every_s, name="node",
                                batch_size=1024)
 
-        try:
-            self.consumer = consumer()
-        except Exception as exc:  # written with other windows: set it aside, rebuild from the log's start
-            if not checkpoint.exists():
-                raise
-            bad = checkpoint.with_name(checkpoint.name + ".unusable")
-            log.warning("node consumer checkpoint %s unusable (%s: %s); moved to %s, consuming from the start",
-                        checkpoint, type(exc).__name__, exc, bad)
-            checkpoint.replace(bad)
-            self.consumer = consumer()
+        self.consumer = open_consumer(consumer, checkpoint)
         if self.consumer.resumed:  # a fresh mirror needs the resumed state, then a heartbeat
             self.writer.hold_heartbeat = True
             try:
@@ -393,7 +384,6 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
-    from feedrank.config import load_config  # noqa: F401  (imports the config module before numpy threads)
     from feedrank.serving.workers import SPEC_ENV
 
     spec = json.loads(os.environ[SPEC_ENV])
