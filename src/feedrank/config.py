@@ -97,6 +97,20 @@ class RetrievalConfig:
     # category_affinity, every click 1, uniform smoothing 1 (docs/retrieval.md, "Category
     # preference estimate").
     category_estimator: Literal["uniform", "fitted"] = "fitted"
+    # Weights of the prior for a user with no history (AgePrior.cold_user), fitted on every click
+    # a user made within cold_user_window_hours of their first one, each scored with an empty
+    # history (the feed of a user the store knows nothing about must serve that user's first
+    # visit, not only its first click). auto: kept only when they rank the held-out first-visit
+    # clicks of the tail's new users better than the main weights do (hits at 10 + at 100 per
+    # click, by more than one standard error: retrieval/prior.prefer);
+    # always; never (docs/retrieval.md, "Users without history").
+    cold_user_weights: Literal["never", "always", "auto"] = "auto"
+    cold_user_window_hours: float = field(default=24.0, metadata=_rng(0.0, None))
+    # The prior's popularity term bends: w_pop * log1p(clicks) + w_pop2 * log1p(clicks)**2 (both
+    # >= 0, fitted), so the most clicked items can weigh more than a power law of their clicks
+    # gives them. auto: fitted both ways, kept when it ranks held-out clicks of the prior's tail
+    # better (the same rule); always; never (docs/retrieval.md, "Popularity curve").
+    popularity_curve: Literal["never", "always", "auto"] = "auto"
     # The prior's terms as offsets of the two-tower training logit, each with a learned weight
     # (retrieval/train_offsets.py): none; category (log share of the item's category in the
     # user's history); prior (category + log1p point-in-time clicks - age, and items not yet

@@ -180,13 +180,14 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         fits = [f for f in fits if f[0] != "two_tower_prior_ctr"]
     for name, use_pop, data, held in fits:
         prior = fit_retrieval_prior(cfg, tt, catalog, clicks, vecs, max_age, held, popularity=use_pop, data=data,
-                                    cold_users=cold_user_weights, category=category_term and use_pop,
+                                    category=category_term and use_pop,
+                                    **({"cold_users": True, "select_cold": False} if cold_user_weights else {}),
                                     new_items=new_item_terms and use_pop and held is not None)
         priors[name] = prior
         out[name] = prior.to_json()
         for tag, pr in (("", prior), (" (users without history)", prior.cold_user)):
             if pr is not None:
-                say(f"{name}{tag}: w_age = {pr.weight:.4f} per day, w_pop = {pr.pop_weight:.4f}, w_trend = "
+                say(f"{name}{tag}: w_age = {pr.weight:.4f} per day, w_pop = {pr.pop_weight:.4f}, w_pop2 = {pr.pop2_weight:.4f}, w_trend = "
                     f"{pr.trend_weight:.4f}, w_ctr = {pr.ctr_weight:.4f}, w_creator = {pr.creator_weight:.4f}, "
                     f"w_fb = {pr.feedback_weight:.4f} (s {pr.feedback_strength:g}), w_cat = {pr.category_weight:.4f}, "
                     f"new items {None if pr.new is None else pr.new.to_json()}, tower x{pr.tower_weight:.3f} "

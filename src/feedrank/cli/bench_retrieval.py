@@ -41,8 +41,8 @@ def _ints(text: str) -> tuple[int, ...]:
               help="How the item-feedback prior is fitted: on the last test_fraction of the train clicks with towers "
                    "trained without them ('holdout-tail', as a new item meets the served towers), or like the others.")
 @click.option("--cold-user-weights", is_flag=True,
-              help="Also fit separate prior weights (incl. the tower's) for users without history (experimental; "
-                   "`feedrank train` does not fit them).")
+              help="Keep the prior's weights for users without history whatever the held-out comparison says "
+                   "(retrieval.cold_user_weights=always; `feedrank train` uses retrieval.cold_user_weights, auto by default).")
 @click.option("--category-term/--no-category-term", default=True, show_default=True,
               help="Fit the prior's category term (w_cat * log of the user's history share of the item's category), "
                    "as `feedrank train` does; --no-category-term gives the prior without it, for comparison.")

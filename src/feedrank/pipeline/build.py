@@ -217,6 +217,11 @@ def fit_retrieval_prior(cfg: FeedrankConfig, model: Any, catalog: ItemCatalog, c
     data = fit.pop("data", None)
     fit.setdefault("category", True)  # the user's category-share term (docs/retrieval.md, "Category term")
     fit.setdefault("category_estimator", cfg.retrieval.category_estimator)  # how that share is estimated
+    r = cfg.retrieval
+    fit.setdefault("pop_curve", {"never": False, "always": True, "auto": "auto"}[r.popularity_curve])  # log1p(clicks)**2
+    fit.setdefault("cold_users", r.cold_user_weights != "never")  # weights for users without history (first visit)
+    fit.setdefault("select_cold", r.cold_user_weights == "auto")
+    fit.setdefault("cold_window_s", r.cold_user_window_hours * 3600.0)
     if holdout is not None:
         data = holdout.fit_data() if data is None else replace(data, fit_from=holdout.fit_from, model=holdout.model,
                                                                 item_vecs=holdout.item_vecs)
@@ -283,10 +288,22 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
         prior_fit = {"fit": "in_sample" if holdout is None else "holdout_tail", "n_clicks": prior.n_clicks,
                      **({} if holdout is None else holdout.to_json())}
         say(f"retrieval prior ({prior_fit['fit']}): w_age = {prior.weight:.4f} per day, "
-            f"w_pop = {prior.pop_weight:.4f} per log click, w_cat = {prior.category_weight:.4f} per log category share, "
+            f"w_pop = {prior.pop_weight:.4f} per log click, w_pop2 = {prior.pop2_weight:.4f} per squared log click, "
+            f"w_cat = {prior.category_weight:.4f} per log category share, "
             f"tower logit x{prior.tower_weight:.3f}; category share: {describe_category_share(prior)}")
+        for what, sel in (prior.selection or {}).items():
+            say(f"retrieval prior, {what.replace('_', ' ')}: {'kept' if sel['kept'] else 'not kept'} "
+                f"(held-out recall@100 / @10 on {sel['held_out_clicks']} clicks: "
+                + (", ".join(f"{k} {v['recall@100']:.4f} / {v['recall@10']:.4f}" for k, v in sel.items()
+                             if isinstance(v, dict)) or sel.get("why", ""))
+                + (f"; gain in hits@10 + hits@100 per click {sel['gain']:+.4f}, standard error {sel['standard_error']:.4f}"
+                   if "gain" in sel else "") + ")")
+        cold = prior.cold_user
+        if cold is not None:
+            say(f"retrieval prior, users without history (their first {cfg.retrieval.cold_user_window_hours:g} h): "
+                f"w_age = {cold.weight:.4f} per day, w_pop = {cold.pop_weight:.4f}, w_pop2 = {cold.pop2_weight:.4f}, "
+                f"tower logit x{cold.tower_weight:.3f} ({cold.n_clicks} clicks)")
 
-    imp_rows = np.flatnonzero(train_rows & ev.mask("impression"))
     n_imp_train = int(train_rows[ev.mask("impression")].sum())
     prior_ctr = float(train_rows[ev.mask("click")].sum() / max(n_imp_train, 1)) if n_imp_train else 0.05
     prior_ctr = float(np.clip(prior_ctr, 1e-4, 0.9))

@@ -118,7 +118,7 @@ class CandidateStage:
         ann, ann_scores = self._only_live(ids[0][ok].astype(np.int64), now, scores[0][ok])
         if prior is not None:  # freshness/popularity prior: rescore the ANN's top, recent and popular items
             has_history = ctx.has_history  # else the cold_user weights, when fitted
-            pop = prior.for_user(has_history).pop_weight
+            pop = prior.for_user(has_history).uses_clicks
             ann, ann_scores = self._prior_pool(prior, now).top(  # clicks only count with a popularity weight
                 prior, user_vec, ann, self.art.item_vectors, self.catalog.published_at, now, p.ann_k,
                 clicks=self.state.item_clicks if pop else None, has_history=has_history,

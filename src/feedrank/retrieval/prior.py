@@ -40,6 +40,7 @@ on a held-out tail with towers that have not seen it (``pipeline/build.py``,
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -81,9 +82,13 @@ class AgePrior:
     n_categories: int = 0         # C of that share (the towers' category vocabulary; 0: no category term)
     category_estimator: CategoryShare | None = None  # how that share is estimated (None: category_affinity's)
     category_search: dict | None = None  # how the estimator was picked (CategoryShareFit.to_json(); None: not fitted)
+    pop2_weight: float = 0.0  # w_pop2, per unit of log1p(clicks)**2 (the popularity curve's bend; 0: a power law)
+    selection: dict | None = None  # the held-out comparisons that chose the curve / the cold-user weights (fit_age_prior)
 
     def to_json(self) -> dict:
-        return {"weight": self.weight, "pop_weight": self.pop_weight, "temperature": self.temperature,
+        return {"weight": self.weight, "pop_weight": self.pop_weight, "pop2_weight": self.pop2_weight,
+                "selection": self.selection,
+                "temperature": self.temperature,
                 "ref_ts": self.ref_ts, "n_clicks": self.n_clicks, "nll_before": self.nll_before,
                 "nll_after": self.nll_after, "ctr_weight": self.ctr_weight, "creator_weight": self.creator_weight,
                 "ctr0": self.ctr0, "ctr_strength": self.ctr_strength, "creator_strength": self.creator_strength,
@@ -111,6 +116,7 @@ class AgePrior:
     def _from_json(cls, raw: dict) -> AgePrior:
         return cls(float(raw["weight"]), float(raw["temperature"]), float(raw.get("ref_ts", 0.0)),
                    float(raw.get("pop_weight", 0.0)), int(raw.get("n_clicks", 0)),
+                   pop2_weight=float(raw.get("pop2_weight", 0.0)), selection=raw.get("selection"),
                    ctr_weight=float(raw.get("ctr_weight", 0.0)), creator_weight=float(raw.get("creator_weight", 0.0)),
                    ctr0=float(raw.get("ctr0", 0.0)), ctr_strength=float(raw.get("ctr_strength", ITEM_CTR_STRENGTH)),
                    creator_strength=float(raw.get("creator_strength", CREATOR_CTR_STRENGTH)),
@@ -124,8 +130,13 @@ class AgePrior:
                    **category_share_fields(raw.get("category_share")))
 
     @property
+    def uses_clicks(self) -> bool:
+        """True when a popularity term reads the items' click counts."""
+        return self.pop_weight > 0.0 or self.pop2_weight > 0.0
+
+    @property
     def active(self) -> bool:
-        own = any(w > 0.0 for w in (self.weight, self.pop_weight, self.ctr_weight, self.creator_weight, self.trend_weight,
+        own = any(w > 0.0 for w in (self.weight, self.pop_weight, self.pop2_weight, self.ctr_weight, self.creator_weight, self.trend_weight,
                                     self.feedback_weight, self.category_weight)) or (self.new is not None and self.new.active)
         return own or (self.cold_user is not None and self.cold_user.active)
 
@@ -147,6 +158,8 @@ class AgePrior:
         log_clicks = None if clicks is None else np.log1p(np.maximum(clicks, 0.0))
         if log_clicks is not None and self.pop_weight:
             out = out + self.pop_weight * log_clicks
+        if log_clicks is not None and self.pop2_weight:
+            out = out + self.pop2_weight * (log_clicks * log_clicks)
         if self.new is not None:
             out = out + self.new.bias(published_at, age, log_clicks)
         if counters is not None and self.trend_weight and counters.recent_clicks is not None:
@@ -326,13 +339,15 @@ class PriorFitData:
 
 
 MIN_COLD_USER_CLICKS = 100  # fewer first clicks than this: no separate weights for users without history
+MIN_HELD_OUT_CLICKS = 500    # the curve's held-out comparison: fewer unfitted tail clicks than this, a quarter of the tail
 
 
 def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
                   max_age_s: float | None, seed: int, n_clicks: int = 2000, popularity: bool = True,
                   max_items: int = 5000, data: PriorFitData | None = None, ctr: bool = True,
                   cold_users: bool = False, fit_tower_weight: bool = False, new_items: bool = False,
-                  category: bool = False, category_estimator: str = "uniform") -> AgePrior:
+                  category: bool = False, category_estimator: str = "uniform", cold_window_s: float = 0.0,
+                  pop_curve: bool | str = False, select_cold: bool = False) -> AgePrior:
     """Fit the prior on a sample of training ``clicks`` (a ``ClickLog``; the newest half, or
     those after ``data.fit_from``), towers fixed: user vectors from each click's history
     before it, click (and, with ``data.impressions``, impression and creator) counts of every
@@ -359,7 +374,21 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
     (``CategoryShare``: a per-click recency decay, the smoothing strength and a uniform or
     population prior, picked by this fit's own likelihood on at most ``CATEGORY_SEARCH_CLICKS``
     of its clicks, ``search_category_share``; the population shares of that search come from
-    the clicks before every fitted click, the served ones from all of ``clicks``)."""
+    the clicks before every fitted click, the served ones from all of ``clicks``).
+
+    ``cold_window_s`` > 0: the weights for users without history are fitted on every click
+    within that many seconds of the user's first click instead, each scored with an empty
+    history (the feed of a user the store knows nothing about serves that user's first
+    visit). ``pop_curve``: the popularity term gets the bend ``w_pop2 * log1p(clicks)**2``;
+    ``"auto"``: fitted both ways, kept when it ranks held-out clicks of the same tail (up to
+    ``n_clicks``, none of the fitted ones) better by more than one standard error (``prefer``:
+    hits at 10 plus hits at 100 per click, ``click_hits``).
+    ``select_cold``: the weights for users without history are kept only when they rank the
+    first-visit clicks of the tail's new users (held out from a trial fit) better than the main
+    weights do with an empty history, by the same rule; kept, they are refitted on every
+    first-visit click (as without the selection). What was compared is in ``AgePrior.selection``."""
+    if pop_curve not in (False, True, "auto"):
+        raise ValueError(f"fit_age_prior: pop_curve {pop_curve!r}: expected False, True or 'auto'")
     if category_estimator not in CATEGORY_ESTIMATORS:
         raise ValueError(f"fit_age_prior: category_estimator {category_estimator!r}: expected one of "
                          f"{', '.join(CATEGORY_ESTIMATORS)}")
@@ -370,35 +399,83 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
     rng = np.random.default_rng(seed)
     order = np.argsort(clicks.ts, kind="stable")
     newest = order[len(order) // 2 :] if data.fit_from is None else order[clicks.ts[order] >= data.fit_from]
-    first = clicks.ts == clicks.ts[clicks.starts[clicks.user_codes]] if len(clicks.items) else np.zeros(0, bool)
+    first = (clicks.ts <= clicks.ts[clicks.starts[clicks.user_codes]] + cold_window_s if len(clicks.items)
+             else np.zeros(0, bool))
     if data.frozen and data.fit_from is not None:  # "no history" = no click before the freeze
         first = clicks.ts[clicks.starts[clicks.user_codes]] >= data.fit_from
         if cold_users:
             newest = newest[~first[newest]]
     if not len(newest):
         raise ValueError(f"fit_age_prior: no training clicks to fit on (fit_from={data.fit_from})")
+    val_rng = np.random.default_rng([seed, 1])  # the held-out clicks of the selections: the fits' draws stay as they were
+    val = np.zeros(0, dtype=np.int64)
+    if pop_curve == "auto" and len(newest) < n_clicks + MIN_HELD_OUT_CLICKS:  # too few to leave some unfitted: a quarter
+        val = np.sort(val_rng.choice(newest, size=len(newest) // 4, replace=False))
+        newest = np.setdiff1d(newest, val)
     pick = np.sort(rng.choice(newest, size=min(n_clicks, len(newest)), replace=False))
-    prior = _fit_on_clicks(pick, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, rng,
-                           popularity, max_items, data, ctr, fit_scale=fit_tower_weight, new_items=new_items,
-                           category=category, category_estimator=category_estimator)
+    curve_rng = copy.deepcopy(rng)  # the curve's fit sees the same catalogue sample
+
+    def fit(rows: np.ndarray, r: np.random.Generator, curve: bool, **k) -> AgePrior:
+        k = {"category": category, "category_estimator": category_estimator, **k}
+        return _fit_on_clicks(rows, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, r, popularity,
+                              max_items, data, ctr, pop_curve=curve, **k)
+
+    prior = fit(pick, rng, pop_curve is True, fit_scale=fit_tower_weight, new_items=new_items)
+    selection: dict = {}
+    score_model = model if data.model is None else data.model
+    score_vecs = item_vecs if data.item_vecs is None else data.item_vecs
+    hits = lambda pr, rows, **k: click_hits(pr, score_model, score_vecs, catalog, clicks, rows, history_len,  # noqa: E731
+                                            max_age_s, seed=seed, **k)
+    if pop_curve == "auto" and popularity:
+        if not len(val):
+            val = np.setdiff1d(newest, pick)
+            val = np.sort(val_rng.choice(val, size=min(n_clicks, len(val)), replace=False))
+        bent = fit(pick, curve_rng, True, fit_scale=fit_tower_weight, new_items=new_items)
+        h_plain, h_bent = hits(prior, val), hits(bent, val)
+        keep, info = prefer(h_bent, h_plain)
+        selection["popularity_curve"] = {"kept": keep, **info, "without": _recall_json(h_plain),
+                                         "with": _recall_json(h_bent)}
+        prior = bent if keep else prior
     if prior.new is not None:  # served: new = published after the newest click the served towers were trained on
         prior = replace(prior, new=replace(prior.new, new_from=float(np.nextafter(clicks.ts.max(), np.inf))))
     if cold_users and len(clicks.items):
         cold = np.flatnonzero(first)  # no click of the user before it (before the freeze)
         if data.frozen:
             cold = cold[clicks.ts[cold] >= data.fit_from]
-        if len(cold) >= MIN_COLD_USER_CLICKS:
-            cold = np.sort(rng.choice(cold, size=min(n_clicks, len(cold)), replace=False))
-            sub = _fit_on_clicks(cold, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, rng,
-                                 popularity, max_items, data, ctr, fit_scale=True)
-            prior = replace(prior, cold_user=sub)
-    return prior
+        curve = prior.pop2_weight > 0 or pop_curve is True
+
+        def fit_cold(rows: np.ndarray, r: np.random.Generator) -> AgePrior:
+            rows = np.sort(r.choice(rows, size=min(n_clicks, len(rows)), replace=False))
+            return fit(rows, r, curve, fit_scale=True, no_history=cold_window_s > 0, category=False)
+
+        keep = len(cold) >= MIN_COLD_USER_CLICKS
+        if keep and select_cold:  # first-visit clicks of users new in the fitted tail, held out from a trial fit
+            val = cold[np.isin(cold, newest)]
+            unfitted = np.setdiff1d(val, pick)  # the main weights' own clicks would favour them
+            val = unfitted if len(unfitted) >= MIN_COLD_USER_CLICKS else val
+            val = np.sort(val_rng.choice(val, size=min(n_clicks, len(val)), replace=False))
+            rest = np.setdiff1d(cold, val)
+            keep = len(val) >= MIN_COLD_USER_CLICKS and len(rest) >= MIN_COLD_USER_CLICKS
+            if keep:
+                trial = fit_cold(rest, copy.deepcopy(rng))
+                h_main, h_cold = hits(prior, val, no_history=True), hits(trial, val, no_history=True)
+                keep, info = prefer(h_cold, h_main)
+                selection["cold_user"] = {"kept": keep, **info, "main": _recall_json(h_main),
+                                          "cold": _recall_json(h_cold)}
+            else:
+                selection["cold_user"] = {"kept": False, "held_out_clicks": int(len(val)),
+                                          "why": f"fewer than {MIN_COLD_USER_CLICKS} first-visit clicks to fit or "
+                                                 "to hold out"}
+        if keep:  # served: refitted on every first-visit click (the held-out ones too), as without the selection
+            prior = replace(prior, cold_user=fit_cold(cold, rng))
+    return replace(prior, selection=selection or None)
 
 
 def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
                    max_age_s: float | None, rng: np.random.Generator, popularity: bool, max_items: int,
                    data: PriorFitData, ctr: bool, fit_scale: bool = False, new_items: bool = False,
-                   category: bool = False, category_estimator: str = "uniform") -> AgePrior:
+                   category: bool = False, category_estimator: str = "uniform", no_history: bool = False,
+                   pop_curve: bool = False) -> AgePrior:
     """The prior's weights fitted on the clicks ``pick`` (indices into the ``ClickLog``);
     ``fit_scale``: the weight of the tower logit too (``tower_weight``); ``new_items``: the
     ``NewItemTerms`` for items published at or after ``data.fit_from``; ``category``: the
@@ -413,6 +490,8 @@ def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float,
             raise ValueError("PriorFitData(frozen=True) needs fit_from: the time the state is frozen at")
         ts = np.full(len(pick), float(data.fit_from))
     hist = clicks.histories(users, ts, history_len)
+    if no_history:  # scored as a user the store knows nothing about
+        hist = np.full_like(hist, -1)
     uvec = encode_users(fit_model, catalog, hist, ts, item_vecs=fit_vecs)
     keep = np.arange(len(catalog))
     if len(catalog) > max_items:
@@ -427,6 +506,9 @@ def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float,
         replay = CounterReplay(len(catalog), clicks.items, clicks.ts, imp[0], imp[1], creator_codes(catalog.creators))
         mats = counters_at(replay, ts, keep)
         counts = mats["clicks"] if popularity else None
+        if popularity and pop_curve:  # the popularity curve's bend: log1p(clicks)**2
+            more.append(np.square(np.log1p(counts)).astype(np.float32))
+            names.append("pop2_weight")
         if popularity and data.trend:
             more.append(np.log1p(mats["recent_clicks"]))
             names.append("trend_weight")
@@ -515,3 +597,67 @@ def rescore_with_prior(prior: AgePrior, user_vec: np.ndarray, cand: np.ndarray, 
     top = np.argpartition(-s, k - 1)[:k] if k < len(cand) else np.arange(len(cand))
     top = top[np.lexsort((cand[top], -s[top]))]
     return cand[top].astype(np.int64), s[top].astype(np.float32)
+
+
+def _recall_json(hits: dict[int, np.ndarray]) -> dict[str, float]:
+    return {f"recall@{k}": round(float(h.mean()), 6) if len(h) else 0.0 for k, h in hits.items()}
+
+
+def click_recall(prior: AgePrior, model, item_vecs: np.ndarray, catalog, clicks, pick: np.ndarray, history_len: int,
+                 max_age_s: float | None, ks: tuple[int, ...] = (10, 100), **kw) -> dict[int, float]:
+    """Recall@k of the training clicks ``pick`` under ``prior``: {k: share of the clicks whose
+    item ranks in the top k} (``click_hits``)."""
+    hits = click_hits(prior, model, item_vecs, catalog, clicks, pick, history_len, max_age_s, ks, **kw)
+    return {k: float(h.mean()) if len(h) else 0.0 for k, h in hits.items()}
+
+
+def prefer(challenger: dict[int, np.ndarray], incumbent: dict[int, np.ndarray]) -> tuple[bool, dict]:
+    """Whether the challenger ranks the same held-out clicks better: per click, hits at 10
+    plus hits at 100 (``click_hits``); kept when its mean gain is above one standard error
+    of the paired differences (the one-standard-error rule: a tie keeps the simpler model).
+    Returns (kept, the comparison for the manifest)."""
+    d = (challenger[10].astype(np.float64) + challenger[100]) - (incumbent[10].astype(np.float64) + incumbent[100])
+    gain = float(d.mean()) if len(d) else 0.0
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    return gain > se, {"held_out_clicks": int(len(d)), "gain": round(gain, 6), "standard_error": round(se, 6)}
+
+
+def click_hits(prior: AgePrior, model, item_vecs: np.ndarray, catalog, clicks, pick: np.ndarray, history_len: int,
+               max_age_s: float | None, ks: tuple[int, ...] = (10, 100), no_history: bool = False,
+               max_items: int = 20_000, seed: int = 0) -> dict[int, np.ndarray]:
+    """Whether each training click of ``pick`` ranks in the top k under ``prior``, scored as
+    serving scores a request at the click's time: the user's vector from the clicks before it
+    (``no_history``: an empty history), click counts of every click before it, candidates =
+    the items live then minus the user's earlier clicks. Above ``max_items`` items, a uniform
+    sample of them plus the clicked ones stands for the catalogue and each k shrinks in
+    proportion. Returns {k: (Q,) bool}."""
+    from feedrank.retrieval.encode import encode_users
+
+    users, ts, pos = clicks.user_codes[pick], clicks.ts[pick], clicks.items[pick]
+    hist = clicks.histories(users, ts, history_len)
+    if no_history:
+        hist = np.full_like(hist, -1)
+    uvec = encode_users(model, catalog, hist, ts, item_vecs=item_vecs)
+    n = len(catalog)
+    keep = np.arange(n)
+    if n > max_items:
+        keep = np.union1d(np.random.default_rng(seed).choice(n, size=max_items, replace=False), pos)
+    col = np.full(n, -1, dtype=np.int64)
+    col[keep] = np.arange(len(keep))
+    counts = counters_at(CounterReplay(n, clicks.items, clicks.ts), ts, keep)["clicks"]
+    aff = prior.user_affinity(hist, catalog.cat_idx) if prior.category_weight else None
+    pub = np.nan_to_num(np.asarray(catalog.published_at, dtype=np.float64)[keep], nan=-np.inf)
+    vecs, cats = item_vecs[keep], np.asarray(catalog.cat_idx)[keep]
+    scale = len(keep) / n
+    ahead = np.zeros(len(pick), dtype=np.int64)
+    for q in range(len(pick)):
+        t = float(ts[q])
+        s = prior.scores(uvec[q][None], vecs, catalog.published_at[keep], t, clicks=counts[q],
+                         affinity=None if aff is None else aff[q:q + 1], categories=cats)[0]
+        ok = pub <= t
+        if max_age_s is not None:
+            ok &= t - pub < max_age_s
+        seen = col[hist[q][hist[q] >= 0]]
+        ok[seen[seen >= 0]] = False
+        ahead[q] = int((ok & (s > s[col[pos[q]]])).sum())
+    return {k: ahead < max(1, round(k * scale)) for k in ks}

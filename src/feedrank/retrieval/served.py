@@ -45,8 +45,8 @@ def prior_pool(published_at: np.ndarray, live_mask: np.ndarray, now: float, hour
 def popular_pool_size(prior: AgePrior, ann_k: int) -> int:
     """How many of the popular list serving adds to the rescored pool: ``ann_k`` when a
     popularity weight is in use (for users with or without history), else none."""
-    pops = [prior.pop_weight] + ([prior.cold_user.pop_weight] if prior.cold_user is not None else [])
-    return ann_k if max(pops) > 0 else 0
+    uses = prior.uses_clicks or (prior.cold_user is not None and prior.cold_user.uses_clicks)
+    return ann_k if uses else 0
 
 
 @dataclass(frozen=True)

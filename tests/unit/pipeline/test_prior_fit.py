@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import feedrank.pipeline.build as build
+import feedrank.retrieval.encode as encode_mod
 import feedrank.retrieval.prior as prior_mod
 from feedrank.config import load_config
 from feedrank.data.synth import WorldConfig, generate_world
@@ -125,3 +126,135 @@ def test_train_fits_the_prior_as_configured(world: Path, tmp_path: Path, monkeyp
     assert data.item_vecs.shape == art.item_vectors.shape and not np.allclose(data.item_vecs, art.item_vectors)
     assert data.fit_from == info["age_prior_fit"]["fit_from"]
     assert info["age_prior_fit"]["tail_clicks"] == int((clicks.ts >= data.fit_from).sum())
+
+
+def test_train_fits_first_visit_weights_for_users_without_history(world: Path, tmp_path: Path, monkeypatch):
+    """``retrieval.cold_user_weights=always``: the weights for a user without history are fitted
+    on every click made within ``cold_user_window_hours`` of the user's first click, each
+    scored with an empty history; with ``retrieval.popularity_curve=always`` both fits have the
+    log1p(clicks)**2 term. The bundle carries both weight sets."""
+    calls = []
+    real = prior_mod._fit_on_clicks
+
+    def spy(pick, model, catalog, clicks, *a, **k):
+        calls.append((pick.copy(), clicks, k))
+        return real(pick, model, catalog, clicks, *a, **k)
+
+    monkeypatch.setattr(prior_mod, "_fit_on_clicks", spy)
+    cfg = load_config(None, OVERRIDES + ["retrieval.cold_user_weights=always", "retrieval.cold_user_window_hours=2",
+                                        "retrieval.popularity_curve=always"])
+    train_model(world, tmp_path / "model", cfg, show_progress=False, say=quiet)
+    assert len(calls) == 2
+    (_, _, main), (pick, clicks, cold) = calls
+    assert main.get("pop_curve") and not main.get("no_history")
+    assert cold.get("pop_curve") and cold.get("no_history")
+    since_first = clicks.ts[pick] - clicks.ts[clicks.starts[clicks.user_codes[pick]]]
+    assert since_first.max() <= 2 * 3600.0 and (since_first > 0).any()  # the first visit, not only its first click
+    window = clicks.ts <= clicks.ts[clicks.starts[clicks.user_codes]] + 2 * 3600.0
+    assert len(pick) == min(2000, int(window.sum()))
+    prior = load_artifacts(tmp_path / "model").info["age_prior"]
+    assert prior["cold_user"] is not None and "pop2_weight" in prior and "pop2_weight" in prior["cold_user"]
+    assert prior_mod.AgePrior.from_json(prior).cold_user is not None
+
+    # an empty history gives the user vector of a user the store knows nothing about
+    seen = []
+    real_encode = encode_mod.encode_users
+
+    def enc(model, catalog, hist, ts, **k):
+        seen.append(hist.copy())
+        return real_encode(model, catalog, hist, ts, **k)
+
+    monkeypatch.setattr(encode_mod, "encode_users", enc)
+    art = load_artifacts(tmp_path / "model")
+    prior_mod.fit_age_prior(art.two_tower, prepare(world, cfg, say=quiet).catalog, clicks, 0.15, 30, art.item_vectors,
+                            None, seed=0, cold_users=True, cold_window_s=7200.0)
+    assert len(seen) == 2 and (seen[1] == -1).all() and (seen[0] >= 0).any()
+
+
+@pytest.mark.parametrize("better", ["plain", "bent"])
+def test_auto_keeps_what_ranks_the_held_out_clicks_better(world: Path, monkeypatch, better: str):
+    """``pop_curve="auto"`` / ``select_cold``: each candidate is scored on clicks none of the
+    fits used (``click_hits``), and the better one is served; the comparison is recorded."""
+    cfg = load_config(None, OVERRIDES)
+    prep = prepare(world, cfg, say=quiet)
+    clicks = prep.events.click_log(np.flatnonzero(_train_rows(prep)))
+    art = train_model(world, Path(str(world) + "_m") / "model", load_config(None, OVERRIDES + [
+        "retrieval.popularity_curve=never", "retrieval.cold_user_weights=never"]), show_progress=False, say=quiet)
+    fitted, scored, made = [], [], []  # made: the main fit, the curve's, the cold-user trial fit, its refit
+    real_fit, real_hits = prior_mod._fit_on_clicks, prior_mod.click_hits
+
+    def fit(rows, *a, **k):
+        fitted.append(set(rows.tolist()))
+        made.append(real_fit(rows, *a, **k))
+        return made[-1]
+
+    def hits(pr, model, vecs, catalog, clk, rows, *a, **k):
+        scored.append(set(rows.tolist()))
+        got = real_hits(pr, model, vecs, catalog, clk, rows, *a, **k)
+        assert set(got) == {10, 100} and all(h.dtype == bool and len(h) == len(rows) for h in got.values())
+        challenger = pr is made[2] if k.get("no_history") else pr is made[1]
+        win = challenger == (better == "bent")
+        return {kk: np.full(len(rows), win) if kk == 100 else np.arange(len(rows)) % 3 == 0 for kk in got}
+
+    monkeypatch.setattr(prior_mod, "_fit_on_clicks", fit)
+    monkeypatch.setattr(prior_mod, "MIN_COLD_USER_CLICKS", 5)  # a small world: few first visits in the tail
+    monkeypatch.setattr(prior_mod, "click_hits", hits)
+    prior = prior_mod.fit_age_prior(art.two_tower, prep.catalog, clicks, 0.15, 30, art.item_vectors, None, seed=0,
+                                    pop_curve="auto", cold_users=True, cold_window_s=6 * 3600.0, select_cold=True)
+    sel = prior.selection
+    assert set(sel) == {"popularity_curve", "cold_user"}
+    assert sel["popularity_curve"]["kept"] == (better == "bent") and sel["cold_user"]["kept"] == (better == "bent")
+    assert (prior.cold_user is not None) == (better == "bent")
+    # each comparison scores clicks its challenger was not fitted on (both sides the same clicks)
+    assert len(scored) == 4 and scored[0] == scored[1] and scored[2] == scored[3]
+    assert scored[0] and not scored[0] & (fitted[0] | fitted[1])
+    assert scored[2] and not scored[2] & fitted[2]
+    # kept, the cold weights served are refitted on every first-visit click (held-out ones too)
+    assert len(made) == (4 if better == "bent" else 3)
+    if better == "bent":
+        assert prior.cold_user is made[3] and fitted[3] & scored[2]
+    assert prior_mod.AgePrior.from_json(prior.to_json()).selection == prior.to_json()["selection"]
+
+
+def test_click_recall_ranks_each_click_among_the_items_live_then_minus_the_users_earlier_clicks(world: Path, tmp_path: Path):
+    cfg = load_config(None, OVERRIDES + ["retrieval.popularity_curve=never", "retrieval.cold_user_weights=never"])
+    art = train_model(world, tmp_path / "model", cfg, show_progress=False, say=quiet)
+    prep = prepare(world, cfg, say=quiet)
+    clicks = prep.events.click_log(np.flatnonzero(_train_rows(prep)))
+    prior = prior_mod.AgePrior.from_json(art.info["age_prior"])
+    pick = np.sort(np.random.default_rng(3).choice(len(clicks.items), size=60, replace=False))
+    got = prior_mod.click_recall(prior, art.two_tower, art.item_vectors, prep.catalog, clicks, pick,
+                                 cfg.retrieval.history_len, None, ks=(1, 10, 100))
+    from feedrank.retrieval.encode import encode_users
+
+    pub = np.nan_to_num(prep.catalog.published_at, nan=-np.inf)
+    want = {1: 0, 10: 0, 100: 0}
+    for q in pick:
+        u, t, item = clicks.user_codes[q], float(clicks.ts[q]), clicks.items[q]
+        hist = clicks.histories(np.array([u]), np.array([t]), cfg.retrieval.history_len)
+        uvec = encode_users(art.two_tower, prep.catalog, hist, np.array([t]), item_vecs=art.item_vectors)
+        counts = np.bincount(clicks.items[clicks.ts < t], minlength=len(prep.catalog)).astype(np.float64)
+        s = prior.scores(uvec, art.item_vectors, prep.catalog.published_at, t, clicks=counts,
+                         affinity=prior.user_affinity(hist, prep.catalog.cat_idx) if prior.category_weight else None,
+                         categories=prep.catalog.cat_idx)[0]
+        ok = pub <= t
+        ok[hist[0][hist[0] >= 0]] = False
+        ahead = int((ok & (s > s[item])).sum())
+        for k in want:
+            want[k] += ahead < k
+    assert got == {k: v / len(pick) for k, v in want.items()}
+    assert 0 < got[100] and got[1] <= got[10] <= got[100] <= 1
+
+
+def test_prefer_keeps_the_challenger_only_beyond_one_standard_error():
+    n = 400
+    base = {10: np.zeros(n, bool), 100: np.arange(n) % 2 == 0}
+    tie = {10: np.zeros(n, bool), 100: np.arange(n) % 2 == 1}  # as many hits, on other clicks
+    assert prior_mod.prefer(tie, base)[0] is False
+    a_little = {10: np.zeros(n, bool), 100: (np.arange(n) % 2 == 0) | (np.arange(n) == 1)}  # one click more
+    kept, info = prior_mod.prefer(a_little, base)
+    assert kept is False and 0 < info["gain"] <= info["standard_error"]
+    clearly = {10: np.arange(n) % 4 == 0, 100: (np.arange(n) % 2 == 0) | (np.arange(n) % 5 == 1)}
+    kept, info = prior_mod.prefer(clearly, base)
+    assert kept is True and info["gain"] > info["standard_error"] and info["held_out_clicks"] == n
+    assert prior_mod.prefer(base, clearly)[0] is False
