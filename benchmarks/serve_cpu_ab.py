@@ -49,7 +49,7 @@ from feedrank.rerank.diversity import cap_split
 from feedrank.retrieval import sources
 from feedrank.retrieval.index import FaissIndex, IndexParams, choose_kind
 from feedrank.retrieval.prior import rescore_with_prior
-from feedrank.retrieval.served import PRIOR_POOL_MAX
+from feedrank.retrieval.served import PRIOR_POOL_MAX, popular_pool_size
 from feedrank.retrieval.sources import SourceResult, followed_keys, sorted_unique
 from feedrank.retrieval.sources_reference import followed_items, fresh_items, merge_sources_reference, recent_pool
 from feedrank.serving.factory import build_service
@@ -143,8 +143,9 @@ class Uncached:
         r, p = self.rec, self.rec.cfg.pipeline
         hours = max(p.fresh_hours, p.followed_hours)
         parts = (r._newest(None, None, now, hours * 3600.0, PRIOR_POOL_MAX),)
-        if prior.pop_weight > 0:
-            parts += (r._only_live(r._popular_list(now)[: p.ann_k], now),)
+        popular_n = popular_pool_size(prior, p.ann_k)  # as pipeline/candidates.py (any popularity weight)
+        if popular_n:
+            parts += (r._only_live(r._popular_list(now)[:popular_n], now),)
         return _GatherPool(parts)
 
 

@@ -340,6 +340,7 @@ class PriorFitData:
 
 MIN_COLD_USER_CLICKS = 100  # fewer first clicks than this: no separate weights for users without history
 MIN_HELD_OUT_CLICKS = 500    # the curve's held-out comparison: fewer unfitted tail clicks than this, a quarter of the tail
+MIN_SELECTION_CLICKS = 50    # fewer held-out clicks than this: no selection, the simpler prior is served
 
 
 def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, item_vecs: np.ndarray,
@@ -408,8 +409,12 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
     if not len(newest):
         raise ValueError(f"fit_age_prior: no training clicks to fit on (fit_from={data.fit_from})")
     val_rng = np.random.default_rng([seed, 1])  # the held-out clicks of the selections: the fits' draws stay as they were
+    tail = newest  # every click the main weights may be fitted on
+    select_curve = pop_curve == "auto" and popularity
+    rng0 = copy.deepcopy(rng)
     val = np.zeros(0, dtype=np.int64)
-    if pop_curve == "auto" and len(newest) < n_clicks + MIN_HELD_OUT_CLICKS:  # too few to leave some unfitted: a quarter
+    carved = select_curve and len(newest) < n_clicks + MIN_HELD_OUT_CLICKS
+    if carved:  # too few to leave some unfitted: a quarter of the tail is held out, the kept fit redone on all of it
         val = np.sort(val_rng.choice(newest, size=len(newest) // 4, replace=False))
         newest = np.setdiff1d(newest, val)
     pick = np.sort(rng.choice(newest, size=min(n_clicks, len(newest)), replace=False))
@@ -420,22 +425,33 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
         return _fit_on_clicks(rows, model, catalog, clicks, temperature, history_len, item_vecs, max_age_s, r, popularity,
                               max_items, data, ctr, pop_curve=curve, **k)
 
-    prior = fit(pick, rng, pop_curve is True, fit_scale=fit_tower_weight, new_items=new_items)
+    main_k = {"fit_scale": fit_tower_weight, "new_items": new_items}
+    prior = fit(pick, rng, pop_curve is True, **main_k)
     selection: dict = {}
     score_model = model if data.model is None else data.model
     score_vecs = item_vecs if data.item_vecs is None else data.item_vecs
     hits = lambda pr, rows, **k: click_hits(pr, score_model, score_vecs, catalog, clicks, rows, history_len,  # noqa: E731
                                             max_age_s, seed=seed, **k)
-    if pop_curve == "auto" and popularity:
-        if not len(val):
+    if select_curve:
+        if not carved:
             val = np.setdiff1d(newest, pick)
             val = np.sort(val_rng.choice(val, size=min(n_clicks, len(val)), replace=False))
-        bent = fit(pick, curve_rng, True, fit_scale=fit_tower_weight, new_items=new_items)
-        h_plain, h_bent = hits(prior, val), hits(bent, val)
-        keep, info = prefer(h_bent, h_plain)
-        selection["popularity_curve"] = {"kept": keep, **info, "without": _recall_json(h_plain),
-                                         "with": _recall_json(h_bent)}
-        prior = bent if keep else prior
+        if len(val) >= MIN_SELECTION_CLICKS:
+            bent = fit(pick, curve_rng, True, **main_k)
+            h_plain, h_bent = hits(prior, val), hits(bent, val)
+            keep, info = prefer(h_bent, h_plain)
+            selection["popularity_curve"] = {"kept": keep, **info, "without": _recall_json(h_plain),
+                                             "with": _recall_json(h_bent)}
+        else:
+            keep = False
+            selection["popularity_curve"] = {"kept": False, "held_out_clicks": int(len(val)),
+                                             "why": f"fewer than {MIN_SELECTION_CLICKS} held-out clicks"}
+        if carved:  # served: the kept form refitted on the whole tail, as without the selection
+            newest, rng = tail, rng0
+            pick = np.sort(rng.choice(newest, size=min(n_clicks, len(newest)), replace=False))
+            prior = fit(pick, rng, keep, **main_k)
+        elif keep:
+            prior = bent
     if prior.new is not None:  # served: new = published after the newest click the served towers were trained on
         prior = replace(prior, new=replace(prior.new, new_from=float(np.nextafter(clicks.ts.max(), np.inf))))
     if cold_users and len(clicks.items):
@@ -449,13 +465,13 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
             return fit(rows, r, curve, fit_scale=True, no_history=cold_window_s > 0, category=False)
 
         keep = len(cold) >= MIN_COLD_USER_CLICKS
-        if keep and select_cold:  # first-visit clicks of users new in the fitted tail, held out from a trial fit
-            val = cold[np.isin(cold, newest)]
-            unfitted = np.setdiff1d(val, pick)  # the main weights' own clicks would favour them
-            val = unfitted if len(unfitted) >= MIN_COLD_USER_CLICKS else val
+        if keep and select_cold and data.frozen:  # the frozen fit took the new users' clicks out of the tail
+            selection["cold_user"] = {"kept": True, "why": "frozen fit: no held-out selection"}
+        elif keep and select_cold:  # first-visit clicks of users new in the fitted tail, held out from a trial fit
+            val = np.setdiff1d(cold[np.isin(cold, tail)], pick)  # none the main weights were fitted on
             val = np.sort(val_rng.choice(val, size=min(n_clicks, len(val)), replace=False))
             rest = np.setdiff1d(cold, val)
-            keep = len(val) >= MIN_COLD_USER_CLICKS and len(rest) >= MIN_COLD_USER_CLICKS
+            keep = len(val) >= MIN_SELECTION_CLICKS and len(rest) >= MIN_COLD_USER_CLICKS
             if keep:
                 trial = fit_cold(rest, copy.deepcopy(rng))
                 h_main, h_cold = hits(prior, val, no_history=True), hits(trial, val, no_history=True)
@@ -464,8 +480,8 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
                                           "cold": _recall_json(h_cold)}
             else:
                 selection["cold_user"] = {"kept": False, "held_out_clicks": int(len(val)),
-                                          "why": f"fewer than {MIN_COLD_USER_CLICKS} first-visit clicks to fit or "
-                                                 "to hold out"}
+                                          "why": f"fewer than {MIN_SELECTION_CLICKS} unfitted first-visit clicks in the "
+                                                 f"tail or {MIN_COLD_USER_CLICKS} to fit"}
         if keep:  # served: refitted on every first-visit click (the held-out ones too), as without the selection
             prior = replace(prior, cold_user=fit_cold(cold, rng))
     return replace(prior, selection=selection or None)
@@ -617,8 +633,9 @@ def prefer(challenger: dict[int, np.ndarray], incumbent: dict[int, np.ndarray]) 
     of the paired differences (the one-standard-error rule: a tie keeps the simpler model).
     Returns (kept, the comparison for the manifest)."""
     d = (challenger[10].astype(np.float64) + challenger[100]) - (incumbent[10].astype(np.float64) + incumbent[100])
-    gain = float(d.mean()) if len(d) else 0.0
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    if len(d) < 2:
+        return False, {"held_out_clicks": int(len(d)), "why": "fewer than 2 held-out clicks"}
+    gain, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
     return gain > se, {"held_out_clicks": int(len(d)), "gain": round(gain, 6), "standard_error": round(se, 6)}
 
 
@@ -629,8 +646,8 @@ def click_hits(prior: AgePrior, model, item_vecs: np.ndarray, catalog, clicks, p
     serving scores a request at the click's time: the user's vector from the clicks before it
     (``no_history``: an empty history), click counts of every click before it, candidates =
     the items live then minus the user's earlier clicks. Above ``max_items`` items, a uniform
-    sample of them plus the clicked ones stands for the catalogue and each k shrinks in
-    proportion. Returns {k: (Q,) bool}."""
+    sample of that many stands for the catalogue: the items of the sample ahead of the click,
+    times ``N / max_items``, are its estimated rank. Returns {k: (Q,) bool}."""
     from feedrank.retrieval.encode import encode_users
 
     users, ts, pos = clicks.user_codes[pick], clicks.ts[pick], clicks.items[pick]
@@ -639,17 +656,19 @@ def click_hits(prior: AgePrior, model, item_vecs: np.ndarray, catalog, clicks, p
         hist = np.full_like(hist, -1)
     uvec = encode_users(model, catalog, hist, ts, item_vecs=item_vecs)
     n = len(catalog)
-    keep = np.arange(n)
+    keep, per_item = np.arange(n), 1.0
+    counted = np.ones(n, dtype=bool)  # the items whose lead counts (the sample; not the clicked items added to it)
     if n > max_items:
-        keep = np.union1d(np.random.default_rng(seed).choice(n, size=max_items, replace=False), pos)
+        sample = np.random.default_rng(seed).choice(n, size=max_items, replace=False)
+        keep, per_item = np.union1d(sample, pos), n / max_items
+        counted = np.isin(keep, sample)
     col = np.full(n, -1, dtype=np.int64)
     col[keep] = np.arange(len(keep))
     counts = counters_at(CounterReplay(n, clicks.items, clicks.ts), ts, keep)["clicks"]
     aff = prior.user_affinity(hist, catalog.cat_idx) if prior.category_weight else None
     pub = np.nan_to_num(np.asarray(catalog.published_at, dtype=np.float64)[keep], nan=-np.inf)
     vecs, cats = item_vecs[keep], np.asarray(catalog.cat_idx)[keep]
-    scale = len(keep) / n
-    ahead = np.zeros(len(pick), dtype=np.int64)
+    ahead = np.zeros(len(pick), dtype=np.float64)
     for q in range(len(pick)):
         t = float(ts[q])
         s = prior.scores(uvec[q][None], vecs, catalog.published_at[keep], t, clicks=counts[q],
@@ -659,5 +678,5 @@ def click_hits(prior: AgePrior, model, item_vecs: np.ndarray, catalog, clicks, p
             ok &= t - pub < max_age_s
         seen = col[hist[q][hist[q] >= 0]]
         ok[seen[seen >= 0]] = False
-        ahead[q] = int((ok & (s > s[col[pos[q]]])).sum())
-    return {k: ahead < max(1, round(k * scale)) for k in ks}
+        ahead[q] = int((ok & counted & (s > s[col[pos[q]]])).sum()) * per_item
+    return {k: ahead < k for k in ks}

@@ -4,6 +4,7 @@ sample (`in_sample`); the bench's `two_tower_prior` row goes through the same fu
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -180,39 +181,47 @@ def test_auto_keeps_what_ranks_the_held_out_clicks_better(world: Path, monkeypat
     clicks = prep.events.click_log(np.flatnonzero(_train_rows(prep)))
     art = train_model(world, Path(str(world) + "_m") / "model", load_config(None, OVERRIDES + [
         "retrieval.popularity_curve=never", "retrieval.cold_user_weights=never"]), show_progress=False, say=quiet)
-    fitted, scored, made = [], [], []  # made: the main fit, the curve's, the cold-user trial fit, its refit
+    fitted, scored, made = [], [], []  # (kind, rows), scored rows, (kind, prior) of every fit in order
     real_fit, real_hits = prior_mod._fit_on_clicks, prior_mod.click_hits
 
     def fit(rows, *a, **k):
-        fitted.append(set(rows.tolist()))
-        made.append(real_fit(rows, *a, **k))
-        return made[-1]
+        kind = "cold" if k.get("no_history") else "main"
+        fitted.append((kind, set(rows.tolist())))
+        made.append((kind, real_fit(rows, *a, **k)))
+        return made[-1][1]
 
     def hits(pr, model, vecs, catalog, clk, rows, *a, **k):
         scored.append(set(rows.tolist()))
         got = real_hits(pr, model, vecs, catalog, clk, rows, *a, **k)
         assert set(got) == {10, 100} and all(h.dtype == bool and len(h) == len(rows) for h in got.values())
-        challenger = pr is made[2] if k.get("no_history") else pr is made[1]
+        mains, colds = [p for kind, p in made if kind == "main"], [p for kind, p in made if kind == "cold"]
+        challenger = pr is colds[0] if k.get("no_history") else pr is mains[1]  # the cold trial / the curve's fit
         win = challenger == (better == "bent")
         return {kk: np.full(len(rows), win) if kk == 100 else np.arange(len(rows)) % 3 == 0 for kk in got}
 
     monkeypatch.setattr(prior_mod, "_fit_on_clicks", fit)
     monkeypatch.setattr(prior_mod, "MIN_COLD_USER_CLICKS", 5)  # a small world: few first visits in the tail
+    monkeypatch.setattr(prior_mod, "MIN_SELECTION_CLICKS", 5)
     monkeypatch.setattr(prior_mod, "click_hits", hits)
     prior = prior_mod.fit_age_prior(art.two_tower, prep.catalog, clicks, 0.15, 30, art.item_vectors, None, seed=0,
-                                    pop_curve="auto", cold_users=True, cold_window_s=6 * 3600.0, select_cold=True)
+                                    pop_curve="auto", cold_users=True, cold_window_s=6 * 3600.0, select_cold=True,
+                                    n_clicks=150)  # leaves unfitted tail clicks (2,000 would take every one)
     sel = prior.selection
     assert set(sel) == {"popularity_curve", "cold_user"}
     assert sel["popularity_curve"]["kept"] == (better == "bent") and sel["cold_user"]["kept"] == (better == "bent")
     assert (prior.cold_user is not None) == (better == "bent")
-    # each comparison scores clicks its challenger was not fitted on (both sides the same clicks)
+    # each comparison scores clicks its challenger (and the incumbent) were not fitted on, both sides the same clicks
+    kinds = [kind for kind, _ in fitted]
+    n_main = kinds.count("main")  # 3 when the tail is too small to leave unfitted clicks: the kept form is refitted
+    assert kinds[:n_main] == ["main"] * n_main and n_main in (2, 3) and set(kinds[n_main:]) == {"cold"}
     assert len(scored) == 4 and scored[0] == scored[1] and scored[2] == scored[3]
-    assert scored[0] and not scored[0] & (fitted[0] | fitted[1])
-    assert scored[2] and not scored[2] & fitted[2]
+    assert scored[0] and not scored[0] & (fitted[0][1] | fitted[1][1])
+    served_main = fitted[n_main - 1][1] if n_main == 3 else fitted[0][1]  # (the curve's fit uses the same clicks)
+    assert scored[2] and not scored[2] & (served_main | fitted[n_main][1])  # not the main weights', not the trial's
     # kept, the cold weights served are refitted on every first-visit click (held-out ones too)
-    assert len(made) == (4 if better == "bent" else 3)
+    assert len(made) == n_main + (2 if better == "bent" else 1)
     if better == "bent":
-        assert prior.cold_user is made[3] and fitted[3] & scored[2]
+        assert prior.cold_user is made[-1][1] and fitted[-1][1] & scored[2]
     assert prior_mod.AgePrior.from_json(prior.to_json()).selection == prior.to_json()["selection"]
 
 
@@ -258,3 +267,46 @@ def test_prefer_keeps_the_challenger_only_beyond_one_standard_error():
     kept, info = prior_mod.prefer(clearly, base)
     assert kept is True and info["gain"] > info["standard_error"] and info["held_out_clicks"] == n
     assert prior_mod.prefer(base, clearly)[0] is False
+
+
+@pytest.fixture(scope="module")
+def fitted_world(world: Path, tmp_path_factory: pytest.TempPathFactory):
+    cfg = load_config(None, OVERRIDES + ["retrieval.popularity_curve=never", "retrieval.cold_user_weights=never"])
+    art = train_model(world, tmp_path_factory.mktemp("fw") / "model", cfg, show_progress=False, say=quiet)
+    prep = prepare(world, cfg, say=quiet)
+    return art, prep, prep.events.click_log(np.flatnonzero(_train_rows(prep)))
+
+
+@pytest.mark.parametrize("n_clicks", [150, 2000])  # 2000: the whole tail, so a quarter is held out and refitted
+def test_auto_that_keeps_nothing_serves_what_never_serves(fitted_world, monkeypatch, n_clicks: int):
+    art, prep, clicks = fitted_world
+    args = (art.two_tower, prep.catalog, clicks, 0.15, 30, art.item_vectors, None)
+    never = prior_mod.fit_age_prior(*args, seed=0, n_clicks=n_clicks, category=True)
+    monkeypatch.setattr(prior_mod, "MIN_SELECTION_CLICKS", 5)
+    monkeypatch.setattr(prior_mod, "click_hits", lambda pr, *a, **k: {kk: np.zeros(len(a[4]), bool) for kk in (10, 100)})
+    auto = prior_mod.fit_age_prior(*args, seed=0, n_clicks=n_clicks, category=True, pop_curve="auto")
+    assert auto.selection["popularity_curve"]["kept"] is False
+    assert replace(auto, selection=None) == never
+
+
+def test_auto_on_a_handful_of_clicks_skips_the_selections(fitted_world):
+    art, prep, clicks = fitted_world
+    few = prep.events.click_log(np.flatnonzero(_train_rows(prep) & prep.events.mask("click"))[:6])
+    prior = prior_mod.fit_age_prior(art.two_tower, prep.catalog, few, 0.15, 30, art.item_vectors, None, seed=0,
+                                    pop_curve="auto", cold_users=True, cold_window_s=3600.0, select_cold=True)
+    assert prior.selection["popularity_curve"]["kept"] is False and "why" in prior.selection["popularity_curve"]
+    assert prior.pop2_weight == 0.0 and prior.cold_user is None
+    assert "Infinity" not in json.dumps(prior.to_json())
+
+
+def test_click_hits_on_a_catalogue_sample_estimates_the_exact_recall(fitted_world):
+    art, prep, clicks = fitted_world
+    prior = prior_mod.AgePrior(0.0, 0.15, 0.0, pop_weight=1.0)
+    pick = np.arange(len(clicks.items))
+    exact = prior_mod.click_recall(prior, art.two_tower, art.item_vectors, prep.catalog, clicks, pick, 30, None,
+                                   ks=(10, 30))
+    n = len(prep.catalog)
+    sampled = [prior_mod.click_recall(prior, art.two_tower, art.item_vectors, prep.catalog, clicks, pick, 30, None,
+                                      ks=(10, 30), max_items=n // 2, seed=s) for s in range(4)]
+    for k in (10, 30):
+        assert abs(np.mean([r[k] for r in sampled]) - exact[k]) < 0.05, (k, exact, sampled)

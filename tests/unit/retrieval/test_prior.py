@@ -231,3 +231,11 @@ def test_fit_recovers_the_popularity_curve():
     assert np.abs(fitted - truth).max() < 0.15 * truth.max()
     _, _, nll_power = fit_age_weight(users, items, pos, ts, pub, t, click_counts=counts)
     assert nll < nll_power
+
+
+def test_a_popularity_curve_alone_still_brings_the_popular_list_into_the_pool():
+    from feedrank.retrieval.served import popular_pool_size
+
+    assert popular_pool_size(AgePrior(0.0, 1.0, 0.0), 50) == 0
+    assert popular_pool_size(AgePrior(0.0, 1.0, 0.0, pop2_weight=0.1), 50) == 50
+    assert popular_pool_size(AgePrior(0.0, 1.0, 0.0, cold_user=AgePrior(0.0, 1.0, 0.0, pop2_weight=0.1)), 50) == 50
