@@ -293,7 +293,7 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
             f"tower logit x{prior.tower_weight:.3f}; category share: {describe_category_share(prior)}")
         for what, sel in (prior.selection or {}).items():
             say(f"retrieval prior, {what.replace('_', ' ')}: {'kept' if sel['kept'] else 'not kept'} "
-                f"(held-out recall@100 / @10 on {sel['held_out_clicks']} clicks: "
+                f"(held-out recall@100 / @10 on {sel.get('held_out_clicks', 0)} clicks: "
                 + (", ".join(f"{k} {v['recall@100']:.4f} / {v['recall@10']:.4f}" for k, v in sel.items()
                              if isinstance(v, dict)) or sel.get("why", ""))
                 + (f"; gain in hits@10 + hits@100 per click {sel['gain']:+.4f}, standard error {sel['standard_error']:.4f}"
