@@ -24,10 +24,12 @@ scoring (``two_tower_prior_served``). The index itself is unchanged. Pure numpy.
 Optional further terms (fitted only when ``PriorFitData`` asks for them; 0 otherwise):
 ``w_trend * log1p(decayed clicks)``, ``w_ctr`` / ``w_creator`` times the log of the item's /
 creator's Bayesian-smoothed CTR over the global one, read from ``ItemCounters``
-(``retrieval/counters.py``); and separate weights for users without history
-(``cold_user``, incl. the tower logit's weight); terms for items new to the towers
-(``NewItemTerms``, ``retrieval/prior_terms.py``: own intercept, age, popularity and tower
-weights of any sign). None of them helped on the benchmarks (docs/retrieval.md).
+(``retrieval/counters.py``); terms for items new to the towers (``NewItemTerms``,
+``retrieval/prior_terms.py``: own intercept, age, popularity and tower weights of any
+sign). None of them helped on the benchmarks (docs/retrieval.md). Two more are fitted by
+``feedrank train`` and kept when they rank held-out training clicks better (``prefer``):
+separate weights for users without history (``cold_user``, incl. the tower logit's weight,
+fitted on each user's first visit) and the popularity curve ``w_pop2 * log1p(clicks)**2``.
 
 The category term ``w_cat * log(a_u[cat_i])`` (``a_u``: the user's category preference from
 the history, ``AgePrior.user_affinity``: a recency-weighted smoothed share, ``CategoryShare``,
@@ -359,8 +361,7 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
     the others; meant for a fit on clicks the scoring towers have not seen (``data.model``),
     where their confidence is what the served towers' is on new traffic.
 
-    With ``cold_users`` (off by default: it did not help on the synthetic worlds nor on
-    ml-latest-small, docs/retrieval.md), a second set of weights (``AgePrior.cold_user``) is fitted on the
+    With ``cold_users``, a second set of weights (``AgePrior.cold_user``) is fitted on the
     clicks made with an empty history (each user's first clicks): a user the towers know
     nothing about gets a context-only vector, whose weight (``tower_weight``) is fitted too
     (used by ``rescore_with_prior(..., has_history=False)``).
