@@ -187,8 +187,8 @@ def run_quality(data_dir: str | Path, cfg: FeedrankConfig, oracle: bool = True, 
         out[name] = prior.to_json()
         for tag, pr in (("", prior), (" (users without history)", prior.cold_user)):
             if pr is not None:
-                say(f"{name}{tag}: w_age = {pr.weight:.4f} per day, w_pop = {pr.pop_weight:.4f}, w_pop2 = {pr.pop2_weight:.4f}, w_trend = "
-                    f"{pr.trend_weight:.4f}, w_ctr = {pr.ctr_weight:.4f}, w_creator = {pr.creator_weight:.4f}, "
+                say(f"{name}{tag}: w_age = {pr.weight:.4f} per day, w_pop = {pr.pop_weight:.4f}, "
+                    f"w_pop2 = {pr.pop2_weight:.4f}, w_trend = {pr.trend_weight:.4f}, w_ctr = {pr.ctr_weight:.4f}, w_creator = {pr.creator_weight:.4f}, "
                     f"w_fb = {pr.feedback_weight:.4f} (s {pr.feedback_strength:g}), w_cat = {pr.category_weight:.4f}, "
                     f"new items {None if pr.new is None else pr.new.to_json()}, tower x{pr.tower_weight:.3f} "
                     f"(nll {pr.nll_before:.4f} -> {pr.nll_after:.4f}, {pr.n_clicks} train clicks), category share: "

@@ -296,8 +296,8 @@ def train_model(data_dir: str | Path, out: str | Path, cfg: FeedrankConfig, show
                 f"(held-out recall@100 / @10 on {sel.get('held_out_clicks', 0)} clicks: "
                 + (", ".join(f"{k} {v['recall@100']:.4f} / {v['recall@10']:.4f}" for k, v in sel.items()
                              if isinstance(v, dict)) or sel.get("why", ""))
-                + (f"; gain in hits@10 + hits@100 per click {sel['gain']:+.4f}, standard error {sel['standard_error']:.4f}"
-                   if "gain" in sel else "") + ")")
+                + (f"; gain in hits@10 + hits@100 per click {sel['gain']:+.4f}, "
+                   f"standard error {sel['standard_error']:.4f}" if "gain" in sel else "") + ")")
         cold = prior.cold_user
         if cold is not None:
             say(f"retrieval prior, users without history (their first {cfg.retrieval.cold_user_window_hours:g} h): "

@@ -138,8 +138,8 @@ class AgePrior:
 
     @property
     def active(self) -> bool:
-        own = any(w > 0.0 for w in (self.weight, self.pop_weight, self.pop2_weight, self.ctr_weight, self.creator_weight, self.trend_weight,
-                                    self.feedback_weight, self.category_weight)) or (self.new is not None and self.new.active)
+        own = any(w > 0.0 for w in (self.weight, self.pop_weight, self.pop2_weight, self.ctr_weight, self.creator_weight,
+                                    self.trend_weight, self.feedback_weight, self.category_weight)) or (self.new is not None and self.new.active)
         return own or (self.cold_user is not None and self.cold_user.active)
 
     def for_user(self, has_history: bool) -> AgePrior:
@@ -439,14 +439,9 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
             val = np.sort(val_rng.choice(val, size=min(n_clicks, len(val)), replace=False))
         if len(val) >= MIN_SELECTION_CLICKS:
             bent = fit(pick, curve_rng, True, **main_k)
-            h_plain, h_bent = hits(prior, val), hits(bent, val)
-            keep, info = prefer(h_bent, h_plain)
-            selection["popularity_curve"] = {"kept": keep, **info, "without": _recall_json(h_plain),
-                                             "with": _recall_json(h_bent)}
+            keep, selection["popularity_curve"] = _judge(("without", hits(prior, val)), ("with", hits(bent, val)))
         else:
-            keep = False
-            selection["popularity_curve"] = {"kept": False, "held_out_clicks": int(len(val)),
-                                             "why": f"fewer than {MIN_SELECTION_CLICKS} held-out clicks"}
+            keep, selection["popularity_curve"] = _skipped(val, f"fewer than {MIN_SELECTION_CLICKS} held-out clicks")
         if carved:  # served: the kept form refitted on the whole tail, as without the selection
             newest, rng = tail, rng0
             pick = np.sort(rng.choice(newest, size=min(n_clicks, len(newest)), replace=False))
@@ -475,14 +470,11 @@ def fit_age_prior(model, catalog, clicks, temperature: float, history_len: int, 
             keep = len(val) >= MIN_SELECTION_CLICKS and len(rest) >= MIN_COLD_USER_CLICKS
             if keep:
                 trial = fit_cold(rest, copy.deepcopy(rng))
-                h_main, h_cold = hits(prior, val, no_history=True), hits(trial, val, no_history=True)
-                keep, info = prefer(h_cold, h_main)
-                selection["cold_user"] = {"kept": keep, **info, "main": _recall_json(h_main),
-                                          "cold": _recall_json(h_cold)}
+                keep, selection["cold_user"] = _judge(("main", hits(prior, val, no_history=True)),
+                                                      ("cold", hits(trial, val, no_history=True)))
             else:
-                selection["cold_user"] = {"kept": False, "held_out_clicks": int(len(val)),
-                                          "why": f"fewer than {MIN_SELECTION_CLICKS} unfitted first-visit clicks in the "
-                                                 f"tail or {MIN_COLD_USER_CLICKS} to fit"}
+                keep, selection["cold_user"] = _skipped(val, f"fewer than {MIN_SELECTION_CLICKS} unfitted first-visit "
+                                                             f"clicks in the tail or {MIN_COLD_USER_CLICKS} to fit")
         if keep:  # served: refitted on every first-visit click (the held-out ones too), as without the selection
             prior = replace(prior, cold_user=fit_cold(cold, rng))
     return replace(prior, selection=selection or None)
@@ -506,9 +498,10 @@ def _fit_on_clicks(pick: np.ndarray, model, catalog, clicks, temperature: float,
         if data.fit_from is None:
             raise ValueError("PriorFitData(frozen=True) needs fit_from: the time the state is frozen at")
         ts = np.full(len(pick), float(data.fit_from))
-    hist = clicks.histories(users, ts, history_len)
     if no_history:  # scored as a user the store knows nothing about
-        hist = np.full_like(hist, -1)
+        hist = np.full((len(pick), history_len), -1, dtype=np.int64)
+    else:
+        hist = clicks.histories(users, ts, history_len)
     uvec = encode_users(fit_model, catalog, hist, ts, item_vecs=fit_vecs)
     keep = np.arange(len(catalog))
     if len(catalog) > max_items:
@@ -620,6 +613,21 @@ def _recall_json(hits: dict[int, np.ndarray]) -> dict[str, float]:
     return {f"recall@{k}": round(float(h.mean()), 6) if len(h) else 0.0 for k, h in hits.items()}
 
 
+Hits = dict[int, np.ndarray]  # click_hits: {k: (Q,) bool}
+
+
+def _judge(incumbent: tuple[str, Hits], challenger: tuple[str, Hits]) -> tuple[bool, dict]:
+    """``prefer`` on two (name, ``click_hits``) pairs: (kept, the record ``AgePrior.selection`` keeps)."""
+    (name_in, hits_in), (name_ch, hits_ch) = incumbent, challenger
+    keep, info = prefer(hits_ch, hits_in)
+    return keep, {"kept": keep, **info, name_in: _recall_json(hits_in), name_ch: _recall_json(hits_ch)}
+
+
+def _skipped(held_out: np.ndarray, why: str) -> tuple[bool, dict]:
+    """No comparison (too few clicks): the simpler prior is kept, and why."""
+    return False, {"kept": False, "held_out_clicks": int(len(held_out)), "why": why}
+
+
 def click_recall(prior: AgePrior, model, item_vecs: np.ndarray, catalog, clicks, pick: np.ndarray, history_len: int,
                  max_age_s: float | None, ks: tuple[int, ...] = (10, 100), **kw) -> dict[int, float]:
     """Recall@k of the training clicks ``pick`` under ``prior``: {k: share of the clicks whose
@@ -652,9 +660,8 @@ def click_hits(prior: AgePrior, model, item_vecs: np.ndarray, catalog, clicks, p
     from feedrank.retrieval.encode import encode_users
 
     users, ts, pos = clicks.user_codes[pick], clicks.ts[pick], clicks.items[pick]
-    hist = clicks.histories(users, ts, history_len)
-    if no_history:
-        hist = np.full_like(hist, -1)
+    hist = (np.full((len(pick), history_len), -1, dtype=np.int64) if no_history
+            else clicks.histories(users, ts, history_len))
     uvec = encode_users(model, catalog, hist, ts, item_vecs=item_vecs)
     n = len(catalog)
     keep, per_item = np.arange(n), 1.0
